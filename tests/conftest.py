@@ -1,0 +1,60 @@
+"""Shared fixtures: the golden ZoomLDM files, the real CMU slide, synthetic slides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+
+# Keep the suite predictable on the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _first_existing(*candidates: Path) -> Path | None:
+    for c in candidates:
+        if c.exists():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The official-format tiny checkpoint and outputs (tests/data/golden, else ../shared/golden)."""
+    found = _first_existing(TESTS / "data" / "golden" / "zoomldm_tiny.ckpt", REPO.parent / "shared" / "golden" / "zoomldm_tiny.ckpt")
+    if found is None:
+        pytest.fail("golden files missing: expected tests/data/golden/ or ../shared/golden/")
+    return found.parent
+
+
+@pytest.fixture(scope="session")
+def cmu_slide() -> Path:
+    """The real H&E slide CMU-1-Small-Region.svs (0.499 um/px, one level), shipped in the package."""
+    from zoomfeat.config import demo_slide
+
+    path = demo_slide()
+    assert path.is_file(), path
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_slide_factory(tmp_path_factory):
+    """``make(name, **kwargs) -> Path``: a cached synthetic pyramidal slide (see zoomfeat.slide.synthetic)."""
+    from zoomfeat.slide.synthetic import write_synthetic_slide
+
+    root = tmp_path_factory.mktemp("synthetic_slides")
+    cache: dict[str, Path] = {}
+
+    def make(name: str, **kwargs) -> Path:
+        if name not in cache:
+            vendor = kwargs.get("vendor", "aperio")
+            suffix = ".svs" if vendor == "aperio" else ".tif"
+            cache[name] = write_synthetic_slide(root / f"{name}{suffix}", **kwargs)
+        return cache[name]
+
+    return make

@@ -1,0 +1,303 @@
+"""The bag format: per-slide HDF5 feature bags in TRIDENT's layout.
+
+Layout under an output directory (``mag`` is 20 for the 20x-based sets, 5 for the 5x sets)::
+
+    {out}/{mag}x_{tile_px}px_0px_overlap/features_{set}/{slide_id}.h5
+    {out}/{mag}x_{tile_px}px_0px_overlap/patches/{slide_id}_patches.h5
+
+A feature file holds ``features`` float32 (N, D) chunked by rows, ``coords`` int64 (N, 2)
+(top-left [x, y] in level-0 pixels, with TRIDENT's attributes), optionally ``parent_idx``
+int64 (N,) (row of each 20x tile's parent in the 5x file) and provenance attributes on the
+file. TRIDENT, Patho-Bench and torchmil's ``TridentWSIDataset`` read these files unchanged.
+
+Every write goes to a temporary name in the same directory and is renamed when complete, so
+a killed run never leaves a truncated bag under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+#: magnification of the bag directory each feature set is written to
+FEATURE_SET_MAG: dict[str, int] = {
+    "zoomldm_20x": 20,
+    "zoomldm_5x": 5,
+    "zoomldm_fused": 20,
+    "uni_20x": 20,
+    "uni_5x": 5,
+    "uni_fused": 20,
+}
+FEATURE_SETS = tuple(FEATURE_SET_MAG)
+
+#: attributes every ``coords`` dataset carries (TRIDENT's names)
+COORDS_ATTRS = (
+    "patch_size",
+    "patch_size_level0",
+    "level0_magnification",
+    "target_magnification",
+    "overlap",
+    "name",
+    "level0_width",
+    "level0_height",
+)
+
+
+def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = 256, overlap: int = 0) -> Path:
+    """``{out}/{mag}x_{tile_px}px_{overlap}px_overlap`` (TRIDENT's directory name)."""
+    mag_str = f"{int(mag)}" if float(mag).is_integer() else f"{mag:g}"
+    return Path(out_dir) / f"{mag_str}x_{tile_px}px_{overlap}px_overlap"
+
+
+def bag_path(out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = 256, mag: int | None = None) -> Path:
+    """Path of one slide's bag for ``feature_set`` (mag taken from :data:`FEATURE_SET_MAG`)."""
+    if mag is None:
+        if feature_set not in FEATURE_SET_MAG:
+            raise ValueError(f"unknown feature set {feature_set!r}; pass mag= or use one of {FEATURE_SETS}")
+        mag = FEATURE_SET_MAG[feature_set]
+    return mag_dir(out_dir, mag, tile_px) / f"features_{feature_set}" / f"{slide_id}.h5"
+
+
+def patches_path(out_dir: str | Path, slide_id: str, mag: int, tile_px: int = 256) -> Path:
+    """Path of TRIDENT's coords file for one slide at one magnification."""
+    return mag_dir(out_dir, mag, tile_px) / "patches" / f"{slide_id}_patches.h5"
+
+
+def _attr_value(value: Any) -> Any:
+    """h5py stores str, numbers and arrays; everything else goes in as JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, (str, bytes, int, float, bool, np.integer, np.floating, np.bool_, np.ndarray)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _write_coords(f: h5py.File, coords: np.ndarray, coords_attrs: Mapping[str, Any]) -> None:
+    missing = [k for k in COORDS_ATTRS if k not in coords_attrs]
+    if missing:
+        raise ValueError(f"coords attributes missing: {missing}")
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    ds = f.create_dataset("coords", data=coords, maxshape=(None, 2))
+    for key, value in coords_attrs.items():
+        ds.attrs[key] = _attr_value(value)
+
+
+def write_bag(
+    path: str | Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    coords_attrs: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+    parent_idx: np.ndarray | None = None,
+    chunk_rows: int = 1024,
+) -> Path:
+    """Write one bag atomically (temporary file, then rename) and return its path.
+
+    ``features`` (N, D) is stored as float32 chunked by rows; an empty bag is (0, D).
+    """
+    path = Path(path)
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"{path}: features must be 2-D (N, D), got shape {features.shape}")
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    if len(coords) != len(features):
+        raise ValueError(f"{path}: {len(features)} feature rows but {len(coords)} coords")
+    if parent_idx is not None and len(parent_idx) != len(features):
+        raise ValueError(f"{path}: {len(features)} feature rows but {len(parent_idx)} parent_idx entries")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            n, d = features.shape
+            chunks = (max(1, min(chunk_rows, n)), d) if n and d else None
+            f.create_dataset("features", data=features, chunks=chunks, maxshape=(None, d))
+            _write_coords(f, coords, coords_attrs)
+            if parent_idx is not None:
+                f.create_dataset("parent_idx", data=np.asarray(parent_idx, dtype=np.int64))
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = _attr_value(value)
+            f.attrs["complete"] = True
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_patches(path: str | Path, coords: np.ndarray, coords_attrs: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Path:
+    """Write TRIDENT's ``{slide_id}_patches.h5`` coords file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with h5py.File(tmp, "w") as f:
+            _write_coords(f, coords, coords_attrs)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = _attr_value(value)
+            f.attrs["complete"] = True
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+@dataclass
+class Bag:
+    """One slide's bag as read back: features (N, D), coords (N, 2) and attributes."""
+
+    features: np.ndarray
+    coords: np.ndarray
+    attrs: dict[str, Any] = field(default_factory=dict)
+    coords_attrs: dict[str, Any] = field(default_factory=dict)
+    parent_idx: np.ndarray | None = None
+
+    def __iter__(self):  # allows ``features, coords, attrs = open_bag(path)``
+        return iter((self.features, self.coords, self.attrs))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
+    """Read one bag file: ``features, coords, attrs = open_bag(path)``.
+
+    Raises ``FileNotFoundError``/``ValueError`` naming the file when it is missing or is not
+    a bag (no ``features`` dataset).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no bag file at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable HDF5 bag ({err})") from err
+    with f:
+        if "features" not in f:
+            raise ValueError(f"{path}: not a feature bag (no 'features' dataset; has {sorted(f.keys())})")
+        features = f["features"][()].astype(dtype, copy=False)
+        coords = f["coords"][()] if "coords" in f else np.zeros((len(features), 2), np.int64)
+        coords_attrs = {k: _decode_attr(v) for k, v in f["coords"].attrs.items()} if "coords" in f else {}
+        parent_idx = f["parent_idx"][()] if "parent_idx" in f else None
+        attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+    return Bag(features=features, coords=coords, attrs=attrs, coords_attrs=coords_attrs, parent_idx=parent_idx)
+
+
+def read_attrs(path: str | Path) -> dict[str, Any]:
+    """File-level attributes of a bag without reading its features."""
+    with h5py.File(path, "r") as f:
+        return {k: _decode_attr(v) for k, v in f.attrs.items()}
+
+
+def bag_is_complete(path: str | Path, config_hash: str | None = None) -> bool:
+    """True when ``path`` is a finished bag, and (if given) was written with ``config_hash``.
+
+    Finished bags only ever appear under their final name (atomic rename), but a file from
+    another tool or an older format is checked for the ``complete`` flag too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        attrs = read_attrs(path)
+    except OSError:
+        return False
+    if not attrs.get("complete", False):
+        return False
+    return config_hash is None or attrs.get("config_hash") == config_hash
+
+
+def list_bags(bag_dir: str | Path) -> dict[str, Path]:
+    """``{slide_id: path}`` for every ``*.h5`` bag in a ``features_{set}`` directory."""
+    bag_dir = Path(bag_dir)
+    if not bag_dir.is_dir():
+        raise FileNotFoundError(f"no bag directory at {bag_dir}")
+    return {p.stem: p for p in sorted(bag_dir.glob("*.h5")) if not p.name.startswith(".")}
+
+
+class BagDataset:
+    """A torch ``Dataset`` over a bag directory and a labels CSV.
+
+    Each item is a dict ``{"X": FloatTensor (N, D), "Y": label, "coords": LongTensor (N, 2),
+    "slide_id": str}``, the shape torchmil's models take (batch size 1, or pad yourself).
+
+    Args:
+        bag_dir: a ``features_{set}`` directory of ``{slide_id}.h5`` files.
+        labels: path of a CSV (or a DataFrame) with a slide column and a label column; ``None``
+            gives every bag with label -1.
+        slide_col, label_col: column names in the labels table.
+        preload: read every bag into memory once (as ``dtype``) instead of on each access.
+        dtype: numpy dtype bags are held in (float16 halves memory; X is returned as float32).
+    """
+
+    def __init__(
+        self,
+        bag_dir: str | Path,
+        labels: Any = None,
+        slide_col: str = "slide_id",
+        label_col: str = "label",
+        preload: bool = False,
+        dtype: Any = np.float32,
+    ) -> None:
+        import pandas as pd
+
+        bags = list_bags(bag_dir)
+        if labels is None:
+            self.slide_ids = list(bags)
+            self.labels = [-1] * len(self.slide_ids)
+        else:
+            table = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(labels)
+            for col in (slide_col, label_col):
+                if col not in table.columns:
+                    raise ValueError(f"labels table has no column {col!r} (columns: {list(table.columns)})")
+            table = table.assign(**{slide_col: table[slide_col].astype(str)})
+            missing = [s for s in table[slide_col] if s not in bags]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} labelled slide(s) have no bag in {bag_dir}: {missing[:20]}"
+                    + (" ..." if len(missing) > 20 else "")
+                )
+            unlabelled = sorted(set(bags) - set(table[slide_col]))
+            if unlabelled:
+                warnings.warn(f"{len(unlabelled)} bag(s) in {bag_dir} have no label and are ignored: {unlabelled[:10]}", stacklevel=2)
+            self.slide_ids = list(table[slide_col])
+            self.labels = list(table[label_col])
+        self.paths = [bags[s] for s in self.slide_ids]
+        self.dtype = dtype
+        self._cache = [open_bag(p, dtype) for p in self.paths] if preload else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        import torch
+
+        bag = self._cache[i] if self._cache is not None else open_bag(self.paths[i], self.dtype)
+        return {
+            "X": torch.from_numpy(np.asarray(bag.features, dtype=np.float32)),
+            "Y": torch.as_tensor(self.labels[i]),
+            "coords": torch.from_numpy(bag.coords),
+            "slide_id": self.slide_ids[i],
+        }
