@@ -1,0 +1,52 @@
+"""A tiny timm ViT with UNI's interface, for tests and the demo.
+
+Embedding width 32, the SSL width the tiny ZoomLDM expects. Without a checkpoint its weights
+are a seeded random init, identical on every machine for the same seed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoomfeat.encoders.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TileEncoder,
+    load_state_dict_file,
+    load_weights_strict,
+    resolve_weight_file,
+    seeded_init,
+)
+from zoomfeat.provenance import file_hash
+
+TINY_KWARGS = {
+    "img_size": 224,
+    "patch_size": 16,
+    "embed_dim": 32,
+    "depth": 2,
+    "num_heads": 2,
+    "mlp_ratio": 2.0,
+    "init_values": 1e-5,
+    "dynamic_img_size": True,
+    "num_classes": 0,
+}
+
+
+def tiny_vit(device: str | torch.device | None = None) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    if device is not None:
+        with torch.device(device):
+            return VisionTransformer(**TINY_KWARGS)
+    return VisionTransformer(**TINY_KWARGS)
+
+
+def build_tiny(checkpoint: str | None = None, allow_random_weights: bool = True, seed: int = 0) -> TileEncoder:
+    """The tiny encoder: seeded random weights (``checkpoint=None``) or a local state dict."""
+    if checkpoint is None:
+        vit = seeded_init(tiny_vit, seed)
+        return TileEncoder(vit, "tiny", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=f"random-init(seed={seed})", checkpoint_hash="")
+    weight_file = resolve_weight_file(checkpoint, "tiny encoder")
+    vit = tiny_vit(device="meta")
+    load_weights_strict(vit, load_state_dict_file(weight_file), f"tiny encoder checkpoint {weight_file}")
+    return TileEncoder(vit, "tiny", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=str(weight_file), checkpoint_hash=file_hash(weight_file))
