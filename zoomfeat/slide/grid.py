@@ -1,0 +1,307 @@
+"""The nested tile grid: 5x parents, each covering exactly 4x4 20x children.
+
+Geometry (level-0 pixels, origin at the slide's top-left corner):
+
+- one child (a ``tile_px`` tile at ``mag``, i.e. at ``target_mpp = 10 / mag`` um/px) covers
+  ``s = tile_px * target_mpp / slide.mpp`` level-0 px, a float (256 * 0.5 / 0.499 = 256.513 for
+  the CMU slide): ``grid.child_size_level0``. A parent covers ``4 s``: ``grid.parent_size_level0``.
+- child ``(i, j)`` of the global lattice is the box ``[i s, (i+1) s) x [j s, (j+1) s)``; parent
+  ``(I, J)`` is the union of children ``4I..4I+3`` x ``4J..4J+3``. Pixels are always read from
+  these exact float boxes, so every tile is exactly at ``target_mpp`` and the 16 children of a
+  parent tile it exactly in 20x pixels (:func:`split_parent`).
+- stored integer coordinates are the lattice lines rounded half up: ``x = floor(i s + 0.5)``
+  (each within 0.5 level-0 px of the exact corner). Rounding the *lines* (not each tile) keeps the
+  integer boxes tiling too: a parent's coordinate equals its top-left child's, and its children's
+  integer boxes ``[x_i, x_{i+1})`` cover the parent's integer box exactly. ``patch_size_level0``
+  (TRIDENT's integer attribute) is ``round(s)``; use :meth:`TileGrid.child_box_level0` /
+  :meth:`TileGrid.parent_box_level0` for the exact float boxes.
+- parents cover the whole slide (``ceil(W / 4s)`` x ``ceil(H / 4s)``); those on the right and
+  bottom edges reach past the slide and are padded white when read.
+
+Selection: a child is kept when its tissue fraction (area of the tissue mask inside its exact
+box, outside-slide area counting as background) reaches ``min_tissue`` and it overlaps the slide;
+a parent is kept when any of its 16 children is kept. ``grid.children`` lists all 16 children of
+every kept parent (the 5x conditioning needs the whole 4x4 block), flagged ``kept``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .reader import Slide
+from .tissue import TissueMask, detect_tissue
+
+#: children per parent side (5x parent of 20x children)
+RATIO = 4
+
+
+@dataclass
+class Children:
+    """The 20x tiles of the kept parents, parent-major, row-major (dy, then dx) inside each block:
+    row ``k`` belongs to parent ``k // 16`` and sits at ``(dx, dy) = (k % 16 % 4, k % 16 // 4)``."""
+
+    xy: np.ndarray  # int64 (16P, 2) level-0 [x, y] (lattice lines rounded half up)
+    parent: np.ndarray  # int64 (16P,)
+    tissue: np.ndarray  # float32 (16P,) tissue fraction
+    kept: np.ndarray  # bool (16P,)
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+
+def _snap(v: np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(v, np.float64) + 0.5).astype(np.int64)
+
+
+def split_parent(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a parent region (4t, 4t, 3) into its 16 children (16, t, t, 3) (row-major: dy, then
+    dx) and the parent tile (t, t, 3): the region downsampled 4x by 4x4 area averaging (an
+    antialiased box filter, exact for an integer factor)."""
+    region = np.asarray(region)
+    if region.ndim != 3 or region.shape[0] != region.shape[1] or region.shape[0] % RATIO or region.shape[2] != 3:
+        raise ValueError(f"parent region must be (4t, 4t, 3), got {region.shape}")
+    t = region.shape[0] // RATIO
+    children = region.reshape(RATIO, t, RATIO, t, 3).transpose(0, 2, 1, 3, 4).reshape(RATIO * RATIO, t, t, 3)
+    blocks = region.reshape(t, RATIO, t, RATIO, 3).astype(np.uint32).sum(axis=(1, 3))
+    parent = ((blocks + RATIO * RATIO // 2) // (RATIO * RATIO)).astype(np.uint8)
+    return np.ascontiguousarray(children), parent
+
+
+@dataclass
+class TileGrid:
+    """Kept 5x parents and their 4x4 20x children over one slide. Build with :meth:`TileGrid.build`."""
+
+    parents: np.ndarray  # int64 (P, 2) level-0 [x, y]
+    parent_ij: np.ndarray  # int64 (P, 2) parent lattice indices [I, J]
+    children: Children
+    child_size_level0: float  # exact level-0 px per child tile
+    tile_px: int
+    mag: float
+    parent_mag: float
+    min_tissue: float
+    tissue_mask: TissueMask
+    level0_width: int
+    level0_height: int
+    slide_mpp: float
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def target_mpp(self) -> float:
+        return 10.0 / self.mag
+
+    @property
+    def parent_target_mpp(self) -> float:
+        return 10.0 / self.parent_mag
+
+    @property
+    def parent_size_level0(self) -> float:
+        return RATIO * self.child_size_level0
+
+    @property
+    def patch_size_level0(self) -> int:
+        """TRIDENT's integer level-0 patch size of a child (``round(child_size_level0)``)."""
+        return int(_snap(self.child_size_level0))
+
+    @property
+    def parent_patch_size_level0(self) -> int:
+        return int(_snap(self.parent_size_level0))
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The tissue mask (bool, thumbnail resolution; see ``tissue_mask`` for its geometry)."""
+        return self.tissue_mask.mask
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+    @property
+    def n_kept_children(self) -> int:
+        return int(self.children.kept.sum())
+
+    def parent_box_level0(self, i: int) -> tuple[float, float, float]:
+        """Exact ``(x, y, size)`` in level-0 px of parent ``i``."""
+        pi, pj = self.parent_ij[i]
+        return float(pi * self.parent_size_level0), float(pj * self.parent_size_level0), self.parent_size_level0
+
+    def child_box_level0(self, k: int) -> tuple[float, float, float]:
+        """Exact ``(x, y, size)`` in level-0 px of child row ``k``."""
+        pi, pj = self.parent_ij[k // (RATIO * RATIO)]
+        r = k % (RATIO * RATIO)
+        s = self.child_size_level0
+        return float((RATIO * pi + r % RATIO) * s), float((RATIO * pj + r // RATIO) * s), s
+
+    def coords_attrs(self, slide: Slide, which: str = "child", name: str | None = None) -> dict[str, Any]:
+        """TRIDENT's ``coords`` attributes for the children (``"child"``) or parents (``"parent"``)."""
+        if which not in ("child", "parent"):
+            raise ValueError(f"which must be 'child' or 'parent', got {which!r}")
+        child = which == "child"
+        return {
+            "patch_size": int(self.tile_px),
+            "patch_size_level0": self.patch_size_level0 if child else self.parent_patch_size_level0,
+            "patch_size_level0_exact": self.child_size_level0 if child else self.parent_size_level0,
+            "level0_magnification": float(slide.magnification),
+            "target_magnification": float(self.mag if child else self.parent_mag),
+            "overlap": 0,
+            "name": name if name is not None else slide.slide_id,
+            "level0_width": int(self.level0_width),
+            "level0_height": int(self.level0_height),
+        }
+
+    # ---------------------------------------------------------------- reading
+    def read_parent(self, slide: Slide, i: int) -> np.ndarray:
+        """Parent ``i``'s region at ``mag``: uint8 (4 tile_px, 4 tile_px, 3); see :func:`split_parent`."""
+        x, y, _ = self.parent_box_level0(i)
+        return slide.read_region(x, y, RATIO * self.tile_px, self.target_mpp)
+
+    def read_child(self, slide: Slide, k: int) -> np.ndarray:
+        """Child row ``k`` read on its own at ``mag``: uint8 (tile_px, tile_px, 3)."""
+        x, y, _ = self.child_box_level0(k)
+        return slide.read_region(x, y, self.tile_px, self.target_mpp)
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def build(
+        cls,
+        slide: Slide,
+        tile_px: int = 256,
+        mag: float = 20,
+        parent_mag: float = 5,
+        min_tissue: float = 0.25,
+        tissue: TissueMask | None = None,
+        tissue_mpp: float | None = None,
+        progress: bool = True,
+        **tissue_kwargs,
+    ) -> TileGrid:
+        """Find the tissue (unless ``tissue`` is given) and lay the nested grid over ``slide``.
+
+        ``tissue_mpp`` is the thumbnail resolution (default: a child tile spans 16 mask pixels,
+        at most 8 um/px); ``tissue_kwargs`` go to :func:`zoomfeat.slide.tissue.tissue_mask`.
+        A slide smaller than one tile, or without tissue, gives an empty grid and a warning.
+        """
+        if not (float(mag) > 0 and float(parent_mag) > 0) or abs(float(mag) / float(parent_mag) - RATIO) > 1e-9:
+            raise ValueError(f"mag / parent_mag must be {RATIO} (each parent covers 4x4 children), got {mag} / {parent_mag}")
+        if int(tile_px) != tile_px or tile_px <= 0:
+            raise ValueError(f"tile_px must be a positive integer, got {tile_px!r}")
+        tile_px = int(tile_px)
+        target_mpp = 10.0 / float(mag)
+        s = tile_px * target_mpp / slide.mpp
+        if target_mpp < slide.mpp * 0.99:
+            warnings.warn(
+                f"{slide.path}: the slide's resolution ({slide.mpp:g} um/px, {slide.magnification:.2f}x) is "
+                f"coarser than the requested {mag:g}x; tiles are upsampled",
+                stacklevel=2,
+            )
+        W, H = slide.dimensions
+        if tissue is None:
+            if tissue_mpp is None:
+                tissue_mpp = min(8.0, s * slide.mpp / 16)
+            tissue = detect_tissue(slide, mpp=tissue_mpp, progress=progress, **tissue_kwargs)
+        common = {
+            "child_size_level0": s,
+            "tile_px": tile_px,
+            "mag": float(mag),
+            "parent_mag": float(parent_mag),
+            "min_tissue": float(min_tissue),
+            "tissue_mask": tissue,
+            "level0_width": int(W),
+            "level0_height": int(H),
+            "slide_mpp": slide.mpp,
+        }
+        if W < s or H < s:
+            warnings.warn(
+                f"{slide.path}: the slide ({W}x{H} level-0 px) is smaller than one {mag:g}x tile "
+                f"({s:.1f} level-0 px); the grid is empty",
+                stacklevel=2,
+            )
+            return cls._empty(**common)
+
+        n_px, n_py = math.ceil(W / (RATIO * s)), math.ceil(H / (RATIO * s))
+        n = RATIO * RATIO
+        # every child of every parent, parent-major (J, I) then (dy, dx)
+        gi, gj = np.meshgrid(np.arange(n_px), np.arange(n_py))
+        pij = np.stack([gi.ravel(), gj.ravel()], axis=1).astype(np.int64)  # (Pall, 2)
+        r = np.arange(n)
+        ci = RATIO * pij[:, None, 0] + (r % RATIO)[None, :]  # (Pall, 16) child lattice x index
+        cj = RATIO * pij[:, None, 1] + (r // RATIO)[None, :]
+        frac = tissue.fraction(ci * s, cj * s, s, s).astype(np.float32)
+        inside = (ci * s < W) & (cj * s < H)
+        kept = (frac >= min_tissue) & inside
+        keep_parent = kept.any(axis=1)
+        if not keep_parent.any():
+            warnings.warn(
+                f"{slide.path}: no tissue found (no {mag:g}x tile reaches min_tissue={min_tissue:g}; "
+                f"{100 * tissue.tissue_fraction:.1f}% of the thumbnail is tissue); the grid is empty",
+                stacklevel=2,
+            )
+            return cls._empty(**common)
+        pij = pij[keep_parent]
+        ci, cj, frac, kept = ci[keep_parent], cj[keep_parent], frac[keep_parent], kept[keep_parent]
+        P = len(pij)
+        children = Children(
+            xy=np.stack([_snap(ci.ravel() * s), _snap(cj.ravel() * s)], axis=1),
+            parent=np.repeat(np.arange(P, dtype=np.int64), n),
+            tissue=frac.ravel(),
+            kept=kept.ravel(),
+        )
+        parents = np.stack([_snap(pij[:, 0] * RATIO * s), _snap(pij[:, 1] * RATIO * s)], axis=1)
+        return cls(parents=parents, parent_ij=pij, children=children, **common)
+
+    @classmethod
+    def _empty(cls, **common) -> TileGrid:
+        z2 = np.zeros((0, 2), np.int64)
+        children = Children(xy=z2.copy(), parent=np.zeros(0, np.int64), tissue=np.zeros(0, np.float32), kept=np.zeros(0, bool))
+        return cls(parents=z2, parent_ij=z2.copy(), children=children, **common)
+
+    # ---------------------------------------------------------------- overlay
+    def overlay(self, slide: Slide, max_px: int = 2048) -> np.ndarray:
+        """RGB uint8 picture of the slide (long side ``max_px``, never finer than level 0) with the
+        tissue mask tinted green, kept parents outlined blue, kept children cyan, dropped
+        children of kept parents red."""
+        from PIL import Image, ImageDraw
+
+        from .tissue import overlay_mask
+
+        W, H = slide.dimensions
+        rgb, dx, dy = slide.thumbnail(slide.mpp * max(1.0, max(W, H) / max_px), max_px=max_px, progress=False)
+        h, w = rgb.shape[:2]
+        mask = np.asarray(Image.fromarray(self.mask).resize((w, h), Image.NEAREST)) if self.mask.size else np.zeros((h, w), bool)
+        img = Image.fromarray(overlay_mask(rgb, mask, alpha=0.25))
+        draw = ImageDraw.Draw(img)
+        s = self.child_size_level0
+        lw = max(1, round(min(w, h) / 700))
+
+        def rect(x, y, size, color, width):
+            draw.rectangle([x / dx, y / dy, (x + size) / dx - 1, (y + size) / dy - 1], outline=color, width=width)
+
+        for k in range(len(self.children)):
+            x, y, _ = self.child_box_level0(k)
+            if not self.children.kept[k]:
+                rect(x, y, s, (220, 40, 40), 1)
+        for k in np.flatnonzero(self.children.kept):
+            x, y, _ = self.child_box_level0(int(k))
+            rect(x, y, s, (0, 190, 220), 1)
+        for i in range(len(self.parents)):
+            x, y, size = self.parent_box_level0(i)
+            rect(x, y, size, (30, 60, 230), lw + 1)
+        text = (
+            f"{slide.slide_id}  {slide.mpp:g} um/px ({slide.magnification:.2f}x)  parents {len(self.parents)}  "
+            f"children kept {self.n_kept_children}/{len(self.children)}  min_tissue {self.min_tissue:g}"
+        )
+        draw.rectangle([0, 0, min(w, 8 + 6 * len(text)), 14], fill=(255, 255, 255))
+        draw.text((4, 2), text, fill=(0, 0, 0))
+        return np.asarray(img)
+
+    def save_overlay(self, slide: Slide, png_path: str | Path, max_px: int = 2048) -> Path:
+        """Save :meth:`overlay` as a PNG (the thing to look at when checking a slide); returns the path."""
+        from PIL import Image
+
+        path = Path(png_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(self.overlay(slide, max_px=max_px)).save(path)
+        return path
