@@ -41,6 +41,48 @@ def synthetic_he_image(width: int, height: int, seed: int = 0, tissue_fraction: 
     return img
 
 
+def synthetic_artefact_image(width: int = 2048, height: int = 2048, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """H&E-like tissue plus the artefacts tissue detection must ignore, with the truth.
+
+    White background; a bluish-black scan border along the left and top edges (noisy) that fades
+    into the glass through a dark, slightly tinted grey band;
+    a grey glass region (slightly tinted, noisy, with a brightness gradient) in the upper right;
+    tissue blobs in the lower middle. Returns ``(rgb uint8 (h, w, 3), {"tissue", "black",
+    "grey"})`` where each value is a bool (h, w) mask of what was painted there.
+    """
+    rng = np.random.default_rng(seed)
+    img = np.full((height, width, 3), 245, np.uint8)
+    truth = {k: np.zeros((height, width), bool) for k in ("tissue", "black", "grey")}
+    # tissue: lower middle
+    ty0, ty1, tx0, tx1 = int(height * 0.45), int(height * 0.95), int(width * 0.25), int(width * 0.75)
+    patch = synthetic_he_image(tx1 - tx0, ty1 - ty0, seed=seed + 1, tissue_fraction=0.55)
+    img[ty0:ty1, tx0:tx1] = patch
+    truth["tissue"][ty0:ty1, tx0:tx1] = (patch != 245).any(axis=2)
+    # grey glass: upper right, tinted by a few levels, gradient 150 -> 215, noise
+    gy0, gy1, gx0, gx1 = int(height * 0.12), int(height * 0.4), int(width * 0.55), int(width * 0.95)
+    ramp = np.linspace(150, 215, gx1 - gx0, dtype=np.float32)[None, :, None]
+    grey = ramp + np.array([0, 3, 6], np.float32) + rng.normal(0, 4, size=(gy1 - gy0, gx1 - gx0, 3))
+    img[gy0:gy1, gx0:gx1] = np.clip(grey, 0, 255).astype(np.uint8)
+    truth["grey"][gy0:gy1, gx0:gx1] = True
+    # black scan border, left and top: bluish-black with noise (tiny values, high HSV saturation),
+    # fading into the glass through a dark, slightly tinted grey band (a blurred scan edge)
+    bx, by = max(2, width // 12), max(2, height // 16)
+    band = max(1, width // 40)
+    border = np.zeros((height, width), bool)
+    border[:, : bx + band] = True
+    border[: by + band, :] = True
+    noise = np.clip(rng.normal(0, 4, size=(height, width, 3)) + np.array([16, 12, 28]), 0, 255)
+    dist = np.minimum(np.arange(width)[None, :] - bx, np.arange(height)[:, None] - by).astype(np.float32)
+    fade = np.clip(dist / band, 0, 1)[..., None]  # 0 inside the black border, 1 on the glass side
+    grey_band = 40 + 90 * fade + np.array([0, 2, 8], np.float32) + rng.normal(0, 3, size=(height, width, 3))
+    painted = np.where(fade > 0, grey_band, noise)
+    img[border] = np.clip(painted, 0, 255).astype(np.uint8)[border]
+    truth["black"] = border
+    for key in ("tissue", "grey"):
+        truth[key] &= ~border
+    return img, truth
+
+
 def _pyramid(base: np.ndarray, levels: int) -> list[np.ndarray]:
     from PIL import Image
 

@@ -6,7 +6,8 @@ so the result does not depend on the thumbnail resolution):
 1. read the whole slide at ``mpp`` (8 um/px by default: a 256 px tile at 20x spans 16 pixels);
 2. HSV saturation ``(max - min) / max`` of each pixel. White background and grey glass have
    (almost) none; H&E tissue is pink/purple. Pixels darker than ``dark_value`` (black scan
-   borders, where JPEG noise makes saturation meaningless) are set to zero saturation;
+   borders, where JPEG noise makes saturation meaningless) and near-neutral pixels (chroma
+   ``max - min`` below ``min_chroma``: grey glass, dark grey borders) get zero saturation;
 3. a light Gaussian blur, then Otsu's threshold on the saturation of the non-dark pixels,
    clamped to ``[min_threshold, max_threshold]``: the floor keeps an all-background slide from
    having its noise split in two (it then has no tissue), the ceiling keeps an all-tissue slide
@@ -116,16 +117,21 @@ def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
     between = w0 * w1 * (mu0 - mu1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
-    i = int(np.argmax(between))
+    # an empty gap between the modes makes a plateau: take its middle
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    i = int(best[len(best) // 2]) if best[-1] - best[0] == len(best) - 1 else int(best[0])
     return float(edges[i + 1])
 
 
-def saturation(rgb: np.ndarray, dark_value: int = 40) -> np.ndarray:
-    """HSV saturation in [0, 1]; pixels whose brightest channel is below ``dark_value`` get 0."""
+def saturation(rgb: np.ndarray, dark_value: int = 40, min_chroma: int = 10) -> np.ndarray:
+    """HSV saturation in [0, 1]. Pixels whose brightest channel is below ``dark_value`` (black
+    borders) or whose chroma ``max - min`` is below ``min_chroma`` (neutral grey of any
+    brightness, where noise alone makes saturation) get 0."""
     rgb = rgb.astype(np.float32)
     mx = rgb.max(axis=2)
-    sat = (mx - rgb.min(axis=2)) / np.maximum(mx, 1.0)
-    sat[mx < dark_value] = 0.0
+    chroma = mx - rgb.min(axis=2)
+    sat = chroma / np.maximum(mx, 1.0)
+    sat[(mx < dark_value) | (chroma < min_chroma)] = 0.0
     return sat
 
 
@@ -133,8 +139,9 @@ def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
     dark_value: int = 40,
+    min_chroma: int = 10,
     blur_um: float = 8.0,
-    min_threshold: float = 0.05,
+    min_threshold: float = 0.07,
     max_threshold: float = 0.15,
     close_um: float = 16.0,
     open_um: float = 8.0,
@@ -142,7 +149,7 @@ def tissue_mask(
     max_hole_um2: float = 5000.0,
 ) -> tuple[np.ndarray, float]:
     """Tissue mask of an RGB uint8 thumbnail at ``mpp`` um/px; returns ``(mask bool, threshold)``."""
-    sat = saturation(rgb, dark_value)
+    sat = saturation(rgb, dark_value, min_chroma)
     if blur_um > 0:
         sat = ndimage.gaussian_filter(sat, sigma=blur_um / mpp / 2, mode="nearest")
     bright = rgb.max(axis=2) >= dark_value
