@@ -1,0 +1,106 @@
+"""Atomic training checkpoints: latest pointer, pruning, and runs killed mid-checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from zoomfeat.training import checkpoint as ck
+
+
+def _writer(payload: str):
+    def write(tmp):
+        (tmp / "weights.bin").write_text(payload)
+        (tmp / "trainer").mkdir()
+        (tmp / "trainer" / "state.json").write_text(json.dumps({"payload": payload}))
+
+    return write
+
+
+def test_write_latest_and_prune(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3, 4):
+        ck.write_checkpoint(root, step, _writer(f"s{step}"), keep=2)
+    assert [s for s, _ in ck.list_checkpoints(root)] == [3, 4]
+    assert (root / "latest").is_symlink() and ck.latest_name(root) == "step-00000004"
+    assert ck.find_latest(tmp_path) == root / "step-00000004"
+    assert ck.resolve_checkpoint(root / "latest").name == "step-00000004"
+    assert ck.resolve_checkpoint(tmp_path) == root / "step-00000004"
+    assert ck.read_state(root / "latest") == {"payload": "s4"}
+    # the same step again replaces it
+    ck.write_checkpoint(root, 4, _writer("again"), keep=2)
+    assert ck.read_state(ck.find_latest(root)) == {"payload": "again"}
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_write_leaves_latest_alone(tmp_path):
+    root = tmp_path / "checkpoints"
+    ck.write_checkpoint(root, 1, _writer("good"))
+
+    def broken(tmp):
+        (tmp / "weights.bin").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        ck.write_checkpoint(root, 2, broken)
+    assert ck.find_latest(root) == root / "step-00000001"
+    with pytest.raises(RuntimeError, match="did not produce trainer/state.json"):
+        ck.write_checkpoint(root, 3, lambda tmp: None)
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001"]
+
+
+@pytest.mark.parametrize("files_before_kill", [0, 1, 2])
+def test_kill_mid_checkpoint_never_corrupts_latest(tmp_path, files_before_kill):
+    """A process SIGKILLed while writing checkpoint 2 (after 0, 1 or 2 of its files) leaves
+    ``latest`` at checkpoint 1; the next run removes the partial directory."""
+    root = tmp_path / "checkpoints"
+    ck.write_checkpoint(root, 1, _writer("one"))
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, json
+        sys.path.insert(0, {os.getcwd()!r})
+        from zoomfeat.training import checkpoint as ck
+        def write(tmp):
+            names = ["weights.bin", "more.bin", "trainer/state.json"]
+            (tmp / "trainer").mkdir()
+            for k, name in enumerate(names):
+                if k == {files_before_kill}:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                (tmp / name).write_text(json.dumps({{"payload": "two"}}))
+        ck.write_checkpoint({str(root)!r}, 2, write)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert any(p.name.startswith(".tmp-step-00000002") for p in root.iterdir())
+    assert ck.find_latest(root) == root / "step-00000001"
+    assert ck.read_state(root / "latest") == {"payload": "one"}
+    removed = ck.clean_partial(root)
+    assert [p.name.split("-")[1] for p in removed] == ["step"]
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001"]
+
+
+def test_kill_between_swap_and_rename_restores_old(tmp_path):
+    root = tmp_path / "checkpoints"
+    ck.write_checkpoint(root, 5, _writer("five"))
+    # what a kill between the two renames of a same-step rewrite leaves behind
+    os.replace(root / "step-00000005", root / ".old-step-00000005-123")
+    assert ck.find_latest(root) is None
+    ck.clean_partial(root)
+    assert ck.read_state(ck.find_latest(root)) == {"payload": "five"}
+
+
+def test_latest_pointing_at_incomplete_falls_back(tmp_path):
+    root = tmp_path / "checkpoints"
+    ck.write_checkpoint(root, 1, _writer("one"))
+    ck.write_checkpoint(root, 2, _writer("two"))
+    (root / "step-00000002" / "trainer" / "state.json").unlink()
+    with pytest.warns(UserWarning, match="not a complete checkpoint"):
+        assert ck.find_latest(root) == root / "step-00000001"
+    with pytest.raises(FileNotFoundError, match="no complete training checkpoint"):
+        ck.resolve_checkpoint(tmp_path / "elsewhere")
