@@ -79,6 +79,7 @@ def test_otsu_threshold_separates_two_modes():
     values = np.concatenate([rng.normal(0.1, 0.02, 5000), rng.normal(0.5, 0.05, 3000)]).clip(0, 1)
     t = otsu_threshold(values)
     assert 0.18 < t < 0.42
+    assert otsu_threshold(np.zeros(100)) == 1.0 and otsu_threshold(np.array([])) == 1.0  # nothing to split
 
 
 def test_fraction_of_fractional_boxes_is_exact():

@@ -61,15 +61,16 @@ def _snap(v: np.ndarray) -> np.ndarray:
 
 def split_parent(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split a parent region (4t, 4t, 3) into its 16 children (16, t, t, 3) (row-major: dy, then
-    dx) and the parent tile (t, t, 3): the region downsampled 4x by 4x4 area averaging (an
-    antialiased box filter, exact for an integer factor)."""
+    dx) and the parent tile (t, t, 3): the region downsampled 4x with the same antialiased Lanczos
+    filter :meth:`Slide.read_region` uses, so it matches a direct read at the parent's MPP."""
+    from PIL import Image
+
     region = np.asarray(region)
     if region.ndim != 3 or region.shape[0] != region.shape[1] or region.shape[0] % RATIO or region.shape[2] != 3:
         raise ValueError(f"parent region must be (4t, 4t, 3), got {region.shape}")
     t = region.shape[0] // RATIO
     children = region.reshape(RATIO, t, RATIO, t, 3).transpose(0, 2, 1, 3, 4).reshape(RATIO * RATIO, t, t, 3)
-    blocks = region.reshape(t, RATIO, t, RATIO, 3).astype(np.uint32).sum(axis=(1, 3))
-    parent = ((blocks + RATIO * RATIO // 2) // (RATIO * RATIO)).astype(np.uint8)
+    parent = np.asarray(Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS))
     return np.ascontiguousarray(children), parent
 
 

@@ -100,7 +100,7 @@ def overlay_mask(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.n
 def _disk(radius_px: float) -> np.ndarray:
     r = max(0, int(round(radius_px)))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return xx * xx + yy * yy <= r * r + r  # a slightly round disk (r=1 -> a plus sign + corners off)
+    return xx * xx + yy * yy <= r * r + r  # "+ r": rounder small disks (r=1 gives the full 3x3)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0.0, 1.0)) -> float:
@@ -117,6 +117,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1e-12)
     between = w0 * w1 * (mu0 - mu1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
+    if between.max() <= 0:  # one value only: nothing to separate
+        return value_range[1]
     # an empty gap between the modes makes a plateau: take its middle
     best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
     i = int(best[len(best) // 2]) if best[-1] - best[0] == len(best) - 1 else int(best[0])
