@@ -70,7 +70,7 @@ def split_parent(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"parent region must be (4t, 4t, 3), got {region.shape}")
     t = region.shape[0] // RATIO
     children = region.reshape(RATIO, t, RATIO, t, 3).transpose(0, 2, 1, 3, 4).reshape(RATIO * RATIO, t, t, 3)
-    parent = np.asarray(Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS))
+    parent = np.array(Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS))
     return np.ascontiguousarray(children), parent
 
 

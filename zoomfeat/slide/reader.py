@@ -255,12 +255,12 @@ class Slide:
                 best = i
         return best
 
-    def read_level_rgb(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
-        """Raw openslide read: level-0 location, level size; RGB uint8 with transparency on white."""
+    def _read_rgba(self, level: int, x0: int, y0: int, w: int, h: int):
+        """openslide read (level-0 location, level size) as a PIL RGBA image; errors name the file."""
         import openslide
 
         try:
-            rgba = np.asarray(self._handle().read_region((int(x0), int(y0)), int(level), (int(w), int(h))))
+            return self._handle().read_region((int(x0), int(y0)), int(level), (int(w), int(h)))
         except openslide.OpenSlideError as err:
             # openslide's handle is unusable after an error: drop it so the next read reopens.
             self._osr = None
@@ -268,14 +268,20 @@ class Slide:
                 f"{self.path}: cannot read {w}x{h} px at level {level} from level-0 ({x0}, {y0}): {err} "
                 "(corrupt or truncated file?)"
             ) from err
-        rgb = rgba[..., :3]
+
+    @staticmethod
+    def _on_white(rgba: np.ndarray) -> np.ndarray:
+        """RGB uint8 of an un-premultiplied RGBA array composited onto white."""
         alpha = rgba[..., 3]
         if alpha.min() == 255:
-            return np.ascontiguousarray(rgb)
+            return np.ascontiguousarray(rgba[..., :3])
         a = alpha[..., None].astype(np.uint16)
-        # openslide-python returns un-premultiplied RGBA: composite onto white.
-        out = (rgb.astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
+        out = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
         return out.astype(np.uint8)
+
+    def read_level_rgb(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
+        """Raw openslide read: level-0 location, level size; RGB uint8 with transparency on white."""
+        return self._on_white(np.asarray(self._read_rgba(level, x0, y0, w, h)))
 
     def read_box(self, x0: float, y0: float, w0: float, h0: float, out_w: int, out_h: int) -> np.ndarray:
         """The level-0 box ``[x0, x0+w0) x [y0, y0+h0)`` (floats allowed) as RGB uint8 (out_h, out_w, 3).
@@ -303,10 +309,11 @@ class Slide:
         start_x, start_y = loc_x / d, loc_y / d  # where the read starts, in level px
         w = math.ceil(bx1 + margin - start_x)
         h = math.ceil(by1 + margin - start_y)
-        img = self.read_level_rgb(level, loc_x, loc_y, w, h)
+        img = self._read_rgba(level, loc_x, loc_y, w, h)
         box = (bx0 - start_x, by0 - start_y, bx1 - start_x, by1 - start_y)
-        out = Image.fromarray(img).resize((out_w, out_h), Image.LANCZOS, box=box)
-        return np.asarray(out)
+        # PIL resamples RGBA in premultiplied form, so compositing onto white afterwards is exact.
+        out = img.resize((out_w, out_h), Image.LANCZOS, box=box)
+        return self._on_white(np.asarray(out))
 
     def read_region(self, x0: float, y0: float, size_px: int, mpp: float) -> np.ndarray:
         """A square RGB uint8 (size_px, size_px, 3) at ``mpp`` um/px, top-left at level-0 (x0, y0).
