@@ -1,0 +1,132 @@
+"""Extract many slides: one model load, per-slide isolation of failures, a run summary.
+
+Every slide is independent and idempotent: complete bags with the same config hash are
+skipped, a slide another process is working on (its lock is held) is left to that process,
+and a slide that fails (corrupt file, no resolution, read error) is recorded with its reason
+while the others go on. Bags left by a *different* configuration stop the run before any work
+(unless ``overwrite``), so a changed timestep never silently reuses or mixes old bags.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from zoomfeat.features.config import ExtractConfig
+from zoomfeat.features.manifest import SlideSpec, shard
+from zoomfeat.features.pipeline import ConfigMismatchError, Extractor, SlideResult
+
+
+@dataclass
+class RunSummary:
+    """Results of one run (one shard)."""
+
+    results: list[SlideResult] = field(default_factory=list)
+    seconds: float = 0.0
+    shard_index: int = 0
+    shard_count: int = 1
+    out_dir: str = ""
+    csv_path: Path | None = None
+
+    def by_status(self, status: str) -> list[SlideResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[SlideResult]:
+        return self.by_status("failed")
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def report(self) -> str:
+        done, skipped, locked, failed = (self.by_status(s) for s in ("done", "skipped", "locked", "failed"))
+        tiles = sum(r.tiles for r in done)
+        busy = sum(r.seconds for r in done)
+        shard_txt = f" (shard {self.shard_index + 1}/{self.shard_count})" if self.shard_count > 1 else ""
+        lines = [
+            f"zoomfeat extract{shard_txt}: {len(self.results)} slide(s) in {self.seconds:.1f} s: {len(done)} extracted "
+            f"({tiles} tiles, {tiles / busy if busy else 0:.2f} tiles/s), {len(skipped)} already complete, "
+            f"{len(locked)} held by another process, {len(failed)} failed",
+            f"bags: {self.out_dir}",
+        ]
+        if self.csv_path:
+            lines.append(f"per-slide log: {self.csv_path}")
+        if failed:
+            lines.append("FAILED slides:")
+            lines += [f"  {r.path}: {r.error}" for r in failed]
+        return "\n".join(lines)
+
+    def write_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["slide_id", "path", "status", "tiles_20x", "tiles_5x", "seconds", "error"])
+            for r in self.results:
+                w.writerow([r.slide_id, r.path, r.status, r.n20, r.n5, f"{r.seconds:.2f}", r.error])
+        self.csv_path = path
+        return path
+
+
+def extract_slides(
+    slides: Sequence[SlideSpec],
+    out_dir: str | Path,
+    config: ExtractConfig,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    extractor: Extractor | None = None,
+    echo=print,
+) -> RunSummary:
+    """Extract ``slides`` (this shard's part of them) into ``out_dir`` with ``config``.
+
+    Model loading errors (no weights, wrong encoder for the model) and bags from another
+    config raise; per-slide errors are recorded in the summary and the run goes on.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    mine = shard(sorted(slides, key=lambda s: str(s.path)), shard_index, shard_count)
+    summary = RunSummary(shard_index=shard_index, shard_count=shard_count, out_dir=str(out_dir))
+    if not mine:
+        echo(f"zoomfeat extract: no slides in shard {shard_index + 1}/{shard_count} ({len(slides)} in total)")
+        return summary
+    ex = extractor or Extractor(config)
+    if not config.overwrite:
+        clashes = []
+        for spec in mine:
+            state, detail = ex.output_state(out_dir, spec.slide_id)
+            if state == "mismatch":
+                clashes.append(f"{spec.slide_id} ({detail})")
+        if clashes:
+            raise ConfigMismatchError(
+                f"{len(clashes)} slide(s) already have bags in {out_dir} written with a different config: "
+                + "; ".join(clashes[:5])
+                + (" ..." if len(clashes) > 5 else "")
+                + ". Pass overwrite=true to recompute them, or choose another out_dir."
+            )
+    with tqdm(mine, desc="slides", unit="slide", disable=not config.progress, position=0) as bar:
+        for spec in bar:
+            bar.set_postfix_str(spec.slide_id)
+            try:
+                result = ex.extract(spec.path, out_dir, mpp=spec.mpp)
+            except KeyboardInterrupt:
+                raise
+            except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
+                result = SlideResult(str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}")
+            summary.results.append(result)
+            msg = result.line()
+            if config.progress:
+                tqdm.write(msg)
+            else:
+                echo(msg)
+    summary.seconds = time.perf_counter() - t0
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"extract_{stamp}_pid{os.getpid()}" + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "") + ".csv"
+    summary.write_csv(Path(out_dir) / "logs" / name)
+    return summary

@@ -1,0 +1,164 @@
+"""Streaming, atomic writing of one slide's six feature bags and two coords files.
+
+The row count of every bag is known from the tile grid before any model runs, so each bag is
+created at its final size under a temporary name (``.{slide_id}.h5.tmp-{pid}``) and filled
+parent by parent as features come out of the models: memory stays flat however large the
+slide. Only when every row is written does each file get ``complete=True`` and get renamed to
+its final name. A killed run leaves only hidden temporary files (removed by the next run that
+takes the slide's lock), never a truncated bag under a final name.
+
+The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from zoomfeat.bags import (
+    FEATURE_SET_MAG,
+    _attr_value,
+    _tmp_name,
+    _write_coords,
+    bag_path,
+    patches_path,
+    write_patches,
+)
+
+#: the 20x-based sets carry ``parent_idx``
+SETS_20X = tuple(s for s, m in FEATURE_SET_MAG.items() if m == 20)
+
+
+def slide_outputs(out_dir: str | Path, slide_id: str, tile_px: int = 256) -> dict[str, Path]:
+    """Final paths of everything written for one slide: the six sets + ``patches_20x``/``patches_5x``."""
+    paths = {name: bag_path(out_dir, name, slide_id, tile_px) for name in FEATURE_SET_MAG}
+    paths["patches_20x"] = patches_path(out_dir, slide_id, 20, tile_px)
+    paths["patches_5x"] = patches_path(out_dir, slide_id, 5, tile_px)
+    return paths
+
+
+def remove_stale_temporaries(paths: Mapping[str, Path]) -> list[Path]:
+    """Delete leftover ``.{name}.tmp-*`` files of these outputs (call only while holding the slide lock)."""
+    removed = []
+    for path in paths.values():
+        if path.parent.is_dir():
+            for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
+
+
+class SlideBagWriter:
+    """Write one slide's bags row block by row block; ``finish()`` publishes them atomically.
+
+    Args:
+        out_dir: the output root.
+        slide_id: file stem used for every file name.
+        dims: ``{feature_set: D}`` for the six sets.
+        coords20, coords5: int64 (N20, 2) kept-children and (N5, 2) parent coordinates.
+        coords_attrs20, coords_attrs5: TRIDENT attributes of the two ``coords`` datasets.
+        parent_idx: int64 (N20,) row of each 20x tile's parent in the 5x bags.
+        attrs: file attributes for every bag; ``set_attrs`` adds per-set ones.
+        tile_px: tile size in the directory names.
+        chunk_rows: HDF5 chunk height of ``features``.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        slide_id: str,
+        dims: Mapping[str, int],
+        coords20: np.ndarray,
+        coords5: np.ndarray,
+        coords_attrs20: Mapping[str, Any],
+        coords_attrs5: Mapping[str, Any],
+        parent_idx: np.ndarray,
+        attrs: Mapping[str, Any],
+        set_attrs: Mapping[str, Mapping[str, Any]] | None = None,
+        tile_px: int = 256,
+        chunk_rows: int = 1024,
+    ) -> None:
+        missing = set(FEATURE_SET_MAG) - set(dims)
+        if missing:
+            raise ValueError(f"dims missing for feature sets {sorted(missing)}")
+        self.paths = slide_outputs(out_dir, slide_id, tile_px)
+        self.coords = {20: np.asarray(coords20, np.int64).reshape(-1, 2), 5: np.asarray(coords5, np.int64).reshape(-1, 2)}
+        self.coords_attrs = {20: dict(coords_attrs20), 5: dict(coords_attrs5)}
+        self.attrs = dict(attrs)
+        self.parent_idx = np.asarray(parent_idx, np.int64)
+        if len(self.parent_idx) != len(self.coords[20]):
+            raise ValueError(f"{len(self.coords[20])} 20x coords but {len(self.parent_idx)} parent_idx entries")
+        self.rows_written = {name: 0 for name in FEATURE_SET_MAG}
+        self._files: dict[str, h5py.File] = {}
+        self._tmp: dict[str, Path] = {}
+        try:
+            for name, mag in FEATURE_SET_MAG.items():
+                path = self.paths[name]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = _tmp_name(path)
+                self._tmp[name] = tmp
+                f = h5py.File(tmp, "w")
+                self._files[name] = f
+                n, d = len(self.coords[mag]), int(dims[name])
+                chunks = (max(1, min(chunk_rows, n)), d) if n and d else True
+                f.create_dataset("features", shape=(n, d), dtype=np.float32, chunks=chunks, maxshape=(None, d))
+                _write_coords(f, self.coords[mag], self.coords_attrs[mag])
+                if name in SETS_20X:
+                    f.create_dataset("parent_idx", data=self.parent_idx)
+                for key, value in {**self.attrs, **dict((set_attrs or {}).get(name, {})), "feature_set": name}.items():
+                    f.attrs[key] = _attr_value(value)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, start: int, rows: np.ndarray) -> None:
+        """Write ``rows`` (n, D) of feature set ``name`` at rows ``start .. start+n``."""
+        rows = np.asarray(rows, dtype=np.float32)
+        ds = self._files[name]["features"]
+        if rows.ndim != 2 or rows.shape[1] != ds.shape[1] or start < 0 or start + len(rows) > ds.shape[0]:
+            raise ValueError(f"{self.paths[name]}: cannot write rows {start}..{start + len(rows)} of shape {rows.shape} into {ds.shape}")
+        if len(rows):
+            ds[start : start + len(rows)] = rows
+        self.rows_written[name] += len(rows)
+
+    def finish(self) -> dict[str, Path]:
+        """Check every row was written, mark complete, rename to the final names; returns the paths."""
+        for name, f in self._files.items():
+            n = f["features"].shape[0]
+            if self.rows_written[name] != n:
+                raise RuntimeError(f"{self.paths[name]}: {self.rows_written[name]} of {n} rows written; not publishing an incomplete bag")
+        for f in self._files.values():
+            f.attrs["complete"] = True
+            f.close()
+        self._files.clear()
+        # coords files first, the six bags last: the slide counts as done only when all exist.
+        for mag in (20, 5):
+            write_patches(self.paths[f"patches_{mag}x"], self.coords[mag], self.coords_attrs[mag], {**self.attrs, "feature_set": "patches"})
+        for name, tmp in list(self._tmp.items()):
+            os.replace(tmp, self.paths[name])
+            del self._tmp[name]
+        return dict(self.paths)
+
+    def abort(self) -> None:
+        """Close and delete every temporary file (nothing is published)."""
+        for f in self._files.values():
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing a broken file must not mask the first error
+                pass
+        self._files.clear()
+        for tmp in self._tmp.values():
+            tmp.unlink(missing_ok=True)
+        self._tmp.clear()
+
+    def __enter__(self) -> SlideBagWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or self._files:
+            self.abort()
