@@ -1,0 +1,124 @@
+"""Metrics for binary MIL benchmarks: per-fold scores, summaries and paired comparisons.
+
+* :func:`binary_metrics` -- AUC, balanced accuracy, F1 and accuracy of one test fold
+  (scikit-learn's definitions; the decision threshold is 0.5 on the predicted probability).
+* :func:`summarize` -- mean, sample standard deviation and a t-based 95% confidence interval
+  of the mean over folds.
+* :func:`paired_comparison` -- a feature set against a baseline over the *same* folds:
+  the Nadeau-Bengio corrected resampled paired t-test (the variance of the fold differences
+  is inflated by ``n_test / n_train`` because cross-validation training sets overlap; the
+  plain paired t-test is too liberal there) and the Wilcoxon signed-rank test.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+#: metric names in the order they appear in every table
+METRICS = ("auc", "balanced_accuracy", "f1", "accuracy")
+METRIC_LABELS = {"auc": "AUC", "balanced_accuracy": "Balanced accuracy", "f1": "F1", "accuracy": "Accuracy"}
+
+
+def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
+    """AUC, balanced accuracy, F1 (positive class 1) and accuracy of one set of predictions.
+
+    AUC is NaN when ``y_true`` holds a single class (it is undefined there).
+    """
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
+
+    y_true = np.asarray(y_true, dtype=np.int64).ravel()
+    y_prob = np.asarray(y_prob, dtype=np.float64).ravel()
+    if y_true.shape != y_prob.shape:
+        raise ValueError(f"{len(y_true)} labels but {len(y_prob)} predictions")
+    if len(y_true) == 0:
+        raise ValueError("no predictions to score")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError(f"labels must be 0/1, got {sorted(set(y_true.tolist()))}")
+    y_pred = (y_prob >= threshold).astype(np.int64)
+    auc = float(roc_auc_score(y_true, y_prob)) if len(np.unique(y_true)) == 2 else float("nan")
+    with warnings.catch_warnings():
+        # balanced accuracy of a one-class fold warns; the value is still well defined
+        warnings.simplefilter("ignore", UserWarning)
+        bacc = float(balanced_accuracy_score(y_true, y_pred))
+    return {
+        "auc": auc,
+        "balanced_accuracy": bacc,
+        "f1": float(f1_score(y_true, y_pred, zero_division=0.0)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+
+
+def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean, std (ddof=1), t-based ``confidence`` interval of the mean, and n (NaNs dropped)."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    mean = float(x.mean())
+    if n == 1:
+        return {"mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 1}
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+
+
+def corrected_paired_ttest(diffs: Sequence[float], test_train_ratio: float) -> tuple[float, float]:
+    """Nadeau & Bengio (2003) corrected resampled t-test on paired fold differences.
+
+    ``t = mean(d) / sqrt((1/n + n_test/n_train) * var(d))`` with n-1 degrees of freedom.
+    Returns (t, two-sided p); NaN when fewer than two differences or zero variance with zero mean.
+    """
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    n = len(d)
+    if n < 2:
+        return float("nan"), float("nan")
+    var = d.var(ddof=1)
+    mean = d.mean()
+    if var == 0:
+        return (float("nan"), float("nan")) if mean == 0 else (math.copysign(math.inf, mean), 0.0)
+    t = mean / math.sqrt((1.0 / n + test_train_ratio) * var)
+    p = 2 * float(stats.t.sf(abs(t), df=n - 1))
+    return float(t), p
+
+
+def paired_comparison(values: Sequence[float], baseline: Sequence[float], test_train_ratio: float) -> dict[str, float]:
+    """Compare a feature set with the baseline over the same folds (pairs with a NaN dropped).
+
+    Returns ``diff_mean`` (set - baseline), ``t`` and ``p_corrected_t`` (Nadeau-Bengio),
+    ``p_wilcoxon`` (two-sided signed-rank; NaN when every difference is zero), wins/ties/losses
+    and ``n`` (pairs).
+    """
+    from scipy import stats
+
+    a = np.asarray(values, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired comparison needs the same folds: {a.shape} vs {b.shape}")
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    t, p_t = corrected_paired_ttest(d, test_train_ratio)
+    p_w = float("nan")
+    if len(d) >= 2 and np.any(d != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p_w = float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    return {
+        "diff_mean": float(d.mean()) if len(d) else float("nan"),
+        "t": t,
+        "p_corrected_t": p_t,
+        "p_wilcoxon": p_w,
+        "wins": int((d > 0).sum()),
+        "ties": int((d == 0).sum()),
+        "losses": int((d < 0).sum()),
+        "n": int(len(d)),
+    }

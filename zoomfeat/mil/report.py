@@ -1,0 +1,219 @@
+"""Benchmark outputs: per-fold table, summary (CSV, Markdown, PNG), predictions, attention.
+
+Files written into ``out_dir`` by :func:`write_report`:
+
+* ``folds.csv``: feature_set, repeat, fold, auc, balanced_accuracy, f1, accuracy, then
+  n_train, n_val, n_test, best_epoch, seconds;
+* ``summary.csv``: feature_set, metric, mean, std, ci_low, ci_high, n (t-based 95% CI of the
+  mean over folds);
+* ``paired.csv`` and ``summary.md``: each feature set against the baseline over the same
+  folds (Nadeau-Bengio corrected resampled t-test and Wilcoxon signed-rank test);
+* ``summary.png``: each metric per feature set, mean with 95% CI error bars and the folds.
+
+Per-slide test predictions (``predictions.csv``) and attention (``attention/{set}/
+repeat{r}_fold{f}.h5``, one group per slide) are written as the folds finish.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from zoomfeat.mil.metrics import METRIC_LABELS, METRICS, paired_comparison, summarize
+
+FOLD_COLUMNS = ("feature_set", "repeat", "fold", *METRICS)
+SUMMARY_COLUMNS = ("feature_set", "metric", "mean", "std", "ci_low", "ci_high", "n")
+PREDICTION_COLUMNS = ("feature_set", "repeat", "fold", "slide_id", "case_id", "label", "prob", "pred", "n_instances")
+
+
+def _ordered(folds: pd.DataFrame, feature_sets: Sequence[str] | None) -> list[str]:
+    present = list(dict.fromkeys(folds["feature_set"]))
+    if feature_sets is None:
+        return present
+    return [fs for fs in feature_sets if fs in present] + [fs for fs in present if fs not in feature_sets]
+
+
+def summary_table(folds: pd.DataFrame, feature_sets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, std and 95% CI over folds of every metric for every feature set."""
+    rows = []
+    for fs in _ordered(folds, feature_sets):
+        frame = folds[folds["feature_set"] == fs]
+        for metric in METRICS:
+            rows.append({"feature_set": fs, "metric": metric, **summarize(frame[metric].to_numpy())})
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def paired_table(folds: pd.DataFrame, baseline: str, feature_sets: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every other feature set against ``baseline`` over the folds both were run on."""
+    columns = ["feature_set", "baseline", "metric", "diff_mean", "t", "p_corrected_t", "p_wilcoxon", "wins", "ties", "losses", "n"]
+    if baseline not in set(folds["feature_set"]):
+        return pd.DataFrame(columns=columns)
+    base = folds[folds["feature_set"] == baseline].set_index(["repeat", "fold"])
+    rows = []
+    for fs in _ordered(folds, feature_sets):
+        if fs == baseline:
+            continue
+        other = folds[folds["feature_set"] == fs].set_index(["repeat", "fold"])
+        common = base.index.intersection(other.index)
+        ratio = float((other.loc[common, "n_test"] / (other.loc[common, "n_train"] + other.loc[common, "n_val"])).mean()) if len(common) else float("nan")
+        for metric in METRICS:
+            stats = paired_comparison(other.loc[common, metric].to_numpy(), base.loc[common, metric].to_numpy(), ratio)
+            rows.append({"feature_set": fs, "baseline": baseline, "metric": metric, **stats})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
+    """A paper-ready Markdown summary: mean ± std (95% CI) per set and metric, then the paired tests."""
+    sets = list(dict.fromkeys(summary["feature_set"]))
+    best = {m: summary[summary["metric"] == m]["mean"].max() for m in METRICS}
+    lines = [f"# {title}", ""]
+    lines.append("| Feature set | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |")
+    lines.append("|:--|" + "--:|" * len(METRICS))
+    n_folds = 0
+    for fs in sets:
+        cells = []
+        for m in METRICS:
+            row = summary[(summary["feature_set"] == fs) & (summary["metric"] == m)].iloc[0]
+            n_folds = max(n_folds, int(row["n"]))
+            text = f"{_fmt(row['mean'])} ± {_fmt(row['std'])} ({_fmt(row['ci_low'])}–{_fmt(row['ci_high'])})"
+            if len(sets) > 1 and not math.isnan(row["mean"]) and row["mean"] == best[m]:
+                text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {fs} | " + " | ".join(cells) + " |")
+    lines += ["", f"Mean ± standard deviation over {n_folds} test folds, with the 95% t-interval of the mean in brackets.", ""]
+    if len(paired):
+        baseline = paired["baseline"].iloc[0]
+        lines += [
+            f"## Paired comparison with {baseline} (same folds)",
+            "",
+            "| Feature set | Metric | Δ mean | p (corrected t) | p (Wilcoxon) | wins / ties / losses |",
+            "|:--|:--|--:|--:|--:|:-:|",
+        ]
+        for _, row in paired.iterrows():
+            lines.append(
+                f"| {row['feature_set']} | {METRIC_LABELS[row['metric']]} | {row['diff_mean']:+.3f} | {_fmt_p(row['p_corrected_t'])} | "
+                f"{_fmt_p(row['p_wilcoxon'])} | {row['wins']} / {row['ties']} / {row['losses']} |"
+            )
+        lines += [
+            "",
+            "Δ = feature set minus baseline, averaged over folds. p (corrected t): two-sided paired t-test "
+            "with the Nadeau-Bengio correction for overlapping cross-validation training sets; "
+            "p (Wilcoxon): two-sided Wilcoxon signed-rank test on the fold differences. No correction "
+            "for multiple comparisons.",
+            "",
+        ]
+    lines += [f"- {n}" for n in notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """One panel per metric: mean per feature set with 95% CI error bars, folds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sets = list(dict.fromkeys(summary["feature_set"]))
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, metric in zip(axes[0], METRICS):
+        sub = summary[summary["metric"] == metric].set_index("feature_set").loc[sets]
+        x = np.arange(len(sets))
+        mean = sub["mean"].to_numpy(dtype=float)
+        err = np.vstack([mean - sub["ci_low"].to_numpy(dtype=float), sub["ci_high"].to_numpy(dtype=float) - mean])
+        err = np.nan_to_num(err, nan=0.0)
+        ax.bar(x, mean, color="#9ecae1", edgecolor="#3182bd", width=0.6)
+        ax.errorbar(x, mean, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1.2)
+        for k, fs in enumerate(sets):
+            vals = folds.loc[folds["feature_set"] == fs, metric].to_numpy(dtype=float)
+            ax.scatter(k + rng.uniform(-0.15, 0.15, len(vals)), vals, s=8, color="#08519c", alpha=0.6, zorder=3)
+        ax.set_xticks(x, sets, rotation=35, ha="right", fontsize=8)
+        ax.set_title(METRIC_LABELS[metric], fontsize=10)
+        ax.set_ylim(0, 1.05)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_attention(path: str | Path, slides: Mapping[str, Mapping[str, Any]], attrs: Mapping[str, Any] | None = None) -> Path:
+    """One HDF5 file per fold: a group per test slide with ``attention`` (softmax over the bag),
+    ``attention_logits`` (raw), ``coords`` (when the bag has them), and label/prob attributes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with h5py.File(tmp, "w") as f:
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        for slide_id, entry in slides.items():
+            g = f.create_group(slide_id.replace("/", "_"))
+            logits = np.asarray(entry["attention_logits"], dtype=np.float32)
+            soft = np.exp(logits - logits.max()) if len(logits) else logits
+            g.create_dataset("attention_logits", data=logits)
+            g.create_dataset("attention", data=soft / soft.sum() if len(logits) else soft)
+            if entry.get("coords") is not None:
+                g.create_dataset("coords", data=np.asarray(entry["coords"], dtype=np.int64))
+            g.attrs["slide_id"] = slide_id
+            for key in ("label", "prob", "case_id"):
+                if key in entry:
+                    g.attrs[key] = entry[key]
+    tmp.replace(path)
+    return path
+
+
+def read_attention(path: str | Path) -> dict[str, dict[str, Any]]:
+    """``{slide_id: {"attention", "attention_logits", "coords", "label", "prob"}}`` of one fold file."""
+    out: dict[str, dict[str, Any]] = {}
+    with h5py.File(path, "r") as f:
+        for name, g in f.items():
+            entry = {k: g[k][()] for k in g.keys()}
+            entry.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()})
+            out[str(entry.get("slide_id", name))] = entry
+    return out
+
+
+def write_report(
+    out_dir: str | Path,
+    folds: pd.DataFrame,
+    baseline: str | None,
+    title: str,
+    notes: Sequence[str] = (),
+    feature_sets: Sequence[str] | None = None,
+) -> dict[str, Path]:
+    """Write folds.csv, summary.csv, paired.csv, summary.md and summary.png; return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
+    folds = folds[list(FOLD_COLUMNS) + extra]
+    paths = {"folds": out_dir / "folds.csv", "summary": out_dir / "summary.csv", "paired": out_dir / "paired.csv", "markdown": out_dir / "summary.md", "plot": out_dir / "summary.png"}
+    folds.to_csv(paths["folds"], index=False)
+    summary = summary_table(folds, feature_sets)
+    summary.to_csv(paths["summary"], index=False)
+    paired = paired_table(folds, baseline, feature_sets) if baseline else pd.DataFrame()
+    if len(paired):
+        paired.to_csv(paths["paired"], index=False)
+    else:
+        paths.pop("paired")
+    paths["markdown"].write_text(markdown(summary, paired, title, notes))
+    plot_summary(summary, folds, paths["plot"], title)
+    return paths

@@ -1,0 +1,181 @@
+"""Patient-level stratified cross-validation splits, saved as CSV and reusable.
+
+A split table has one row per (repeat, fold, slide)::
+
+    repeat, fold, part, slide_id, case_id, label        part in {train, val, test}
+
+Test folds come from scikit-learn's ``StratifiedGroupKFold`` over slides grouped by patient
+(``case_id``), so a patient never spans train and test; the validation part is carved out of
+each training fold the same way (patient-grouped, stratified), so it never shares a patient
+with train or test either. The cohort is sorted by slide id first, so the splits depend only
+on the cohort, ``folds``, ``repeats``, ``val_fraction`` and ``seed``, never on row order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLIT_COLUMNS = ("repeat", "fold", "part", "slide_id", "case_id", "label")
+PARTS = ("train", "val", "test")
+
+
+def _random_state(*keys: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+def check_class_counts(case_ids: Sequence[str], labels: Sequence[int], folds: int) -> None:
+    """Every class needs at least ``folds`` patients, else some test fold lacks it: ValueError."""
+    table = pd.DataFrame({"case_id": list(case_ids), "label": list(labels)})
+    counts = table.drop_duplicates().groupby("label")["case_id"].nunique()
+    if len(counts) < 2:
+        raise ValueError(f"only one class in the cohort (label {counts.index.tolist()}); a binary task needs two")
+    small = counts[counts < folds]
+    if len(small):
+        detail = ", ".join(f"label {k}: {v} patient(s)" for k, v in small.items())
+        raise ValueError(
+            f"a class has fewer patients than cross-validation folds ({folds}): {detail}; "
+            f"use fewer folds (cv.folds=) or add patients"
+        )
+
+
+def _conflicting_cases(table: pd.DataFrame) -> list[str]:
+    per_case = table.groupby("case_id")["label"].nunique()
+    return per_case[per_case > 1].index.tolist()
+
+
+def _val_split(train: pd.DataFrame, val_fraction: float, random_state: int) -> np.ndarray:
+    """Boolean mask over ``train`` rows: the patient-grouped stratified validation part."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if val_fraction <= 0:
+        return np.zeros(len(train), dtype=bool)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"cv.val_fraction must be in [0, 1), got {val_fraction}")
+    min_cases = int(train.drop_duplicates(["case_id", "label"]).groupby("label")["case_id"].nunique().min())
+    n_splits = max(2, min(round(1 / val_fraction), min_cases, train["case_id"].nunique()))
+    if train["case_id"].nunique() < 2:
+        return np.zeros(len(train), dtype=bool)
+    sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        _, val_rows = next(sgkf.split(np.zeros(len(train)), train["label"].to_numpy(), train["case_id"].to_numpy()))
+    mask = np.zeros(len(train), dtype=bool)
+    mask[val_rows] = True
+    return mask
+
+
+def make_splits(
+    slide_ids: Sequence[str],
+    case_ids: Sequence[str],
+    labels: Sequence[int],
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+) -> pd.DataFrame:
+    """Patient-grouped stratified ``folds``-fold CV, ``repeats`` times, with a validation part.
+
+    Raises ValueError when a class has fewer patients than ``folds``, or a patient's slides
+    carry different labels (a patient-level split cannot stratify them).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if folds < 2:
+        raise ValueError(f"cv.folds must be >= 2, got {folds}")
+    if repeats < 1:
+        raise ValueError(f"cv.repeats must be >= 1, got {repeats}")
+    cohort = pd.DataFrame({"slide_id": [str(s) for s in slide_ids], "case_id": [str(c) for c in case_ids], "label": np.asarray(labels, dtype=np.int64)})
+    dup = cohort["slide_id"][cohort["slide_id"].duplicated()].tolist()
+    if dup:
+        raise ValueError(f"slide ids appear more than once in the cohort: {dup[:10]}")
+    conflicting = _conflicting_cases(cohort)
+    if conflicting:
+        raise ValueError(f"{len(conflicting)} patient(s) have slides with different labels: {conflicting[:10]}")
+    check_class_counts(cohort["case_id"], cohort["label"], folds)
+    cohort = cohort.sort_values("slide_id", kind="stable").reset_index(drop=True)
+    y = cohort["label"].to_numpy()
+    groups = cohort["case_id"].to_numpy()
+    frames = []
+    for repeat in range(repeats):
+        sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=_random_state(seed, repeat))
+        for fold, (train_rows, test_rows) in enumerate(sgkf.split(np.zeros(len(cohort)), y, groups)):
+            train = cohort.iloc[train_rows].reset_index(drop=True)
+            val_mask = _val_split(train, val_fraction, _random_state(seed, repeat, fold, 1))
+            parts = [
+                train[~val_mask].assign(part="train"),
+                train[val_mask].assign(part="val"),
+                cohort.iloc[test_rows].assign(part="test"),
+            ]
+            frame = pd.concat(parts, ignore_index=True).assign(repeat=repeat, fold=fold)
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)[list(SPLIT_COLUMNS)]
+
+
+def validate_splits(splits: pd.DataFrame, source: str = "splits") -> pd.DataFrame:
+    """Check a split table's columns and that no patient spans two parts of one fold."""
+    missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing} (columns: {list(splits.columns)}; expected {list(SPLIT_COLUMNS)})")
+    splits = splits.assign(slide_id=splits["slide_id"].astype(str), case_id=splits["case_id"].astype(str))
+    bad_parts = sorted(set(splits["part"]) - set(PARTS))
+    if bad_parts:
+        raise ValueError(f"{source}: unknown part(s) {bad_parts}; expected {list(PARTS)}")
+    for (repeat, fold), frame in splits.groupby(["repeat", "fold"]):
+        if frame["slide_id"].duplicated().any():
+            dup = frame["slide_id"][frame["slide_id"].duplicated()].tolist()[:10]
+            raise ValueError(f"{source}: repeat {repeat} fold {fold} lists slide(s) twice: {dup}")
+        if not (frame["part"] == "train").any() or not (frame["part"] == "test").any():
+            raise ValueError(f"{source}: repeat {repeat} fold {fold} has no train or no test slides")
+        spanning = frame.groupby("case_id")["part"].nunique()
+        spanning = spanning[spanning > 1].index.tolist()
+        if spanning:
+            raise ValueError(f"{source}: repeat {repeat} fold {fold}: patient(s) in more than one part: {spanning[:10]}")
+    return splits
+
+
+def save_splits(splits: pd.DataFrame, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    validate_splits(splits).to_csv(path, index=False)
+    return path
+
+
+def load_splits(path: str | Path, cohort: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Read a split CSV written by :func:`save_splits` (or by hand) and check it.
+
+    With ``cohort`` (columns slide_id, case_id, label): slides in the splits but not in the
+    cohort, or with a different label, are an error; cohort slides absent from the splits
+    are left out with a warning.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no split file at {path} (cv.splits=)")
+    splits = validate_splits(pd.read_csv(path, dtype={"slide_id": str, "case_id": str}), str(path))
+    if cohort is not None:
+        known = dict(zip(cohort["slide_id"].astype(str), cohort["label"].astype(int)))
+        unknown = sorted(set(splits["slide_id"]) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: {len(unknown)} slide(s) are not in this task's cohort (no label or no bag): {unknown[:20]}")
+        relabelled = splits[[known[s] != int(lab) for s, lab in zip(splits["slide_id"], splits["label"])]]
+        if len(relabelled):
+            raise ValueError(f"{path}: labels differ from the task's labels for slide(s) {sorted(set(relabelled['slide_id']))[:20]}")
+        absent = sorted(set(known) - set(splits["slide_id"]))
+        if absent:
+            warnings.warn(f"{len(absent)} cohort slide(s) are not in {path} and are left out: {absent[:10]}", stacklevel=2)
+    return splits
+
+
+def fold_keys(splits: pd.DataFrame) -> list[tuple[int, int]]:
+    """Sorted (repeat, fold) pairs of a split table."""
+    return sorted({(int(r), int(f)) for r, f in zip(splits["repeat"], splits["fold"])})
+
+
+def fold_parts(splits: pd.DataFrame, repeat: int, fold: int) -> dict[str, list[str]]:
+    """``{"train": [...], "val": [...], "test": [...]}`` slide ids of one fold."""
+    frame = splits[(splits["repeat"] == repeat) & (splits["fold"] == fold)]
+    return {part: frame.loc[frame["part"] == part, "slide_id"].tolist() for part in PARTS}
