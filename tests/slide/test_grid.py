@@ -199,6 +199,16 @@ def test_artefacts_get_no_tiles_and_overlay_shows_the_grid(tmp_path):
     assert blue[y0 + 20 : y0 + 500, x0 : x0 + 2].mean() > 0.9
 
 
+def test_low_magnification_slide_is_upsampled_with_a_warning(synthetic_slide_factory):
+    path = synthetic_slide_factory("tenx", width=1200, height=1000, mpp=1.0, levels=2, tissue_fraction=0.6)
+    slide = Slide.open(path)
+    assert slide.magnification == pytest.approx(10.0)
+    with pytest.warns(UserWarning, match=r"tenx\.svs.*coarser than the requested 20x"):
+        g = TileGrid.build(slide)
+    assert g.child_size_level0 == 128.0 and g.patch_size_level0 == 128 and len(g.parents) > 0
+    assert g.read_parent(slide, 0).shape == (1024, 1024, 3)
+
+
 def test_build_validates_arguments(cmu):
     with pytest.raises(ValueError, match="mag / parent_mag"):
         TileGrid.build(cmu, mag=20, parent_mag=10)
