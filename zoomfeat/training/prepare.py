@@ -22,8 +22,6 @@ magnifications a record lacks are computed.
 
 from __future__ import annotations
 
-import csv
-import glob
 import hashlib
 import logging
 import time
@@ -49,7 +47,6 @@ log = logging.getLogger("zoomfeat.prepare")
 
 TILE_PX = 256
 RATIO = 4  # 20x tiles per 5x tile side
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm")
 
 
 @dataclass
@@ -74,50 +71,6 @@ class PrepareConfig:
             raise ValueError("mags is empty: name at least one magnification (e.g. mags=[20x,5x])")
         if not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard.index must be in [0, shard.count), got {self.shard_index}/{self.shard_count}")
-
-
-# ----------------------------------------------------------------------------------------------
-# inputs
-
-
-def collect_slides(inputs: list[str | Path]) -> list[Path]:
-    """Slide paths from files, directories (slide files inside, not recursive), globs and CSV
-    manifests (a ``path`` or ``slide_path`` column, or the first column). Duplicates dropped;
-    two different files with the same stem (slide id) are an error."""
-    out: list[Path] = []
-    for item in inputs:
-        s = str(item)
-        p = Path(s).expanduser()
-        if p.suffix.lower() == ".csv" and p.is_file():
-            with open(p, newline="") as f:
-                rows = list(csv.DictReader(f))
-            if not rows:
-                continue
-            col = next((c for c in ("path", "slide_path", "slide", "file") if c in rows[0]), next(iter(rows[0])))
-            for r in rows:
-                q = Path(r[col]).expanduser()
-                out.append(q if q.is_absolute() else p.parent / q)
-        elif p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in SLIDE_SUFFIXES and q.is_file())
-            if not found:
-                raise FileNotFoundError(f"no slide files ({', '.join(SLIDE_SUFFIXES)}) in directory {p}")
-            out.extend(found)
-        elif any(ch in s for ch in "*?["):
-            found = sorted(Path(q) for q in glob.glob(s))
-            if not found:
-                raise FileNotFoundError(f"no files match {s}")
-            out.extend(found)
-        else:
-            if not p.exists():
-                raise FileNotFoundError(f"no slide file at {p}")
-            out.append(p)
-    unique: dict[str, Path] = {}
-    for p in out:
-        prev = unique.get(p.stem)
-        if prev is not None and prev.resolve() != p.resolve():
-            raise ValueError(f"two slides share the id {p.stem!r}: {prev} and {p}; slide ids (file stems) must be unique")
-        unique.setdefault(p.stem, p)
-    return list(unique.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,12 +191,14 @@ def prepare_slide(
     encoders: _Encoders,
     cfg: PrepareConfig,
     mags: list[int],
+    mpp: float | None = None,
 ) -> dict[str, Any]:
-    """Tile, embed and encode one slide at ``mags`` and commit it to ``writer``."""
+    """Tile, embed and encode one slide at ``mags`` and commit it to ``writer`` (``mpp``
+    overrides the slide's resolution, else ``cfg.mpp``, else the file's)."""
     from zoomfeat.slide import Slide, TileGrid, detect_tissue
 
     t_start = time.perf_counter()
-    slide = Slide.open(path, mpp=cfg.mpp)
+    slide = Slide.open(path, mpp=mpp if mpp is not None else cfg.mpp)
     mpp20 = 10.0 / 20.0
     s0 = TILE_PX * mpp20 / slide.mpp  # level-0 px per 20x tile (the 20x lattice of TileGrid)
     tissue = detect_tissue(slide, mpp=min(8.0, s0 * slide.mpp / 16), progress=False, **cfg.tissue)
@@ -377,12 +332,13 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
     ``model`` supplies the VQ encoder (ZoomLDM), ``encoder`` the UNI embeddings. Returns a
     summary: slides done / skipped / failed, tiles per magnification, seconds.
     """
+    from zoomfeat.features.manifest import discover, shard
     from zoomfeat.training.loop import resolve_precision
 
-    slides = collect_slides(inputs)
-    if not slides:
-        raise ValueError("no slides given: pass slide files, directories, globs or a CSV manifest")
-    slides = slides[cfg.shard_index :: cfg.shard_count]
+    specs = discover(inputs)
+    if not specs:
+        raise ValueError(f"no slides found in {list(inputs)}: pass slide files, directories of slides or manifest CSVs")
+    specs = shard(specs, cfg.shard_index, cfg.shard_count)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model.to(device).eval()
@@ -407,7 +363,8 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
     from zoomfeat.slide import SlideError
 
     with writer:
-        for path in tqdm(slides, desc="prepare", unit="slide", disable=not cfg.progress):
+        for spec in tqdm(specs, desc="prepare", unit="slide", disable=not cfg.progress):
+            path = spec.path
             rec = read_record(cfg.out_dir, path.stem)
             have = set(rec.get("mags", {})) if rec and rec.get("config_hash") == chash else set()
             todo = [m for m in cfg.mags if str(m) not in have or not (Path(cfg.out_dir) / rec["mags"][str(m)]["file"]).is_file()]
@@ -415,7 +372,7 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
                 summary["skipped"].append(path.stem)
                 continue
             try:
-                res = prepare_slide(path, writer, encoders, cfg, todo)
+                res = prepare_slide(path, writer, encoders, cfg, todo, mpp=spec.mpp)
             except (SlideError, FileNotFoundError) as err:
                 log.error("%s: %s", path, err)
                 summary["failed"][path.stem] = str(err)
@@ -429,4 +386,4 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
     return summary
 
 
-__all__ = ["PrepareConfig", "collect_slides", "prepare", "prepare_slide", "vq_fingerprint", "data_settings"]
+__all__ = ["PrepareConfig", "prepare", "prepare_slide", "vq_fingerprint", "data_settings"]
