@@ -243,6 +243,38 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     return ZoomLDM.from_config(cfg.model, seed=cfg.seed)
 
 
+def align_vq(model: nn.Module, index: ShardIndex, cfg: TrainConfig) -> None:
+    """Make sure the model's (frozen) VQ is the one that encoded the data.
+
+    The shards' latents only mean something to the VQ that made them: sample grids decode with
+    it and feature extraction encodes with it. Training from scratch (no ``init``) takes the VQ
+    weights from the checkpoint ``prepare`` used (``dataset.json``'s ``vq_checkpoint``); any other
+    mismatch is an error.
+    """
+    from zoomfeat.training.prepare import vq_fingerprint
+
+    want = index.info.get("vq")
+    if not want:
+        return
+    have = vq_fingerprint(model)
+    if have == want:
+        return
+    source = str(index.info.get("vq_checkpoint") or "")
+    loadable = source and not source.startswith("random-init") and (Path(source).exists() or "/" in source)
+    if not cfg.init and loadable:
+        ZoomLDM = _model_class()
+        donor = ZoomLDM.load(source, config=cfg.model)
+        model.vq.load_state_dict(donor.vq.state_dict())
+        if vq_fingerprint(model) == want:
+            log.info("VQ autoencoder taken from %s (the checkpoint the training data was prepared with)", source)
+            return
+    raise ValueError(
+        f"the training data in {index.data_dir} was encoded with another VQ autoencoder (weights hash {want}, "
+        f"from {source or 'unknown'}) than the model being trained ({have}, from {getattr(model, 'checkpoint_id', '?')}). "
+        "Pass init= the checkpoint prepare used (model.checkpoint=... at prepare time), or prepare the data with this model."
+    )
+
+
 class DiffusionObjective(nn.Module):
     """eps-prediction MSE of one batch; the module DDP wraps (UNet + summarizer parameters)."""
 
@@ -509,6 +541,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             f"but model={cfg.model} expects {ssl_channels}; prepare the data with the matching encoder"
         )
 
+    if resumed is None:
+        align_vq(model, index, cfg)
     model.to(device)
     model.vq.requires_grad_(False).eval()
     model.unet.train()

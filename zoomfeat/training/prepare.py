@@ -210,7 +210,7 @@ def prepare_slide(
         lattices[m] = _lattice(grids[m])[kept_rows[m]]
 
     # every 20x cell a kept tile covers, and the 4x4 blocks holding them
-    cells_per_tile = {m: (lattices[m][:, None, None, :] * 2**m + _offsets(m)[None]).reshape(len(lattices[m]), -1, 2) for m in mags}
+    cells_per_tile = {m: (lattices[m][:, None, None, :] * 2**m + _offsets(m)[None]).reshape(len(lattices[m]), 4**m, 2) for m in mags}
     all_cells = np.unique(np.concatenate([c.reshape(-1, 2) for c in cells_per_tile.values()] + [np.zeros((0, 2), np.int64)]), axis=0)
     blocks, block_of_cell = np.unique(all_cells // RATIO, axis=0, return_inverse=True)
     block_of_cell = block_of_cell.reshape(-1)
