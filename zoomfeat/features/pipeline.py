@@ -279,9 +279,14 @@ class Extractor:
     @torch.inference_mode()
     def zoomldm_features(self, images: torch.Tensor, contexts: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Pooled tap features (B, D) of uint8 tiles given contexts (B, 65, C) and noise (B, k, 3, h, w)."""
+        # uint8 NHWC -> float NCHW in [-1, 1]. The layout matters on CPU: torch's channels_last
+        # GroupNorm CPU kernel is inaccurate (errors up to ~0.3 on the VQ encoder's first
+        # GroupNorm for tiles with background, and batch-size dependent), so the CPU path feeds
+        # NCHW-contiguous tensors. CUDA's GroupNorm makes its input contiguous itself, so
+        # channels_last there only speeds up the convolutions.
         x = images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
         t = torch.full((len(x),), self.cfg.timestep, dtype=torch.long, device=self.device)
         with autocast_context(self.device, self.cfg.precision):
             z0 = self.model.encode(x).float()
