@@ -271,11 +271,14 @@ def write_yaml(doc: Mapping[str, Any], path: Path) -> None:
 
 
 def _refuse(path: Path, err: Exception) -> CheckpointError:
+    msg = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+    what = f" (it holds an object of type {found[1]})" if found else ""
     return CheckpointError(
-        f"{path}: refusing to load this file: it needs arbitrary Python objects unpickled ({str(err).splitlines()[0]}). "
+        f"{path}: refusing to load this file: it needs arbitrary Python objects unpickled{what}. "
         "zoomfeat only reads plain tensors (torch.load(weights_only=True) or safetensors) and never runs code "
-        "from a checkpoint. Re-save its state_dict as a dict of tensors (torch.save(model.state_dict(), ...)) "
-        "or as safetensors."
+        "from a checkpoint. Re-save its state_dict as a flat dict of tensors (torch.save(model.state_dict(), ...)) "
+        "or as safetensors, where you trust the file."
     )
 
 
@@ -310,8 +313,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 if "weights only" in str(err).lower():
                     raise _refuse(path, err) from err
                 raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
-            except (EOFError, OSError, ValueError) as err:
-                raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+            except Exception as err:  # zip/pickle garbage raises KeyError, EOFError, OSError ...
+                raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):

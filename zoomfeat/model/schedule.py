@@ -88,17 +88,19 @@ class Schedule(nn.Module):
         return official_buffers(self.timesteps, self.linear_start, self.linear_end, self.beta_schedule)
 
     def _t(self, t: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-        t = torch.as_tensor(t, device=device)
-        if t.is_floating_point():
-            raise TypeError("timesteps must be integers in [0, T)")
+        """Timesteps as LongTensor[batch] on ``device``; the range is checked where that needs no
+        device sync (Python ints and CPU tensors)."""
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex():
+            raise TypeError(f"timesteps must be integers in [0, {self.timesteps}), got dtype {t.dtype}")
         t = t.long().reshape(-1)
         if t.numel() == 1 and batch != 1:
             t = t.expand(batch)
         if t.numel() != batch:
             raise ValueError(f"got {t.numel()} timesteps for a batch of {batch}")
-        if int(t.min()) < 0 or int(t.max()) >= self.timesteps:
-            raise ValueError(f"timesteps must lie in [0, {self.timesteps}), got {t.tolist()}")
-        return t
+        if t.device.type == "cpu" and t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.timesteps):
+            raise ValueError(f"timesteps must lie in [0, {self.timesteps}), got {sorted(set(t.tolist()))}")
+        return t.to(device)
 
     def q_sample(self, z0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """sqrt(a_t) * z0 + sqrt(1 - a_t) * noise (official ``q_sample``, float32 buffers)."""

@@ -130,7 +130,7 @@ class Summarizer(nn.Module):
             )
         if h * w > NUM_SLOTS or h > GRID or w > GRID:
             raise ValueError(f"SSL grid {h}x{w} is larger than {GRID}x{GRID}: pool it first (prepare_ssl_grid)")
-        mag_t = torch.as_tensor(mag, device=grid.device)
+        mag_t = torch.as_tensor(mag)
         if mag_t.is_floating_point() or mag_t.is_complex():
             raise TypeError(f"magnification index must be an integer (0=20x ... 7=0.15625x), got {mag!r}")
         mag_t = mag_t.long().reshape(-1)
@@ -138,12 +138,12 @@ class Summarizer(nn.Module):
             mag_t = mag_t.expand(b)
         if mag_t.numel() != b:
             raise ValueError(f"got {mag_t.numel()} magnification indices for a batch of {b}")
-        if mag_t.numel() and (int(mag_t.min()) < 0 or int(mag_t.max()) >= self.num_mags):
+        if not mag_t.is_meta and mag_t.numel() and (int(mag_t.min()) < 0 or int(mag_t.max()) >= self.num_mags):
             raise ValueError(
                 f"magnification index out of range: got {sorted(set(mag_t.tolist()))}, valid 0..{self.num_mags - 1} "
                 "(0=20x 1=10x 2=5x 3=2.5x 4=1.25x 5=0.625x 6=0.3125x 7=0.15625x)"
             )
-        return mag_t
+        return mag_t.to(grid.device)
 
     def tokens(self, grid: torch.Tensor, mag: int | torch.Tensor) -> torch.Tensor:
         """Encoder input sequence [B, 65, H] (mag token + 64 grid slots), before pos_embedding."""

@@ -1,0 +1,1 @@
+"""Tests for zoomfeat.model (a package so test module names cannot clash with other test folders)."""
