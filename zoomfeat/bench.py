@@ -8,20 +8,35 @@ Thin Hydra entry point: it turns ``conf/bench.yaml`` into a
     python -m zoomfeat.bench task=brca task.labels=brca_labels.csv task.bags=features/ mil=gated_abmil
     python -m zoomfeat.bench -m task=musk1,musk2 mil=abmil,gated_abmil cv.folds=10
 
-Under ``--multirun`` each job writes into ``{out_dir}/{job overrides}`` so sweeps over
-settings that ``out_dir`` does not name (e.g. ``mil.lr``) never overwrite each other.
+Under ``--multirun`` each job writes into ``{out_dir}/{swept key=value,...}`` (e.g.
+``bench_results/musk1/abmil/mil.lr=0.001``), so sweeps over settings that ``out_dir`` does not
+name never overwrite each other.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from zoomfeat.cli import hydra_main
 
 
+def _swept_keys() -> list[str]:
+    """Keys the command line sweeps (``mil.lr=1e-3,1e-4``), read back from ``sys.argv``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:  # not our command line (e.g. a launcher's worker process)
+        return []
+    return [o.key_or_group for o in overrides if o.is_sweep_override()]
+
+
 def _job_out_dir(out_dir: str) -> Path:
+    """``out_dir``, or under ``--multirun`` ``out_dir/{swept key=value,...}`` (``job{N}`` if unknown)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -31,7 +46,9 @@ def _job_out_dir(out_dir: str) -> Path:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return path
-    name = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", hc.job.override_dirname or "") or f"job{hc.job.num}"
+    swept = set(_swept_keys())
+    parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
+    name = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", ",".join(parts))[:200] or f"job{hc.job.num}"
     return path / name
 
 

@@ -91,16 +91,16 @@ def map_labels(
         mapping = {str(k).strip(): int(v) for k, v in label_map.items()}
         if sorted(set(mapping.values())) != [0, 1]:
             raise ValueError(f"label_map must map onto 0 and 1 (binary task), got {dict(label_map)}")
-        labels = names.map(lambda v: mapping.get(v, np.nan) if v is not None else np.nan).astype(np.float64)
-        unmapped = sorted({v for v in names if v is not None and v not in mapping})
+        labels = names.map(lambda v: np.nan if pd.isna(v) else mapping.get(v, np.nan)).astype(np.float64)
+        unmapped = sorted({v for v in names.dropna() if v not in mapping})
         if unmapped:
             _warn(f"{source}: {int(names.isin(unmapped).sum())} row(s) with {column!r} values not in label_map are left out: {_preview(unmapped, 10)} (label_map: {mapping})")
         return labels, names
     allowed = {"0", "1"}
-    present = sorted({v for v in names if v is not None})
+    present = sorted(set(names.dropna()))
     if not set(present) <= allowed:
         raise ValueError(f"{source}: column {column!r} holds {_preview(present, 10)}; give task.label_map (value: 0/1) or task.threshold")
-    return names.map(lambda v: np.nan if v is None else float(v)), names
+    return names.map(lambda v: np.nan if pd.isna(v) else float(v)).astype(np.float64), names
 
 
 def read_labels(

@@ -43,6 +43,7 @@ class MILConfig:
     epochs: int = 50
     patience: int = 10
     min_epochs: int = 10
+    warmup: int = 0
     batch_size: int = 1
     class_balanced: bool = True
     max_instances: int | None = None
@@ -262,7 +263,7 @@ def train_fold(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     feeder = BagFeeder(bags, device)
     weights = torch.as_tensor(class_weights(bags.labels[train_idx], cfg.class_balanced), dtype=torch.float32, device=device)
-    labels = torch.as_tensor(bags.labels, dtype=torch.float32, device=device)
+    labels = torch.as_tensor(np.array(bags.labels, dtype=np.float32), device=device)
 
     best_key = (-math.inf, -math.inf)
     best_epoch, best_state = -1, None
@@ -299,12 +300,12 @@ def train_fold(
             val_auc = _auc(yv, logit)
             record.update(val_loss=val_loss, val_auc=val_auc)
             key = (val_auc if not math.isnan(val_auc) else -math.inf, -val_loss)
-            if key > best_key:
+            if epoch >= cfg.warmup and key > best_key:
                 best_key, best_epoch = key, epoch
                 best_state = copy.deepcopy(model.state_dict())
             bar.set_postfix(val_auc=f"{val_auc:.3f}", best=best_epoch)
             history.append(record)
-            if epoch - best_epoch >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            if epoch - max(best_epoch, cfg.warmup - 1) >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
         else:
             history.append(record)

@@ -1,0 +1,109 @@
+"""``python -m zoomfeat.bench``: end-to-end on small bags from both sources, multirun, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mil.bagfactory import planted_bags, write_bags
+
+from zoomfeat.bench import run
+from zoomfeat.cli import hydra_main
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["mil.hidden=[16]", "mil.att_dim=8", "mil.epochs=4", "mil.min_epochs=1", "progress=false", "threads=1"]
+
+
+def bench(*args):
+    return hydra_main("bench", run, argv=list(args), inputs_key=None)
+
+
+@pytest.fixture(scope="module")
+def bag_root(tmp_path_factory):
+    """zoomfeat.extract-style bag dirs for two feature sets (uni_20x, zoomldm_fused) + labels."""
+    root = tmp_path_factory.mktemp("bench_bags")
+    table, feats = planted_bags(n_cases=24, slides_per_case=2, dim=12, seed=7)
+    rng = np.random.default_rng(0)
+    write_bags(root / "20x_256px_0px_overlap", "uni_20x", {s: rng.normal(size=x.shape).astype(np.float32) for s, x in feats.items()})
+    write_bags(root / "20x_256px_0px_overlap", "zoomldm_fused", feats)
+    table.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
+    out = tmp_path / "brca"
+    cmd = [
+        sys.executable, "-m", "zoomfeat.bench", "task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}",
+        "feature_sets=[uni_20x,zoomldm_fused]", "cv.folds=3", f"out_dir={out}", *SMALL,
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("folds.csv", "summary.csv", "summary.md", "summary.png", "paired.csv", "predictions.csv", "splits.csv", "run.json"):
+        assert (out / name).is_file(), name
+    folds = pd.read_csv(out / "folds.csv")
+    assert len(folds) == 6 and folds["n_test"].sum() == 2 * 48
+    assert "Paired comparison with uni_20x" in (out / "summary.md").read_text()
+    assert len(list((out / "attention" / "zoomldm_fused").glob("repeat0_fold*.h5"))) == 3
+    assert not (REPO / "outputs").exists() or not any((REPO / "outputs").rglob("bench.yaml"))
+    splits = pd.read_csv(out / "splits.csv")
+    per_fold = splits[splits["part"] == "test"].groupby("fold")["case_id"].apply(set)
+    assert sum(len(s) for s in per_fold) == 24  # patients, each tested once, both slides together
+
+    # same folds again from the saved CSV, in-process: identical predictions (deterministic)
+    again = tmp_path / "again"
+    bench("task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}", "feature_sets=[zoomldm_fused]",
+          f"cv.splits={out / 'splits.csv'}", "cv.folds=7", f"out_dir={again}", *SMALL)  # fmt: skip
+    first = pd.read_csv(out / "predictions.csv").query("feature_set == 'zoomldm_fused'").reset_index(drop=True)
+    second = pd.read_csv(again / "predictions.csv").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, second)
+
+
+def test_cli_on_instance_csv_and_multirun(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for b in range(24):
+        y = b % 2
+        for _ in range(int(rng.integers(3, 8))):
+            rows.append([y, b, *(rng.normal(size=6) + (2.0 * y if rng.random() < 0.5 else 0.0))])
+    csv = tmp_path / "toy.csv"
+    pd.DataFrame(rows).to_csv(csv, header=False, index=False)
+    out = tmp_path / "sweep"
+    bench("-m", "task=musk1", f"task.bags={csv}", "task.name=toy", "mil.lr=1e-3,1e-4", "cv.folds=3", f"out_dir={out}", *SMALL)
+    jobs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 2 and all(j.startswith("mil.lr=") for j in jobs), jobs
+    lrs = set()
+    for job in jobs:
+        folds = pd.read_csv(out / job / "folds.csv")
+        assert len(folds) == 3 and (folds["feature_set"] == "instances").all()
+        lrs.add(json.loads((out / job / "run.json").read_text())["config"]["mil"]["lr"])
+    assert lrs == {1e-3, 1e-4}
+
+
+def test_cli_runs_the_shipped_musk_task(tmp_path):
+    bench("task=musk2", "cv.folds=2", "mil.epochs=1", "mil.min_epochs=1", "progress=false", f"out_dir={tmp_path}")
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert len(folds) == 2 and folds["n_test"].sum() == 102
+
+
+def bench_error(capsys, *args) -> str:
+    """Run the CLI expecting failure; return what the user sees on stderr."""
+    with pytest.raises(SystemExit):
+        bench(*args)
+    return capsys.readouterr().err
+
+
+def test_cli_bad_input_messages(bag_root, tmp_path, capsys):
+    err = bench_error(capsys, "task=brca", f"out_dir={tmp_path / 'a'}", *SMALL)
+    assert "task 'brca' needs its bags: task.bags=DIR" in err and "brca_labels.py" in err
+    labels = pd.read_csv(bag_root / "labels.csv").rename(columns={"label": "diagnosis"})
+    labels.to_csv(tmp_path / "nolabel.csv", index=False)
+    err = bench_error(capsys, "task=brca", f"task.labels={tmp_path / 'nolabel.csv'}", f"task.bags={bag_root}", "feature_sets=[uni_20x]", f"out_dir={tmp_path / 'b'}", *SMALL)
+    assert "nolabel.csv: no column(s) ['label']" in err and "diagnosis" in err
+    err = bench_error(capsys, "task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}", f"out_dir={tmp_path / 'c'}", *SMALL)
+    assert "no bags for feature set 'uni_fused'" in err
+    err = bench_error(capsys, "task=musk1", "+mil.bogus=1", f"out_dir={tmp_path / 'd'}", *SMALL)
+    assert "unknown mil option(s) ['bogus']" in err
