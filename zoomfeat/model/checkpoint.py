@@ -304,9 +304,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
                 break
             except pickle.UnpicklingError as err:
-                if "weights only" in str(err).lower() or "weights_only" in str(err).lower():
+                if "Unsupported global" in str(err):
                     raise _refuse(path, err) from err
-                raise CheckpointError(f"{path}: not a torch checkpoint ({err})") from err
+                found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+                why = found[1].strip() if found else str(err).splitlines()[0]
+                raise CheckpointError(
+                    f"{path}: not a readable torch checkpoint (the weights-only unpickler rejected it: {why})"
+                ) from err
             except RuntimeError as err:
                 if mmap and "mmap" in str(err).lower():
                     continue  # legacy (non-zip) serialisation: read it without mmap

@@ -1,0 +1,68 @@
+"""DDIM and PLMS samplers against the official 5-step samples (EMA weights, cfg 2, zero uncond)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoomfeat.model import sampling
+
+from .conftest import TOL_SAMPLE, max_abs
+
+
+def test_ddim_schedule_matches_official(golden_io):
+    ts = sampling.ddim_timesteps(5)
+    assert torch.equal(ts, golden_io["ddim_timesteps"])
+    assert sampling.ddim_timesteps(50)[:3].tolist() == [1, 21, 41]
+    alphas, prev, sig = sampling.ddim_parameters(golden_io["alphas_cumprod"], ts, 0.0)
+    assert torch.equal(alphas, golden_io["ddim_alphas"])
+    assert torch.equal(prev, golden_io["ddim_alphas_prev"])
+    assert prev[0].item() == pytest.approx(0.9985, abs=1e-6)  # the last step ends at alphas_cumprod[0], not 1
+    assert torch.equal(sig, torch.zeros(5, dtype=torch.float64))
+    # official quirk kept: S that does not divide 1000 gives a few more steps than asked
+    assert len(sampling.ddim_timesteps(3)) == 4
+    with pytest.raises(ValueError):
+        sampling.ddim_timesteps(0)
+
+
+def test_ddim_5_steps(golden_model, golden_io):
+    x, inter = golden_model.sample(golden_io["sampler_cond"], steps=5, guidance=2.0, sampler="ddim",
+                                   x_T=golden_io["sampler_x_T"], return_intermediates=True)
+    ref = golden_io["ddim_sample"]
+    assert x.shape == (1, 3, 64, 64) and ref.abs().max() > 60  # random weights: large values expected
+    assert max_abs(x, ref) <= TOL_SAMPLE
+    assert max_abs(torch.cat(inter["x_inter"]), golden_io["ddim_x_inter"]) <= TOL_SAMPLE
+    assert max_abs(torch.cat(inter["pred_x0"]), golden_io["ddim_pred_x0"]) <= TOL_SAMPLE
+
+
+def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
+    calls = []
+    h = golden_model.unet.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    try:
+        x = golden_model.sample(golden_io["sampler_cond"], steps=5, guidance=2.0, sampler="plms",
+                                x_T=golden_io["sampler_x_T"])
+    finally:
+        h.remove()
+    assert max_abs(x, golden_io["plms_sample"]) <= TOL_SAMPLE
+    assert calls == [2] * 6  # 6 guided calls on [uncond; cond] for S=5
+
+
+def test_guidance_one_is_a_single_conditional_call(golden_model, golden_io):
+    calls = []
+    h = golden_model.unet.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
+    try:
+        golden_model.sample(golden_io["sampler_cond"], steps=2, guidance=1.0, x_T=golden_io["sampler_x_T"])
+    finally:
+        h.remove()
+    assert calls == [1, 1]
+
+
+def test_default_noise_generator_and_errors(golden_model, golden_io):
+    cond = golden_io["sampler_cond"]
+    a = golden_model.sample(cond, steps=1, generator=torch.Generator().manual_seed(3))
+    b = golden_model.sample(cond, steps=1, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (1, 3, 64, 64) and torch.equal(a, b)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        golden_model.sample(cond, steps=2, sampler="euler")
+    with pytest.raises(ValueError, match="eta=0"):
+        golden_model.sample(cond, steps=2, sampler="plms", eta=0.5)
