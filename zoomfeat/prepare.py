@@ -15,8 +15,9 @@ from zoomfeat.cli import hydra_main
 def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    from zoomfeat.encoders import build_encoder
+    from zoomfeat.encoders import EMBED_DIM, build_encoder
     from zoomfeat.model import ZoomLDM
+    from zoomfeat.model.checkpoint import read_config
     from zoomfeat.training.prepare import PrepareConfig, prepare
 
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -40,14 +41,20 @@ def run(cfg) -> dict:
     )
     allow_random = bool(c.get("allow_random_weights", False))
     model_cfg = dict(c["model"])
-    model = ZoomLDM.load(model_cfg.get("checkpoint"), config=model_cfg, allow_random_weights=allow_random, seed=int(c["seed"]))
     enc = c["encoder"]
+
+    def check_width(embed_dim: int, ssl_channels: int) -> None:
+        if embed_dim != ssl_channels:
+            raise ValueError(
+                f"encoder={enc['name']} gives {embed_dim}-d embeddings but model={model_cfg.get('name')} is "
+                f"conditioned on {ssl_channels}-d ones; pick matching configs (encoder=uni model=zoomldm_brca, encoder=tiny model=tiny)"
+            )
+
+    if enc["name"] in EMBED_DIM:  # before building anything big
+        check_width(EMBED_DIM[enc["name"]], read_config(model_cfg)[1]["summarizer"]["input_channels"])
     encoder = build_encoder(enc["name"], enc.get("checkpoint"), allow_random_weights=allow_random, seed=int(c["seed"]))
-    if encoder.embed_dim != model.ssl_channels:
-        raise ValueError(
-            f"encoder={enc['name']} gives {encoder.embed_dim}-d embeddings but model={model_cfg.get('name')} is "
-            f"conditioned on {model.ssl_channels}-d ones; pick matching encoder/model configs (uni + zoomldm_brca, tiny + tiny)"
-        )
+    model = ZoomLDM.load(model_cfg.get("checkpoint"), config=model_cfg, allow_random_weights=allow_random, seed=int(c["seed"]))
+    check_width(encoder.embed_dim, model.ssl_channels)
     summary = prepare(inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
     return summary

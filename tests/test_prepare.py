@@ -1,0 +1,44 @@
+"""``python -m zoomfeat.prepare``: the Hydra entry point on a real (synthetic) slide."""
+
+from __future__ import annotations
+
+import pytest
+
+from zoomfeat.cli import hydra_main
+from zoomfeat.prepare import run
+from zoomfeat.training.shards import ShardIndex, read_record
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cli_prepares_and_resumes(tmp_path, synthetic_slide_factory):
+    slide = synthetic_slide_factory("cli_prep", width=1024, height=1024, mpp=0.5, levels=2, seed=7, tissue_fraction=0.5)
+    out = tmp_path / "data"
+    argv = [str(slide), f"out_dir={out}", "model=tiny", "encoder=tiny", "mags=[5x,2.5x]", "num_workers=0", "progress=false", "allow_random_weights=true"]
+    with pytest.warns(UserWarning, match="smaller than one 2.5x tile"):
+        summary = hydra_main("prepare", run, argv=argv)
+    assert summary["done"] == ["cli_prep"] and summary["tiles"] == {"5x": 1, "2.5x": 0}
+    assert ShardIndex.load(out).counts() == {2: 1}
+    assert set(read_record(out, "cli_prep")["mags"]) == {"2", "3"}
+    assert not (tmp_path / "outputs").exists() and (out / ".hydra").is_dir()
+    again = hydra_main("prepare", run, argv=argv)
+    assert again["skipped"] == ["cli_prep"] and not again["done"]
+
+
+def test_cli_errors(tmp_path, synthetic_slide_factory, monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the exception itself, not Hydra's exit(1)
+    with pytest.raises(ValueError, match="no slides given"):
+        hydra_main("prepare", run, argv=[f"out_dir={tmp_path}"])
+    slide = synthetic_slide_factory("cli_prep_err", width=512, height=512, mpp=0.5, levels=1)
+    with pytest.raises(ValueError, match="encoder=tiny gives 32-d embeddings but model=zoomldm_brca is conditioned on 1024-d"):
+        hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny"])
+    with pytest.raises(ValueError, match="no ZoomLDM weights given"):
+        hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny", "model=tiny"])
