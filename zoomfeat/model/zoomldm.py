@@ -115,15 +115,16 @@ class ZoomLDM(nn.Module):
         with torch.device("meta"):
             return cls(arch, name=name)
 
-    def _load_native(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Assign a native state_dict (unet.*, vq.*, summarizer.*) to this (meta) model, float32 copies."""
+    def _load_native(self, state: Mapping[str, torch.Tensor], source: str, copy: bool = True) -> None:
+        """Assign a native state_dict (unet.*, vq.*, summarizer.*) to this (meta) model as float32
+        contiguous tensors (``copy``: always fresh copies, e.g. to detach from a memory-mapped file)."""
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
         ckpt.check_keys(state, expected, source, f"ZoomLDM '{self.name}' architecture",
                         hint="  Is the config right? (the config.yaml saved with these weights)")
         tensors = {}
         for k, v in state.items():
             dtype = torch.float32 if v.is_floating_point() else v.dtype
-            tensors[k] = v.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
+            tensors[k] = v.to(dtype=dtype, memory_format=torch.contiguous_format, copy=copy)
         self.load_state_dict(tensors, strict=True, assign=True)
         self.schedule.reset_buffers()
         left = [n for n, t in list(self.named_parameters()) + list(self.named_buffers()) if t.is_meta]
@@ -206,7 +207,7 @@ class ZoomLDM(nn.Module):
         except Exception as err:
             raise ckpt.CheckpointError(f"{weights}: not a readable safetensors file: {err}") from err
         model = cls._empty(arch, name)
-        model._load_native(state, str(weights))
+        model._load_native(state, str(weights), copy=False)
         model.checkpoint_id = checkpoint_id
         model.checkpoint_hash = file_hash(weights)
         return model.eval()
