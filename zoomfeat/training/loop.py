@@ -306,6 +306,78 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in list(model.unet.parameters()) + list(model.summarizer.parameters()) if p.requires_grad]
 
 
+@dataclass
+class TrainingParts:
+    """What one optimiser step needs: the model, its objective (DDP-wrapped or not), AdamW,
+    the GradScaler (fp16 only) and the EMA."""
+
+    model: nn.Module
+    objective: nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA
+    distributed: bool = False
+
+    def wrap_ddp(self, device: torch.device, find_unused_parameters: bool = True) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        self.objective = DDP(
+            self.objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=find_unused_parameters,
+            broadcast_buffers=False,
+        )
+        self.distributed = True
+
+
+def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, precision: str) -> TrainingParts:
+    """Model on ``device`` in training mode (VQ frozen, optional gradient checkpointing), EMA of
+    the UNet, AdamW over UNet + summarizer, GradScaler (enabled for fp16)."""
+    model.to(device)
+    model.vq.requires_grad_(False).eval()
+    model.unet.train()
+    model.summarizer.train()
+    if cfg.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+    ema = EMA(model.unet, cfg.ema_decay, cfg.ema_warmup)
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    return TrainingParts(model, DiffusionObjective(model), params, optimizer, scaler, ema)
+
+
+def train_step(parts: TrainingParts, batches: list[dict[str, Any]], lr: float, amp=None, max_grad_norm: float | None = None) -> torch.Tensor:
+    """One optimiser step over ``len(batches)`` accumulated micro-batches; returns the mean loss
+    (a device tensor: reading it synchronises)."""
+    for group in parts.optimizer.param_groups:
+        group["lr"] = lr
+    device = parts.params[0].device
+    loss_sum = torch.zeros((), device=device)
+    n = len(batches)
+    for micro, batch in enumerate(batches):
+        sync = parts.distributed and micro < n - 1
+        with parts.objective.no_sync() if sync else nullcontext():
+            with amp if amp is not None else nullcontext():
+                loss = parts.objective(
+                    batch["latent"].to(device, non_blocking=True),
+                    batch["noise"].to(device, non_blocking=True),
+                    batch["t"].to(device, non_blocking=True),
+                    batch["keep"].to(device, non_blocking=True),
+                    batch["ssl_groups"],
+                )
+            parts.scaler.scale(loss / n).backward()
+        loss_sum += loss.detach() / n
+    if max_grad_norm:
+        parts.scaler.unscale_(parts.optimizer)
+        torch.nn.utils.clip_grad_norm_(parts.params, max_grad_norm)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.ema.update(parts.model.unet)
+    return loss_sum
+
+
 # ----------------------------------------------------------------------------------------------
 # sample grids
 
@@ -543,16 +615,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     if resumed is None:
         align_vq(model, index, cfg)
-    model.to(device)
-    model.vq.requires_grad_(False).eval()
-    model.unet.train()
-    model.summarizer.train()
-    if cfg.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-    ema = EMA(model.unet, cfg.ema_decay, cfg.ema_warmup)
-    params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    parts = setup_training(model, cfg, device, precision)
+    ema, optimizer, scaler = parts.ema, parts.optimizer, parts.scaler
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
     if resumed is not None:
         st = resumed["state"]
@@ -577,17 +641,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
 
-    objective: nn.Module = DiffusionObjective(model)
     if info.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        objective = DDP(
-            objective,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.ddp_find_unused_parameters,
-            broadcast_buffers=False,
-        )
-
+        parts.wrap_ddp(device, cfg.ddp_find_unused_parameters)
     p_uncond = cfg.p_uncond if cfg.p_uncond is not None else float(model.config.get("summarizer", {}).get("p_uncond", 0.1))
     dataset = MultiScaleDataset(index, seed=cfg.seed, mag_weights=cfg.mag_weights, p_uncond=p_uncond, num_timesteps=_num_timesteps(model))
     sampler = StepBatchSampler(cfg.batch_size, cfg.steps, start_step, info.world_size, info.rank, cfg.grad_accum, cfg.overfit_batch)
@@ -630,30 +685,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     try:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg.lr, cfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                batch = next(it)
-                sync = info.distributed and micro < cfg.grad_accum - 1
-                with objective.no_sync() if sync else nullcontext():
-                    with amp:
-                        loss = objective(
-                            batch["latent"].to(device, non_blocking=True),
-                            batch["noise"].to(device, non_blocking=True),
-                            batch["t"].to(device, non_blocking=True),
-                            batch["keep"].to(device, non_blocking=True),
-                            batch["ssl_groups"],
-                        )
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach() / cfg.grad_accum
-            if cfg.max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            ema.update(model.unet)
+            loss_sum = train_step(parts, [next(it) for _ in range(cfg.grad_accum)], lr, amp, cfg.max_grad_norm)
             done = step + 1
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps or done % cfg.checkpoint_every == 0:
