@@ -98,7 +98,21 @@ def run(cfg) -> Any:
     shard = settings["shard"]
     summary = extract_slides(slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"]))
     print(summary.report(), flush=True)
+    if not summary.ok and _multirun():
+        # a multirun job's return value never reaches main(): fail the job so the sweep fails
+        names = ", ".join(r.slide_id for r in summary.failed)
+        raise RuntimeError(f"{len(summary.failed)} slide(s) failed in shard {int(shard['index'])}/{int(shard['count'])}: {names}")
     return summary
+
+
+def _multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not running under Hydra
+        return False
 
 
 def main() -> None:

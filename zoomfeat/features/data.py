@@ -78,9 +78,26 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def worker_context():
+    """``fork`` on Linux (cheap, and the workers never touch CUDA), ``spawn`` elsewhere.
+
+    Named explicitly because the default context is not always usable: inside a joblib/loky
+    worker (Hydra's joblib launcher) it is loky's, which DataLoader workers cannot start from.
+    """
+    import multiprocessing as mp
+    import sys
+
+    return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 def parent_loader(dataset: ParentRegions, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4) -> DataLoader:
     """In-order loader over parents (no batching: the pipeline re-batches tiles itself)."""
     kwargs = {}
     if num_workers > 0:
-        kwargs = {"prefetch_factor": prefetch, "worker_init_fn": _worker_init, "persistent_workers": False}
+        kwargs = {
+            "prefetch_factor": prefetch,
+            "worker_init_fn": _worker_init,
+            "persistent_workers": False,
+            "multiprocessing_context": worker_context(),
+        }
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

@@ -102,18 +102,24 @@ def load_models(cfg: ExtractConfig, device: torch.device) -> tuple[Any, Any]:
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     _MODEL_CACHE.clear()
-    from zoomfeat.encoders import build_encoder
+    from zoomfeat.encoders import EMBED_DIM, build_encoder
     from zoomfeat.model import ZoomLDM
 
     # The tiny configs exist for tests and the demo: a seeded random init is always fine there.
     model = ZoomLDM.load(cfg.model_checkpoint, config=cfg.model, allow_random_weights=cfg.allow_random_weights or cfg.model == "tiny", seed=0)
+
+    def check(embed_dim: int) -> None:
+        if int(model.ssl_channels) != int(embed_dim):
+            raise ValueError(
+                f"model '{cfg.model}' is conditioned on {model.ssl_channels}-channel SSL grids but encoder "
+                f"'{cfg.encoder}' gives {embed_dim}-d embeddings: use model=zoomldm_brca with encoder=uni, "
+                "or model=tiny with encoder=tiny"
+            )
+
+    if cfg.encoder in EMBED_DIM:
+        check(EMBED_DIM[cfg.encoder])  # before building a 300M-parameter encoder for nothing
     encoder = build_encoder(cfg.encoder, cfg.encoder_checkpoint, allow_random_weights=cfg.allow_random_weights)
-    if int(model.ssl_channels) != int(encoder.embed_dim):
-        raise ValueError(
-            f"model '{cfg.model}' is conditioned on {model.ssl_channels}-channel SSL grids but encoder "
-            f"'{cfg.encoder}' gives {encoder.embed_dim}-d embeddings: use model=zoomldm_brca with encoder=uni, "
-            "or model=tiny with encoder=tiny"
-        )
+    check(encoder.embed_dim)
     model = model.eval().requires_grad_(False).to(device)
     encoder = encoder.eval().requires_grad_(False).to(device)
     if device.type == "cuda":
@@ -550,7 +556,7 @@ class Extractor:
 
         items: dict[int, dict] = {}
         total = int(kept.sum()) + P
-        with tqdm(total=total, desc=slide.slide_id, unit="tile", leave=False, disable=not cfg.progress, position=1) as pbar:
+        with tqdm(total=total, desc=slide.slide_id, unit="tile", leave=False, position=1, **({} if cfg.progress else {"disable": True})) as pbar:
             it = iter(loader)
             while True:
                 t = time.perf_counter()

@@ -110,7 +110,7 @@ def extract_slides(
                 + (" ..." if len(clashes) > 5 else "")
                 + ". Pass overwrite=true to recompute them, or choose another out_dir."
             )
-    with tqdm(mine, desc="slides", unit="slide", disable=not config.progress, position=0) as bar:
+    with tqdm(mine, desc="slides", unit="slide", position=0, **({} if config.progress else {"disable": True})) as bar:
         for spec in bar:
             bar.set_postfix_str(spec.slide_id)
             try:

@@ -1,0 +1,47 @@
+"""Fixtures for the extraction tests: small synthetic slides and one reference extraction."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import pytest
+
+#: the tiny model/encoder, a tissue threshold that keeps the slides small, no progress bars
+TINY = {"model": "tiny", "encoder": "tiny", "min_tissue": 0.5, "progress": False}
+
+
+@pytest.fixture
+def tiny() -> dict:
+    """Extraction settings for the tiny model and encoder (see TINY)."""
+    return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def small_slides(synthetic_slide_factory, tmp_path_factory):
+    """A directory with two small Aperio-style slides at 0.5 um/px (20x).
+
+    ``det_a``: 2048x1024 px, 2 parents with 2 + 4 kept 20x tiles; ``det_b``: 1024x1024 px,
+    1 parent with 3 kept 20x tiles (at min_tissue 0.5).
+    """
+    a = synthetic_slide_factory("det_a", width=2048, height=1024, mpp=0.5, levels=2, seed=0, tissue_fraction=0.3)
+    b = synthetic_slide_factory("det_b", width=1024, height=1024, mpp=0.5, levels=2, seed=1, tissue_fraction=0.3)
+    d = tmp_path_factory.mktemp("small_slides")
+    for p in (a, b):
+        shutil.copy(p, d / p.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def reference_run(small_slides, tmp_path_factory):
+    """Both small slides extracted in-process with batch_size=3, num_workers=0: the reference output dir."""
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.manifest import discover
+    from zoomfeat.features.runner import extract_slides
+
+    out = tmp_path_factory.mktemp("reference_run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = extract_slides(discover([small_slides]), out, ExtractConfig(**TINY, batch_size=3, num_workers=0))
+    assert summary.ok and [r.status for r in summary.results] == ["done", "done"], summary.report()
+    return out
