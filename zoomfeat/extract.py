@@ -10,6 +10,7 @@ The exit status is 0 when every slide was extracted or already complete, 1 when 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -92,11 +93,18 @@ def run(cfg) -> Any:
             "zoomfeat extract: no slides given. Usage: python -m zoomfeat.extract SLIDE_OR_DIR_OR_CSV... [key=value ...] "
             "(or demo=true for the built-in demo slide)"
         )
-    slides = discover(inputs)
-    if not slides:
-        raise SystemExit(f"zoomfeat extract: no slide files found in {inputs}")
     shard = settings["shard"]
-    summary = extract_slides(slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"]))
+    try:
+        slides = discover(inputs)
+        if not slides:
+            raise FileNotFoundError(f"no slide files found in {inputs}")
+        summary = extract_slides(slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"]))
+    except (ValueError, OSError, RuntimeError) as err:
+        # Set-up errors (no weights, bags from another config, bad inputs) escape the per-slide
+        # handling: one clear line instead of a traceback; multirun jobs re-raise for Hydra.
+        if _multirun() or os.environ.get("ZOOMFEAT_TRACEBACK"):
+            raise
+        raise SystemExit(f"zoomfeat extract: error: {err}") from err
     print(summary.report(), flush=True)
     if not summary.ok and _multirun():
         # a multirun job's return value never reaches main(): fail the job so the sweep fails

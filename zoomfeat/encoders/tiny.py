@@ -26,7 +26,9 @@ TINY_KWARGS = {
     "depth": 2,
     "num_heads": 2,
     "mlp_ratio": 2.0,
-    "init_values": 1e-5,
+    # LayerScale as in UNI, but starting at 1: with UNI's 1e-5 a *random* ViT's class token hardly
+    # depends on the image, and the tiny encoder must give image-dependent embeddings untrained.
+    "init_values": 1.0,
     "dynamic_img_size": True,
     "num_classes": 0,
 }

@@ -53,7 +53,8 @@ def read_manifest(csv_path: str | Path) -> list[SlideSpec]:
 
 
 def discover(inputs: Iterable[str | Path]) -> list[SlideSpec]:
-    """Slides named by files, directories and ``.csv`` manifests; sorted, without duplicates.
+    """Slides named by files, directories and ``.csv`` manifests; sorted, without duplicates
+    (a manifest's ``mpp`` for a slide also named elsewhere is kept).
 
     A named file or directory that does not exist is an error (a typo should not silently
     extract nothing); slides listed in a manifest are checked later, per slide.
@@ -71,7 +72,11 @@ def discover(inputs: Iterable[str | Path]) -> list[SlideSpec]:
             raise FileNotFoundError(f"input {p} does not exist (give slide files, directories of slides or manifest CSVs)")
         for spec in found:
             key = spec.path.resolve() if spec.path.exists() else spec.path.absolute()
-            specs.setdefault(key, SlideSpec(key, spec.mpp))
+            old = specs.get(key)
+            if old is not None and old.mpp is not None and spec.mpp is not None and old.mpp != spec.mpp:
+                raise ValueError(f"{key} is listed with two different mpp values ({old.mpp} and {spec.mpp})")
+            if old is None or old.mpp is None:
+                specs[key] = SlideSpec(key, spec.mpp)
     out = sorted(specs.values(), key=lambda s: str(s.path))
     check_unique_ids(out)
     return out

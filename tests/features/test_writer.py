@@ -1,0 +1,80 @@
+"""zoomfeat.features.writer and fuse: streaming bags that only appear when complete."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from zoomfeat.bags import FEATURE_SET_MAG, bag_is_complete, open_bag
+from zoomfeat.features.fuse import fuse
+from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries, slide_outputs
+
+ATTRS20 = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
+           "overlap": 0, "name": "s", "level0_width": 4096, "level0_height": 4096}  # fmt: skip
+ATTRS5 = {**ATTRS20, "patch_size_level0": 2048, "target_magnification": 5}
+DIMS = {"zoomldm_20x": 4, "zoomldm_5x": 4, "zoomldm_fused": 8, "uni_20x": 3, "uni_5x": 3, "uni_fused": 6}
+
+
+def _writer(tmp_path):
+    coords20 = np.array([[0, 0], [512, 0], [2048, 0]])
+    coords5 = np.array([[0, 0], [2048, 0]])
+    return SlideBagWriter(tmp_path, "s", DIMS, coords20, coords5, ATTRS20, ATTRS5, np.array([0, 0, 1]),
+                          {"config_hash": "abc", "timestep": 200}, {"uni_20x": {"encoder": "uni"}}, chunk_rows=2)  # fmt: skip
+
+
+def test_rows_stream_in_and_files_appear_only_when_finished(tmp_path):
+    w = _writer(tmp_path)
+    paths = slide_outputs(tmp_path, "s")
+    rng = np.random.default_rng(0)
+    data = {n: rng.standard_normal((3 if FEATURE_SET_MAG[n] == 20 else 2, d)).astype(np.float32) for n, d in DIMS.items()}
+    for name, rows in data.items():
+        w.write(name, 0, rows[:1])
+        assert not paths[name].exists() and list(paths[name].parent.glob(".s.h5.tmp-*"))
+        w.write(name, 1, rows[1:])
+    out = w.finish()
+    assert set(out) == set(paths) and all(bag_is_complete(p, "abc") for p in out.values())
+    for name, rows in data.items():
+        bag = open_bag(out[name])
+        np.testing.assert_array_equal(bag.features, rows)
+        assert bag.attrs["feature_set"] == name and bag.attrs["timestep"] == 200
+        assert (bag.parent_idx is not None) == (FEATURE_SET_MAG[name] == 20)
+    assert open_bag(out["uni_20x"]).attrs["encoder"] == "uni"
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_incomplete_or_failed_writes_publish_nothing(tmp_path):
+    w = _writer(tmp_path)
+    w.write("uni_20x", 0, np.zeros((3, 3)))
+    with pytest.raises(RuntimeError, match="0 of 3 rows written; not publishing"):
+        w.finish()
+    w.abort()
+    assert not any(p.exists() for p in slide_outputs(tmp_path, "s").values())
+    assert not list(tmp_path.rglob("*.tmp-*"))
+    with pytest.raises(ZeroDivisionError):
+        with _writer(tmp_path) as w2:
+            w2.write("uni_5x", 0, np.ones((2, 3)))
+            1 / 0
+    assert not list(tmp_path.rglob("*.h5*"))
+    with pytest.raises(ValueError, match="cannot write rows"):
+        _writer(tmp_path).write("uni_5x", 1, np.ones((2, 3)))
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    paths = slide_outputs(tmp_path, "s")
+    stale = paths["uni_5x"].parent / ".s.h5.tmp-99999"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a file")
+    keep = paths["uni_5x"].parent / ".other.h5.tmp-99999"
+    keep.write_bytes(b"another slide's")
+    assert remove_stale_temporaries(paths) == [stale]
+    assert keep.exists()
+
+
+def test_fuse_concatenates_each_row_with_its_parent():
+    f20 = np.arange(6, dtype=np.float32).reshape(3, 2)
+    f5 = np.array([[10, 11, 12], [20, 21, 22]], np.float32)
+    out = fuse(f20, f5, np.array([1, 0, 1]))
+    np.testing.assert_array_equal(out, [[0, 1, 20, 21, 22], [2, 3, 10, 11, 12], [4, 5, 20, 21, 22]])
+    assert fuse(np.zeros((0, 2)), f5, np.zeros(0, np.int64)).shape == (0, 5)
+    with pytest.raises(ValueError, match="out of range"):
+        fuse(f20, f5, np.array([0, 2, 1]))
