@@ -11,7 +11,15 @@ import h5py
 import numpy as np
 import pytest
 
-from zoomfeat.bags import COORDS_ATTRS, FEATURE_SET_MAG, FEATURE_SETS, bag_path, mag_dir, open_bag, patches_path
+from zoomfeat.bags import (
+    COORDS_ATTRS,
+    FEATURE_SET_MAG,
+    FEATURE_SETS,
+    bag_path,
+    mag_dir,
+    open_bag,
+    patches_path,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MIN_TISSUE = 0.75  # keeps the test at 25 + 5 tiles (the demo's default 0.25 gives 48 + 6)
