@@ -189,7 +189,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     return dict(getattr(model, "config", {}) or {})
 
 
-def expected_architecture(model_name: str) -> dict[str, Any]:
+def expected_architecture(model_name: Any) -> dict[str, Any]:
     """Normalised architecture of a model config (name in conf/model, or a YAML), without building it."""
     from zoomfeat.model.checkpoint import normalize_arch, read_config
 
@@ -212,10 +212,15 @@ def _arch_summary(arch: Mapping[str, Any]) -> str:
     return ", ".join(parts) or json.dumps(arch, sort_keys=True, default=str)[:300]
 
 
-def check_architecture(model: nn.Module, model_name: str, source: str) -> None:
+def _label(model_name: Any) -> str:
+    return str(model_name.get("name", "custom")) if isinstance(model_name, Mapping) else str(model_name)
+
+
+def check_architecture(model: nn.Module, model_name: Any, source: str) -> None:
     """Clear error when ``model`` (loaded from ``source``) is not the ``model_name`` architecture."""
     want = expected_architecture(model_name)
     got = architecture(model)
+    model_name = _label(model_name)
     if json.dumps(got, sort_keys=True, default=str) != json.dumps(want, sort_keys=True, default=str):
         raise ValueError(
             f"init checkpoint {source} has another architecture than model={model_name}: "
@@ -224,14 +229,14 @@ def check_architecture(model: nn.Module, model_name: str, source: str) -> None:
         )
 
 
-def load_init(init: str, model_name: str) -> nn.Module:
+def load_init(init: str, model_name: Any) -> nn.Module:
     """A model to start training from: official ``.ckpt`` (config beside it, or ``model_name``),
     pretrained directory, or hub id; the architecture must be ``model_name``'s."""
     ZoomLDM = _model_class()
     try:
         model = ZoomLDM.load(init, config=model_name)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"init checkpoint {init} cannot be loaded as model={model_name}: {err}") from err
+        raise ValueError(f"init checkpoint {init} cannot be loaded as model={_label(model_name)}: {err}") from err
     check_architecture(model, model_name, str(init))
     return model
 
@@ -610,7 +615,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if ssl_channels != index.ssl_channels:
         raise ValueError(
             f"training data {cfg.data_dir} holds UNI grids of width {index.ssl_channels} (encoder {index.info.get('encoder')!r}) "
-            f"but model={cfg.model} expects {ssl_channels}; prepare the data with the matching encoder"
+            f"but model={_label(cfg.model)} expects {ssl_channels}; prepare the data with the matching encoder"
         )
 
     if resumed is None:

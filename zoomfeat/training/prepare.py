@@ -341,7 +341,7 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
     specs = shard(specs, cfg.shard_index, cfg.shard_count)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    model.to(device).eval()
+    model.vq.to(device).eval()  # only the VQ encoder is used here
     encoder.to(device).eval()
     settings = data_settings(cfg, model, encoder)
     chash = config_hash(settings)
