@@ -34,7 +34,6 @@ def golden_ckpt(golden_dir):
 @pytest.fixture(scope="session")
 def golden_model(golden_dir) -> ZoomLDM:
     """The tiny official checkpoint, EMA UNet weights (what the official sampling uses)."""
-    torch.set_num_threads(2)
     return ZoomLDM.from_official(golden_dir / "zoomldm_tiny.ckpt", config=golden_dir / "zoomldm_tiny.yaml")
 
 
