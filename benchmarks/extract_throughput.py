@@ -1,0 +1,265 @@
+"""Extraction throughput, pipeline efficiency, the deepest-tap saving and memory vs slide size.
+
+    python benchmarks/extract_throughput.py                 # everything (tiny + a few full-size tiles)
+    python benchmarks/extract_throughput.py --skip-full     # tiny only
+    python benchmarks/extract_throughput.py --json out.json
+
+Figures (DESIGN.md "Performance budget"):
+
+1. Pipeline efficiency: end-to-end tiles/s of ``Extractor.extract`` on a synthetic slide (slide
+   opening, tissue detection, reading regions in DataLoader workers, UNI, Summarizer, VQ, UNet,
+   writing the six bags) divided by the models' own tiles/s on the very same tiles, pre-loaded in
+   memory and pushed through the same batched model calls. Target >= 0.9.
+2. Stopping the UNet at the deepest tap: time (and FLOPs) of ``taps(..., [middle_block,
+   output_blocks.4])`` vs the full UNet forward ``eps``.
+3. Peak RSS of one extraction in a fresh subprocess for a slide and one with 4x the area
+   (4x the tiles). Target: flat within 10%.
+
+Full-size models (random weights, CPU) get a handful of tiles; the tiny model does the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def make_slide(path: Path, size: int, seed: int = 0, tissue: float = 0.4) -> Path:
+    from zoomfeat.slide.synthetic import write_synthetic_slide
+
+    if not path.exists():
+        write_synthetic_slide(path, width=size, height=size, mpp=0.5, levels=3, seed=seed, tissue_fraction=tissue)
+    return path
+
+
+def settings(model: str, **kw) -> dict:
+    base = {"model": model, "encoder": "uni" if model == "zoomldm_brca" else "tiny", "allow_random_weights": True, "progress": False}
+    return {**base, **kw}
+
+
+# ----------------------------------------------------------------------------------------------- 1
+
+
+def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
+    """Time the model calls alone on the slide's tiles, pre-loaded in memory, batched as the pipeline does."""
+    from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions
+    from zoomfeat.slide import Slide, TileGrid
+
+    cfg = ex.cfg
+    slide = Slide.open(slide_path)
+    grid = TileGrid.build(slide, tile_px=cfg.tile_px, min_tissue=cfg.min_tissue, progress=False)
+    ds = ParentRegions(slide, grid, NoiseSpec(cfg.seed, slide.slide_id, ex.latent_shape, cfg.ensemble))
+    items = [ds[i] for i in range(len(ds))]  # everything read before the clock starts
+    kept = grid.children.kept.reshape(-1, CHILDREN)
+    images = torch.cat([torch.cat([it["children"], it["parent"][None]]) for it in items]).to(ex.device)
+    bs = cfg.batch_size
+    sync = torch.cuda.synchronize if ex.device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    emb = torch.cat([ex.embed(images[i : i + bs]) for i in range(0, len(images), bs)]).view(len(items), CHILDREN + 1, -1)
+    # ZoomLDM items in pipeline order: kept children (mag 0) then the parent (mag 2), per parent
+    z_imgs, grids, mags, noise = [], [], [], []
+    for i, it in enumerate(items):
+        rows = torch.as_tensor(np.flatnonzero(kept[i]))
+        for r, k in enumerate(rows):
+            z_imgs.append(it["children"][k])
+            grids.append(emb[i, k][:, None, None])
+            mags.append(ex.mag_index[0])
+            noise.append(it["noise20"][r])
+        z_imgs.append(it["parent"])
+        grids.append(emb[i, :CHILDREN].reshape(4, 4, -1).permute(2, 0, 1))
+        mags.append(ex.mag_index[1])
+        noise.append(it["noise5"])
+    n = len(z_imgs)
+    for i in range(0, n, bs):
+        sl = slice(i, min(n, i + bs))
+        ctx = ex.contexts([g[None] for g in grids[sl]], mags[sl])
+        ex.zoomldm_features(torch.stack(z_imgs[sl]).to(ex.device), ctx, torch.stack(noise[sl]).to(ex.device))
+    sync()
+    return time.perf_counter() - t0, n
+
+
+def efficiency(model: str, slide_path: Path, batch_size: int, num_workers: int, min_tissue: float, repeats: int = 2) -> dict:
+    """Best of ``repeats`` alternating runs of each (the machine may be shared: the minimum is the
+    least disturbed measurement), after one warm-up of the model calls."""
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.pipeline import Extractor
+
+    ex = Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=num_workers, min_tissue=min_tissue, overwrite=True)))
+    t_models = t_e2e = float("inf")
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        models_only_seconds(ex, slide_path)  # warm-up (kernels, allocator, page cache)
+        for _ in range(repeats):
+            dt, n = models_only_seconds(ex, slide_path)
+            t_models = min(t_models, dt)
+            t0 = time.perf_counter()
+            result = ex.extract(slide_path, out)
+            t_e2e = min(t_e2e, time.perf_counter() - t0)
+    assert result.tiles == n, (result.tiles, n)
+    return {
+        "model": model,
+        "tiles": n,
+        "tiles_20x": result.n20,
+        "tiles_5x": result.n5,
+        "uni_images": 17 * result.n5,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+        "models_only_s": round(t_models, 2),
+        "end_to_end_s": round(t_e2e, 2),
+        "models_tiles_per_s": round(n / t_models, 3),
+        "end_to_end_tiles_per_s": round(n / t_e2e, 3),
+        "efficiency": round(t_models / t_e2e, 3),
+        "repeats": repeats,
+        "pipeline_uni_s": round(ex.timings["uni"], 2),
+        "pipeline_zoomldm_s": round(ex.timings["zoomldm"], 2),
+        "pipeline_wait_for_data_s": round(ex.timings["wait"], 2),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 2
+
+
+def tap_gain(model_name: str, batch: int, repeats: int) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from zoomfeat.model import ZoomLDM
+
+    model = ZoomLDM.load(None, model_name, allow_random_weights=True).eval()
+    taps = ["middle_block", "output_blocks.4"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, model.latent_channels, model.latent_size, model.latent_size, generator=g)
+    ctx = model.condition(torch.randn(batch, model.ssl_channels, generator=g), 0).detach()
+    t = torch.full((batch,), 200, dtype=torch.long)
+
+    def timed(fn):
+        with torch.inference_mode():
+            fn()  # warm-up
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t0)
+        return best
+
+    def flops(fn):
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / batch / 1e9
+
+    full = lambda: model.eps(x, t, ctx)  # noqa: E731
+    tapped = lambda: model.taps(x, t, ctx, taps)  # noqa: E731
+    t_full, t_taps = timed(full), timed(tapped)
+    return {
+        "model": model_name,
+        "batch": batch,
+        "full_unet_s_per_tile": round(t_full / batch, 4),
+        "to_deepest_tap_s_per_tile": round(t_taps / batch, 4),
+        "speedup": round(t_full / t_taps, 2),
+        "full_unet_gflops": round(flops(full), 1),
+        "to_deepest_tap_gflops": round(flops(tapped), 1),
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 3
+
+
+def rss_child(slide: str, batch_size: int, num_workers: int) -> None:
+    """Run in a fresh process: one extraction, then print peak RSS (self and workers) as JSON."""
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.pipeline import Extractor
+
+    ex = Extractor(ExtractConfig(**settings("tiny", batch_size=batch_size, num_workers=num_workers, min_tissue=0.25)))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        result = ex.extract(slide, out)
+        dt = time.perf_counter() - t0
+    print(json.dumps({
+        "tiles": result.tiles,
+        "seconds": round(dt, 1),
+        "peak_rss_after_model_load_mb": round(before / 1024, 1),
+        "peak_rss_main_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }))  # fmt: skip
+
+
+def rss(slides: list[Path], batch_size: int, num_workers: int) -> list[dict]:
+    rows = []
+    for s in slides:
+        cmd = [sys.executable, __file__, "--rss-child", str(s), "--batch-size", str(batch_size), "--num-workers", str(num_workers)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        if proc.returncode:
+            raise RuntimeError(proc.stderr)
+        rows.append({"slide": s.name, **json.loads(proc.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-full", action="store_true", help="no full-size (zoomldm_brca + UNI) figures")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--size", type=int, default=2048, help="side of the synthetic slide in px at 0.5 um/px (the RSS run adds 2x the side)")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_child:
+        rss_child(args.rss_child, args.batch_size, args.num_workers)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="zoomfeat_bench_"))
+    report: dict = {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    print(f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, slides in {work}", flush=True)
+
+    small = make_slide(work / "bench.svs", args.size, seed=0)
+    r = efficiency("tiny", small, args.batch_size, args.num_workers, 0.25)
+    report["efficiency_tiny"] = r
+    print(f"[1] tiny    : {r['tiles']} tiles, models {r['models_tiles_per_s']} tiles/s, end-to-end {r['end_to_end_tiles_per_s']} tiles/s "
+          f"-> efficiency {r['efficiency']} (waited {r['pipeline_wait_for_data_s']} s for data)", flush=True)  # fmt: skip
+    if not args.skip_full:
+        few = make_slide(work / "few.svs", 1024, seed=1, tissue=0.1)  # 1 parent, 1 kept child: 17 UNI + 2 ZoomLDM tiles
+        r = efficiency("zoomldm_brca", few, 8, args.num_workers, 0.25, repeats=1)
+        report["efficiency_full"] = r
+        print(f"[1] full    : {r['tiles']} tiles (+{r['uni_images']} UNI images), models {r['models_only_s']} s, end-to-end "
+              f"{r['end_to_end_s']} s -> efficiency {r['efficiency']}", flush=True)  # fmt: skip
+
+    for name, batch in (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)):
+        r = tap_gain(name, batch, repeats=3 if name == "tiny" else 2)
+        report[f"tap_gain_{name}"] = r
+        print(f"[2] {name:8s}: full UNet {r['full_unet_s_per_tile']} s/tile ({r['full_unet_gflops']} GFLOPs), to output_blocks.4 "
+              f"{r['to_deepest_tap_s_per_tile']} s/tile ({r['to_deepest_tap_gflops']} GFLOPs) -> {r['speedup']}x", flush=True)  # fmt: skip
+
+    big = make_slide(work / "bench4x.svs", 2 * args.size, seed=0)
+    rows = rss([small, big], args.batch_size, args.num_workers)
+    report["rss"] = rows
+    for row in rows:
+        print(f"[3] {row['slide']:12s}: {row['tiles']} tiles in {row['seconds']} s, peak RSS main {row['peak_rss_main_mb']} MB "
+              f"(after model load {row['peak_rss_after_model_load_mb']} MB), workers {row['peak_rss_worker_mb']} MB", flush=True)  # fmt: skip
+    growth = rows[1]["peak_rss_main_mb"] / rows[0]["peak_rss_main_mb"] - 1
+    report["rss_growth_4x_area"] = round(growth, 3)
+    print(f"[3] peak RSS growth for 4x the area ({rows[0]['tiles']} -> {rows[1]['tiles']} tiles): {100 * growth:+.1f}%", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
