@@ -8,6 +8,7 @@ magnification). Resumable per slide; several jobs can share the slide list with
 from __future__ import annotations
 
 import json
+import sys
 
 from zoomfeat.cli import hydra_main
 
@@ -57,6 +58,9 @@ def run(cfg) -> dict:
     check_width(encoder.embed_dim, model.ssl_channels)
     summary = prepare(inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} slide(s) failed: {sorted(summary['failed'])}", file=sys.stderr)
+        sys.exit(1)
     return summary
 
 

@@ -377,6 +377,10 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
                 log.error("%s: %s", path, err)
                 summary["failed"][path.stem] = str(err)
                 continue
+            except Exception as err:  # noqa: BLE001 - one bad slide must not stop a cohort
+                log.exception("%s: failed", path)
+                summary["failed"][path.stem] = f"{type(err).__name__}: {err}"
+                continue
             summary["done"].append(path.stem)
             for k, v in res["tiles"].items():
                 summary["tiles"][k] = summary["tiles"].get(k, 0) + v
