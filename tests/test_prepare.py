@@ -42,3 +42,16 @@ def test_cli_errors(tmp_path, synthetic_slide_factory, monkeypatch):
         hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny"])
     with pytest.raises(ValueError, match="no ZoomLDM weights given"):
         hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny", "model=tiny"])
+
+
+def test_cli_bad_slide_is_skipped_and_fails_the_run(tmp_path, synthetic_slide_factory):
+    good = synthetic_slide_factory("cli_prep_good", width=1024, height=1024, mpp=0.5, levels=2, seed=8, tissue_fraction=0.6)
+    bad = tmp_path / "broken.svs"
+    bad.write_bytes(b"not a slide at all")
+    out = tmp_path / "data"
+    argv = [str(bad), str(good), f"out_dir={out}", "model=tiny", "encoder=tiny", "mags=[5x]", "num_workers=0",
+            "progress=false", "allow_random_weights=true"]
+    with pytest.raises(SystemExit) as exc:
+        hydra_main("prepare", run, argv=argv)
+    assert exc.value.code == 1
+    assert set(read_record(out, "cli_prep_good")["mags"]) == {"2"} and read_record(out, "broken") is None
