@@ -68,6 +68,7 @@ def run(cfg) -> dict:
         resume=c.get("resume", "auto"),
         overfit_batch=bool(c.get("overfit_batch", False)),
         progress=bool(c.get("progress", True)),
+        ddp_find_unused_parameters=bool(c.get("ddp_find_unused_parameters", True)),
         samples=SampleConfig(**c["samples"]),
     )
     summary = train(tc)
