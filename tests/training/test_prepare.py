@@ -40,7 +40,7 @@ def _uni(encoder, tiles):
 
 
 def _vq(model, tiles):
-    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1
     with torch.no_grad():
         return model.encode(x).numpy()
 

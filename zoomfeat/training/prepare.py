@@ -119,7 +119,7 @@ class _Encoders:
         out = []
         for a in range(0, len(tiles), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(tiles[a : a + self.batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+            x = x.permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1.0  # NCHW: the channels_last CPU GroupNorm is inexact
             with _autocast(self.precision, self.device):
                 z = self.model.encode(x)
             out.append(z.float().cpu().numpy().astype(np.float16))
