@@ -53,16 +53,26 @@ def _job_out_dir(out_dir: str) -> Path:
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    """Hydra task function: ``conf/bench.yaml`` -> :func:`zoomfeat.mil.benchmark.run_benchmark`."""
     from omegaconf import OmegaConf
-
-    from zoomfeat.mil.benchmark import BenchmarkConfig, run_benchmark
-    from zoomfeat.mil.train import MILConfig
 
     c = OmegaConf.to_container(cfg, resolve=True)
     if c.get("threads"):
         import torch
 
+        saved = torch.get_num_threads()
         torch.set_num_threads(int(c["threads"]))
+        try:
+            return _run(c)
+        finally:
+            torch.set_num_threads(saved)
+    return _run(c)
+
+
+def _run(c: dict[str, Any]) -> dict[str, Any]:
+    from zoomfeat.mil.benchmark import BenchmarkConfig, run_benchmark
+    from zoomfeat.mil.train import MILConfig
+
     task = dict(c["task"])
     name = task.pop("name")
     known = {"labels", "bags", "slide_col", "case_col", "label_col", "label_map", "threshold", "missing_bags", "csv"}
