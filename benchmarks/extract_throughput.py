@@ -9,7 +9,9 @@ Figures (DESIGN.md "Performance budget"):
 1. Pipeline efficiency: end-to-end tiles/s of ``Extractor.extract`` on a synthetic slide (slide
    opening, tissue detection, reading regions in DataLoader workers, UNI, Summarizer, VQ, UNet,
    writing the six bags) divided by the models' own tiles/s on the very same tiles, pre-loaded in
-   memory and pushed through the same batched model calls. Target >= 0.9.
+   memory and pushed through the same batched model calls. Target >= 0.9. Best of interleaved
+   repeats; on a shared machine also read ``in_models_share`` (time inside model calls / wall
+   time of the same end-to-end run), which other processes' load cannot skew.
 2. Stopping the UNet at the deepest tap: time (and FLOPs) of ``taps(..., [middle_block,
    output_blocks.4])`` vs the full UNet forward ``eps``.
 3. Peak RSS of one extraction in a fresh subprocess for a slide and one with 4x the area
@@ -23,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -92,42 +93,51 @@ def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def efficiency(model: str, slide_path: Path, batch_size: int, num_workers: int, min_tissue: float, repeats: int = 2) -> dict:
-    """Best of ``repeats`` alternating runs of each (the machine may be shared: the minimum is the
-    least disturbed measurement), after one warm-up of the model calls."""
+def efficiency(model: str, slide_path: Path, batch_size: int, workers: tuple[int, ...], min_tissue: float, repeats: int = 2) -> dict:
+    """Models-only time vs end-to-end time with each worker count, best of ``repeats`` interleaved
+    runs (on a shared machine the minimum is the least disturbed measurement), after a warm-up."""
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.pipeline import Extractor
 
-    ex = Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=num_workers, min_tissue=min_tissue, overwrite=True)))
-    t_models = t_e2e = float("inf")
+    exs = {w: Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue, overwrite=True))) for w in workers}
+    ex = exs[workers[0]]
+    t_models, t_e2e, timings = float("inf"), dict.fromkeys(workers, float("inf")), {}
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         models_only_seconds(ex, slide_path)  # warm-up (kernels, allocator, page cache)
         for _ in range(repeats):
             dt, n = models_only_seconds(ex, slide_path)
             t_models = min(t_models, dt)
-            t0 = time.perf_counter()
-            result = ex.extract(slide_path, out)
-            t_e2e = min(t_e2e, time.perf_counter() - t0)
+            for w, e in exs.items():
+                t0 = time.perf_counter()
+                result = e.extract(slide_path, out)
+                dt = time.perf_counter() - t0
+                if dt < t_e2e[w]:
+                    t_e2e[w], timings[w] = dt, dict(e.timings)
     assert result.tiles == n, (result.tiles, n)
-    return {
+    row = {
         "model": model,
         "tiles": n,
         "tiles_20x": result.n20,
         "tiles_5x": result.n5,
         "uni_images": 17 * result.n5,
         "batch_size": batch_size,
-        "num_workers": num_workers,
-        "models_only_s": round(t_models, 2),
-        "end_to_end_s": round(t_e2e, 2),
-        "models_tiles_per_s": round(n / t_models, 3),
-        "end_to_end_tiles_per_s": round(n / t_e2e, 3),
-        "efficiency": round(t_models / t_e2e, 3),
         "repeats": repeats,
-        "pipeline_uni_s": round(ex.timings["uni"], 2),
-        "pipeline_zoomldm_s": round(ex.timings["zoomldm"], 2),
-        "pipeline_wait_for_data_s": round(ex.timings["wait"], 2),
+        "models_only_s": round(t_models, 2),
+        "models_tiles_per_s": round(n / t_models, 3),
     }
+    for w in workers:
+        row[f"workers{w}"] = {
+            "end_to_end_s": round(t_e2e[w], 2),
+            "end_to_end_tiles_per_s": round(n / t_e2e[w], 3),
+            "efficiency": round(t_models / t_e2e[w], 3),
+            "in_models_s": round(timings[w]["uni"] + timings[w]["zoomldm"], 2),
+            # share of the end-to-end wall time spent inside model calls, within one run: unlike
+            # the efficiency above it does not compare runs made at different moments of a shared machine
+            "in_models_share": round((timings[w]["uni"] + timings[w]["zoomldm"]) / t_e2e[w], 3),
+            "waiting_for_data_s": round(timings[w]["wait"], 2),
+        }
+    return row
 
 
 # ----------------------------------------------------------------------------------------------- 2
@@ -145,14 +155,17 @@ def tap_gain(model_name: str, batch: int, repeats: int) -> dict:
     ctx = model.condition(torch.randn(batch, model.ssl_channels, generator=g), 0).detach()
     t = torch.full((batch,), 200, dtype=torch.long)
 
-    def timed(fn):
+    def timed(fns, repeats):
+        """Best time of each function over ``repeats`` interleaved rounds (after a warm-up)."""
+        best = [float("inf")] * len(fns)
         with torch.inference_mode():
-            fn()  # warm-up
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
+            for fn in fns:
                 fn()
-                best = min(best, time.perf_counter() - t0)
+            for _ in range(repeats):
+                for i, fn in enumerate(fns):
+                    t0 = time.perf_counter()
+                    fn()
+                    best[i] = min(best[i], time.perf_counter() - t0)
         return best
 
     def flops(fn):
@@ -162,7 +175,7 @@ def tap_gain(model_name: str, batch: int, repeats: int) -> dict:
 
     full = lambda: model.eps(x, t, ctx)  # noqa: E731
     tapped = lambda: model.taps(x, t, ctx, taps)  # noqa: E731
-    t_full, t_taps = timed(full), timed(tapped)
+    t_full, t_taps = timed([full, tapped], repeats)
     return {
         "model": model_name,
         "batch": batch,
@@ -177,24 +190,52 @@ def tap_gain(model_name: str, batch: int, repeats: int) -> dict:
 # ----------------------------------------------------------------------------------------------- 3
 
 
+def _vm_hwm_mb(pid: int | str = "self") -> float:
+    """Peak resident set of a process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def rss_child(slide: str, batch_size: int, num_workers: int) -> None:
-    """Run in a fresh process: one extraction, then print peak RSS (self and workers) as JSON."""
+    """Run in a fresh process: one extraction, then print peak RSS (main, and main + workers) as JSON."""
+    import threading
+
+    import psutil
+
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.pipeline import Extractor
 
     ex = Extractor(ExtractConfig(**settings("tiny", batch_size=batch_size, num_workers=num_workers, min_tissue=0.25)))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_load = _vm_hwm_mb()
+    me, peak_total, done = psutil.Process(), [0.0], threading.Event()
+
+    def sample() -> None:  # main + DataLoader workers, every 20 ms
+        while not done.is_set():
+            try:
+                total = me.memory_info().rss + sum(c.memory_info().rss for c in me.children(recursive=True))
+            except psutil.Error:
+                continue
+            peak_total[0] = max(peak_total[0], total / 2**20)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t0 = time.perf_counter()
         result = ex.extract(slide, out)
         dt = time.perf_counter() - t0
+    done.set()
+    thread.join()
     print(json.dumps({
         "tiles": result.tiles,
         "seconds": round(dt, 1),
-        "peak_rss_after_model_load_mb": round(before / 1024, 1),
-        "peak_rss_main_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "num_workers": num_workers,
+        "peak_rss_after_model_load_mb": round(after_load, 1),
+        "peak_rss_main_mb": round(_vm_hwm_mb(), 1),
+        "peak_rss_main_plus_workers_mb": round(peak_total[0], 1),
     }))  # fmt: skip
 
 
@@ -216,7 +257,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-full", action="store_true", help="no full-size (zoomldm_brca + UNI) figures")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--num-workers", type=int, default=1)
+    ap.add_argument("--num-workers", type=int, default=1, help="worker count compared with 0 (tiny) and used for the RSS runs")
     ap.add_argument("--size", type=int, default=2048, help="side of the synthetic slide in px at 0.5 um/px (the RSS run adds 2x the side)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -230,19 +271,28 @@ def main() -> None:
     print(f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, slides in {work}", flush=True)
 
     small = make_slide(work / "bench.svs", args.size, seed=0)
-    r = efficiency("tiny", small, args.batch_size, args.num_workers, 0.25)
+    workers = (0, args.num_workers) if args.num_workers else (0,)
+
+    def show(tag, r):
+        for w in workers:
+            e = r[f"workers{w}"]
+            print(f"[1] {tag}: {r['tiles']} tiles (+{r['uni_images']} UNI images), models alone {r['models_only_s']} s "
+                  f"({r['models_tiles_per_s']} tiles/s); end-to-end with {w} workers {e['end_to_end_s']} s "
+                  f"({e['end_to_end_tiles_per_s']} tiles/s) -> efficiency {e['efficiency']}; in model calls "
+                  f"{e['in_models_s']} s ({100 * e['in_models_share']:.1f}% of the run), waiting for data "
+                  f"{e['waiting_for_data_s']} s", flush=True)  # fmt: skip
+
+    r = efficiency("tiny", small, args.batch_size, workers, 0.25, repeats=3)
     report["efficiency_tiny"] = r
-    print(f"[1] tiny    : {r['tiles']} tiles, models {r['models_tiles_per_s']} tiles/s, end-to-end {r['end_to_end_tiles_per_s']} tiles/s "
-          f"-> efficiency {r['efficiency']} (waited {r['pipeline_wait_for_data_s']} s for data)", flush=True)  # fmt: skip
+    show("tiny", r)
     if not args.skip_full:
         few = make_slide(work / "few.svs", 1024, seed=1, tissue=0.1)  # 1 parent, 1 kept child: 17 UNI + 2 ZoomLDM tiles
-        r = efficiency("zoomldm_brca", few, 8, args.num_workers, 0.25, repeats=1)
+        r = efficiency("zoomldm_brca", few, 8, (0,), 0.25, repeats=1)
         report["efficiency_full"] = r
-        print(f"[1] full    : {r['tiles']} tiles (+{r['uni_images']} UNI images), models {r['models_only_s']} s, end-to-end "
-              f"{r['end_to_end_s']} s -> efficiency {r['efficiency']}", flush=True)  # fmt: skip
+        show("full", r)
 
     for name, batch in (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)):
-        r = tap_gain(name, batch, repeats=3 if name == "tiny" else 2)
+        r = tap_gain(name, batch, repeats=5 if name == "tiny" else 2)
         report[f"tap_gain_{name}"] = r
         print(f"[2] {name:8s}: full UNet {r['full_unet_s_per_tile']} s/tile ({r['full_unet_gflops']} GFLOPs), to output_blocks.4 "
               f"{r['to_deepest_tap_s_per_tile']} s/tile ({r['to_deepest_tap_gflops']} GFLOPs) -> {r['speedup']}x", flush=True)  # fmt: skip
@@ -252,10 +302,13 @@ def main() -> None:
     report["rss"] = rows
     for row in rows:
         print(f"[3] {row['slide']:12s}: {row['tiles']} tiles in {row['seconds']} s, peak RSS main {row['peak_rss_main_mb']} MB "
-              f"(after model load {row['peak_rss_after_model_load_mb']} MB), workers {row['peak_rss_worker_mb']} MB", flush=True)  # fmt: skip
+              f"(after model load {row['peak_rss_after_model_load_mb']} MB), main + {row['num_workers']} workers "
+              f"{row['peak_rss_main_plus_workers_mb']} MB", flush=True)  # fmt: skip
     growth = rows[1]["peak_rss_main_mb"] / rows[0]["peak_rss_main_mb"] - 1
-    report["rss_growth_4x_area"] = round(growth, 3)
-    print(f"[3] peak RSS growth for 4x the area ({rows[0]['tiles']} -> {rows[1]['tiles']} tiles): {100 * growth:+.1f}%", flush=True)
+    growth_all = rows[1]["peak_rss_main_plus_workers_mb"] / rows[0]["peak_rss_main_plus_workers_mb"] - 1
+    report["rss_growth_4x_area"] = {"main": round(growth, 3), "main_plus_workers": round(growth_all, 3)}
+    print(f"[3] peak RSS growth for 4x the area ({rows[0]['tiles']} -> {rows[1]['tiles']} tiles): main {100 * growth:+.1f}%, "
+          f"main + workers {100 * growth_all:+.1f}%", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

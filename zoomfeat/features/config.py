@@ -66,7 +66,9 @@ class ExtractConfig:
         mpp: override the slides' resolution (um/px at level 0).
         precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast; bf16/fp16 on CUDA, bf16 on CPU).
         batch_size: tiles per model call; num_workers: DataLoader worker processes reading
-            parent regions; device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` ...
+            parent regions (``auto``: none on CPU, where reading is ~1% of the work and workers
+            would only compete with the compute threads; up to 8 beside a GPU);
+            device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` ...
         compile: ``torch.compile`` the encoder, VQ, summarizer and UNet (GPU; slow to start).
         overwrite: recompute slides whose bags exist (also bags from another config).
         allow_random_weights: build models without weights (seeded random; smoke tests only).
@@ -89,7 +91,7 @@ class ExtractConfig:
     mpp: float | None = None
     precision: str = "fp32"
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: int | str = "auto"
     device: str = "auto"
     compile: bool = False
     overwrite: bool = False
@@ -115,8 +117,9 @@ class ExtractConfig:
         self.batch_size = int(self.batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        self.num_workers = int(self.num_workers)
-        if self.num_workers < 0:
+        if str(self.num_workers) != "auto":
+            self.num_workers = int(self.num_workers)
+        if self.num_workers != "auto" and self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -146,6 +149,16 @@ class ExtractConfig:
                 raise TypeError(f"unknown extraction setting {key!r}; known: {', '.join(sorted(names - {'extra'}))}")
             clean[key] = value
         return cls(**clean)
+
+    def workers_for(self, device_type: str) -> int:
+        """Resolved ``num_workers`` (``auto``: 0 on CPU, min(8, cpus // 2) otherwise)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        if device_type == "cpu":
+            return 0
+        import os
+
+        return max(1, min(8, (os.cpu_count() or 2) // 2))
 
     def replace(self, **kwargs: Any) -> ExtractConfig:
         return dataclasses.replace(self, **kwargs)

@@ -126,10 +126,22 @@ def load_models(cfg: ExtractConfig, device: torch.device) -> tuple[Any, Any]:
         for m in (model.vq, model.unet):
             m.to(memory_format=torch.channels_last)
     if cfg.compile:
-        for m in (encoder, model.vq, model.summarizer, model.unet):
+        for m in compile_targets(model, encoder):
             m.compile()
     _MODEL_CACHE[key] = (model, encoder)
     return model, encoder
+
+
+def compile_targets(model, encoder) -> list[torch.nn.Module]:
+    """The modules the pipeline actually calls, for ``torch.compile`` (``compile=true``).
+
+    ``model.encode`` calls the VQ encoder (not ``VQModel.forward``) and ``model.taps`` runs the
+    UNet block by block up to the deepest tap (not ``UNet2DConditionModel.forward``), so the
+    blocks are compiled one by one.
+    """
+    unet = model.unet
+    return [encoder, model.summarizer, model.vq.encoder, model.vq.quant_conv, unet.conv_in, unet.time_embedding,
+            *unet.down_blocks, unet.mid_block, *unet.up_blocks]  # fmt: skip
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -487,7 +499,7 @@ class Extractor:
         P = len(grid.parents)
         kept = grid.children.kept.reshape(P, CHILDREN)
         noise = NoiseSpec(cfg.seed, slide.slide_id, self.latent_shape, cfg.ensemble)
-        loader = parent_loader(ParentRegions(slide, grid, noise), cfg.num_workers, pin_memory=dev.type == "cuda")
+        loader = parent_loader(ParentRegions(slide, grid, noise), cfg.workers_for(dev.type), pin_memory=dev.type == "cuda")
         bs = cfg.batch_size
         mag20, mag5 = self.mag_index
         qa: deque[_Piece] = deque()  # stage A: UNI
