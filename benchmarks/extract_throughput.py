@@ -276,12 +276,18 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=1, help="worker count compared with 0 (tiny) and used for the RSS runs")
     ap.add_argument("--size", type=int, default=2048, help="side of the synthetic slide in px at 0.5 um/px (the RSS run adds 2x the side)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--threads", type=int, help="torch threads (1 gives contention-proof CPU times on a shared machine)")
+    ap.add_argument("--only", default="efficiency,taps,rss", help="comma-separated parts to run")
+    ap.add_argument("--skip-full-efficiency", action="store_true", help="full-size models only for the tap figures")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
         rss_child(args.rss_child, args.batch_size, args.num_workers)
         return
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    parts = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="zoomfeat_bench_"))
     report: dict = {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     print(f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, slides in {work}", flush=True)
@@ -299,21 +305,25 @@ def main() -> None:
                   f"{e['in_models_s']} s ({100 * e['in_models_share']:.1f}% of the run), waiting for data "
                   f"{e['waiting_for_data_s']} s", flush=True)  # fmt: skip
 
-    r = efficiency("tiny", small, args.batch_size, workers, 0.25, repeats=3)
-    report["efficiency_tiny"] = r
-    show("tiny", r)
-    if not args.skip_full:
+    if "efficiency" in parts:
+        r = efficiency("tiny", small, args.batch_size, workers, 0.25, repeats=3)
+        report["efficiency_tiny"] = r
+        show("tiny", r)
+    if "efficiency" in parts and not (args.skip_full or args.skip_full_efficiency):
         few = make_slide(work / "few.svs", 1024, seed=1, tissue=0.1)  # 1 parent, 1 kept child: 17 UNI + 2 ZoomLDM tiles
         r = efficiency("zoomldm_brca", few, 8, (0,), 0.25, repeats=1)
         report["efficiency_full"] = r
         show("full", r)
 
-    for name, batch in (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)):
+    for name, batch in (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)) if "taps" in parts else ():
         r = tap_gain(name, batch, repeats=5 if name == "tiny" else 2)
         report[f"tap_gain_{name}"] = r
         print(f"[2] {name:8s}: full UNet {r['full_unet_s_per_tile']} s/tile ({r['full_unet_gflops']} GFLOPs), to output_blocks.4 "
               f"{r['to_deepest_tap_s_per_tile']} s/tile ({r['to_deepest_tap_gflops']} GFLOPs) -> {r['speedup']}x", flush=True)  # fmt: skip
 
+    if "rss" not in parts:
+        _finish(report, args)
+        return
     big = make_slide(work / "bench4x.svs", 2 * args.size, seed=0)
     rows = rss([small, big], args.batch_size, args.num_workers)
     report["rss"] = rows
@@ -326,6 +336,11 @@ def main() -> None:
     report["rss_growth_4x_area"] = {"main": round(growth, 3), "main_plus_workers": round(growth_all, 3)}
     print(f"[3] peak RSS growth for 4x the area ({rows[0]['tiles']} -> {rows[1]['tiles']} tiles): main {100 * growth:+.1f}%, "
           f"main + workers {100 * growth_all:+.1f}%", flush=True)  # fmt: skip
+    _finish(report, args)
+
+
+def _finish(report: dict, args) -> None:
+    report["torch_threads"] = torch.get_num_threads()
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
