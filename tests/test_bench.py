@@ -38,7 +38,7 @@ def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
     out = tmp_path / "brca"
     cmd = [
         sys.executable, "-m", "zoomfeat.bench", "task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}",
-        "feature_sets=[uni_20x,zoomldm_fused]", "cv.folds=3", f"out_dir={out}", *SMALL,
+        "feature_sets=[uni_20x,zoomldm_fused]", "cv.folds=3", "data.dtype=float32", f"out_dir={out}", *SMALL,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,10 +53,11 @@ def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
     per_fold = splits[splits["part"] == "test"].groupby("fold")["case_id"].apply(set)
     assert sum(len(s) for s in per_fold) == 24  # patients, each tested once, both slides together
 
-    # same folds again from the saved CSV, in-process: identical predictions (deterministic)
+    # same folds again from the saved CSV, in-process, bags read from disk on each access:
+    # identical predictions (deterministic; float32 both times)
     again = tmp_path / "again"
     bench("task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}", "feature_sets=[zoomldm_fused]",
-          f"cv.splits={out / 'splits.csv'}", "cv.folds=7", f"out_dir={again}", *SMALL)  # fmt: skip
+          f"cv.splits={out / 'splits.csv'}", "cv.folds=7", "data.in_memory=false", f"out_dir={again}", *SMALL)  # fmt: skip
     first = pd.read_csv(out / "predictions.csv").query("feature_set == 'zoomldm_fused'").reset_index(drop=True)
     second = pd.read_csv(again / "predictions.csv").reset_index(drop=True)
     pd.testing.assert_frame_equal(first, second)

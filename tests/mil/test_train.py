@@ -126,3 +126,12 @@ def test_cuda_request_without_cuda_is_clear():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_bf16_autocast_only_where_native():
+    from zoomfeat.mil.train import amp_enabled, cpu_has_bf16
+
+    cpu = torch.device("cpu")
+    assert amp_enabled(cpu, False) is False
+    assert amp_enabled(cpu, True) is cpu_has_bf16()
+    assert amp_enabled(torch.device("cuda"), True) is True

@@ -285,6 +285,7 @@ def train_fold(
     history: list[dict[str, float]] = []
     bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
     for epoch in bar:
+        epoch_start = time.perf_counter()
         model.train()
         order = train_idx[rng.permutation(len(train_idx))]
         total, seen = 0.0, 0
@@ -314,6 +315,7 @@ def train_fold(
             val_loss = float(_weighted_bce(torch.as_tensor(logit, device=device), torch.as_tensor(yv, device=device), weights))
             val_auc = _auc(yv, logit)
             record.update(val_loss=val_loss, val_auc=val_auc)
+            record["seconds"] = time.perf_counter() - epoch_start
             key = (val_auc if not math.isnan(val_auc) else -math.inf, -val_loss)
             if epoch >= cfg.warmup and key > best_key:
                 best_key, best_epoch = key, epoch
@@ -323,6 +325,7 @@ def train_fold(
             if epoch - max(best_epoch, cfg.warmup - 1) >= cfg.patience and epoch + 1 >= cfg.min_epochs:
                 break
         else:
+            record["seconds"] = time.perf_counter() - epoch_start
             history.append(record)
     bar.close()
     if best_state is not None:
