@@ -141,6 +141,9 @@ def test_zoomfeat_bag_dataset_reads_the_bags(demo_run, tmp_path):
     assert item["X"].shape == (25, 192) and item["slide_id"] == SLIDE_ID
     features, coords, attrs = zoomfeat.open_bag(bag_path(out, "zoomldm_fused", SLIDE_ID))
     np.testing.assert_array_equal(item["X"].numpy(), features)
+    from zoomfeat.features.pipeline import extract_slide
+
+    assert zoomfeat.extract_slide is extract_slide
 
 
 def test_full_size_without_weights_is_a_clear_error(tmp_path, cmu_slide):

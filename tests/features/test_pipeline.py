@@ -170,3 +170,19 @@ def test_full_size_models_extract_a_few_tiles_on_cpu(synthetic_slide_factory, tm
     assert np.isfinite(zf.features).all() and np.abs(z20.features).max() > 0
     assert z20.attrs["model_checkpoint_id"] == "random-init" and "random-init" in z20.attrs["encoder_checkpoint_id"]
     np.testing.assert_array_equal(zf.features, np.concatenate([z20.features, z5.features[z20.parent_idx]], axis=1))
+
+
+def test_official_tiny_checkpoint_through_the_pipeline(golden_dir, small_slides, tmp_path, tiny, reference_run):
+    """Real weights (the golden official-format tiny checkpoint): provenance names them, the hash changes."""
+    ckpt = golden_dir / "zoomldm_tiny.ckpt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = extract_slide(small_slides / "det_b.svs", tmp_path, **tiny, model_checkpoint=str(ckpt))
+    bag = open_bag(paths["zoomldm_20x"])
+    ref = open_bag(bag_path(reference_run, "zoomldm_20x", "det_b"))
+    assert bag.attrs["model_checkpoint_id"] == str(ckpt)
+    assert len(bag.attrs["model_checkpoint_hash"]) == 16 and not bag.attrs["model_checkpoint_hash"].startswith("random")
+    assert bag.attrs["config_hash"] != ref.attrs["config_hash"]
+    assert bag.features.shape == ref.features.shape and np.abs(bag.features - ref.features).max() > 1e-3
+    # the UNI sets come from the same tiny encoder: identical rows
+    np.testing.assert_array_equal(open_bag(paths["uni_20x"]).features, open_bag(bag_path(reference_run, "uni_20x", "det_b")).features)
