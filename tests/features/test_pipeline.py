@@ -186,3 +186,15 @@ def test_official_tiny_checkpoint_through_the_pipeline(golden_dir, small_slides,
     assert bag.features.shape == ref.features.shape and np.abs(bag.features - ref.features).max() > 1e-3
     # the UNI sets come from the same tiny encoder: identical rows
     np.testing.assert_array_equal(open_bag(paths["uni_20x"]).features, open_bag(bag_path(reference_run, "uni_20x", "det_b")).features)
+
+
+def test_reduced_precision_autocast_is_close_to_fp32_and_changes_the_hash(small_slides, tmp_path, tiny, reference_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        paths = extract_slide(small_slides / "det_b.svs", tmp_path, **tiny, precision="bf16")
+    for name in ("zoomldm_20x", "uni_5x"):
+        bf, ref = open_bag(paths[name]), open_bag(bag_path(reference_run, name, "det_b"))
+        assert bf.features.dtype == np.float32 and bf.attrs["precision"] == "bf16"
+        assert bf.attrs["config_hash"] != ref.attrs["config_hash"]
+        assert 0 < np.abs(bf.features - ref.features).max() < 0.1
+        assert np.corrcoef(bf.features.ravel(), ref.features.ravel())[0, 1] > 0.999

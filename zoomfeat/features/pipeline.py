@@ -261,8 +261,6 @@ class Extractor:
             cfg = ExtractConfig.from_kwargs(**{**cfg.to_dict(), **kwargs})
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.precision == "fp16" and self.device.type == "cpu":
-            warnings.warn("precision=fp16 on CPU is slow and poorly supported; bf16 is the CPU choice", stacklevel=2)
         self.model, self.encoder = load_models(cfg, self.device)
         self.taps = list(cfg.taps)
         tap_dims = self.model.tap_channels(self.taps)  # validates the names without running
