@@ -107,7 +107,7 @@ def efficiency(model: str, slide_path: Path, batch_size: int, workers: tuple[int
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.pipeline import Extractor
 
-    exs = {w: Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue, overwrite=True))) for w in workers}
+    exs = {w: Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue))) for w in workers}
     ex = exs[workers[0]]
     t_models, t_e2e, timings = float("inf"), dict.fromkeys(workers, float("inf")), {}
     cpu_models, cpu_e2e = float("inf"), dict.fromkeys(workers, float("inf"))
@@ -119,8 +119,9 @@ def efficiency(model: str, slide_path: Path, batch_size: int, workers: tuple[int
             dt, n = models_only_seconds(ex, slide_path)
             t_models, cpu_models = min(t_models, dt), min(cpu_models, _cpu_seconds() - c0)
             for w, e in exs.items():
+                dest = Path(tempfile.mkdtemp(dir=out))  # a fresh directory: nothing to reuse
                 c0, t0 = _cpu_seconds(), time.perf_counter()
-                result = e.extract(slide_path, out)
+                result = e.extract(slide_path, dest)
                 dt = time.perf_counter() - t0
                 cpu_e2e[w] = min(cpu_e2e[w], _cpu_seconds() - c0)
                 if dt < t_e2e[w]:

@@ -74,6 +74,10 @@ def test_complete_bags_are_skipped_and_a_changed_config_is_not_reused(tiny, refe
     assert np.abs(new.features - old.features).max() > 1e-3  # recomputed, not reused
     # the UNI sets do not depend on the timestep but are rewritten under the new hash too
     assert open_bag(paths["uni_20x"]).attrs["config_hash"] == other.config_hash
+    # a killed overwrite run resumes: bags already complete with the new config are kept
+    stamp = paths["zoomldm_20x"].stat().st_mtime_ns
+    again = Extractor(ExtractConfig(**tiny, timestep=300, overwrite=True)).extract(slide, out)
+    assert again.status == "skipped" and paths["zoomldm_20x"].stat().st_mtime_ns == stamp
 
 
 def test_a_held_lock_leaves_the_slide_to_its_owner(tiny, small_slides, tmp_path):

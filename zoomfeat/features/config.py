@@ -70,7 +70,9 @@ class ExtractConfig:
             would only compete with the compute threads; up to 8 beside a GPU);
             device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` ...
         compile: ``torch.compile`` the encoder, VQ, summarizer and UNet (GPU; slow to start).
-        overwrite: recompute slides whose bags exist (also bags from another config).
+        overwrite: replace bags written with another config (without it they stop the run);
+            bags already complete with this config are still reused, so a killed overwrite
+            run resumes. Delete bags to force recomputing them.
         allow_random_weights: build models without weights (seeded random; smoke tests only).
         preview: write ``previews/{slide_id}.png`` (tissue, tile grid, feature PCA colours).
         progress: tqdm progress bars.

@@ -368,7 +368,8 @@ class Extractor:
         return "; ".join(diffs) or f"config hash {attrs.get('config_hash')} vs {self.config_hash}"
 
     def check_reusable(self, out_dir: str | Path, slide_id: str) -> str:
-        """Raise :class:`ConfigMismatchError` when bags from another config exist (unless overwrite)."""
+        """The state of a slide's outputs (see :meth:`output_state`); raises
+        :class:`ConfigMismatchError` when bags from another config exist (unless overwrite)."""
         state, detail = self.output_state(out_dir, slide_id)
         if state == "mismatch" and not self.cfg.overwrite:
             raise ConfigMismatchError(
@@ -387,25 +388,25 @@ class Extractor:
         slide = Slide.open(slide_path, mpp=mpp if mpp is not None else cfg.mpp)
         sid = slide.slide_id
         result = SlideResult(str(slide_path), sid, "done")
-        state = self.check_reusable(out_dir, sid)
-        if state == "complete" and not cfg.overwrite:
-            result.status, result.paths = "skipped", self.outputs(out_dir, sid)
-            return result
         lock = SlideLock(out_dir, sid)
-        if not lock.acquire():
-            result.status = "locked"
-            return result
         try:
-            # another worker may have finished it while we waited for the lock
-            if not cfg.overwrite and self.check_reusable(out_dir, sid) == "complete":
+            # Complete bags with this very config are always reused (delete them to force a
+            # recomputation); bags from another config are an error unless overwrite=true.
+            if self.check_reusable(out_dir, sid) == "complete":
+                result.status, result.paths = "skipped", self.outputs(out_dir, sid)
+                return result
+            if not lock.acquire():
+                result.status = "locked"
+                return result
+            # another worker may have finished it while we were getting here
+            if self.check_reusable(out_dir, sid) == "complete":
                 result.status, result.paths = "skipped", self.outputs(out_dir, sid)
                 return result
             remove_stale_temporaries(self.outputs(out_dir, sid))
-            paths = self._extract_locked(slide, out_dir, result)
+            result.paths = self._extract_locked(slide, out_dir, result)
         finally:
             lock.release()
             slide.close()
-        result.paths = paths
         result.seconds = time.perf_counter() - t0
         return result
 
@@ -596,8 +597,9 @@ def extract_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     ``config`` takes :class:`~zoomfeat.features.config.ExtractConfig` fields (``model="tiny"``,
     ``timestep=200``, ``taps=[...]``, ...; CLI-style ``features.timestep`` also works through
     ``**{"features.timestep": 200}``). Models are cached between calls with the same weights.
-    Complete bags with the same config are reused; bags from another config raise
-    :class:`ConfigMismatchError` unless ``overwrite=True``. Failures raise.
+    Complete bags with the same config are reused (delete them to force a recomputation); bags
+    from another config raise :class:`ConfigMismatchError` unless ``overwrite=True``, which
+    replaces them. Failures raise.
     """
     extractor = Extractor(ExtractConfig.from_kwargs(**config))
     result = extractor.extract(path, out_dir, mpp=mpp)

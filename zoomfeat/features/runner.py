@@ -4,7 +4,8 @@ Every slide is independent and idempotent: complete bags with the same config ha
 skipped, a slide another process is working on (its lock is held) is left to that process,
 and a slide that fails (corrupt file, no resolution, read error) is recorded with its reason
 while the others go on. Bags left by a *different* configuration stop the run before any work
-(unless ``overwrite``), so a changed timestep never silently reuses or mixes old bags.
+(unless ``overwrite``, which replaces them), so a changed timestep never silently reuses or
+mixes old bags.
 """
 
 from __future__ import annotations
