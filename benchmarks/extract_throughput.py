@@ -288,8 +288,17 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    parts = set(args.only.split(","))
+    import shutil
+
     work = Path(tempfile.mkdtemp(prefix="zoomfeat_bench_"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, work: Path) -> None:
+    parts = set(args.only.split(","))
     report: dict = {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     print(f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}, slides in {work}", flush=True)
 
