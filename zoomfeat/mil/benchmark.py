@@ -189,7 +189,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     n_folds, n_repeats = len({f for _, f in keys}), len({r for r, _ in keys})
     title = f"{cfg.task}: {cfg.mil.name}, {n_folds}-fold patient-level CV x {n_repeats} repeat(s), seed {cfg.seed}"
     notes = [
-        f"Cohort: {len(cohort)} slides from {n_cases} patients; label counts {counts}.",
+        f"Cohort: {len(cohort)} bags (slides) from {n_cases} patients; label counts {counts}.",
         f"Model: torchmil ABMIL (gated={cfg.mil.gated}), hidden {list(cfg.mil.hidden)}, attention dim {cfg.mil.att_dim}, "
         f"AdamW lr {cfg.mil.lr:g} wd {cfg.mil.weight_decay:g}, up to {cfg.mil.epochs} epochs, early stopping on validation AUC "
         f"(patience {cfg.mil.patience}), class-balanced loss, instance standardisation={cfg.mil.standardize}.",
