@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoomfeat.weights import key_mismatch_lines
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -161,22 +163,9 @@ def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], so
     own = module.state_dict()
     state = _strip_prefixes(dict(state), set(own))
     state = {k: v for k, v in state.items() if k not in ignore}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    misshapen = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in set(own) & set(state) if state[k].shape != own[k].shape)
-    if missing or unexpected or misshapen:
-
-        def _fmt(items: list[str]) -> str:
-            return ", ".join(items[:10]) + (f" ... (+{len(items) - 10} more)" if len(items) > 10 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_fmt(unexpected)}")
-        if misshapen:
-            parts.append(f"{len(misshapen)} misshapen key(s): {_fmt(misshapen)}")
-        raise ValueError(f"{source}: weights do not fit the {type(module).__name__} architecture: " + "; ".join(parts))
+    mismatch = key_mismatch_lines(state, own)
+    if mismatch:
+        raise ValueError(f"{source}: weights do not fit the {type(module).__name__} architecture:\n" + "\n".join(mismatch))
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
 
 

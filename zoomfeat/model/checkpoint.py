@@ -30,6 +30,7 @@ import yaml
 from zoomfeat.model import unet as unet_mod
 from zoomfeat.model import vq as vq_mod
 from zoomfeat.model.schedule import OFFICIAL_BUFFERS
+from zoomfeat.weights import key_mismatch_lines, names_preview
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoomfeat.model.zoomldm import ZoomLDM
@@ -325,7 +326,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: expected a flat mapping of tensor names to tensors, got {type(obj).__name__}")
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {_names(bad)}")
+        raise CheckpointError(f"{path}: entries that are not tensors: {names_preview(bad)}")
     return dict(obj)
 
 
@@ -333,31 +334,13 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 # key checks
 
 
-def _names(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def check_keys(found: Mapping[str, Any], expected: Mapping[str, Any], source: str, what: str,
                optional: tuple[str, ...] = (), hint: str = "") -> None:
     """Raise CheckpointError naming missing / unexpected / misshapen keys (values: tensors or shapes)."""
-
-    def shape(v: Any) -> tuple[int, ...]:
-        return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
-
-    missing = [k for k in expected if k not in found and not k.startswith(optional or ("\0",))]
-    unexpected = [k for k in found if k not in expected]
-    misshapen = [f"{k} (file {list(shape(found[k]))}, model {list(shape(expected[k]))})"
-                 for k in expected if k in found and shape(found[k]) != shape(expected[k])]
-    if not (missing or unexpected or misshapen):
+    mismatch = key_mismatch_lines(found, expected, optional)
+    if not mismatch:
         return
-    lines = [f"{source}: the weights do not match the {what}:"]
-    if missing:
-        lines.append(f"  missing keys ({len(missing)}): {_names(missing)}")
-    if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {_names(unexpected)}")
-    if misshapen:
-        lines.append(f"  misshapen keys ({len(misshapen)}): {_names(misshapen)}")
+    lines = [f"{source}: the weights do not match the {what}:", *mismatch]
     if hint:
         lines.append(hint)
     raise CheckpointError("\n".join(lines))
