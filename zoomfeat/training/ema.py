@@ -14,6 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from zoomfeat.weights import key_mismatch_lines
+
 
 class EMA:
     def __init__(self, module: nn.Module, decay: float = 0.9999, warmup: bool = True, num_updates: int = 0) -> None:
@@ -47,13 +49,10 @@ class EMA:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.names) - set(state))
-        unexpected = sorted(set(state) - set(self.names))
-        if missing or unexpected:
-            raise ValueError(f"EMA state does not fit the UNet: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        mismatch = key_mismatch_lines(state, self.shadow)
+        if mismatch:
+            raise ValueError("EMA state does not fit the UNet:\n" + "\n".join(mismatch))
         for n in self.names:
-            if state[n].shape != self.shadow[n].shape:
-                raise ValueError(f"EMA state: {n} has shape {tuple(state[n].shape)}, the UNet {tuple(self.shadow[n].shape)}")
             self.shadow[n].copy_(state[n])
 
     @torch.no_grad()
