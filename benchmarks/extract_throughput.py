@@ -43,12 +43,19 @@ def make_slide(path: Path, size: int, seed: int = 0, tissue: float = 0.4) -> Pat
     from zoomfeat.slide.synthetic import write_synthetic_slide
 
     if not path.exists():
-        write_synthetic_slide(path, width=size, height=size, mpp=0.5, levels=3, seed=seed, tissue_fraction=tissue)
+        write_synthetic_slide(
+            path, width=size, height=size, mpp=0.5, levels=3, seed=seed, tissue_fraction=tissue
+        )
     return path
 
 
 def settings(model: str, **kw) -> dict:
-    base = {"model": model, "encoder": "uni" if model == "zoomldm_brca" else "tiny", "allow_random_weights": True, "progress": False}
+    base = {
+        "model": model,
+        "encoder": "uni" if model == "zoomldm_brca" else "tiny",
+        "allow_random_weights": True,
+        "progress": False,
+    }
     return {**base, **kw}
 
 
@@ -78,7 +85,9 @@ def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
     bs = cfg.batch_size
     sync = torch.cuda.synchronize if ex.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    emb = torch.cat([ex.embed(images[i : i + bs]) for i in range(0, len(images), bs)]).view(len(items), CHILDREN + 1, -1)
+    emb = torch.cat([ex.embed(images[i : i + bs]) for i in range(0, len(images), bs)]).view(
+        len(items), CHILDREN + 1, -1
+    )
     # ZoomLDM items in pipeline order: kept children (mag 0) then the parent (mag 2), per parent
     z_imgs, grids, mags, noise = [], [], [], []
     for i, it in enumerate(items):
@@ -101,13 +110,25 @@ def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def efficiency(model: str, slide_path: Path, batch_size: int, workers: tuple[int, ...], min_tissue: float, repeats: int = 2) -> dict:
+def efficiency(
+    model: str,
+    slide_path: Path,
+    batch_size: int,
+    workers: tuple[int, ...],
+    min_tissue: float,
+    repeats: int = 2,
+) -> dict:
     """Models-only time vs end-to-end time with each worker count, best of ``repeats`` interleaved
     runs (on a shared machine the minimum is the least disturbed measurement), after a warm-up."""
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.pipeline import Extractor
 
-    exs = {w: Extractor(ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue))) for w in workers}
+    exs = {
+        w: Extractor(
+            ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue))
+        )
+        for w in workers
+    }
     ex = exs[workers[0]]
     t_models, t_e2e, timings = float("inf"), dict.fromkeys(workers, float("inf")), {}
     cpu_models, cpu_e2e = float("inf"), dict.fromkeys(workers, float("inf"))
@@ -224,7 +245,9 @@ def rss_child(slide: str, batch_size: int, num_workers: int) -> None:
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.pipeline import Extractor
 
-    ex = Extractor(ExtractConfig(**settings("tiny", batch_size=batch_size, num_workers=num_workers, min_tissue=0.25)))
+    ex = Extractor(
+        ExtractConfig(**settings("tiny", batch_size=batch_size, num_workers=num_workers, min_tissue=0.25))
+    )
     after_load = _vm_hwm_mb()
     me, peak_total, done = psutil.Process(), [0.0], threading.Event()
 
@@ -259,7 +282,16 @@ def rss_child(slide: str, batch_size: int, num_workers: int) -> None:
 def rss(slides: list[Path], batch_size: int, num_workers: int) -> list[dict]:
     rows = []
     for s in slides:
-        cmd = [sys.executable, __file__, "--rss-child", str(s), "--batch-size", str(batch_size), "--num-workers", str(num_workers)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--rss-child",
+            str(s),
+            "--batch-size",
+            str(batch_size),
+            "--num-workers",
+            str(num_workers),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         if proc.returncode:
             raise RuntimeError(proc.stderr)
@@ -274,12 +306,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-full", action="store_true", help="no full-size (zoomldm_brca + UNI) figures")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--num-workers", type=int, default=1, help="worker count compared with 0 (tiny) and used for the RSS runs")
-    ap.add_argument("--size", type=int, default=2048, help="side of the synthetic slide in px at 0.5 um/px (the RSS run adds 2x the side)")
+    ap.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help="worker count compared with 0 (tiny) and used for the RSS runs",
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=2048,
+        help="side of the synthetic slide in px at 0.5 um/px (the RSS run adds 2x the side)",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures here")
-    ap.add_argument("--threads", type=int, help="torch threads (1 gives contention-proof CPU times on a shared machine)")
+    ap.add_argument(
+        "--threads", type=int, help="torch threads (1 gives contention-proof CPU times on a shared machine)"
+    )
     ap.add_argument("--only", default="efficiency,taps,rss", help="comma-separated parts to run")
-    ap.add_argument("--skip-full-efficiency", action="store_true", help="full-size models only for the tap figures")
+    ap.add_argument(
+        "--skip-full-efficiency", action="store_true", help="full-size models only for the tap figures"
+    )
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_child:
@@ -320,12 +366,16 @@ def run(args, work: Path) -> None:
         report["efficiency_tiny"] = r
         show("tiny", r)
     if "efficiency" in parts and not (args.skip_full or args.skip_full_efficiency):
-        few = make_slide(work / "few.svs", 1024, seed=1, tissue=0.1)  # 1 parent, 1 kept child: 17 UNI + 2 ZoomLDM tiles
+        few = make_slide(
+            work / "few.svs", 1024, seed=1, tissue=0.1
+        )  # 1 parent, 1 kept child: 17 UNI + 2 ZoomLDM tiles
         r = efficiency("zoomldm_brca", few, 8, (0,), 0.25, repeats=1)
         report["efficiency_full"] = r
         show("full", r)
 
-    for name, batch in (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)) if "taps" in parts else ():
+    for name, batch in (
+        (("tiny", 16),) + (() if args.skip_full else (("zoomldm_brca", 2),)) if "taps" in parts else ()
+    ):
         r = tap_gain(name, batch, repeats=5 if name == "tiny" else 2)
         report[f"tap_gain_{name}"] = r
         print(f"[2] {name:8s}: full UNet {r['full_unet_s_per_tile']} s/tile ({r['full_unet_gflops']} GFLOPs), to output_blocks.4 "

@@ -66,7 +66,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dim", type=int, default=2048)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=4, help="epochs to time (early stopping off)")
-    ap.add_argument("--full", action="store_true", help="one real fold: the config's epochs, early stopping on")
+    ap.add_argument(
+        "--full", action="store_true", help="one real fold: the config's epochs, early stopping on"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mil", default="abmil", help="conf/mil/NAME.yaml")
@@ -105,7 +107,9 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     bags = make_bags(args.bags, args.instances, args.dim)
-    print(f"bags: {args.bags} x {args.instances} x {args.dim} float16 = {bags.nbytes / 2**30:.2f} GiB, made in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"bags: {args.bags} x {args.instances} x {args.dim} float16 = {bags.nbytes / 2**30:.2f} GiB, made in {time.perf_counter() - t0:.1f}s"
+    )
     splits = make_splits(bags.slide_ids, bags.case_ids, bags.labels, folds=args.folds, seed=0)
     parts = fold_parts(splits, 0, 0)
     tr, va, te = (bags.index(parts[p]) for p in ("train", "val", "test"))
@@ -126,7 +130,9 @@ def main(argv=None) -> dict:
     test_s = time.perf_counter() - t
     epochs = len(result.history)
     times = [h["seconds"] for h in result.history]
-    per_epoch = float(np.median(times[1:] if len(times) > 1 else times))  # the first epoch includes kernel warm-up
+    per_epoch = float(
+        np.median(times[1:] if len(times) > 1 else times)
+    )  # the first epoch includes kernel warm-up
     from zoomfeat.mil.metrics import binary_metrics
 
     auc = binary_metrics(bags.labels[te], probs)["auc"]
@@ -137,7 +143,9 @@ def main(argv=None) -> dict:
     fixed = stats_s + test_s + max(0.0, train_s - sum(times))  # statistics, model set-up, test
     figures = {n: fixed + n * per_epoch for n in (10, 20, 50)}
     if args.full:
-        print(f"seconds per fold (early stopping, best epoch {result.best_epoch}, {epochs} epochs run): {stats_s + train_s + test_s:.0f}s")
+        print(
+            f"seconds per fold (early stopping, best epoch {result.best_epoch}, {epochs} epochs run): {stats_s + train_s + test_s:.0f}s"
+        )
     else:
         print("seconds per fold: " + ", ".join(f"{n} epochs {s:.0f}s" for n, s in figures.items()))
     print(f"cpu: {os.cpu_count()} logical cores visible")

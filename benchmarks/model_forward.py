@@ -36,7 +36,9 @@ from zoomfeat.model import ZoomLDM  # noqa: E402
 COMPONENTS = ("vq_encode", "unet_full", "unet_middle", "summarizer")
 
 
-def make_inputs(model: ZoomLDM, batch: int, device: str | torch.device, gen: torch.Generator | None = None) -> dict:
+def make_inputs(
+    model: ZoomLDM, batch: int, device: str | torch.device, gen: torch.Generator | None = None
+) -> dict:
     def rnd(*shape):
         if torch.device(device).type == "meta":
             return torch.empty(*shape, device="meta")
@@ -117,10 +119,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     build_s = time.perf_counter() - t0
     inp = make_inputs(model, args.batch, device, torch.Generator().manual_seed(0))
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"ZoomLDM '{model.name}' ({n_params / 1e6:.1f} M params, built in {build_s:.1f} s) on {device} "
-          f"[{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}], "
-          f"batch {args.batch}, autocast {args.autocast}, channels_last {args.channels_last}, "
-          f"torch {torch.__version__}")
+    print(
+        f"ZoomLDM '{model.name}' ({n_params / 1e6:.1f} M params, built in {build_s:.1f} s) on {device} "
+        f"[{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}], "
+        f"batch {args.batch}, autocast {args.autocast}, channels_last {args.channels_last}, "
+        f"torch {torch.__version__}"
+    )
     header = f"{'component':12s} {'GFLOP/img':>10s} {'ms/batch':>10s} {'images/s':>10s} {'GFLOP/s':>9s}"
     print(header)
     print("-" * len(header))
@@ -130,14 +134,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
         times = bench(model, name, inp, args.iters, args.warmup, device, args.autocast)
         sec = statistics.median(times)
         row = {
-            "component": name, "config": model.name, "device": str(device), "batch": args.batch,
-            "autocast": args.autocast, "channels_last": args.channels_last,
-            "gflop_per_image": flops / args.batch / 1e9, "sec_per_batch": sec,
-            "images_per_s": args.batch / sec, "achieved_gflops": flops / sec / 1e9, "iters": len(times),
+            "component": name,
+            "config": model.name,
+            "device": str(device),
+            "batch": args.batch,
+            "autocast": args.autocast,
+            "channels_last": args.channels_last,
+            "gflop_per_image": flops / args.batch / 1e9,
+            "sec_per_batch": sec,
+            "images_per_s": args.batch / sec,
+            "achieved_gflops": flops / sec / 1e9,
+            "iters": len(times),
         }
         rows.append(row)
-        print(f"{name:12s} {row['gflop_per_image']:10.2f} {sec * 1e3:10.1f} {row['images_per_s']:10.2f} "
-              f"{row['achieved_gflops']:9.1f}", flush=True)
+        print(
+            f"{name:12s} {row['gflop_per_image']:10.2f} {sec * 1e3:10.1f} {row['images_per_s']:10.2f} "
+            f"{row['achieved_gflops']:9.1f}",
+            flush=True,
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))

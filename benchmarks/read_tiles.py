@@ -62,10 +62,17 @@ def bench_single(slide: Slide, grid: TileGrid, indices: list[int]) -> dict[str, 
         split_parent(grid.read_parent(slide, i))
     t_all, c_all = time.perf_counter() - t0, time.process_time() - c0
     n = len(indices)
-    return {"read_regions_s": n / t_read, "regions_s": n / t_all, "tiles_s": 17 * n / t_all, "cpu_ms": 1000 * c_all / n}
+    return {
+        "read_regions_s": n / t_read,
+        "regions_s": n / t_all,
+        "tiles_s": 17 * n / t_all,
+        "cpu_ms": 1000 * c_all / n,
+    }
 
 
-def bench_loader(slide: Slide, grid: TileGrid, indices: list[int], workers: int, batch: int) -> dict[str, float]:
+def bench_loader(
+    slide: Slide, grid: TileGrid, indices: list[int], workers: int, batch: int
+) -> dict[str, float]:
     import torch
 
     ds = ParentRegions(slide, grid, indices)
@@ -81,7 +88,12 @@ def bench_loader(slide: Slide, grid: TileGrid, indices: list[int], workers: int,
     t_end = time.perf_counter()
     # after the first batch, later ones may already be prefetched: only meaningful on long runs
     steady = (n - n_first) / (t_end - t_first) if n - n_first >= 4 * max(1, workers) * batch else float("nan")
-    return {"regions_s": n / (t_end - t0), "tiles_s": 17 * n / (t_end - t0), "steady_regions_s": steady, "startup_s": t_first - t0}
+    return {
+        "regions_s": n / (t_end - t0),
+        "tiles_s": 17 * n / (t_end - t0),
+        "steady_regions_s": steady,
+        "startup_s": t_first - t0,
+    }
 
 
 def main() -> None:

@@ -36,11 +36,27 @@ def make_shards(path: Path, channels: int, tiles_per_mag: int = 64, mags=(0, 1, 
         for m in mags:
             g = grid_side(m)
             n = tiles_per_mag
-            s.append(m, rng.standard_normal((n, 3, 64, 64)).astype(np.float16), rng.standard_normal((n, channels, g, g)).astype(np.float16), np.zeros((n, 2), np.int64), 256 * 2**m)
+            s.append(
+                m,
+                rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
+                rng.standard_normal((n, channels, g, g)).astype(np.float16),
+                np.zeros((n, 2), np.int64),
+                256 * 2**m,
+            )
     return path
 
 
-def bench_config(name: str, batch: int, steps: int, warmup: int, device, precision: str, grad_ckpt: bool, workers: int, tmp: Path) -> dict:
+def bench_config(
+    name: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device,
+    precision: str,
+    grad_ckpt: bool,
+    workers: int,
+    tmp: Path,
+) -> dict:
     import torch
 
     from zoomfeat.model import ZoomLDM
@@ -57,11 +73,20 @@ def bench_config(name: str, batch: int, steps: int, warmup: int, device, precisi
     model = ZoomLDM.from_config(name, seed=0)
     prec = resolve_precision(precision, device)
     data = make_shards(tmp / name, model.ssl_channels)
-    cfg = TrainConfig(data_dir=str(data), out_dir=str(tmp / "out"), model=name, batch_size=batch, gradient_checkpointing=grad_ckpt, precision=prec)
+    cfg = TrainConfig(
+        data_dir=str(data),
+        out_dir=str(tmp / "out"),
+        model=name,
+        batch_size=batch,
+        gradient_checkpointing=grad_ckpt,
+        precision=prec,
+    )
     parts = setup_training(model, cfg, device, prec)
     ds = MultiScaleDataset(ShardIndex.load(data), seed=0)
     total = warmup + steps
-    loader = make_loader(ds, StepBatchSampler(batch, total), num_workers=workers, pin_memory=device.type == "cuda")
+    loader = make_loader(
+        ds, StepBatchSampler(batch, total), num_workers=workers, pin_memory=device.type == "cuda"
+    )
     it = iter(loader)
     amp = autocast_ctx(prec, device)
 
@@ -110,7 +135,12 @@ def main() -> None:
     ap.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
     ap.add_argument("--tiny-batch", type=int, default=8)
     ap.add_argument("--full-batch", type=int, default=None, help="default: 1 on CPU, 8 on GPU")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: tiny 10, full size 2 on CPU / 10 on GPU)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps (default: tiny 10, full size 2 on CPU / 10 on GPU)",
+    )
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the UNet")
     ap.add_argument("--workers", type=int, default=2)
@@ -121,8 +151,14 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores"
+    )
     print(f"device: {device} ({where}); torch {torch.__version__}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +166,17 @@ def main() -> None:
             tiny = name == "tiny"
             batch = args.tiny_batch if tiny else (args.full_batch or (1 if device.type == "cpu" else 8))
             steps = args.steps or (10 if tiny or device.type == "cuda" else 2)
-            r = bench_config(name, batch, steps, args.warmup, device, args.precision, args.grad_ckpt, args.workers, Path(tmp))
+            r = bench_config(
+                name,
+                batch,
+                steps,
+                args.warmup,
+                device,
+                args.precision,
+                args.grad_ckpt,
+                args.workers,
+                Path(tmp),
+            )
             rows.append(r)
             print(
                 f"{r['config']:>13}: {r['trainable_params_M']:7.1f} M trainable | batch {r['batch']:3d} | {r['precision']} | "

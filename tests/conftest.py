@@ -26,7 +26,10 @@ def _first_existing(*candidates: Path) -> Path | None:
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """The official-format tiny checkpoint and outputs (tests/data/golden, else ../shared/golden)."""
-    found = _first_existing(TESTS / "data" / "golden" / "zoomldm_tiny.ckpt", REPO.parent / "shared" / "golden" / "zoomldm_tiny.ckpt")
+    found = _first_existing(
+        TESTS / "data" / "golden" / "zoomldm_tiny.ckpt",
+        REPO.parent / "shared" / "golden" / "zoomldm_tiny.ckpt",
+    )
     if found is None:
         pytest.fail("golden files missing: expected tests/data/golden/ or ../shared/golden/")
     return found.parent

@@ -30,14 +30,28 @@ def _bag(tmp_path, slide_id="slideA", n=5, d=7, **kw):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(n, d)).astype(np.float32)
     coords = np.stack([np.arange(n) * 513, np.zeros(n)], 1).astype(np.int64)
-    path = write_bag(bag_path(tmp_path, "zoomldm_20x", slide_id), feats, coords, COORDS_ATTRS, {"config_hash": "abc", "timestep": 200, "taps": ["middle_block"]}, **kw)
+    path = write_bag(
+        bag_path(tmp_path, "zoomldm_20x", slide_id),
+        feats,
+        coords,
+        COORDS_ATTRS,
+        {"config_hash": "abc", "timestep": 200, "taps": ["middle_block"]},
+        **kw,
+    )
     return path, feats, coords
 
 
 def test_layout_paths(tmp_path):
-    assert bag_path(tmp_path, "uni_5x", "s1") == tmp_path / "5x_256px_0px_overlap" / "features_uni_5x" / "s1.h5"
-    assert bag_path(tmp_path, "zoomldm_fused", "s1") == tmp_path / "20x_256px_0px_overlap" / "features_zoomldm_fused" / "s1.h5"
-    assert patches_path(tmp_path, "s1", 20) == tmp_path / "20x_256px_0px_overlap" / "patches" / "s1_patches.h5"
+    assert (
+        bag_path(tmp_path, "uni_5x", "s1") == tmp_path / "5x_256px_0px_overlap" / "features_uni_5x" / "s1.h5"
+    )
+    assert (
+        bag_path(tmp_path, "zoomldm_fused", "s1")
+        == tmp_path / "20x_256px_0px_overlap" / "features_zoomldm_fused" / "s1.h5"
+    )
+    assert (
+        patches_path(tmp_path, "s1", 20) == tmp_path / "20x_256px_0px_overlap" / "patches" / "s1_patches.h5"
+    )
     with pytest.raises(ValueError, match="unknown feature set"):
         bag_path(tmp_path, "nope", "s1")
 

@@ -15,7 +15,14 @@ from zoomfeat.bench import run
 from zoomfeat.cli import hydra_main
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["mil.hidden=[16]", "mil.att_dim=8", "mil.epochs=4", "mil.min_epochs=1", "progress=false", "threads=1"]
+SMALL = [
+    "mil.hidden=[16]",
+    "mil.att_dim=8",
+    "mil.epochs=4",
+    "mil.min_epochs=1",
+    "progress=false",
+    "threads=1",
+]
 
 
 def bench(*args):
@@ -28,7 +35,11 @@ def bag_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench_bags")
     table, feats = planted_bags(n_cases=24, slides_per_case=2, dim=12, seed=7)
     rng = np.random.default_rng(0)
-    write_bags(root / "20x_256px_0px_overlap", "uni_20x", {s: rng.normal(size=x.shape).astype(np.float32) for s, x in feats.items()})
+    write_bags(
+        root / "20x_256px_0px_overlap",
+        "uni_20x",
+        {s: rng.normal(size=x.shape).astype(np.float32) for s, x in feats.items()},
+    )
     write_bags(root / "20x_256px_0px_overlap", "zoomldm_fused", feats)
     table.to_csv(root / "labels.csv", index=False)
     return root
@@ -40,9 +51,20 @@ def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
         sys.executable, "-m", "zoomfeat.bench", "task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}",
         "feature_sets=[uni_20x,zoomldm_fused]", "cv.folds=3", "data.dtype=float32", f"out_dir={out}", *SMALL,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("folds.csv", "summary.csv", "summary.md", "summary.png", "paired.csv", "predictions.csv", "splits.csv", "run.json"):
+    for name in (
+        "folds.csv",
+        "summary.csv",
+        "summary.md",
+        "summary.png",
+        "paired.csv",
+        "predictions.csv",
+        "splits.csv",
+        "run.json",
+    ):
         assert (out / name).is_file(), name
     folds = pd.read_csv(out / "folds.csv")
     assert len(folds) == 6 and folds["n_test"].sum() == 2 * 48
@@ -58,7 +80,9 @@ def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
     again = tmp_path / "again"
     bench("task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}", "feature_sets=[zoomldm_fused]",
           f"cv.splits={out / 'splits.csv'}", "cv.folds=7", "data.in_memory=false", f"out_dir={again}", *SMALL)  # fmt: skip
-    first = pd.read_csv(out / "predictions.csv").query("feature_set == 'zoomldm_fused'").reset_index(drop=True)
+    first = (
+        pd.read_csv(out / "predictions.csv").query("feature_set == 'zoomldm_fused'").reset_index(drop=True)
+    )
     second = pd.read_csv(again / "predictions.csv").reset_index(drop=True)
     pd.testing.assert_frame_equal(first, second)
 
@@ -73,7 +97,16 @@ def test_cli_on_instance_csv_and_multirun(tmp_path):
     csv = tmp_path / "toy.csv"
     pd.DataFrame(rows).to_csv(csv, header=False, index=False)
     out = tmp_path / "sweep"
-    bench("-m", "task=musk1", f"task.bags={csv}", "task.name=toy", "mil.lr=1e-3,1e-4", "cv.folds=3", f"out_dir={out}", *SMALL)
+    bench(
+        "-m",
+        "task=musk1",
+        f"task.bags={csv}",
+        "task.name=toy",
+        "mil.lr=1e-3,1e-4",
+        "cv.folds=3",
+        f"out_dir={out}",
+        *SMALL,
+    )
     jobs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and all(j.startswith("mil.lr=") for j in jobs), jobs
     lrs = set()
@@ -85,7 +118,14 @@ def test_cli_on_instance_csv_and_multirun(tmp_path):
 
 
 def test_cli_runs_the_shipped_musk_task(tmp_path):
-    bench("task=musk2", "cv.folds=2", "mil.epochs=1", "mil.min_epochs=1", "progress=false", f"out_dir={tmp_path}")
+    bench(
+        "task=musk2",
+        "cv.folds=2",
+        "mil.epochs=1",
+        "mil.min_epochs=1",
+        "progress=false",
+        f"out_dir={tmp_path}",
+    )
     folds = pd.read_csv(tmp_path / "folds.csv")
     assert len(folds) == 2 and folds["n_test"].sum() == 102
 
@@ -102,9 +142,24 @@ def test_cli_bad_input_messages(bag_root, tmp_path, capsys):
     assert "task 'brca' needs its bags: task.bags=DIR" in err and "brca_labels.py" in err
     labels = pd.read_csv(bag_root / "labels.csv").rename(columns={"label": "diagnosis"})
     labels.to_csv(tmp_path / "nolabel.csv", index=False)
-    err = bench_error(capsys, "task=brca", f"task.labels={tmp_path / 'nolabel.csv'}", f"task.bags={bag_root}", "feature_sets=[uni_20x]", f"out_dir={tmp_path / 'b'}", *SMALL)
+    err = bench_error(
+        capsys,
+        "task=brca",
+        f"task.labels={tmp_path / 'nolabel.csv'}",
+        f"task.bags={bag_root}",
+        "feature_sets=[uni_20x]",
+        f"out_dir={tmp_path / 'b'}",
+        *SMALL,
+    )
     assert "nolabel.csv: no column(s) ['label']" in err and "diagnosis" in err
-    err = bench_error(capsys, "task=brca", f"task.labels={bag_root / 'labels.csv'}", f"task.bags={bag_root}", f"out_dir={tmp_path / 'c'}", *SMALL)
+    err = bench_error(
+        capsys,
+        "task=brca",
+        f"task.labels={bag_root / 'labels.csv'}",
+        f"task.bags={bag_root}",
+        f"out_dir={tmp_path / 'c'}",
+        *SMALL,
+    )
     assert "no bags for feature set 'uni_fused'" in err
     err = bench_error(capsys, "task=musk1", "+mil.bogus=1", f"out_dir={tmp_path / 'd'}", *SMALL)
     assert "unknown mil option(s) ['bogus']" in err

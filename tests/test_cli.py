@@ -2,7 +2,9 @@ from zoomfeat.cli import inputs_override, split_argv
 
 
 def test_split_argv_separates_inputs_from_overrides():
-    inputs, hydra_args = split_argv(["a.svs", "dir/", "out_dir=x", "-m", "seed=1,2", "--config-name", "extract", "m.csv"])
+    inputs, hydra_args = split_argv(
+        ["a.svs", "dir/", "out_dir=x", "-m", "seed=1,2", "--config-name", "extract", "m.csv"]
+    )
     assert inputs == ["a.svs", "dir/", "m.csv"]
     assert hydra_args == ["out_dir=x", "-m", "seed=1,2", "--config-name", "extract"]
 

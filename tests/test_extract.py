@@ -32,7 +32,15 @@ PROVENANCE = ("encoder", "zoomfeat_version", "config_hash", "config", "mpp", "ti
 def demo_run(tmp_path_factory):
     """``python -m zoomfeat.extract demo=true`` on the built-in CMU slide (one run for the module)."""
     out = tmp_path_factory.mktemp("demo") / "zoomfeat_demo"
-    cmd = [sys.executable, "-m", "zoomfeat.extract", "demo=true", f"out_dir={out}", f"tissue.min_tissue={MIN_TISSUE}", "batch_size=16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoomfeat.extract",
+        "demo=true",
+        f"out_dir={out}",
+        f"tissue.min_tissue={MIN_TISSUE}",
+        "batch_size=16",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out, proc.stdout + proc.stderr
@@ -64,17 +72,31 @@ def test_bag_layout_is_trident(demo_run, grid, cmu_slide):
     out, _ = demo_run
     slide, g = grid
     kept = g.children.kept
-    dims = {"zoomldm_20x": 96, "zoomldm_5x": 96, "zoomldm_fused": 192, "uni_20x": 32, "uni_5x": 32, "uni_fused": 64}
+    dims = {
+        "zoomldm_20x": 96,
+        "zoomldm_5x": 96,
+        "zoomldm_fused": 192,
+        "uni_20x": 32,
+        "uni_5x": 32,
+        "uni_fused": 64,
+    }
     for name in FEATURE_SETS:
         path = bag_path(out, name, SLIDE_ID)
-        assert path.parent.name == f"features_{name}" and path.parent.parent == mag_dir(out, FEATURE_SET_MAG[name])
+        assert path.parent.name == f"features_{name}" and path.parent.parent == mag_dir(
+            out, FEATURE_SET_MAG[name]
+        )
         with h5py.File(path, "r") as f:
             feats, coords = f["features"], f["coords"]
             n = int(kept.sum()) if FEATURE_SET_MAG[name] == 20 else len(g.parents)
-            assert feats.dtype == np.float32 and feats.shape == (n, dims[name]) and feats.chunks[1] == dims[name]
+            assert (
+                feats.dtype == np.float32 and feats.shape == (n, dims[name]) and feats.chunks[1] == dims[name]
+            )
             assert coords.dtype == np.int64 and coords.shape == (n, 2)
             assert set(COORDS_ATTRS) <= set(coords.attrs)
-            assert coords.attrs["patch_size"] == 256 and coords.attrs["target_magnification"] == FEATURE_SET_MAG[name]
+            assert (
+                coords.attrs["patch_size"] == 256
+                and coords.attrs["target_magnification"] == FEATURE_SET_MAG[name]
+            )
             assert coords.attrs["level0_width"] == 2220 and coords.attrs["level0_height"] == 2967
             want = g.children.xy[kept] if FEATURE_SET_MAG[name] == 20 else g.parents
             np.testing.assert_array_equal(coords[()], want)
@@ -85,7 +107,9 @@ def test_bag_layout_is_trident(demo_run, grid, cmu_slide):
             missing = [k for k in PROVENANCE if k not in f.attrs]
             assert not missing, f"{name} lacks {missing}"
             assert f.attrs["slide_path"] == str(cmu_slide) and f.attrs["mpp"] == pytest.approx(0.499)
-            assert f.attrs["model"] == "tiny" and f.attrs["ssl_encoder"] == "tiny" and f.attrs["timestep"] == 200
+            assert (
+                f.attrs["model"] == "tiny" and f.attrs["ssl_encoder"] == "tiny" and f.attrs["timestep"] == 200
+            )
             assert json.loads(f.attrs["taps"]) == ["middle_block", "output_blocks.4"]
             config = json.loads(f.attrs["config"])
             assert config["min_tissue"] == MIN_TISSUE and config["model"] == "tiny"
@@ -100,12 +124,17 @@ def test_parent_idx_points_at_the_covering_5x_tile_and_fused_is_the_concat(demo_
         p = b5.coords[b20.parent_idx]
         size = g.parent_size_level0
         assert ((b20.coords >= p) & (b20.coords < p + size)).all()
-        np.testing.assert_array_equal(fused.features, np.concatenate([b20.features, b5.features[b20.parent_idx]], axis=1))
+        np.testing.assert_array_equal(
+            fused.features, np.concatenate([b20.features, b5.features[b20.parent_idx]], axis=1)
+        )
         assert np.isfinite(fused.features).all() and np.abs(b20.features).max() > 0.05
         # distinct tiles get distinct features
         assert len(np.unique(b20.features.round(5), axis=0)) == len(b20)
     # the 5x tile is conditioned on its children, not itself: ZoomLDM 20x and 5x features differ
-    assert not np.allclose(open_bag(bag_path(out, "zoomldm_5x", SLIDE_ID)).features[0], open_bag(bag_path(out, "zoomldm_20x", SLIDE_ID)).features[0])
+    assert not np.allclose(
+        open_bag(bag_path(out, "zoomldm_5x", SLIDE_ID)).features[0],
+        open_bag(bag_path(out, "zoomldm_20x", SLIDE_ID)).features[0],
+    )
 
 
 @pytest.mark.parametrize("feature_set", FEATURE_SETS)
@@ -126,7 +155,9 @@ def test_torchmil_trident_dataset_reads_the_bags_unchanged(demo_run, tmp_path, f
     item = ds[0]
     np.testing.assert_array_equal(item["X"].numpy(), bag.features)
     assert int(item["Y"]) == 1
-    np.testing.assert_array_equal(item["coords"].numpy(), (bag.coords / bag.coords_attrs["patch_size_level0"]).astype(int))
+    np.testing.assert_array_equal(
+        item["coords"].numpy(), (bag.coords / bag.coords_attrs["patch_size_level0"]).astype(int)
+    )
     assert item["adj"].shape == (len(bag), len(bag))
 
 
@@ -147,7 +178,15 @@ def test_zoomfeat_bag_dataset_reads_the_bags(demo_run, tmp_path):
 
 
 def test_full_size_without_weights_is_a_clear_error(tmp_path, cmu_slide):
-    cmd = [sys.executable, "-m", "zoomfeat.extract", str(cmu_slide), "model=zoomldm_brca", "encoder=uni", f"out_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoomfeat.extract",
+        str(cmu_slide),
+        "model=zoomldm_brca",
+        "encoder=uni",
+        f"out_dir={tmp_path}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert "zoomfeat extract: error: no ZoomLDM weights given" in proc.stderr

@@ -20,9 +20,20 @@ def one_thread(monkeypatch):
 
 
 def test_cli_prepares_and_resumes(tmp_path, synthetic_slide_factory):
-    slide = synthetic_slide_factory("cli_prep", width=1024, height=1024, mpp=0.5, levels=2, seed=7, tissue_fraction=0.5)
+    slide = synthetic_slide_factory(
+        "cli_prep", width=1024, height=1024, mpp=0.5, levels=2, seed=7, tissue_fraction=0.5
+    )
     out = tmp_path / "data"
-    argv = [str(slide), f"out_dir={out}", "model=tiny", "encoder=tiny", "mags=[5x,2.5x]", "num_workers=0", "progress=false", "allow_random_weights=true"]
+    argv = [
+        str(slide),
+        f"out_dir={out}",
+        "model=tiny",
+        "encoder=tiny",
+        "mags=[5x,2.5x]",
+        "num_workers=0",
+        "progress=false",
+        "allow_random_weights=true",
+    ]
     with pytest.warns(UserWarning, match="smaller than one 2.5x tile"):
         summary = hydra_main("prepare", run, argv=argv)
     assert summary["done"] == ["cli_prep"] and summary["tiles"] == {"5x": 1, "2.5x": 0}
@@ -38,19 +49,32 @@ def test_cli_errors(tmp_path, synthetic_slide_factory, monkeypatch):
     with pytest.raises(ValueError, match="no slides given"):
         hydra_main("prepare", run, argv=[f"out_dir={tmp_path}"])
     slide = synthetic_slide_factory("cli_prep_err", width=512, height=512, mpp=0.5, levels=1)
-    with pytest.raises(ValueError, match="encoder=tiny gives 32-d embeddings but model=zoomldm_brca is conditioned on 1024-d"):
+    with pytest.raises(
+        ValueError, match="encoder=tiny gives 32-d embeddings but model=zoomldm_brca is conditioned on 1024-d"
+    ):
         hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny"])
     with pytest.raises(ValueError, match="no ZoomLDM weights given"):
         hydra_main("prepare", run, argv=[str(slide), f"out_dir={tmp_path}", "encoder=tiny", "model=tiny"])
 
 
 def test_cli_bad_slide_is_skipped_and_fails_the_run(tmp_path, synthetic_slide_factory):
-    good = synthetic_slide_factory("cli_prep_good", width=1024, height=1024, mpp=0.5, levels=2, seed=8, tissue_fraction=0.6)
+    good = synthetic_slide_factory(
+        "cli_prep_good", width=1024, height=1024, mpp=0.5, levels=2, seed=8, tissue_fraction=0.6
+    )
     bad = tmp_path / "broken.svs"
     bad.write_bytes(b"not a slide at all")
     out = tmp_path / "data"
-    argv = [str(bad), str(good), f"out_dir={out}", "model=tiny", "encoder=tiny", "mags=[5x]", "num_workers=0",
-            "progress=false", "allow_random_weights=true"]
+    argv = [
+        str(bad),
+        str(good),
+        f"out_dir={out}",
+        "model=tiny",
+        "encoder=tiny",
+        "mags=[5x]",
+        "num_workers=0",
+        "progress=false",
+        "allow_random_weights=true",
+    ]
     with pytest.raises(SystemExit) as exc:
         hydra_main("prepare", run, argv=argv)
     assert exc.value.code == 1

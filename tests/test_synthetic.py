@@ -3,7 +3,10 @@ import openslide
 import pytest
 
 
-@pytest.mark.parametrize("vendor,mpp_prop,vendor_prop", [("aperio", "0.25", "aperio"), ("generic", "0.25", "generic-tiff"), ("none", None, "generic-tiff")])
+@pytest.mark.parametrize(
+    "vendor,mpp_prop,vendor_prop",
+    [("aperio", "0.25", "aperio"), ("generic", "0.25", "generic-tiff"), ("none", None, "generic-tiff")],
+)
 def test_synthetic_slides_open_in_openslide(synthetic_slide_factory, vendor, mpp_prop, vendor_prop):
     path = synthetic_slide_factory(f"syn_{vendor}", width=1024, height=768, levels=3, vendor=vendor)
     s = openslide.OpenSlide(str(path))

@@ -17,7 +17,17 @@ from zoomfeat.train import run
 from zoomfeat.training import checkpoint as ck
 
 REPO = Path(__file__).resolve().parent.parent
-COMMON = ["model=tiny", "steps=2", "num_workers=0", "device=cpu", "lr=1e-3", "warmup_steps=1", "log_every=1", "progress=false", "samples.enabled=false"]
+COMMON = [
+    "model=tiny",
+    "steps=2",
+    "num_workers=0",
+    "device=cpu",
+    "lr=1e-3",
+    "warmup_steps=1",
+    "log_every=1",
+    "progress=false",
+    "samples.enabled=false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -35,11 +45,17 @@ def prepared(tmp_path_factory, synthetic_slide_factory):
     from zoomfeat.model import ZoomLDM
     from zoomfeat.training.prepare import PrepareConfig, prepare
 
-    slide = synthetic_slide_factory("train_cli", width=1024, height=1024, mpp=0.5, levels=2, seed=11, tissue_fraction=0.5)
+    slide = synthetic_slide_factory(
+        "train_cli", width=1024, height=1024, mpp=0.5, levels=2, seed=11, tissue_fraction=0.5
+    )
     out = tmp_path_factory.mktemp("prepared") / "data"
     torch.set_num_threads(1)
-    prepare([slide], PrepareConfig(out_dir=str(out), mags=["20x", "5x"], num_workers=0, progress=False),
-            ZoomLDM.from_config("tiny", seed=0), build_encoder("tiny", seed=0))
+    prepare(
+        [slide],
+        PrepareConfig(out_dir=str(out), mags=["20x", "5x"], num_workers=0, progress=False),
+        ZoomLDM.from_config("tiny", seed=0),
+        build_encoder("tiny", seed=0),
+    )
     return slide, out
 
 
@@ -52,20 +68,39 @@ def test_ddp_two_processes_gloo_matches_one_process(tmp_path, prepared):
     exactly what one process does with batch 2 (same global batch, same sample numbers)."""
     _, data = prepared
     ddp_out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "zoomfeat.train",
-           f"data={data}", f"out_dir={ddp_out}", "batch_size=1", "checkpoint_every=2", *COMMON]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "zoomfeat.train",
+        f"data={data}",
+        f"out_dir={ddp_out}",
+        "batch_size=1",
+        "checkpoint_every=2",
+        *COMMON,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     state = ck.read_state(ck.find_latest(ddp_out))
-    assert state["step"] == 2 and state["world_size"] == 2 and state["global_batch"] == 2 and state["samples_seen"] == 4
+    assert (
+        state["step"] == 2
+        and state["world_size"] == 2
+        and state["global_batch"] == 2
+        and state["samples_seen"] == 4
+    )
     assert [r["step"] for r in _log(ddp_out)] == [1, 2]  # rank 0 alone writes the log
     assert len([p for p in (ddp_out / "checkpoints").iterdir() if p.name.startswith("step-")]) == 1
     printed = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"train"')]
     assert len(printed) == 1 and printed[0]["train"]["step"] == 2
 
     one_out = tmp_path / "one"
-    summary = hydra_main("train", run, argv=[str(data), f"out_dir={one_out}", "batch_size=2", "checkpoint_every=2", *COMMON])
+    summary = hydra_main(
+        "train", run, argv=[str(data), f"out_dir={one_out}", "batch_size=2", "checkpoint_every=2", *COMMON]
+    )
     assert summary["step"] == 2 and summary["global_batch"] == 2
     ddp_loss, one_loss = [r["loss"] for r in _log(ddp_out)], [r["loss"] for r in _log(one_out)]
     assert ddp_loss[0] == pytest.approx(one_loss[0], rel=1e-5)  # same samples before any update
@@ -86,8 +121,21 @@ def test_train_export_extract(tmp_path, prepared, monkeypatch):
 
     slide, data = prepared
     out = tmp_path / "run"
-    hydra_main("train", run, argv=[f"data={data}", f"out_dir={out}", "batch_size=2", "checkpoint_every=1", "keep_checkpoints=1", *COMMON])
-    assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")] == ["step-00000002"]
+    hydra_main(
+        "train",
+        run,
+        argv=[
+            f"data={data}",
+            f"out_dir={out}",
+            "batch_size=2",
+            "checkpoint_every=1",
+            "keep_checkpoints=1",
+            *COMMON,
+        ],
+    )
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("step-")] == [
+        "step-00000002"
+    ]
     assert not (tmp_path / "outputs").exists()
     latest = out / "checkpoints" / "latest"
     # export through the CLI, read back identically
@@ -103,11 +151,25 @@ def test_train_export_extract(tmp_path, prepared, monkeypatch):
     from zoomfeat.extract import run as extract_run
 
     feats = tmp_path / "features"
-    hydra_main("extract", extract_run, argv=[str(slide), f"out_dir={feats}", "model=tiny", "encoder=tiny",
-                                             f"model.checkpoint={latest}", "num_workers=0", "progress=false"])
+    hydra_main(
+        "extract",
+        extract_run,
+        argv=[
+            str(slide),
+            f"out_dir={feats}",
+            "model=tiny",
+            "encoder=tiny",
+            f"model.checkpoint={latest}",
+            "num_workers=0",
+            "progress=false",
+        ],
+    )
     bag = open_bag(bag_path(feats, "zoomldm_fused", "train_cli"))
     assert len(bag.features) > 0
-    assert bag.attrs["model_checkpoint_id"] == str(latest) and bag.attrs["model_checkpoint_hash"] == a.checkpoint_hash
+    assert (
+        bag.attrs["model_checkpoint_id"] == str(latest)
+        and bag.attrs["model_checkpoint_hash"] == a.checkpoint_hash
+    )
 
 
 def test_train_cli_errors(tmp_path, monkeypatch, prepared):

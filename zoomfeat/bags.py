@@ -57,7 +57,9 @@ def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = 256, overlap: 
     return Path(out_dir) / f"{mag_str}x_{tile_px}px_{overlap}px_overlap"
 
 
-def bag_path(out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = 256, mag: int | None = None) -> Path:
+def bag_path(
+    out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = 256, mag: int | None = None
+) -> Path:
     """Path of one slide's bag for ``feature_set`` (mag taken from :data:`FEATURE_SET_MAG`)."""
     if mag is None:
         if feature_set not in FEATURE_SET_MAG:
@@ -146,7 +148,12 @@ def write_bag(
     return path
 
 
-def write_patches(path: str | Path, coords: np.ndarray, coords_attrs: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Path:
+def write_patches(
+    path: str | Path,
+    coords: np.ndarray,
+    coords_attrs: Mapping[str, Any],
+    attrs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write TRIDENT's ``{slide_id}_patches.h5`` coords file atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +209,9 @@ def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
         coords_attrs = {k: _decode_attr(v) for k, v in f["coords"].attrs.items()} if "coords" in f else {}
         parent_idx = f["parent_idx"][()] if "parent_idx" in f else None
         attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
-    return Bag(features=features, coords=coords, attrs=attrs, coords_attrs=coords_attrs, parent_idx=parent_idx)
+    return Bag(
+        features=features, coords=coords, attrs=attrs, coords_attrs=coords_attrs, parent_idx=parent_idx
+    )
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
@@ -281,7 +290,10 @@ class BagDataset:
                 )
             unlabelled = sorted(set(bags) - set(table[slide_col]))
             if unlabelled:
-                warnings.warn(f"{len(unlabelled)} bag(s) in {bag_dir} have no label and are ignored: {unlabelled[:10]}", stacklevel=2)
+                warnings.warn(
+                    f"{len(unlabelled)} bag(s) in {bag_dir} have no label and are ignored: {unlabelled[:10]}",
+                    stacklevel=2,
+                )
             self.slide_ids = list(table[slide_col])
             self.labels = list(table[label_col])
         self.paths = [bags[s] for s in self.slide_ids]

@@ -75,7 +75,17 @@ def _run(c: dict[str, Any]) -> dict[str, Any]:
 
     task = dict(c["task"])
     name = task.pop("name")
-    known = {"labels", "bags", "slide_col", "case_col", "label_col", "label_map", "threshold", "missing_bags", "csv"}
+    known = {
+        "labels",
+        "bags",
+        "slide_col",
+        "case_col",
+        "label_col",
+        "label_map",
+        "threshold",
+        "missing_bags",
+        "csv",
+    }
     unknown = sorted(set(task) - known)
     if unknown:
         raise ValueError(f"task {name!r}: unknown key(s) {unknown}; known: {sorted(known)}")
@@ -100,8 +110,12 @@ def _run(c: dict[str, Any]) -> dict[str, Any]:
         **{k: v for k, v in task.items()},
     )
     if not bench.bags:
-        hint = f" (build the labels with benchmarks/tasks/{name}_labels.py)" if name in ("brca", "hrd") else ""
-        raise ValueError(f"task {name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) and task.labels=CSV{hint}")
+        hint = (
+            f" (build the labels with benchmarks/tasks/{name}_labels.py)" if name in ("brca", "hrd") else ""
+        )
+        raise ValueError(
+            f"task {name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) and task.labels=CSV{hint}"
+        )
     return run_benchmark(bench)
 
 

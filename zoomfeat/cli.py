@@ -16,7 +16,17 @@ from typing import Any
 
 from zoomfeat.config import config_dir
 
-_HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+_HYDRA_FLAGS_WITH_VALUE = {
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+    "--info",
+    "-i",
+}
 
 
 def _quote(value: str) -> str:
@@ -54,7 +64,12 @@ def inputs_override(inputs: Sequence[str], key: str = "inputs") -> str:
     return f"{key}=[" + ",".join(_quote(i) for i in inputs) + "]"
 
 
-def hydra_main(config_name: str, task: Callable[[Any], Any], argv: Sequence[str] | None = None, inputs_key: str | None = "inputs") -> Any:
+def hydra_main(
+    config_name: str,
+    task: Callable[[Any], Any],
+    argv: Sequence[str] | None = None,
+    inputs_key: str | None = "inputs",
+) -> Any:
     """Run ``task(cfg)`` under ``hydra.main`` with ``conf/{config_name}.yaml``.
 
     With ``inputs_key`` set, bare arguments become ``{inputs_key}=[...]`` (the primary config

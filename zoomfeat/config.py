@@ -27,7 +27,9 @@ def config_file(group: str, name: str) -> Path:
     path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
         choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-        raise FileNotFoundError(f"no config '{name}' in conf/{group}/ (choices: {', '.join(choices) or 'none'})")
+        raise FileNotFoundError(
+            f"no config '{name}' in conf/{group}/ (choices: {', '.join(choices) or 'none'})"
+        )
     return path
 
 

@@ -98,7 +98,9 @@ def run(cfg) -> Any:
         slides = discover(inputs)
         if not slides:
             raise FileNotFoundError(f"no slide files found in {inputs}")
-        summary = extract_slides(slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"]))
+        summary = extract_slides(
+            slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"])
+        )
     except (ValueError, OSError, RuntimeError) as err:
         # Set-up errors (no weights, bags from another config, bad inputs) escape the per-slide
         # handling: one clear line instead of a traceback; multirun jobs re-raise for Hydra.
@@ -109,7 +111,9 @@ def run(cfg) -> Any:
     if not summary.ok and _multirun():
         # a multirun job's return value never reaches main(): fail the job so the sweep fails
         names = ", ".join(r.slide_id for r in summary.failed)
-        raise RuntimeError(f"{len(summary.failed)} slide(s) failed in shard {int(shard['index'])}/{int(shard['count'])}: {names}")
+        raise RuntimeError(
+            f"{len(summary.failed)} slide(s) failed in shard {int(shard['index'])}/{int(shard['count'])}: {names}"
+        )
     return summary
 
 

@@ -53,8 +53,12 @@ def run(cfg) -> dict:
 
     if enc["name"] in EMBED_DIM:  # before building anything big
         check_width(EMBED_DIM[enc["name"]], read_config(model_cfg)[1]["summarizer"]["input_channels"])
-    encoder = build_encoder(enc["name"], enc.get("checkpoint"), allow_random_weights=allow_random, seed=int(c["seed"]))
-    model = ZoomLDM.load(model_cfg.get("checkpoint"), config=model_cfg, allow_random_weights=allow_random, seed=int(c["seed"]))
+    encoder = build_encoder(
+        enc["name"], enc.get("checkpoint"), allow_random_weights=allow_random, seed=int(c["seed"])
+    )
+    model = ZoomLDM.load(
+        model_cfg.get("checkpoint"), config=model_cfg, allow_random_weights=allow_random, seed=int(c["seed"])
+    )
     check_width(encoder.embed_dim, model.ssl_channels)
     summary = prepare(inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))

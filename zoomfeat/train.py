@@ -34,7 +34,9 @@ def run(cfg) -> dict:
     data = c.get("data")
     if inputs:
         if data or len(inputs) > 1:
-            raise ValueError(f"give the training data directory once (data=DIR), got data={data!r} and inputs {inputs}")
+            raise ValueError(
+                f"give the training data directory once (data=DIR), got data={data!r} and inputs {inputs}"
+            )
         data = inputs[0]
     if not data:
         raise ValueError("no training data: pass data=DIR (a directory made by `python -m zoomfeat.prepare`)")

@@ -16,15 +16,20 @@ def _shape(v: Any) -> tuple[int, ...]:
     return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
 
 
-def key_mismatch_lines(found: Mapping[str, Any], expected: Mapping[str, Any], optional: tuple[str, ...] = ()) -> list[str]:
+def key_mismatch_lines(
+    found: Mapping[str, Any], expected: Mapping[str, Any], optional: tuple[str, ...] = ()
+) -> list[str]:
     """Lines naming missing / unexpected / misshapen keys (values: tensors or shapes); [] when they fit.
 
     Expected keys starting with a prefix in ``optional`` may be absent.
     """
     missing = [k for k in expected if k not in found and not k.startswith(optional or ("\0",))]
     unexpected = [k for k in found if k not in expected]
-    misshapen = [f"{k} (file {list(_shape(found[k]))}, model {list(_shape(expected[k]))})"
-                 for k in expected if k in found and _shape(found[k]) != _shape(expected[k])]
+    misshapen = [
+        f"{k} (file {list(_shape(found[k]))}, model {list(_shape(expected[k]))})"
+        for k in expected
+        if k in found and _shape(found[k]) != _shape(expected[k])
+    ]
     lines = []
     if missing:
         lines.append(f"  missing keys ({len(missing)}): {names_preview(missing)}")

@@ -46,10 +46,22 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no clinical table at {path}")
     table = pd.read_csv(path, sep="\t", dtype=str, na_values=NA_VALUES, keep_default_na=True)
-    case_col = first_column(table, ("case_submitter_id", "cases.submitter_id", "submitter_id", "bcr_patient_barcode"), "case barcode", path)
-    diag_col = first_column(table, ("primary_diagnosis", "diagnoses.primary_diagnosis"), "primary_diagnosis", path)
-    proj = next((c for c in ("project_id", "project.project_id", "cases.project_id") if c in table.columns), None)
-    cls = next((c for c in ("classification_of_tumor", "diagnoses.classification_of_tumor") if c in table.columns), None)
+    case_col = first_column(
+        table,
+        ("case_submitter_id", "cases.submitter_id", "submitter_id", "bcr_patient_barcode"),
+        "case barcode",
+        path,
+    )
+    diag_col = first_column(
+        table, ("primary_diagnosis", "diagnoses.primary_diagnosis"), "primary_diagnosis", path
+    )
+    proj = next(
+        (c for c in ("project_id", "project.project_id", "cases.project_id") if c in table.columns), None
+    )
+    cls = next(
+        (c for c in ("classification_of_tumor", "diagnoses.classification_of_tumor") if c in table.columns),
+        None,
+    )
     return pd.DataFrame(
         {
             "case_id": table[case_col].str.strip().str.upper(),
@@ -60,7 +72,12 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     )
 
 
-def case_labels(clinical: pd.DataFrame, ductal: Sequence[str] = DUCTAL, lobular: Sequence[str] = LOBULAR, project: str | None = "TCGA-BRCA") -> pd.DataFrame:
+def case_labels(
+    clinical: pd.DataFrame,
+    ductal: Sequence[str] = DUCTAL,
+    lobular: Sequence[str] = LOBULAR,
+    project: str | None = "TCGA-BRCA",
+) -> pd.DataFrame:
     """One row per case with an unambiguous IDC/ILC primary diagnosis: case_id, label, primary_diagnosis."""
     rows = clinical.dropna(subset=["case_id"])
     if project and rows["project"].notna().any():
@@ -71,13 +88,26 @@ def case_labels(clinical: pd.DataFrame, ductal: Sequence[str] = DUCTAL, lobular:
         has_primary = rows.groupby("case_id")["classification"].transform(lambda s: (s == "primary").any())
         rows = rows[primary | ~has_primary]
     lookup = {v.lower(): "IDC" for v in ductal} | {v.lower(): "ILC" for v in lobular}
-    rows = rows.dropna(subset=["primary_diagnosis"]).assign(label=lambda d: d["primary_diagnosis"].str.lower().map(lookup))
-    per_case = rows.groupby("case_id").agg(labels=("label", lambda s: set(s.dropna())), diagnoses=("primary_diagnosis", lambda s: sorted(set(s))))
+    rows = rows.dropna(subset=["primary_diagnosis"]).assign(
+        label=lambda d: d["primary_diagnosis"].str.lower().map(lookup)
+    )
+    per_case = rows.groupby("case_id").agg(
+        labels=("label", lambda s: set(s.dropna())), diagnoses=("primary_diagnosis", lambda s: sorted(set(s)))
+    )
     conflicting = per_case[per_case["diagnoses"].map(len) > 1].index.tolist()
     if conflicting:
-        warnings.warn(f"{len(conflicting)} case(s) have diagnosis rows that disagree and are left out: {conflicting[:10]}", stacklevel=2)
+        warnings.warn(
+            f"{len(conflicting)} case(s) have diagnosis rows that disagree and are left out: {conflicting[:10]}",
+            stacklevel=2,
+        )
     good = per_case[(per_case["diagnoses"].map(len) == 1) & (per_case["labels"].map(len) == 1)]
-    return pd.DataFrame({"case_id": good.index, "label": [next(iter(s)) for s in good["labels"]], "primary_diagnosis": [d[0] for d in good["diagnoses"]]})
+    return pd.DataFrame(
+        {
+            "case_id": good.index,
+            "label": [next(iter(s)) for s in good["labels"]],
+            "primary_diagnosis": [d[0] for d in good["diagnoses"]],
+        }
+    )
 
 
 def build_labels(
@@ -92,7 +122,12 @@ def build_labels(
     cases = case_labels(read_clinical(clinical), ductal, lobular, project).set_index("case_id")
     slide_ids = filter_slides(list_slides(slides), diagnostic_only=diagnostic_only, tumour_only=True)
     rows = [
-        {"slide_id": s, "case_id": case_id(s), "label": cases.at[case_id(s), "label"], "primary_diagnosis": cases.at[case_id(s), "primary_diagnosis"]}
+        {
+            "slide_id": s,
+            "case_id": case_id(s),
+            "label": cases.at[case_id(s), "label"],
+            "primary_diagnosis": cases.at[case_id(s), "primary_diagnosis"],
+        }
         for s in slide_ids
         if case_id(s) in cases.index
     ]
@@ -103,16 +138,33 @@ def build_labels(
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--clinical", required=True, help="GDC clinical.tsv of TCGA-BRCA")
     ap.add_argument("--slides", required=True, help="directory of slides/bags, or a manifest / list file")
     ap.add_argument("--out", required=True, help="labels CSV to write")
     ap.add_argument("--project", default="TCGA-BRCA", help="keep rows of this project_id ('' for all)")
-    ap.add_argument("--ductal", action="append", help=f"primary_diagnosis value(s) for IDC (default {list(DUCTAL)})")
-    ap.add_argument("--lobular", action="append", help=f"primary_diagnosis value(s) for ILC (default {list(LOBULAR)})")
-    ap.add_argument("--all-slides", action="store_true", help="keep frozen (TS/BS) slides too, not only diagnostic DX slides")
+    ap.add_argument(
+        "--ductal", action="append", help=f"primary_diagnosis value(s) for IDC (default {list(DUCTAL)})"
+    )
+    ap.add_argument(
+        "--lobular", action="append", help=f"primary_diagnosis value(s) for ILC (default {list(LOBULAR)})"
+    )
+    ap.add_argument(
+        "--all-slides",
+        action="store_true",
+        help="keep frozen (TS/BS) slides too, not only diagnostic DX slides",
+    )
     args = ap.parse_args(argv)
-    labels = build_labels(args.clinical, args.slides, args.ductal or DUCTAL, args.lobular or LOBULAR, args.project or None, not args.all_slides)
+    labels = build_labels(
+        args.clinical,
+        args.slides,
+        args.ductal or DUCTAL,
+        args.lobular or LOBULAR,
+        args.project or None,
+        not args.all_slides,
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     labels.to_csv(args.out, index=False)
     counts = labels.drop_duplicates("case_id")["label"].value_counts().to_dict()

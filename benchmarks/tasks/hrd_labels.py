@@ -38,8 +38,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tcga_slides import case_id, filter_slides, list_slides, sample_id  # noqa: E402
 
 THRESHOLD = 42.0
-ID_COLUMNS = ("sampleID", "sample", "SampleID", "Sample", "sample_id", "Tumor_Sample_Barcode", "TCGA Participant Barcode", "patient", "bcr_patient_barcode", "case_id")
-SCORE_COLUMNS = ("HRD", "HRD_score", "hrd_score", "HRD-sum", "HRD_sum", "HRDsum", "Homologous Recombination Defects")
+ID_COLUMNS = (
+    "sampleID",
+    "sample",
+    "SampleID",
+    "Sample",
+    "sample_id",
+    "Tumor_Sample_Barcode",
+    "TCGA Participant Barcode",
+    "patient",
+    "bcr_patient_barcode",
+    "case_id",
+)
+SCORE_COLUMNS = (
+    "HRD",
+    "HRD_score",
+    "hrd_score",
+    "HRD-sum",
+    "HRD_sum",
+    "HRDsum",
+    "Homologous Recombination Defects",
+)
 COMPONENTS = {
     "tai": ("ai1", "TAI", "HRD-TAI", "Telomeric.AI", "Telomeric AI", "tai"),
     "lst": ("lst1", "LST", "HRD-LST", "lst"),
@@ -61,7 +80,9 @@ def _score(table: pd.DataFrame, path: Path) -> pd.Series:
     found = {k: next((c for c in names if c in table.columns), None) for k, names in COMPONENTS.items()}
     if all(found.values()):
         return sum(pd.to_numeric(table[c], errors="coerce") for c in found.values())
-    raise ValueError(f"{path}: no HRD score column (looked for {list(SCORE_COLUMNS)}) nor all three components {dict(COMPONENTS)}; columns: {list(table.columns)[:20]}")
+    raise ValueError(
+        f"{path}: no HRD score column (looked for {list(SCORE_COLUMNS)}) nor all three components {dict(COMPONENTS)}; columns: {list(table.columns)[:20]}"
+    )
 
 
 def read_scores(path: str | Path) -> pd.Series:
@@ -80,12 +101,20 @@ def read_scores(path: str | Path) -> pd.Series:
     else:
         id_col = next((c for c in ID_COLUMNS if c in table.columns), None)
         if id_col is None:
-            raise ValueError(f"{path}: no sample/patient id column; looked for {list(ID_COLUMNS)} (columns: {list(table.columns)[:20]})")
-    scores = pd.Series(_score(table, path).to_numpy(dtype=np.float64), index=table[id_col].str.strip().str.upper().str.slice(0, 15))
+            raise ValueError(
+                f"{path}: no sample/patient id column; looked for {list(ID_COLUMNS)} (columns: {list(table.columns)[:20]})"
+            )
+    scores = pd.Series(
+        _score(table, path).to_numpy(dtype=np.float64),
+        index=table[id_col].str.strip().str.upper().str.slice(0, 15),
+    )
     scores = scores[scores.notna()]
     dup = scores.index[scores.index.duplicated()]
     if len(dup):
-        warnings.warn(f"{path}: {len(set(dup))} barcode(s) listed more than once; their scores are averaged: {sorted(set(dup))[:5]}", stacklevel=2)
+        warnings.warn(
+            f"{path}: {len(set(dup))} barcode(s) listed more than once; their scores are averaged: {sorted(set(dup))[:5]}",
+            stacklevel=2,
+        )
         scores = scores.groupby(level=0).mean()
     if scores.empty:
         raise ValueError(f"{path}: no numeric HRD scores")
@@ -108,7 +137,9 @@ def slide_score(slide: str, scores: pd.Series, by_patient: dict[str, list[str]])
     return None
 
 
-def build_labels(scores_path: str | Path, slides: str | Path, threshold: float = THRESHOLD, diagnostic_only: bool = True) -> pd.DataFrame:
+def build_labels(
+    scores_path: str | Path, slides: str | Path, threshold: float = THRESHOLD, diagnostic_only: bool = True
+) -> pd.DataFrame:
     scores = read_scores(scores_path)
     by_patient: dict[str, list[str]] = {}
     for barcode in scores.index:
@@ -121,9 +152,19 @@ def build_labels(scores_path: str | Path, slides: str | Path, threshold: float =
             unscored.append(slide)
             continue
         score, barcode = found
-        rows.append({"slide_id": slide, "case_id": case_id(slide), "hrd_score": score, "label": "HRD-positive" if score >= threshold else "HRD-negative", "score_sample": barcode})
+        rows.append(
+            {
+                "slide_id": slide,
+                "case_id": case_id(slide),
+                "hrd_score": score,
+                "label": "HRD-positive" if score >= threshold else "HRD-negative",
+                "score_sample": barcode,
+            }
+        )
     if unscored:
-        warnings.warn(f"{len(unscored)} slide(s) have no HRD score and are left out: {unscored[:10]}", stacklevel=2)
+        warnings.warn(
+            f"{len(unscored)} slide(s) have no HRD score and are left out: {unscored[:10]}", stacklevel=2
+        )
     out = pd.DataFrame(rows, columns=["slide_id", "case_id", "hrd_score", "label", "score_sample"])
     if out.empty:
         raise ValueError(f"no slide in {slides} has an HRD score in {scores_path}")
@@ -131,18 +172,30 @@ def build_labels(scores_path: str | Path, slides: str | Path, threshold: float =
 
 
 def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scores", required=True, help="TCGA.HRD_withSampleID.txt (or a per-sample/patient HRD table)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scores", required=True, help="TCGA.HRD_withSampleID.txt (or a per-sample/patient HRD table)"
+    )
     ap.add_argument("--slides", required=True, help="directory of slides/bags, or a manifest / list file")
     ap.add_argument("--out", required=True, help="labels CSV to write")
-    ap.add_argument("--threshold", type=float, default=THRESHOLD, help="HRD-positive when score >= this (default 42)")
-    ap.add_argument("--all-slides", action="store_true", help="keep frozen (TS/BS) slides too, not only diagnostic DX slides")
+    ap.add_argument(
+        "--threshold", type=float, default=THRESHOLD, help="HRD-positive when score >= this (default 42)"
+    )
+    ap.add_argument(
+        "--all-slides",
+        action="store_true",
+        help="keep frozen (TS/BS) slides too, not only diagnostic DX slides",
+    )
     args = ap.parse_args(argv)
     labels = build_labels(args.scores, args.slides, args.threshold, not args.all_slides)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     labels.to_csv(args.out, index=False)
     counts = labels.drop_duplicates("case_id")["label"].value_counts().to_dict()
-    print(f"wrote {args.out}: {len(labels)} slides, {labels['case_id'].nunique()} cases {counts} (threshold {args.threshold:g})")
+    print(
+        f"wrote {args.out}: {len(labels)} slides, {labels['case_id'].nunique()} cases {counts} (threshold {args.threshold:g})"
+    )
     return labels
 
 

@@ -14,7 +14,19 @@ from pathlib import Path
 
 import pandas as pd
 
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide", ".h5"}
+SLIDE_SUFFIXES = {
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".bif",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".h5",
+}
 _BARCODE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}", re.IGNORECASE)
 
 
@@ -35,7 +47,11 @@ def list_slides(source: str | Path) -> list[str]:
     """
     source = Path(source)
     if source.is_dir():
-        stems = {slide_stem(p.name) for p in source.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")}
+        stems = {
+            slide_stem(p.name)
+            for p in source.rglob("*")
+            if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
+        }
         if not stems:
             raise FileNotFoundError(f"no slide or bag files under {source}")
         return sorted(stems)
@@ -83,7 +99,9 @@ def filter_slides(slides: list[str], diagnostic_only: bool = True, tumour_only: 
             continue
         kept.append(s)
     if foreign:
-        warnings.warn(f"{len(foreign)} slide name(s) are not TCGA barcodes and are ignored: {foreign[:5]}", stacklevel=2)
+        warnings.warn(
+            f"{len(foreign)} slide name(s) are not TCGA barcodes and are ignored: {foreign[:5]}", stacklevel=2
+        )
     return kept
 
 
@@ -91,4 +109,6 @@ def first_column(table: pd.DataFrame, candidates: tuple[str, ...], what: str, so
     for c in candidates:
         if c in table.columns:
             return c
-    raise ValueError(f"{source}: no {what} column; looked for {list(candidates)} (columns: {list(table.columns)[:30]})")
+    raise ValueError(
+        f"{source}: no {what} column; looked for {list(candidates)} (columns: {list(table.columns)[:30]})"
+    )

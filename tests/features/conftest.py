@@ -24,8 +24,12 @@ def small_slides(synthetic_slide_factory, tmp_path_factory):
     ``det_a``: 2048x1024 px, 2 parents with 2 + 4 kept 20x tiles; ``det_b``: 1024x1024 px,
     1 parent with 3 kept 20x tiles (at min_tissue 0.5).
     """
-    a = synthetic_slide_factory("det_a", width=2048, height=1024, mpp=0.5, levels=2, seed=0, tissue_fraction=0.3)
-    b = synthetic_slide_factory("det_b", width=1024, height=1024, mpp=0.5, levels=2, seed=1, tissue_fraction=0.3)
+    a = synthetic_slide_factory(
+        "det_a", width=2048, height=1024, mpp=0.5, levels=2, seed=0, tissue_fraction=0.3
+    )
+    b = synthetic_slide_factory(
+        "det_b", width=1024, height=1024, mpp=0.5, levels=2, seed=1, tissue_fraction=0.3
+    )
     d = tmp_path_factory.mktemp("small_slides")
     for p in (a, b):
         shutil.copy(p, d / p.name)
@@ -42,6 +46,8 @@ def reference_run(small_slides, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference_run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        summary = extract_slides(discover([small_slides]), out, ExtractConfig(**TINY, batch_size=3, num_workers=0))
+        summary = extract_slides(
+            discover([small_slides]), out, ExtractConfig(**TINY, batch_size=3, num_workers=0)
+        )
     assert summary.ok and [r.status for r in summary.results] == ["done", "done"], summary.report()
     return out

@@ -23,7 +23,12 @@ def test_item_is_one_region_read_split_into_tiles_with_their_noise(small_slides)
     assert len(ds) == len(grid.parents) == 2
     item = ds[1]
     children, parent = split_parent(grid.read_parent(ds.slide, 1))
-    assert torch.equal(item["children"], torch.from_numpy(children)) and item["children"].shape == (16, 256, 256, 3)
+    assert torch.equal(item["children"], torch.from_numpy(children)) and item["children"].shape == (
+        16,
+        256,
+        256,
+        3,
+    )
     assert torch.equal(item["parent"], torch.from_numpy(parent))
     kept = np.flatnonzero(grid.children.kept[16:32]) + 16
     assert item["noise20"].shape == (len(kept), 2, 3, 64, 64)

@@ -46,7 +46,9 @@ def test_batch_size_and_workers_do_not_change_features(tiny, reference_run, smal
         np.testing.assert_array_equal(ref["zoomldm_20x"].parent_idx, new["zoomldm_20x"].parent_idx)
 
 
-def test_complete_bags_are_skipped_and_a_changed_config_is_not_reused(tiny, reference_run, small_slides, tmp_path):
+def test_complete_bags_are_skipped_and_a_changed_config_is_not_reused(
+    tiny, reference_run, small_slides, tmp_path
+):
     out = tmp_path / "out"
     shutil.copytree(reference_run, out)
     slide = small_slides / "det_b.svs"
@@ -101,7 +103,14 @@ def test_slide_without_tissue_gives_empty_bags(tiny, synthetic_slide_factory, tm
     blank = synthetic_slide_factory("blank", width=1024, height=1024, mpp=0.5, levels=2, tissue_fraction=0.0)
     with pytest.warns(UserWarning, match="no tissue"):
         paths = extract_slide(blank, tmp_path, **tiny)
-    dims = {"zoomldm_20x": 96, "zoomldm_5x": 96, "zoomldm_fused": 192, "uni_20x": 32, "uni_5x": 32, "uni_fused": 64}
+    dims = {
+        "zoomldm_20x": 96,
+        "zoomldm_5x": 96,
+        "zoomldm_fused": 192,
+        "uni_20x": 32,
+        "uni_5x": 32,
+        "uni_fused": 64,
+    }
     for name, d in dims.items():
         bag = open_bag(paths[name])
         assert bag.features.shape == (0, d) and bag.coords.shape == (0, 2), name
@@ -160,23 +169,41 @@ def test_full_size_needs_weights_or_the_explicit_flag():
 @pytest.mark.slow
 def test_full_size_models_extract_a_few_tiles_on_cpu(synthetic_slide_factory, tmp_path):
     """model=zoomldm_brca encoder=uni with seeded random weights: 17 UNI tiles, 2 ZoomLDM tiles."""
-    slide = synthetic_slide_factory("fullsize", width=1024, height=1024, mpp=0.5, levels=2, seed=1, tissue_fraction=0.1)
+    slide = synthetic_slide_factory(
+        "fullsize", width=1024, height=1024, mpp=0.5, levels=2, seed=1, tissue_fraction=0.1
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         paths = extract_slide(
-            slide, tmp_path, model="zoomldm_brca", encoder="uni", allow_random_weights=True, min_tissue=0.25, batch_size=8, progress=False
+            slide,
+            tmp_path,
+            model="zoomldm_brca",
+            encoder="uni",
+            allow_random_weights=True,
+            min_tissue=0.25,
+            batch_size=8,
+            progress=False,
         )
     z20, z5, zf = (open_bag(paths[n]) for n in ("zoomldm_20x", "zoomldm_5x", "zoomldm_fused"))
     u20 = open_bag(paths["uni_20x"])
     # middle_block (960) + output_blocks.4 (576) of the full UNet; UNI ViT-L is 1024-d
-    assert z20.features.shape == (1, 1536) and z5.features.shape == (1, 1536) and zf.features.shape == (1, 3072)
+    assert (
+        z20.features.shape == (1, 1536) and z5.features.shape == (1, 1536) and zf.features.shape == (1, 3072)
+    )
     assert u20.features.shape == (1, 1024)
     assert np.isfinite(zf.features).all() and np.abs(z20.features).max() > 0
-    assert z20.attrs["model_checkpoint_id"] == "random-init" and "random-init" in z20.attrs["encoder_checkpoint_id"]
-    np.testing.assert_array_equal(zf.features, np.concatenate([z20.features, z5.features[z20.parent_idx]], axis=1))
+    assert (
+        z20.attrs["model_checkpoint_id"] == "random-init"
+        and "random-init" in z20.attrs["encoder_checkpoint_id"]
+    )
+    np.testing.assert_array_equal(
+        zf.features, np.concatenate([z20.features, z5.features[z20.parent_idx]], axis=1)
+    )
 
 
-def test_official_tiny_checkpoint_through_the_pipeline(golden_dir, small_slides, tmp_path, tiny, reference_run):
+def test_official_tiny_checkpoint_through_the_pipeline(
+    golden_dir, small_slides, tmp_path, tiny, reference_run
+):
     """Real weights (the golden official-format tiny checkpoint): provenance names them, the hash changes."""
     ckpt = golden_dir / "zoomldm_tiny.ckpt"
     with warnings.catch_warnings():
@@ -185,14 +212,20 @@ def test_official_tiny_checkpoint_through_the_pipeline(golden_dir, small_slides,
     bag = open_bag(paths["zoomldm_20x"])
     ref = open_bag(bag_path(reference_run, "zoomldm_20x", "det_b"))
     assert bag.attrs["model_checkpoint_id"] == str(ckpt)
-    assert len(bag.attrs["model_checkpoint_hash"]) == 16 and not bag.attrs["model_checkpoint_hash"].startswith("random")
+    assert len(bag.attrs["model_checkpoint_hash"]) == 16 and not bag.attrs[
+        "model_checkpoint_hash"
+    ].startswith("random")
     assert bag.attrs["config_hash"] != ref.attrs["config_hash"]
     assert bag.features.shape == ref.features.shape and np.abs(bag.features - ref.features).max() > 1e-3
     # the UNI sets come from the same tiny encoder: identical rows
-    np.testing.assert_array_equal(open_bag(paths["uni_20x"]).features, open_bag(bag_path(reference_run, "uni_20x", "det_b")).features)
+    np.testing.assert_array_equal(
+        open_bag(paths["uni_20x"]).features, open_bag(bag_path(reference_run, "uni_20x", "det_b")).features
+    )
 
 
-def test_reduced_precision_autocast_is_close_to_fp32_and_changes_the_hash(small_slides, tmp_path, tiny, reference_run):
+def test_reduced_precision_autocast_is_close_to_fp32_and_changes_the_hash(
+    small_slides, tmp_path, tiny, reference_run
+):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         paths = extract_slide(small_slides / "det_b.svs", tmp_path, **tiny, precision="bf16")

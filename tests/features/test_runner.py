@@ -32,7 +32,9 @@ def _assert_same_bags(out_a: Path, out_b: Path, slide_id: str, atol: float = 0.0
     for name in FEATURE_SETS:
         a, b = open_bag(bag_path(out_a, name, slide_id)), open_bag(bag_path(out_b, name, slide_id))
         if atol:
-            np.testing.assert_allclose(a.features, b.features, rtol=0, atol=atol, err_msg=f"{slide_id} {name}")
+            np.testing.assert_allclose(
+                a.features, b.features, rtol=0, atol=atol, err_msg=f"{slide_id} {name}"
+            )
         else:
             np.testing.assert_array_equal(a.features, b.features, err_msg=f"{slide_id} {name}")
         np.testing.assert_array_equal(a.coords, b.coords)
@@ -64,7 +66,9 @@ def test_changed_config_stops_the_run_before_any_work(reference_run, small_slide
     out = tmp_path / "out"
     shutil.copytree(reference_run, out)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
-    with pytest.raises(ConfigMismatchError, match=r"2 slide\(s\) already have bags.*timestep: 200 -> 250.*overwrite=true"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"2 slide\(s\) already have bags.*timestep: 200 -> 250.*overwrite=true"
+    ):
         extract_slides(discover([small_slides]), out, ExtractConfig(**tiny, timestep=250))
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     summary = extract_slides(discover([small_slides]), out, ExtractConfig(**tiny, batch_size=5))
@@ -75,7 +79,9 @@ def test_killed_run_leaves_no_complete_looking_file_and_rerun_finishes(reference
     slides, out = tmp_path / "slides", tmp_path / "out"
     shutil.copytree(small_slides, slides)
     args = [str(slides), f"out_dir={out}", "batch_size=3", "num_workers=1", *TINY_ARGS]
-    proc = subprocess.Popen(_cli(*args), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*args), cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # det_a comes first; kill the whole process group (workers too) once det_b is under way
         deadline = time.monotonic() + 300

@@ -26,7 +26,10 @@ def test_rows_stream_in_and_files_appear_only_when_finished(tmp_path):
     w = _writer(tmp_path)
     paths = slide_outputs(tmp_path, "s")
     rng = np.random.default_rng(0)
-    data = {n: rng.standard_normal((3 if FEATURE_SET_MAG[n] == 20 else 2, d)).astype(np.float32) for n, d in DIMS.items()}
+    data = {
+        n: rng.standard_normal((3 if FEATURE_SET_MAG[n] == 20 else 2, d)).astype(np.float32)
+        for n, d in DIMS.items()
+    }
     for name, rows in data.items():
         w.write(name, 0, rows[:1])
         assert not paths[name].exists() and list(paths[name].parent.glob(".s.h5.tmp-*"))

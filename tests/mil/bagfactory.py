@@ -21,7 +21,9 @@ COORDS_ATTRS = {
 }
 
 
-def planted_bags(n_cases: int = 40, slides_per_case: int = 1, dim: int = 16, seed: int = 0, signal: float = 3.0):
+def planted_bags(
+    n_cases: int = 40, slides_per_case: int = 1, dim: int = 16, seed: int = 0, signal: float = 3.0
+):
     """Classic MIL bags: a positive bag holds 1-3 'key' instances shifted by ``signal`` along
     the first four features; everything else is N(0, 1). Returns (table, {slide_id: features})."""
     rng = np.random.default_rng(seed)

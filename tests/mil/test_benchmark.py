@@ -37,7 +37,9 @@ def test_benchmark_separates_informative_from_noise_features(planted, tmp_path):
     assert len(preds) == 2 * 40 and preds.groupby("feature_set")["slide_id"].nunique().tolist() == [40, 40]
     splits = pd.read_csv(out / "splits.csv")
     test_of = splits[splits["part"] == "test"].set_index("slide_id")["fold"]
-    assert (preds["fold"].to_numpy() == test_of.loc[preds["slide_id"]].to_numpy()).all()  # predicted in its own test fold
+    assert (
+        preds["fold"].to_numpy() == test_of.loc[preds["slide_id"]].to_numpy()
+    ).all()  # predicted in its own test fold
     with h5py.File(out / "attention" / "good" / "repeat0_fold0.h5", "r") as f:
         fold0 = set(preds[(preds["feature_set"] == "good") & (preds["fold"] == 0)]["slide_id"])
         assert set(f.keys()) == fold0
@@ -57,14 +59,33 @@ def test_same_fold_seed_for_every_feature_set():
 
 def test_missing_bags_drop_mode_and_clear_errors(planted, tmp_path):
     labels = pd.read_csv(planted["labels"])
-    extra = pd.concat([labels, pd.DataFrame({"slide_id": ["TCGA-QQ-9999-01Z-00-DX1"], "case_id": ["TCGA-QQ-9999"], "label": ["ILC"]})])
+    extra = pd.concat(
+        [
+            labels,
+            pd.DataFrame(
+                {"slide_id": ["TCGA-QQ-9999-01Z-00-DX1"], "case_id": ["TCGA-QQ-9999"], "label": ["ILC"]}
+            ),
+        ]
+    )
     path = tmp_path / "labels.csv"
     extra.to_csv(path, index=False)
-    base = dict(task="planted", bags=str(planted["root"]), label_map={"IDC": 0, "ILC": 1}, feature_sets=["good"], baseline=None, folds=2, mil=MILConfig(hidden=(8,), epochs=1), progress=False, save_attention=False)
+    base = dict(
+        task="planted",
+        bags=str(planted["root"]),
+        label_map={"IDC": 0, "ILC": 1},
+        feature_sets=["good"],
+        baseline=None,
+        folds=2,
+        mil=MILConfig(hidden=(8,), epochs=1),
+        progress=False,
+        save_attention=False,
+    )
     with pytest.raises(FileNotFoundError, match="TCGA-QQ-9999-01Z-00-DX1"):
         run_benchmark(BenchmarkConfig(labels=str(path), out_dir=tmp_path / "a", **base))
     with pytest.warns(BenchWarning, match="leaving out 1 labelled slide"):
-        result = run_benchmark(BenchmarkConfig(labels=str(path), out_dir=tmp_path / "b", missing_bags="drop", **base))
+        result = run_benchmark(
+            BenchmarkConfig(labels=str(path), out_dir=tmp_path / "b", missing_bags="drop", **base)
+        )
     assert len(pd.read_csv(result["paths"]["predictions"])) == 40
     assert not (tmp_path / "b" / "attention").exists()
     with pytest.raises(ValueError, match="needs a labels CSV"):
@@ -73,4 +94,6 @@ def test_missing_bags_drop_mode_and_clear_errors(planted, tmp_path):
     few.loc[few["label"] == "ILC", "label"] = ["ILC"] * 2 + ["IDC"] * (int((few["label"] == "ILC").sum()) - 2)
     few.to_csv(tmp_path / "few.csv", index=False)
     with pytest.raises(ValueError, match="fewer patients than cross-validation folds"):
-        run_benchmark(BenchmarkConfig(labels=str(tmp_path / "few.csv"), out_dir=tmp_path / "d", **{**base, "folds": 3}))
+        run_benchmark(
+            BenchmarkConfig(labels=str(tmp_path / "few.csv"), out_dir=tmp_path / "d", **{**base, "folds": 3})
+        )

@@ -35,16 +35,34 @@ def test_read_labels_maps_and_drops_unmapped(tmp_path):
         cohort = read_labels(path, "slide", "patient", "dx", {"IDC": 0, "ILC": 1})
     messages = " ".join(str(w.message) for w in record)
     assert "not in label_map" in messages and "Mixed" in messages and "no 'dx' value" in messages
-    assert cohort[["slide_id", "case_id", "label"]].values.tolist() == [["a1", "A", 0], ["a2", "A", 0], ["b1", "B", 1]]
+    assert cohort[["slide_id", "case_id", "label"]].values.tolist() == [
+        ["a1", "A", 0],
+        ["a2", "A", 0],
+        ["b1", "B", 1],
+    ]
 
 
 def test_read_labels_threshold_and_plain_01(tmp_path):
-    path = _labels(tmp_path, pd.DataFrame({"slide_id": ["x", "y", "z"], "case_id": ["X", "Y", "Z"], "hrd_score": [12, 42, 57.5], "label": [0, 1, 1]}))
+    path = _labels(
+        tmp_path,
+        pd.DataFrame(
+            {
+                "slide_id": ["x", "y", "z"],
+                "case_id": ["X", "Y", "Z"],
+                "hrd_score": [12, 42, 57.5],
+                "label": [0, 1, 1],
+            }
+        ),
+    )
     cohort = read_labels(path, label_col="hrd_score", threshold=42)
     assert cohort["label"].tolist() == [0, 1, 1]
     assert read_labels(path)["label"].tolist() == [0, 1, 1]
     assert read_labels(path, label_map={0: 0, 1: 1})["label"].tolist() == [0, 1, 1]
-    strings = _labels(tmp_path, pd.DataFrame({"slide_id": ["x", "y"], "case_id": ["X", "Y"], "label": ["IDC", "ILC"]}), "s.csv")
+    strings = _labels(
+        tmp_path,
+        pd.DataFrame({"slide_id": ["x", "y"], "case_id": ["X", "Y"], "label": ["IDC", "ILC"]}),
+        "s.csv",
+    )
     with pytest.raises(ValueError, match="give task.label_map"):
         read_labels(strings)
 
@@ -76,10 +94,19 @@ def test_bag_dir_in_memory_float16_and_lazy_agree(planted):
 
 def test_labelled_slides_without_bags_are_listed(planted, tmp_path):
     cohort = read_labels(planted["labels"], label_map={"IDC": 0, "ILC": 1})
-    extra = pd.DataFrame({"slide_id": ["TCGA-QQ-0001-01Z-00-DX1", "TCGA-QQ-0002-01Z-00-DX1"], "case_id": ["Q1", "Q2"], "label": [0, 1]})
+    extra = pd.DataFrame(
+        {
+            "slide_id": ["TCGA-QQ-0001-01Z-00-DX1", "TCGA-QQ-0002-01Z-00-DX1"],
+            "case_id": ["Q1", "Q2"],
+            "label": [0, 1],
+        }
+    )
     bigger = pd.concat([cohort, extra], ignore_index=True)
     sources = {"good": planted["root"] / "features_good", "noise": planted["root"] / "features_noise"}
-    with pytest.raises(FileNotFoundError, match=r"2 labelled slide\(s\) have no bag.*TCGA-QQ-0001-01Z-00-DX1, TCGA-QQ-0002-01Z-00-DX1.*missing_bags=drop"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"2 labelled slide\(s\) have no bag.*TCGA-QQ-0001-01Z-00-DX1, TCGA-QQ-0002-01Z-00-DX1.*missing_bags=drop",
+    ):
         check_coverage(bigger, sources)
     with pytest.warns(BenchWarning, match="leaving out 2 labelled slide"):
         kept = check_coverage(bigger, sources, missing_bags="drop")
@@ -116,7 +143,9 @@ def test_float16_overflow_is_caught(tmp_path):
     cohort = read_labels(_labels(tmp_path, table), label_map={"IDC": 0, "ILC": 1})
     with pytest.raises(OverflowError, match="float16 range"):
         load_bag_dir(src, cohort, "big", in_memory=True, dtype="float16", progress=False)
-    assert load_bag_dir(src, cohort, "big", in_memory=True, dtype="float32", progress=False).bags[0][0, 0] == 1e6
+    assert (
+        load_bag_dir(src, cohort, "big", in_memory=True, dtype="float32", progress=False).bags[0][0, 0] == 1e6
+    )
 
 
 def test_shipped_musk_csvs_parse():
@@ -124,14 +153,27 @@ def test_shipped_musk_csvs_parse():
     assert len(musk1) == 92 and musk1.dim == 166 and int(musk1.n_instances.sum()) == 476
     assert np.bincount(musk1.labels).tolist() == [45, 47]
     musk2 = load_instance_csv(resolve_path("pkg:zoomfeat/data/mil/musk2.csv"))
-    assert len(musk2) == 102 and int(musk2.n_instances.sum()) == 6598 and np.bincount(musk2.labels).tolist() == [63, 39]
+    assert (
+        len(musk2) == 102
+        and int(musk2.n_instances.sum()) == 6598
+        and np.bincount(musk2.labels).tolist() == [63, 39]
+    )
     raw = pd.read_csv(resolve_path("pkg:zoomfeat/data/mil/musk1.csv"), header=None)
     first = raw[raw[1] == raw[1].iloc[0]]
-    np.testing.assert_array_equal(musk1.features(0).astype(np.float32), first.iloc[:, 2:].to_numpy(np.float32))
+    np.testing.assert_array_equal(
+        musk1.features(0).astype(np.float32), first.iloc[:, 2:].to_numpy(np.float32)
+    )
 
 
 def test_instance_csv_header_detection_labels_table_and_mixed_labels(tmp_path):
-    rows = pd.DataFrame({"y": [1, 1, 0, 0, 0], "bag": ["b1", "b1", "b2", "b2", "b3"], "f0": [1.0, 2, 3, 4, 5], "f1": [0.5, 0.1, 0.2, 0.3, 0.4]})
+    rows = pd.DataFrame(
+        {
+            "y": [1, 1, 0, 0, 0],
+            "bag": ["b1", "b1", "b2", "b2", "b3"],
+            "f0": [1.0, 2, 3, 4, 5],
+            "f1": [0.5, 0.1, 0.2, 0.3, 0.4],
+        }
+    )
     with_header = tmp_path / "with_header.csv"
     rows.to_csv(with_header, index=False)
     bags = load_instance_csv(with_header)
@@ -154,7 +196,10 @@ def test_resolve_source_layouts(tmp_path):
     write_bags(path.parent.parent, "uni_20x", feats)
     assert resolve_source(tmp_path / "extract", "uni_20x") == path.parent
     assert resolve_source(path.parent.parent, "uni_20x") == path.parent
-    assert resolve_source(str(tmp_path / "extract" / "20x_256px_0px_overlap" / "features_{set}"), "uni_20x") == path.parent
+    assert (
+        resolve_source(str(tmp_path / "extract" / "20x_256px_0px_overlap" / "features_{set}"), "uni_20x")
+        == path.parent
+    )
     assert resolve_source(path.parent, "uni_20x") == path.parent
     with pytest.raises(FileNotFoundError, match="no bags for feature set 'zoomldm_5x'"):
         resolve_source(tmp_path / "extract", "zoomldm_5x")

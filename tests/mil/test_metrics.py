@@ -33,7 +33,12 @@ def test_binary_metrics_random_inputs_agree_with_sklearn():
         m = binary_metrics(y, p, threshold=0.3)
         pred = (p >= 0.3).astype(int)
         assert m == pytest.approx(
-            {"auc": roc_auc_score(y, p), "balanced_accuracy": balanced_accuracy_score(y, pred), "f1": f1_score(y, pred), "accuracy": accuracy_score(y, pred)}
+            {
+                "auc": roc_auc_score(y, p),
+                "balanced_accuracy": balanced_accuracy_score(y, pred),
+                "f1": f1_score(y, pred),
+                "accuracy": accuracy_score(y, pred),
+            }
         )
 
 

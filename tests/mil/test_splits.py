@@ -40,7 +40,10 @@ def test_folds_are_stratified_at_patient_level():
         assert abs(test_cases["label"].mean() - overall) < 0.1, fold
         val_cases = splits[(splits["fold"] == fold) & (splits["part"] == "val")].drop_duplicates("case_id")
         assert 0 < val_cases["label"].mean() < 1  # both classes in validation
-        n_val, n_trainval = len(val_cases), len(splits[(splits["fold"] == fold) & (splits["part"] != "test")].drop_duplicates("case_id"))
+        n_val, n_trainval = (
+            len(val_cases),
+            len(splits[(splits["fold"] == fold) & (splits["part"] != "test")].drop_duplicates("case_id")),
+        )
         assert 0.12 < n_val / n_trainval < 0.3
 
 
@@ -48,9 +51,13 @@ def test_splits_are_reproducible_and_order_independent():
     slides, cases, labels = _cohort()
     a = make_splits(slides, cases, labels, folds=4, seed=7)
     order = np.random.default_rng(0).permutation(len(slides))
-    b = make_splits([slides[i] for i in order], [cases[i] for i in order], [labels[i] for i in order], folds=4, seed=7)
+    b = make_splits(
+        [slides[i] for i in order], [cases[i] for i in order], [labels[i] for i in order], folds=4, seed=7
+    )
     key = ["repeat", "fold", "slide_id"]
-    pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    )
     c = make_splits(slides, cases, labels, folds=4, seed=8)
     assert not a.sort_values(key).reset_index(drop=True).equals(c.sort_values(key).reset_index(drop=True))
     repeats = make_splits(slides, cases, labels, folds=4, repeats=2, seed=7)
@@ -65,7 +72,9 @@ def test_saved_splits_reload_identically_and_are_checked(tmp_path):
     path = save_splits(splits, tmp_path / "splits.csv")
     cohort = pd.DataFrame({"slide_id": slides, "case_id": cases, "label": labels})
     again = load_splits(path, cohort)
-    pd.testing.assert_frame_equal(again.reset_index(drop=True), splits.reset_index(drop=True), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        again.reset_index(drop=True), splits.reset_index(drop=True), check_dtype=False
+    )
     assert fold_parts(again, 0, 1) == fold_parts(splits, 0, 1)
 
     with pytest.raises(ValueError, match="not in this task's cohort"):
@@ -74,7 +83,9 @@ def test_saved_splits_reload_identically_and_are_checked(tmp_path):
     with pytest.raises(ValueError, match="labels differ"):
         load_splits(path, flipped)
     with pytest.warns(UserWarning, match="not in .* and are left out"):
-        load_splits(path, pd.concat([cohort, pd.DataFrame({"slide_id": ["extra"], "case_id": ["X"], "label": [0]})]))
+        load_splits(
+            path, pd.concat([cohort, pd.DataFrame({"slide_id": ["extra"], "case_id": ["X"], "label": [0]})])
+        )
     leaky = splits.copy()
     row = leaky.index[(leaky["fold"] == 0) & (leaky["part"] == "test")][0]
     case = leaky.at[row, "case_id"]
@@ -91,7 +102,9 @@ def test_class_with_fewer_patients_than_folds_is_an_error():
     slides = [f"s{i}" for i in range(20)]
     cases = [f"c{i // 2}" for i in range(20)]  # 10 patients
     labels = [1 if i < 6 else 0 for i in range(20)]  # 3 positive patients
-    with pytest.raises(ValueError, match=r"fewer patients than cross-validation folds \(5\): label 1: 3 patient"):
+    with pytest.raises(
+        ValueError, match=r"fewer patients than cross-validation folds \(5\): label 1: 3 patient"
+    ):
         make_splits(slides, cases, labels, folds=5)
     make_splits(slides, cases, labels, folds=3)  # fine with 3 folds
     with pytest.raises(ValueError, match="only one class"):

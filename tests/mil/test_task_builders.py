@@ -45,7 +45,9 @@ def _old_style_clinical(path):
         ("uuid-6", "TCGA-AA-0006", "TCGA-BRCA", "Lobular carcinoma, NOS", "'--"),
         ("uuid-6", "TCGA-AA-0006", "TCGA-BRCA", "Infiltrating duct carcinoma, NOS", "'--"),
     ]
-    pd.DataFrame(rows, columns=["case_id", "case_submitter_id", "project_id", "primary_diagnosis", "age_at_index"]).to_csv(path, sep="\t", index=False)
+    pd.DataFrame(
+        rows, columns=["case_id", "case_submitter_id", "project_id", "primary_diagnosis", "age_at_index"]
+    ).to_csv(path, sep="\t", index=False)
 
 
 def _new_style_clinical(path):
@@ -58,7 +60,13 @@ def _new_style_clinical(path):
         ("TCGA-BRCA", "uuid-6", "TCGA-AA-0006", "Lobular carcinoma, NOS", "primary"),
         ("TCGA-BRCA", "uuid-6", "TCGA-AA-0006", "Infiltrating duct carcinoma, NOS", "primary"),
     ]
-    cols = ["project.project_id", "cases.case_id", "cases.submitter_id", "diagnoses.primary_diagnosis", "diagnoses.classification_of_tumor"]
+    cols = [
+        "project.project_id",
+        "cases.case_id",
+        "cases.submitter_id",
+        "diagnoses.primary_diagnosis",
+        "diagnoses.classification_of_tumor",
+    ]
     pd.DataFrame(rows, columns=cols).to_csv(path, sep="\t", index=False)
 
 
@@ -87,7 +95,11 @@ def test_brca_labels_from_gdc_clinical(tmp_path, style):
     assert "TCGA-AA-0006" in messages and "not TCGA barcodes" in messages
     labels = pd.read_csv(out)
     assert list(labels.columns) == ["slide_id", "case_id", "label", "primary_diagnosis"]
-    assert labels[["case_id", "label"]].values.tolist() == [["TCGA-AA-0001", "IDC"], ["TCGA-AA-0001", "IDC"], ["TCGA-AA-0002", "ILC"]]
+    assert labels[["case_id", "label"]].values.tolist() == [
+        ["TCGA-AA-0001", "IDC"],
+        ["TCGA-AA-0001", "IDC"],
+        ["TCGA-AA-0002", "ILC"],
+    ]
     assert labels["slide_id"].iloc[0] == f"TCGA-AA-0001-01Z-00-DX1.{UUID}"
     cohort = read_labels(out, label_map={"IDC": 0, "ILC": 1})  # what task=brca reads
     assert cohort["label"].tolist() == [0, 0, 1]
@@ -97,19 +109,38 @@ def test_brca_labels_slide_list_and_missing_column(tmp_path):
     clinical = tmp_path / "clinical.tsv"
     _old_style_clinical(clinical)
     manifest = tmp_path / "gdc_manifest.txt"
-    pd.DataFrame({"id": ["f1", "f2"], "filename": [f"TCGA-AA-0002-01Z-00-DX1.{UUID}.svs", f"TCGA-AA-0001-01Z-00-DX1.{UUID}.svs"], "md5": ["x", "y"], "size": [1, 2], "state": ["released"] * 2}).to_csv(manifest, sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "id": ["f1", "f2"],
+            "filename": [f"TCGA-AA-0002-01Z-00-DX1.{UUID}.svs", f"TCGA-AA-0001-01Z-00-DX1.{UUID}.svs"],
+            "md5": ["x", "y"],
+            "size": [1, 2],
+            "state": ["released"] * 2,
+        }
+    ).to_csv(manifest, sep="\t", index=False)
     with pytest.warns(UserWarning, match="TCGA-AA-0006"):
         labels = brca_labels.build_labels(clinical, manifest)
     assert labels["label"].tolist() == ["IDC", "ILC"]
-    pd.DataFrame({"case_submitter_id": ["TCGA-AA-0001"], "diagnosis": ["x"]}).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
+    pd.DataFrame({"case_submitter_id": ["TCGA-AA-0001"], "diagnosis": ["x"]}).to_csv(
+        tmp_path / "bad.tsv", sep="\t", index=False
+    )
     with pytest.raises(ValueError, match=r"bad.tsv: no primary_diagnosis column"):
         brca_labels.build_labels(tmp_path / "bad.tsv", manifest)
 
 
 def _xena_hrd(path):
     # TCGA.HRD_withSampleID.txt: a Xena genomic matrix, score rows x 15-character sample columns
-    samples = {"TCGA-AA-0001-01": (20, 15, 12), "TCGA-AA-0002-01": (5, 3, 2), "TCGA-AA-0003-01": (18, 14, 10), "TCGA-AA-0003-06": (1, 1, 1)}
-    rows = {"ai1": [v[0] for v in samples.values()], "lst1": [v[1] for v in samples.values()], "hrd-loh": [v[2] for v in samples.values()]}
+    samples = {
+        "TCGA-AA-0001-01": (20, 15, 12),
+        "TCGA-AA-0002-01": (5, 3, 2),
+        "TCGA-AA-0003-01": (18, 14, 10),
+        "TCGA-AA-0003-06": (1, 1, 1),
+    }
+    rows = {
+        "ai1": [v[0] for v in samples.values()],
+        "lst1": [v[1] for v in samples.values()],
+        "hrd-loh": [v[2] for v in samples.values()],
+    }
     rows["HRD"] = [sum(v) for v in samples.values()]
     table = pd.DataFrame(rows, index=list(samples)).T
     table.index.name = "sampleID"
@@ -143,14 +174,30 @@ def test_hrd_labels_from_xena_matrix(tmp_path):
 def test_hrd_labels_from_long_tables(tmp_path):
     # per-patient table (Thorsson et al. 2018 Table S1 saved as CSV)
     patients = tmp_path / "thorsson.csv"
-    pd.DataFrame({"TCGA Participant Barcode": ["TCGA-AA-0001", "TCGA-AA-0002"], "TCGA Study": ["BRCA", "BRCA"], "Homologous Recombination Defects": [50, 12]}).to_csv(patients, index=False)
+    pd.DataFrame(
+        {
+            "TCGA Participant Barcode": ["TCGA-AA-0001", "TCGA-AA-0002"],
+            "TCGA Study": ["BRCA", "BRCA"],
+            "Homologous Recombination Defects": [50, 12],
+        }
+    ).to_csv(patients, index=False)
     # per-sample components only: summed
     components = tmp_path / "components.tsv"
-    pd.DataFrame({"sampleID": ["TCGA-AA-0001-01", "TCGA-AA-0002-01"], "TAI": [10, 1], "LST": [20, 2], "HRD-LOH": [15, 3]}).to_csv(components, sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "sampleID": ["TCGA-AA-0001-01", "TCGA-AA-0002-01"],
+            "TAI": [10, 1],
+            "LST": [20, 2],
+            "HRD-LOH": [15, 3],
+        }
+    ).to_csv(components, sep="\t", index=False)
     slides = _slides(tmp_path, [f"TCGA-AA-0001-01Z-00-DX1.{UUID}.svs", f"TCGA-AA-0002-01Z-00-DX1.{UUID}.svs"])
     assert hrd_labels.build_labels(patients, slides)["hrd_score"].tolist() == [50, 12]
     by_components = hrd_labels.build_labels(components, slides, threshold=40)
-    assert by_components["hrd_score"].tolist() == [45, 6] and by_components["label"].tolist() == ["HRD-positive", "HRD-negative"]
+    assert by_components["hrd_score"].tolist() == [45, 6] and by_components["label"].tolist() == [
+        "HRD-positive",
+        "HRD-negative",
+    ]
     pd.DataFrame({"sampleID": ["TCGA-AA-0001-01"], "purity": [0.5]}).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="no HRD score column"):
         hrd_labels.read_scores(tmp_path / "bad.csv")

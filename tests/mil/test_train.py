@@ -19,7 +19,9 @@ from zoomfeat.mil.train import (
 
 from .bagfactory import planted_bags
 
-FAST = MILConfig(hidden=(32,), att_dim=16, dropout=0.1, lr=2e-3, weight_decay=1e-4, epochs=25, patience=8, min_epochs=5)
+FAST = MILConfig(
+    hidden=(32,), att_dim=16, dropout=0.1, lr=2e-3, weight_decay=1e-4, epochs=25, patience=8, min_epochs=5
+)
 
 
 def _bagset(table: pd.DataFrame, feats: dict, labels=None) -> BagSet:
@@ -69,7 +71,14 @@ def test_training_is_deterministic_for_a_seed():
     idx = np.arange(len(bags))
     cfg = MILConfig(hidden=(16,), att_dim=8, epochs=4, patience=10, min_epochs=1)
     feeder = BagFeeder(bags, torch.device("cpu"))
-    runs = [predict(train_fold(bags, idx[:14], idx[14:17], cfg, seed=s, device="cpu", progress=False).model, feeder, idx[17:])[0] for s in (3, 3, 4)]
+    runs = [
+        predict(
+            train_fold(bags, idx[:14], idx[14:17], cfg, seed=s, device="cpu", progress=False).model,
+            feeder,
+            idx[17:],
+        )[0]
+        for s in (3, 3, 4)
+    ]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert not np.array_equal(runs[0], runs[2])
 
@@ -107,7 +116,14 @@ def test_padded_batches_match_single_bags():
     # batch_size > 1 trains end to end
     table, feats = planted_bags(n_cases=12, dim=5, seed=4)
     bags = _bagset(table, feats)
-    result = train_fold(bags, np.arange(8), np.arange(8, 12), MILConfig(hidden=(8,), epochs=2, batch_size=4, max_instances=5), device="cpu", progress=False)
+    result = train_fold(
+        bags,
+        np.arange(8),
+        np.arange(8, 12),
+        MILConfig(hidden=(8,), epochs=2, batch_size=4, max_instances=5),
+        device="cpu",
+        progress=False,
+    )
     assert len(result.history) == 2 and {"train_loss", "val_auc", "val_loss"} <= set(result.history[0])
 
 

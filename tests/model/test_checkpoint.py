@@ -34,6 +34,7 @@ def _count(module) -> int:
 
 # ---------------------------------------------------------------- full size, meta device
 
+
 def test_full_size_parameter_counts_on_meta(full_meta, full_keys):
     assert all(p.is_meta for p in full_meta.parameters())
     assert {k: _count(getattr(full_meta, k)) for k in FULL_COUNTS} == FULL_COUNTS
@@ -56,8 +57,10 @@ def test_full_size_official_layout_is_exact(full_meta, full_keys):
 def test_full_size_converter_maps_every_key(full_meta, full_keys, ema):
     """Every key of the official full-size state_dict converts onto the native model (meta tensors)."""
     dtypes = {"float32": torch.float32, "int32": torch.int32}
-    sd = OrderedDict((e["key"], torch.empty(e["shape"], dtype=dtypes[e["dtype"]], device="meta"))
-                     for e in full_keys["keys"])
+    sd = OrderedDict(
+        (e["key"], torch.empty(e["shape"], dtype=dtypes[e["dtype"]], device="meta"))
+        for e in full_keys["keys"]
+    )
     sd.update(official_buffers())  # the schedule is checked by value
     native = ck.convert_official_state_dict(sd, full_meta, ema=ema, source="full_keys.json")
     expected = {k: tuple(v.shape) for k, v in full_meta.state_dict().items()}
@@ -76,17 +79,20 @@ def test_full_size_converter_maps_every_key(full_meta, full_keys, ema):
 
 # ---------------------------------------------------------------- tiny official checkpoint
 
+
 def test_tiny_layout_matches_checkpoint(golden_model, tiny_sd):
-    assert [(k, tuple(s)) for k, s in ck.official_layout(golden_model).items()] == \
-        [(k, tuple(v.shape)) for k, v in tiny_sd.items()]
+    assert [(k, tuple(s)) for k, s in ck.official_layout(golden_model).items()] == [
+        (k, tuple(v.shape)) for k, v in tiny_sd.items()
+    ]
     counts = {k: _count(getattr(golden_model, k)) for k in FULL_COUNTS}
     assert counts == {"unet": 2_036_163, "vq": 2_695_294, "summarizer": 78_208}
 
 
 def test_export_reproduces_official_checkpoint_exactly(golden_model, golden_ckpt, tiny_sd):
     live = ZoomLDM.from_official(golden_ckpt, config=golden_ckpt.parent / "zoomldm_tiny.yaml", ema=False)
-    out = ck.to_official_state_dict(live, ema_unet_state=golden_model.unet.state_dict(),
-                                    ema_decay=0.9999, ema_num_updates=123456)
+    out = ck.to_official_state_dict(
+        live, ema_unet_state=golden_model.unet.state_dict(), ema_decay=0.9999, ema_num_updates=123456
+    )
     assert list(out) == list(tiny_sd)
     for k, v in tiny_sd.items():
         assert out[k].dtype == v.dtype and torch.equal(out[k], v), k
@@ -101,6 +107,7 @@ def test_native_official_native_is_identity(golden_model):
 
 
 # ---------------------------------------------------------------- errors
+
 
 def _save(sd, path):
     torch.save(sd, path)
@@ -187,6 +194,7 @@ def test_wrapped_and_safetensors_checkpoints(golden_model, tiny_sd, golden_dir, 
 
 # ---------------------------------------------------------------- configs
 
+
 def test_official_and_native_configs_agree(golden_dir):
     name_o, arch_o = ck.read_config(golden_dir / "zoomldm_tiny.yaml")
     name_n, arch_n = ck.read_config("tiny")
@@ -209,7 +217,9 @@ def test_config_errors(golden_dir, tmp_path):
         ck.read_config(bad)
     bad = json.loads(json.dumps(doc))
     bad["model"]["params"]["unet_config"]["params"]["context_dim"] = 32
-    with pytest.raises(ValueError, match="context_dim \\(32\\) must equal summarizer output_channels \\(64\\)"):
+    with pytest.raises(
+        ValueError, match="context_dim \\(32\\) must equal summarizer output_channels \\(64\\)"
+    ):
         ck.read_config(bad)
     with pytest.raises(FileNotFoundError, match="no config 'nope' in conf/model/"):
         ck.read_config("nope")
@@ -218,6 +228,7 @@ def test_config_errors(golden_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- model hub
+
 
 def test_parse_hub_id():
     assert ck.parse_hub_id("StonyBrook-CVLab/ZoomLDM") == ("StonyBrook-CVLab/ZoomLDM", "brca")
@@ -250,10 +261,14 @@ def _fake_hub_cache(root, repo, files):
 
 
 def test_hub_id_from_cache(golden_model, golden_dir, tmp_path):
-    _fake_hub_cache(tmp_path, "StonyBrook-CVLab/ZoomLDM", {
-        "brca/weights.ckpt": golden_dir / "zoomldm_tiny.ckpt",
-        "brca/config.yaml": golden_dir / "zoomldm_tiny.yaml",
-    })
+    _fake_hub_cache(
+        tmp_path,
+        "StonyBrook-CVLab/ZoomLDM",
+        {
+            "brca/weights.ckpt": golden_dir / "zoomldm_tiny.ckpt",
+            "brca/config.yaml": golden_dir / "zoomldm_tiny.yaml",
+        },
+    )
     m = ZoomLDM.from_pretrained("StonyBrook-CVLab/ZoomLDM", cache_dir=tmp_path)
     assert m.checkpoint_id == "StonyBrook-CVLab/ZoomLDM/brca"
     ref = golden_model.state_dict()

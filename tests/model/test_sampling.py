@@ -26,8 +26,14 @@ def test_ddim_schedule_matches_official(golden_io):
 
 
 def test_ddim_5_steps(golden_model, golden_io):
-    x, inter = golden_model.sample(golden_io["sampler_cond"], steps=5, guidance=2.0, sampler="ddim",
-                                   x_T=golden_io["sampler_x_T"], return_intermediates=True)
+    x, inter = golden_model.sample(
+        golden_io["sampler_cond"],
+        steps=5,
+        guidance=2.0,
+        sampler="ddim",
+        x_T=golden_io["sampler_x_T"],
+        return_intermediates=True,
+    )
     ref = golden_io["ddim_sample"]
     assert x.shape == (1, 3, 64, 64) and ref.abs().max() > 60  # random weights: large values expected
     assert max_abs(x, ref) <= TOL_SAMPLE
@@ -39,8 +45,9 @@ def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
     calls = []
     h = golden_model.unet.register_forward_hook(lambda _m, inp, _o: calls.append(inp[0].shape[0]))
     try:
-        x = golden_model.sample(golden_io["sampler_cond"], steps=5, guidance=2.0, sampler="plms",
-                                x_T=golden_io["sampler_x_T"])
+        x = golden_model.sample(
+            golden_io["sampler_cond"], steps=5, guidance=2.0, sampler="plms", x_T=golden_io["sampler_x_T"]
+        )
     finally:
         h.remove()
     assert max_abs(x, golden_io["plms_sample"]) <= TOL_SAMPLE

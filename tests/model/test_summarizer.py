@@ -38,7 +38,7 @@ def test_token_slots(golden_model):
             slots = tok[1:]
             is_pad = torch.tensor([torch.equal(slots[i], pad) for i in range(64)])
             expect = torch.ones(64, dtype=torch.bool)
-            expect[first:first + n] = False
+            expect[first : first + n] = False
             assert torch.equal(is_pad, expect), side
 
 
@@ -92,6 +92,13 @@ def test_config_checks():
         Summarizer(input_channels=8, hidden_channels=64, output_channels=32, num_layers=1, vit_mlp_dim=16)
     s = Summarizer(input_channels=8, hidden_channels=64, output_channels=64, num_layers=1, vit_mlp_dim=16)
     names = set(s.state_dict())
-    assert {"pad_token", "mag_embedding.weight", "encoder.pos_embedding", "encoder.ln.weight",
-            "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
-            "encoder.layers.encoder_layer_0.mlp.3.bias", "final_proj.weight", "layer_norm.bias"} <= names
+    assert {
+        "pad_token",
+        "mag_embedding.weight",
+        "encoder.pos_embedding",
+        "encoder.ln.weight",
+        "encoder.layers.encoder_layer_0.self_attention.in_proj_weight",
+        "encoder.layers.encoder_layer_0.mlp.3.bias",
+        "final_proj.weight",
+        "layer_norm.bias",
+    } <= names

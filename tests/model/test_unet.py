@@ -51,18 +51,31 @@ def test_time_embedding(golden_model, golden_io):
 
 
 BLOCK_TO_DIFFUSERS = {
-    "input_blocks.0": "conv_in", "input_blocks.1": "down_blocks.0.resnets.0", "input_blocks.2": "down_blocks.0.resnets.1",
-    "input_blocks.3": "down_blocks.0.downsamplers.0", "input_blocks.4": "down_blocks.1.attentions.0",
-    "input_blocks.5": "down_blocks.1.attentions.1", "input_blocks.6": "down_blocks.1.downsamplers.0",
-    "input_blocks.7": "down_blocks.2.attentions.0", "input_blocks.8": "down_blocks.2.attentions.1",
-    "input_blocks.9": "down_blocks.2.downsamplers.0", "input_blocks.10": "down_blocks.3.attentions.0",
-    "input_blocks.11": "down_blocks.3.attentions.1", "middle_block": "mid_block",
-    "output_blocks.0": "up_blocks.0.attentions.0", "output_blocks.1": "up_blocks.0.attentions.1",
-    "output_blocks.2": "up_blocks.0.upsamplers.0", "output_blocks.3": "up_blocks.1.attentions.0",
-    "output_blocks.4": "up_blocks.1.attentions.1", "output_blocks.5": "up_blocks.1.upsamplers.0",
-    "output_blocks.6": "up_blocks.2.attentions.0", "output_blocks.7": "up_blocks.2.attentions.1",
-    "output_blocks.8": "up_blocks.2.upsamplers.0", "output_blocks.9": "up_blocks.3.resnets.0",
-    "output_blocks.10": "up_blocks.3.resnets.1", "output_blocks.11": "up_blocks.3.resnets.2",
+    "input_blocks.0": "conv_in",
+    "input_blocks.1": "down_blocks.0.resnets.0",
+    "input_blocks.2": "down_blocks.0.resnets.1",
+    "input_blocks.3": "down_blocks.0.downsamplers.0",
+    "input_blocks.4": "down_blocks.1.attentions.0",
+    "input_blocks.5": "down_blocks.1.attentions.1",
+    "input_blocks.6": "down_blocks.1.downsamplers.0",
+    "input_blocks.7": "down_blocks.2.attentions.0",
+    "input_blocks.8": "down_blocks.2.attentions.1",
+    "input_blocks.9": "down_blocks.2.downsamplers.0",
+    "input_blocks.10": "down_blocks.3.attentions.0",
+    "input_blocks.11": "down_blocks.3.attentions.1",
+    "middle_block": "mid_block",
+    "output_blocks.0": "up_blocks.0.attentions.0",
+    "output_blocks.1": "up_blocks.0.attentions.1",
+    "output_blocks.2": "up_blocks.0.upsamplers.0",
+    "output_blocks.3": "up_blocks.1.attentions.0",
+    "output_blocks.4": "up_blocks.1.attentions.1",
+    "output_blocks.5": "up_blocks.1.upsamplers.0",
+    "output_blocks.6": "up_blocks.2.attentions.0",
+    "output_blocks.7": "up_blocks.2.attentions.1",
+    "output_blocks.8": "up_blocks.2.upsamplers.0",
+    "output_blocks.9": "up_blocks.3.resnets.0",
+    "output_blocks.10": "up_blocks.3.resnets.1",
+    "output_blocks.11": "up_blocks.3.resnets.2",
 }
 
 
@@ -72,8 +85,10 @@ def test_taps_equal_diffusers_forward_hooks(golden_model, golden_io):
     seen: dict[str, torch.Tensor] = {}
     handles = []
     for name, path in BLOCK_TO_DIFFUSERS.items():
+
         def hook(_m, _inp, out, name=name):
             seen[name] = out[0] if isinstance(out, tuple) else out
+
         handles.append(unet.get_submodule(path).register_forward_hook(hook))
     x, t, c = golden_io["x_t_999"], golden_io["t_999"], golden_io["cond_unet"]
     try:
@@ -91,8 +106,15 @@ def test_taps_equal_diffusers_forward_hooks(golden_model, golden_io):
 def test_forward_stops_after_deepest_tap(golden_model, golden_io):
     unet = golden_model.unet
     calls: list[str] = []
-    watched = ("down_blocks.3.resnets.0", "mid_block", "up_blocks.0.resnets.0", "up_blocks.1.resnets.0",
-               "up_blocks.2.resnets.0", "up_blocks.3.resnets.0", "conv_out")
+    watched = (
+        "down_blocks.3.resnets.0",
+        "mid_block",
+        "up_blocks.0.resnets.0",
+        "up_blocks.1.resnets.0",
+        "up_blocks.2.resnets.0",
+        "up_blocks.3.resnets.0",
+        "conv_out",
+    )
     handles = [unet.get_submodule(p).register_forward_hook(lambda *_a, p=p: calls.append(p)) for p in watched]
     x, t, c = golden_io["x_t_250"], golden_io["t_250"], golden_io["cond_unet"]
     try:
@@ -105,7 +127,12 @@ def test_forward_stops_after_deepest_tap(golden_model, golden_io):
             assert calls == []  # not even the level-3 down block
             calls.clear()
             golden_model.taps(x, t, c, ["output_blocks.4", "middle_block"])
-            assert calls == ["down_blocks.3.resnets.0", "mid_block", "up_blocks.0.resnets.0", "up_blocks.1.resnets.0"]
+            assert calls == [
+                "down_blocks.3.resnets.0",
+                "mid_block",
+                "up_blocks.0.resnets.0",
+                "up_blocks.1.resnets.0",
+            ]
             calls.clear()
             golden_model.eps(x, t, c)
             assert calls == list(watched)
@@ -180,8 +207,15 @@ def test_unet_config_checks():
         unet_mod.normalize_unet_config({"model_channels": 32, "frobnicate": True})
     with pytest.raises(ValueError, match="resblock_updown"):
         unet_mod.normalize_unet_config({"resblock_updown": True})
-    cfg = unet_mod.normalize_unet_config({"model_channels": 32, "channel_mult": [1, 1, 1, 2], "context_dim": 64,
-                                          "ckpt_path": "models/ldm_imgnet_unet.ckpt", "use_checkpoint": True})
+    cfg = unet_mod.normalize_unet_config(
+        {
+            "model_channels": 32,
+            "channel_mult": [1, 1, 1, 2],
+            "context_dim": 64,
+            "ckpt_path": "models/ldm_imgnet_unet.ckpt",
+            "use_checkpoint": True,
+        }
+    )
     d = unet_mod.diffusers_config(cfg)
     assert d["down_block_types"] == ["DownBlock2D"] + ["CrossAttnDownBlock2D"] * 3
     assert d["up_block_types"] == ["CrossAttnUpBlock2D"] * 3 + ["UpBlock2D"]

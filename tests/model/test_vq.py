@@ -62,7 +62,13 @@ def test_config_checks():
         vq_mod.normalize_vq_config({"ddconfig": {"attn_resolutions": [32]}})
     with pytest.raises(ValueError, match="unsupported VQ config keys"):
         vq_mod.normalize_vq_config({"embed_dim": 3, "wobble": 1})
-    cfg = vq_mod.normalize_vq_config({"embed_dim": 3, "n_embed": 64, "ddconfig": {"ch": 32, "num_res_blocks": 1},
-                                      "lossconfig": {"target": "torch.nn.Identity"}})
+    cfg = vq_mod.normalize_vq_config(
+        {
+            "embed_dim": 3,
+            "n_embed": 64,
+            "ddconfig": {"ch": 32, "num_res_blocks": 1},
+            "lossconfig": {"target": "torch.nn.Identity"},
+        }
+    )
     assert cfg["ch"] == 32 and cfg["n_embed"] == 64 and vq_mod.downsample_factor(cfg) == 4
     assert vq_mod.diffusers_config(cfg)["scaling_factor"] == 1.0

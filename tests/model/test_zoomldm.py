@@ -29,7 +29,11 @@ def test_from_config_is_seeded_and_leaves_global_rng_alone(tiny_random):
     assert _same_weights(tiny_random, again)
     assert not _same_weights(tiny_random, ZoomLDM.from_config("tiny", seed=2))
     assert tiny_random.checkpoint_id == "random-init"
-    assert tiny_random.checkpoint_hash == again.checkpoint_hash != ZoomLDM.from_config("tiny", seed=2).checkpoint_hash
+    assert (
+        tiny_random.checkpoint_hash
+        == again.checkpoint_hash
+        != ZoomLDM.from_config("tiny", seed=2).checkpoint_hash
+    )
     assert all(p.dtype == torch.float32 for p in tiny_random.parameters())
 
 
@@ -73,14 +77,17 @@ def test_save_official_round_trip(golden_model, tiny_random, tmp_path):
     back = ZoomLDM.from_official(path)  # config.yaml found beside it
     assert _same_weights(back, golden_model) and back.config == golden_model.config
     # with a separate EMA state: ema=True reads it, ema=False the live weights
-    tiny_random.save_official(tmp_path / "ema" / "weights.ckpt", ema_unet_state=golden_model.unet.state_dict(),
-                              ema_num_updates=5)
+    tiny_random.save_official(
+        tmp_path / "ema" / "weights.ckpt", ema_unet_state=golden_model.unet.state_dict(), ema_num_updates=5
+    )
     ema = ZoomLDM.from_official(tmp_path / "ema" / "weights.ckpt")
     live = ZoomLDM.from_official(tmp_path / "ema" / "weights.ckpt", ema=False)
     us, ue, ul = golden_model.unet.state_dict(), ema.unet.state_dict(), live.unet.state_dict()
     rs = tiny_random.unet.state_dict()
     assert all(torch.equal(ue[k], us[k]) and torch.equal(ul[k], rs[k]) for k in us)
-    assert torch.load(tmp_path / "ema" / "weights.ckpt", weights_only=True)["model_ema.num_updates"].item() == 5
+    assert (
+        torch.load(tmp_path / "ema" / "weights.ckpt", weights_only=True)["model_ema.num_updates"].item() == 5
+    )
 
 
 def test_native_key_errors(golden_model, tmp_path):
@@ -136,12 +143,18 @@ def test_encode_condition_noise_taps_pipeline(golden_model, golden_io):
         z0 = golden_model.encode(golden_io["images"])
         x_t = golden_model.q_sample(z0, golden_io["t_250"], golden_io["noise"])
         assert (x_t - golden_io["x_t_250"]).abs().max() <= 5e-5
-        ctx = torch.cat([golden_model.condition(golden_io["ssl_raw_mag0"][:1], 0),
-                         golden_model.condition(golden_io["ssl_raw_mag4"][1:], 4)])
+        ctx = torch.cat(
+            [
+                golden_model.condition(golden_io["ssl_raw_mag0"][:1], 0),
+                golden_model.condition(golden_io["ssl_raw_mag4"][1:], 4),
+            ]
+        )
         taps = golden_model.taps(x_t, 250, ctx, ["middle_block"])
     assert (taps["middle_block"][:1] - golden_io["hook.middle_block"]).abs().max() <= 2e-4
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(golden_model.q_sample(z0, 10, generator=g1), golden_model.q_sample(z0, 10, generator=g2))
+    assert torch.equal(
+        golden_model.q_sample(z0, 10, generator=g1), golden_model.q_sample(z0, 10, generator=g2)
+    )
     assert golden_model.null_context(2).shape == (2, 65, 64) and not golden_model.null_context().any()
 
 

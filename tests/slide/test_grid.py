@@ -69,7 +69,9 @@ def test_cmu_grid_geometry(cmu, cmu_grid):
     assert ch.kept.reshape(P, 16).any(axis=1).all()  # no parent without a kept child
     # TRIDENT coords attributes for the bag writer
     attrs = g.coords_attrs(cmu)
-    assert attrs["patch_size_level0"] == 257 and attrs["level0_magnification"] == pytest.approx(20.04, abs=0.01)
+    assert attrs["patch_size_level0"] == 257 and attrs["level0_magnification"] == pytest.approx(
+        20.04, abs=0.01
+    )
     assert g.coords_attrs(cmu, "parent")["target_magnification"] == 5 and attrs["level0_width"] == 2220
 
 

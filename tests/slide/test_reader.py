@@ -51,7 +51,12 @@ def test_aperio_40x_pyramid(aperio40):
     assert s.mpp == pytest.approx(0.25) and s.magnification == pytest.approx(40.0)
     assert s.objective_power == 40
     assert s.level_downsamples == pytest.approx((1, 2, 4, 8))
-    assert s.best_level(2.0) == 1 and s.best_level(3.9) == 1 and s.best_level(100) == 3 and s.best_level(1.0) == 0
+    assert (
+        s.best_level(2.0) == 1
+        and s.best_level(3.9) == 1
+        and s.best_level(100) == 3
+        and s.best_level(1.0) == 0
+    )
 
 
 def test_generic_tiff_resolution_tags(synthetic_slide_factory):
@@ -65,13 +70,17 @@ def test_generic_tiff_resolution_tags(synthetic_slide_factory):
     info = resolve_mpp(props, path)
     assert info.source == "tiff-resolution" and info.mpp == pytest.approx(0.5)
     # inch unit: 101600 px/inch = 0.25 um/px
-    assert resolve_mpp({"tiff.XResolution": "101600", "tiff.YResolution": "101600", "tiff.ResolutionUnit": "inch"}, "x").mpp == pytest.approx(0.25)
+    assert resolve_mpp(
+        {"tiff.XResolution": "101600", "tiff.YResolution": "101600", "tiff.ResolutionUnit": "inch"}, "x"
+    ).mpp == pytest.approx(0.25)
 
 
 def test_implausible_resolution_tags_are_not_used():
     # 72 dpi is a default of image writers, not a microscope: must not become 352.8 um/px silently
     with pytest.raises(SlideError, match=r"dpi\.tif.*implausible.*mpp="):
-        resolve_mpp({"tiff.XResolution": "72", "tiff.YResolution": "72", "tiff.ResolutionUnit": "inch"}, "dpi.tif")
+        resolve_mpp(
+            {"tiff.XResolution": "72", "tiff.YResolution": "72", "tiff.ResolutionUnit": "inch"}, "dpi.tif"
+        )
 
 
 def test_slide_without_mpp_errors_and_override_works(synthetic_slide_factory):
@@ -92,7 +101,11 @@ def test_mpp_override_wins_and_is_validated(cmu_slide):
 
 
 def test_objective_power_only_on_request_and_with_a_warning(cmu):
-    props = {k: v for k, v in cmu.properties.items() if k not in ("openslide.mpp-x", "openslide.mpp-y", "aperio.MPP")}
+    props = {
+        k: v
+        for k, v in cmu.properties.items()
+        if k not in ("openslide.mpp-x", "openslide.mpp-y", "aperio.MPP")
+    }
     with pytest.raises(SlideError, match=r"objective power 20x.*objective_power_fallback=True"):
         resolve_mpp(props, cmu.path)
     with pytest.warns(UserWarning, match="objective power 20x"):
@@ -113,7 +126,11 @@ def test_read_region_20x_from_40x_equals_reference_resize(aperio40):
     x0, y0, n = 301.7, 190.2, 200
     ext = n * 0.6 / 0.25
     big = _level0(aperio40, 290, 180, 520, 520)
-    ref = np.asarray(Image.fromarray(big).resize((n, n), Image.LANCZOS, box=(x0 - 290, y0 - 180, x0 - 290 + ext, y0 - 180 + ext)))
+    ref = np.asarray(
+        Image.fromarray(big).resize(
+            (n, n), Image.LANCZOS, box=(x0 - 290, y0 - 180, x0 - 290 + ext, y0 - 180 + ext)
+        )
+    )
     diff = np.abs(s.read_region(x0, y0, n, 0.6).astype(int) - ref.astype(int))
     assert diff.mean() < 3.0 and np.percentile(diff, 99) < 20, (diff.mean(), np.percentile(diff, 99))
     # the read must actually follow the box: a shift of 8 level-0 px shows
@@ -122,7 +139,9 @@ def test_read_region_20x_from_40x_equals_reference_resize(aperio40):
 
 
 def test_read_region_at_native_resolution_is_exact(synthetic_slide_factory):
-    path = synthetic_slide_factory("lossless", width=1024, height=1024, mpp=0.25, levels=3, compression="zlib")
+    path = synthetic_slide_factory(
+        "lossless", width=1024, height=1024, mpp=0.25, levels=3, compression="zlib"
+    )
     s = Slide.open(path)
     np.testing.assert_array_equal(s.read_region(100, 60, 300, 0.25), _level0(path, 100, 60, 300, 300))
 

@@ -29,7 +29,9 @@ def test_cmu_mask_keeps_tissue_and_drops_background(cmu_tissue):
     assert tm.downsample_x == pytest.approx(slide.dimensions[0] / tm.mask.shape[1])
     assert 0.2 < tm.tissue_fraction < 0.5  # about a third of this field is tissue
     # truth from the full-resolution pixels: stained (saturated) vs plain white glass
-    full = slide.read_region(0, 0, max(slide.dimensions), slide.mpp)[: slide.dimensions[1], : slide.dimensions[0]]
+    full = slide.read_region(0, 0, max(slide.dimensions), slide.mpp)[
+        : slide.dimensions[1], : slide.dimensions[0]
+    ]
     f = full.astype(np.float32)
     sat = (f.max(2) - f.min(2)) / np.maximum(f.max(2), 1)
     stained = _area_mean(sat > 0.2, tm.mask.shape)
@@ -85,16 +87,31 @@ def test_otsu_threshold_separates_two_modes():
 def test_fraction_of_fractional_boxes_is_exact():
     rng = np.random.default_rng(1)
     mask = rng.random((12, 15)) > 0.5
-    tm = TissueMask(mask=mask, thumbnail=np.zeros((12, 15, 3), np.uint8), mpp=8.0, downsample_x=4.0, downsample_y=5.0, threshold=0.1)
+    tm = TissueMask(
+        mask=mask,
+        thumbnail=np.zeros((12, 15, 3), np.uint8),
+        mpp=8.0,
+        downsample_x=4.0,
+        downsample_y=5.0,
+        threshold=0.1,
+    )
     fine = np.kron(mask, np.ones((5, 4), bool)).astype(np.float64)  # mask at level-0 resolution
-    for x0, y0, w, h in [(0, 0, 60, 60), (3.5, 7.25, 13.0, 9.5), (40.2, 21.9, 7.7, 17.3), (50, 50, 30, 30), (-10, -10, 20, 20)]:
+    for x0, y0, w, h in [
+        (0, 0, 60, 60),
+        (3.5, 7.25, 13.0, 9.5),
+        (40.2, 21.9, 7.7, 17.3),
+        (50, 50, 30, 30),
+        (-10, -10, 20, 20),
+    ]:
         # brute force on a 100x finer lattice
         xs = x0 + (np.arange(int(w * 20)) + 0.5) / 20
         ys = y0 + (np.arange(int(h * 20)) + 0.5) / 20
         inside = (xs >= 0) & (xs < 60)
         inside_y = (ys >= 0) & (ys < 60)
         sub = np.zeros((len(ys), len(xs)))
-        sub[np.ix_(inside_y, inside)] = fine[np.floor(ys[inside_y]).astype(int)][:, np.floor(xs[inside]).astype(int)]
+        sub[np.ix_(inside_y, inside)] = fine[np.floor(ys[inside_y]).astype(int)][
+            :, np.floor(xs[inside]).astype(int)
+        ]
         assert tm.fraction(x0, y0, w, h) == pytest.approx(sub.mean(), abs=0.01), (x0, y0, w, h)
     # vectorised over arrays
     got = tm.fraction(np.array([0.0, 8.0]), np.array([0.0, 10.0]), 4.0, 5.0)

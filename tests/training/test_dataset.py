@@ -27,8 +27,18 @@ def data_dir(tmp_path_factory):
         with writer.slide(f"s{k}") as s:
             for m, n in counts.items():
                 g = grid_side(m)
-                latent = np.full((n, 3, 64, 64), 0, np.float16) + np.arange(n, dtype=np.float16)[:, None, None, None] + 100 * m
-                s.append(m, latent, rng.standard_normal((n, C, g, g)).astype(np.float16), rng.integers(0, 999, (n, 2)), 256 * 2**m)
+                latent = (
+                    np.full((n, 3, 64, 64), 0, np.float16)
+                    + np.arange(n, dtype=np.float16)[:, None, None, None]
+                    + 100 * m
+                )
+                s.append(
+                    m,
+                    latent,
+                    rng.standard_normal((n, C, g, g)).astype(np.float16),
+                    rng.integers(0, 999, (n, 2)),
+                    256 * 2**m,
+                )
     return d
 
 
@@ -101,7 +111,9 @@ def test_loader_with_workers_matches_in_process(data_dir):
     for a, b in zip(ref, got):
         for key in ("latent", "noise", "t", "keep", "mag", "n"):
             assert torch.equal(a[key], b[key]), key
-        assert [(m, r.tolist()) for m, r, _ in a["ssl_groups"]] == [(m, r.tolist()) for m, r, _ in b["ssl_groups"]]
+        assert [(m, r.tolist()) for m, r, _ in a["ssl_groups"]] == [
+            (m, r.tolist()) for m, r, _ in b["ssl_groups"]
+        ]
         for (m, rows, grids), (_, _, grids2) in zip(a["ssl_groups"], b["ssl_groups"]):
             assert torch.equal(grids, grids2) and grids.shape[-1] == grid_side(m)
             assert torch.equal(a["mag"][rows], torch.full((len(rows),), m))

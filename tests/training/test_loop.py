@@ -30,7 +30,13 @@ def make_data(path: Path, channels: int = 32, counts=None, seed: int = 0) -> Pat
             for m, n in per_mag.items():
                 g = grid_side(m)
                 lat = (0.8 * rng.standard_normal((n, 3, 64, 64))).astype(np.float16)
-                s.append(m, lat, rng.standard_normal((n, channels, g, g)).astype(np.float16), rng.integers(0, 5000, (n, 2)), 256 * 2**m)
+                s.append(
+                    m,
+                    lat,
+                    rng.standard_normal((n, channels, g, g)).astype(np.float16),
+                    rng.integers(0, 5000, (n, 2)),
+                    256 * 2**m,
+                )
     return path
 
 
@@ -41,8 +47,17 @@ def data(tmp_path_factory):
 
 def cfg(data, out, **kw):
     base = dict(
-        data_dir=str(data), out_dir=str(out), model="tiny", batch_size=2, num_workers=0, device="cpu", lr=1e-3,
-        warmup_steps=2, log_every=1, progress=False, samples=SampleConfig(enabled=False),
+        data_dir=str(data),
+        out_dir=str(out),
+        model="tiny",
+        batch_size=2,
+        num_workers=0,
+        device="cpu",
+        lr=1e-3,
+        warmup_steps=2,
+        log_every=1,
+        progress=False,
+        samples=SampleConfig(enabled=False),
     )
     base.update(kw)
     return TrainConfig(**base)
@@ -58,7 +73,18 @@ def test_lr_warmup():
 
 def test_loss_falls_on_a_fixed_batch(tmp_path, data):
     out = tmp_path / "run"
-    summary = train(cfg(data, out, steps=10, overfit_batch=True, batch_size=3, lr=3e-3, warmup_steps=1, checkpoint_every=100))
+    summary = train(
+        cfg(
+            data,
+            out,
+            steps=10,
+            overfit_batch=True,
+            batch_size=3,
+            lr=3e-3,
+            warmup_steps=1,
+            checkpoint_every=100,
+        )
+    )
     losses = [r["loss"] for r in _log(out)]
     assert len(losses) == 10 and summary["step"] == 10
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2]), losses
@@ -171,11 +197,16 @@ def test_init_of_another_architecture_is_a_clear_error(tmp_path, golden_dir):
     from zoomfeat.model import ZoomLDM
 
     # an official checkpoint that does not fit the requested architecture
-    with pytest.raises(ValueError, match=r"init checkpoint .*zoomldm_tiny.ckpt cannot be loaded as model=zoomldm_brca"):
+    with pytest.raises(
+        ValueError, match=r"init checkpoint .*zoomldm_tiny.ckpt cannot be loaded as model=zoomldm_brca"
+    ):
         load_init(str(golden_dir / "zoomldm_tiny.ckpt"), "zoomldm_brca")
     # a pretrained dir (its own config beside it) of another architecture
     tiny_dir = ZoomLDM.from_config("tiny", seed=0).save_pretrained(tmp_path / "tiny_model")
-    with pytest.raises(ValueError, match=r"has another architecture than model=zoomldm_brca.*model_channels=32.*model_channels=192"):
+    with pytest.raises(
+        ValueError,
+        match=r"has another architecture than model=zoomldm_brca.*model_channels=32.*model_channels=192",
+    ):
         load_init(str(tiny_dir), "zoomldm_brca")
     with pytest.raises(FileNotFoundError, match="nothing_here: no such file or directory"):
         load_init(str(tmp_path / "nothing_here"), "tiny")

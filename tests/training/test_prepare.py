@@ -24,7 +24,9 @@ def tiny():
 @pytest.fixture(scope="module")
 def small_slide(synthetic_slide_factory):
     # 1024 x 1024 px at 0.5 um/px: 16 20x tiles, 4 10x tiles, one 5x tile
-    return synthetic_slide_factory("prep_small", width=1024, height=1024, mpp=0.5, levels=2, seed=3, tissue_fraction=0.5)
+    return synthetic_slide_factory(
+        "prep_small", width=1024, height=1024, mpp=0.5, levels=2, seed=3, tissue_fraction=0.5
+    )
 
 
 def _cfg(out, **kw):
@@ -57,7 +59,11 @@ def test_synthetic_slide_contents_match_slide_reads(tmp_path, tiny, small_slide)
     assert summary["tiles"] == {"20x": counts[0], "10x": counts[1], "5x": counts[2]}
     assert counts[0] >= 4 and counts[1] >= 2 and counts[2] == 1
     info = json.loads((out / "dataset.json").read_text())
-    assert info["ssl_channels"] == 32 and info["vq"] == vq_fingerprint(model) and info["encoder"].startswith("tiny:")
+    assert (
+        info["ssl_channels"] == 32
+        and info["vq"] == vq_fingerprint(model)
+        and info["encoder"].startswith("tiny:")
+    )
 
     slide = Slide.open(small_slide)
     reader = ShardReader(index)
@@ -73,7 +79,9 @@ def test_synthetic_slide_contents_match_slide_reads(tmp_path, tiny, small_slide)
         assert len(kept) == counts[m]
         tiles = [reader.read(m, i) for i in range(counts[m])]
         # same set of tiles as the slide code's grid (coords), in any order
-        assert sorted(map(tuple, grid.children.xy[kept].tolist())) == sorted(tuple(t["coords"].tolist()) for t in tiles)
+        assert sorted(map(tuple, grid.children.xy[kept].tolist())) == sorted(
+            tuple(t["coords"].tolist()) for t in tiles
+        )
         # one tile per magnification, recomputed from the slide independently
         t = tiles[-1]
         k = kept[[tuple(xy) for xy in grid.children.xy[kept].tolist()].index(tuple(t["coords"].tolist()))]
@@ -83,14 +91,22 @@ def test_synthetic_slide_contents_match_slide_reads(tmp_path, tiny, small_slide)
             image = split_parent(region)[1]
         else:
             image = grid.read_child(slide, int(k))
-        np.testing.assert_allclose(t["latent"].astype(np.float32), _vq(model, [image])[0], atol=2e-2, rtol=1e-2)
+        np.testing.assert_allclose(
+            t["latent"].astype(np.float32), _vq(model, [image])[0], atol=2e-2, rtol=1e-2
+        )
         s20 = size / side
-        cells = [slide.read_region(x0 + dx * s20, y0 + dy * s20, 256, 0.5) for dy in range(side) for dx in range(side)]
+        cells = [
+            slide.read_region(x0 + dx * s20, y0 + dy * s20, 256, 0.5)
+            for dy in range(side)
+            for dx in range(side)
+        ]
         ref = _uni(encoder, cells).reshape(side, side, -1).transpose(2, 0, 1)
         np.testing.assert_allclose(t["ssl"].astype(np.float32), ref, atol=2e-2, rtol=1e-2)
 
 
-def test_resume_skips_done_slides_and_adds_magnifications(tmp_path, tiny, small_slide, synthetic_slide_factory):
+def test_resume_skips_done_slides_and_adds_magnifications(
+    tmp_path, tiny, small_slide, synthetic_slide_factory
+):
     model, encoder = tiny
     out = tmp_path / "data"
     prepare([small_slide], _cfg(out, mags=["5x"]), model, encoder)
@@ -112,7 +128,9 @@ def test_resume_skips_done_slides_and_adds_magnifications(tmp_path, tiny, small_
     with pytest.raises(ValueError, match="prepared with other settings"):
         prepare([small_slide], _cfg(out, mags=["5x"]), model, build_encoder("tiny", seed=1))
     # a slide killed half-way (temporary shard, no record) is invisible and redone
-    second = synthetic_slide_factory("prep_second", width=1024, height=1024, mpp=0.5, levels=2, seed=4, tissue_fraction=0.5)
+    second = synthetic_slide_factory(
+        "prep_second", width=1024, height=1024, mpp=0.5, levels=2, seed=4, tissue_fraction=0.5
+    )
     (out / "m2" / ".prep_second.h5.tmp-999").write_bytes(b"partial")
     assert "prep_second" not in list_records(out)
     res = prepare([small_slide, second], _cfg(out, mags=["5x"], min_tissue=0.3), model, encoder)
@@ -125,7 +143,9 @@ def test_coarse_magnification_pools_the_grid(tmp_path, tiny, synthetic_slide_fac
     from zoomfeat.slide import Slide, TileGrid
 
     model, encoder = tiny
-    path = synthetic_slide_factory("prep_big", width=4096, height=4096, mpp=0.5, levels=4, seed=5, tissue_fraction=0.6)
+    path = synthetic_slide_factory(
+        "prep_big", width=4096, height=4096, mpp=0.5, levels=4, seed=5, tissue_fraction=0.6
+    )
     out = tmp_path / "data"
     res = prepare([path], _cfg(out, mags=["1.25x"], batch_size=64), model, encoder)
     assert res["tiles"] == {"1.25x": 1}

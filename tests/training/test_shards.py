@@ -33,7 +33,9 @@ def _tiles(m: int, n: int, seed: int):
 
 
 def _write(data_dir, slide_id, counts: dict[int, int], seed=0, pack_rows=0, config_hash="h1"):
-    writer = ShardWriter(data_dir, ssl_channels=C, config_hash=config_hash, info={"encoder": "test"}, pack_rows=pack_rows)
+    writer = ShardWriter(
+        data_dir, ssl_channels=C, config_hash=config_hash, info={"encoder": "test"}, pack_rows=pack_rows
+    )
     out = {}
     with writer.slide(slide_id, source=f"/slides/{slide_id}.svs") as s:
         for m, n in counts.items():
@@ -46,7 +48,18 @@ def _write(data_dir, slide_id, counts: dict[int, int], seed=0, pack_rows=0, conf
 
 
 def test_parse_mag_and_pooling():
-    assert [parse_mag(x) for x in (0, "20x", "5x", 5.0, "1.25x", "m3", "2", 2, 20, "10")] == [0, 0, 2, 2, 4, 3, 2, 2, 0, 1]
+    assert [parse_mag(x) for x in (0, "20x", "5x", 5.0, "1.25x", "m3", "2", 2, 20, "10")] == [
+        0,
+        0,
+        2,
+        2,
+        4,
+        3,
+        2,
+        2,
+        0,
+        1,
+    ]
     with pytest.raises(ValueError, match="unknown magnification"):
         parse_mag("3x")
     assert [grid_side(m) for m in range(8)] == [1, 2, 4, 8, 8, 8, 8, 8]

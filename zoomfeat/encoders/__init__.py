@@ -17,7 +17,9 @@ ENCODERS = ("uni", "tiny")
 EMBED_DIM = {"uni": 1024, "tiny": 32}
 
 
-def build_encoder(name: str, checkpoint: str | None = None, allow_random_weights: bool = False, seed: int = 0) -> TileEncoder:
+def build_encoder(
+    name: str, checkpoint: str | None = None, allow_random_weights: bool = False, seed: int = 0
+) -> TileEncoder:
     """Build encoder ``name`` in eval mode with its weights.
 
     Args:

@@ -28,7 +28,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: weight file names looked for inside a checkpoint directory / hub repo, in order
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.safetensors", "pytorch_model.bin", "model.bin", "model.pth", "checkpoint.pth")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.safetensors",
+    "pytorch_model.bin",
+    "model.bin",
+    "model.pth",
+    "checkpoint.pth",
+)
 
 _HUB_ID = re.compile(r"^(hf-hub:|hf:)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -51,7 +58,9 @@ class TileEncoder(nn.Module):
         self.name = name
         self.embed_dim = int(vit.num_features)
         self.input_px = int(input_px)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
+        )
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.checkpoint_id = checkpoint_id
         self.checkpoint_hash = checkpoint_hash
@@ -63,10 +72,17 @@ class TileEncoder(nn.Module):
         ``transforms.Resize(224)`` does on PIL images.
         """
         if tiles.ndim != 4 or tiles.shape[-1] != 3:
-            raise ValueError(f"{self.name}.preprocess expects uint8 tiles (B, H, W, 3), got shape {tuple(tiles.shape)}")
-        x = tiles.permute(0, 3, 1, 2).to(device=self.mean.device, dtype=torch.float32, non_blocking=True) / 255.0
+            raise ValueError(
+                f"{self.name}.preprocess expects uint8 tiles (B, H, W, 3), got shape {tuple(tiles.shape)}"
+            )
+        x = (
+            tiles.permute(0, 3, 1, 2).to(device=self.mean.device, dtype=torch.float32, non_blocking=True)
+            / 255.0
+        )
         if x.shape[-2:] != (self.input_px, self.input_px):
-            x = F.interpolate(x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False, antialias=True
+            )
         return ((x - self.mean) / self.std).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,9 +155,15 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             "zoomfeat never unpickles code from checkpoints; convert it to a plain state_dict or safetensors."
         ) from err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: expected a state_dict (mapping of names to tensors), found {type(obj).__name__}")
+        raise ValueError(
+            f"{path}: expected a state_dict (mapping of names to tensors), found {type(obj).__name__}"
+        )
     for wrapper in ("state_dict", "model", "teacher"):
-        if wrapper in obj and isinstance(obj[wrapper], Mapping) and not isinstance(obj[wrapper], torch.Tensor):
+        if (
+            wrapper in obj
+            and isinstance(obj[wrapper], Mapping)
+            and not isinstance(obj[wrapper], torch.Tensor)
+        ):
             obj = obj[wrapper]
             break
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -150,11 +172,16 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     for prefix in ("module.", "model.", "backbone.", "encoder.", "vit."):
         if state and not (set(state) & expected) and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
-def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ("head.weight", "head.bias")) -> None:
+def load_weights_strict(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    ignore: tuple[str, ...] = ("head.weight", "head.bias"),
+) -> None:
     """Load ``state`` into ``module`` requiring the exact key set and shapes.
 
     Keys in ``ignore`` (a classification head that ``num_classes=0`` drops) are skipped.
@@ -165,7 +192,9 @@ def load_weights_strict(module: nn.Module, state: Mapping[str, torch.Tensor], so
     state = {k: v for k, v in state.items() if k not in ignore}
     mismatch = key_mismatch_lines(state, own)
     if mismatch:
-        raise ValueError(f"{source}: weights do not fit the {type(module).__name__} architecture:\n" + "\n".join(mismatch))
+        raise ValueError(
+            f"{source}: weights do not fit the {type(module).__name__} architecture:\n" + "\n".join(mismatch)
+        )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
 
 

@@ -43,12 +43,30 @@ def tiny_vit(device: str | torch.device | None = None) -> torch.nn.Module:
     return VisionTransformer(**TINY_KWARGS)
 
 
-def build_tiny(checkpoint: str | None = None, allow_random_weights: bool = True, seed: int = 0) -> TileEncoder:
+def build_tiny(
+    checkpoint: str | None = None, allow_random_weights: bool = True, seed: int = 0
+) -> TileEncoder:
     """The tiny encoder: seeded random weights (``checkpoint=None``) or a local state dict."""
     if checkpoint is None:
         vit = seeded_init(tiny_vit, seed)
-        return TileEncoder(vit, "tiny", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=f"random-init(seed={seed})", checkpoint_hash="")
+        return TileEncoder(
+            vit,
+            "tiny",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            checkpoint_id=f"random-init(seed={seed})",
+            checkpoint_hash="",
+        )
     weight_file = resolve_weight_file(checkpoint, "tiny encoder")
     vit = tiny_vit(device="meta")
     load_weights_strict(vit, load_state_dict_file(weight_file), f"tiny encoder checkpoint {weight_file}")
-    return TileEncoder(vit, "tiny", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=str(weight_file), checkpoint_hash=file_hash(weight_file))
+    return TileEncoder(
+        vit,
+        "tiny",
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        checkpoint_id=str(weight_file),
+        checkpoint_hash=file_hash(weight_file),
+    )

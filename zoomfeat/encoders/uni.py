@@ -39,7 +39,9 @@ def uni_vit(device: str | torch.device | None = None) -> torch.nn.Module:
     return timm.create_model("vit_large_patch16_224", pretrained=False, **UNI_KWARGS)
 
 
-def build_uni(checkpoint: str | None = None, allow_random_weights: bool = False, seed: int = 0) -> TileEncoder:
+def build_uni(
+    checkpoint: str | None = None, allow_random_weights: bool = False, seed: int = 0
+) -> TileEncoder:
     """UNI with weights from ``checkpoint`` (local file/dir or hub id).
 
     ``checkpoint=None``: seeded random weights when ``allow_random_weights``, else the hub repo
@@ -47,15 +49,28 @@ def build_uni(checkpoint: str | None = None, allow_random_weights: bool = False,
     """
     hint = "encoder.checkpoint=/path/to/pytorch_model.bin (or a directory holding it)"
     if checkpoint is None and allow_random_weights:
-        warnings.warn("UNI is built with seeded RANDOM weights (allow_random_weights=true): its features are meaningless", stacklevel=2)
+        warnings.warn(
+            "UNI is built with seeded RANDOM weights (allow_random_weights=true): its features are meaningless",
+            stacklevel=2,
+        )
         vit = seeded_init(uni_vit, seed)
-        return TileEncoder(vit, "uni", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=f"random-init(seed={seed})", checkpoint_hash="")
+        return TileEncoder(
+            vit,
+            "uni",
+            224,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            checkpoint_id=f"random-init(seed={seed})",
+            checkpoint_hash="",
+        )
     checkpoint = HUB_ID if checkpoint is None else str(checkpoint)
     if is_hub_id(checkpoint):
         try:
             weight_file = download_from_hub(checkpoint, "UNI", hint)
         except RuntimeError as err:
-            raise RuntimeError(f"{err}\nFor a smoke test without weights, pass allow_random_weights=true.") from None
+            raise RuntimeError(
+                f"{err}\nFor a smoke test without weights, pass allow_random_weights=true."
+            ) from None
         checkpoint_id = checkpoint
     else:
         weight_file = resolve_weight_file(checkpoint, "UNI")
@@ -63,4 +78,12 @@ def build_uni(checkpoint: str | None = None, allow_random_weights: bool = False,
     state = load_state_dict_file(weight_file)
     vit = uni_vit(device="meta")  # no random init: every tensor comes from the file
     load_weights_strict(vit, state, f"UNI checkpoint {weight_file}")
-    return TileEncoder(vit, "uni", 224, IMAGENET_MEAN, IMAGENET_STD, checkpoint_id=checkpoint_id, checkpoint_hash=file_hash(weight_file))
+    return TileEncoder(
+        vit,
+        "uni",
+        224,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        checkpoint_id=checkpoint_id,
+        checkpoint_hash=file_hash(weight_file),
+    )

@@ -148,7 +148,9 @@ class ExtractConfig:
         for key, value in kwargs.items():
             key = ALIASES.get(key, key.replace("-", "_"))
             if key not in names:
-                raise TypeError(f"unknown extraction setting {key!r}; known: {', '.join(sorted(names - {'extra'}))}")
+                raise TypeError(
+                    f"unknown extraction setting {key!r}; known: {', '.join(sorted(names - {'extra'}))}"
+                )
             clean[key] = value
         return cls(**clean)
 

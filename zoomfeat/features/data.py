@@ -59,7 +59,12 @@ class ParentRegions(Dataset):
         xy = self.grid.children.xy
         if len(child_rows):
             noise20 = torch.stack(
-                [tile_noise(ns.seed, ns.slide_id, self.grid.mag, xy[k, 0], xy[k, 1], ns.latent_shape, ns.draws) for k in child_rows]
+                [
+                    tile_noise(
+                        ns.seed, ns.slide_id, self.grid.mag, xy[k, 0], xy[k, 1], ns.latent_shape, ns.draws
+                    )
+                    for k in child_rows
+                ]
             )
         else:
             noise20 = torch.zeros((0, ns.draws, *ns.latent_shape))
@@ -90,7 +95,9 @@ def worker_context():
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
-def parent_loader(dataset: ParentRegions, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4) -> DataLoader:
+def parent_loader(
+    dataset: ParentRegions, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4
+) -> DataLoader:
     """In-order loader over parents (no batching: the pipeline re-batches tiles itself)."""
     kwargs = {}
     if num_workers > 0:
@@ -100,4 +107,6 @@ def parent_loader(dataset: ParentRegions, num_workers: int = 0, pin_memory: bool
             "persistent_workers": False,
             "multiprocessing_context": worker_context(),
         }
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
+    return DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=num_workers, pin_memory=pin_memory, **kwargs
+    )

@@ -14,4 +14,8 @@ def fuse(f20: np.ndarray, f5: np.ndarray, parent_idx: np.ndarray) -> np.ndarray:
         raise ValueError(f"{len(f20)} 20x rows but {len(parent_idx)} parent indices")
     if len(parent_idx) and (parent_idx.min() < 0 or parent_idx.max() >= len(f5)):
         raise ValueError(f"parent_idx out of range for {len(f5)} 5x rows")
-    return np.concatenate([f20, f5[parent_idx]], axis=1) if len(f20) else np.zeros((0, f20.shape[1] + f5.shape[1]), np.float32)
+    return (
+        np.concatenate([f20, f5[parent_idx]], axis=1)
+        if len(f20)
+        else np.zeros((0, f20.shape[1] + f5.shape[1]), np.float32)
+    )

@@ -49,7 +49,9 @@ class SlideLock:
             if same:
                 self._fd = fd
                 os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()} {os.uname().nodename if hasattr(os, 'uname') else ''}\n".encode())
+                os.write(
+                    fd, f"{os.getpid()} {os.uname().nodename if hasattr(os, 'uname') else ''}\n".encode()
+                )
                 return True
             os.close(fd)
 

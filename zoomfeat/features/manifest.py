@@ -17,7 +17,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".qptiff")
+SLIDE_EXTENSIONS = (
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".vms",
+    ".vmu",
+    ".scn",
+    ".mrxs",
+    ".svslide",
+    ".bif",
+    ".qptiff",
+)
 PATH_COLUMNS = ("path", "slide_path", "slide", "wsi", "filename", "file")
 
 
@@ -40,7 +52,9 @@ def read_manifest(csv_path: str | Path) -> list[SlideSpec]:
     table = pd.read_csv(csv_path)
     col = next((c for c in PATH_COLUMNS if c in table.columns), None)
     if col is None:
-        raise ValueError(f"manifest {csv_path} needs a slide path column (one of {', '.join(PATH_COLUMNS)}); it has {list(table.columns)}")
+        raise ValueError(
+            f"manifest {csv_path} needs a slide path column (one of {', '.join(PATH_COLUMNS)}); it has {list(table.columns)}"
+        )
     specs = []
     for _, row in table.iterrows():
         p = Path(str(row[col])).expanduser()
@@ -63,13 +77,19 @@ def discover(inputs: Iterable[str | Path]) -> list[SlideSpec]:
     for item in inputs:
         p = Path(str(item)).expanduser()
         if p.is_dir():
-            found = [SlideSpec(f) for f in sorted(p.iterdir()) if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in SLIDE_EXTENSIONS]
+            found = [
+                SlideSpec(f)
+                for f in sorted(p.iterdir())
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in SLIDE_EXTENSIONS
+            ]
         elif p.suffix.lower() == ".csv" and p.is_file():
             found = read_manifest(p)
         elif p.exists():
             found = [SlideSpec(p)]
         else:
-            raise FileNotFoundError(f"input {p} does not exist (give slide files, directories of slides or manifest CSVs)")
+            raise FileNotFoundError(
+                f"input {p} does not exist (give slide files, directories of slides or manifest CSVs)"
+            )
         for spec in found:
             key = spec.path.resolve() if spec.path.exists() else spec.path.absolute()
             old = specs.get(key)
@@ -91,7 +111,10 @@ def check_unique_ids(specs: Sequence[SlideSpec]) -> None:
             clashes.append(f"{seen[s.slide_id]} and {s.path}")
         seen.setdefault(s.slide_id, s.path)
     if clashes:
-        raise ValueError("slides with the same file name (slide id) would overwrite each other's bags: " + "; ".join(clashes[:10]))
+        raise ValueError(
+            "slides with the same file name (slide id) would overwrite each other's bags: "
+            + "; ".join(clashes[:10])
+        )
 
 
 def shard(specs: Sequence[SlideSpec], index: int = 0, count: int = 1) -> list[SlideSpec]:

@@ -23,7 +23,9 @@ def tile_seed(seed: int, slide_id: str, magnification: float, x: int, y: int) ->
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & _MASK63
 
 
-def tile_noise(seed: int, slide_id: str, magnification: float, x: int, y: int, shape: tuple[int, ...], draws: int = 1) -> torch.Tensor:
+def tile_noise(
+    seed: int, slide_id: str, magnification: float, x: int, y: int, shape: tuple[int, ...], draws: int = 1
+) -> torch.Tensor:
     """Standard normal noise (draws, *shape) float32 for one tile (draw j is the j-th block of the stream)."""
     g = torch.Generator(device="cpu")
     g.manual_seed(tile_seed(seed, slide_id, magnification, x, y))

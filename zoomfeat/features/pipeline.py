@@ -98,7 +98,15 @@ _MODEL_CACHE: dict[tuple, tuple[Any, Any]] = {}
 
 def load_models(cfg: ExtractConfig, device: torch.device) -> tuple[Any, Any]:
     """(ZoomLDM, encoder) in eval mode on ``device``; the last pair is cached per process."""
-    key = (cfg.model, cfg.model_checkpoint, cfg.encoder, cfg.encoder_checkpoint, cfg.allow_random_weights, str(device), cfg.compile)
+    key = (
+        cfg.model,
+        cfg.model_checkpoint,
+        cfg.encoder,
+        cfg.encoder_checkpoint,
+        cfg.allow_random_weights,
+        str(device),
+        cfg.compile,
+    )
     if key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     _MODEL_CACHE.clear()
@@ -106,7 +114,12 @@ def load_models(cfg: ExtractConfig, device: torch.device) -> tuple[Any, Any]:
     from zoomfeat.model import ZoomLDM
 
     # The tiny configs exist for tests and the demo: a seeded random init is always fine there.
-    model = ZoomLDM.load(cfg.model_checkpoint, config=cfg.model, allow_random_weights=cfg.allow_random_weights or cfg.model == "tiny", seed=0)
+    model = ZoomLDM.load(
+        cfg.model_checkpoint,
+        config=cfg.model,
+        allow_random_weights=cfg.allow_random_weights or cfg.model == "tiny",
+        seed=0,
+    )
 
     def check(embed_dim: int) -> None:
         if int(model.ssl_channels) != int(embed_dim):
@@ -118,7 +131,9 @@ def load_models(cfg: ExtractConfig, device: torch.device) -> tuple[Any, Any]:
 
     if cfg.encoder in EMBED_DIM:
         check(EMBED_DIM[cfg.encoder])  # before building a 300M-parameter encoder for nothing
-    encoder = build_encoder(cfg.encoder, cfg.encoder_checkpoint, allow_random_weights=cfg.allow_random_weights)
+    encoder = build_encoder(
+        cfg.encoder, cfg.encoder_checkpoint, allow_random_weights=cfg.allow_random_weights
+    )
     check(encoder.embed_dim)
     model = model.eval().requires_grad_(False).to(device)
     encoder = encoder.eval().requires_grad_(False).to(device)
@@ -172,8 +187,17 @@ class _Piece:
         def cut(t, a, b):
             return None if t is None else t[a:b]
 
-        head = _Piece(self.parent, self.start, self.images[:n], self.mag, cut(self.grids, 0, n), cut(self.noise, 0, n))
-        tail = _Piece(self.parent, self.start + n, self.images[n:], self.mag, cut(self.grids, n, None), cut(self.noise, n, None))
+        head = _Piece(
+            self.parent, self.start, self.images[:n], self.mag, cut(self.grids, 0, n), cut(self.noise, 0, n)
+        )
+        tail = _Piece(
+            self.parent,
+            self.start + n,
+            self.images[n:],
+            self.mag,
+            cut(self.grids, n, None),
+            cut(self.noise, n, None),
+        )
         return head, tail
 
 
@@ -266,7 +290,14 @@ class Extractor:
         tap_dims = self.model.tap_channels(self.taps)  # validates the names without running
         self.tap_dims = {name: int(tap_dims[name]) for name in self.taps}
         dz, du = sum(self.tap_dims.values()), int(self.encoder.embed_dim)
-        self.dims = {"zoomldm_20x": dz, "zoomldm_5x": dz, "zoomldm_fused": 2 * dz, "uni_20x": du, "uni_5x": du, "uni_fused": 2 * du}
+        self.dims = {
+            "zoomldm_20x": dz,
+            "zoomldm_5x": dz,
+            "zoomldm_fused": 2 * dz,
+            "uni_20x": du,
+            "uni_5x": du,
+            "uni_fused": 2 * du,
+        }
         down = self.model.image_size // self.model.latent_size  # VQ-f4
         self.latent_shape = (int(self.model.latent_channels), cfg.tile_px // down, cfg.tile_px // down)
         recipe = cfg.recipe()
@@ -281,7 +312,9 @@ class Extractor:
     @staticmethod
     def _mag_index(mag: float) -> int:
         if float(mag) not in MAG_INDEX:
-            raise ValueError(f"magnification {mag:g}x has no ZoomLDM conditioning index (have {sorted(MAG_INDEX, reverse=True)})")
+            raise ValueError(
+                f"magnification {mag:g}x has no ZoomLDM conditioning index (have {sorted(MAG_INDEX, reverse=True)})"
+            )
         return MAG_INDEX[float(mag)]
 
     # ----------------------------------------------------------------------------- model calls
@@ -293,7 +326,9 @@ class Extractor:
             return self.encoder(x).float()
 
     @torch.inference_mode()
-    def zoomldm_features(self, images: torch.Tensor, contexts: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def zoomldm_features(
+        self, images: torch.Tensor, contexts: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
         """Pooled tap features (B, D) of uint8 tiles given contexts (B, 65, C) and noise (B, k, 3, h, w)."""
         # uint8 NHWC -> float NCHW in [-1, 1]. The layout matters on CPU: torch's channels_last
         # GroupNorm CPU kernel is inaccurate (errors up to ~0.3 on the VQ encoder's first
@@ -364,7 +399,11 @@ class Extractor:
         if not old:
             return f"written by another tool or version (config hash {attrs.get('config_hash', 'none')} vs {self.config_hash})"
         keys = sorted(set(old) | set(self.recipe))
-        diffs = [f"{k}: {old.get(k)!r} -> {self.recipe.get(k)!r}" for k in keys if canonical_json(old.get(k)) != canonical_json(self.recipe.get(k))]
+        diffs = [
+            f"{k}: {old.get(k)!r} -> {self.recipe.get(k)!r}"
+            for k in keys
+            if canonical_json(old.get(k)) != canonical_json(self.recipe.get(k))
+        ]
         return "; ".join(diffs) or f"config hash {attrs.get('config_hash')} vs {self.config_hash}"
 
     def check_reusable(self, out_dir: str | Path, slide_id: str) -> str:
@@ -446,12 +485,38 @@ class Extractor:
         dz, du = self.dims["zoomldm_20x"], self.dims["uni_20x"]
         fused = "concat(20x tile feature, its 5x parent's feature)"
         return {
-            "zoomldm_20x": {"encoder": z, "target_magnification": 20, "description": "ZoomLDM 20x tile (own 1x1 UNI grid, mag 0)"},
-            "zoomldm_5x": {"encoder": z, "target_magnification": 5, "description": "ZoomLDM 5x tile (4x4 children UNI grid, mag 2)"},
-            "zoomldm_fused": {"encoder": z, "target_magnification": 20, "description": fused, "split": json.dumps([dz, dz])},
-            "uni_20x": {"encoder": u, "target_magnification": 20, "description": f"{u} class token of the 20x tile"},
-            "uni_5x": {"encoder": u, "target_magnification": 5, "description": f"{u} class token of the 5x tile"},
-            "uni_fused": {"encoder": u, "target_magnification": 20, "description": fused, "split": json.dumps([du, du])},
+            "zoomldm_20x": {
+                "encoder": z,
+                "target_magnification": 20,
+                "description": "ZoomLDM 20x tile (own 1x1 UNI grid, mag 0)",
+            },
+            "zoomldm_5x": {
+                "encoder": z,
+                "target_magnification": 5,
+                "description": "ZoomLDM 5x tile (4x4 children UNI grid, mag 2)",
+            },
+            "zoomldm_fused": {
+                "encoder": z,
+                "target_magnification": 20,
+                "description": fused,
+                "split": json.dumps([dz, dz]),
+            },
+            "uni_20x": {
+                "encoder": u,
+                "target_magnification": 20,
+                "description": f"{u} class token of the 20x tile",
+            },
+            "uni_5x": {
+                "encoder": u,
+                "target_magnification": 5,
+                "description": f"{u} class token of the 5x tile",
+            },
+            "uni_fused": {
+                "encoder": u,
+                "target_magnification": 20,
+                "description": fused,
+                "split": json.dumps([du, du]),
+            },
         }
 
     def _extract_locked(self, slide, out_dir: str | Path, result: SlideResult) -> dict[str, Path]:
@@ -460,7 +525,14 @@ class Extractor:
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            grid = TileGrid.build(slide, tile_px=cfg.tile_px, mag=cfg.mag, parent_mag=cfg.parent_mag, min_tissue=cfg.min_tissue, progress=False)
+            grid = TileGrid.build(
+                slide,
+                tile_px=cfg.tile_px,
+                mag=cfg.mag,
+                parent_mag=cfg.parent_mag,
+                min_tissue=cfg.min_tissue,
+                progress=False,
+            )
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         kept = grid.children.kept
@@ -490,7 +562,9 @@ class Extractor:
         if cfg.preview:
             from zoomfeat.features.preview import save_preview
 
-            paths["preview"] = save_preview(slide, grid, paths, Path(out_dir) / "previews" / f"{slide.slide_id}.png")
+            paths["preview"] = save_preview(
+                slide, grid, paths, Path(out_dir) / "previews" / f"{slide.slide_id}.png"
+            )
         return paths
 
     def _run(self, slide, grid, writer: SlideBagWriter) -> None:
@@ -498,7 +572,9 @@ class Extractor:
         P = len(grid.parents)
         kept = grid.children.kept.reshape(P, CHILDREN)
         noise = NoiseSpec(cfg.seed, slide.slide_id, self.latent_shape, cfg.ensemble)
-        loader = parent_loader(ParentRegions(slide, grid, noise), cfg.workers_for(dev.type), pin_memory=dev.type == "cuda")
+        loader = parent_loader(
+            ParentRegions(slide, grid, noise), cfg.workers_for(dev.type), pin_memory=dev.type == "cuda"
+        )
         bs = cfg.batch_size
         mag20, mag5 = self.mag_index
         qa: deque[_Piece] = deque()  # stage A: UNI
@@ -529,7 +605,16 @@ class Extractor:
             rows_i = np.flatnonzero(kept[i])
             if len(rows_i):
                 g20 = st.emb[torch.as_tensor(rows_i, device=dev)][:, :, None, None]
-                qb.append(_Piece(i, 0, item["children"][torch.as_tensor(rows_i, device=dev)], mag20, g20, item["noise20"]))
+                qb.append(
+                    _Piece(
+                        i,
+                        0,
+                        item["children"][torch.as_tensor(rows_i, device=dev)],
+                        mag20,
+                        g20,
+                        item["noise20"],
+                    )
+                )
             g5 = st.emb[:CHILDREN].reshape(4, 4, -1).permute(2, 0, 1)[None]
             qb.append(_Piece(i, -1, item["parent"][None], mag5, g5, item["noise5"][None]))
 
@@ -537,7 +622,9 @@ class Extractor:
             nonlocal next_parent
             t = time.perf_counter()
             ctx = self.contexts([p.grids for p in pieces], [p.mag for p in pieces])
-            feats = self.zoomldm_features(torch.cat([p.images for p in pieces]), ctx, torch.cat([p.noise for p in pieces]))
+            feats = self.zoomldm_features(
+                torch.cat([p.images for p in pieces]), ctx, torch.cat([p.noise for p in pieces])
+            )
             sync()
             timings["zoomldm"] += time.perf_counter() - t
             pos = 0
@@ -552,7 +639,11 @@ class Extractor:
                         st.f20 = torch.empty((st.n_kept, f.shape[1]), device=dev)
                     st.f20[p.start : p.start + len(p)] = f
                     st.n20 += len(p)
-            while next_parent in states and states[next_parent].f5 is not None and states[next_parent].n20 == states[next_parent].n_kept:
+            while (
+                next_parent in states
+                and states[next_parent].f5 is not None
+                and states[next_parent].n20 == states[next_parent].n_kept
+            ):
                 finish(next_parent)
                 next_parent += 1
 
@@ -567,7 +658,14 @@ class Extractor:
 
         items: dict[int, dict] = {}
         total = int(kept.sum()) + P
-        with tqdm(total=total, desc=slide.slide_id, unit="tile", leave=False, position=1, **({} if cfg.progress else {"disable": True})) as pbar:
+        with tqdm(
+            total=total,
+            desc=slide.slide_id,
+            unit="tile",
+            leave=False,
+            position=1,
+            **({} if cfg.progress else {"disable": True}),
+        ) as pbar:
             it = iter(loader)
             while True:
                 t = time.perf_counter()
@@ -575,9 +673,14 @@ class Extractor:
                 timings["wait"] += time.perf_counter() - t
                 if batch is not None:
                     i = int(batch["index"])
-                    item = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                    item = {
+                        k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v)
+                        for k, v in batch.items()
+                    }
                     items[i] = item
-                    states[i] = _ParentState(int(kept[i].sum()), torch.empty((CHILDREN + 1, self.dims["uni_20x"]), device=dev))
+                    states[i] = _ParentState(
+                        int(kept[i].sum()), torch.empty((CHILDREN + 1, self.dims["uni_20x"]), device=dev)
+                    )
                     qa.append(_Piece(i, 0, torch.cat([item["children"], item["parent"][None]])))
                 # full batches while there are enough tiles; everything left once input ends
                 while _queued(qa) >= bs or (batch is None and qa):
@@ -591,7 +694,9 @@ class Extractor:
             raise RuntimeError(f"{slide.path}: internal error, {len(states)} parent(s) unfinished")
 
 
-def extract_slide(path: str | Path, out_dir: str | Path, mpp: float | None = None, **config: Any) -> dict[str, Path]:
+def extract_slide(
+    path: str | Path, out_dir: str | Path, mpp: float | None = None, **config: Any
+) -> dict[str, Path]:
     """Extract one slide; returns ``{feature_set | "patches_20x" | "patches_5x" [| "preview"]: path}``.
 
     ``config`` takes :class:`~zoomfeat.features.config.ExtractConfig` fields (``model="tiny"``,
@@ -604,5 +709,7 @@ def extract_slide(path: str | Path, out_dir: str | Path, mpp: float | None = Non
     extractor = Extractor(ExtractConfig.from_kwargs(**config))
     result = extractor.extract(path, out_dir, mpp=mpp)
     if result.status == "locked":
-        raise BlockingIOError(f"{path}: another process is extracting this slide right now (lock in {out_dir}/.locks)")
+        raise BlockingIOError(
+            f"{path}: another process is extracting this slide right now (lock in {out_dir}/.locks)"
+        )
     return result.paths

@@ -32,12 +32,23 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
     return np.clip((comps - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
 
 
-def _paint(thumb: np.ndarray, coords: np.ndarray, size_level0: float, colours: np.ndarray, dx: float, dy: float, alpha: float = 0.8) -> np.ndarray:
+def _paint(
+    thumb: np.ndarray,
+    coords: np.ndarray,
+    size_level0: float,
+    colours: np.ndarray,
+    dx: float,
+    dy: float,
+    alpha: float = 0.8,
+) -> np.ndarray:
     out = thumb.astype(np.float32) / 255.0
     h, w = out.shape[:2]
     for (x, y), c in zip(coords, colours):
         x0, y0 = int(x / dx), int(y / dy)
-        x1, y1 = max(x0 + 1, int(np.ceil((x + size_level0) / dx))), max(y0 + 1, int(np.ceil((y + size_level0) / dy)))
+        x1, y1 = (
+            max(x0 + 1, int(np.ceil((x + size_level0) / dx))),
+            max(y0 + 1, int(np.ceil((y + size_level0) / dy))),
+        )
         out[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] *= 1 - alpha
         out[max(0, y0) : min(h, y1), max(0, x0) : min(w, x1)] += alpha * np.asarray(c, np.float32)
     return (out * 255).astype(np.uint8)
@@ -54,18 +65,32 @@ def save_preview(slide, grid, paths: Mapping[str, Path], png_path: str | Path, m
     png_path.parent.mkdir(parents=True, exist_ok=True)
     W, H = slide.dimensions
     thumb, dx, dy = slide.thumbnail(slide.mpp * max(1.0, max(W, H) / max_px), max_px=max_px, progress=False)
-    panels = [("tissue (green), 5x parents (blue), 20x tiles kept (cyan) / dropped (red)", grid.overlay(slide, max_px=max_px))]
-    for name, title in (("zoomldm_20x", "ZoomLDM 20x features, PCA -> RGB"), ("uni_20x", "UNI 20x features, PCA -> RGB")):
+    panels = [
+        (
+            "tissue (green), 5x parents (blue), 20x tiles kept (cyan) / dropped (red)",
+            grid.overlay(slide, max_px=max_px),
+        )
+    ]
+    for name, title in (
+        ("zoomldm_20x", "ZoomLDM 20x features, PCA -> RGB"),
+        ("uni_20x", "UNI 20x features, PCA -> RGB"),
+    ):
         if name in paths and Path(paths[name]).is_file():
             bag = open_bag(paths[name])
-            panels.append((title, _paint(thumb, bag.coords, grid.child_size_level0, pca_rgb(bag.features), dx, dy)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.6 * H / max(W, 1) + 0.6), squeeze=False)
+            panels.append(
+                (title, _paint(thumb, bag.coords, grid.child_size_level0, pca_rgb(bag.features), dx, dy))
+            )
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 5.6 * H / max(W, 1) + 0.6), squeeze=False
+    )
     for ax, (title, img) in zip(axes[0], panels):
         ax.imshow(img)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     n20 = int(grid.children.kept.sum())
-    fig.suptitle(f"{slide.slide_id}: {len(grid.parents)} 5x tiles, {n20} 20x tiles ({slide.mpp:g} um/px)", fontsize=10)
+    fig.suptitle(
+        f"{slide.slide_id}: {len(grid.parents)} 5x tiles, {n20} 20x tiles ({slide.mpp:g} um/px)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

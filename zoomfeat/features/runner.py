@@ -111,7 +111,9 @@ def extract_slides(
                 + (" ..." if len(clashes) > 5 else "")
                 + ". Pass overwrite=true to recompute them, or choose another out_dir."
             )
-    with tqdm(mine, desc="slides", unit="slide", position=0, **({} if config.progress else {"disable": True})) as bar:
+    with tqdm(
+        mine, desc="slides", unit="slide", position=0, **({} if config.progress else {"disable": True})
+    ) as bar:
         for spec in bar:
             bar.set_postfix_str(spec.slide_id)
             try:
@@ -119,7 +121,9 @@ def extract_slides(
             except KeyboardInterrupt:
                 raise
             except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
-                result = SlideResult(str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}")
+                result = SlideResult(
+                    str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}"
+                )
             summary.results.append(result)
             msg = result.line()
             if config.progress:
@@ -128,6 +132,10 @@ def extract_slides(
                 echo(msg)
     summary.seconds = time.perf_counter() - t0
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"extract_{stamp}_pid{os.getpid()}" + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "") + ".csv"
+    name = (
+        f"extract_{stamp}_pid{os.getpid()}"
+        + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "")
+        + ".csv"
+    )
     summary.write_csv(Path(out_dir) / "logs" / name)
     return summary

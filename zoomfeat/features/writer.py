@@ -87,12 +87,17 @@ class SlideBagWriter:
         if missing:
             raise ValueError(f"dims missing for feature sets {sorted(missing)}")
         self.paths = slide_outputs(out_dir, slide_id, tile_px)
-        self.coords = {20: np.asarray(coords20, np.int64).reshape(-1, 2), 5: np.asarray(coords5, np.int64).reshape(-1, 2)}
+        self.coords = {
+            20: np.asarray(coords20, np.int64).reshape(-1, 2),
+            5: np.asarray(coords5, np.int64).reshape(-1, 2),
+        }
         self.coords_attrs = {20: dict(coords_attrs20), 5: dict(coords_attrs5)}
         self.attrs = dict(attrs)
         self.parent_idx = np.asarray(parent_idx, np.int64)
         if len(self.parent_idx) != len(self.coords[20]):
-            raise ValueError(f"{len(self.coords[20])} 20x coords but {len(self.parent_idx)} parent_idx entries")
+            raise ValueError(
+                f"{len(self.coords[20])} 20x coords but {len(self.parent_idx)} parent_idx entries"
+            )
         self.rows_written = {name: 0 for name in FEATURE_SET_MAG}
         self._files: dict[str, h5py.File] = {}
         self._tmp: dict[str, Path] = {}
@@ -106,11 +111,17 @@ class SlideBagWriter:
                 self._files[name] = f
                 n, d = len(self.coords[mag]), int(dims[name])
                 chunks = (max(1, min(chunk_rows, n)), d) if n and d else True
-                f.create_dataset("features", shape=(n, d), dtype=np.float32, chunks=chunks, maxshape=(None, d))
+                f.create_dataset(
+                    "features", shape=(n, d), dtype=np.float32, chunks=chunks, maxshape=(None, d)
+                )
                 _write_coords(f, self.coords[mag], self.coords_attrs[mag])
                 if name in SETS_20X:
                     f.create_dataset("parent_idx", data=self.parent_idx)
-                for key, value in {**self.attrs, **dict((set_attrs or {}).get(name, {})), "feature_set": name}.items():
+                for key, value in {
+                    **self.attrs,
+                    **dict((set_attrs or {}).get(name, {})),
+                    "feature_set": name,
+                }.items():
                     f.attrs[key] = _attr_value(value)
         except BaseException:
             self.abort()
@@ -121,7 +132,9 @@ class SlideBagWriter:
         rows = np.asarray(rows, dtype=np.float32)
         ds = self._files[name]["features"]
         if rows.ndim != 2 or rows.shape[1] != ds.shape[1] or start < 0 or start + len(rows) > ds.shape[0]:
-            raise ValueError(f"{self.paths[name]}: cannot write rows {start}..{start + len(rows)} of shape {rows.shape} into {ds.shape}")
+            raise ValueError(
+                f"{self.paths[name]}: cannot write rows {start}..{start + len(rows)} of shape {rows.shape} into {ds.shape}"
+            )
         if len(rows):
             ds[start : start + len(rows)] = rows
         self.rows_written[name] += len(rows)
@@ -131,14 +144,21 @@ class SlideBagWriter:
         for name, f in self._files.items():
             n = f["features"].shape[0]
             if self.rows_written[name] != n:
-                raise RuntimeError(f"{self.paths[name]}: {self.rows_written[name]} of {n} rows written; not publishing an incomplete bag")
+                raise RuntimeError(
+                    f"{self.paths[name]}: {self.rows_written[name]} of {n} rows written; not publishing an incomplete bag"
+                )
         for f in self._files.values():
             f.attrs["complete"] = True
             f.close()
         self._files.clear()
         # coords files first, the six bags last: the slide counts as done only when all exist.
         for mag in (20, 5):
-            write_patches(self.paths[f"patches_{mag}x"], self.coords[mag], self.coords_attrs[mag], {**self.attrs, "feature_set": "patches"})
+            write_patches(
+                self.paths[f"patches_{mag}x"],
+                self.coords[mag],
+                self.coords_attrs[mag],
+                {**self.attrs, "feature_set": "patches"},
+            )
         for name, tmp in list(self._tmp.items()):
             os.replace(tmp, self.paths[name])
             del self._tmp[name]

@@ -103,21 +103,33 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if len(set(feature_sets)) != len(feature_sets):
         raise ValueError(f"feature_sets lists a set twice: {feature_sets}")
     if not cfg.bags:
-        raise ValueError(f"task {cfg.task!r} has no bag source: pass task.bags=DIR (zoomfeat.extract output) or an instance CSV")
+        raise ValueError(
+            f"task {cfg.task!r} has no bag source: pass task.bags=DIR (zoomfeat.extract output) or an instance CSV"
+        )
     device = resolve_device(cfg.device)
     sources = {fs: resolve_source(cfg.bags, fs) for fs in feature_sets}
-    load_kw = dict(in_memory=cfg.in_memory, dtype=cfg.dtype, memory_fraction=cfg.memory_fraction, csv_options=cfg.csv, progress=cfg.progress)
+    load_kw = dict(
+        in_memory=cfg.in_memory,
+        dtype=cfg.dtype,
+        memory_fraction=cfg.memory_fraction,
+        csv_options=cfg.csv,
+        progress=cfg.progress,
+    )
 
     preloaded: dict[str, BagSet] = {}
     if cfg.labels:
-        cohort = read_labels(cfg.labels, cfg.slide_col, cfg.case_col, cfg.label_col, cfg.label_map, cfg.threshold)
+        cohort = read_labels(
+            cfg.labels, cfg.slide_col, cfg.case_col, cfg.label_col, cfg.label_map, cfg.threshold
+        )
         cohort = check_coverage(cohort, sources, cfg.missing_bags)
         if cohort.empty:
             raise ValueError(f"{cfg.labels}: no labelled slide has a bag in every feature set")
     else:
         first = feature_sets[0]
         if not is_instance_csv(sources[first]):
-            raise ValueError(f"task {cfg.task!r}: {sources[first]} is a bag directory, so the task needs a labels CSV (task.labels=)")
+            raise ValueError(
+                f"task {cfg.task!r}: {sources[first]} is a bag directory, so the task needs a labels CSV (task.labels=)"
+            )
         csv_kw = dict(cfg.csv)
         csv_kw.setdefault("label_map", cfg.label_map)
         preloaded[first] = load_feature_set(sources[first], first, None, **{**load_kw, "csv_options": csv_kw})
@@ -126,29 +138,69 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     if cfg.splits:
         splits = load_splits(cfg.splits, cohort)
     else:
-        splits = make_splits(cohort["slide_id"], cohort["case_id"], cohort["label"], cfg.folds, cfg.repeats, cfg.seed, cfg.val_fraction)
+        splits = make_splits(
+            cohort["slide_id"],
+            cohort["case_id"],
+            cohort["label"],
+            cfg.folds,
+            cfg.repeats,
+            cfg.seed,
+            cfg.val_fraction,
+        )
     save_splits(splits, out_dir / "splits.csv")
     keys = fold_keys(splits)
     n_cases = cohort["case_id"].nunique()
     counts = cohort["label"].value_counts().sort_index().to_dict()
-    log.info("task %s: %d slides, %d patients, labels %s; %d folds x %d repeats; device %s", cfg.task, len(cohort), n_cases, counts, len({f for _, f in keys}), len({r for r, _ in keys}), device)
+    log.info(
+        "task %s: %d slides, %d patients, labels %s; %d folds x %d repeats; device %s",
+        cfg.task,
+        len(cohort),
+        n_cases,
+        counts,
+        len({f for _, f in keys}),
+        len({r for r, _ in keys}),
+        device,
+    )
 
     records: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
     pred_path = out_dir / "predictions.csv"
-    bar = tqdm(total=len(feature_sets) * len(keys), desc=f"bench {cfg.task}", unit="fold", disable=not cfg.progress)
+    bar = tqdm(
+        total=len(feature_sets) * len(keys), desc=f"bench {cfg.task}", unit="fold", disable=not cfg.progress
+    )
     for fs in feature_sets:
         bags = preloaded.pop(fs, None) or load_feature_set(sources[fs], fs, cohort, **load_kw)
         feeder = BagFeeder(bags, device)
-        log.info("%s: %d bags, %d features, %d instances (%s, %s)", fs, len(bags), bags.dim, int(bags.n_instances.sum()), "in memory" if bags.in_memory else "read from disk", bags.source)
+        log.info(
+            "%s: %d bags, %d features, %d instances (%s, %s)",
+            fs,
+            len(bags),
+            bags.dim,
+            int(bags.n_instances.sum()),
+            "in memory" if bags.in_memory else "read from disk",
+            bags.source,
+        )
         for repeat, fold in keys:
             parts = fold_parts(splits, repeat, fold)
             train_idx, val_idx, test_idx = (bags.index(parts[p]) for p in ("train", "val", "test"))
             if len(test_idx) == 0 or len(train_idx) == 0:
-                warnings.warn(f"{fs}: repeat {repeat} fold {fold} has no usable train or test bags; skipped", BenchWarning, stacklevel=2)
+                warnings.warn(
+                    f"{fs}: repeat {repeat} fold {fold} has no usable train or test bags; skipped",
+                    BenchWarning,
+                    stacklevel=2,
+                )
                 bar.update()
                 continue
-            result = train_fold(bags, train_idx, val_idx, cfg.mil, seed=fold_seed(cfg.seed, repeat, fold), device=device, progress=cfg.progress, desc=f"{fs} r{repeat} f{fold}")
+            result = train_fold(
+                bags,
+                train_idx,
+                val_idx,
+                cfg.mil,
+                seed=fold_seed(cfg.seed, repeat, fold),
+                device=device,
+                progress=cfg.progress,
+                desc=f"{fs} r{repeat} f{fold}",
+            )
             probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
             y = bags.labels[test_idx]
             metrics = binary_metrics(y, probs)
@@ -171,14 +223,42 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             for k, i in enumerate(test_idx):
                 sid = bags.slide_ids[i]
                 fold_preds.append(
-                    {"feature_set": fs, "repeat": repeat, "fold": fold, "slide_id": sid, "case_id": bags.case_ids[i], "label": int(y[k]), "prob": float(probs[k]), "pred": int(probs[k] >= 0.5), "n_instances": int(bags.n_instances[i])}
+                    {
+                        "feature_set": fs,
+                        "repeat": repeat,
+                        "fold": fold,
+                        "slide_id": sid,
+                        "case_id": bags.case_ids[i],
+                        "label": int(y[k]),
+                        "prob": float(probs[k]),
+                        "pred": int(probs[k] >= 0.5),
+                        "n_instances": int(bags.n_instances[i]),
+                    }
                 )
-                slides[sid] = {"attention_logits": atts[k], "coords": bags.get_coords(i), "label": int(y[k]), "prob": float(probs[k]), "case_id": bags.case_ids[i]}
+                slides[sid] = {
+                    "attention_logits": atts[k],
+                    "coords": bags.get_coords(i),
+                    "label": int(y[k]),
+                    "prob": float(probs[k]),
+                    "case_id": bags.case_ids[i],
+                }
             predictions += fold_preds
             pd.DataFrame(predictions, columns=list(PREDICTION_COLUMNS)).to_csv(pred_path, index=False)
             if cfg.save_attention:
-                write_attention(out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5", slides, {"feature_set": fs, "repeat": repeat, "fold": fold, "task": cfg.task})
-            log.info("%s repeat %d fold %d: %s (best epoch %d, %.1fs)", fs, repeat, fold, ", ".join(f"{m}={metrics[m]:.3f}" for m in METRICS), result.best_epoch, result.seconds)
+                write_attention(
+                    out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5",
+                    slides,
+                    {"feature_set": fs, "repeat": repeat, "fold": fold, "task": cfg.task},
+                )
+            log.info(
+                "%s repeat %d fold %d: %s (best epoch %d, %.1fs)",
+                fs,
+                repeat,
+                fold,
+                ", ".join(f"{m}={metrics[m]:.3f}" for m in METRICS),
+                result.best_epoch,
+                result.seconds,
+            )
             bar.set_postfix(set=fs, auc=f"{metrics['auc']:.3f}")
             bar.update()
         del bags, feeder
@@ -195,14 +275,29 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         f"(patience {cfg.mil.patience}), class-balanced loss, instance standardisation={cfg.mil.standardize}.",
         "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
     ]
-    paths = write_report(out_dir, folds, cfg.baseline if cfg.baseline in feature_sets and len(feature_sets) > 1 else None, title, notes, feature_sets)
+    paths = write_report(
+        out_dir,
+        folds,
+        cfg.baseline if cfg.baseline in feature_sets and len(feature_sets) > 1 else None,
+        title,
+        notes,
+        feature_sets,
+    )
     paths["predictions"] = pred_path
     paths["splits"] = out_dir / "splits.csv"
     run_info = {
         "task": cfg.task,
-        "config": {**{k: v for k, v in asdict(cfg).items() if k != "mil"}, "mil": cfg.mil.to_dict(), "out_dir": str(out_dir)},
+        "config": {
+            **{k: v for k, v in asdict(cfg).items() if k != "mil"},
+            "mil": cfg.mil.to_dict(),
+            "out_dir": str(out_dir),
+        },
         "sources": {fs: str(p) for fs, p in sources.items()},
-        "cohort": {"slides": len(cohort), "patients": int(n_cases), "labels": {str(k): int(v) for k, v in counts.items()}},
+        "cohort": {
+            "slides": len(cohort),
+            "patients": int(n_cases),
+            "labels": {str(k): int(v) for k, v in counts.items()},
+        },
         "device": str(device),
         "versions": _versions(),
         "seconds": round(time.perf_counter() - start, 1),

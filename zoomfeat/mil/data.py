@@ -82,7 +82,9 @@ def map_labels(
         numeric = pd.to_numeric(values, errors="coerce")
         bad = values[numeric.isna() & values.notna()]
         if len(bad):
-            raise ValueError(f"{source}: column {column!r} must be numeric for threshold={threshold}; got {_preview(sorted(set(map(str, bad))), 5)}")
+            raise ValueError(
+                f"{source}: column {column!r} must be numeric for threshold={threshold}; got {_preview(sorted(set(map(str, bad))), 5)}"
+            )
         labels = (numeric >= float(threshold)).astype(np.float64).where(numeric.notna())
         names = labels.map(lambda v: None if pd.isna(v) else (f">={threshold:g}" if v else f"<{threshold:g}"))
         return labels, names
@@ -94,12 +96,16 @@ def map_labels(
         labels = names.map(lambda v: np.nan if pd.isna(v) else mapping.get(v, np.nan)).astype(np.float64)
         unmapped = sorted({v for v in names.dropna() if v not in mapping})
         if unmapped:
-            _warn(f"{source}: {int(names.isin(unmapped).sum())} row(s) with {column!r} values not in label_map are left out: {_preview(unmapped, 10)} (label_map: {mapping})")
+            _warn(
+                f"{source}: {int(names.isin(unmapped).sum())} row(s) with {column!r} values not in label_map are left out: {_preview(unmapped, 10)} (label_map: {mapping})"
+            )
         return labels, names
     allowed = {"0", "1"}
     present = sorted(set(names.dropna()))
     if not set(present) <= allowed:
-        raise ValueError(f"{source}: column {column!r} holds {_preview(present, 10)}; give task.label_map (value: 0/1) or task.threshold")
+        raise ValueError(
+            f"{source}: column {column!r} holds {_preview(present, 10)}; give task.label_map (value: 0/1) or task.threshold"
+        )
     return names.map(lambda v: np.nan if pd.isna(v) else float(v)).astype(np.float64), names
 
 
@@ -124,19 +130,25 @@ def read_labels(
     wanted = [c for c in (slide_col, case_col, label_col) if c is not None]
     missing = [c for c in wanted if c not in table.columns]
     if missing:
-        raise ValueError(f"{path}: no column(s) {missing} (columns: {list(table.columns)}); set task.slide_col / task.case_col / task.label_col")
+        raise ValueError(
+            f"{path}: no column(s) {missing} (columns: {list(table.columns)}); set task.slide_col / task.case_col / task.label_col"
+        )
     labels, names = map_labels(table[label_col], label_map, threshold, str(path), label_col)
     cohort = pd.DataFrame(
         {
             "slide_id": table[slide_col].astype(str).str.strip(),
-            "case_id": table[case_col].astype(str).str.strip() if case_col else table[slide_col].astype(str).str.strip(),
+            "case_id": table[case_col].astype(str).str.strip()
+            if case_col
+            else table[slide_col].astype(str).str.strip(),
             "label": labels,
             "label_name": names,
         }
     )
     no_label = cohort["label"].isna() & cohort["label_name"].isna()
     if no_label.any():
-        _warn(f"{path}: {int(no_label.sum())} row(s) have no {label_col!r} value and are left out: {_preview(cohort.loc[no_label, 'slide_id'])}")
+        _warn(
+            f"{path}: {int(no_label.sum())} row(s) have no {label_col!r} value and are left out: {_preview(cohort.loc[no_label, 'slide_id'])}"
+        )
     cohort = cohort[cohort["label"].notna()]
     conflicts = cohort.groupby("slide_id")["label"].nunique()
     conflicts = conflicts[conflicts > 1].index.tolist()
@@ -178,14 +190,18 @@ def resolve_source(bags: str | Path, feature_set: str) -> Path:
         return root
     if not root.exists():
         raise FileNotFoundError(f"no bag source at {root} (task.bags=)")
-    raise FileNotFoundError(f"no bags for feature set {feature_set!r} under {root}; looked for {[str(t) for t in tried]}")
+    raise FileNotFoundError(
+        f"no bags for feature set {feature_set!r} under {root}; looked for {[str(t) for t in tried]}"
+    )
 
 
 def is_instance_csv(source: Path) -> bool:
     return source.is_file() and source.suffix.lower() in (".csv", ".tsv", ".txt", ".gz")
 
 
-def check_coverage(cohort: pd.DataFrame, sources: Mapping[str, Path], missing_bags: str = "error") -> pd.DataFrame:
+def check_coverage(
+    cohort: pd.DataFrame, sources: Mapping[str, Path], missing_bags: str = "error"
+) -> pd.DataFrame:
     """Check every labelled slide has a bag in every bag-directory source.
 
     ``missing_bags="error"``: a FileNotFoundError listing them; ``"drop"``: leave those slides
@@ -204,12 +220,16 @@ def check_coverage(cohort: pd.DataFrame, sources: Mapping[str, Path], missing_ba
             absent[feature_set] = lacking
         unlabelled = sorted(set(have) - set(cohort["slide_id"]))
         if unlabelled:
-            _warn(f"{len(unlabelled)} bag(s) in {source} have no label and are ignored: {_preview(unlabelled, 10)}")
+            _warn(
+                f"{len(unlabelled)} bag(s) in {source} have no label and are ignored: {_preview(unlabelled, 10)}"
+            )
     if absent:
         lines = "; ".join(f"{fs} ({sources[fs]}): {_preview(ids)}" for fs, ids in absent.items())
         if missing_bags == "error":
             n = len(set().union(*absent.values()))
-            raise FileNotFoundError(f"{n} labelled slide(s) have no bag: {lines}. Extract them, or pass task.missing_bags=drop to leave them out")
+            raise FileNotFoundError(
+                f"{n} labelled slide(s) have no bag: {lines}. Extract them, or pass task.missing_bags=drop to leave them out"
+            )
         drop = set().union(*absent.values())
         _warn(f"leaving out {len(drop)} labelled slide(s) with no bag: {lines}")
         cohort = cohort[~cohort["slide_id"].isin(drop)].reset_index(drop=True)
@@ -287,7 +307,9 @@ def _check_dims(dims: Mapping[str, int], source: Path) -> int:
     distinct = sorted(set(dims.values()))
     if len(distinct) > 1:
         examples = {d: [s for s, v in dims.items() if v == d][:3] for d in distinct}
-        raise ValueError(f"{source}: bags of one feature set have different feature widths {distinct} (e.g. {examples}); re-extract them with one config")
+        raise ValueError(
+            f"{source}: bags of one feature set have different feature widths {distinct} (e.g. {examples}); re-extract them with one config"
+        )
     return distinct[0]
 
 
@@ -313,15 +335,21 @@ def load_bag_dir(
     have = list_bags(bag_dir)
     lacking = [s for s in cohort["slide_id"] if s not in have]
     if lacking:
-        raise FileNotFoundError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {_preview(lacking)}")
+        raise FileNotFoundError(
+            f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {_preview(lacking)}"
+        )
     paths = [have[s] for s in cohort["slide_id"]]
     if in_memory == "auto":
         estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // 4
         in_memory = _fits_in_memory(estimate, memory_fraction)
         if not in_memory:
-            _warn(f"{feature_set}: bags (~{estimate / 2**30:.1f} GiB as {dtype}) do not fit in memory; reading them from {bag_dir} on each access")
+            _warn(
+                f"{feature_set}: bags (~{estimate / 2**30:.1f} GiB as {dtype}) do not fit in memory; reading them from {bag_dir} on each access"
+            )
     keep, bags, coords, dims, sizes, empty = [], [], [], {}, [], []
-    for row, path in enumerate(tqdm(paths, desc=f"load {feature_set}", unit="bag", disable=not progress, leave=False)):
+    for row, path in enumerate(
+        tqdm(paths, desc=f"load {feature_set}", unit="bag", disable=not progress, leave=False)
+    ):
         bag = open_bag(path, np.float32)
         slide = cohort["slide_id"].iloc[row]
         dims[slide] = bag.features.shape[1]
@@ -403,7 +431,9 @@ def load_instance_csv(
     if not feat_cols:
         raise ValueError(f"{path}: no feature columns after the label and bag id columns")
     dtype = np.dtype(dtype)
-    bag_ids = table[bag].map(lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v))
+    bag_ids = table[bag].map(
+        lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+    )
     features = table[feat_cols].to_numpy(dtype=np.float32)
     order = list(dict.fromkeys(bag_ids))
     rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in order}
@@ -411,7 +441,9 @@ def load_instance_csv(
         per_bag = table.groupby(bag_ids)[lab].nunique()
         mixed = per_bag[per_bag > 1].index.tolist()
         if mixed:
-            raise ValueError(f"{path}: bag(s) {_preview(mixed, 10)} have instances with different labels; column {label_col} must be the bag label")
+            raise ValueError(
+                f"{path}: bag(s) {_preview(mixed, 10)} have instances with different labels; column {label_col} must be the bag label"
+            )
         first = table.groupby(bag_ids, sort=False)[lab].first()
         labels, names = map_labels(first, label_map, None, str(path), str(lab))
         keep = [b for b in order if not np.isnan(labels[b])]
@@ -422,7 +454,9 @@ def load_instance_csv(
             raise FileNotFoundError(f"{len(lacking)} labelled bag(s) are not in {path}: {_preview(lacking)}")
         unlabelled = sorted(set(order) - set(cohort["slide_id"]))
         if unlabelled:
-            _warn(f"{len(unlabelled)} bag(s) in {path} have no label and are ignored: {_preview(unlabelled, 10)}")
+            _warn(
+                f"{len(unlabelled)} bag(s) in {path} have no label and are ignored: {_preview(unlabelled, 10)}"
+            )
     slide_ids = cohort["slide_id"].astype(str).tolist()
     return BagSet(
         feature_set=feature_set,
@@ -452,4 +486,12 @@ def load_feature_set(
         return load_instance_csv(source, feature_set, cohort, dtype=dtype, **dict(csv_options or {}))
     if cohort is None:
         raise ValueError(f"{source} is a bag directory: the task needs a labels CSV (task.labels=)")
-    return load_bag_dir(source, cohort, feature_set, in_memory=in_memory, dtype=dtype, memory_fraction=memory_fraction, progress=progress)
+    return load_bag_dir(
+        source,
+        cohort,
+        feature_set,
+        in_memory=in_memory,
+        dtype=dtype,
+        memory_fraction=memory_fraction,
+        progress=progress,
+    )

@@ -23,7 +23,9 @@ METRICS = ("auc", "balanced_accuracy", "f1", "accuracy")
 METRIC_LABELS = {"auc": "AUC", "balanced_accuracy": "Balanced accuracy", "f1": "F1", "accuracy": "Accuracy"}
 
 
-def binary_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5
+) -> dict[str, float]:
     """AUC, balanced accuracy, F1 (positive class 1) and accuracy of one set of predictions.
 
     AUC is NaN when ``y_true`` holds a single class (it is undefined there).
@@ -60,7 +62,13 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, fl
     x = x[~np.isnan(x)]
     n = len(x)
     if n == 0:
-        return {"mean": float("nan"), "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+        return {
+            "mean": float("nan"),
+            "std": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "n": 0,
+        }
     mean = float(x.mean())
     if n == 1:
         return {"mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 1}
@@ -91,7 +99,9 @@ def corrected_paired_ttest(diffs: Sequence[float], test_train_ratio: float) -> t
     return float(t), p
 
 
-def paired_comparison(values: Sequence[float], baseline: Sequence[float], test_train_ratio: float) -> dict[str, float]:
+def paired_comparison(
+    values: Sequence[float], baseline: Sequence[float], test_train_ratio: float
+) -> dict[str, float]:
     """Compare a feature set with the baseline over the same folds (pairs with a NaN dropped).
 
     Returns ``diff_mean`` (set - baseline), ``t`` and ``p_corrected_t`` (Nadeau-Bengio),

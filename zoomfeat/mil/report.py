@@ -29,7 +29,17 @@ from zoomfeat.mil.metrics import METRIC_LABELS, METRICS, paired_comparison, summ
 
 FOLD_COLUMNS = ("feature_set", "repeat", "fold", *METRICS)
 SUMMARY_COLUMNS = ("feature_set", "metric", "mean", "std", "ci_low", "ci_high", "n")
-PREDICTION_COLUMNS = ("feature_set", "repeat", "fold", "slide_id", "case_id", "label", "prob", "pred", "n_instances")
+PREDICTION_COLUMNS = (
+    "feature_set",
+    "repeat",
+    "fold",
+    "slide_id",
+    "case_id",
+    "label",
+    "prob",
+    "pred",
+    "n_instances",
+)
 
 
 def _ordered(folds: pd.DataFrame, feature_sets: Sequence[str] | None) -> list[str]:
@@ -49,9 +59,23 @@ def summary_table(folds: pd.DataFrame, feature_sets: Sequence[str] | None = None
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
-def paired_table(folds: pd.DataFrame, baseline: str, feature_sets: Sequence[str] | None = None) -> pd.DataFrame:
+def paired_table(
+    folds: pd.DataFrame, baseline: str, feature_sets: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Every other feature set against ``baseline`` over the folds both were run on."""
-    columns = ["feature_set", "baseline", "metric", "diff_mean", "t", "p_corrected_t", "p_wilcoxon", "wins", "ties", "losses", "n"]
+    columns = [
+        "feature_set",
+        "baseline",
+        "metric",
+        "diff_mean",
+        "t",
+        "p_corrected_t",
+        "p_wilcoxon",
+        "wins",
+        "ties",
+        "losses",
+        "n",
+    ]
     if baseline not in set(folds["feature_set"]):
         return pd.DataFrame(columns=columns)
     base = folds[folds["feature_set"] == baseline].set_index(["repeat", "fold"])
@@ -61,9 +85,19 @@ def paired_table(folds: pd.DataFrame, baseline: str, feature_sets: Sequence[str]
             continue
         other = folds[folds["feature_set"] == fs].set_index(["repeat", "fold"])
         common = base.index.intersection(other.index)
-        ratio = float((other.loc[common, "n_test"] / (other.loc[common, "n_train"] + other.loc[common, "n_val"])).mean()) if len(common) else float("nan")
+        ratio = (
+            float(
+                (
+                    other.loc[common, "n_test"] / (other.loc[common, "n_train"] + other.loc[common, "n_val"])
+                ).mean()
+            )
+            if len(common)
+            else float("nan")
+        )
         for metric in METRICS:
-            stats = paired_comparison(other.loc[common, metric].to_numpy(), base.loc[common, metric].to_numpy(), ratio)
+            stats = paired_comparison(
+                other.loc[common, metric].to_numpy(), base.loc[common, metric].to_numpy(), ratio
+            )
             rows.append({"feature_set": fs, "baseline": baseline, "metric": metric, **stats})
     return pd.DataFrame(rows, columns=columns)
 
@@ -96,7 +130,11 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Seq
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {fs} | " + " | ".join(cells) + " |")
-    lines += ["", f"Mean ± standard deviation over {n_folds} test folds, with the 95% t-interval of the mean in brackets.", ""]
+    lines += [
+        "",
+        f"Mean ± standard deviation over {n_folds} test folds, with the 95% t-interval of the mean in brackets.",
+        "",
+    ]
     if len(paired):
         baseline = paired["baseline"].iloc[0]
         lines += [
@@ -136,13 +174,17 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
         sub = summary[summary["metric"] == metric].set_index("feature_set").loc[sets]
         x = np.arange(len(sets))
         mean = sub["mean"].to_numpy(dtype=float)
-        err = np.vstack([mean - sub["ci_low"].to_numpy(dtype=float), sub["ci_high"].to_numpy(dtype=float) - mean])
+        err = np.vstack(
+            [mean - sub["ci_low"].to_numpy(dtype=float), sub["ci_high"].to_numpy(dtype=float) - mean]
+        )
         err = np.nan_to_num(err, nan=0.0)
         ax.bar(x, mean, color="#9ecae1", edgecolor="#3182bd", width=0.6)
         ax.errorbar(x, mean, yerr=err, fmt="none", ecolor="black", capsize=4, lw=1.2)
         for k, fs in enumerate(sets):
             vals = folds.loc[folds["feature_set"] == fs, metric].to_numpy(dtype=float)
-            ax.scatter(k + rng.uniform(-0.15, 0.15, len(vals)), vals, s=8, color="#08519c", alpha=0.6, zorder=3)
+            ax.scatter(
+                k + rng.uniform(-0.15, 0.15, len(vals)), vals, s=8, color="#08519c", alpha=0.6, zorder=3
+            )
         ax.set_xticks(x, sets, rotation=35, ha="right", fontsize=8)
         ax.set_title(METRIC_LABELS[metric], fontsize=10)
         ax.set_ylim(0, 1.05)
@@ -156,7 +198,9 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
     return path
 
 
-def write_attention(path: str | Path, slides: Mapping[str, Mapping[str, Any]], attrs: Mapping[str, Any] | None = None) -> Path:
+def write_attention(
+    path: str | Path, slides: Mapping[str, Mapping[str, Any]], attrs: Mapping[str, Any] | None = None
+) -> Path:
     """One HDF5 file per fold: a group per test slide with ``attention`` (softmax over the bag),
     ``attention_logits`` (raw), ``coords`` (when the bag has them), and label/prob attributes."""
     path = Path(path)
@@ -205,7 +249,13 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
     folds = folds[list(FOLD_COLUMNS) + extra]
-    paths = {"folds": out_dir / "folds.csv", "summary": out_dir / "summary.csv", "paired": out_dir / "paired.csv", "markdown": out_dir / "summary.md", "plot": out_dir / "summary.png"}
+    paths = {
+        "folds": out_dir / "folds.csv",
+        "summary": out_dir / "summary.csv",
+        "paired": out_dir / "paired.csv",
+        "markdown": out_dir / "summary.md",
+        "plot": out_dir / "summary.png",
+    }
     folds.to_csv(paths["folds"], index=False)
     summary = summary_table(folds, feature_sets)
     summary.to_csv(paths["summary"], index=False)

@@ -33,7 +33,9 @@ def check_class_counts(case_ids: Sequence[str], labels: Sequence[int], folds: in
     table = pd.DataFrame({"case_id": list(case_ids), "label": list(labels)})
     counts = table.drop_duplicates().groupby("label")["case_id"].nunique()
     if len(counts) < 2:
-        raise ValueError(f"only one class in the cohort (label {counts.index.tolist()}); a binary task needs two")
+        raise ValueError(
+            f"only one class in the cohort (label {counts.index.tolist()}); a binary task needs two"
+        )
     small = counts[counts < folds]
     if len(small):
         detail = ", ".join(f"label {k}: {v} patient(s)" for k, v in small.items())
@@ -63,7 +65,9 @@ def _val_split(train: pd.DataFrame, val_fraction: float, random_state: int) -> n
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        _, val_rows = next(sgkf.split(np.zeros(len(train)), train["label"].to_numpy(), train["case_id"].to_numpy()))
+        _, val_rows = next(
+            sgkf.split(np.zeros(len(train)), train["label"].to_numpy(), train["case_id"].to_numpy())
+        )
     mask = np.zeros(len(train), dtype=bool)
     mask[val_rows] = True
     return mask
@@ -89,13 +93,21 @@ def make_splits(
         raise ValueError(f"cv.folds must be >= 2, got {folds}")
     if repeats < 1:
         raise ValueError(f"cv.repeats must be >= 1, got {repeats}")
-    cohort = pd.DataFrame({"slide_id": [str(s) for s in slide_ids], "case_id": [str(c) for c in case_ids], "label": np.asarray(labels, dtype=np.int64)})
+    cohort = pd.DataFrame(
+        {
+            "slide_id": [str(s) for s in slide_ids],
+            "case_id": [str(c) for c in case_ids],
+            "label": np.asarray(labels, dtype=np.int64),
+        }
+    )
     dup = cohort["slide_id"][cohort["slide_id"].duplicated()].tolist()
     if dup:
         raise ValueError(f"slide ids appear more than once in the cohort: {dup[:10]}")
     conflicting = _conflicting_cases(cohort)
     if conflicting:
-        raise ValueError(f"{len(conflicting)} patient(s) have slides with different labels: {conflicting[:10]}")
+        raise ValueError(
+            f"{len(conflicting)} patient(s) have slides with different labels: {conflicting[:10]}"
+        )
     check_class_counts(cohort["case_id"], cohort["label"], folds)
     cohort = cohort.sort_values("slide_id", kind="stable").reset_index(drop=True)
     y = cohort["label"].to_numpy()
@@ -120,7 +132,9 @@ def validate_splits(splits: pd.DataFrame, source: str = "splits") -> pd.DataFram
     """Check a split table's columns and that no patient spans two parts of one fold."""
     missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
     if missing:
-        raise ValueError(f"{source}: missing column(s) {missing} (columns: {list(splits.columns)}; expected {list(SPLIT_COLUMNS)})")
+        raise ValueError(
+            f"{source}: missing column(s) {missing} (columns: {list(splits.columns)}; expected {list(SPLIT_COLUMNS)})"
+        )
     splits = splits.assign(slide_id=splits["slide_id"].astype(str), case_id=splits["case_id"].astype(str))
     bad_parts = sorted(set(splits["part"]) - set(PARTS))
     if bad_parts:
@@ -134,7 +148,9 @@ def validate_splits(splits: pd.DataFrame, source: str = "splits") -> pd.DataFram
         spanning = frame.groupby("case_id")["part"].nunique()
         spanning = spanning[spanning > 1].index.tolist()
         if spanning:
-            raise ValueError(f"{source}: repeat {repeat} fold {fold}: patient(s) in more than one part: {spanning[:10]}")
+            raise ValueError(
+                f"{source}: repeat {repeat} fold {fold}: patient(s) in more than one part: {spanning[:10]}"
+            )
     return splits
 
 
@@ -160,13 +176,20 @@ def load_splits(path: str | Path, cohort: pd.DataFrame | None = None) -> pd.Data
         known = dict(zip(cohort["slide_id"].astype(str), cohort["label"].astype(int)))
         unknown = sorted(set(splits["slide_id"]) - set(known))
         if unknown:
-            raise ValueError(f"{path}: {len(unknown)} slide(s) are not in this task's cohort (no label or no bag): {unknown[:20]}")
+            raise ValueError(
+                f"{path}: {len(unknown)} slide(s) are not in this task's cohort (no label or no bag): {unknown[:20]}"
+            )
         relabelled = splits[[known[s] != int(lab) for s, lab in zip(splits["slide_id"], splits["label"])]]
         if len(relabelled):
-            raise ValueError(f"{path}: labels differ from the task's labels for slide(s) {sorted(set(relabelled['slide_id']))[:20]}")
+            raise ValueError(
+                f"{path}: labels differ from the task's labels for slide(s) {sorted(set(relabelled['slide_id']))[:20]}"
+            )
         absent = sorted(set(known) - set(splits["slide_id"]))
         if absent:
-            warnings.warn(f"{len(absent)} cohort slide(s) are not in {path} and are left out: {absent[:10]}", stacklevel=2)
+            warnings.warn(
+                f"{len(absent)} cohort slide(s) are not in {path} and are left out: {absent[:10]}",
+                stacklevel=2,
+            )
     return splits
 
 

@@ -73,20 +73,32 @@ class Standardize(nn.Module):
 
     def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(dim) if mean is None else torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.ones(dim) if std is None else torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer(
+            "mean", torch.zeros(dim) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
+        )
+        self.register_buffer(
+            "std", torch.ones(dim) if std is None else torch.as_tensor(std, dtype=torch.float32)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
 
-def build_model(in_dim: int, cfg: MILConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> nn.Module:
+def build_model(
+    in_dim: int, cfg: MILConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> nn.Module:
     """torchmil ABMIL with the standardise + MLP feature extractor described above."""
     from torchmil.models import ABMIL
 
     layers: list[nn.Module] = []
     if cfg.standardize:
-        layers.append(Standardize(in_dim, None if mean is None else torch.from_numpy(mean), None if std is None else torch.from_numpy(std)))
+        layers.append(
+            Standardize(
+                in_dim,
+                None if mean is None else torch.from_numpy(mean),
+                None if std is None else torch.from_numpy(std),
+            )
+        )
     width = in_dim
     for h in cfg.hidden:
         layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
@@ -107,7 +119,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but CUDA is not available; use device=cpu or device=auto")
+        raise RuntimeError(
+            "device=cuda was asked for but CUDA is not available; use device=cpu or device=auto"
+        )
     return device
 
 
@@ -225,7 +239,9 @@ def predict_logits(
     return np.asarray(logits, dtype=np.float64), atts
 
 
-def predict(model: nn.Module, feeder: BagFeeder, idx: Sequence[int], attention: bool = False, amp: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+def predict(
+    model: nn.Module, feeder: BagFeeder, idx: Sequence[int], attention: bool = False, amp: bool = False
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Positive-class probabilities for bags ``idx`` (and raw attention logits per instance)."""
     logits, atts = predict_logits(model, feeder, idx, attention, amp)
     return 1.0 / (1.0 + np.exp(-logits)), atts
@@ -277,7 +293,9 @@ def train_fold(
     model = build_model(bags.dim, cfg, mean, std).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     feeder = BagFeeder(bags, device)
-    weights = torch.as_tensor(class_weights(bags.labels[train_idx], cfg.class_balanced), dtype=torch.float32, device=device)
+    weights = torch.as_tensor(
+        class_weights(bags.labels[train_idx], cfg.class_balanced), dtype=torch.float32, device=device
+    )
     labels = torch.as_tensor(np.array(bags.labels, dtype=np.float32), device=device)
 
     best_key = (-math.inf, -math.inf)
@@ -295,7 +313,9 @@ def train_fold(
             for i in chunk:
                 x = feeder.get(i)
                 if cfg.max_instances and x.shape[0] > cfg.max_instances:
-                    keep = torch.from_numpy(np.sort(rng.choice(x.shape[0], cfg.max_instances, replace=False))).to(x.device)
+                    keep = torch.from_numpy(
+                        np.sort(rng.choice(x.shape[0], cfg.max_instances, replace=False))
+                    ).to(x.device)
                     x = x.index_select(0, keep)
                 xs.append(x)
             X, mask = _batch(xs)
@@ -312,7 +332,11 @@ def train_fold(
         if len(val_idx):
             logit, _ = predict_logits(model, feeder, val_idx, amp=cfg.amp)
             yv = bags.labels[val_idx]
-            val_loss = float(_weighted_bce(torch.as_tensor(logit, device=device), torch.as_tensor(yv, device=device), weights))
+            val_loss = float(
+                _weighted_bce(
+                    torch.as_tensor(logit, device=device), torch.as_tensor(yv, device=device), weights
+                )
+            )
             val_auc = _auc(yv, logit)
             record.update(val_loss=val_loss, val_auc=val_auc)
             record["seconds"] = time.perf_counter() - epoch_start
@@ -333,4 +357,6 @@ def train_fold(
     else:
         best_epoch = history[-1]["epoch"]
     model.eval()
-    return FoldResult(model=model, best_epoch=int(best_epoch), history=history, seconds=time.perf_counter() - start)
+    return FoldResult(
+        model=model, best_epoch=int(best_epoch), history=history, seconds=time.perf_counter() - start
+    )

@@ -17,7 +17,9 @@ from zoomfeat.model import ZoomLDM
 def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
     p = argparse.ArgumentParser(prog="python -m zoomfeat.model", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny", help="config name (tiny, zoomldm_brca) or YAML path")
-    p.add_argument("--checkpoint", default=None, help="weights (native dir, official .ckpt, hub id); default: random")
+    p.add_argument(
+        "--checkpoint", default=None, help="weights (native dir, official .ckpt, hub id); default: random"
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "plms"])
     p.add_argument("--mag", type=int, default=2, help="magnification index (0=20x, 2=5x, ...)")
@@ -26,8 +28,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    model = ZoomLDM.load(args.checkpoint, config=args.config, allow_random_weights=args.checkpoint is None,
-                         seed=args.seed).to(args.device)
+    model = ZoomLDM.load(
+        args.checkpoint, config=args.config, allow_random_weights=args.checkpoint is None, seed=args.seed
+    ).to(args.device)
     g = torch.Generator(device=args.device).manual_seed(args.seed)
     side = 2**args.mag  # grids above 8x8 are pooled inside condition()
     grid = torch.randn(1, model.ssl_channels, side, side, generator=g, device=args.device)
@@ -36,10 +39,17 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
         latent = model.sample(context, steps=args.steps, sampler=args.sampler, generator=g)
         image = model.decode(latent)
         feats = model.taps(model.q_sample(latent, 200, generator=g), 200, context)
-    shapes = {"ssl_grid": tuple(grid.shape), "context": tuple(context.shape), "latent": tuple(latent.shape),
-              "image": tuple(image.shape), **{f"tap {k}": tuple(v.shape) for k, v in feats.items()}}
-    print(f"ZoomLDM '{model.name}' ({model.checkpoint_id}) on {args.device}: "
-          f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    shapes = {
+        "ssl_grid": tuple(grid.shape),
+        "context": tuple(context.shape),
+        "latent": tuple(latent.shape),
+        "image": tuple(image.shape),
+        **{f"tap {k}": tuple(v.shape) for k, v in feats.items()},
+    }
+    print(
+        f"ZoomLDM '{model.name}' ({model.checkpoint_id}) on {args.device}: "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
+    )
     for k, v in shapes.items():
         print(f"  {k:24s} {list(v)}")
     print(f"  {args.sampler} {args.steps} steps + decode in {time.perf_counter() - t0:.1f} s")

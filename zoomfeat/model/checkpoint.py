@@ -99,8 +99,15 @@ def normalize_summarizer_config(params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unsupported summarizer config keys: {unknown}")
     cfg = {k: params.get(k, v) for k, v in SUMMARIZER_DEFAULTS.items()}
-    for k in ("input_channels", "hidden_channels", "output_channels", "num_layers", "num_heads", "vit_mlp_dim",
-              "num_mags"):
+    for k in (
+        "input_channels",
+        "hidden_channels",
+        "output_channels",
+        "num_layers",
+        "num_heads",
+        "vit_mlp_dim",
+        "num_mags",
+    ):
         cfg[k] = int(cfg[k])
     cfg["p_uncond"] = float(cfg["p_uncond"])
     return cfg
@@ -134,7 +141,9 @@ def normalize_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
             f"({out['summarizer']['output_channels']})"
         )
     if out["unet"]["in_channels"] != out["vq"]["embed_dim"]:
-        raise ValueError(f"UNet in_channels ({out['unet']['in_channels']}) must equal VQ embed_dim ({out['vq']['embed_dim']})")
+        raise ValueError(
+            f"UNet in_channels ({out['unet']['in_channels']}) must equal VQ embed_dim ({out['vq']['embed_dim']})"
+        )
     return out
 
 
@@ -152,29 +161,63 @@ def arch_from_official(d: Mapping[str, Any]) -> dict[str, Any]:
     if p.get("conditioning_key", "crossattn") != "crossattn":
         raise ValueError(f"official config: conditioning_key {p.get('conditioning_key')!r} is not supported")
     if p.get("scale_by_std", False):
-        raise ValueError("official config: scale_by_std=true is not supported (ZoomLDM uses scale_factor 1.0)")
+        raise ValueError(
+            "official config: scale_by_std=true is not supported (ZoomLDM uses scale_factor 1.0)"
+        )
     _target_ok(p["unet_config"], ("openaimodel.UNetModel",), "unet_config")
     _target_ok(p["first_stage_config"], ("VQModelInterface", "VQModel"), "first_stage_config")
     _target_ok(p["cond_stage_config"], ("EmbeddingViT2_5",), "cond_stage_config")
-    diffusion = {k: p[k] for k in ("timesteps", "linear_start", "linear_end", "beta_schedule", "parameterization",
-                                   "scale_factor") if k in p}
-    return normalize_arch({
-        "unet": dict(p["unet_config"].get("params") or {}),
-        "vq": dict(p["first_stage_config"].get("params") or {}),
-        "summarizer": dict(p["cond_stage_config"].get("params") or {}),
-        "diffusion": diffusion,
-    })
+    diffusion = {
+        k: p[k]
+        for k in (
+            "timesteps",
+            "linear_start",
+            "linear_end",
+            "beta_schedule",
+            "parameterization",
+            "scale_factor",
+        )
+        if k in p
+    }
+    return normalize_arch(
+        {
+            "unet": dict(p["unet_config"].get("params") or {}),
+            "vq": dict(p["first_stage_config"].get("params") or {}),
+            "summarizer": dict(p["cond_stage_config"].get("params") or {}),
+            "diffusion": diffusion,
+        }
+    )
 
 
 def official_config(arch: Mapping[str, Any]) -> dict[str, Any]:
     """Native architecture -> official-format YAML dict (what ``save_official`` writes)."""
     u, v, s, dif = arch["unet"], arch["vq"], arch["summarizer"], arch["diffusion"]
     unet_params = {"use_checkpoint": True, **u}
-    ddconfig = {k: v[k] for k in ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult",
-                                  "num_res_blocks", "attn_resolutions", "dropout")}
-    cond = {"feat_key": "ssl_feat", "mag_key": "mag", "num_layers": s["num_layers"],
-            "input_channels": s["input_channels"], "hidden_channels": s["hidden_channels"],
-            "vit_mlp_dim": s["vit_mlp_dim"], "output_channels": s["output_channels"], "p_uncond": s["p_uncond"]}
+    ddconfig = {
+        k: v[k]
+        for k in (
+            "double_z",
+            "z_channels",
+            "resolution",
+            "in_channels",
+            "out_ch",
+            "ch",
+            "ch_mult",
+            "num_res_blocks",
+            "attn_resolutions",
+            "dropout",
+        )
+    }
+    cond = {
+        "feat_key": "ssl_feat",
+        "mag_key": "mag",
+        "num_layers": s["num_layers"],
+        "input_channels": s["input_channels"],
+        "hidden_channels": s["hidden_channels"],
+        "vit_mlp_dim": s["vit_mlp_dim"],
+        "output_channels": s["output_channels"],
+        "p_uncond": s["p_uncond"],
+    }
     if s["num_heads"] != 8:
         cond["num_heads"] = s["num_heads"]
     if s["num_mags"] != 8:
@@ -198,15 +241,27 @@ def official_config(arch: Mapping[str, Any]) -> dict[str, Any]:
         params["beta_schedule"] = dif["beta_schedule"]
     if dif["scale_factor"] != 1.0:
         params["scale_factor"] = dif["scale_factor"]
-    params["unet_config"] = {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet_params}
+    params["unet_config"] = {
+        "target": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
+        "params": unet_params,
+    }
     params["first_stage_config"] = {
         "target": "ldm.models.autoencoder.VQModelInterface",
-        "params": {"embed_dim": v["embed_dim"], "n_embed": v["n_embed"], "ddconfig": ddconfig,
-                   "lossconfig": {"target": "torch.nn.Identity"}},
+        "params": {
+            "embed_dim": v["embed_dim"],
+            "n_embed": v["n_embed"],
+            "ddconfig": ddconfig,
+            "lossconfig": {"target": "torch.nn.Identity"},
+        },
     }
     params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.EmbeddingViT2_5", "params": cond}
-    return {"model": {"base_learning_rate": 2.0e-05, "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
-                      "params": params}}
+    return {
+        "model": {
+            "base_learning_rate": 2.0e-05,
+            "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+            "params": params,
+        }
+    }
 
 
 def read_config(source: str | Path | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -245,13 +300,17 @@ def read_config(source: str | Path | Mapping[str, Any]) -> tuple[str, dict[str, 
             arch = arch_from_official(data)
         else:
             name = str(data.get("name") or name)
-            arch = normalize_arch({k: data[k] for k in ("unet", "vq", "summarizer", "diffusion") if k in data})
+            arch = normalize_arch(
+                {k: data[k] for k in ("unet", "vq", "summarizer", "diffusion") if k in data}
+            )
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: invalid ZoomLDM config: {err}") from err
     return name, arch
 
 
-def native_config_document(name: str, arch: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict:
+def native_config_document(
+    name: str, arch: Mapping[str, Any], extra: Mapping[str, Any] | None = None
+) -> dict:
     doc: dict[str, Any] = {"name": name, "checkpoint": None}
     doc.update(copy.deepcopy(dict(arch)))
     if extra:
@@ -319,11 +378,15 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
                     raise _refuse(path, err) from err
                 raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
             except Exception as err:  # zip/pickle garbage raises KeyError, EOFError, OSError ...
-                raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+                raise CheckpointError(
+                    f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})"
+                ) from err
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a flat mapping of tensor names to tensors, got {type(obj).__name__}")
+        raise CheckpointError(
+            f"{path}: expected a flat mapping of tensor names to tensors, got {type(obj).__name__}"
+        )
     bad = [str(k) for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {names_preview(bad)}")
@@ -334,8 +397,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 # key checks
 
 
-def check_keys(found: Mapping[str, Any], expected: Mapping[str, Any], source: str, what: str,
-               optional: tuple[str, ...] = (), hint: str = "") -> None:
+def check_keys(
+    found: Mapping[str, Any],
+    expected: Mapping[str, Any],
+    source: str,
+    what: str,
+    optional: tuple[str, ...] = (),
+    hint: str = "",
+) -> None:
     """Raise CheckpointError naming missing / unexpected / misshapen keys (values: tensors or shapes)."""
     mismatch = key_mismatch_lines(found, expected, optional)
     if not mismatch:
@@ -349,10 +418,21 @@ def check_keys(found: Mapping[str, Any], expected: Mapping[str, Any], source: st
 # ================================================================================================
 # native (diffusers) names -> official names
 
-_RESNET_TO_LDM = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-                  "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_UNET_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "conv_in": "input_blocks.0.0",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
 _VQ_ATTN_TO_LDM = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
@@ -372,7 +452,11 @@ def unet_key_to_official(key: str, cfg: Mapping[str, Any]) -> str:
     if m:
         b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         idx = 1 + b * (r + 1) + j
-        return f"input_blocks.{idx}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"input_blocks.{idx}.1.{rest}"
+        return (
+            f"input_blocks.{idx}.0.{_resnet_rest(rest)}"
+            if kind == "resnets"
+            else f"input_blocks.{idx}.1.{rest}"
+        )
     m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(weight|bias)", key)
     if m:
         return f"input_blocks.{(int(m[1]) + 1) * (r + 1)}.0.op.{m[2]}"
@@ -386,7 +470,11 @@ def unet_key_to_official(key: str, cfg: Mapping[str, Any]) -> str:
     if m:
         b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         idx = b * (r + 1) + j
-        return f"output_blocks.{idx}.0.{_resnet_rest(rest)}" if kind == "resnets" else f"output_blocks.{idx}.1.{rest}"
+        return (
+            f"output_blocks.{idx}.0.{_resnet_rest(rest)}"
+            if kind == "resnets"
+            else f"output_blocks.{idx}.1.{rest}"
+        )
     m = re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(weight|bias)", key)
     if m:
         b = int(m[1])
@@ -399,7 +487,8 @@ def vq_key_to_official(key: str, cfg: Mapping[str, Any]) -> str:
     """diffusers VQModel key -> official key relative to ``first_stage_model.``."""
     n = len(cfg["ch_mult"])
     if key.startswith(("quant_conv.", "post_quant_conv.", "quantize.")) or re.fullmatch(
-            r"(encoder|decoder)\.conv_(in|out)\.(weight|bias)", key):
+        r"(encoder|decoder)\.conv_(in|out)\.(weight|bias)", key
+    ):
         return key
     m = re.fullmatch(r"(encoder|decoder)\.conv_norm_out\.(weight|bias)", key)
     if m:
@@ -419,8 +508,10 @@ def vq_key_to_official(key: str, cfg: Mapping[str, Any]) -> str:
     m = re.fullmatch(r"(encoder|decoder)\.mid_block\.resnets\.(\d+)\.(.+)", key)
     if m:
         return f"{m[1]}.mid.block_{int(m[2]) + 1}.{m[3].replace('conv_shortcut', 'nin_shortcut')}"
-    m = re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)",
-                     key)
+    m = re.fullmatch(
+        r"(encoder|decoder)\.mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)\.(weight|bias)",
+        key,
+    )
     if m:
         return f"{m[1]}.mid.attn_1.{_VQ_ATTN_TO_LDM[m[2]]}.{m[3]}"
     raise KeyError(f"no official name for VQ parameter {key!r}")
@@ -435,24 +526,86 @@ def _vq_to_official_tensor(key: str, t: torch.Tensor) -> torch.Tensor:
 
 def ema_key(official_unet_key: str) -> str:
     """``model.diffusion_model.a.b.c`` -> ``model_ema.diffusion_modelabc`` (the official EMA naming)."""
-    return EMA_PREFIX + official_unet_key[len("model."):].replace(".", "")
+    return EMA_PREFIX + official_unet_key[len("model.") :].replace(".", "")
 
 
 # ---- official key order (the official module registration order) ----
 
 _ORDER = [
-    "model", "model_ema", "first_stage_model", "cond_stage_model", "diffusion_model",
-    "time_embed", "input_blocks", "middle_block", "output_blocks", "out",
-    "in_layers", "emb_layers", "out_layers", "skip_connection", "op",
-    "norm", "proj_in", "q", "k", "v", "transformer_blocks", "proj_out",
-    "attn1", "ff", "attn2", "norm1", "conv1", "norm2", "conv2", "nin_shortcut", "norm3",
-    "to_q", "to_k", "to_v", "to_out", "net", "proj",
-    "pad_token", "mag_embedding", "dim_reduce", "encoder", "decoder", "quantize", "quant_conv", "post_quant_conv",
-    "final_proj", "layer_norm", "embedding",
-    "conv_in", "down", "mid", "up", "norm_out", "conv_out",
-    "block", "attn", "downsample", "upsample", "conv", "block_", "attn_",
-    "pos_embedding", "layers", "encoder_layer_", "ln", "ln_1", "self_attention", "ln_2", "mlp",
-    "in_proj_weight", "in_proj_bias", "out_proj", "weight", "bias",
+    "model",
+    "model_ema",
+    "first_stage_model",
+    "cond_stage_model",
+    "diffusion_model",
+    "time_embed",
+    "input_blocks",
+    "middle_block",
+    "output_blocks",
+    "out",
+    "in_layers",
+    "emb_layers",
+    "out_layers",
+    "skip_connection",
+    "op",
+    "norm",
+    "proj_in",
+    "q",
+    "k",
+    "v",
+    "transformer_blocks",
+    "proj_out",
+    "attn1",
+    "ff",
+    "attn2",
+    "norm1",
+    "conv1",
+    "norm2",
+    "conv2",
+    "nin_shortcut",
+    "norm3",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out",
+    "net",
+    "proj",
+    "pad_token",
+    "mag_embedding",
+    "dim_reduce",
+    "encoder",
+    "decoder",
+    "quantize",
+    "quant_conv",
+    "post_quant_conv",
+    "final_proj",
+    "layer_norm",
+    "embedding",
+    "conv_in",
+    "down",
+    "mid",
+    "up",
+    "norm_out",
+    "conv_out",
+    "block",
+    "attn",
+    "downsample",
+    "upsample",
+    "conv",
+    "block_",
+    "attn_",
+    "pos_embedding",
+    "layers",
+    "encoder_layer_",
+    "ln",
+    "ln_1",
+    "self_attention",
+    "ln_2",
+    "mlp",
+    "in_proj_weight",
+    "in_proj_bias",
+    "out_proj",
+    "weight",
+    "bias",
 ]
 _RANK = {name: i for i, name in enumerate(_ORDER)}
 
@@ -488,8 +641,12 @@ def official_vq_names(model: ZoomLDM) -> OrderedDict[str, str]:
     return OrderedDict(sorted(pairs, key=lambda kv: _sort_key(kv[1])))
 
 
-def to_official_state_dict(model: ZoomLDM, ema_unet_state: Mapping[str, torch.Tensor] | None = None,
-                           ema_decay: float = 0.9999, ema_num_updates: int = 0) -> OrderedDict[str, torch.Tensor]:
+def to_official_state_dict(
+    model: ZoomLDM,
+    ema_unet_state: Mapping[str, torch.Tensor] | None = None,
+    ema_decay: float = 0.9999,
+    ema_num_updates: int = 0,
+) -> OrderedDict[str, torch.Tensor]:
     """The model as a flat state_dict in the released layout (and order).
 
     ``ema_unet_state``: the EMA UNet weights under the native (diffusers) UNet names, e.g. the
@@ -535,8 +692,9 @@ def _quiet_diffusers():
         logger.setLevel(level)
 
 
-def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: ZoomLDM, ema: bool = True,
-                                source: str = "checkpoint") -> dict[str, torch.Tensor]:
+def convert_official_state_dict(
+    sd: Mapping[str, torch.Tensor], model: ZoomLDM, ema: bool = True, source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
     """Official flat state_dict -> native ZoomLDM state_dict (``unet.*``, ``vq.*``, ``summarizer.*``).
 
     Validates the key set first (missing / unexpected / misshapen keys are named); with
@@ -546,8 +704,10 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: ZoomLDM, 
 
     expected = official_layout(model)
     optional = () if ema else (EMA_PREFIX,)
-    hint = ("  Is the config right? Pass the config.yaml released with this checkpoint "
-            "(from_official(ckpt, config=...)).")
+    hint = (
+        "  Is the config right? Pass the config.yaml released with this checkpoint "
+        "(from_official(ckpt, config=...))."
+    )
     if ema and not any(k.startswith(EMA_PREFIX) for k in sd):
         hint += " This checkpoint has no EMA weights: load it with ema=False to use the live weights."
     check_keys(sd, expected, source, "official ZoomLDM layout for this config", optional=optional, hint=hint)
@@ -583,7 +743,7 @@ def convert_official_state_dict(sd: Mapping[str, torch.Tensor], model: ZoomLDM, 
             native[prefix + k] = v
     for k, v in sd.items():
         if k.startswith(SUMMARIZER_PREFIX):
-            native["summarizer." + k[len(SUMMARIZER_PREFIX):]] = v
+            native["summarizer." + k[len(SUMMARIZER_PREFIX) :]] = v
     return native
 
 
@@ -594,7 +754,7 @@ _HUB_RE = re.compile(r"(?:hf://)?([A-Za-z0-9][\w.-]*)/([\w.-]+)((?:/[\w.-]+)*)/?
 
 
 def parse_hub_id(s: str) -> tuple[str, str | None] | None:
-    """"owner/name[/subfolder]" (optionally "hf://...") -> (repo_id, subfolder); None if not hub-like."""
+    """ "owner/name[/subfolder]" (optionally "hf://...") -> (repo_id, subfolder); None if not hub-like."""
     m = _HUB_RE.fullmatch(s.strip())
     if not m or s.startswith((".", "/", "~")):
         return None
@@ -603,15 +763,23 @@ def parse_hub_id(s: str) -> tuple[str, str | None] | None:
     return repo, sub
 
 
-def hub_file(repo_id: str, filename: str, subfolder: str | None = None, revision: str | None = None,
-             cache_dir: str | Path | None = None) -> Path:
+def hub_file(
+    repo_id: str,
+    filename: str,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Download (or find in huggingface_hub's cache) one file; a clear error when that is impossible."""
     from huggingface_hub import hf_hub_download
 
     where = f"{repo_id}/{subfolder + '/' if subfolder else ''}{filename}"
     try:
-        return Path(hf_hub_download(repo_id, filename, subfolder=subfolder or None, revision=revision,
-                                    cache_dir=cache_dir))
+        return Path(
+            hf_hub_download(
+                repo_id, filename, subfolder=subfolder or None, revision=revision, cache_dir=cache_dir
+            )
+        )
     except Exception as err:  # offline, not cached, gated, missing file, no such repo ...
         raise WeightsNotFoundError(
             f"could not get {where} from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}).\n"

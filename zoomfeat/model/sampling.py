@@ -30,8 +30,9 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
     return torch.arange(0, num_train_timesteps, c, dtype=torch.long) + 1
 
 
-def ddim_parameters(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def ddim_parameters(
+    alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(alphas, alphas_prev, sigmas) in float64, from the float32 ``alphas_cumprod`` buffer."""
     ac = alphas_cumprod.detach().cpu().double()
     alphas = ac[timesteps]
@@ -40,8 +41,9 @@ def ddim_parameters(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, eta: 
     return alphas, alphas_prev, sigmas
 
 
-def guided_eps(eps_fn: EpsFn, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-               guidance: float) -> torch.Tensor:
+def guided_eps(
+    eps_fn: EpsFn, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float
+) -> torch.Tensor:
     if guidance == 1.0:
         return eps_fn(x, t, cond).float()
     e = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).float()
@@ -49,8 +51,14 @@ def guided_eps(eps_fn: EpsFn, x: torch.Tensor, t: torch.Tensor, cond: torch.Tens
     return e_u + guidance * (e_c - e_u)
 
 
-def _step(x: torch.Tensor, e: torch.Tensor, a_t: float, a_prev: float, sigma: float,
-          generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _step(
+    x: torch.Tensor,
+    e: torch.Tensor,
+    a_t: float,
+    a_prev: float,
+    sigma: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     def full(v: float) -> torch.Tensor:
         return torch.full((x.shape[0], 1, 1, 1), v, device=x.device, dtype=torch.float32)
 
@@ -60,16 +68,28 @@ def _step(x: torch.Tensor, e: torch.Tensor, a_t: float, a_prev: float, sigma: fl
     dir_xt = (1.0 - ap - sg**2).sqrt() * e
     x_prev = ap.sqrt() * pred_x0 + dir_xt
     if sigma != 0.0:
-        noise = torch.randn(x.shape, generator=generator, device=x.device if generator is None else generator.device,
-                            dtype=x.dtype).to(x.device)
+        noise = torch.randn(
+            x.shape,
+            generator=generator,
+            device=x.device if generator is None else generator.device,
+            dtype=x.dtype,
+        ).to(x.device)
         x_prev = x_prev + sg * noise
     return x_prev, pred_x0
 
 
-def sample_ddim(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                alphas_cumprod: torch.Tensor, steps: int = 50, guidance: float = 2.0, eta: float = 0.0,
-                generator: torch.Generator | None = None, progress: bool = False
-                ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+def sample_ddim(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    steps: int = 50,
+    guidance: float = 2.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """Official DDIM sampling; returns (x_0 sample, {"x_inter": [...], "pred_x0": [...]} per step)."""
     ts = ddim_timesteps(steps, alphas_cumprod.shape[0])
     alphas, alphas_prev, sigmas = ddim_parameters(alphas_cumprod, ts, eta)
@@ -80,15 +100,24 @@ def sample_ddim(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: to
         index = n - i - 1
         t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
         e = guided_eps(eps_fn, x, t, cond, uncond, guidance)
-        x, pred_x0 = _step(x, e, float(alphas[index]), float(alphas_prev[index]), float(sigmas[index]), generator)
+        x, pred_x0 = _step(
+            x, e, float(alphas[index]), float(alphas_prev[index]), float(sigmas[index]), generator
+        )
         inter["x_inter"].append(x)
         inter["pred_x0"].append(pred_x0)
     return x, inter
 
 
-def sample_plms(eps_fn: EpsFn, x_T: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                alphas_cumprod: torch.Tensor, steps: int = 50, guidance: float = 2.0,
-                progress: bool = False) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+def sample_plms(
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    steps: int = 50,
+    guidance: float = 2.0,
+    progress: bool = False,
+) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
     """Official PLMS sampling (eta must be 0); returns (sample, intermediates)."""
     ts = ddim_timesteps(steps, alphas_cumprod.shape[0])
     alphas, alphas_prev, _ = ddim_parameters(alphas_cumprod, ts, 0.0)

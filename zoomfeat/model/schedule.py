@@ -29,16 +29,26 @@ OFFICIAL_BUFFERS = (
 )
 
 
-def make_betas(timesteps: int = 1000, linear_start: float = 0.0015, linear_end: float = 0.0195,
-               beta_schedule: str = "linear") -> torch.Tensor:
+def make_betas(
+    timesteps: int = 1000,
+    linear_start: float = 0.0015,
+    linear_end: float = 0.0195,
+    beta_schedule: str = "linear",
+) -> torch.Tensor:
     """float64 betas of the LDM schedule (only "linear" is used by ZoomLDM)."""
     if beta_schedule != "linear":
         raise ValueError(f"beta_schedule {beta_schedule!r} is not supported (ZoomLDM uses 'linear')")
-    return torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64, device="cpu") ** 2
+    return (
+        torch.linspace(linear_start**0.5, linear_end**0.5, timesteps, dtype=torch.float64, device="cpu") ** 2
+    )
 
 
-def official_buffers(timesteps: int = 1000, linear_start: float = 0.0015, linear_end: float = 0.0195,
-                     beta_schedule: str = "linear") -> OrderedDict[str, torch.Tensor]:
+def official_buffers(
+    timesteps: int = 1000,
+    linear_start: float = 0.0015,
+    linear_end: float = 0.0195,
+    beta_schedule: str = "linear",
+) -> OrderedDict[str, torch.Tensor]:
     """The 12 float32 buffers exactly as the official ``register_schedule`` computes them (v_posterior 0)."""
     betas = make_betas(timesteps, linear_start, linear_end, beta_schedule)
     alphas = 1.0 - betas
@@ -65,11 +75,20 @@ def official_buffers(timesteps: int = 1000, linear_start: float = 0.0015, linear
 class Schedule(nn.Module):
     """Holds the schedule as non-persistent float32 buffers (they move with ``.to(device)``)."""
 
-    def __init__(self, timesteps: int = 1000, linear_start: float = 0.0015, linear_end: float = 0.0195,
-                 beta_schedule: str = "linear", parameterization: str = "eps", scale_factor: float = 1.0):
+    def __init__(
+        self,
+        timesteps: int = 1000,
+        linear_start: float = 0.0015,
+        linear_end: float = 0.0195,
+        beta_schedule: str = "linear",
+        parameterization: str = "eps",
+        scale_factor: float = 1.0,
+    ):
         super().__init__()
         if parameterization != "eps":
-            raise ValueError(f"parameterization {parameterization!r} is not supported (ZoomLDM predicts 'eps')")
+            raise ValueError(
+                f"parameterization {parameterization!r} is not supported (ZoomLDM predicts 'eps')"
+            )
         self.timesteps = int(timesteps)
         self.linear_start = float(linear_start)
         self.linear_end = float(linear_end)

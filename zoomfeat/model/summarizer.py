@@ -46,8 +46,13 @@ class MLPBlock(nn.Sequential):
     """Linear -> GELU -> Dropout -> Linear -> Dropout (torchvision naming: mlp.0, mlp.3)."""
 
     def __init__(self, dim: int, mlp_dim: int, dropout: float = 0.0):
-        super().__init__(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim),
-                         nn.Dropout(dropout))
+        super().__init__(
+            nn.Linear(dim, mlp_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(mlp_dim, dim),
+            nn.Dropout(dropout),
+        )
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -57,12 +62,19 @@ class MLPBlock(nn.Sequential):
 class EncoderBlock(nn.Module):
     """Pre-LN transformer block: x + MHA(LN1(x)); then + MLP(LN2(.))."""
 
-    def __init__(self, num_heads: int, hidden_dim: int, mlp_dim: int, dropout: float = 0.0,
-                 attention_dropout: float = 0.0):
+    def __init__(
+        self,
+        num_heads: int,
+        hidden_dim: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ):
         super().__init__()
         self.ln_1 = nn.LayerNorm(hidden_dim, eps=1e-6)
-        self.self_attention = nn.MultiheadAttention(hidden_dim, num_heads, dropout=attention_dropout,
-                                                    batch_first=True)
+        self.self_attention = nn.MultiheadAttention(
+            hidden_dim, num_heads, dropout=attention_dropout, batch_first=True
+        )
         self.dropout = nn.Dropout(dropout)
         self.ln_2 = nn.LayerNorm(hidden_dim, eps=1e-6)
         self.mlp = MLPBlock(hidden_dim, mlp_dim, dropout)
@@ -77,15 +89,28 @@ class EncoderBlock(nn.Module):
 class Encoder(nn.Module):
     """torchvision ``vision_transformer.Encoder``: pos_embedding, layers.encoder_layer_i, ln."""
 
-    def __init__(self, seq_length: int, num_layers: int, num_heads: int, hidden_dim: int, mlp_dim: int,
-                 dropout: float = 0.0, attention_dropout: float = 0.0):
+    def __init__(
+        self,
+        seq_length: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        mlp_dim: int,
+        dropout: float = 0.0,
+        attention_dropout: float = 0.0,
+    ):
         super().__init__()
         self.pos_embedding = nn.Parameter(torch.empty(1, seq_length, hidden_dim).normal_(std=0.02))
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.Sequential(OrderedDict(
-            (f"encoder_layer_{i}", EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout, attention_dropout))
-            for i in range(num_layers)
-        ))
+        self.layers = nn.Sequential(
+            OrderedDict(
+                (
+                    f"encoder_layer_{i}",
+                    EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout, attention_dropout),
+                )
+                for i in range(num_layers)
+            )
+        )
         self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,9 +120,17 @@ class Encoder(nn.Module):
 class Summarizer(nn.Module):
     """UNI grid [B, C, h, w] (h, w <= 8, already standardised) + mag index [B] -> context [B, 65, D]."""
 
-    def __init__(self, input_channels: int = 1024, hidden_channels: int = 512, output_channels: int = 512,
-                 num_layers: int = 12, num_heads: int = 8, vit_mlp_dim: int = 2048, num_mags: int = 8,
-                 p_uncond: float = 0.1):
+    def __init__(
+        self,
+        input_channels: int = 1024,
+        hidden_channels: int = 512,
+        output_channels: int = 512,
+        num_layers: int = 12,
+        num_heads: int = 8,
+        vit_mlp_dim: int = 2048,
+        num_mags: int = 8,
+        p_uncond: float = 0.1,
+    ):
         super().__init__()
         if output_channels != hidden_channels:
             raise ValueError(
@@ -105,7 +138,9 @@ class Summarizer(nn.Module):
                 "the official final LayerNorm has size hidden_channels and runs after final_proj"
             )
         if hidden_channels % num_heads:
-            raise ValueError(f"summarizer hidden_channels {hidden_channels} is not divisible by num_heads {num_heads}")
+            raise ValueError(
+                f"summarizer hidden_channels {hidden_channels} is not divisible by num_heads {num_heads}"
+            )
         self.input_channels = input_channels
         self.hidden_channels = hidden_channels
         self.output_channels = output_channels
@@ -129,7 +164,9 @@ class Summarizer(nn.Module):
                 f"(the SSL encoder's embedding width, e.g. 1024 for UNI)"
             )
         if h * w > NUM_SLOTS or h > GRID or w > GRID:
-            raise ValueError(f"SSL grid {h}x{w} is larger than {GRID}x{GRID}: pool it first (prepare_ssl_grid)")
+            raise ValueError(
+                f"SSL grid {h}x{w} is larger than {GRID}x{GRID}: pool it first (prepare_ssl_grid)"
+            )
         mag_t = torch.as_tensor(mag)
         if mag_t.is_floating_point() or mag_t.is_complex():
             raise TypeError(f"magnification index must be an integer (0=20x ... 7=0.15625x), got {mag!r}")
@@ -138,7 +175,11 @@ class Summarizer(nn.Module):
             mag_t = mag_t.expand(b)
         if mag_t.numel() != b:
             raise ValueError(f"got {mag_t.numel()} magnification indices for a batch of {b}")
-        if not mag_t.is_meta and mag_t.numel() and (int(mag_t.min()) < 0 or int(mag_t.max()) >= self.num_mags):
+        if (
+            not mag_t.is_meta
+            and mag_t.numel()
+            and (int(mag_t.min()) < 0 or int(mag_t.max()) >= self.num_mags)
+        ):
             raise ValueError(
                 f"magnification index out of range: got {sorted(set(mag_t.tolist()))}, valid 0..{self.num_mags - 1} "
                 "(0=20x 1=10x 2=5x 3=2.5x 4=1.25x 5=0.625x 6=0.3125x 7=0.15625x)"
@@ -156,7 +197,7 @@ class Summarizer(nn.Module):
         if n == NUM_SLOTS:
             slots = feats
         else:
-            slots = torch.cat([slots[:, :start], feats, slots[:, start + n:]], dim=1)
+            slots = torch.cat([slots[:, :start], feats, slots[:, start + n :]], dim=1)
         mag_tok = self.mag_embedding(mag_t).to(feats.dtype).unsqueeze(1)
         return torch.cat([mag_tok, slots], dim=1)
 

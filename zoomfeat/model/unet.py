@@ -46,7 +46,14 @@ UNET_DEFAULTS: dict[str, Any] = {
     "use_fp16": False,
 }
 # Accepted and ignored (training / init-time only).
-UNET_IGNORED = ("use_checkpoint", "ckpt_path", "legacy", "num_heads_upsample", "use_bf16", "use_new_attention_order")
+UNET_IGNORED = (
+    "use_checkpoint",
+    "ckpt_path",
+    "legacy",
+    "num_heads_upsample",
+    "use_bf16",
+    "use_new_attention_order",
+)
 
 
 def normalize_unet_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +129,9 @@ def block_names(cfg: dict[str, Any]) -> list[str]:
     """Official block names in execution order."""
     levels, r = len(cfg["channel_mult"]), cfg["num_res_blocks"]
     n = levels * (r + 1)
-    return [f"input_blocks.{i}" for i in range(n)] + ["middle_block"] + [f"output_blocks.{i}" for i in range(n)]
+    return (
+        [f"input_blocks.{i}" for i in range(n)] + ["middle_block"] + [f"output_blocks.{i}" for i in range(n)]
+    )
 
 
 def block_channels(cfg: dict[str, Any]) -> dict[str, int]:
@@ -168,15 +177,21 @@ def check_tap_names(cfg: dict[str, Any], names: list[str] | tuple[str, ...] | st
 # forward
 
 
-def time_embedding(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: int | torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def time_embedding(
+    unet: UNet2DConditionModel, sample: torch.Tensor, timestep: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sinusoidal [cos | sin] embedding, time-MLP output), as ``UNet2DConditionModel.forward`` does."""
     t_emb = unet.get_time_embed(sample=sample, timestep=timestep)
     return t_emb, unet.time_embedding(t_emb, None)
 
 
-def forward_taps(unet: UNet2DConditionModel, sample: torch.Tensor, timestep: int | torch.Tensor,
-                 context: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+def forward_taps(
+    unet: UNet2DConditionModel,
+    sample: torch.Tensor,
+    timestep: int | torch.Tensor,
+    context: torch.Tensor,
+    names: list[str],
+) -> dict[str, torch.Tensor]:
     """Outputs of the named official blocks; returns right after the deepest one has run."""
     want = set(names)
     found: dict[str, torch.Tensor] = {}

@@ -27,8 +27,20 @@ VQ_DEFAULTS: dict[str, Any] = {
     "attn_resolutions": [],
     "dropout": 0.0,
 }
-VQ_IGNORED = ("lossconfig", "ckpt_path", "ignore_keys", "image_key", "monitor", "remap", "sane_index_shape",
-              "colorize_nlabels", "batch_resize_range", "scheduler_config", "lr_g_factor", "use_ema")
+VQ_IGNORED = (
+    "lossconfig",
+    "ckpt_path",
+    "ignore_keys",
+    "image_key",
+    "monitor",
+    "remap",
+    "sane_index_shape",
+    "colorize_nlabels",
+    "batch_resize_range",
+    "scheduler_config",
+    "lr_g_factor",
+    "use_ema",
+)
 
 
 def normalize_vq_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +56,9 @@ def normalize_vq_config(params: dict[str, Any]) -> dict[str, Any]:
     if cfg["double_z"]:
         raise ValueError("VQ config double_z=true is not supported (a VQ-f4 first stage has double_z false)")
     if cfg["attn_resolutions"]:
-        raise ValueError("VQ config attn_resolutions must be empty (diffusers' VQModel has attention only in the mid block)")
+        raise ValueError(
+            "VQ config attn_resolutions must be empty (diffusers' VQModel has attention only in the mid block)"
+        )
     return cfg
 
 

@@ -90,8 +90,12 @@ class ZoomLDM(nn.Module):
     # construction
 
     @classmethod
-    def from_config(cls, name_or_yaml: str | Path | Mapping[str, Any] = "zoomldm_brca", seed: int | None = None,
-                    device: str | torch.device | None = None) -> ZoomLDM:
+    def from_config(
+        cls,
+        name_or_yaml: str | Path | Mapping[str, Any] = "zoomldm_brca",
+        seed: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> ZoomLDM:
         """Random-init model from ``conf/model/<name>.yaml``, a YAML file (native or official) or a dict.
 
         ``device="meta"`` builds it without allocating memory (shapes and parameter counts only).
@@ -119,8 +123,13 @@ class ZoomLDM(nn.Module):
         """Assign a native state_dict (unet.*, vq.*, summarizer.*) to this (meta) model as float32
         contiguous tensors (``copy``: always fresh copies, e.g. to detach from a memory-mapped file)."""
         expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        ckpt.check_keys(state, expected, source, f"ZoomLDM '{self.name}' architecture",
-                        hint="  Is the config right? (the config.yaml saved with these weights)")
+        ckpt.check_keys(
+            state,
+            expected,
+            source,
+            f"ZoomLDM '{self.name}' architecture",
+            hint="  Is the config right? (the config.yaml saved with these weights)",
+        )
         tensors = {}
         for k, v in state.items():
             dtype = torch.float32 if v.is_floating_point() else v.dtype
@@ -132,8 +141,9 @@ class ZoomLDM(nn.Module):
             raise ckpt.CheckpointError(f"{source}: tensors left uninitialised: {left[:10]}")
 
     @classmethod
-    def from_official(cls, ckpt_path: str | Path, config: str | Path | Mapping[str, Any] | None = None,
-                      ema: bool = True) -> ZoomLDM:
+    def from_official(
+        cls, ckpt_path: str | Path, config: str | Path | Mapping[str, Any] | None = None, ema: bool = True
+    ) -> ZoomLDM:
         """Load the released layout (``brca/weights.ckpt``: a flat state_dict, .ckpt or .safetensors).
 
         ``config``: the official (or native) YAML, a config name or a dict; None -> the
@@ -156,8 +166,14 @@ class ZoomLDM(nn.Module):
         return model.eval()
 
     @classmethod
-    def from_pretrained(cls, dir_or_hub_id: str | Path, subfolder: str | None = None, revision: str | None = None,
-                        cache_dir: str | Path | None = None, ema: bool = True) -> ZoomLDM:
+    def from_pretrained(
+        cls,
+        dir_or_hub_id: str | Path,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        ema: bool = True,
+    ) -> ZoomLDM:
         """A directory written by :meth:`save_pretrained` (``model.safetensors`` + ``config.yaml``), a
         directory holding the released ``weights.ckpt`` + ``config.yaml``, or a model-hub id.
 
@@ -175,7 +191,9 @@ class ZoomLDM(nn.Module):
                 f"{path}: neither {ckpt.NATIVE_WEIGHTS} (save_pretrained) nor {ckpt.OFFICIAL_WEIGHTS} (released layout) here"
             )
         if path.exists():
-            raise ckpt.WeightsNotFoundError(f"{path} is a file: use ZoomLDM.from_official(path) or ZoomLDM.load(path)")
+            raise ckpt.WeightsNotFoundError(
+                f"{path} is a file: use ZoomLDM.from_official(path) or ZoomLDM.load(path)"
+            )
         hub = ckpt.parse_hub_id(str(dir_or_hub_id))
         if hub is None:
             raise ckpt.WeightsNotFoundError(f"no such directory, and not a model-hub id: {dir_or_hub_id}")
@@ -200,7 +218,9 @@ class ZoomLDM(nn.Module):
         from safetensors.torch import load_file
 
         if not cfg_path.is_file():
-            raise ckpt.WeightsNotFoundError(f"{cfg_path} is missing: save_pretrained writes it beside {weights.name}")
+            raise ckpt.WeightsNotFoundError(
+                f"{cfg_path} is missing: save_pretrained writes it beside {weights.name}"
+            )
         name, arch = ckpt.read_config(cfg_path)
         try:
             state = load_file(str(weights))
@@ -213,8 +233,14 @@ class ZoomLDM(nn.Module):
         return model.eval()
 
     @classmethod
-    def load(cls, checkpoint: str | Path | None, config: str | Path | Mapping[str, Any] | None = "zoomldm_brca",
-             allow_random_weights: bool = False, seed: int = 0, ema: bool = True) -> ZoomLDM:
+    def load(
+        cls,
+        checkpoint: str | Path | None,
+        config: str | Path | Mapping[str, Any] | None = "zoomldm_brca",
+        allow_random_weights: bool = False,
+        seed: int = 0,
+        ema: bool = True,
+    ) -> ZoomLDM:
         """One entry point: a native directory, an official ``.ckpt`` (``config.yaml`` beside it, else
         ``config``), a model-hub id, or None (seeded random weights when ``allow_random_weights``)."""
         config = config or "zoomldm_brca"
@@ -241,8 +267,12 @@ class ZoomLDM(nn.Module):
             try:
                 return cls.from_pretrained(str(checkpoint), ema=ema)
             except ckpt.WeightsNotFoundError as err:
-                raise ckpt.WeightsNotFoundError(f"{err}\n(There is no local file or directory {path} either.)") from err
-        raise ckpt.WeightsNotFoundError(f"checkpoint {checkpoint!s}: no such file or directory, and not a model-hub id")
+                raise ckpt.WeightsNotFoundError(
+                    f"{err}\n(There is no local file or directory {path} either.)"
+                ) from err
+        raise ckpt.WeightsNotFoundError(
+            f"checkpoint {checkpoint!s}: no such file or directory, and not a model-hub id"
+        )
 
     # ------------------------------------------------------------------------------------------
     # saving
@@ -255,16 +285,33 @@ class ZoomLDM(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         tmp = directory / (ckpt.NATIVE_WEIGHTS + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "pt", "zoomfeat_model": "zoomldm",
-                                             "format_version": str(ckpt.NATIVE_FORMAT_VERSION)})
+        save_file(
+            state,
+            str(tmp),
+            metadata={
+                "format": "pt",
+                "zoomfeat_model": "zoomldm",
+                "format_version": str(ckpt.NATIVE_FORMAT_VERSION),
+            },
+        )
         tmp.replace(directory / ckpt.NATIVE_WEIGHTS)
-        extra = {"format_version": ckpt.NATIVE_FORMAT_VERSION, "source_checkpoint": self.checkpoint_id,
-                 "source_hash": self.checkpoint_hash}
-        ckpt.write_yaml(ckpt.native_config_document(self.name, self.config, extra), directory / ckpt.CONFIG_NAME)
+        extra = {
+            "format_version": ckpt.NATIVE_FORMAT_VERSION,
+            "source_checkpoint": self.checkpoint_id,
+            "source_hash": self.checkpoint_hash,
+        }
+        ckpt.write_yaml(
+            ckpt.native_config_document(self.name, self.config, extra), directory / ckpt.CONFIG_NAME
+        )
         return directory
 
-    def save_official(self, path: str | Path, ema_unet_state: Mapping[str, torch.Tensor] | None = None,
-                      ema_decay: float = 0.9999, ema_num_updates: int = 0) -> Path:
+    def save_official(
+        self,
+        path: str | Path,
+        ema_unet_state: Mapping[str, torch.Tensor] | None = None,
+        ema_decay: float = 0.9999,
+        ema_num_updates: int = 0,
+    ) -> Path:
         """Write the released layout: ``path`` (torch.save of a flat dict of tensors) + ``config.yaml``
         (official format) beside it.  EMA entries come from ``ema_unet_state`` (native UNet names) if
         given, else from the live UNet."""
@@ -285,7 +332,11 @@ class ZoomLDM(nn.Module):
     def _like(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Input on the weight's device/dtype, channels_last if the model was converted to it."""
         x = x.to(device=weight.device, dtype=weight.dtype)
-        if weight.ndim == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+        if (
+            weight.ndim == 4
+            and weight.is_contiguous(memory_format=torch.channels_last)
+            and not weight.is_contiguous()
+        ):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
@@ -313,8 +364,15 @@ class ZoomLDM(nn.Module):
         if images.dtype == torch.uint8:
             raise TypeError("encode expects float images in [-1, 1] (e.g. x.float() / 127.5 - 1), got uint8")
         f = vq_mod.downsample_factor(self.config["vq"])
-        if images.ndim != 4 or images.shape[1] != self.config["vq"]["in_channels"] or images.shape[-1] % f or images.shape[-2] % f:
-            raise ValueError(f"images must be [B, 3, H, W] with H, W multiples of {f}, got {tuple(images.shape)}")
+        if (
+            images.ndim != 4
+            or images.shape[1] != self.config["vq"]["in_channels"]
+            or images.shape[-1] % f
+            or images.shape[-2] % f
+        ):
+            raise ValueError(
+                f"images must be [B, 3, H, W] with H, W multiples of {f}, got {tuple(images.shape)}"
+            )
         x = self._like(images, self.vq.encoder.conv_in.weight)
         z = self.vq.encode(x).latents
         sf = self.config["diffusion"]["scale_factor"]
@@ -367,8 +425,13 @@ class ZoomLDM(nn.Module):
     # ------------------------------------------------------------------------------------------
     # diffusion
 
-    def q_sample(self, z0: torch.Tensor, t: int | torch.Tensor, noise: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def q_sample(
+        self,
+        z0: torch.Tensor,
+        t: int | torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Forward noising with the official float32 schedule (noise drawn from ``generator`` if None)."""
         if noise is None:
             dev = generator.device if generator is not None else z0.device
@@ -379,16 +442,24 @@ class ZoomLDM(nn.Module):
         """UNet noise prediction (the full diffusers forward)."""
         self._check_latent(x_t, "x_t")
         x = self._like(x_t, self.unet.conv_in.weight)
-        return self.unet(x, self._timesteps(t, x.shape[0]), encoder_hidden_states=self._context(context, x.shape[0])).sample
+        return self.unet(
+            x, self._timesteps(t, x.shape[0]), encoder_hidden_states=self._context(context, x.shape[0])
+        ).sample
 
-    def taps(self, x_t: torch.Tensor, t: int | torch.Tensor, context: torch.Tensor,
-             names: Sequence[str] | str = DEFAULT_TAPS) -> dict[str, torch.Tensor]:
+    def taps(
+        self,
+        x_t: torch.Tensor,
+        t: int | torch.Tensor,
+        context: torch.Tensor,
+        names: Sequence[str] | str = DEFAULT_TAPS,
+    ) -> dict[str, torch.Tensor]:
         """{official block name: activation [B, C, h, w]}; the forward stops after the deepest one."""
         names = unet_mod.check_tap_names(self.config["unet"], names)
         self._check_latent(x_t, "x_t")
         x = self._like(x_t, self.unet.conv_in.weight)
-        return unet_mod.forward_taps(self.unet, x, self._timesteps(t, x.shape[0]), self._context(context, x.shape[0]),
-                                     names)
+        return unet_mod.forward_taps(
+            self.unet, x, self._timesteps(t, x.shape[0]), self._context(context, x.shape[0]), names
+        )
 
     def tap_channels(self, names: Sequence[str] | str = DEFAULT_TAPS) -> dict[str, int]:
         """{tap name: channels} from the config, without running anything."""
@@ -397,9 +468,19 @@ class ZoomLDM(nn.Module):
         return {n: chans[n] for n in names}
 
     @torch.no_grad()
-    def sample(self, context: torch.Tensor, steps: int = 50, guidance: float = 2.0, sampler: str = "ddim",
-               x_T: torch.Tensor | None = None, generator: torch.Generator | None = None, eta: float = 0.0,
-               uncond: torch.Tensor | None = None, return_intermediates: bool = False, progress: bool = False):
+    def sample(
+        self,
+        context: torch.Tensor,
+        steps: int = 50,
+        guidance: float = 2.0,
+        sampler: str = "ddim",
+        x_T: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        uncond: torch.Tensor | None = None,
+        return_intermediates: bool = False,
+        progress: bool = False,
+    ):
         """Sample latents with the official DDIM or PLMS sampler and classifier-free guidance.
 
         ``uncond`` defaults to zeros (the official unconditional context).  Returns the latent
@@ -423,8 +504,9 @@ class ZoomLDM(nn.Module):
 
         ac = self.schedule.alphas_cumprod
         if sampler == "ddim":
-            out, inter = sampling.sample_ddim(eps_fn, x_T, context, uncond, ac, steps, guidance, eta, generator,
-                                              progress)
+            out, inter = sampling.sample_ddim(
+                eps_fn, x_T, context, uncond, ac, steps, guidance, eta, generator, progress
+            )
         elif sampler == "plms":
             if eta != 0.0:
                 raise ValueError("the PLMS sampler requires eta=0")

@@ -1,10 +1,10 @@
 """Whole-slide images: MPP and magnification, tissue detection, the nested 20x/5x tile grid.
 
-    from zoomfeat.slide import Slide, TileGrid, split_parent
-    slide = Slide.open("slide.svs")            # mpp= overrides the file's resolution
-    grid = TileGrid.build(slide)               # 256 px tiles at 20x, 4x4 per 5x parent
-    region = grid.read_parent(slide, 0)        # (1024, 1024, 3) at 20x
-    children, parent_tile = split_parent(region)
+from zoomfeat.slide import Slide, TileGrid, split_parent
+slide = Slide.open("slide.svs")            # mpp= overrides the file's resolution
+grid = TileGrid.build(slide)               # 256 px tiles at 20x, 4x4 per 5x parent
+region = grid.read_parent(slide, 0)        # (1024, 1024, 3) at 20x
+children, parent_tile = split_parent(region)
 """
 
 from .grid import Children, TileGrid, split_parent

@@ -66,11 +66,18 @@ def split_parent(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from PIL import Image
 
     region = np.asarray(region)
-    if region.ndim != 3 or region.shape[0] != region.shape[1] or region.shape[0] % RATIO or region.shape[2] != 3:
+    if (
+        region.ndim != 3
+        or region.shape[0] != region.shape[1]
+        or region.shape[0] % RATIO
+        or region.shape[2] != 3
+    ):
         raise ValueError(f"parent region must be (4t, 4t, 3), got {region.shape}")
     t = region.shape[0] // RATIO
     children = region.reshape(RATIO, t, RATIO, t, 3).transpose(0, 2, 1, 3, 4).reshape(RATIO * RATIO, t, t, 3)
-    parent = np.array(Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS))
+    parent = np.array(
+        Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS)
+    )
     return np.ascontiguousarray(children), parent
 
 
@@ -128,7 +135,11 @@ class TileGrid:
     def parent_box_level0(self, i: int) -> tuple[float, float, float]:
         """Exact ``(x, y, size)`` in level-0 px of parent ``i``."""
         pi, pj = self.parent_ij[i]
-        return float(pi * self.parent_size_level0), float(pj * self.parent_size_level0), self.parent_size_level0
+        return (
+            float(pi * self.parent_size_level0),
+            float(pj * self.parent_size_level0),
+            self.parent_size_level0,
+        )
 
     def child_box_level0(self, k: int) -> tuple[float, float, float]:
         """Exact ``(x, y, size)`` in level-0 px of child row ``k``."""
@@ -185,8 +196,13 @@ class TileGrid:
         at most 8 um/px); ``tissue_kwargs`` go to :func:`zoomfeat.slide.tissue.tissue_mask`.
         A slide smaller than one tile, or without tissue, gives an empty grid and a warning.
         """
-        if not (float(mag) > 0 and float(parent_mag) > 0) or abs(float(mag) / float(parent_mag) - RATIO) > 1e-9:
-            raise ValueError(f"mag / parent_mag must be {RATIO} (each parent covers 4x4 children), got {mag} / {parent_mag}")
+        if (
+            not (float(mag) > 0 and float(parent_mag) > 0)
+            or abs(float(mag) / float(parent_mag) - RATIO) > 1e-9
+        ):
+            raise ValueError(
+                f"mag / parent_mag must be {RATIO} (each parent covers 4x4 children), got {mag} / {parent_mag}"
+            )
         if int(tile_px) != tile_px or tile_px <= 0:
             raise ValueError(f"tile_px must be a positive integer, got {tile_px!r}")
         tile_px = int(tile_px)
@@ -256,7 +272,9 @@ class TileGrid:
     @classmethod
     def _empty(cls, **common) -> TileGrid:
         z2 = np.zeros((0, 2), np.int64)
-        children = Children(xy=z2.copy(), parent=np.zeros(0, np.int64), tissue=np.zeros(0, np.float32), kept=np.zeros(0, bool))
+        children = Children(
+            xy=z2.copy(), parent=np.zeros(0, np.int64), tissue=np.zeros(0, np.float32), kept=np.zeros(0, bool)
+        )
         return cls(parents=z2, parent_ij=z2.copy(), children=children, **common)
 
     # ---------------------------------------------------------------- overlay
@@ -271,14 +289,20 @@ class TileGrid:
         W, H = slide.dimensions
         rgb, dx, dy = slide.thumbnail(slide.mpp * max(1.0, max(W, H) / max_px), max_px=max_px, progress=False)
         h, w = rgb.shape[:2]
-        mask = np.asarray(Image.fromarray(self.mask).resize((w, h), Image.NEAREST)) if self.mask.size else np.zeros((h, w), bool)
+        mask = (
+            np.asarray(Image.fromarray(self.mask).resize((w, h), Image.NEAREST))
+            if self.mask.size
+            else np.zeros((h, w), bool)
+        )
         img = Image.fromarray(overlay_mask(rgb, mask, alpha=0.25))
         draw = ImageDraw.Draw(img)
         s = self.child_size_level0
         lw = max(1, round(min(w, h) / 700))
 
         def rect(x, y, size, color, width):
-            draw.rectangle([x / dx, y / dy, (x + size) / dx - 1, (y + size) / dy - 1], outline=color, width=width)
+            draw.rectangle(
+                [x / dx, y / dy, (x + size) / dx - 1, (y + size) / dy - 1], outline=color, width=width
+            )
 
         for k in range(len(self.children)):
             x, y, _ = self.child_box_level0(k)

@@ -101,7 +101,9 @@ def resolve_mpp(
         if not (math.isfinite(value) and value > 0):
             raise SlideError(f"{path}: mpp={mpp!r} must be a positive number of microns per pixel")
         if not _plausible(value):
-            warnings.warn(f"{path}: mpp={value} um/px is outside the usual microscope range {MPP_RANGE}", stacklevel=3)
+            warnings.warn(
+                f"{path}: mpp={value} um/px is outside the usual microscope range {MPP_RANGE}", stacklevel=3
+            )
         return MppInfo(value, "override", value, value)
 
     rejected: list[str] = []
@@ -174,7 +176,9 @@ class Slide:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, mpp: float | None = None, objective_power_fallback: bool = False) -> Slide:
+    def open(
+        cls, path: str | Path, mpp: float | None = None, objective_power_fallback: bool = False
+    ) -> Slide:
         """Open ``path`` with openslide and resolve its MPP (``mpp=`` overrides the file).
 
         Raises ``FileNotFoundError`` for a missing path and :class:`SlideError` (naming the file)
@@ -325,7 +329,9 @@ class Slide:
         extent = size_px * float(mpp) / self.mpp
         return self.read_box(x0, y0, extent, extent, size_px, size_px)
 
-    def thumbnail(self, mpp: float, max_px: int = 8192, block_px: int = 4096, progress: bool = True) -> tuple[np.ndarray, float, float]:
+    def thumbnail(
+        self, mpp: float, max_px: int = 8192, block_px: int = 4096, progress: bool = True
+    ) -> tuple[np.ndarray, float, float]:
         """The whole slide at ``mpp`` um/px (or coarser, so the long side is at most ``max_px``).
 
         Returns ``(rgb uint8 (h, w, 3), downsample_x, downsample_y)`` where the downsamples are
@@ -343,7 +349,9 @@ class Slide:
         step = max(1, int(block_px / max(1.0, min(dx, dy) / self.level_downsamples[level])))
         out = np.empty((th, tw, 3), np.uint8)
         blocks = [(bx, by) for by in range(0, th, step) for bx in range(0, tw, step)]
-        for bx, by in tqdm(blocks, desc=f"thumbnail {self.slide_id}", disable=not progress or len(blocks) < 16, leave=False):
+        for bx, by in tqdm(
+            blocks, desc=f"thumbnail {self.slide_id}", disable=not progress or len(blocks) < 16, leave=False
+        ):
             bw, bh = min(step, tw - bx), min(step, th - by)
             out[by : by + bh, bx : bx + bw] = self.read_box(bx * dx, by * dy, bw * dx, bh * dy, bw, bh)
         return out, dx, dy

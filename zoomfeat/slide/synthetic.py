@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 
-def synthetic_he_image(width: int, height: int, seed: int = 0, tissue_fraction: float = 0.4, blob_px: int | None = None) -> np.ndarray:
+def synthetic_he_image(
+    width: int, height: int, seed: int = 0, tissue_fraction: float = 0.4, blob_px: int | None = None
+) -> np.ndarray:
     """An RGB uint8 (height, width, 3) H&E-like picture: tissue blobs on white."""
     rng = np.random.default_rng(seed)
     blob_px = blob_px or max(32, min(width, height) // 6)
@@ -41,7 +43,9 @@ def synthetic_he_image(width: int, height: int, seed: int = 0, tissue_fraction: 
     return img
 
 
-def synthetic_artefact_image(width: int = 2048, height: int = 2048, seed: int = 0) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def synthetic_artefact_image(
+    width: int = 2048, height: int = 2048, seed: int = 0
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """H&E-like tissue plus the artefacts tissue detection must ignore, with the truth.
 
     White background; a bluish-black scan border along the left and top edges (noisy) that fades
@@ -153,5 +157,7 @@ def write_synthetic_slide(
             elif vendor not in ("aperio", "generic", "none"):
                 raise ValueError(f"unknown vendor {vendor!r}: use 'aperio', 'generic' or 'none'")
             # Levels smaller than a tile are still written tiled (openslide wants tiles).
-            tif.write(level, tile=(tile, tile), metadata=None, subfiletype=0 if i == 0 else 1, **kwargs, **extra)
+            tif.write(
+                level, tile=(tile, tile), metadata=None, subfiletype=0 if i == 0 else 1, **kwargs, **extra
+            )
     return path

@@ -67,7 +67,10 @@ class TissueMask:
 
     def fraction(self, x0, y0, w0, h0) -> np.ndarray:
         """Tissue fraction of level-0 boxes ``[x0, x0+w0) x [y0, y0+h0)`` (arrays broadcast)."""
-        x0, y0 = np.asarray(x0, np.float64) / self.downsample_x, np.asarray(y0, np.float64) / self.downsample_y
+        x0, y0 = (
+            np.asarray(x0, np.float64) / self.downsample_x,
+            np.asarray(y0, np.float64) / self.downsample_y,
+        )
         x1 = x0 + np.asarray(w0, np.float64) / self.downsample_x
         y1 = y0 + np.asarray(h0, np.float64) / self.downsample_y
         area = self._F(x1, y1) - self._F(x0, y1) - self._F(x1, y0) + self._F(x0, y0)
@@ -103,7 +106,9 @@ def _disk(radius_px: float) -> np.ndarray:
     return xx * xx + yy * yy <= r * r + r  # "+ r": rounder small disks (r=1 gives the full 3x3)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0.0, 1.0)) -> float:
+def otsu_threshold(
+    values: np.ndarray, bins: int = 256, value_range: tuple[float, float] = (0.0, 1.0)
+) -> float:
     """Otsu's threshold of 1-D ``values`` (maximises the between-class variance)."""
     if values.size == 0:
         return value_range[1]
@@ -189,4 +194,6 @@ def detect_tissue(slide, mpp: float = 8.0, max_px: int = 8192, progress: bool = 
     thumb, dx, dy = slide.thumbnail(mpp, max_px=max_px, progress=progress)
     actual_mpp = slide.mpp * (dx + dy) / 2
     mask, threshold = tissue_mask(thumb, actual_mpp, **kwargs)
-    return TissueMask(mask=mask, thumbnail=thumb, mpp=actual_mpp, downsample_x=dx, downsample_y=dy, threshold=threshold)
+    return TissueMask(
+        mask=mask, thumbnail=thumb, mpp=actual_mpp, downsample_x=dx, downsample_y=dy, threshold=threshold
+    )

@@ -128,7 +128,10 @@ def find_latest(out_dir_or_root: str | Path) -> Path | None:
         return root / name
     found = list_checkpoints(root)
     if name and found:
-        warnings.warn(f"{root / LATEST} points at {name!r}, which is not a complete checkpoint; using {found[-1][1].name}", stacklevel=2)
+        warnings.warn(
+            f"{root / LATEST} points at {name!r}, which is not a complete checkpoint; using {found[-1][1].name}",
+            stacklevel=2,
+        )
     return found[-1][1] if found else None
 
 
@@ -139,7 +142,9 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p.resolve() if p.is_symlink() else p
     found = find_latest(p)
     if found is None:
-        raise FileNotFoundError(f"no complete training checkpoint at {p} (looked for {STATE_FILE}, {CHECKPOINTS_DIR}/{LATEST})")
+        raise FileNotFoundError(
+            f"no complete training checkpoint at {p} (looked for {STATE_FILE}, {CHECKPOINTS_DIR}/{LATEST})"
+        )
     return found
 
 
@@ -162,7 +167,9 @@ def clean_partial(root: Path) -> list[Path]:
     return removed
 
 
-def write_checkpoint(root: str | Path, step: int, write: Callable[[Path], None], keep: int | None = None) -> Path:
+def write_checkpoint(
+    root: str | Path, step: int, write: Callable[[Path], None], keep: int | None = None
+) -> Path:
     """Write a checkpoint atomically: ``write(tmp_dir)`` fills a temporary directory (and must
     write ``trainer/state.json`` last), which is then renamed to ``step-XXXXXXXX``; ``latest`` is
     updated after the rename; then all but the newest ``keep`` checkpoints are deleted (never

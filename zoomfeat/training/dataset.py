@@ -54,12 +54,16 @@ def mag_probabilities(available: Sequence[int], weights: Any = None) -> dict[int
         for k, v in weights.items():
             m = parse_mag(k)
             if m not in w:
-                raise ValueError(f"mag_weights names {MAG_NAMES.get(m, k)}, which the training data does not have (it has {[MAG_NAMES[a] for a in available]})")
+                raise ValueError(
+                    f"mag_weights names {MAG_NAMES.get(m, k)}, which the training data does not have (it has {[MAG_NAMES[a] for a in available]})"
+                )
             w[m] = float(v)
     else:
         weights = list(weights)
         if len(weights) != len(available):
-            raise ValueError(f"mag_weights has {len(weights)} entries but the data has {len(available)} magnifications {[MAG_NAMES[a] for a in available]}")
+            raise ValueError(
+                f"mag_weights has {len(weights)} entries but the data has {len(available)} magnifications {[MAG_NAMES[a] for a in available]}"
+            )
         w = {m: float(v) for m, v in zip(available, weights)}
     if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
         raise ValueError(f"mag_weights must be >= 0 with a positive sum, got {w}")
@@ -160,7 +164,9 @@ class StepBatchSampler(torch.utils.data.Sampler):
         repeat_first_step: bool = False,
     ) -> None:
         if batch_size < 1 or grad_accum < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"bad batch layout: batch_size={batch_size} grad_accum={grad_accum} rank={rank}/{world_size}")
+            raise ValueError(
+                f"bad batch layout: batch_size={batch_size} grad_accum={grad_accum} rank={rank}/{world_size}"
+            )
         self.batch_size = batch_size
         self.steps = steps
         self.start_step = start_step

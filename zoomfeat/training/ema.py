@@ -18,14 +18,18 @@ from zoomfeat.weights import key_mismatch_lines
 
 
 class EMA:
-    def __init__(self, module: nn.Module, decay: float = 0.9999, warmup: bool = True, num_updates: int = 0) -> None:
+    def __init__(
+        self, module: nn.Module, decay: float = 0.9999, warmup: bool = True, num_updates: int = 0
+    ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"ema decay must be in [0, 1], got {decay}")
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = int(num_updates)
         self.names = [n for n, p in module.named_parameters() if p.requires_grad]
-        self.shadow: dict[str, torch.Tensor] = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
+        self.shadow: dict[str, torch.Tensor] = {
+            n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad
+        }
 
     def current_decay(self) -> float:
         n = self.num_updates

@@ -171,7 +171,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def autocast_ctx(precision: str, device: torch.device):
     if precision == "fp32":
         return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,7 +209,16 @@ def _arch_summary(arch: Mapping[str, Any]) -> str:
                     return r
         return None
 
-    keys = ("model_channels", "channel_mult", "context_dim", "input_channels", "hidden_channels", "num_layers", "n_embed", "ch")
+    keys = (
+        "model_channels",
+        "channel_mult",
+        "context_dim",
+        "input_channels",
+        "hidden_channels",
+        "num_layers",
+        "n_embed",
+        "ch",
+    )
     parts = [f"{k}={find(arch, k)}" for k in keys if find(arch, k) is not None]
     return ", ".join(parts) or json.dumps(arch, sort_keys=True, default=str)[:300]
 
@@ -236,7 +247,9 @@ def load_init(init: str, model_name: Any) -> nn.Module:
     try:
         model = ZoomLDM.load(init, config=model_name)
     except (ValueError, KeyError, RuntimeError) as err:
-        raise ValueError(f"init checkpoint {init} cannot be loaded as model={_label(model_name)}: {err}") from err
+        raise ValueError(
+            f"init checkpoint {init} cannot be loaded as model={_label(model_name)}: {err}"
+        ) from err
     check_architecture(model, model_name, str(init))
     return model
 
@@ -271,7 +284,9 @@ def align_vq(model: nn.Module, index: ShardIndex, cfg: TrainConfig) -> None:
         donor = ZoomLDM.load(source, config=cfg.model)
         model.vq.load_state_dict(donor.vq.state_dict())
         if vq_fingerprint(model) == want:
-            log.info("VQ autoencoder taken from %s (the checkpoint the training data was prepared with)", source)
+            log.info(
+                "VQ autoencoder taken from %s (the checkpoint the training data was prepared with)", source
+            )
             return
     raise ValueError(
         f"the training data in {index.data_dir} was encoded with another VQ autoencoder (weights hash {want}, "
@@ -299,7 +314,9 @@ class DiffusionObjective(nn.Module):
             ctx = ctx.index_copy(0, rows, c.to(ctx.dtype))
         return ctx
 
-    def forward(self, latent: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, ssl_groups: list) -> torch.Tensor:
+    def forward(
+        self, latent: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, ssl_groups: list
+    ) -> torch.Tensor:
         ctx = self.context(ssl_groups, latent.shape[0], latent.device)
         ctx = ctx * keep.to(ctx.dtype)[:, None, None]  # context dropout: whole sample -> zeros
         x_t = self._model.q_sample(latent, t, noise)
@@ -352,7 +369,13 @@ def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, pre
     return TrainingParts(model, DiffusionObjective(model), params, optimizer, scaler, ema)
 
 
-def train_step(parts: TrainingParts, batches: list[dict[str, Any]], lr: float, amp=None, max_grad_norm: float | None = None) -> torch.Tensor:
+def train_step(
+    parts: TrainingParts,
+    batches: list[dict[str, Any]],
+    lr: float,
+    amp=None,
+    max_grad_norm: float | None = None,
+) -> torch.Tensor:
     """One optimiser step over ``len(batches)`` accumulated micro-batches; returns the mean loss
     (a device tensor: reading it synchronises)."""
     for group in parts.optimizer.param_groups:
@@ -451,12 +474,16 @@ def write_sample_grids(
             x_T = torch.randn(latent.shape, generator=g).to(device)
             with autocast_ctx(precision, device):
                 ctx = model.condition(ssl, m)
-                z = model.sample(ctx.float(), steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, x_T=x_T)
+                z = model.sample(
+                    ctx.float(), steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler, x_T=x_T
+                )
                 real = model.decode(latent)
                 fake = model.decode(z.float())
             name = f"m{m}_{MAG_NAMES[m]}.png"
             title = f"step {step}  magnification {MAG_NAMES[m]}  ({cfg.sampler} {cfg.steps} steps, guidance {cfg.guidance:g}, EMA weights)"
-            paths.append(save_grid_png(out_dir / name, [("data", _to_uint8(real)), ("sample", _to_uint8(fake))], title))
+            paths.append(
+                save_grid_png(out_dir / name, [("data", _to_uint8(real)), ("sample", _to_uint8(fake))], title)
+            )
     finally:
         model.unet.train(was_training[0])
         model.summarizer.train(was_training[1])
@@ -491,7 +518,14 @@ def _set_rng_state(state: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
 def _extra_rng() -> dict[str, Any]:
     np_state = np.random.get_state()
     py = random.getstate()
-    return {"numpy": [np_state[0], np_state[1].tolist(), *[x.item() if hasattr(x, "item") else x for x in np_state[2:]]], "python": [py[0], list(py[1]), py[2]]}
+    return {
+        "numpy": [
+            np_state[0],
+            np_state[1].tolist(),
+            *[x.item() if hasattr(x, "item") else x for x in np_state[2:]],
+        ],
+        "python": [py[0], list(py[1]), py[2]],
+    }
 
 
 def save_training_checkpoint(
@@ -518,12 +552,19 @@ def save_training_checkpoint(
         tdir = tmp / "trainer"
         tdir.mkdir(exist_ok=True)
         save_file(live, str(tdir / "unet_live.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tdir / "unet_ema.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()},
+            str(tdir / "unet_ema.safetensors"),
+        )
         torch.save(optimizer.state_dict(), tdir / "optimizer.pt")
         if scaler is not None and scaler.is_enabled():
             torch.save(scaler.state_dict(), tdir / "grad_scaler.pt")
         torch.save(_rng_state(), tdir / "rng.pt")
-        full = {**state, "rng": _extra_rng(), "ema": {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates}}
+        full = {
+            **state,
+            "rng": _extra_rng(),
+            "ema": {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates},
+        }
         text = json.dumps(full, indent=1, sort_keys=True, default=str)
         with open(tdir / ".state.json.tmp", "w") as f:
             f.write(text)
@@ -566,7 +607,9 @@ def _resume_source(cfg: TrainConfig, root: Path) -> Path | None:
     r = cfg.resume
     if r in (False, None, "false", "False", "no", "never"):
         if ckpt_io.list_checkpoints(root):
-            raise FileExistsError(f"{cfg.out_dir} already holds training checkpoints and resume=false; use resume=auto to continue, or another out_dir")
+            raise FileExistsError(
+                f"{cfg.out_dir} already holds training checkpoints and resume=false; use resume=auto to continue, or another out_dir"
+            )
         return None
     if r in (True, "auto", "true", "True", "latest"):
         return ckpt_io.find_latest(root)
@@ -596,7 +639,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         out_dir.mkdir(parents=True, exist_ok=True)
         removed = ckpt_io.clean_partial(root)
         if removed:
-            log.warning("removed partial checkpoint(s) from an interrupted run: %s", [p.name for p in removed])
+            log.warning(
+                "removed partial checkpoint(s) from an interrupted run: %s", [p.name for p in removed]
+            )
     _barrier(info)
 
     index = ShardIndex.load(cfg.data_dir, cfg.mags)
@@ -639,7 +684,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                 stacklevel=2,
             )
         if st.get("data") != index.fingerprint():
-            warnings.warn(f"training data changed since the checkpoint ({st.get('data')} -> {index.fingerprint()})", stacklevel=2)
+            warnings.warn(
+                f"training data changed since the checkpoint ({st.get('data')} -> {index.fingerprint()})",
+                stacklevel=2,
+            )
         del resumed
     else:
         torch.manual_seed(cfg.seed)
@@ -648,9 +696,21 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
     if info.distributed:
         parts.wrap_ddp(device, cfg.ddp_find_unused_parameters)
-    p_uncond = cfg.p_uncond if cfg.p_uncond is not None else float(model.config.get("summarizer", {}).get("p_uncond", 0.1))
-    dataset = MultiScaleDataset(index, seed=cfg.seed, mag_weights=cfg.mag_weights, p_uncond=p_uncond, num_timesteps=_num_timesteps(model))
-    sampler = StepBatchSampler(cfg.batch_size, cfg.steps, start_step, info.world_size, info.rank, cfg.grad_accum, cfg.overfit_batch)
+    p_uncond = (
+        cfg.p_uncond
+        if cfg.p_uncond is not None
+        else float(model.config.get("summarizer", {}).get("p_uncond", 0.1))
+    )
+    dataset = MultiScaleDataset(
+        index,
+        seed=cfg.seed,
+        mag_weights=cfg.mag_weights,
+        p_uncond=p_uncond,
+        num_timesteps=_num_timesteps(model),
+    )
+    sampler = StepBatchSampler(
+        cfg.batch_size, cfg.steps, start_step, info.world_size, info.rank, cfg.grad_accum, cfg.overfit_batch
+    )
     loader = make_loader(dataset, sampler, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     conditions = pick_conditions(dataset, cfg.samples.n) if info.is_main and cfg.samples.enabled else None
 
@@ -666,7 +726,12 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         "model_name": cfg.model,
     }
     log_path = out_dir / "train_log.jsonl"
-    summary: dict[str, Any] = {"start_step": start_step, "step": start_step, "loss": None, "checkpoint": str(source) if source else None}
+    summary: dict[str, Any] = {
+        "start_step": start_step,
+        "step": start_step,
+        "loss": None,
+        "checkpoint": str(source) if source else None,
+    }
     if start_step >= cfg.steps:
         if info.is_main:
             log.info("nothing to do: checkpoint step %d >= steps=%d", start_step, cfg.steps)
@@ -675,14 +740,29 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     def checkpoint(step: int, loss: float | None) -> Path | None:
         path = None
         if info.is_main:
-            state = {**run_state, "step": step, "samples_seen": step * global_batch, "loss": loss, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            state = {
+                **run_state,
+                "step": step,
+                "samples_seen": step * global_batch,
+                "loss": loss,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
             samples = (conditions, cfg.samples, device, precision) if conditions else None
-            path = save_training_checkpoint(root, step, model, ema, optimizer, scaler, state, keep=cfg.keep_checkpoints, samples=samples)
+            path = save_training_checkpoint(
+                root, step, model, ema, optimizer, scaler, state, keep=cfg.keep_checkpoints, samples=samples
+            )
             log.info("checkpoint %s", path)
         _barrier(info)
         return path
 
-    bar = tqdm(total=cfg.steps, initial=start_step, disable=not (cfg.progress and info.is_main), desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        disable=not (cfg.progress and info.is_main),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
     amp = autocast_ctx(precision, device)
     t0, s0 = time.perf_counter(), start_step
     running, last_loss = None, None
@@ -690,7 +770,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     try:
         for step in range(start_step, cfg.steps):
             lr = lr_at(step, cfg.lr, cfg.warmup_steps)
-            loss_sum = train_step(parts, [next(it) for _ in range(cfg.grad_accum)], lr, amp, cfg.max_grad_norm)
+            loss_sum = train_step(
+                parts, [next(it) for _ in range(cfg.grad_accum)], lr, amp, cfg.max_grad_norm
+            )
             done = step + 1
             bar.update(1)
             if done % cfg.log_every == 0 or done == cfg.steps or done % cfg.checkpoint_every == 0:
@@ -701,13 +783,23 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                     loss_sum /= info.world_size
                 last_loss = float(loss_sum)
                 if not math.isfinite(last_loss) and precision != "fp16":
-                    raise FloatingPointError(f"training loss is {last_loss} at step {done}; lower lr or use precision=fp32")
+                    raise FloatingPointError(
+                        f"training loss is {last_loss} at step {done}; lower lr or use precision=fp32"
+                    )
                 running = last_loss if running is None else 0.9 * running + 0.1 * last_loss
                 elapsed = time.perf_counter() - t0
                 sps = (done - s0) * global_batch / max(elapsed, 1e-9)
                 bar.set_postfix(loss=f"{running:.4f}", samples_s=f"{sps:.1f}", lr=f"{lr:.2e}")
                 if info.is_main:
-                    rec = {"step": done, "loss": last_loss, "loss_smooth": running, "lr": lr, "samples_per_s": sps, "samples_seen": done * global_batch, "elapsed_s": elapsed}
+                    rec = {
+                        "step": done,
+                        "loss": last_loss,
+                        "loss_smooth": running,
+                        "lr": lr,
+                        "samples_per_s": sps,
+                        "samples_seen": done * global_batch,
+                        "elapsed_s": elapsed,
+                    }
                     with open(log_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:

@@ -70,7 +70,9 @@ class PrepareConfig:
         if not self.mags:
             raise ValueError("mags is empty: name at least one magnification (e.g. mags=[20x,5x])")
         if not 0 <= self.shard_index < self.shard_count:
-            raise ValueError(f"shard.index must be in [0, shard.count), got {self.shard_index}/{self.shard_count}")
+            raise ValueError(
+                f"shard.index must be in [0, shard.count), got {self.shard_index}/{self.shard_count}"
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,7 +97,9 @@ def _autocast(precision: str, device: torch.device):
 class _Encoders:
     """UNI and the VQ encoder on uint8 tiles, batched, on one device."""
 
-    def __init__(self, model: nn.Module, encoder: nn.Module, device: torch.device, precision: str, batch_size: int) -> None:
+    def __init__(
+        self, model: nn.Module, encoder: nn.Module, device: torch.device, precision: str, batch_size: int
+    ) -> None:
         self.model = model
         self.encoder = encoder
         self.device = device
@@ -119,7 +123,9 @@ class _Encoders:
         out = []
         for a in range(0, len(tiles), self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(tiles[a : a + self.batch_size])).to(self.device)
-            x = x.permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1.0  # NCHW: the channels_last CPU GroupNorm is inexact
+            x = (
+                x.permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1.0
+            )  # NCHW: the channels_last CPU GroupNorm is inexact
             with _autocast(self.precision, self.device):
                 z = self.model.encode(x)
             out.append(z.float().cpu().numpy().astype(np.float16))
@@ -139,7 +145,9 @@ class _BlockDataset(torch.utils.data.Dataset):
         from zoomfeat.slide import split_parent
 
         bi, bj = self.blocks[i]
-        region = self.slide.read_region(bi * RATIO * self.s0, bj * RATIO * self.s0, RATIO * TILE_PX, self.mpp20)
+        region = self.slide.read_region(
+            bi * RATIO * self.s0, bj * RATIO * self.s0, RATIO * TILE_PX, self.mpp20
+        )
         children, parent = split_parent(region)
         return {"i": i, "children": children, "parent": parent}
 
@@ -205,13 +213,27 @@ def prepare_slide(
     grids, kept_rows, lattices = {}, {}, {}
     for m in mags:
         mag = 20.0 / 2**m
-        grids[m] = TileGrid.build(slide, TILE_PX, mag=mag, parent_mag=mag / RATIO, min_tissue=cfg.min_tissue, tissue=tissue, progress=False)
+        grids[m] = TileGrid.build(
+            slide,
+            TILE_PX,
+            mag=mag,
+            parent_mag=mag / RATIO,
+            min_tissue=cfg.min_tissue,
+            tissue=tissue,
+            progress=False,
+        )
         kept_rows[m] = np.flatnonzero(grids[m].children.kept)
         lattices[m] = _lattice(grids[m])[kept_rows[m]]
 
     # every 20x cell a kept tile covers, and the 4x4 blocks holding them
-    cells_per_tile = {m: (lattices[m][:, None, None, :] * 2**m + _offsets(m)[None]).reshape(len(lattices[m]), 4**m, 2) for m in mags}
-    all_cells = np.unique(np.concatenate([c.reshape(-1, 2) for c in cells_per_tile.values()] + [np.zeros((0, 2), np.int64)]), axis=0)
+    cells_per_tile = {
+        m: (lattices[m][:, None, None, :] * 2**m + _offsets(m)[None]).reshape(len(lattices[m]), 4**m, 2)
+        for m in mags
+    }
+    all_cells = np.unique(
+        np.concatenate([c.reshape(-1, 2) for c in cells_per_tile.values()] + [np.zeros((0, 2), np.int64)]),
+        axis=0,
+    )
     blocks, block_of_cell = np.unique(all_cells // RATIO, axis=0, return_inverse=True)
     block_of_cell = block_of_cell.reshape(-1)
     need = np.zeros((len(blocks), RATIO * RATIO), bool)
@@ -240,7 +262,11 @@ def prepare_slide(
 
     desc = f"{slide.slide_id}"
     counts = {}
-    with writer.slide(slide.slide_id, source=str(path), extra={"mpp": slide.mpp, "magnification": slide.magnification, "dimensions": list(slide.dimensions)}) as out:
+    with writer.slide(
+        slide.slide_id,
+        source=str(path),
+        extra={"mpp": slide.mpp, "magnification": slide.magnification, "dimensions": list(slide.dimensions)},
+    ) as out:
         for m in mags:
             out.start(m, grids[m].patch_size_level0)
         # ---- phase A: blocks -> UNI of every needed 20x cell, m=0 and m=2 tiles
@@ -279,7 +305,9 @@ def prepare_slide(
         from tqdm.auto import tqdm
 
         loader = _loader(_BlockDataset(slide, blocks, s0, mpp20), cfg.num_workers)
-        for item in tqdm(loader, total=len(blocks), desc=f"{desc} 20x/5x blocks", disable=not cfg.progress, leave=False):
+        for item in tqdm(
+            loader, total=len(blocks), desc=f"{desc} 20x/5x blocks", disable=not cfg.progress, leave=False
+        ):
             pending.append(item)
             pending_tiles += int(need[item["i"]].sum())
             if pending_tiles >= cfg.batch_size:
@@ -289,7 +317,9 @@ def prepare_slide(
         for m in mags:
             if m in direct or not len(kept_rows[m]):
                 continue
-            loader = _loader(_TileDataset(slide, grids[m], kept_rows[m]), cfg.num_workers, batch_size=cfg.batch_size)
+            loader = _loader(
+                _TileDataset(slide, grids[m], kept_rows[m]), cfg.num_workers, batch_size=cfg.batch_size
+            )
             done = 0
             for imgs in tqdm(loader, desc=f"{desc} {MAG_NAMES[m]}", disable=not cfg.progress, leave=False):
                 ts = list(range(done, done + len(imgs)))
@@ -299,7 +329,12 @@ def prepare_slide(
                 done += len(imgs)
         counts = {MAG_NAMES[m]: int(len(kept_rows[m])) for m in mags}
     slide.close()
-    return {"slide_id": slide.slide_id, "tiles": counts, "uni_tiles": int(len(all_cells)), "seconds": time.perf_counter() - t_start}
+    return {
+        "slide_id": slide.slide_id,
+        "tiles": counts,
+        "uni_tiles": int(len(all_cells)),
+        "seconds": time.perf_counter() - t_start,
+    }
 
 
 def _offsets(m: int) -> np.ndarray:
@@ -326,7 +361,9 @@ def data_settings(cfg: PrepareConfig, model: nn.Module, encoder: nn.Module) -> d
     }
 
 
-def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, encoder: nn.Module) -> dict[str, Any]:
+def prepare(
+    inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, encoder: nn.Module
+) -> dict[str, Any]:
     """Prepare every slide of ``inputs`` (this job's share) into ``cfg.out_dir``.
 
     ``model`` supplies the VQ encoder (ZoomLDM), ``encoder`` the UNI embeddings. Returns a
@@ -337,9 +374,13 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
 
     specs = discover(inputs)
     if not specs:
-        raise ValueError(f"no slides found in {list(inputs)}: pass slide files, directories of slides or manifest CSVs")
+        raise ValueError(
+            f"no slides found in {list(inputs)}: pass slide files, directories of slides or manifest CSVs"
+        )
     specs = shard(specs, cfg.shard_index, cfg.shard_count)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    )
     precision = resolve_precision(cfg.precision, device)
     model.vq.to(device).eval()  # only the VQ encoder is used here
     encoder.to(device).eval()
@@ -351,10 +392,14 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
         "encoder_checkpoint": encoder.checkpoint_id,
         "vq": settings["vq"],
         "vq_checkpoint": str(getattr(model, "checkpoint_id", "")),
-        "model_config": getattr(model, "config", {}).get("name") if isinstance(getattr(model, "config", None), dict) else None,
+        "model_config": getattr(model, "config", {}).get("name")
+        if isinstance(getattr(model, "config", None), dict)
+        else None,
         "tile_px": TILE_PX,
     }
-    writer = ShardWriter(cfg.out_dir, ssl_channels=encoder.embed_dim, config_hash=chash, info=info, pack_rows=cfg.pack_rows)
+    writer = ShardWriter(
+        cfg.out_dir, ssl_channels=encoder.embed_dim, config_hash=chash, info=info, pack_rows=cfg.pack_rows
+    )
     encoders = _Encoders(model, encoder, device, precision, cfg.batch_size)
     summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}, "tiles": {}, "config_hash": chash}
     t0 = time.perf_counter()
@@ -367,7 +412,11 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
             path = spec.path
             rec = read_record(cfg.out_dir, path.stem)
             have = set(rec.get("mags", {})) if rec and rec.get("config_hash") == chash else set()
-            todo = [m for m in cfg.mags if str(m) not in have or not (Path(cfg.out_dir) / rec["mags"][str(m)]["file"]).is_file()]
+            todo = [
+                m
+                for m in cfg.mags
+                if str(m) not in have or not (Path(cfg.out_dir) / rec["mags"][str(m)]["file"]).is_file()
+            ]
             if not todo:
                 summary["skipped"].append(path.stem)
                 continue
@@ -384,7 +433,13 @@ def prepare(inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, enco
             summary["done"].append(path.stem)
             for k, v in res["tiles"].items():
                 summary["tiles"][k] = summary["tiles"].get(k, 0) + v
-            log.info("%s: %s tiles (%d UNI tiles) in %.1f s", path.stem, res["tiles"], res["uni_tiles"], res["seconds"])
+            log.info(
+                "%s: %s tiles (%d UNI tiles) in %.1f s",
+                path.stem,
+                res["tiles"],
+                res["uni_tiles"],
+                res["seconds"],
+            )
     summary["seconds"] = time.perf_counter() - t0
     summary["settings"] = settings
     return summary

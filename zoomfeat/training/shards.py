@@ -155,10 +155,16 @@ def ensure_dataset_info(data_dir: str | Path, info: Mapping[str, Any]) -> dict[s
     if existing is None:
         _atomic_write_text(data_dir / DATASET_FILE, json.dumps(info, indent=2, sort_keys=True, default=str))
         return info
-    diffs = {k: (existing.get(k), info.get(k)) for k in DATASET_KEYS if k in info and _norm(existing.get(k)) != _norm(info.get(k))}
+    diffs = {
+        k: (existing.get(k), info.get(k))
+        for k in DATASET_KEYS
+        if k in info and _norm(existing.get(k)) != _norm(info.get(k))
+    }
     if diffs:
         lines = "; ".join(f"{k}: directory has {a!r}, this run has {b!r}" for k, (a, b) in diffs.items())
-        raise ShardError(f"{data_dir / DATASET_FILE}: this data directory was prepared with other settings ({lines}). Use another out_dir.")
+        raise ShardError(
+            f"{data_dir / DATASET_FILE}: this data directory was prepared with other settings ({lines}). Use another out_dir."
+        )
     return existing
 
 
@@ -214,8 +220,20 @@ def slide_is_done(data_dir: str | Path, slide_id: str, mags: Iterable[int], conf
 def _create_shard(path: Path, m: int, ssl_channels: int, max_grid: int, chunk_rows: int = 1) -> h5py.File:
     g = grid_side(m, max_grid)
     f = h5py.File(path, "w")
-    f.create_dataset("latent", shape=(0, *LATENT_SHAPE), maxshape=(None, *LATENT_SHAPE), dtype=np.float16, chunks=(chunk_rows, *LATENT_SHAPE))
-    f.create_dataset("ssl", shape=(0, ssl_channels, g, g), maxshape=(None, ssl_channels, g, g), dtype=np.float16, chunks=(chunk_rows, ssl_channels, g, g))
+    f.create_dataset(
+        "latent",
+        shape=(0, *LATENT_SHAPE),
+        maxshape=(None, *LATENT_SHAPE),
+        dtype=np.float16,
+        chunks=(chunk_rows, *LATENT_SHAPE),
+    )
+    f.create_dataset(
+        "ssl",
+        shape=(0, ssl_channels, g, g),
+        maxshape=(None, ssl_channels, g, g),
+        dtype=np.float16,
+        chunks=(chunk_rows, ssl_channels, g, g),
+    )
     f.create_dataset("mag", shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(4096,))
     f.create_dataset("coords", shape=(0, 2), maxshape=(None, 2), dtype=np.int64, chunks=(4096, 2))
     f.create_dataset("slide", shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
@@ -248,7 +266,9 @@ class SlideShardWriter:
         # committed here (files renamed, record written) unless an exception escaped
     """
 
-    def __init__(self, parent: ShardWriter, slide_id: str, source: str | None, extra: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, parent: ShardWriter, slide_id: str, source: str | None, extra: Mapping[str, Any] | None
+    ) -> None:
         self.parent = parent
         self.slide_id = slide_id
         self.source = source
@@ -271,7 +291,9 @@ class SlideShardWriter:
         self._files[m] = (tmp, final, f)
         self._size0[m] = int(tile_size_level0)
 
-    def append(self, m: int, latent: np.ndarray, ssl: np.ndarray, coords: np.ndarray, tile_size_level0: int) -> None:
+    def append(
+        self, m: int, latent: np.ndarray, ssl: np.ndarray, coords: np.ndarray, tile_size_level0: int
+    ) -> None:
         m = int(m)
         self.start(m, tile_size_level0)
         tmp, _, f = self._files[m]
@@ -281,9 +303,13 @@ class SlideShardWriter:
         n = len(latent)
         g = grid_side(m, self.parent.max_grid)
         if latent.shape[1:] != LATENT_SHAPE:
-            raise ShardError(f"{self.slide_id} m{m}: latents must be (N, {', '.join(map(str, LATENT_SHAPE))}), got {latent.shape}")
+            raise ShardError(
+                f"{self.slide_id} m{m}: latents must be (N, {', '.join(map(str, LATENT_SHAPE))}), got {latent.shape}"
+            )
         if ssl.shape != (n, self.parent.ssl_channels, g, g):
-            raise ShardError(f"{self.slide_id} m{m}: UNI grids must be ({n}, {self.parent.ssl_channels}, {g}, {g}), got {ssl.shape}")
+            raise ShardError(
+                f"{self.slide_id} m{m}: UNI grids must be ({n}, {self.parent.ssl_channels}, {g}, {g}), got {ssl.shape}"
+            )
         if len(coords) != n:
             raise ShardError(f"{self.slide_id} m{m}: {n} latents but {len(coords)} coords")
         _append(f["latent"], latent.astype(np.float16, copy=False))
@@ -305,7 +331,12 @@ class SlideShardWriter:
             f.attrs["complete"] = True
             f.close()
             os.replace(tmp, final)
-            mags[str(m)] = {"file": final.relative_to(data_dir).as_posix(), "start": 0, "count": int(n), "tile_size_level0": self._size0[m]}
+            mags[str(m)] = {
+                "file": final.relative_to(data_dir).as_posix(),
+                "start": 0,
+                "count": int(n),
+                "tile_size_level0": self._size0[m],
+            }
         self._files.clear()
         record = {
             "slide_id": self.slide_id,
@@ -370,12 +401,19 @@ class ShardWriter:
         self.pack_rows = int(pack_rows)
         ensure_dataset_info(
             self.data_dir,
-            {"ssl_channels": self.ssl_channels, "latent_shape": list(LATENT_SHAPE), "max_grid": self.max_grid, **dict(info or {})},
+            {
+                "ssl_channels": self.ssl_channels,
+                "latent_shape": list(LATENT_SHAPE),
+                "max_grid": self.max_grid,
+                **dict(info or {}),
+            },
         )
         # per mag: slide ids whose small per-slide file this writer wrote and has not packed yet
         self._pending: dict[int, list[str]] = {}
 
-    def slide(self, slide_id: str, source: str | None = None, extra: Mapping[str, Any] | None = None) -> SlideShardWriter:
+    def slide(
+        self, slide_id: str, source: str | None = None, extra: Mapping[str, Any] | None = None
+    ) -> SlideShardWriter:
         return SlideShardWriter(self, slide_id, source, extra)
 
     def is_done(self, slide_id: str, mags: Iterable[int]) -> bool:
@@ -427,7 +465,12 @@ class ShardWriter:
                             _append(out["coords"], src["coords"][a:b])
                             _append(out["slide"], np.full(b - a, k, np.int32))
                     sizes.append(entry.get("tile_size_level0", 0))
-                    entries[sid] = {**entry, "file": final.relative_to(self.data_dir).as_posix(), "start": start, "count": n}
+                    entries[sid] = {
+                        **entry,
+                        "file": final.relative_to(self.data_dir).as_posix(),
+                        "start": start,
+                        "count": n,
+                    }
                 _write_slide_table(out, slide_ids, sizes)
                 out.attrs["complete"] = True
             os.replace(tmp, final)
@@ -487,7 +530,9 @@ class MagIndex:
 class ShardIndex:
     """Every committed tile of a data directory, per magnification (built from the records)."""
 
-    def __init__(self, data_dir: Path, info: dict[str, Any], mags: dict[int, MagIndex], slides: list[str]) -> None:
+    def __init__(
+        self, data_dir: Path, info: dict[str, Any], mags: dict[int, MagIndex], slides: list[str]
+    ) -> None:
         self.data_dir = data_dir
         self.info = info
         self.mags = mags
@@ -505,7 +550,9 @@ class ShardIndex:
         return {f"m{m}": len(ix) for m, ix in sorted(self.mags.items())}
 
     @classmethod
-    def load(cls, data_dir: str | Path, mags: Iterable[Any] | None = None, check_files: bool = True) -> ShardIndex:
+    def load(
+        cls, data_dir: str | Path, mags: Iterable[Any] | None = None, check_files: bool = True
+    ) -> ShardIndex:
         """Index a prepared data directory; clear errors for a missing/empty/inconsistent one.
 
         Args:
@@ -521,9 +568,13 @@ class ShardIndex:
         info = dataset_info(data_dir)
         records = list_records(data_dir)
         if info is None or not records:
-            raise ShardError(f"training data directory {data_dir} holds no prepared slides (no {DATASET_FILE} / {RECORDS_DIR}/*.json); {hint}")
+            raise ShardError(
+                f"training data directory {data_dir} holds no prepared slides (no {DATASET_FILE} / {RECORDS_DIR}/*.json); {hint}"
+            )
         if info.get("format") != FORMAT_VERSION:
-            raise ShardError(f"{data_dir / DATASET_FILE}: shard format {info.get('format')!r}, this zoomfeat reads format {FORMAT_VERSION}")
+            raise ShardError(
+                f"{data_dir / DATASET_FILE}: shard format {info.get('format')!r}, this zoomfeat reads format {FORMAT_VERSION}"
+            )
         wanted = None if mags is None else {parse_mag(m) for m in mags}
         per_mag: dict[int, dict[str, list]] = {}
         for sid, rec in sorted(records.items()):
@@ -567,7 +618,9 @@ class ShardIndex:
             np.maximum.at(need_rows, ix.seg_file, ix.seg_start + ix.seg_count)
             for k, path in enumerate(ix.files):
                 if not os.path.isfile(path):
-                    raise ShardError(f"{path}: shard listed in the records is missing (re-run prepare to rebuild those slides)")
+                    raise ShardError(
+                        f"{path}: shard listed in the records is missing (re-run prepare to rebuild those slides)"
+                    )
                 try:
                     f = h5py.File(path, "r")
                 except OSError as err:
@@ -575,17 +628,23 @@ class ShardIndex:
                 with f:
                     for key in ("latent", "ssl"):
                         if key not in f:
-                            raise ShardError(f"{path}: not a training shard (no '{key}' dataset; has {sorted(f.keys())})")
+                            raise ShardError(
+                                f"{path}: not a training shard (no '{key}' dataset; has {sorted(f.keys())})"
+                            )
                     lat, ssl = f["latent"].shape, f["ssl"].shape
                     if tuple(lat[1:]) != latent_shape:
-                        raise ShardError(f"{path}: latents have shape {tuple(lat[1:])}, expected {latent_shape} as in {DATASET_FILE}")
+                        raise ShardError(
+                            f"{path}: latents have shape {tuple(lat[1:])}, expected {latent_shape} as in {DATASET_FILE}"
+                        )
                     if tuple(ssl[1:]) != (c, g, g):
                         raise ShardError(
                             f"{path}: UNI grids have shape {tuple(ssl[1:])}, expected {(c, g, g)} for magnification "
                             f"{MAG_NAMES[m]} with {c} channels as in {DATASET_FILE}"
                         )
                     if lat[0] != ssl[0] or lat[0] < need_rows[k]:
-                        raise ShardError(f"{path}: holds {lat[0]} latents and {ssl[0]} grids, the records need {need_rows[k]} rows")
+                        raise ShardError(
+                            f"{path}: holds {lat[0]} latents and {ssl[0]} grids, the records need {need_rows[k]} rows"
+                        )
 
 
 class ShardReader:
@@ -633,7 +692,13 @@ class ShardReader:
         ssl = f["ssl"][row]
         coords = f["coords"][row]
         slide = f["slide_ids"][f["slide"][row]]
-        return {"latent": latent, "ssl": ssl, "mag": m, "coords": coords, "slide_id": slide.decode() if isinstance(slide, bytes) else str(slide)}
+        return {
+            "latent": latent,
+            "ssl": ssl,
+            "mag": m,
+            "coords": coords,
+            "slide_id": slide.decode() if isinstance(slide, bytes) else str(slide),
+        }
 
     def close(self) -> None:
         for f in self._handles.values():
