@@ -80,7 +80,6 @@ def main(argv=None) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from zoomfeat.config import config_dir
     from zoomfeat.mil.splits import fold_parts, make_splits
     from zoomfeat.mil.train import (
         BagFeeder,
@@ -91,6 +90,7 @@ def main(argv=None) -> dict:
         resolve_device,
         train_fold,
     )
+    from zoomfeat.runtime.resources import config_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)

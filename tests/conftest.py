@@ -38,7 +38,7 @@ def golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def cmu_slide() -> Path:
     """The real H&E slide CMU-1-Small-Region.svs (0.499 um/px, one level), shipped in the package."""
-    from zoomfeat.config import demo_slide
+    from zoomfeat.runtime.resources import demo_slide
 
     path = demo_slide()
     assert path.is_file(), path

@@ -35,6 +35,6 @@ def test_wheel_contains_configs_and_all_subpackages(tmp_path):
 
 
 def test_config_dir_from_source_checkout():
-    from zoomfeat.config import config_dir
+    from zoomfeat.runtime.resources import config_dir
 
     assert config_dir() == REPO / "conf"

@@ -6,7 +6,7 @@ The public entry points for MIL codebases are re-exported here lazily, so that
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from zoomfeat.runtime.version import __version__
 
 __all__ = ["__version__", "extract_slide", "open_bag", "BagDataset"]
 

@@ -9,12 +9,17 @@ launchers (joblib, submitit) all work.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from zoomfeat.config import config_dir
+from zoomfeat.runtime.errors import ZoomfeatError
+from zoomfeat.runtime.resources import config_dir
+
+#: environment variable that makes entry points show the stack trace of user errors too
+DEBUG_ENV = "ZOOMFEAT_DEBUG"
 
 _HYDRA_FLAGS_WITH_VALUE = {
     "--config-path",
@@ -85,7 +90,7 @@ def hydra_main(
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
     def _run(cfg):
-        result["value"] = task(cfg)
+        result["value"] = report_errors(config_name, task, cfg)
         return result["value"]
 
     saved = sys.argv
@@ -95,3 +100,34 @@ def hydra_main(
     finally:
         sys.argv = saved
     return result.get("value")
+
+
+def debug_enabled() -> bool:
+    """Whether ``ZOOMFEAT_DEBUG`` asks for stack traces of user errors."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra ``--multirun`` sweep."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:  # noqa: BLE001 - not running under Hydra
+        return False
+
+
+def report_errors(entry: str, task: Callable[..., Any], *args: Any) -> Any:
+    """Run ``task(*args)``; a :class:`ZoomfeatError` becomes one line on stderr and exit status 2.
+
+    The line reads ``zoomfeat {entry}: error: {message}``. With ``ZOOMFEAT_DEBUG=1``, or inside a
+    multirun job (where Hydra must see the failure), the error is re-raised with its trace.
+    """
+    try:
+        return task(*args)
+    except ZoomfeatError as err:
+        if debug_enabled() or in_multirun():
+            raise
+        print(f"zoomfeat {entry}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -80,9 +80,9 @@ def config_from_hydra(cfg) -> tuple[Any, dict[str, Any]]:
 
 def run(cfg) -> Any:
     """Hydra task: discover slides, extract this shard, print the summary; returns the RunSummary."""
-    from zoomfeat.config import demo_slide
-    from zoomfeat.features.manifest import discover
     from zoomfeat.features.runner import extract_slides
+    from zoomfeat.runtime.resources import demo_slide
+    from zoomfeat.slide.manifest import discover
 
     extract, settings = config_from_hydra(cfg)
     inputs = settings["inputs"]

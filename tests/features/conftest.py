@@ -40,8 +40,8 @@ def small_slides(synthetic_slide_factory, tmp_path_factory):
 def reference_run(small_slides, tmp_path_factory):
     """Both small slides extracted in-process with batch_size=3, num_workers=0: the reference output dir."""
     from zoomfeat.features.config import ExtractConfig
-    from zoomfeat.features.manifest import discover
     from zoomfeat.features.runner import extract_slides
+    from zoomfeat.slide.manifest import discover
 
     out = tmp_path_factory.mktemp("reference_run")
     with warnings.catch_warnings():

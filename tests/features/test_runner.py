@@ -15,10 +15,10 @@ import pytest
 
 from zoomfeat.bags import FEATURE_SETS, bag_is_complete, bag_path, open_bag
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.features.manifest import discover
 from zoomfeat.features.pipeline import ConfigMismatchError
 from zoomfeat.features.runner import extract_slides
 from zoomfeat.features.writer import slide_outputs
+from zoomfeat.slide.manifest import discover
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["model=tiny", "encoder=tiny", "tissue.min_tissue=0.5", "progress=false"]

@@ -17,7 +17,7 @@ from zoomfeat.encoders.base import (
     resolve_weight_file,
     seeded_init,
 )
-from zoomfeat.provenance import file_hash
+from zoomfeat.runtime.provenance import file_hash
 
 TINY_KWARGS = {
     "img_size": 224,

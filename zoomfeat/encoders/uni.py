@@ -23,7 +23,7 @@ from zoomfeat.encoders.base import (
     resolve_weight_file,
     seeded_init,
 )
-from zoomfeat.provenance import file_hash
+from zoomfeat.runtime.provenance import file_hash
 
 HUB_ID = "MahmoodLab/UNI"
 UNI_KWARGS = {"init_values": 1e-5, "dynamic_img_size": True, "num_classes": 0}

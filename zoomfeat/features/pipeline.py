@@ -42,14 +42,11 @@ from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_loader
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries, slide_outputs
-from zoomfeat.provenance import canonical_json, config_hash
+from zoomfeat.runtime.errors import ConfigMismatchError
+from zoomfeat.runtime.provenance import canonical_json, config_hash
 
 #: magnification indices of ZoomLDM's conditioning (0 = 20x, 2 = 5x)
 MAG_INDEX = {20.0: 0, 10.0: 1, 5.0: 2, 2.5: 3, 1.25: 4}
-
-
-class ConfigMismatchError(RuntimeError):
-    """Bags for a slide exist but were written with another configuration."""
 
 
 @dataclass
@@ -450,7 +447,7 @@ class Extractor:
         return result
 
     def _attrs(self, slide, grid) -> dict[str, Any]:
-        from zoomfeat import __version__
+        from zoomfeat.runtime.version import __version__
 
         cfg = self.cfg
         return {

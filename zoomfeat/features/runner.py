@@ -19,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.features.manifest import SlideSpec, shard
 from zoomfeat.features.pipeline import ConfigMismatchError, Extractor, SlideResult
+from zoomfeat.slide.manifest import SlideSpec, shard
 
 
 @dataclass

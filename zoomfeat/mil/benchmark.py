@@ -79,10 +79,10 @@ def _versions() -> dict[str, str]:
     import torch
     import torchmil
 
-    import zoomfeat
+    from zoomfeat.runtime.version import __version__
 
     return {
-        "zoomfeat": getattr(zoomfeat, "__version__", "?"),
+        "zoomfeat": __version__,
         "torch": torch.__version__,
         "torchmil": getattr(torchmil, "__version__", "?"),
         "scikit-learn": sklearn.__version__,

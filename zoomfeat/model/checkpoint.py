@@ -30,7 +30,8 @@ import yaml
 from zoomfeat.model import unet as unet_mod
 from zoomfeat.model import vq as vq_mod
 from zoomfeat.model.schedule import OFFICIAL_BUFFERS
-from zoomfeat.weights import key_mismatch_lines, names_preview
+from zoomfeat.runtime.errors import WeightsError, WeightsNotFoundError
+from zoomfeat.runtime.weights import key_mismatch_lines, names_preview
 
 if TYPE_CHECKING:  # pragma: no cover
     from zoomfeat.model.zoomldm import ZoomLDM
@@ -50,12 +51,8 @@ SUMMARIZER_PREFIX = "cond_stage_model."
 EMA_EXTRA = ("model_ema.decay", "model_ema.num_updates")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint or config that cannot be loaded (names the file and what is wrong)."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    """Weights that could not be found locally or fetched from the model hub."""
+#: a checkpoint or config that cannot be loaded (the shared runtime's WeightsError)
+CheckpointError = WeightsError
 
 
 # ================================================================================================
@@ -283,7 +280,7 @@ def read_config(source: str | Path | Mapping[str, Any]) -> tuple[str, dict[str, 
             with open(path) as f:
                 data = yaml.safe_load(f)
         else:
-            from zoomfeat.config import config_file
+            from zoomfeat.runtime.resources import config_file
 
             path = config_file("model", str(source))
             where = str(path)

@@ -22,7 +22,7 @@ from zoomfeat.model import unet as unet_mod
 from zoomfeat.model import vq as vq_mod
 from zoomfeat.model.schedule import Schedule
 from zoomfeat.model.summarizer import Summarizer, prepare_ssl_grid
-from zoomfeat.provenance import config_hash, file_hash
+from zoomfeat.runtime.provenance import config_hash, file_hash
 
 log = logging.getLogger(__name__)
 

@@ -42,14 +42,12 @@ from typing import Any
 
 import numpy as np
 
+from zoomfeat.runtime.errors import SlideError
+
 #: plausible level-0 microns per pixel for a microscope slide
 MPP_RANGE = (0.01, 20.0)
 
 _MPP_HELP = "pass the resolution yourself: Slide.open(path, mpp=0.25) (or `slide.mpp=0.25` in a config)"
-
-
-class SlideError(ValueError):
-    """A slide cannot be used: not a slide, unreadable, or no resolution. The message names the file."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from zoomfeat.weights import key_mismatch_lines
+from zoomfeat.runtime.weights import key_mismatch_lines
 
 
 class EMA:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoomfeat.provenance import config_hash
+from zoomfeat.runtime.provenance import config_hash
 from zoomfeat.training.shards import (
     FORMAT_VERSION,
     MAG_NAMES,
@@ -369,7 +369,7 @@ def prepare(
     ``model`` supplies the VQ encoder (ZoomLDM), ``encoder`` the UNI embeddings. Returns a
     summary: slides done / skipped / failed, tiles per magnification, seconds.
     """
-    from zoomfeat.features.manifest import discover, shard
+    from zoomfeat.slide.manifest import discover, shard
     from zoomfeat.training.loop import resolve_precision
 
     specs = discover(inputs)

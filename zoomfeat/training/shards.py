@@ -46,6 +46,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from zoomfeat.runtime.errors import ShardError
+
 FORMAT_VERSION = 1
 #: magnification index -> name (20x / 2^m)
 MAG_NAMES = {0: "20x", 1: "10x", 2: "5x", 3: "2.5x", 4: "1.25x", 5: "0.625x", 6: "0.3125x", 7: "0.15625x"}
@@ -54,10 +56,6 @@ MAX_GRID = 8
 LATENT_SHAPE = (3, 64, 64)
 DATASET_FILE = "dataset.json"
 RECORDS_DIR = "records"
-
-
-class ShardError(ValueError):
-    """A data directory or shard that cannot be used (the message names the file)."""
 
 
 def parse_mag(value: Any) -> int:

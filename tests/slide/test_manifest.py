@@ -1,4 +1,4 @@
-"""zoomfeat.features.manifest: inputs (files, directories, CSVs) and deterministic shards."""
+"""zoomfeat.slide.manifest: inputs (files, directories, CSVs) and deterministic shards."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zoomfeat.features.manifest import SlideSpec, discover, shard
+from zoomfeat.slide.manifest import SlideSpec, discover, shard
 
 
 def _touch(p: Path) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from zoomfeat.runtime.errors import ConfigError
+
 
 def config_dir() -> Path:
     """Directory holding ``extract.yaml``, ``model/``, ``task/`` ...
@@ -12,7 +14,7 @@ def config_dir() -> Path:
     A source checkout keeps them in ``<repo>/conf``; the wheel ships the same files as the
     package ``zoomfeat.conf`` (see ``[tool.setuptools] package-dir`` in pyproject.toml).
     """
-    source = Path(__file__).resolve().parent.parent / "conf"
+    source = Path(__file__).resolve().parents[2] / "conf"
     if (source / "extract.yaml").is_file() or (source / "model").is_dir():
         return source
     try:
@@ -27,9 +29,7 @@ def config_file(group: str, name: str) -> Path:
     path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
         choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-        raise FileNotFoundError(
-            f"no config '{name}' in conf/{group}/ (choices: {', '.join(choices) or 'none'})"
-        )
+        raise ConfigError(f"no config '{name}' in conf/{group}/ (choices: {', '.join(choices) or 'none'})")
     return path
 
 
