@@ -7,7 +7,16 @@ import torch
 
 from zoomfeat.model import sampling
 
-from .conftest import TOL_SAMPLE, max_abs
+from .conftest import UNET_DEPTH, unet_fan_in
+from .tolerances import f32_tol, max_abs
+
+
+def sample_tol(model, ref: torch.Tensor, unet_calls: int) -> float:
+    """S chained UNet calls (n = 1152, D = 26 each) -> D = 26 * S; the DDIM/PLMS updates are a few
+    scaled additions. ``max|ref|`` (about 66 here: random weights) already carries the
+    1/sqrt(alpha) growth that also scales the errors. DDIM S=5: 2 * eps32 * 66 * sqrt(1152 * 130)
+    = 6.1e-3; measured 3.8e-5 (and 3.1e-5 between 1 and 2 threads)."""
+    return f32_tol(ref, unet_fan_in(model), UNET_DEPTH * unet_calls)
 
 
 def test_ddim_schedule_matches_official(golden_io):
@@ -36,9 +45,11 @@ def test_ddim_5_steps(golden_model, golden_io):
     )
     ref = golden_io["ddim_sample"]
     assert x.shape == (1, 3, 64, 64) and ref.abs().max() > 60  # random weights: large values expected
-    assert max_abs(x, ref) <= TOL_SAMPLE
-    assert max_abs(torch.cat(inter["x_inter"]), golden_io["ddim_x_inter"]) <= TOL_SAMPLE
-    assert max_abs(torch.cat(inter["pred_x0"]), golden_io["ddim_pred_x0"]) <= TOL_SAMPLE
+    assert max_abs(x, ref) <= sample_tol(golden_model, ref, 5)  # 5 guided calls
+    # after step s only s calls have run: the 5-call bound covers every intermediate
+    x_inter, pred_x0 = golden_io["ddim_x_inter"], golden_io["ddim_pred_x0"]
+    assert max_abs(torch.cat(inter["x_inter"]), x_inter) <= sample_tol(golden_model, x_inter, 5)
+    assert max_abs(torch.cat(inter["pred_x0"]), pred_x0) <= sample_tol(golden_model, pred_x0, 5)
 
 
 def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
@@ -50,7 +61,7 @@ def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
         )
     finally:
         h.remove()
-    assert max_abs(x, golden_io["plms_sample"]) <= TOL_SAMPLE
+    assert max_abs(x, golden_io["plms_sample"]) <= sample_tol(golden_model, golden_io["plms_sample"], 6)
     assert calls == [2] * 6  # 6 guided calls on [uncond; cond] for S=5
 
 

@@ -1,9 +1,24 @@
 """ZoomLDM (CVPR 2025) for zoomfeat: VQ-f4 + conditional UNet (diffusers) + SSL summarizer + schedule.
 
-``from zoomfeat.model import ZoomLDM``; see :class:`ZoomLDM` for the API.
+``from zoomfeat.model import ZoomLDM``; see :class:`ZoomLDM` for the API and docs/ARCHITECTURE.md,
+"Model", for the maths. Modules: ``zoomldm`` (the model and its forward passes), ``pretrained``
+(constructors, loading, saving, hub), ``config`` (the architecture dict, both YAML formats),
+``official`` (the released checkpoint layout), ``unet``, ``vq``, ``summarizer``, ``schedule``,
+``sampling``.
 """
 
-from zoomfeat.model.checkpoint import CheckpointError, WeightsNotFoundError, to_official_state_dict
+from zoomfeat.model.config import read_config
+from zoomfeat.model.official import to_official_state_dict
+from zoomfeat.model.pretrained import CheckpointError
 from zoomfeat.model.zoomldm import DEFAULT_TAPS, ZoomLDM
+from zoomfeat.runtime.errors import WeightsError, WeightsNotFoundError
 
-__all__ = ["ZoomLDM", "CheckpointError", "WeightsNotFoundError", "DEFAULT_TAPS", "to_official_state_dict"]
+__all__ = [
+    "ZoomLDM",
+    "CheckpointError",
+    "WeightsError",
+    "WeightsNotFoundError",
+    "DEFAULT_TAPS",
+    "read_config",
+    "to_official_state_dict",
+]
