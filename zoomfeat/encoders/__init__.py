@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from zoomfeat.runtime.errors import ConfigError
+
 if TYPE_CHECKING:
     from zoomfeat.encoders.base import TileEncoder
 
@@ -38,7 +40,7 @@ def build_encoder(
 
         enc = build_tiny(checkpoint, seed=seed)
     else:
-        raise ValueError(f"unknown encoder {name!r}: use one of {', '.join(ENCODERS)}")
+        raise ConfigError(f"unknown encoder {name!r}: use one of {', '.join(ENCODERS)} (encoder=<name>)")
     return enc.eval().requires_grad_(False)
 
 

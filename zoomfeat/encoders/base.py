@@ -7,14 +7,15 @@ Every encoder is an ``nn.Module`` with
 - ``forward(x)``: (B, 3, 224, 224) -> (B, embed_dim) (the class token);
 - ``checkpoint_id`` (local path, hub id or ``random-init(seed=N)``) and ``checkpoint_hash``.
 
-Weights are read with ``torch.load(weights_only=True)`` or safetensors: nothing from a file is
-ever executed. Missing, unexpected or misshapen keys are an error that names them.
+Weights are read through :mod:`zoomfeat.runtime.weights` (``torch.load(weights_only=True)`` or
+safetensors: nothing from a file is ever executed; hub ids resolved through huggingface_hub's
+cache). Missing, unexpected or misshapen keys are a :class:`~zoomfeat.runtime.errors.WeightsError`
+that names them; a file that cannot be found or fetched a ``WeightsNotFoundError`` saying what to do.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoomfeat.runtime.weights import key_mismatch_lines
+from zoomfeat.runtime.errors import WeightsError, WeightsNotFoundError
+from zoomfeat.runtime.weights import (
+    hub_file,
+    is_hub_id,
+    key_mismatch_lines,
+    load_state_dict_file,
+    parse_hub_id,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -36,8 +44,19 @@ WEIGHT_FILES = (
     "model.pth",
     "checkpoint.pth",
 )
+#: weight file names tried in a hub repo, in order (UNI ships ``pytorch_model.bin``)
+HUB_WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors")
 
-_HUB_ID = re.compile(r"^(hf-hub:|hf:)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TileEncoder",
+    "download_from_hub",
+    "is_hub_id",
+    "load_encoder_state",
+    "load_weights_strict",
+    "resolve_weight_file",
+]
 
 
 class TileEncoder(nn.Module):
@@ -92,81 +111,53 @@ class TileEncoder(nn.Module):
         return f"name={self.name!r}, embed_dim={self.embed_dim}, checkpoint_id={self.checkpoint_id!r}"
 
 
-def is_hub_id(checkpoint: str) -> bool:
-    """``owner/name`` (optionally ``hf-hub:``/``hf:`` prefixed) that is not an existing path."""
-    return not Path(checkpoint).expanduser().exists() and bool(_HUB_ID.match(checkpoint))
-
-
 def resolve_weight_file(checkpoint: str | os.PathLike, what: str = "encoder") -> Path:
-    """A local weight file, or the first known weight file inside a local directory."""
+    """A local weight file, or the first of :data:`WEIGHT_FILES` inside a local directory.
+
+    Raises:
+        WeightsNotFoundError: no such file, or a directory holding none of the known names.
+    """
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         for name in WEIGHT_FILES:
             if (path / name).is_file():
                 return path / name
-        raise FileNotFoundError(f"{what} checkpoint directory {path} holds none of {', '.join(WEIGHT_FILES)}")
+        raise WeightsNotFoundError(
+            f"{what} checkpoint directory {path} holds none of {', '.join(WEIGHT_FILES)}"
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"{what} checkpoint {path} does not exist")
+        raise WeightsNotFoundError(f"{what} checkpoint {path} does not exist")
     return path
 
 
-def download_from_hub(repo_id: str, what: str, local_hint: str) -> Path:
-    """Fetch the weight file of ``repo_id`` from the Hugging Face hub (cache first).
+def download_from_hub(hub_id: str, what: str, local_hint: str, gated: bool = True) -> Path:
+    """The weight file of hub repo ``hub_id`` (``owner/name[/subfolder]``, ``hf-hub:`` prefix allowed).
 
-    Failures (gated repo without a token, offline machine, no such repo) become a
-    ``RuntimeError`` that says how to get access or pass a local file instead.
+    Tries :data:`HUB_WEIGHT_FILES` in order (cache first, then download). Failures (gated repo
+    without a token, offline machine, no such repo) raise :class:`WeightsNotFoundError` saying
+    how to get access or pass a local file instead.
     """
-    repo_id = repo_id.split(":", 1)[1] if repo_id.startswith(("hf-hub:", "hf:")) else repo_id
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as err:  # pragma: no cover - dependency of the package
-        raise RuntimeError(f"huggingface_hub is needed to fetch {what} weights from {repo_id}") from err
-    errors = []
-    for filename in ("pytorch_model.bin", "model.safetensors"):
-        try:
-            return Path(hf_hub_download(repo_id, filename))
-        except Exception as err:  # noqa: BLE001 - every hub failure gets the same advice
-            errors.append(f"{filename}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-            # Only a file missing from a reachable repo is worth a second name; offline,
-            # gated or unknown repos fail the same way for every file.
-            if type(err).__name__ != "RemoteEntryNotFoundError":
-                break
-    raise RuntimeError(
-        f"could not fetch {what} weights from the Hugging Face hub repo '{repo_id}' "
-        f"({'; '.join(errors)}).\n"
-        f"'{repo_id}' is gated: request access on https://huggingface.co/{repo_id}, then log in "
-        f"(`huggingface-cli login` or set HF_TOKEN), and make sure this machine is online "
-        f"(HF_HUB_OFFLINE is {'set' if os.environ.get('HF_HUB_OFFLINE') else 'not set'}).\n"
-        f"Or download the weights elsewhere and pass the local file: {local_hint}"
+    parsed = parse_hub_id(hub_id)
+    if parsed is None:
+        raise WeightsNotFoundError(f"{what} checkpoint {hub_id!r} is neither a local path nor a hub id")
+    repo_id, subfolder = parsed
+    return hub_file(
+        repo_id,
+        HUB_WEIGHT_FILES,
+        subfolder,
+        what=f"{what} weights",
+        local_hint=local_hint,
+        gated=gated,
     )
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Read a state dict without executing code: safetensors, or ``torch.load(weights_only=True)``."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+def load_encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read an encoder state dict without executing code (safetensors, or weights-only torch.load).
 
-        return dict(load_file(str(path), device="cpu"))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpicklable / corrupt files
-        raise ValueError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({type(err).__name__}: {err}). "
-            "zoomfeat never unpickles code from checkpoints; convert it to a plain state_dict or safetensors."
-        ) from err
-    if not isinstance(obj, Mapping):
-        raise ValueError(
-            f"{path}: expected a state_dict (mapping of names to tensors), found {type(obj).__name__}"
-        )
-    for wrapper in ("state_dict", "model", "teacher"):
-        if (
-            wrapper in obj
-            and isinstance(obj[wrapper], Mapping)
-            and not isinstance(obj[wrapper], torch.Tensor)
-        ):
-            obj = obj[wrapper]
-            break
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    Training wrappers (``state_dict``, ``model``, DINO's ``teacher``) are unwrapped and non-tensor
+    entries (epochs, optimiser settings) dropped.
+    """
+    return load_state_dict_file(path, wrappers=("state_dict", "model", "teacher"), tensors_only=True)
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
@@ -185,21 +176,14 @@ def load_weights_strict(
     """Load ``state`` into ``module`` requiring the exact key set and shapes.
 
     Keys in ``ignore`` (a classification head that ``num_classes=0`` drops) are skipped.
-    Raises ``ValueError`` listing missing, unexpected and misshapen keys, naming ``source``.
+    Raises :class:`WeightsError` listing missing, unexpected and misshapen keys, naming ``source``.
     """
     own = module.state_dict()
     state = _strip_prefixes(dict(state), set(own))
     state = {k: v for k, v in state.items() if k not in ignore}
     mismatch = key_mismatch_lines(state, own)
     if mismatch:
-        raise ValueError(
+        raise WeightsError(
             f"{source}: weights do not fit the {type(module).__name__} architecture:\n" + "\n".join(mismatch)
         )
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=True)
-
-
-def seeded_init(build, seed: int) -> nn.Module:
-    """Build a module with a deterministic random init (global RNG forked, so callers are unaffected)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()

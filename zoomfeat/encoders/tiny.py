@@ -12,12 +12,12 @@ from zoomfeat.encoders.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TileEncoder,
-    load_state_dict_file,
+    load_encoder_state,
     load_weights_strict,
     resolve_weight_file,
-    seeded_init,
 )
 from zoomfeat.runtime.provenance import file_hash
+from zoomfeat.runtime.seeding import seeded
 
 TINY_KWARGS = {
     "img_size": 224,
@@ -48,7 +48,7 @@ def build_tiny(
 ) -> TileEncoder:
     """The tiny encoder: seeded random weights (``checkpoint=None``) or a local state dict."""
     if checkpoint is None:
-        vit = seeded_init(tiny_vit, seed)
+        vit = seeded(tiny_vit, seed)
         return TileEncoder(
             vit,
             "tiny",
@@ -60,7 +60,7 @@ def build_tiny(
         )
     weight_file = resolve_weight_file(checkpoint, "tiny encoder")
     vit = tiny_vit(device="meta")
-    load_weights_strict(vit, load_state_dict_file(weight_file), f"tiny encoder checkpoint {weight_file}")
+    load_weights_strict(vit, load_encoder_state(weight_file), f"tiny encoder checkpoint {weight_file}")
     return TileEncoder(
         vit,
         "tiny",

@@ -18,12 +18,13 @@ from zoomfeat.encoders.base import (
     TileEncoder,
     download_from_hub,
     is_hub_id,
-    load_state_dict_file,
+    load_encoder_state,
     load_weights_strict,
     resolve_weight_file,
-    seeded_init,
 )
+from zoomfeat.runtime.errors import WeightsNotFoundError
 from zoomfeat.runtime.provenance import file_hash
+from zoomfeat.runtime.seeding import seeded
 
 HUB_ID = "MahmoodLab/UNI"
 UNI_KWARGS = {"init_values": 1e-5, "dynamic_img_size": True, "num_classes": 0}
@@ -53,7 +54,7 @@ def build_uni(
             "UNI is built with seeded RANDOM weights (allow_random_weights=true): its features are meaningless",
             stacklevel=2,
         )
-        vit = seeded_init(uni_vit, seed)
+        vit = seeded(uni_vit, seed)
         return TileEncoder(
             vit,
             "uni",
@@ -66,16 +67,16 @@ def build_uni(
     checkpoint = HUB_ID if checkpoint is None else str(checkpoint)
     if is_hub_id(checkpoint):
         try:
-            weight_file = download_from_hub(checkpoint, "UNI", hint)
-        except RuntimeError as err:
-            raise RuntimeError(
+            weight_file = download_from_hub(checkpoint, "UNI", hint, gated=True)
+        except WeightsNotFoundError as err:
+            raise WeightsNotFoundError(
                 f"{err}\nFor a smoke test without weights, pass allow_random_weights=true."
             ) from None
         checkpoint_id = checkpoint
     else:
         weight_file = resolve_weight_file(checkpoint, "UNI")
         checkpoint_id = str(weight_file)
-    state = load_state_dict_file(weight_file)
+    state = load_encoder_state(weight_file)
     vit = uni_vit(device="meta")  # no random init: every tensor comes from the file
     load_weights_strict(vit, state, f"UNI checkpoint {weight_file}")
     return TileEncoder(

@@ -1,0 +1,1 @@
+"""Tests of zoomfeat.encoders (one module per encoders module)."""
