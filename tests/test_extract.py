@@ -112,7 +112,7 @@ def test_bag_layout_is_trident(demo_run, grid, cmu_slide):
             )
             assert json.loads(f.attrs["taps"]) == ["middle_block", "output_blocks.4"]
             config = json.loads(f.attrs["config"])
-            assert config["min_tissue"] == MIN_TISSUE and config["model"] == "tiny"
+            assert config["tissue"]["min_tissue"] == MIN_TISSUE and config["model"]["name"] == "tiny"
 
 
 def test_parent_idx_points_at_the_covering_5x_tile_and_fused_is_the_concat(demo_run, grid):

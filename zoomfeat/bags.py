@@ -10,14 +10,14 @@ A feature file holds ``features`` float32 (N, D) chunked by rows, ``coords`` int
 int64 (N,) (row of each 20x tile's parent in the 5x file) and provenance attributes on the
 file. TRIDENT, Patho-Bench and torchmil's ``TridentWSIDataset`` read these files unchanged.
 
-Every write goes to a temporary name in the same directory and is renamed when complete, so
-a killed run never leaves a truncated bag under the final name.
+Every write goes to a temporary name in the same directory and is fsync-ed and renamed when
+complete (:func:`zoomfeat.runtime.atomic.atomic_path`), so a killed run never leaves a truncated
+bag under the final name. See docs/ARCHITECTURE.md, "Bag format".
 """
 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +26,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from zoomfeat.runtime.atomic import atomic_path
+from zoomfeat.runtime.errors import BagError
+from zoomfeat.runtime.units import TILE_PX
 
 #: magnification of the bag directory each feature set is written to
 FEATURE_SET_MAG: dict[str, int] = {
@@ -51,14 +55,14 @@ COORDS_ATTRS = (
 )
 
 
-def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = 256, overlap: int = 0) -> Path:
+def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = TILE_PX, overlap: int = 0) -> Path:
     """``{out}/{mag}x_{tile_px}px_{overlap}px_overlap`` (TRIDENT's directory name)."""
     mag_str = f"{int(mag)}" if float(mag).is_integer() else f"{mag:g}"
     return Path(out_dir) / f"{mag_str}x_{tile_px}px_{overlap}px_overlap"
 
 
 def bag_path(
-    out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = 256, mag: int | None = None
+    out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = TILE_PX, mag: int | None = None
 ) -> Path:
     """Path of one slide's bag for ``feature_set`` (mag taken from :data:`FEATURE_SET_MAG`)."""
     if mag is None:
@@ -68,7 +72,7 @@ def bag_path(
     return mag_dir(out_dir, mag, tile_px) / f"features_{feature_set}" / f"{slide_id}.h5"
 
 
-def patches_path(out_dir: str | Path, slide_id: str, mag: int, tile_px: int = 256) -> Path:
+def patches_path(out_dir: str | Path, slide_id: str, mag: int, tile_px: int = TILE_PX) -> Path:
     """Path of TRIDENT's coords file for one slide at one magnification."""
     return mag_dir(out_dir, mag, tile_px) / "patches" / f"{slide_id}_patches.h5"
 
@@ -90,10 +94,6 @@ def _decode_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         value = value.item()
     return value
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _write_coords(f: h5py.File, coords: np.ndarray, coords_attrs: Mapping[str, Any]) -> None:
@@ -128,23 +128,16 @@ def write_bag(
         raise ValueError(f"{path}: {len(features)} feature rows but {len(coords)} coords")
     if parent_idx is not None and len(parent_idx) != len(features):
         raise ValueError(f"{path}: {len(features)} feature rows but {len(parent_idx)} parent_idx entries")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            n, d = features.shape
-            chunks = (max(1, min(chunk_rows, n)), d) if n and d else None
-            f.create_dataset("features", data=features, chunks=chunks, maxshape=(None, d))
-            _write_coords(f, coords, coords_attrs)
-            if parent_idx is not None:
-                f.create_dataset("parent_idx", data=np.asarray(parent_idx, dtype=np.int64))
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = _attr_value(value)
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        n, d = features.shape
+        chunks = (max(1, min(chunk_rows, n)), d) if n and d else None
+        f.create_dataset("features", data=features, chunks=chunks, maxshape=(None, d))
+        _write_coords(f, coords, coords_attrs)
+        if parent_idx is not None:
+            f.create_dataset("parent_idx", data=np.asarray(parent_idx, dtype=np.int64))
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = _attr_value(value)
+        f.attrs["complete"] = True
     return path
 
 
@@ -156,18 +149,11 @@ def write_patches(
 ) -> Path:
     """Write TRIDENT's ``{slide_id}_patches.h5`` coords file atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_coords(f, coords, coords_attrs)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = _attr_value(value)
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        _write_coords(f, coords, coords_attrs)
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = _attr_value(value)
+        f.attrs["complete"] = True
     return path
 
 
@@ -191,8 +177,8 @@ class Bag:
 def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
     """Read one bag file: ``features, coords, attrs = open_bag(path)``.
 
-    Raises ``FileNotFoundError``/``ValueError`` naming the file when it is missing or is not
-    a bag (no ``features`` dataset).
+    Raises ``FileNotFoundError`` naming the file when it is missing, :class:`BagError` (a
+    ``ValueError``) when it is not a readable bag (no ``features`` dataset).
     """
     path = Path(path)
     if not path.is_file():
@@ -200,10 +186,12 @@ def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path}: not a readable HDF5 bag ({err})") from err
+        raise BagError(
+            f"{path}: not a readable HDF5 bag ({err}); re-extract the slide or remove the file"
+        ) from err
     with f:
         if "features" not in f:
-            raise ValueError(f"{path}: not a feature bag (no 'features' dataset; has {sorted(f.keys())})")
+            raise BagError(f"{path}: not a feature bag (no 'features' dataset; has {sorted(f.keys())})")
         features = f["features"][()].astype(dtype, copy=False)
         coords = f["coords"][()] if "coords" in f else np.zeros((len(features), 2), np.int64)
         coords_attrs = {k: _decode_attr(v) for k, v in f["coords"].attrs.items()} if "coords" in f else {}
@@ -280,7 +268,7 @@ class BagDataset:
             table = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(labels)
             for col in (slide_col, label_col):
                 if col not in table.columns:
-                    raise ValueError(f"labels table has no column {col!r} (columns: {list(table.columns)})")
+                    raise BagError(f"labels table has no column {col!r} (columns: {list(table.columns)})")
             table = table.assign(**{slide_col: table[slide_col].astype(str)})
             missing = [s for s in table[slide_col] if s not in bags]
             if missing:

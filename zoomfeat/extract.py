@@ -5,18 +5,25 @@ overrides of ``conf/extract.yaml`` (``out_dir=``, ``model=tiny``, ``features.tim
 ``shard.index=`` ...; ``--multirun`` with ``hydra/launcher=joblib`` or ``submitit_slurm``).
 ``demo=true`` extracts the built-in demo slide with the tiny model and encoder.
 
-The exit status is 0 when every slide was extracted or already complete, 1 when any failed.
+The composed config is validated into :class:`~zoomfeat.features.config.ExtractConfig` (the
+YAML's shape; unknown keys are refused). The exit status is 0 when every slide was extracted or
+already complete, 1 when any failed or no slides were given, 2 for a user error stopping the run
+(one line ``zoomfeat extract: error: ...``; ``ZOOMFEAT_DEBUG=1`` shows the trace).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from zoomfeat.cli import hydra_main
+from zoomfeat.cli import hydra_main, in_multirun
+
+USAGE = (
+    "zoomfeat extract: no slides given. Usage: python -m zoomfeat.extract SLIDE_OR_DIR_OR_CSV... [key=value ...] "
+    "(or demo=true for the built-in demo slide)"
+)
 
 
 def _default_out_dir(demo: Any) -> str:
@@ -38,93 +45,48 @@ def _overridden(key: str) -> bool:
     return any(o.lstrip("+~").split("=", 1)[0] == key for o in overrides)
 
 
-def config_from_hydra(cfg) -> tuple[Any, dict[str, Any]]:
-    """(ExtractConfig, run settings) from the composed Hydra config."""
-    from zoomfeat.features.config import ExtractConfig
+def load_extract_config(cfg) -> Any:
+    """The :class:`ExtractConfig` of a composed Hydra config.
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    demo = bool(c.get("demo", False))
-    model, encoder = c["model"], c["encoder"]
-    model_name, encoder_name = model.get("name"), encoder.get("name")
-    if demo:
-        # the demo runs the tiny model and encoder unless the command line names others
-        if not _overridden("model"):
-            model_name, model["checkpoint"] = "tiny", None
-        if not _overridden("encoder"):
-            encoder_name, encoder["checkpoint"] = "tiny", None
-    extract = ExtractConfig(
-        model=model_name,
-        model_checkpoint=model.get("checkpoint"),
-        encoder=encoder_name,
-        encoder_checkpoint=encoder.get("checkpoint"),
-        timestep=c["features"]["timestep"],
-        taps=tuple(c["features"]["taps"]),
-        ensemble=c["features"]["ensemble"],
-        seed=c["seed"],
-        tile_px=c["tile_px"],
-        min_tissue=c["tissue"]["min_tissue"],
-        mpp=c["mpp"],
-        precision=c["precision"],
-        batch_size=c["batch_size"],
-        num_workers=c["num_workers"],
-        device=c["device"],
-        compile=c["compile"],
-        overwrite=c["overwrite"],
-        allow_random_weights=c["allow_random_weights"],
-        preview=c["preview"],
-        progress=c["progress"],
-    )
-    run = {"inputs": list(c.get("inputs") or []), "demo": demo, "out_dir": c["out_dir"], "shard": c["shard"]}
-    return extract, run
+    With ``demo=true`` the model and encoder groups are ``tiny`` unless the command line names others.
+    """
+    from zoomfeat.features.config import ExtractConfig, group_section
+    from zoomfeat.runtime.config import load_config
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    if data.get("demo"):
+        for group in ("model", "encoder"):
+            if not _overridden(group):
+                data[group] = group_section(group, "tiny")
+    return load_config(ExtractConfig, data, "extract")
 
 
 def run(cfg) -> Any:
     """Hydra task: discover slides, extract this shard, print the summary; returns the RunSummary."""
     from zoomfeat.features.runner import extract_slides
+    from zoomfeat.runtime.errors import InputError
     from zoomfeat.runtime.resources import demo_slide
     from zoomfeat.slide.manifest import discover
 
-    extract, settings = config_from_hydra(cfg)
-    inputs = settings["inputs"]
-    if settings["demo"] and not inputs:
+    config = load_extract_config(cfg)
+    inputs = list(config.inputs)
+    if config.demo and not inputs:
         inputs = [str(demo_slide())]
     if not inputs:
-        raise SystemExit(
-            "zoomfeat extract: no slides given. Usage: python -m zoomfeat.extract SLIDE_OR_DIR_OR_CSV... [key=value ...] "
-            "(or demo=true for the built-in demo slide)"
-        )
-    shard = settings["shard"]
-    try:
-        slides = discover(inputs)
-        if not slides:
-            raise FileNotFoundError(f"no slide files found in {inputs}")
-        summary = extract_slides(
-            slides, settings["out_dir"], extract, int(shard["index"]), int(shard["count"])
-        )
-    except (ValueError, OSError, RuntimeError) as err:
-        # Set-up errors (no weights, bags from another config, bad inputs) escape the per-slide
-        # handling: one clear line instead of a traceback; multirun jobs re-raise for Hydra.
-        if _multirun() or os.environ.get("ZOOMFEAT_TRACEBACK"):
-            raise
-        raise SystemExit(f"zoomfeat extract: error: {err}") from err
+        raise SystemExit(USAGE)
+    slides = discover(inputs)
+    if not slides:
+        raise InputError(f"no slide files found in {inputs}")
+    shard = config.shard
+    summary = extract_slides(slides, config.out_dir, config, shard.index, shard.count)
     print(summary.report(), flush=True)
-    if not summary.ok and _multirun():
+    if not summary.ok and in_multirun():
         # a multirun job's return value never reaches main(): fail the job so the sweep fails
         names = ", ".join(r.slide_id for r in summary.failed)
         raise RuntimeError(
-            f"{len(summary.failed)} slide(s) failed in shard {int(shard['index'])}/{int(shard['count'])}: {names}"
+            f"{len(summary.failed)} slide(s) failed in shard {shard.index}/{shard.count}: {names}"
         )
     return summary
-
-
-def _multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except Exception:  # noqa: BLE001 - not running under Hydra
-        return False
 
 
 def main() -> None:

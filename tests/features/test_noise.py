@@ -42,3 +42,16 @@ def test_noise_is_reproducible_standard_normal_and_draws_extend_the_stream():
     torch.manual_seed(5)
     tile_noise(1, "s", 5, 0, 0, (3, 8, 8))
     assert torch.equal(torch.rand(2), x)
+
+
+def test_seed_is_runtime_key_seed_bit_for_bit_the_original_formula():
+    """tile_seed uses zoomfeat.runtime.seeding.key_seed; it must equal the formula bags were made with."""
+    import hashlib
+
+    def original(seed, slide_id, mag, x, y):
+        key = f"zoomfeat-noise|{int(seed)}|{slide_id}|{float(mag):g}|{int(x)}|{int(y)}".encode()
+        return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & ((1 << 63) - 1)
+
+    for args in [(0, "slide-1", 20, 1024, 2048), (7, "CMU-1-Small-Region", 5.0, 0, 513), (3, "a|b", 0.625, 9, 9),
+                 (-1, "", 2.5, 123456789, 0)]:  # fmt: skip
+        assert tile_seed(*args) == original(*args), args

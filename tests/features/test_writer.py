@@ -1,4 +1,4 @@
-"""zoomfeat.features.writer and fuse: streaming bags that only appear when complete."""
+"""zoomfeat.features.writer: streaming bags that only appear when complete (atomic, fsync-ed)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from zoomfeat.bags import FEATURE_SET_MAG, bag_is_complete, open_bag
-from zoomfeat.features.fuse import fuse
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries, slide_outputs
 
 ATTRS20 = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
@@ -71,13 +70,3 @@ def test_stale_temporaries_are_removed(tmp_path):
     keep.write_bytes(b"another slide's")
     assert remove_stale_temporaries(paths) == [stale]
     assert keep.exists()
-
-
-def test_fuse_concatenates_each_row_with_its_parent():
-    f20 = np.arange(6, dtype=np.float32).reshape(3, 2)
-    f5 = np.array([[10, 11, 12], [20, 21, 22]], np.float32)
-    out = fuse(f20, f5, np.array([1, 0, 1]))
-    np.testing.assert_array_equal(out, [[0, 1, 20, 21, 22], [2, 3, 10, 11, 12], [4, 5, 20, 21, 22]])
-    assert fuse(np.zeros((0, 2)), f5, np.zeros(0, np.int64)).shape == (0, 5)
-    with pytest.raises(ValueError, match="out of range"):
-        fuse(f20, f5, np.array([0, 2, 1]))

@@ -1,158 +1,205 @@
-"""The extraction configuration as a plain dataclass (the library never sees Hydra objects).
+"""The extraction configuration: ``conf/extract.yaml`` as a dataclass (docs/ARCHITECTURE.md, "Configs").
 
-:meth:`ExtractConfig.recipe` is the part that decides the numbers in a bag (model and encoder
-and their weights, timestep, taps, ensemble, seed, tiling, tissue threshold, MPP override,
-precision); its hash is stored in every bag and decides whether existing bags can be reused.
-Batch size, workers, device, progress bars and output paths are not in it: they never change
-a feature beyond floating-point rounding.
+The nesting is the YAML's: ``features.timestep`` on the command line is
+``ExtractConfig.features.timestep`` here, ``model=tiny`` selects the Hydra group ``conf/model/tiny.yaml``
+which becomes ``ExtractConfig.model``. :func:`zoomfeat.runtime.config.load_config` validates a composed
+config into it (unknown keys refused, types converted, ranges checked in ``__post_init__``), so a new
+option is added in one place: a field here, with its default and comment in the YAML.
+
+:meth:`ExtractConfig.recipe` is the part that decides the numbers in a bag (model and encoder and
+their weights, timestep, taps, ensemble, seed, tiling, tissue threshold, MPP override, precision);
+its hash is stored in every bag and decides whether existing bags can be reused. Its keys and values
+are those of the flat configuration of earlier versions, so bags written by them stay valid. Batch
+size, workers, device, progress bars and output paths are not in it: they never change a feature
+beyond floating-point rounding.
+
+Python users build one with keyword arguments in the command line's names::
+
+    ExtractConfig.from_kwargs(model="tiny", encoder="tiny", **{"features.timestep": 300})
+    ExtractConfig(features=FeaturesSection(timestep=300))
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+import copy
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEFAULT_TAPS = ("middle_block", "output_blocks.4")
+from zoomfeat.runtime.config import check, load_config, to_dict
+from zoomfeat.runtime.device import PRECISIONS
+from zoomfeat.runtime.units import BASE_MAG, PARENT_MAG_INDEX, TILE_PX, magnification
 
-#: fields of ExtractConfig that are part of the recipe (the config hash)
-RECIPE_FIELDS = (
-    "model",
-    "model_checkpoint",
-    "encoder",
-    "encoder_checkpoint",
-    "timestep",
-    "taps",
-    "ensemble",
-    "seed",
-    "tile_px",
-    "mag",
-    "parent_mag",
-    "min_tissue",
-    "mpp",
-    "precision",
-)
 
-#: ``features.timestep``-style keys (the CLI's names) -> field names
-ALIASES = {
-    "features.timestep": "timestep",
-    "features.taps": "taps",
-    "features.ensemble": "ensemble",
-    "model.name": "model",
-    "model.checkpoint": "model_checkpoint",
-    "encoder.name": "encoder",
-    "encoder.checkpoint": "encoder_checkpoint",
-    "tissue.min_tissue": "min_tissue",
-}
+@dataclass
+class ModelSection:
+    """``conf/model/{name}.yaml``: the ZoomLDM config and its weights."""
+
+    #: ZoomLDM config name (zoomldm_brca | tiny) or a config YAML path
+    name: str = "zoomldm_brca"
+    #: native dir (save_pretrained) | official weights.ckpt | hub id; null = none (needs
+    #: allow_random_weights; the tiny model is always allowed a seeded random init)
+    checkpoint: str | None = None
+    #: architecture sections of the group file (the model is built from ``name``; these record it)
+    unet: dict[str, Any] = field(default_factory=dict)
+    vq: dict[str, Any] = field(default_factory=dict)
+    summarizer: dict[str, Any] = field(default_factory=dict)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EncoderSection:
+    """``conf/encoder/{name}.yaml``: the SSL encoder that conditions ZoomLDM."""
+
+    #: uni | tiny
+    name: str = "uni"
+    #: local file/dir or hub id; null: the gated hub MahmoodLab/UNI (or random with allow_random_weights)
+    checkpoint: str | None = None
+
+
+@dataclass
+class FeaturesSection:
+    """The feature recipe (all part of the config hash stored in every bag)."""
+
+    #: q_sample(z0, t, eps) at this timestep
+    timestep: int = 200
+    #: official UNet block names; globally average-pooled and concatenated in this order
+    taps: list[str] = field(default_factory=lambda: ["middle_block", "output_blocks.4"])
+    #: average the feature over k independent noise draws
+    ensemble: int = 1
+
+    def __post_init__(self) -> None:
+        check(len(self.taps) > 0, "features.taps must name at least one UNet block")
+        check(len(set(self.taps)) == len(self.taps), f"features.taps has duplicates: {list(self.taps)}")
+        check(0 <= self.timestep < 1000, f"features.timestep must lie in [0, 1000), got {self.timestep}")
+        check(self.ensemble >= 1, f"features.ensemble must be >= 1, got {self.ensemble}")
+
+
+@dataclass
+class TissueSection:
+    #: tissue fraction a 20x tile needs to be kept
+    min_tissue: float = 0.25
+
+    def __post_init__(self) -> None:
+        check(0 <= self.min_tissue <= 1, f"tissue.min_tissue must lie in [0, 1], got {self.min_tissue}")
+
+
+@dataclass
+class ShardSection:
+    """This job's part of the sorted slide list: every ``count``-th slide from ``index``."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.count >= 1, f"shard.count must be >= 1, got {self.count}")
+        check(
+            0 <= self.index < self.count,
+            f"shard.index must lie in [0, shard.count), got index={self.index} count={self.count}",
+        )
 
 
 @dataclass
 class ExtractConfig:
-    """Everything :func:`zoomfeat.extract_slide` takes (see the CLI's ``conf/extract.yaml``).
+    """Everything ``python -m zoomfeat.extract`` and :func:`zoomfeat.extract_slide` take.
 
-    Attributes:
-        model: ZoomLDM config name (``zoomldm_brca`` | ``tiny``) or a config YAML path.
-        model_checkpoint: native dir, official ``.ckpt`` or hub id; ``None`` needs
-            ``allow_random_weights`` (the ``tiny`` model is always allowed a seeded random init).
-        encoder: ``uni`` | ``tiny``; encoder_checkpoint: local file/dir or hub id (UNI's
-            default: the gated ``MahmoodLab/UNI``).
-        timestep: diffusion timestep the latents are noised to.
-        taps: official UNet block names whose globally average-pooled outputs are concatenated.
-        ensemble: average the feature over this many independent noise draws.
-        seed: seeds the per-tile noise (with slide id, magnification and tile x, y).
-        tile_px, mag, parent_mag: tile size and the two magnifications (parent = 4x4 children).
-        min_tissue: tissue fraction a 20x tile needs to be kept.
-        mpp: override the slides' resolution (um/px at level 0).
-        precision: ``fp32`` | ``bf16`` | ``fp16`` (autocast; bf16/fp16 on CUDA, bf16 on CPU).
-        batch_size: tiles per model call; num_workers: DataLoader worker processes reading
-            parent regions (``auto``: none on CPU, where reading is ~1% of the work and workers
-            would only compete with the compute threads; up to 8 beside a GPU);
-            device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:1`` ...
-        compile: ``torch.compile`` the encoder, VQ, summarizer and UNet (GPU; slow to start).
-        overwrite: replace bags written with another config (without it they stop the run);
-            bags already complete with this config are still reused, so a killed overwrite
-            run resumes. Delete bags to force recomputing them.
-        allow_random_weights: build models without weights (seeded random; smoke tests only).
-        preview: write ``previews/{slide_id}.png`` (tissue, tile grid, feature PCA colours).
-        progress: tqdm progress bars.
+    See ``conf/extract.yaml`` for the comments of each key; the recipe keys are documented in
+    :meth:`recipe`.
     """
 
-    model: str = "zoomldm_brca"
-    model_checkpoint: str | None = None
-    encoder: str = "uni"
-    encoder_checkpoint: str | None = None
-    timestep: int = 200
-    taps: tuple[str, ...] = DEFAULT_TAPS
-    ensemble: int = 1
+    model: ModelSection = field(default_factory=ModelSection)
+    encoder: EncoderSection = field(default_factory=EncoderSection)
+    features: FeaturesSection = field(default_factory=FeaturesSection)
+    tissue: TissueSection = field(default_factory=TissueSection)
+    shard: ShardSection = field(default_factory=ShardSection)
+    #: per-tile noise seed (with slide id, magnification, x, y)
     seed: int = 0
-    tile_px: int = 256
-    mag: float = 20.0
-    parent_mag: float = 5.0
-    min_tissue: float = 0.25
+    #: 20x tile size; the 5x tile is the 4x4 block downsampled 4x
+    tile_px: int = TILE_PX
+    #: override the slides' level-0 um/px
     mpp: float | None = None
-    precision: str = "fp32"
+    #: tiles per model call
     batch_size: int = 32
-    num_workers: int | str = "auto"
+    #: DataLoader processes reading parent regions: an int or "auto" (0 on CPU, <= 8 with a GPU)
+    num_workers: Any = "auto"
+    #: auto | cpu | cuda | cuda:N | mps
     device: str = "auto"
+    #: fp32 | bf16 | fp16 (autocast; bf16 is the GPU speed setting)
+    precision: str = "fp32"
+    #: torch.compile the models (GPU; minutes of warm-up)
     compile: bool = False
+    #: replace bags written with another config (complete bags with this config are kept)
     overwrite: bool = False
+    #: build models without weights (seeded random; smoke tests only)
     allow_random_weights: bool = False
+    #: write {out_dir}/previews/{slide_id}.png
     preview: bool = False
+    #: tqdm progress bars
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: the built-in demo slide with model=tiny encoder=tiny + a preview PNG (command line only)
+    demo: bool = False
+    #: where the bags go
+    out_dir: str = "zoomfeat_features"
+    #: slides, directories of slides, manifest CSVs (the command line's bare arguments)
+    inputs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if isinstance(self.taps, str):
-            self.taps = (self.taps,)
-        self.taps = tuple(str(t) for t in self.taps)
-        if not self.taps:
-            raise ValueError("features.taps must name at least one UNet block")
-        if len(set(self.taps)) != len(self.taps):
-            raise ValueError(f"features.taps has duplicates: {list(self.taps)}")
-        self.timestep = int(self.timestep)
-        if not 0 <= self.timestep < 1000:
-            raise ValueError(f"features.timestep must lie in [0, 1000), got {self.timestep}")
-        self.ensemble = int(self.ensemble)
-        if self.ensemble < 1:
-            raise ValueError(f"features.ensemble must be >= 1, got {self.ensemble}")
-        self.batch_size = int(self.batch_size)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         if str(self.num_workers) != "auto":
-            self.num_workers = int(self.num_workers)
-        if self.num_workers != "auto" and self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.mpp is not None:
-            self.mpp = float(self.mpp)
-            if self.mpp <= 0:
-                raise ValueError(f"mpp must be positive, got {self.mpp}")
-        if not 0 <= float(self.min_tissue) <= 1:
-            raise ValueError(f"tissue.min_tissue must lie in [0, 1], got {self.min_tissue}")
-        self.min_tissue = float(self.min_tissue)
-        self.seed = int(self.seed)
-        self.tile_px = int(self.tile_px)
-        self.mag, self.parent_mag = float(self.mag), float(self.parent_mag)
-        for key in ("model_checkpoint", "encoder_checkpoint"):
-            value = getattr(self, key)
-            if value is not None:
-                setattr(self, key, str(value))
+            try:
+                self.num_workers = int(self.num_workers)
+            except (TypeError, ValueError):
+                check(False, f"num_workers must be an integer or 'auto', got {self.num_workers!r}")
+            check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        check(
+            self.precision in PRECISIONS,
+            f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+        )
+        check(self.mpp is None or self.mpp > 0, f"mpp must be positive, got {self.mpp}")
+        check(self.tile_px > 0, f"tile_px must be a positive integer, got {self.tile_px}")
 
+    # ------------------------------------------------------------------------------ building
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> ExtractConfig:
-        """Build from keyword arguments; CLI-style names (``features.timestep``) are accepted too."""
-        names = {f.name for f in fields(cls)}
-        clean: dict[str, Any] = {}
+        """Build from keyword arguments in the command line's names.
+
+        ``model="tiny"`` / ``encoder="tiny"`` select a group file (``conf/model/tiny.yaml``) as the
+        command line does; dotted keys (``**{"features.timestep": 300}``) and nested dicts
+        (``features={"timestep": 300}``) set single keys. Unknown keys raise :class:`ConfigError`.
+        """
+        return cls._merged({}, kwargs)
+
+    def replace(self, **kwargs: Any) -> ExtractConfig:
+        """A copy with ``kwargs`` (as in :meth:`from_kwargs`) applied on top of this config."""
+        return self._merged(self.to_dict(), kwargs)
+
+    @classmethod
+    def _merged(cls, base: dict[str, Any], kwargs: dict[str, Any]) -> ExtractConfig:
+        data = copy.deepcopy(base)
+        groups = {k: v for k, v in kwargs.items() if k in ("model", "encoder") and isinstance(v, str)}
+        for group, name in groups.items():  # group choices first, so model.checkpoint= applies on top
+            data[group] = group_section(group, name)
         for key, value in kwargs.items():
-            key = ALIASES.get(key, key.replace("-", "_"))
-            if key not in names:
-                raise TypeError(
-                    f"unknown extraction setting {key!r}; known: {', '.join(sorted(names - {'extra'}))}"
-                )
-            clean[key] = value
-        return cls(**clean)
+            if key in groups:
+                continue
+            *parents, leaf = key.split(".")
+            node = data
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    check(False, f"extract: {key!r}: {part!r} is not a section")
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+                node[leaf] = {**node[leaf], **value}
+            else:
+                node[leaf] = list(value) if isinstance(value, tuple) else value
+        return load_config(cls, data, "extract")
+
+    # ------------------------------------------------------------------------------ views
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (the YAML's shape)."""
+        return to_dict(self)
 
     def workers_for(self, device_type: str) -> int:
         """Resolved ``num_workers`` (``auto``: 0 on CPU, min(8, cpus // 2) otherwise)."""
@@ -160,19 +207,54 @@ class ExtractConfig:
             return int(self.num_workers)
         if device_type == "cpu":
             return 0
-        import os
-
         return max(1, min(8, (os.cpu_count() or 2) // 2))
 
-    def replace(self, **kwargs: Any) -> ExtractConfig:
-        return dataclasses.replace(self, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["taps"] = list(self.taps)
-        return d
-
     def recipe(self) -> dict[str, Any]:
-        """The feature-defining settings (weights identities are added by the pipeline)."""
-        d = self.to_dict()
-        return {k: d[k] for k in RECIPE_FIELDS}
+        """The feature-defining settings (weights identities are added by the pipeline).
+
+        Keys and values are exactly those of the flat configuration of earlier versions (``mag``
+        and ``parent_mag`` are the method's fixed 20x tile and 5x parent), so the config hash of
+        existing bags does not change.
+        """
+        return {
+            "model": self.model.name,
+            "model_checkpoint": self.model.checkpoint,
+            "encoder": self.encoder.name,
+            "encoder_checkpoint": self.encoder.checkpoint,
+            "timestep": int(self.features.timestep),
+            "taps": [str(t) for t in self.features.taps],
+            "ensemble": int(self.features.ensemble),
+            "seed": int(self.seed),
+            "tile_px": int(self.tile_px),
+            "mag": float(BASE_MAG),
+            "parent_mag": float(magnification(PARENT_MAG_INDEX)),
+            "min_tissue": float(self.tissue.min_tissue),
+            "mpp": None if self.mpp is None else float(self.mpp),
+            "precision": self.precision,
+        }
+
+
+def group_section(group: str, name: str) -> dict[str, Any]:
+    """The section a Hydra group choice (``model=tiny``) gives: ``conf/{group}/{name}.yaml``.
+
+    A name without a group file (e.g. a model config YAML path) gives ``{"name": name}``.
+    """
+    from omegaconf import OmegaConf
+
+    from zoomfeat.runtime.resources import config_dir
+
+    path = config_dir() / group / f"{name}.yaml"
+    if not path.is_file():
+        return {"name": name}
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+
+
+__all__ = [
+    "EncoderSection",
+    "ExtractConfig",
+    "FeaturesSection",
+    "ModelSection",
+    "ShardSection",
+    "TissueSection",
+    "group_section",
+]

@@ -15,9 +15,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoomfeat.features.noise import tile_noise
+from zoomfeat.runtime.units import CHILDREN_PER_SIDE
 from zoomfeat.slide import Slide, TileGrid, split_parent
 
-CHILDREN = 16
+#: 20x children per 5x parent (4 x 4)
+CHILDREN = CHILDREN_PER_SIDE**2
 
 
 @dataclass(frozen=True)

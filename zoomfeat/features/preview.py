@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from zoomfeat.bags import open_bag
+from zoomfeat.runtime.atomic import atomic_path
 
 
 def pca_rgb(features: np.ndarray) -> np.ndarray:
@@ -62,7 +63,6 @@ def save_preview(slide, grid, paths: Mapping[str, Path], png_path: str | Path, m
     import matplotlib.pyplot as plt
 
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
     W, H = slide.dimensions
     thumb, dx, dy = slide.thumbnail(slide.mpp * max(1.0, max(W, H) / max_px), max_px=max_px, progress=False)
     panels = [
@@ -92,6 +92,7 @@ def save_preview(slide, grid, paths: Mapping[str, Path], png_path: str | Path, m
         f"{slide.slide_id}: {len(grid.parents)} 5x tiles, {n20} 20x tiles ({slide.mpp:g} um/px)", fontsize=10
     )
     fig.tight_layout()
-    fig.savefig(png_path, dpi=110)
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return png_path

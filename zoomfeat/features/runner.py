@@ -19,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.features.pipeline import ConfigMismatchError, Extractor, SlideResult
+from zoomfeat.features.pipeline import Extractor, SlideResult
+from zoomfeat.runtime.atomic import atomic_path, ensure_dir
+from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.slide.manifest import SlideSpec, shard
 
 
@@ -65,8 +67,7 @@ class RunSummary:
 
     def write_csv(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["slide_id", "path", "status", "tiles_20x", "tiles_5x", "seconds", "error"])
             for r in self.results:
@@ -97,6 +98,7 @@ def extract_slides(
     if not mine:
         echo(f"zoomfeat extract: no slides in shard {shard_index + 1}/{shard_count} ({len(slides)} in total)")
         return summary
+    ensure_dir(out_dir)  # a clear error before the models load
     ex = extractor or Extractor(config)
     if not config.overwrite:
         clashes = []

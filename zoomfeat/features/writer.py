@@ -1,40 +1,39 @@
 """Streaming, atomic writing of one slide's six feature bags and two coords files.
 
 The row count of every bag is known from the tile grid before any model runs, so each bag is
-created at its final size under a temporary name (``.{slide_id}.h5.tmp-{pid}``) and filled
-parent by parent as features come out of the models: memory stays flat however large the
-slide. Only when every row is written does each file get ``complete=True`` and get renamed to
-its final name. A killed run leaves only hidden temporary files (removed by the next run that
-takes the slide's lock), never a truncated bag under a final name.
+created at its final size under a temporary name (``.{slide_id}.h5.tmp-{pid}``, from
+:func:`zoomfeat.runtime.atomic.atomic_path`) and filled parent by parent as features come out of
+the models: memory stays flat however large the slide. Only when every row is written does each
+file get ``complete=True`` and get fsync-ed and renamed to its final name. A killed run leaves only
+hidden temporary files (removed by the next run that takes the slide's lock), never a truncated
+bag under a final name.
 
 The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 
-from zoomfeat.bags import (
-    FEATURE_SET_MAG,
-    _attr_value,
-    _tmp_name,
-    _write_coords,
-    bag_path,
-    patches_path,
-    write_patches,
-)
+from zoomfeat.bags import FEATURE_SET_MAG, _attr_value, _write_coords, bag_path, patches_path, write_patches
+from zoomfeat.runtime.atomic import atomic_path
+from zoomfeat.runtime.units import TILE_PX
 
 #: the 20x-based sets carry ``parent_idx``
 SETS_20X = tuple(s for s, m in FEATURE_SET_MAG.items() if m == 20)
 
 
-def slide_outputs(out_dir: str | Path, slide_id: str, tile_px: int = 256) -> dict[str, Path]:
+class _Aborted(Exception):
+    """Passed to the temporaries' contexts on abort: remove them, publish nothing."""
+
+
+def slide_outputs(out_dir: str | Path, slide_id: str, tile_px: int = TILE_PX) -> dict[str, Path]:
     """Final paths of everything written for one slide: the six sets + ``patches_20x``/``patches_5x``."""
     paths = {name: bag_path(out_dir, name, slide_id, tile_px) for name in FEATURE_SET_MAG}
     paths["patches_20x"] = patches_path(out_dir, slide_id, 20, tile_px)
@@ -43,7 +42,10 @@ def slide_outputs(out_dir: str | Path, slide_id: str, tile_px: int = 256) -> dic
 
 
 def remove_stale_temporaries(paths: Mapping[str, Path]) -> list[Path]:
-    """Delete leftover ``.{name}.tmp-*`` files of these outputs (call only while holding the slide lock)."""
+    """Delete leftover ``.{name}.tmp-*`` files of these outputs (call only while holding the slide lock).
+
+    The pattern is :func:`zoomfeat.runtime.atomic.tmp_name`'s, with any pid.
+    """
     removed = []
     for path in paths.values():
         if path.parent.is_dir():
@@ -80,7 +82,7 @@ class SlideBagWriter:
         parent_idx: np.ndarray,
         attrs: Mapping[str, Any],
         set_attrs: Mapping[str, Mapping[str, Any]] | None = None,
-        tile_px: int = 256,
+        tile_px: int = TILE_PX,
         chunk_rows: int = 1024,
     ) -> None:
         missing = set(FEATURE_SET_MAG) - set(dims)
@@ -100,13 +102,11 @@ class SlideBagWriter:
             )
         self.rows_written = {name: 0 for name in FEATURE_SET_MAG}
         self._files: dict[str, h5py.File] = {}
-        self._tmp: dict[str, Path] = {}
+        # one atomic_path per bag: closing the stack normally publishes them, with an error removes them
+        self._temporaries = ExitStack()
         try:
             for name, mag in FEATURE_SET_MAG.items():
-                path = self.paths[name]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = _tmp_name(path)
-                self._tmp[name] = tmp
+                tmp = self._temporaries.enter_context(atomic_path(self.paths[name]))
                 f = h5py.File(tmp, "w")
                 self._files[name] = f
                 n, d = len(self.coords[mag]), int(dims[name])
@@ -159,9 +159,7 @@ class SlideBagWriter:
                 self.coords_attrs[mag],
                 {**self.attrs, "feature_set": "patches"},
             )
-        for name, tmp in list(self._tmp.items()):
-            os.replace(tmp, self.paths[name])
-            del self._tmp[name]
+        self._temporaries.close()  # fsync, rename, fsync the directory: each bag appears complete
         return dict(self.paths)
 
     def abort(self) -> None:
@@ -172,9 +170,7 @@ class SlideBagWriter:
             except Exception:  # noqa: BLE001 - closing a broken file must not mask the first error
                 pass
         self._files.clear()
-        for tmp in self._tmp.values():
-            tmp.unlink(missing_ok=True)
-        self._tmp.clear()
+        self._temporaries.__exit__(_Aborted, _Aborted(), None)
 
     def __enter__(self) -> SlideBagWriter:
         return self

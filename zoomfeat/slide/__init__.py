@@ -8,11 +8,12 @@ children, parent_tile = split_parent(region)
 """
 
 from .grid import Children, TileGrid, split_parent
-from .reader import MppInfo, Slide, SlideError, resolve_mpp
+from .reader import MissingInputError, MppInfo, Slide, SlideError, resolve_mpp
 from .tissue import TissueMask, detect_tissue, tissue_mask
 
 __all__ = [
     "Children",
+    "MissingInputError",
     "MppInfo",
     "Slide",
     "SlideError",

@@ -34,11 +34,23 @@ from typing import Any
 
 import numpy as np
 
+from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.runtime.units import (
+    BASE_MAG,
+    CHILDREN_PER_SIDE,
+    MPP_20X,
+    PARENT_MAG_INDEX,
+    TILE_PX,
+    magnification,
+)
+
 from .reader import Slide
 from .tissue import TissueMask, detect_tissue
 
 #: children per parent side (5x parent of 20x children)
-RATIO = 4
+RATIO = CHILDREN_PER_SIDE
+#: um/px times magnification: MPP_20X * 20 = 10, so a tile at ``mag`` is at ``10 / mag`` um/px
+UM_TIMES_MAG = MPP_20X * BASE_MAG
 
 
 @dataclass
@@ -101,11 +113,11 @@ class TileGrid:
     # ---------------------------------------------------------------- geometry
     @property
     def target_mpp(self) -> float:
-        return 10.0 / self.mag
+        return UM_TIMES_MAG / self.mag
 
     @property
     def parent_target_mpp(self) -> float:
-        return 10.0 / self.parent_mag
+        return UM_TIMES_MAG / self.parent_mag
 
     @property
     def parent_size_level0(self) -> float:
@@ -181,9 +193,9 @@ class TileGrid:
     def build(
         cls,
         slide: Slide,
-        tile_px: int = 256,
-        mag: float = 20,
-        parent_mag: float = 5,
+        tile_px: int = TILE_PX,
+        mag: float = BASE_MAG,
+        parent_mag: float = magnification(PARENT_MAG_INDEX),
         min_tissue: float = 0.25,
         tissue: TissueMask | None = None,
         tissue_mpp: float | None = None,
@@ -200,13 +212,13 @@ class TileGrid:
             not (float(mag) > 0 and float(parent_mag) > 0)
             or abs(float(mag) / float(parent_mag) - RATIO) > 1e-9
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"mag / parent_mag must be {RATIO} (each parent covers 4x4 children), got {mag} / {parent_mag}"
             )
         if int(tile_px) != tile_px or tile_px <= 0:
-            raise ValueError(f"tile_px must be a positive integer, got {tile_px!r}")
+            raise ConfigError(f"tile_px must be a positive integer, got {tile_px!r}")
         tile_px = int(tile_px)
-        target_mpp = 10.0 / float(mag)
+        target_mpp = UM_TIMES_MAG / float(mag)
         s = tile_px * target_mpp / slide.mpp
         if target_mpp < slide.mpp * 0.99:
             warnings.warn(

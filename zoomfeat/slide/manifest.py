@@ -17,6 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zoomfeat.runtime.errors import ConfigError, InputError
+from zoomfeat.slide.reader import MissingInputError
+
 SLIDE_EXTENSIONS = (
     ".svs",
     ".tif",
@@ -52,7 +55,7 @@ def read_manifest(csv_path: str | Path) -> list[SlideSpec]:
     table = pd.read_csv(csv_path)
     col = next((c for c in PATH_COLUMNS if c in table.columns), None)
     if col is None:
-        raise ValueError(
+        raise InputError(
             f"manifest {csv_path} needs a slide path column (one of {', '.join(PATH_COLUMNS)}); it has {list(table.columns)}"
         )
     specs = []
@@ -87,14 +90,14 @@ def discover(inputs: Iterable[str | Path]) -> list[SlideSpec]:
         elif p.exists():
             found = [SlideSpec(p)]
         else:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"input {p} does not exist (give slide files, directories of slides or manifest CSVs)"
             )
         for spec in found:
             key = spec.path.resolve() if spec.path.exists() else spec.path.absolute()
             old = specs.get(key)
             if old is not None and old.mpp is not None and spec.mpp is not None and old.mpp != spec.mpp:
-                raise ValueError(f"{key} is listed with two different mpp values ({old.mpp} and {spec.mpp})")
+                raise InputError(f"{key} is listed with two different mpp values ({old.mpp} and {spec.mpp})")
             if old is None or old.mpp is None:
                 specs[key] = SlideSpec(key, spec.mpp)
     out = sorted(specs.values(), key=lambda s: str(s.path))
@@ -111,7 +114,7 @@ def check_unique_ids(specs: Sequence[SlideSpec]) -> None:
             clashes.append(f"{seen[s.slide_id]} and {s.path}")
         seen.setdefault(s.slide_id, s.path)
     if clashes:
-        raise ValueError(
+        raise InputError(
             "slides with the same file name (slide id) would overwrite each other's bags: "
             + "; ".join(clashes[:10])
         )
@@ -120,5 +123,5 @@ def check_unique_ids(specs: Sequence[SlideSpec]) -> None:
 def shard(specs: Sequence[SlideSpec], index: int = 0, count: int = 1) -> list[SlideSpec]:
     """Every ``count``-th slide starting at ``index`` (0-based) of the sorted list."""
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard.index must lie in [0, shard.count), got index={index} count={count}")
+        raise ConfigError(f"shard.index must lie in [0, shard.count), got index={index} count={count}")
     return list(specs[index::count])

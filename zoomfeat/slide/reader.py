@@ -42,7 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from zoomfeat.runtime.errors import SlideError
+from zoomfeat.runtime.errors import InputError, SlideError
+from zoomfeat.runtime.units import BASE_MAG, MPP_20X
+
+
+class MissingInputError(InputError, FileNotFoundError):
+    """A named slide, directory or manifest that does not exist (a ``FileNotFoundError`` too)."""
+
 
 #: plausible level-0 microns per pixel for a microscope slide
 MPP_RANGE = (0.01, 20.0)
@@ -123,7 +129,7 @@ def resolve_mpp(
 
     power = _float(props, "openslide.objective-power")
     if power is not None and objective_power_fallback:
-        value = 10.0 / power
+        value = MPP_20X * BASE_MAG / power
         warnings.warn(
             f"{path}: no MPP in the file; guessing {value:g} um/px from objective power {power:g}x "
             f"(scanners differ: check it, or {_MPP_HELP})",
@@ -133,7 +139,7 @@ def resolve_mpp(
     hint = ""
     if power is not None:
         hint = (
-            f" The file reports objective power {power:g}x (about {10.0 / power:g} um/px on Aperio-like "
+            f" The file reports objective power {power:g}x (about {MPP_20X * BASE_MAG / power:g} um/px on Aperio-like "
             "scanners, but scanners differ); Slide.open(path, objective_power_fallback=True) uses it with a warning."
         )
     seen = f" ({'; '.join(rejected)})" if rejected else ""
@@ -184,7 +190,7 @@ class Slide:
         """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"no slide file at {path}")
+            raise MissingInputError(f"no slide file at {path}")
         if path.is_dir():
             raise SlideError(f"{path}: is a directory, not a slide file")
         osr = _open_openslide(path)
@@ -207,7 +213,7 @@ class Slide:
     @property
     def magnification(self) -> float:
         """Equivalent objective magnification, ``10 / mpp`` (not rounded)."""
-        return 10.0 / self.mpp
+        return MPP_20X * BASE_MAG / self.mpp
 
     @property
     def level_count(self) -> int:
