@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zoomfeat.model import ZoomLDM  # noqa: E402
+from zoomfeat.runtime.device import autocast, resolve_device, synchronize  # noqa: E402
 
 COMPONENTS = ("vq_encode", "unet_full", "unet_middle", "summarizer")
 
@@ -73,22 +73,17 @@ def count_flops(meta_model: ZoomLDM, name: str, batch: int) -> int:
     return fc.get_total_flops()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def bench(model: ZoomLDM, name: str, inp: dict, iters: int, warmup: int, device: torch.device, autocast: str):
+def bench(
+    model: ZoomLDM, name: str, inp: dict, iters: int, warmup: int, device: torch.device, precision: str
+):
     fn = runner(model, name, inp)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast)
-    amp = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     times = []
-    with torch.inference_mode(), amp:
+    with torch.inference_mode(), autocast(device, "fp32" if precision == "none" else precision):
         for i in range(warmup + iters):
-            sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fn()
-            sync(device)
+            synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t0)
     return times
@@ -98,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny", help="tiny | zoomldm_brca | path to a YAML")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--iters", type=int, default=3, help="timed iterations per component (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (kernel set-up)")
     p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     meta = ZoomLDM.from_config(args.config, device="meta")
     t0 = time.perf_counter()
     model = ZoomLDM.from_config(args.config, seed=0).to(device)

@@ -12,6 +12,8 @@ import time
 import torch
 
 from zoomfeat.model import ZoomLDM
+from zoomfeat.runtime.device import resolve_device
+from zoomfeat.runtime.units import mag_name
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
@@ -22,18 +24,21 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
     )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "plms"])
-    p.add_argument("--mag", type=int, default=2, help="magnification index (0=20x, 2=5x, ...)")
+    p.add_argument(
+        "--mag", type=int, default=2, help=f"magnification index (0={mag_name(0)}, 2={mag_name(2)}, ...)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     args = p.parse_args(argv)
+    device = resolve_device(args.device)
 
     t0 = time.perf_counter()
     model = ZoomLDM.load(
         args.checkpoint, config=args.config, allow_random_weights=args.checkpoint is None, seed=args.seed
-    ).to(args.device)
-    g = torch.Generator(device=args.device).manual_seed(args.seed)
+    ).to(device)
+    g = torch.Generator(device=device).manual_seed(args.seed)
     side = 2**args.mag  # grids above 8x8 are pooled inside condition()
-    grid = torch.randn(1, model.ssl_channels, side, side, generator=g, device=args.device)
+    grid = torch.randn(1, model.ssl_channels, side, side, generator=g, device=device)
     with torch.inference_mode():
         context = model.condition(grid, args.mag)
         latent = model.sample(context, steps=args.steps, sampler=args.sampler, generator=g)
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
         **{f"tap {k}": tuple(v.shape) for k, v in feats.items()},
     }
     print(
-        f"ZoomLDM '{model.name}' ({model.checkpoint_id}) on {args.device}: "
+        f"ZoomLDM '{model.name}' ({model.checkpoint_id}) on {device}: "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters"
     )
     for k, v in shapes.items():

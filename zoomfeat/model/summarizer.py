@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoomfeat.runtime.units import NUM_MAGS, mag_name
+
 GRID = 8  # the summarizer sees at most an 8x8 grid (64 slots)
 NUM_SLOTS = GRID * GRID
 NORM_EPS = 1e-8  # normalize_ssl: (x - mean_c) / (std_c + 1e-8)
@@ -128,7 +130,7 @@ class Summarizer(nn.Module):
         num_layers: int = 12,
         num_heads: int = 8,
         vit_mlp_dim: int = 2048,
-        num_mags: int = 8,
+        num_mags: int = NUM_MAGS,
         p_uncond: float = 0.1,
     ):
         super().__init__()
@@ -169,7 +171,10 @@ class Summarizer(nn.Module):
             )
         mag_t = torch.as_tensor(mag)
         if mag_t.is_floating_point() or mag_t.is_complex():
-            raise TypeError(f"magnification index must be an integer (0=20x ... 7=0.15625x), got {mag!r}")
+            raise TypeError(
+                f"magnification index must be an integer (0={mag_name(0)} ... "
+                f"{self.num_mags - 1}={mag_name(self.num_mags - 1)}), got {mag!r}"
+            )
         mag_t = mag_t.long().reshape(-1)
         if mag_t.numel() == 1 and b != 1:
             mag_t = mag_t.expand(b)
@@ -182,7 +187,7 @@ class Summarizer(nn.Module):
         ):
             raise ValueError(
                 f"magnification index out of range: got {sorted(set(mag_t.tolist()))}, valid 0..{self.num_mags - 1} "
-                "(0=20x 1=10x 2=5x 3=2.5x 4=1.25x 5=0.625x 6=0.3125x 7=0.15625x)"
+                f"({' '.join(f'{m}={mag_name(m)}' for m in range(self.num_mags))})"
             )
         return mag_t.to(grid.device)
 

@@ -1,8 +1,22 @@
 """``ZoomLDM``: the VQ-f4 autoencoder, the conditional UNet, the SSL summarizer and the schedule.
 
+The maths (docs/ARCHITECTURE.md, "Model" and "Feature recipe"):
+
+- first stage: ``z0 = E(x)``, the VQ encoder's *pre-quantisation* latent of an image
+  x in [-1, 1]^{3x256x256} (scale_factor 1.0), z0 in R^{3x64x64}; ``D(z)`` quantises to the
+  nearest code, then decodes;
+- conditioning: ``c = S(g, m)``, the summarizer's 65 tokens from a UNI grid g (2^m x 2^m 20x
+  embeddings, pooled to at most 8x8) and the magnification index m;
+- forward noising: ``x_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps``, eps ~ N(0, I), with the
+  official float32 "linear" schedule (T = 1000);
+- the UNet predicts eps: ``eps_theta(x_t, t, c)``; features are its block activations (taps),
+  computed by a forward that stops after the deepest block asked for;
+- sampling: DDIM / PLMS with classifier-free guidance ``e_u + s (e_c - e_u)``, e_u from c = 0.
+
 Float32 parameters by default (the official ``use_fp16: true`` only made the official UNet cast its
 activations to fp16 under CUDA autocast); use ``torch.autocast`` (bf16/fp16) and
-``model.to(memory_format=torch.channels_last)`` on GPU for speed.
+``model.to(memory_format=torch.channels_last)`` on GPU for speed. Constructors, loading and saving
+live in :mod:`zoomfeat.model.pretrained` (:class:`~zoomfeat.model.pretrained.PretrainedMixin`).
 """
 
 from __future__ import annotations
@@ -157,9 +171,18 @@ class ZoomLDM(PretrainedMixin, nn.Module):
         """Raw SSL (UNI) grid [B, C, h, w] (or [B, C] for a 1x1 grid) + magnification index -> context [B, 65, D].
 
         Grids larger than 8x8 are average-pooled to 8x8, then every position is standardised over
-        channels (the official dataloader's preprocessing).  ``mag``: 0=20x 1=10x 2=5x 3=2.5x
-        4=1.25x 5=0.625x 6=0.3125x 7=0.15625x; a tile at index m is conditioned on the 2^m x 2^m
-        grid of 20x embeddings it covers.
+        channels (the official dataloader's preprocessing).  ``mag`` is a magnification *index*
+        ``m`` (:data:`~zoomfeat.runtime.units.MagIndex`: magnification ``20 / 2**m``, 0=20x 2=5x
+        ... 7=0.15625x, the table in :mod:`zoomfeat.runtime.units`), not a magnification; a tile
+        at index m is conditioned on the 2^m x 2^m grid of 20x embeddings it covers
+        (:func:`~zoomfeat.runtime.units.grid_side`).
+
+        Args:
+            ssl_grid: raw SSL embeddings [B, C, h, w] (or [B, C]), C = :attr:`ssl_channels`.
+            mag: int or LongTensor [B] of magnification indices.
+
+        Returns:
+            The cross-attention context [B, 65, D], D = :attr:`context_dim`.
         """
         if ssl_grid.ndim == 2:
             ssl_grid = ssl_grid[:, :, None, None]
@@ -189,14 +212,30 @@ class ZoomLDM(PretrainedMixin, nn.Module):
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Forward noising with the official float32 schedule (noise drawn from ``generator`` if None)."""
+        """Forward noising ``x_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) noise`` (official float32 schedule).
+
+        Args:
+            z0: latent [B, C, h, w]. t: int or LongTensor [B] in [0, 1000).
+            noise: [B, C, h, w]; None: drawn from ``generator``.
+
+        Returns:
+            x_t [B, C, h, w].
+        """
         if noise is None:
             dev = generator.device if generator is not None else z0.device
             noise = torch.randn(z0.shape, generator=generator, device=dev, dtype=z0.dtype).to(z0.device)
         return self.schedule.q_sample(z0, t, noise)
 
     def eps(self, x_t: torch.Tensor, t: int | torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """UNet noise prediction (the full diffusers forward)."""
+        """UNet noise prediction (the full diffusers forward).
+
+        Args:
+            x_t: noisy latent [B, C, h, w]. t: int or LongTensor [B].
+            context: [B, 65, D] (or [1, 65, D], broadcast).
+
+        Returns:
+            eps [B, C, h, w].
+        """
         self._check_latent(x_t, "x_t")
         x = self._like(x_t, self.unet.conv_in.weight)
         return self.unet(
@@ -210,7 +249,15 @@ class ZoomLDM(PretrainedMixin, nn.Module):
         context: torch.Tensor,
         names: Sequence[str] | str = DEFAULT_TAPS,
     ) -> dict[str, torch.Tensor]:
-        """{official block name: activation [B, C, h, w]}; the forward stops after the deepest one."""
+        """Activations of official UNet blocks; the forward stops after the deepest one asked for.
+
+        Args:
+            x_t, t, context: as :meth:`eps`.
+            names: official block names (:attr:`block_names`), e.g. ``middle_block``.
+
+        Returns:
+            {name: activation [B, C_name, h_name, w_name]} in the order of ``names``.
+        """
         names = unet_mod.check_tap_names(self.config["unet"], names)
         self._check_latent(x_t, "x_t")
         x = self._like(x_t, self.unet.conv_in.weight)
