@@ -1,10 +1,12 @@
 """ZoomLDM (CVPR 2025) for zoomfeat: VQ-f4 + conditional UNet (diffusers) + SSL summarizer + schedule.
 
 ``from zoomfeat.model import ZoomLDM``; see :class:`ZoomLDM` for the API and docs/ARCHITECTURE.md,
-"Model", for the maths. Modules: ``zoomldm`` (the model and its forward passes), ``pretrained``
-(constructors, loading, saving, hub), ``config`` (the architecture dict, both YAML formats),
-``official`` (the released checkpoint layout), ``unet``, ``vq``, ``summarizer``, ``schedule``,
-``sampling``.
+"Model", for the maths. Modules:
+
+- ``zoomldm``: the model and its forward passes; ``pretrained``: constructors, loading, saving,
+  the model hub; ``config``: the architecture dict in both YAML formats; ``official``: the
+  released checkpoint layout (these three replace the former ``checkpoint`` module);
+- ``unet``, ``vq``, ``summarizer``, ``schedule``, ``sampling``: the parts.
 """
 
 from zoomfeat.model.config import read_config
