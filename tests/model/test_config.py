@@ -41,3 +41,31 @@ def test_config_errors(golden_dir, tmp_path):
         mc.read_config("nope")
     with pytest.raises(WeightsNotFoundError, match="model config not found"):
         mc.read_config(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------- the model config section
+
+
+def test_every_model_group_file_is_a_model_section():
+    """conf/model/*.yaml *is* ModelSection: it loads without unknown keys, and reads back the same."""
+    from zoomfeat.runtime.config import load_config
+    from zoomfeat.runtime.resources import config_dir
+
+    files = sorted((config_dir() / "model").glob("*.yaml"))
+    assert {p.stem for p in files} >= {"tiny", "zoomldm_brca"}
+    for path in files:
+        section = load_config(mc.ModelSection, yaml.safe_load(path.read_text()), str(path))
+        assert section.name == path.stem and section.checkpoint is None
+        assert mc.read_config(section.source()) == mc.read_config(path.stem)
+    assert mc.ModelSection(name="tiny").source() == "tiny" and mc.ModelSection(name="tiny").is_tiny
+
+
+def test_model_section_errors():
+    from zoomfeat.runtime.config import load_config
+
+    with pytest.raises(ConfigError, match="chekpoint.*checkpoint"):  # the known keys are listed
+        load_config(mc.ModelSection, {"name": "tiny", "chekpoint": "x"}, "model")
+    _, arch = mc.read_config("tiny")
+    bad = {**arch, "unet": {**arch["unet"], "context_dim": 32}}
+    with pytest.raises(ConfigError, match="context_dim \\(32\\) must equal"):
+        load_config(mc.ModelSection, {"name": "tiny", **bad}, "model")

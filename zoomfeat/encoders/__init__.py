@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from zoomfeat.encoders.config import EMBED_DIM, ENCODERS, EncoderSection
 from zoomfeat.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from zoomfeat.encoders.base import TileEncoder
-
-ENCODERS = ("uni", "tiny")
-#: embedding width per encoder name (known without building the model)
-EMBED_DIM = {"uni": 1024, "tiny": 32}
 
 
 def build_encoder(
@@ -44,4 +41,4 @@ def build_encoder(
     return enc.eval().requires_grad_(False)
 
 
-__all__ = ["build_encoder", "ENCODERS", "EMBED_DIM"]
+__all__ = ["build_encoder", "ENCODERS", "EMBED_DIM", "EncoderSection"]

@@ -9,7 +9,7 @@
 - ``unet``, ``vq``, ``summarizer``, ``schedule``, ``sampling``: the parts.
 """
 
-from zoomfeat.model.config import read_config
+from zoomfeat.model.config import ModelSection, read_config
 from zoomfeat.model.official import to_official_state_dict
 from zoomfeat.model.pretrained import CheckpointError
 from zoomfeat.model.zoomldm import DEFAULT_TAPS, ZoomLDM
@@ -21,6 +21,7 @@ __all__ = [
     "WeightsError",
     "WeightsNotFoundError",
     "DEFAULT_TAPS",
+    "ModelSection",
     "read_config",
     "to_official_state_dict",
 ]

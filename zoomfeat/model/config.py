@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,54 @@ from zoomfeat.runtime.units import NUM_MAGS
 
 #: the config file beside a checkpoint (official and native layouts alike)
 CONFIG_NAME = "config.yaml"
+#: the architecture sections of a native config (``conf/model/*.yaml``)
+ARCH_SECTIONS = ("unet", "vq", "summarizer", "diffusion")
+#: the model built for tests and the demo (a seeded random init is always allowed for it)
+TINY = "tiny"
+
+
+@dataclass
+class ModelSection:
+    """``conf/model/{name}.yaml`` (the Hydra group ``model=``): which ZoomLDM, and its weights.
+
+    The entry points' config schemas nest this as their ``model`` section; the architecture
+    sections keep the official key names and are checked by :func:`normalize_arch` when given.
+    """
+
+    #: ZoomLDM config name (zoomldm_brca | tiny) or a config YAML path
+    name: str = "zoomldm_brca"
+    #: native dir (save_pretrained) | official weights.ckpt | hub id; null = none
+    checkpoint: str | None = None
+    #: UNet architecture (official unet_config.params keys); empty: those of conf/model/{name}.yaml
+    unet: dict[str, Any] = field(default_factory=dict)
+    #: VQ-f4 first stage (official first_stage_config.params, ddconfig flattened)
+    vq: dict[str, Any] = field(default_factory=dict)
+    #: SSL summarizer (official cond_stage_config.params)
+    summarizer: dict[str, Any] = field(default_factory=dict)
+    #: diffusion schedule (timesteps, linear_start, linear_end, beta_schedule, parameterization, scale_factor)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        sections = self.sections()
+        if sections:
+            try:
+                normalize_arch(sections)
+            except (KeyError, TypeError, ValueError) as err:
+                raise ConfigError(f"model (conf/model/{self.name}.yaml): {err}") from err
+
+    def sections(self) -> dict[str, dict[str, Any]]:
+        """The architecture sections that are set (plain dicts)."""
+        return {k: dict(getattr(self, k)) for k in ARCH_SECTIONS if getattr(self, k)}
+
+    def source(self) -> str | dict[str, Any]:
+        """What :func:`read_config` / ``ZoomLDM.load(config=...)`` take: the name, or the sections."""
+        sections = self.sections()
+        return {"name": self.name, **sections} if sections else self.name
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == TINY
+
 
 SUMMARIZER_DEFAULTS: dict[str, Any] = {
     "input_channels": 1024,
