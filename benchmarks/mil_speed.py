@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def make_bags(n_bags: int, n_instances: int, dim: int, seed: int = 0):
-    from zoomfeat.mil.data import BagSet
+    from zoomfeat.mil.bagset import BagSet
 
     rng = np.random.default_rng(seed)
     labels = np.arange(n_bags) % 2
@@ -78,25 +78,19 @@ def main(argv=None) -> dict:
 
     import torch
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
+    from zoomfeat.mil.config import MILConfig
     from zoomfeat.mil.splits import fold_parts, make_splits
-    from zoomfeat.mil.train import (
-        BagFeeder,
-        MILConfig,
-        amp_enabled,
-        instance_stats,
-        predict,
-        resolve_device,
-        train_fold,
-    )
+    from zoomfeat.mil.train import BagFeeder, amp_precision, instance_stats, predict, train_fold
+    from zoomfeat.runtime.config import load_config
+    from zoomfeat.runtime.device import resolve_device
     from zoomfeat.runtime.resources import config_dir
 
     if args.threads:
         torch.set_num_threads(args.threads)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         composed = compose("bench", overrides=[f"mil={args.mil}"])
-    cfg = MILConfig.from_dict(OmegaConf.to_container(composed.mil, resolve=True))
+    cfg = load_config(MILConfig, composed.mil, f"conf/mil/{args.mil}.yaml")
     if not args.full:
         cfg.epochs, cfg.patience, cfg.min_epochs = args.epochs, args.epochs, args.epochs
     cfg.max_instances = args.max_instances
@@ -115,7 +109,7 @@ def main(argv=None) -> dict:
     tr, va, te = (bags.index(parts[p]) for p in ("train", "val", "test"))
     print(
         f"fold 0: {len(tr)} train / {len(va)} val / {len(te)} test bags; device {device}, threads {torch.get_num_threads()}, "
-        f"bf16 autocast {'on' if amp_enabled(device, cfg.amp) else 'off'}; model hidden {list(cfg.hidden)}, att_dim {cfg.att_dim}, "
+        f"autocast {amp_precision(device, cfg.amp)}; model hidden {list(cfg.hidden)}, att_dim {cfg.att_dim}, "
         f"max_instances {cfg.max_instances}"
     )
 

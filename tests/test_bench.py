@@ -109,7 +109,7 @@ def test_cli_on_instance_csv_and_multirun(tmp_path):
     )
     jobs = sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(jobs) == 2 and all(j.startswith("mil.lr=") for j in jobs), jobs
-    lrs = set()
+    lrs = set()  # run.json keeps the settings in the YAML's shape
     for job in jobs:
         folds = pd.read_csv(out / job / "folds.csv")
         assert len(folds) == 3 and (folds["feature_set"] == "instances").all()
@@ -162,4 +162,81 @@ def test_cli_bad_input_messages(bag_root, tmp_path, capsys):
     )
     assert "no bags for feature set 'uni_fused'" in err
     err = bench_error(capsys, "task=musk1", "+mil.bogus=1", f"out_dir={tmp_path / 'd'}", *SMALL)
-    assert "unknown mil option(s) ['bogus']" in err
+    assert "unknown setting 'mil.bogus'; known keys under mil: name, gated" in err
+
+
+def test_unknown_keys_are_refused_with_the_known_ones():
+    from zoomfeat.mil.config import BenchmarkConfig, load_bench_config
+    from zoomfeat.runtime.config import iter_keys
+    from zoomfeat.runtime.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"unknown setting 'task.labal_col'; known keys under task: name, labels"
+    ):
+        load_bench_config({"task": {"name": "t", "bags": "b", "labal_col": "x"}})
+    with pytest.raises(ConfigError, match=r"unknown setting 'mil.lrr'; known keys under mil: .*\blr\b"):
+        load_bench_config({"task": {"name": "t"}, "mil": {"lrr": 1}})
+    with pytest.raises(ConfigError, match=r"unknown setting 'cv.fold'"):
+        load_bench_config({"task": {"name": "t"}, "cv": {"fold": 3}})
+    # every key of conf/bench.yaml and its groups is a field of the dataclass, and back
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from zoomfeat.runtime.resources import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        for task in ("brca", "hrd", "musk1", "musk2"):
+            composed = OmegaConf.to_container(compose("bench", overrides=[f"task={task}"]), resolve=True)
+            cfg = load_bench_config(composed)
+            assert cfg.task.name == task
+
+            def leaves(d, prefix=""):
+                for k, v in d.items():
+                    if isinstance(v, dict) and k not in ("label_map",):
+                        yield from leaves(v, f"{prefix}{k}.")
+                    else:
+                        yield f"{prefix}{k}"
+
+            assert set(leaves(composed)) <= {k for k, _ in iter_keys(BenchmarkConfig)}
+    assert {k for k, _ in iter_keys(BenchmarkConfig)} >= {
+        "task.csv.header",
+        "cv.splits",
+        "data.in_memory",
+        "mil.lr",
+    }
+
+
+BAD_INPUTS = {
+    "missing labels file": (["task.labels={tmp}/absent.csv"], "no labels file at"),
+    "labels naming slides with no bag": (["task.labels={tmp}/extra.csv"], "labelled slide(s) have no bag"),
+    "a class smaller than the folds": (
+        ["task.labels={tmp}/few.csv", "cv.folds=3"],
+        "few.csv: a class has fewer",
+    ),
+    "unknown key": (["+task.labal_col=x"], "unknown setting 'task.labal_col'"),
+}
+
+
+def test_cli_prints_one_line_for_bad_inputs(bag_root, tmp_path):
+    labels = pd.read_csv(bag_root / "labels.csv")
+    extra = pd.DataFrame(
+        {"slide_id": ["TCGA-QQ-9999-01Z-00-DX1"], "case_id": ["TCGA-QQ-9999"], "label": ["ILC"]}
+    )
+    pd.concat([labels, extra]).to_csv(tmp_path / "extra.csv", index=False)
+    few = labels.copy()
+    ilc = few.index[few["label"] == "ILC"]
+    few.loc[ilc[4:], "label"] = "IDC"  # two ILC patients (two slides each) for three folds
+    few.to_csv(tmp_path / "few.csv", index=False)
+    base = ["task=brca", f"task.bags={bag_root}", "feature_sets=[uni_20x]", *SMALL]
+    for what, (args, message) in BAD_INPUTS.items():
+        args = [a.format(tmp=tmp_path) for a in args]
+        if not any(a.startswith("task.labels=") for a in args):
+            args.append(f"task.labels={bag_root / 'labels.csv'}")
+        cmd = [sys.executable, "-m", "zoomfeat.bench", *base, *args]
+        cmd.append(f"out_dir={tmp_path / what.replace(' ', '_')}")
+        env = {k: v for k, v in os.environ.items() if k != "ZOOMFEAT_DEBUG"}
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 2, (what, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, (what, proc.stderr[-2000:])
+        errors = [line for line in proc.stderr.splitlines() if "zoomfeat bench: error:" in line]
+        assert len(errors) == 1 and message in errors[0], (what, proc.stderr[-2000:])

@@ -1,8 +1,9 @@
 """``python -m zoomfeat.bench task=NAME ...``: attention-MIL benchmarks, ZoomLDM vs UNI features.
 
-Thin Hydra entry point: it turns ``conf/bench.yaml`` into a
-:class:`zoomfeat.mil.benchmark.BenchmarkConfig` and calls
-:func:`zoomfeat.mil.benchmark.run_benchmark`. Examples::
+Thin Hydra entry point: it validates ``conf/bench.yaml`` (with its ``task/`` and ``mil/`` groups)
+into a :class:`zoomfeat.mil.config.BenchmarkConfig` and runs
+:class:`zoomfeat.mil.benchmark.Benchmark`. Input errors print one line
+(``zoomfeat bench: error: ...``; ``ZOOMFEAT_DEBUG=1`` shows the trace). Examples::
 
     python -m zoomfeat.bench task=musk1 cv.folds=10
     python -m zoomfeat.bench task=brca task.labels=brca_labels.csv task.bags=features/ mil=gated_abmil
@@ -53,69 +54,16 @@ def _job_out_dir(out_dir: str) -> Path:
 
 
 def run(cfg: Any) -> dict[str, Any]:
-    """Hydra task function: ``conf/bench.yaml`` -> :func:`zoomfeat.mil.benchmark.run_benchmark`."""
-    from omegaconf import OmegaConf
+    """Hydra task function: ``conf/bench.yaml`` -> :class:`~zoomfeat.mil.config.BenchmarkConfig` -> the run.
 
-    c = OmegaConf.to_container(cfg, resolve=True)
-    if c.get("threads"):
-        import torch
+    The composed config is validated into the dataclass (unknown keys and bad values are a
+    :class:`~zoomfeat.runtime.errors.ConfigError`, printed as one line by :mod:`zoomfeat.cli`).
+    """
+    from zoomfeat.mil.benchmark import run_benchmark
+    from zoomfeat.mil.config import load_bench_config
 
-        saved = torch.get_num_threads()
-        torch.set_num_threads(int(c["threads"]))
-        try:
-            return _run(c)
-        finally:
-            torch.set_num_threads(saved)
-    return _run(c)
-
-
-def _run(c: dict[str, Any]) -> dict[str, Any]:
-    from zoomfeat.mil.benchmark import BenchmarkConfig, run_benchmark
-    from zoomfeat.mil.train import MILConfig
-
-    task = dict(c["task"])
-    name = task.pop("name")
-    known = {
-        "labels",
-        "bags",
-        "slide_col",
-        "case_col",
-        "label_col",
-        "label_map",
-        "threshold",
-        "missing_bags",
-        "csv",
-    }
-    unknown = sorted(set(task) - known)
-    if unknown:
-        raise ValueError(f"task {name!r}: unknown key(s) {unknown}; known: {sorted(known)}")
-    bench = BenchmarkConfig(
-        task=name,
-        out_dir=_job_out_dir(c["out_dir"]),
-        feature_sets=list(c["feature_sets"]),
-        baseline=c.get("baseline"),
-        folds=int(c["cv"]["folds"]),
-        repeats=int(c["cv"]["repeats"]),
-        val_fraction=float(c["cv"]["val_fraction"]),
-        splits=c["cv"].get("splits"),
-        seed=int(c["seed"]),
-        mil=MILConfig.from_dict(c["mil"]),
-        device=str(c["device"]),
-        in_memory=c["data"]["in_memory"],
-        dtype=str(c["data"]["dtype"]),
-        memory_fraction=float(c["data"]["memory_fraction"]),
-        save_attention=bool(c["save_attention"]),
-        progress=bool(c["progress"]),
-        csv=task.pop("csv", None) or {},
-        **{k: v for k, v in task.items()},
-    )
-    if not bench.bags:
-        hint = (
-            f" (build the labels with benchmarks/tasks/{name}_labels.py)" if name in ("brca", "hrd") else ""
-        )
-        raise ValueError(
-            f"task {name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) and task.labels=CSV{hint}"
-        )
+    bench = load_bench_config(cfg)
+    bench.out_dir = str(_job_out_dir(bench.out_dir))
     return run_benchmark(bench)
 
 

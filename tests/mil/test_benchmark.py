@@ -4,23 +4,26 @@ import h5py
 import pandas as pd
 import pytest
 
-from zoomfeat.mil.benchmark import BenchmarkConfig, fold_seed, run_benchmark
-from zoomfeat.mil.data import BenchWarning
-from zoomfeat.mil.train import MILConfig
+from zoomfeat.mil.bagset import BenchWarning
+from zoomfeat.mil.benchmark import Benchmark, fold_seed, run_benchmark, torch_threads
+from zoomfeat.mil.config import BenchmarkConfig, CVSection, MILConfig, TaskSection
+from zoomfeat.runtime.errors import BagError, ConfigError, InputError
 
-FAST = MILConfig(hidden=(32,), att_dim=16, dropout=0.1, lr=2e-3, epochs=20, patience=6, min_epochs=5)
+FAST = MILConfig(hidden=[32], att_dim=16, dropout=0.1, lr=2e-3, epochs=20, patience=6, min_epochs=5, warmup=0)
 
 
 def test_benchmark_separates_informative_from_noise_features(planted, tmp_path):
     cfg = BenchmarkConfig(
-        task="planted",
-        bags=str(planted["root"]),
-        labels=str(planted["labels"]),
-        label_map={"IDC": 0, "ILC": 1},
+        task=TaskSection(
+            name="planted",
+            bags=str(planted["root"]),
+            labels=str(planted["labels"]),
+            label_map={"IDC": 0, "ILC": 1},
+        ),
         feature_sets=["noise", "good"],
         baseline="noise",
-        out_dir=tmp_path / "out",
-        folds=4,
+        out_dir=str(tmp_path / "out"),
+        cv=CVSection(folds=4),
         mil=FAST,
         progress=False,
     )
@@ -69,31 +72,75 @@ def test_missing_bags_drop_mode_and_clear_errors(planted, tmp_path):
     )
     path = tmp_path / "labels.csv"
     extra.to_csv(path, index=False)
+    task = dict(name="planted", bags=str(planted["root"]), label_map={"IDC": 0, "ILC": 1})
     base = dict(
-        task="planted",
-        bags=str(planted["root"]),
-        label_map={"IDC": 0, "ILC": 1},
         feature_sets=["good"],
         baseline=None,
-        folds=2,
-        mil=MILConfig(hidden=(8,), epochs=1),
+        cv=CVSection(folds=2),
+        mil=MILConfig(hidden=[8], epochs=1),
         progress=False,
         save_attention=False,
     )
-    with pytest.raises(FileNotFoundError, match="TCGA-QQ-9999-01Z-00-DX1"):
-        run_benchmark(BenchmarkConfig(labels=str(path), out_dir=tmp_path / "a", **base))
+    with pytest.raises(BagError, match="TCGA-QQ-9999-01Z-00-DX1"):
+        run_benchmark(
+            BenchmarkConfig(TaskSection(labels=str(path), **task), out_dir=str(tmp_path / "a"), **base)
+        )
     with pytest.warns(BenchWarning, match="leaving out 1 labelled slide"):
         result = run_benchmark(
-            BenchmarkConfig(labels=str(path), out_dir=tmp_path / "b", missing_bags="drop", **base)
+            BenchmarkConfig(
+                TaskSection(labels=str(path), missing_bags="drop", **task),
+                out_dir=str(tmp_path / "b"),
+                **base,
+            )
         )
     assert len(pd.read_csv(result["paths"]["predictions"])) == 40
     assert not (tmp_path / "b" / "attention").exists()
-    with pytest.raises(ValueError, match="needs a labels CSV"):
-        run_benchmark(BenchmarkConfig(labels=None, out_dir=tmp_path / "c", **base))
+    with pytest.raises(InputError, match="needs a labels CSV"):
+        run_benchmark(BenchmarkConfig(TaskSection(labels=None, **task), out_dir=str(tmp_path / "c"), **base))
     few = labels.copy()
     few.loc[few["label"] == "ILC", "label"] = ["ILC"] * 2 + ["IDC"] * (int((few["label"] == "ILC").sum()) - 2)
     few.to_csv(tmp_path / "few.csv", index=False)
-    with pytest.raises(ValueError, match="fewer patients than cross-validation folds"):
+    with pytest.raises(InputError, match="few.csv: a class has fewer patients than cross-validation folds"):
         run_benchmark(
-            BenchmarkConfig(labels=str(tmp_path / "few.csv"), out_dir=tmp_path / "d", **{**base, "folds": 3})
+            BenchmarkConfig(
+                TaskSection(labels=str(tmp_path / "few.csv"), **task),
+                out_dir=str(tmp_path / "d"),
+                **{**base, "cv": CVSection(folds=3)},
+            )
         )
+
+
+def test_settings_are_checked_when_built():
+    task = TaskSection(name="t", bags="x")
+    with pytest.raises(ConfigError, match="feature_sets is empty"):
+        BenchmarkConfig(task, feature_sets=[])
+    with pytest.raises(ConfigError, match="lists a set twice"):
+        BenchmarkConfig(task, feature_sets=["a", "a"])
+    with pytest.raises(ConfigError, match="cv.folds must be >= 2"):
+        CVSection(folds=1)
+    with pytest.raises(ConfigError, match="task.missing_bags"):
+        TaskSection(name="t", missing_bags="skip")
+    # the YAML's default out_dir resolves the same way from Python
+    assert BenchmarkConfig(task, mil=MILConfig(name="gated_abmil")).out_dir == "bench_results/t/gated_abmil"
+    assert BenchmarkConfig(task).paired_baseline == "uni_20x"
+    assert BenchmarkConfig(task, feature_sets=["uni_20x"]).paired_baseline is None  # nothing to pair with
+
+
+def test_a_task_without_bags_names_what_to_pass(tmp_path):
+    cfg = BenchmarkConfig(TaskSection(name="brca"), out_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"task 'brca' needs its bags: task.bags=DIR.*brca_labels.py"):
+        Benchmark(cfg).run()
+
+
+def test_torch_threads_are_restored():
+    import torch
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("a failing run")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

@@ -2,7 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from zoomfeat.mil.bagset import BenchWarning
 from zoomfeat.mil.splits import fold_keys, fold_parts, load_splits, make_splits, save_splits
+from zoomfeat.runtime.errors import InputError
 
 
 def _cohort(n_cases=60, pos_every=3, seed=0):
@@ -77,12 +79,12 @@ def test_saved_splits_reload_identically_and_are_checked(tmp_path):
     )
     assert fold_parts(again, 0, 1) == fold_parts(splits, 0, 1)
 
-    with pytest.raises(ValueError, match="not in this task's cohort"):
+    with pytest.raises(InputError, match="not in this task's cohort"):
         load_splits(path, cohort.iloc[5:])
     flipped = cohort.assign(label=1 - cohort["label"])
-    with pytest.raises(ValueError, match="labels differ"):
+    with pytest.raises(InputError, match="labels differ"):
         load_splits(path, flipped)
-    with pytest.warns(UserWarning, match="not in .* and are left out"):
+    with pytest.warns(BenchWarning, match="not in .* and are left out"):
         load_splits(
             path, pd.concat([cohort, pd.DataFrame({"slide_id": ["extra"], "case_id": ["X"], "label": [0]})])
         )
@@ -92,9 +94,9 @@ def test_saved_splits_reload_identically_and_are_checked(tmp_path):
     train_row = leaky.index[(leaky["fold"] == 0) & (leaky["part"] == "train")][0]
     leaky.at[train_row, "case_id"] = case
     leaky.to_csv(tmp_path / "leaky.csv", index=False)
-    with pytest.raises(ValueError, match="patient.*more than one part"):
+    with pytest.raises(InputError, match="patient.*more than one part"):
         load_splits(tmp_path / "leaky.csv")
-    with pytest.raises(FileNotFoundError, match="no split file"):
+    with pytest.raises(InputError, match="no split file"):
         load_splits(tmp_path / "absent.csv")
 
 
@@ -107,9 +109,18 @@ def test_class_with_fewer_patients_than_folds_is_an_error():
     ):
         make_splits(slides, cases, labels, folds=5)
     make_splits(slides, cases, labels, folds=3)  # fine with 3 folds
-    with pytest.raises(ValueError, match="only one class"):
+    with pytest.raises(InputError, match="only one class"):
         make_splits(slides, cases, [0] * 20, folds=2)
     mixed = list(labels)
     mixed[1] = 0  # patient c0 now has slides with labels 1 and 0
-    with pytest.raises(ValueError, match="different labels"):
+    with pytest.raises(InputError, match="different labels"):
         make_splits(slides, cases, mixed, folds=2)
+
+
+def test_splits_are_written_atomically(tmp_path):
+    slides, cases, labels = _cohort()
+    path = save_splits(make_splits(slides, cases, labels, folds=3), tmp_path / "out" / "splits.csv")
+    assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["splits.csv"]  # no temp file left
+    with pytest.raises(InputError, match="missing column"):
+        save_splits(pd.DataFrame({"slide_id": ["a"]}), path)  # refused before anything is written
+    assert len(load_splits(path)) == len(make_splits(slides, cases, labels, folds=3))

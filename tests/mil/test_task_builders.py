@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from zoomfeat.mil.data import read_labels
+from zoomfeat.mil.labels import read_labels
 
 TASKS = Path(__file__).resolve().parents[2] / "benchmarks" / "tasks"
 sys.path.insert(0, str(TASKS))

@@ -3,12 +3,12 @@ import pandas as pd
 import pytest
 import torch
 
-from zoomfeat.mil.data import BagSet
+from zoomfeat.mil.bagset import BagSet
+from zoomfeat.mil.config import MILConfig
 from zoomfeat.mil.metrics import binary_metrics
 from zoomfeat.mil.splits import fold_keys, fold_parts, make_splits
 from zoomfeat.mil.train import (
     BagFeeder,
-    MILConfig,
     Standardize,
     build_model,
     class_weights,
@@ -20,7 +20,15 @@ from zoomfeat.mil.train import (
 from .bagfactory import planted_bags
 
 FAST = MILConfig(
-    hidden=(32,), att_dim=16, dropout=0.1, lr=2e-3, weight_decay=1e-4, epochs=25, patience=8, min_epochs=5
+    hidden=[32],
+    att_dim=16,
+    dropout=0.1,
+    lr=2e-3,
+    weight_decay=1e-4,
+    epochs=25,
+    patience=8,
+    min_epochs=5,
+    warmup=0,
 )
 
 
@@ -69,7 +77,7 @@ def test_training_is_deterministic_for_a_seed():
     table, feats = planted_bags(n_cases=20, dim=8, seed=2)
     bags = _bagset(table, feats)
     idx = np.arange(len(bags))
-    cfg = MILConfig(hidden=(16,), att_dim=8, epochs=4, patience=10, min_epochs=1)
+    cfg = MILConfig(hidden=[16], att_dim=8, epochs=4, patience=10, min_epochs=1, warmup=0)
     feeder = BagFeeder(bags, torch.device("cpu"))
     runs = [
         predict(
@@ -92,11 +100,11 @@ def test_model_is_torchmil_abmil_with_fold_standardisation_and_gated_option():
     stacked = np.concatenate([feats[s] for s in bags.slide_ids[:5]]).astype(np.float16).astype(np.float64)
     np.testing.assert_allclose(mean, stacked.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, stacked.std(0), rtol=1e-4)
-    model = build_model(6, MILConfig(hidden=(8,), gated=True), mean, std)
+    model = build_model(6, MILConfig(hidden=[8], gated=True), mean, std)
     assert isinstance(model, ABMIL) and model.pool.gated and hasattr(model.pool, "fc_gated")
     assert isinstance(model.feat_ext[0], Standardize)
     np.testing.assert_allclose(model.feat_ext[0].mean.numpy(), mean)
-    plain = build_model(6, MILConfig(hidden=(), standardize=False))
+    plain = build_model(6, MILConfig(hidden=[], standardize=False))
     assert not plain.pool.gated
     logits, att = plain(torch.randn(1, 7, 6), return_att=True)
     assert logits.shape == (1,) and att.shape == (1, 7)
@@ -106,7 +114,7 @@ def test_padded_batches_match_single_bags():
     from zoomfeat.mil.train import _batch
 
     torch.manual_seed(0)
-    model = build_model(5, MILConfig(hidden=(8,), dropout=0.0)).eval()
+    model = build_model(5, MILConfig(hidden=[8], dropout=0.0)).eval()
     xs = [torch.randn(3, 5), torch.randn(6, 5)]
     X, mask = _batch(xs)
     with torch.no_grad():
@@ -120,7 +128,7 @@ def test_padded_batches_match_single_bags():
         bags,
         np.arange(8),
         np.arange(8, 12),
-        MILConfig(hidden=(8,), epochs=2, batch_size=4, max_instances=5),
+        MILConfig(hidden=[8], epochs=2, batch_size=4, max_instances=5, warmup=0),
         device="cpu",
         progress=False,
     )
@@ -137,17 +145,19 @@ def test_class_weights_balance_the_classes():
 def test_cuda_request_without_cuda_is_clear():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    from zoomfeat.mil.train import resolve_device
+    from zoomfeat.runtime.errors import ConfigError
 
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
-        resolve_device("cuda")
-    assert resolve_device("auto").type == "cpu"
+    table, feats = planted_bags(n_cases=4, dim=3, seed=0)
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train_fold(_bagset(table, feats), [0, 1], [], MILConfig(hidden=[4]), device="cuda", progress=False)
 
 
 def test_bf16_autocast_only_where_native():
-    from zoomfeat.mil.train import amp_enabled, cpu_has_bf16
+    from zoomfeat.mil.train import amp_precision
+    from zoomfeat.runtime.device import cpu_has_native_bf16
 
     cpu = torch.device("cpu")
-    assert amp_enabled(cpu, False) is False
-    assert amp_enabled(cpu, True) is cpu_has_bf16()
-    assert amp_enabled(torch.device("cuda"), True) is True
+    assert amp_precision(cpu, False) == "fp32"
+    assert amp_precision(cpu, True) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert amp_precision(torch.device("cuda"), True) == "bf16"
+    assert amp_precision(torch.device("mps"), True) == "fp32"

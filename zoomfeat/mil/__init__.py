@@ -1,35 +1,56 @@
 """Attention-MIL benchmarks over bag feature sets (``python -m zoomfeat.bench``).
 
-* :mod:`zoomfeat.mil.data` -- labels tables, bag sources (TRIDENT bag directories read through
-  :mod:`zoomfeat.bags`, or instance CSVs), bags held in memory as float16;
+* :mod:`zoomfeat.mil.config` -- the settings: ``conf/bench.yaml`` as nested dataclasses;
+* :mod:`zoomfeat.mil.labels` -- a task's labels table -> the cohort (slide, patient, 0/1 label);
+* :mod:`zoomfeat.mil.sources` -- bag sources (TRIDENT bag directories read through
+  :mod:`zoomfeat.bags`, or instance CSVs), coverage checks, reading a feature set;
+* :mod:`zoomfeat.mil.bagset` -- :class:`BagSet`, one feature set's bags (in memory as float16,
+  or read on access);
 * :mod:`zoomfeat.mil.splits` -- patient-level stratified k-fold splits with a validation part;
 * :mod:`zoomfeat.mil.train` -- torchmil ABMIL training with early stopping on validation AUC;
 * :mod:`zoomfeat.mil.metrics` -- AUC / balanced accuracy / F1 / accuracy, CIs, paired tests;
 * :mod:`zoomfeat.mil.report` -- folds.csv, summary.csv/.md/.png, attention files;
 * :mod:`zoomfeat.mil.benchmark` -- the cross-validated benchmark of several feature sets.
+
+From Python::
+
+    from zoomfeat.mil import BenchmarkConfig, TaskSection, CVSection, MILConfig, run_benchmark
+    run_benchmark(BenchmarkConfig(task=TaskSection(name="brca", labels="labels.csv", bags="features/",
+                                                   label_map={"IDC": 0, "ILC": 1}),
+                                  cv=CVSection(folds=5), out_dir="results/brca"))
 """
 
-from zoomfeat.mil.benchmark import BenchmarkConfig, run_benchmark
-from zoomfeat.mil.data import (
-    BagSet,
-    BenchWarning,
-    load_feature_set,
-    load_instance_csv,
-    read_labels,
-    resolve_source,
+from zoomfeat.mil.bagset import BagSet, BenchWarning
+from zoomfeat.mil.benchmark import Benchmark, run_benchmark
+from zoomfeat.mil.config import (
+    BenchmarkConfig,
+    CSVSection,
+    CVSection,
+    DataSection,
+    MILConfig,
+    TaskSection,
+    load_bench_config,
 )
+from zoomfeat.mil.labels import read_labels
 from zoomfeat.mil.metrics import binary_metrics, paired_comparison, summarize
 from zoomfeat.mil.report import read_attention, write_report
+from zoomfeat.mil.sources import load_feature_set, load_instance_csv, resolve_source
 from zoomfeat.mil.splits import load_splits, make_splits, save_splits
-from zoomfeat.mil.train import MILConfig, build_model, predict, train_fold
+from zoomfeat.mil.train import build_model, predict, train_fold
 
 __all__ = [
     "BagSet",
     "BenchWarning",
+    "Benchmark",
     "BenchmarkConfig",
+    "CSVSection",
+    "CVSection",
+    "DataSection",
     "MILConfig",
+    "TaskSection",
     "binary_metrics",
     "build_model",
+    "load_bench_config",
     "load_feature_set",
     "load_instance_csv",
     "load_splits",

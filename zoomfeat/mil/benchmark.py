@@ -1,9 +1,22 @@
 """Cross-validated attention-MIL benchmark of several feature sets on one task.
 
-:func:`run_benchmark` is what ``python -m zoomfeat.bench`` calls: it reads the labels, checks
-every labelled slide has a bag in every feature set, makes (or reloads) one patient-level
-split shared by all feature sets, trains and tests one ABMIL per (feature set, repeat, fold)
-with the same seed per fold, and writes the report (see :mod:`zoomfeat.mil.report`).
+:class:`Benchmark` is what ``python -m zoomfeat.bench`` runs, in five steps:
+
+1. load the labels and find the bags: the cohort comes from the labels CSV (``task.labels``),
+   or, for an instance CSV without one (MUSK), from the CSV's own bag labels;
+2. check the inputs: every labelled slide has a bag in every feature set (or is dropped from
+   all of them with ``task.missing_bags=drop``), so every set sees one cohort;
+3. make the splits (patient-level stratified k-fold, :mod:`zoomfeat.mil.splits`), or reuse
+   ``cv.splits``; one split for every feature set, saved as ``splits.csv``;
+4. for each feature set and fold: train one ABMIL (:mod:`zoomfeat.mil.train`) and evaluate it
+   on the test fold; predictions and attention are written as the folds finish;
+5. report: per-fold table, summary with 95% CIs, paired tests against the baseline
+   (:mod:`zoomfeat.mil.report`), and ``run.json`` (settings, cohort, versions).
+
+Paired design: fold ``(r, f)`` trains with the seed :func:`fold_seed` ``(seed, r, f)`` for every
+feature set, on the same train/validation/test slides, so the per-fold differences between
+two sets measure the features, not the split or the initialisation, and the paired tests
+(corrected resampled t, Wilcoxon) apply. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
 """
 
 from __future__ import annotations
@@ -13,60 +26,48 @@ import logging
 import platform
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from zoomfeat.mil.data import (
-    BagSet,
-    BenchWarning,
-    check_coverage,
-    is_instance_csv,
-    load_feature_set,
-    read_labels,
-    resolve_source,
-)
+from zoomfeat.mil.bagset import BagSet, BenchWarning
+from zoomfeat.mil.config import BenchmarkConfig
+from zoomfeat.mil.labels import read_labels
 from zoomfeat.mil.metrics import METRICS, binary_metrics
-from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_report
+from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
+from zoomfeat.mil.sources import check_coverage, is_instance_csv, load_feature_set, resolve_source
 from zoomfeat.mil.splits import fold_keys, fold_parts, load_splits, make_splits, save_splits
-from zoomfeat.mil.train import BagFeeder, MILConfig, predict, resolve_device, train_fold
+from zoomfeat.mil.train import BagFeeder, FoldResult, predict, train_fold
+from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
+from zoomfeat.runtime.config import to_dict
+from zoomfeat.runtime.device import resolve_device
+from zoomfeat.runtime.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
+#: where the label builders of the TCGA tasks live (named in the "needs its bags" hint)
+LABEL_BUILDERS = Path(__file__).resolve().parents[2] / "benchmarks" / "tasks"
 
-@dataclass
-class BenchmarkConfig:
-    """Everything one benchmark run needs (built from ``conf/bench.yaml`` by the entry point)."""
 
-    task: str
-    bags: str
-    out_dir: Path
-    labels: str | None = None
-    feature_sets: Sequence[str] = ("uni_20x", "uni_fused", "zoomldm_20x", "zoomldm_5x", "zoomldm_fused")
-    baseline: str | None = "uni_20x"
-    slide_col: str = "slide_id"
-    case_col: str | None = "case_id"
-    label_col: str = "label"
-    label_map: Mapping[str, int] | None = None
-    threshold: float | None = None
-    missing_bags: str = "error"
-    csv: Mapping[str, Any] = field(default_factory=dict)
-    folds: int = 5
-    repeats: int = 1
-    val_fraction: float = 0.2
-    seed: int = 0
-    splits: str | None = None
-    mil: MILConfig = field(default_factory=MILConfig)
-    device: str = "auto"
-    in_memory: bool | str = "auto"
-    dtype: str = "float16"
-    memory_fraction: float = 0.5
-    save_attention: bool = True
-    progress: bool = True
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: leave them); the old count is restored."""
+    if not n:
+        yield
+        return
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def fold_seed(seed: int, repeat: int, fold: int) -> int:
@@ -90,219 +91,284 @@ def _versions() -> dict[str, str]:
     }
 
 
-def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """Run the benchmark; returns ``{"folds": DataFrame, "paths": {...}, "out_dir": Path}``."""
-    from tqdm.auto import tqdm
+class Benchmark:
+    """One benchmark run: :meth:`run` does steps 1-5 of the module docstring in order."""
 
-    start = time.perf_counter()
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    feature_sets = list(cfg.feature_sets)
-    if not feature_sets:
-        raise ValueError("no feature sets to benchmark (feature_sets=[...])")
-    if len(set(feature_sets)) != len(feature_sets):
-        raise ValueError(f"feature_sets lists a set twice: {feature_sets}")
-    if not cfg.bags:
-        raise ValueError(
-            f"task {cfg.task!r} has no bag source: pass task.bags=DIR (zoomfeat.extract output) or an instance CSV"
-        )
-    device = resolve_device(cfg.device)
-    sources = {fs: resolve_source(cfg.bags, fs) for fs in feature_sets}
-    load_kw = dict(
-        in_memory=cfg.in_memory,
-        dtype=cfg.dtype,
-        memory_fraction=cfg.memory_fraction,
-        csv_options=cfg.csv,
-        progress=cfg.progress,
-    )
+    def __init__(self, cfg: BenchmarkConfig) -> None:
+        self.cfg = cfg
+        self.task = cfg.task
+        self.feature_sets = list(cfg.feature_sets)
+        self.out_dir = Path(cfg.out_dir)
+        self.records: list[dict[str, Any]] = []
+        self.predictions: list[dict[str, Any]] = []
+        self.preloaded: dict[str, BagSet] = {}
 
-    preloaded: dict[str, BagSet] = {}
-    if cfg.labels:
-        cohort = read_labels(
-            cfg.labels, cfg.slide_col, cfg.case_col, cfg.label_col, cfg.label_map, cfg.threshold
-        )
-        cohort = check_coverage(cohort, sources, cfg.missing_bags)
-        if cohort.empty:
-            raise ValueError(f"{cfg.labels}: no labelled slide has a bag in every feature set")
-    else:
-        first = feature_sets[0]
-        if not is_instance_csv(sources[first]):
-            raise ValueError(
-                f"task {cfg.task!r}: {sources[first]} is a bag directory, so the task needs a labels CSV (task.labels=)"
+    def run(self) -> dict[str, Any]:
+        """Steps 1-5; returns ``{"folds": DataFrame, "paths": {name: Path}, "out_dir": Path}``."""
+        self.start = time.perf_counter()
+        with torch_threads(self.cfg.threads):
+            ensure_dir(self.out_dir, "benchmark output directory")
+            self.device = resolve_device(self.cfg.device)
+            self.load_inputs()
+            self.check_inputs()
+            self.make_splits()
+            self.train_and_evaluate()
+            return self.report()
+
+    # ------------------------------------------------------------------ step 1
+    def load_inputs(self) -> None:
+        """Step 1: each feature set's bag source, and the cohort (slide_id, case_id, label)."""
+        task = self.task
+        if not task.bags:
+            builder = LABEL_BUILDERS / f"{task.name}_labels.py"
+            hint = f" (build the labels with benchmarks/tasks/{builder.name})" if builder.is_file() else ""
+            raise ConfigError(
+                f"task {task.name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) "
+                f"and task.labels=CSV{hint}"
             )
-        csv_kw = dict(cfg.csv)
-        csv_kw.setdefault("label_map", cfg.label_map)
-        preloaded[first] = load_feature_set(sources[first], first, None, **{**load_kw, "csv_options": csv_kw})
-        cohort = preloaded[first].cohort()
-
-    if cfg.splits:
-        splits = load_splits(cfg.splits, cohort)
-    else:
-        splits = make_splits(
-            cohort["slide_id"],
-            cohort["case_id"],
-            cohort["label"],
-            cfg.folds,
-            cfg.repeats,
-            cfg.seed,
-            cfg.val_fraction,
+        self.sources = {fs: resolve_source(task.bags, fs) for fs in self.feature_sets}
+        if task.labels:
+            self.cohort_source = str(task.labels)
+            self.cohort = read_labels(
+                task.labels, task.slide_col, task.case_col, task.label_col, task.label_map, task.threshold
+            )
+            return
+        first = self.feature_sets[0]
+        self.cohort_source = str(self.sources[first])
+        if not is_instance_csv(self.sources[first]):
+            raise InputError(
+                f"task {task.name!r}: {self.sources[first]} is a bag directory, so the task needs a labels CSV (task.labels=)"
+            )
+        csv_options = {**asdict(task.csv), "label_map": task.label_map}
+        self.preloaded[first] = load_feature_set(
+            self.sources[first], first, None, **{**self._load_options(), "csv_options": csv_options}
         )
-    save_splits(splits, out_dir / "splits.csv")
-    keys = fold_keys(splits)
-    n_cases = cohort["case_id"].nunique()
-    counts = cohort["label"].value_counts().sort_index().to_dict()
-    log.info(
-        "task %s: %d slides, %d patients, labels %s; %d folds x %d repeats; device %s",
-        cfg.task,
-        len(cohort),
-        n_cases,
-        counts,
-        len({f for _, f in keys}),
-        len({r for r, _ in keys}),
-        device,
-    )
+        self.cohort = self.preloaded[first].cohort()
 
-    records: list[dict[str, Any]] = []
-    predictions: list[dict[str, Any]] = []
-    pred_path = out_dir / "predictions.csv"
-    bar = tqdm(
-        total=len(feature_sets) * len(keys), desc=f"bench {cfg.task}", unit="fold", disable=not cfg.progress
-    )
-    for fs in feature_sets:
-        bags = preloaded.pop(fs, None) or load_feature_set(sources[fs], fs, cohort, **load_kw)
-        feeder = BagFeeder(bags, device)
+    def _load_options(self) -> dict[str, Any]:
+        data = self.cfg.data
+        return dict(
+            in_memory=data.in_memory,
+            dtype=data.dtype,
+            memory_fraction=data.memory_fraction,
+            csv_options=asdict(self.task.csv),
+            progress=self.cfg.progress,
+        )
+
+    # ------------------------------------------------------------------ step 2
+    def check_inputs(self) -> None:
+        """Step 2: every labelled slide has a bag in every feature set (or leaves the cohort)."""
+        if not self.task.labels:
+            return  # the cohort is the instance CSV's own bags
+        self.cohort = check_coverage(self.cohort, self.sources, self.task.missing_bags)
+        if self.cohort.empty:
+            raise InputError(f"{self.task.labels}: no labelled slide has a bag in every feature set")
+
+    # ------------------------------------------------------------------ step 3
+    def make_splits(self) -> None:
+        """Step 3: one patient-level split for every feature set, saved as ``splits.csv``."""
+        cfg, cohort = self.cfg, self.cohort
+        if cfg.cv.splits:
+            self.splits = load_splits(cfg.cv.splits, cohort)
+        else:
+            self.splits = make_splits(
+                cohort["slide_id"],
+                cohort["case_id"],
+                cohort["label"],
+                cfg.cv.folds,
+                cfg.cv.repeats,
+                cfg.seed,
+                cfg.cv.val_fraction,
+                source=self.cohort_source,
+            )
+        save_splits(self.splits, self.out_dir / "splits.csv")
+        self.keys = fold_keys(self.splits)
+        self.n_cases = cohort["case_id"].nunique()
+        self.counts = cohort["label"].value_counts().sort_index().to_dict()
+        self.n_folds = len({f for _, f in self.keys})
+        self.n_repeats = len({r for r, _ in self.keys})
         log.info(
-            "%s: %d bags, %d features, %d instances (%s, %s)",
-            fs,
-            len(bags),
-            bags.dim,
-            int(bags.n_instances.sum()),
-            "in memory" if bags.in_memory else "read from disk",
-            bags.source,
+            "task %s: %d slides, %d patients, labels %s; %d folds x %d repeats; device %s",
+            self.task.name,
+            len(cohort),
+            self.n_cases,
+            self.counts,
+            self.n_folds,
+            self.n_repeats,
+            self.device,
         )
-        for repeat, fold in keys:
-            parts = fold_parts(splits, repeat, fold)
-            train_idx, val_idx, test_idx = (bags.index(parts[p]) for p in ("train", "val", "test"))
-            if len(test_idx) == 0 or len(train_idx) == 0:
-                warnings.warn(
-                    f"{fs}: repeat {repeat} fold {fold} has no usable train or test bags; skipped",
-                    BenchWarning,
-                    stacklevel=2,
-                )
-                bar.update()
-                continue
-            result = train_fold(
-                bags,
-                train_idx,
-                val_idx,
-                cfg.mil,
-                seed=fold_seed(cfg.seed, repeat, fold),
-                device=device,
-                progress=cfg.progress,
-                desc=f"{fs} r{repeat} f{fold}",
+
+    # ------------------------------------------------------------------ step 4
+    def train_and_evaluate(self) -> None:
+        """Step 4: for each feature set and fold, train on train/val and evaluate on test."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(
+            total=len(self.feature_sets) * len(self.keys),
+            desc=f"bench {self.task.name}",
+            unit="fold",
+            disable=not self.cfg.progress,
+        )
+        for fs in self.feature_sets:
+            bags = self.preloaded.pop(fs, None) or load_feature_set(
+                self.sources[fs], fs, self.cohort, **self._load_options()
             )
-            probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
-            y = bags.labels[test_idx]
-            metrics = binary_metrics(y, probs)
-            records.append(
+            log.info(
+                "%s: %d bags, %d features, %d instances (%s, %s)",
+                fs,
+                len(bags),
+                bags.dim,
+                int(bags.n_instances.sum()),
+                "in memory" if bags.in_memory else "read from disk",
+                bags.source,
+            )
+            feeder = BagFeeder(bags, self.device)
+            for repeat, fold in self.keys:
+                self.run_fold(bags, feeder, repeat, fold)
+                self.bar.update()
+            del bags, feeder
+        self.bar.close()
+        if not self.records:
+            raise InputError(
+                f"{self.cohort_source}: no fold could be run (every fold lacked train or test bags)"
+            )
+
+    def run_fold(self, bags: BagSet, feeder: BagFeeder, repeat: int, fold: int) -> None:
+        """Train and test one (feature set, repeat, fold); record its metrics and predictions."""
+        fs, cfg = bags.feature_set, self.cfg
+        parts = fold_parts(self.splits, repeat, fold)
+        train_idx, val_idx, test_idx = (bags.index(parts[p]) for p in ("train", "val", "test"))
+        if len(test_idx) == 0 or len(train_idx) == 0:
+            warnings.warn(
+                f"{fs}: repeat {repeat} fold {fold} has no usable train or test bags; skipped",
+                BenchWarning,
+                stacklevel=2,
+            )
+            return
+        result = train_fold(
+            bags,
+            train_idx,
+            val_idx,
+            cfg.mil,
+            seed=fold_seed(cfg.seed, repeat, fold),
+            device=self.device,
+            progress=cfg.progress,
+            desc=f"{fs} r{repeat} f{fold}",
+        )
+        probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
+        y = bags.labels[test_idx]
+        metrics = binary_metrics(y, probs)
+        self.records.append(
+            self._fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
+        )
+        slides = {}
+        for k, i in enumerate(test_idx):
+            sid = bags.slide_ids[i]
+            self.predictions.append(
                 {
                     "feature_set": fs,
                     "repeat": repeat,
                     "fold": fold,
-                    **metrics,
-                    "n_train": len(train_idx),
-                    "n_val": len(val_idx),
-                    "n_test": len(test_idx),
-                    "best_epoch": result.best_epoch,
-                    "epochs_run": len(result.history),
-                    "seconds": round(result.seconds, 2),
-                }
-            )
-            fold_preds = []
-            slides = {}
-            for k, i in enumerate(test_idx):
-                sid = bags.slide_ids[i]
-                fold_preds.append(
-                    {
-                        "feature_set": fs,
-                        "repeat": repeat,
-                        "fold": fold,
-                        "slide_id": sid,
-                        "case_id": bags.case_ids[i],
-                        "label": int(y[k]),
-                        "prob": float(probs[k]),
-                        "pred": int(probs[k] >= 0.5),
-                        "n_instances": int(bags.n_instances[i]),
-                    }
-                )
-                slides[sid] = {
-                    "attention_logits": atts[k],
-                    "coords": bags.get_coords(i),
+                    "slide_id": sid,
+                    "case_id": bags.case_ids[i],
                     "label": int(y[k]),
                     "prob": float(probs[k]),
-                    "case_id": bags.case_ids[i],
+                    "pred": int(probs[k] >= 0.5),
+                    "n_instances": int(bags.n_instances[i]),
                 }
-            predictions += fold_preds
-            pd.DataFrame(predictions, columns=list(PREDICTION_COLUMNS)).to_csv(pred_path, index=False)
-            if cfg.save_attention:
-                write_attention(
-                    out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5",
-                    slides,
-                    {"feature_set": fs, "repeat": repeat, "fold": fold, "task": cfg.task},
-                )
-            log.info(
-                "%s repeat %d fold %d: %s (best epoch %d, %.1fs)",
-                fs,
-                repeat,
-                fold,
-                ", ".join(f"{m}={metrics[m]:.3f}" for m in METRICS),
-                result.best_epoch,
-                result.seconds,
             )
-            bar.set_postfix(set=fs, auc=f"{metrics['auc']:.3f}")
-            bar.update()
-        del bags, feeder
-    bar.close()
-    if not records:
-        raise RuntimeError("no fold could be run (every fold lacked train or test bags)")
-    folds = pd.DataFrame(records)
-    n_folds, n_repeats = len({f for _, f in keys}), len({r for r, _ in keys})
-    title = f"{cfg.task}: {cfg.mil.name}, {n_folds}-fold patient-level CV x {n_repeats} repeat(s), seed {cfg.seed}"
-    notes = [
-        f"Cohort: {len(cohort)} bags (slides) from {n_cases} patients; label counts {counts}.",
-        f"Model: torchmil ABMIL (gated={cfg.mil.gated}), hidden {list(cfg.mil.hidden)}, attention dim {cfg.mil.att_dim}, "
-        f"AdamW lr {cfg.mil.lr:g} wd {cfg.mil.weight_decay:g}, up to {cfg.mil.epochs} epochs, early stopping on validation AUC "
-        f"(patience {cfg.mil.patience}), class-balanced loss, instance standardisation={cfg.mil.standardize}.",
-        "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
-    ]
-    paths = write_report(
-        out_dir,
-        folds,
-        cfg.baseline if cfg.baseline in feature_sets and len(feature_sets) > 1 else None,
-        title,
-        notes,
-        feature_sets,
-    )
-    paths["predictions"] = pred_path
-    paths["splits"] = out_dir / "splits.csv"
-    run_info = {
-        "task": cfg.task,
-        "config": {
-            **{k: v for k, v in asdict(cfg).items() if k != "mil"},
-            "mil": cfg.mil.to_dict(),
-            "out_dir": str(out_dir),
-        },
-        "sources": {fs: str(p) for fs, p in sources.items()},
-        "cohort": {
-            "slides": len(cohort),
-            "patients": int(n_cases),
-            "labels": {str(k): int(v) for k, v in counts.items()},
-        },
-        "device": str(device),
-        "versions": _versions(),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    paths["run"] = out_dir / "run.json"
-    paths["run"].write_text(json.dumps(run_info, indent=2, default=str))
-    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    return {"folds": folds, "paths": paths, "out_dir": out_dir}
+            slides[sid] = {
+                "attention_logits": atts[k],
+                "coords": bags.get_coords(i),
+                "label": int(y[k]),
+                "prob": float(probs[k]),
+                "case_id": bags.case_ids[i],
+            }
+        write_csv(pd.DataFrame(self.predictions, columns=list(PREDICTION_COLUMNS)), self.pred_path)
+        if cfg.save_attention:
+            write_attention(
+                self.out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5",
+                slides,
+                {"feature_set": fs, "repeat": repeat, "fold": fold, "task": self.task.name},
+            )
+        log.info(
+            "%s repeat %d fold %d: %s (best epoch %d, %.1fs)",
+            fs,
+            repeat,
+            fold,
+            ", ".join(f"{m}={metrics[m]:.3f}" for m in METRICS),
+            result.best_epoch,
+            result.seconds,
+        )
+        self.bar.set_postfix(set=fs, auc=f"{metrics['auc']:.3f}")
+
+    @staticmethod
+    def _fold_record(
+        fs: str,
+        repeat: int,
+        fold: int,
+        metrics: dict[str, float],
+        result: FoldResult,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        test_idx: np.ndarray,
+    ) -> dict[str, Any]:
+        return {
+            "feature_set": fs,
+            "repeat": repeat,
+            "fold": fold,
+            **metrics,
+            "n_train": len(train_idx),
+            "n_val": len(val_idx),
+            "n_test": len(test_idx),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "seconds": round(result.seconds, 2),
+        }
+
+    @property
+    def pred_path(self) -> Path:
+        return self.out_dir / "predictions.csv"
+
+    # ------------------------------------------------------------------ step 5
+    def report(self) -> dict[str, Any]:
+        """Step 5: folds/summary/paired tables, summary.md/.png, run.json."""
+        cfg, mil = self.cfg, self.cfg.mil
+        folds = pd.DataFrame(self.records)
+        title = (
+            f"{self.task.name}: {mil.name}, {self.n_folds}-fold patient-level CV x {self.n_repeats} repeat(s), "
+            f"seed {cfg.seed}"
+        )
+        notes = [
+            f"Cohort: {len(self.cohort)} bags (slides) from {self.n_cases} patients; label counts {self.counts}.",
+            f"Model: torchmil ABMIL (gated={mil.gated}), hidden {list(mil.hidden)}, attention dim {mil.att_dim}, "
+            f"AdamW lr {mil.lr:g} wd {mil.weight_decay:g}, up to {mil.epochs} epochs, early stopping on validation AUC "
+            f"(patience {mil.patience}), class-balanced loss, instance standardisation={mil.standardize}.",
+            "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
+        ]
+        paths = write_report(self.out_dir, folds, cfg.paired_baseline, title, notes, self.feature_sets)
+        paths["predictions"] = self.pred_path
+        paths["splits"] = self.out_dir / "splits.csv"
+        run_info = {
+            "task": self.task.name,
+            "config": {**to_dict(cfg), "out_dir": str(self.out_dir)},
+            "sources": {fs: str(p) for fs, p in self.sources.items()},
+            "cohort": {
+                "slides": len(self.cohort),
+                "patients": int(self.n_cases),
+                "labels": {str(k): int(v) for k, v in self.counts.items()},
+            },
+            "device": str(self.device),
+            "versions": _versions(),
+            "seconds": round(time.perf_counter() - self.start, 1),
+        }
+        paths["run"] = atomic_write_text(
+            self.out_dir / "run.json", json.dumps(run_info, indent=2, default=str)
+        )
+        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+        return {"folds": folds, "paths": paths, "out_dir": self.out_dir}
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
+    """Run the benchmark (:class:`Benchmark`); returns ``{"folds": DataFrame, "paths": {...}, "out_dir": Path}``."""
+    return Benchmark(cfg).run()

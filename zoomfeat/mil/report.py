@@ -11,7 +11,8 @@ Files written into ``out_dir`` by :func:`write_report`:
 * ``summary.png``: each metric per feature set, mean with 95% CI error bars and the folds.
 
 Per-slide test predictions (``predictions.csv``) and attention (``attention/{set}/
-repeat{r}_fold{f}.h5``, one group per slide) are written as the folds finish.
+repeat{r}_fold{f}.h5``, one group per slide) are written as the folds finish. Every file is
+written atomically (:mod:`zoomfeat.runtime.atomic`): a killed run leaves complete files or none.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from zoomfeat.mil.metrics import METRIC_LABELS, METRICS, paired_comparison, summarize
+from zoomfeat.runtime.atomic import atomic_path, atomic_write_text, ensure_dir
 
 FOLD_COLUMNS = ("feature_set", "repeat", "fold", *METRICS)
 SUMMARY_COLUMNS = ("feature_set", "metric", "mean", "std", "ci_low", "ci_high", "n")
@@ -40,6 +42,13 @@ PREDICTION_COLUMNS = (
     "pred",
     "n_instances",
 )
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
+    """``frame`` as CSV (no index) at ``path``, written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
 
 
 def _ordered(folds: pd.DataFrame, feature_sets: Sequence[str] | None) -> list[str]:
@@ -193,7 +202,8 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 
@@ -204,9 +214,7 @@ def write_attention(
     """One HDF5 file per fold: a group per test slide with ``attention`` (softmax over the bag),
     ``attention_logits`` (raw), ``coords`` (when the bag has them), and label/prob attributes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
         for slide_id, entry in slides.items():
@@ -221,7 +229,6 @@ def write_attention(
             for key in ("label", "prob", "case_id"):
                 if key in entry:
                     g.attrs[key] = entry[key]
-    tmp.replace(path)
     return path
 
 
@@ -245,8 +252,7 @@ def write_report(
     feature_sets: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write folds.csv, summary.csv, paired.csv, summary.md and summary.png; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir, "benchmark output directory")
     extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
     folds = folds[list(FOLD_COLUMNS) + extra]
     paths = {
@@ -256,14 +262,14 @@ def write_report(
         "markdown": out_dir / "summary.md",
         "plot": out_dir / "summary.png",
     }
-    folds.to_csv(paths["folds"], index=False)
+    write_csv(folds, paths["folds"])
     summary = summary_table(folds, feature_sets)
-    summary.to_csv(paths["summary"], index=False)
+    write_csv(summary, paths["summary"])
     paired = paired_table(folds, baseline, feature_sets) if baseline else pd.DataFrame()
     if len(paired):
-        paired.to_csv(paths["paired"], index=False)
+        write_csv(paired, paths["paired"])
     else:
         paths.pop("paired")
-    paths["markdown"].write_text(markdown(summary, paired, title, notes))
+    atomic_write_text(paths["markdown"], markdown(summary, paired, title, notes))
     plot_summary(summary, folds, paths["plot"], title)
     return paths

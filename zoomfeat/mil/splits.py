@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from zoomfeat.mil.bagset import BenchWarning
+from zoomfeat.runtime.atomic import atomic_path
+from zoomfeat.runtime.errors import ConfigError, InputError
+
 SPLIT_COLUMNS = ("repeat", "fold", "part", "slide_id", "case_id", "label")
 PARTS = ("train", "val", "test")
 
@@ -28,19 +32,21 @@ def _random_state(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
-def check_class_counts(case_ids: Sequence[str], labels: Sequence[int], folds: int) -> None:
-    """Every class needs at least ``folds`` patients, else some test fold lacks it: ValueError."""
+def check_class_counts(
+    case_ids: Sequence[str], labels: Sequence[int], folds: int, source: str = "cohort"
+) -> None:
+    """Every class needs at least ``folds`` patients, else some test fold lacks it: :class:`InputError`."""
     table = pd.DataFrame({"case_id": list(case_ids), "label": list(labels)})
     counts = table.drop_duplicates().groupby("label")["case_id"].nunique()
     if len(counts) < 2:
-        raise ValueError(
-            f"only one class in the cohort (label {counts.index.tolist()}); a binary task needs two"
+        raise InputError(
+            f"{source}: only one class in the cohort (label {counts.index.tolist()}); a binary task needs two"
         )
     small = counts[counts < folds]
     if len(small):
         detail = ", ".join(f"label {k}: {v} patient(s)" for k, v in small.items())
-        raise ValueError(
-            f"a class has fewer patients than cross-validation folds ({folds}): {detail}; "
+        raise InputError(
+            f"{source}: a class has fewer patients than cross-validation folds ({folds}): {detail}; "
             f"use fewer folds (cv.folds=) or add patients"
         )
 
@@ -57,7 +63,7 @@ def _val_split(train: pd.DataFrame, val_fraction: float, random_state: int) -> n
     if val_fraction <= 0:
         return np.zeros(len(train), dtype=bool)
     if not 0 < val_fraction < 1:
-        raise ValueError(f"cv.val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"cv.val_fraction must be in [0, 1), got {val_fraction}")
     min_cases = int(train.drop_duplicates(["case_id", "label"]).groupby("label")["case_id"].nunique().min())
     n_splits = max(2, min(round(1 / val_fraction), min_cases, train["case_id"].nunique()))
     if train["case_id"].nunique() < 2:
@@ -81,18 +87,28 @@ def make_splits(
     repeats: int = 1,
     seed: int = 0,
     val_fraction: float = 0.2,
+    source: str = "cohort",
 ) -> pd.DataFrame:
     """Patient-grouped stratified ``folds``-fold CV, ``repeats`` times, with a validation part.
 
-    Raises ValueError when a class has fewer patients than ``folds``, or a patient's slides
-    carry different labels (a patient-level split cannot stratify them).
+    Args:
+        slide_ids, case_ids, labels: the cohort, one entry per slide (labels 0/1).
+        folds, repeats, seed, val_fraction: ``cv.*``.
+        source: the file the cohort came from, for messages.
+
+    Returns:
+        The split table (columns :data:`SPLIT_COLUMNS`), one row per (repeat, fold, slide).
+
+    Raises:
+        InputError: a class has fewer patients than ``folds``, or a patient's slides carry
+            different labels (a patient-level split cannot stratify them).
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
     if folds < 2:
-        raise ValueError(f"cv.folds must be >= 2, got {folds}")
+        raise ConfigError(f"cv.folds must be >= 2, got {folds}")
     if repeats < 1:
-        raise ValueError(f"cv.repeats must be >= 1, got {repeats}")
+        raise ConfigError(f"cv.repeats must be >= 1, got {repeats}")
     cohort = pd.DataFrame(
         {
             "slide_id": [str(s) for s in slide_ids],
@@ -102,13 +118,13 @@ def make_splits(
     )
     dup = cohort["slide_id"][cohort["slide_id"].duplicated()].tolist()
     if dup:
-        raise ValueError(f"slide ids appear more than once in the cohort: {dup[:10]}")
+        raise InputError(f"{source}: slide ids appear more than once in the cohort: {dup[:10]}")
     conflicting = _conflicting_cases(cohort)
     if conflicting:
-        raise ValueError(
-            f"{len(conflicting)} patient(s) have slides with different labels: {conflicting[:10]}"
+        raise InputError(
+            f"{source}: {len(conflicting)} patient(s) have slides with different labels: {conflicting[:10]}"
         )
-    check_class_counts(cohort["case_id"], cohort["label"], folds)
+    check_class_counts(cohort["case_id"], cohort["label"], folds, source)
     cohort = cohort.sort_values("slide_id", kind="stable").reset_index(drop=True)
     y = cohort["label"].to_numpy()
     groups = cohort["case_id"].to_numpy()
@@ -132,32 +148,34 @@ def validate_splits(splits: pd.DataFrame, source: str = "splits") -> pd.DataFram
     """Check a split table's columns and that no patient spans two parts of one fold."""
     missing = [c for c in SPLIT_COLUMNS if c not in splits.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{source}: missing column(s) {missing} (columns: {list(splits.columns)}; expected {list(SPLIT_COLUMNS)})"
         )
     splits = splits.assign(slide_id=splits["slide_id"].astype(str), case_id=splits["case_id"].astype(str))
     bad_parts = sorted(set(splits["part"]) - set(PARTS))
     if bad_parts:
-        raise ValueError(f"{source}: unknown part(s) {bad_parts}; expected {list(PARTS)}")
+        raise InputError(f"{source}: unknown part(s) {bad_parts}; expected {list(PARTS)}")
     for (repeat, fold), frame in splits.groupby(["repeat", "fold"]):
         if frame["slide_id"].duplicated().any():
             dup = frame["slide_id"][frame["slide_id"].duplicated()].tolist()[:10]
-            raise ValueError(f"{source}: repeat {repeat} fold {fold} lists slide(s) twice: {dup}")
+            raise InputError(f"{source}: repeat {repeat} fold {fold} lists slide(s) twice: {dup}")
         if not (frame["part"] == "train").any() or not (frame["part"] == "test").any():
-            raise ValueError(f"{source}: repeat {repeat} fold {fold} has no train or no test slides")
+            raise InputError(f"{source}: repeat {repeat} fold {fold} has no train or no test slides")
         spanning = frame.groupby("case_id")["part"].nunique()
         spanning = spanning[spanning > 1].index.tolist()
         if spanning:
-            raise ValueError(
+            raise InputError(
                 f"{source}: repeat {repeat} fold {fold}: patient(s) in more than one part: {spanning[:10]}"
             )
     return splits
 
 
 def save_splits(splits: pd.DataFrame, path: str | Path) -> Path:
+    """Check ``splits`` and write them to ``path`` atomically (reusable with ``cv.splits=``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    validate_splits(splits).to_csv(path, index=False)
+    checked = validate_splits(splits)
+    with atomic_path(path) as tmp:
+        checked.to_csv(tmp, index=False)
     return path
 
 
@@ -170,24 +188,29 @@ def load_splits(path: str | Path, cohort: pd.DataFrame | None = None) -> pd.Data
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no split file at {path} (cv.splits=)")
-    splits = validate_splits(pd.read_csv(path, dtype={"slide_id": str, "case_id": str}), str(path))
+        raise InputError(f"no split file at {path} (cv.splits=)")
+    try:
+        table = pd.read_csv(path, dtype={"slide_id": str, "case_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not a readable split CSV ({err}) (cv.splits=)") from err
+    splits = validate_splits(table, str(path))
     if cohort is not None:
         known = dict(zip(cohort["slide_id"].astype(str), cohort["label"].astype(int)))
         unknown = sorted(set(splits["slide_id"]) - set(known))
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"{path}: {len(unknown)} slide(s) are not in this task's cohort (no label or no bag): {unknown[:20]}"
             )
         relabelled = splits[[known[s] != int(lab) for s, lab in zip(splits["slide_id"], splits["label"])]]
         if len(relabelled):
-            raise ValueError(
+            raise InputError(
                 f"{path}: labels differ from the task's labels for slide(s) {sorted(set(relabelled['slide_id']))[:20]}"
             )
         absent = sorted(set(known) - set(splits["slide_id"]))
         if absent:
             warnings.warn(
                 f"{len(absent)} cohort slide(s) are not in {path} and are left out: {absent[:10]}",
+                BenchWarning,
                 stacklevel=2,
             )
     return splits

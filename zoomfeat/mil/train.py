@@ -5,12 +5,17 @@ by ``gated=True``, with a feature extractor in front of the attention pooling: i
 standardisation with the *training fold's* statistics (a fixed buffer layer, so the saved
 model carries them), then ``hidden`` Linear-ReLU-Dropout layers.
 
-Training: AdamW, class-balanced binary cross-entropy (each class weighs half of the loss),
-bags shuffled each epoch, early stopping on validation AUC (ties broken by the validation
-loss; the best epoch's weights are kept). Deterministic for a given seed on a given
-machine. ``amp`` runs the forward pass in bf16 autocast on CUDA and on CPUs with native bf16
+Training (:class:`FoldTrainer`): AdamW, class-balanced binary cross-entropy
+
+    L = sum_b w_{y_b} BCE(z_b, y_b) / sum_b w_{y_b},    w_c = n / (2 n_c)
+
+over the bags ``b`` of a step (``n`` training bags, ``n_c`` of class ``c``: each class weighs half
+of the loss whatever the imbalance), bags shuffled each epoch, early stopping on validation AUC
+(ties broken by the validation loss; the best epoch's weights are kept). Deterministic for a
+given seed on a given machine. ``amp`` runs the forward pass in bf16 autocast
+(:func:`zoomfeat.runtime.device.autocast`) on CUDA and on CPUs with native bf16
 (AVX512-BF16/AMX; about 3x faster there), never on other CPUs. On CUDA the bags are cached on
-the GPU as float16 when they fit.
+the GPU as float16 when they fit. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
 """
 
 from __future__ import annotations
@@ -18,54 +23,18 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from zoomfeat.mil.data import BagSet
-
-
-@dataclass
-class MILConfig:
-    """Model and optimisation settings (``conf/mil/*.yaml``)."""
-
-    name: str = "abmil"
-    gated: bool = False
-    att_dim: int = 128
-    att_act: str = "tanh"
-    hidden: tuple[int, ...] = (512,)
-    dropout: float = 0.25
-    standardize: bool = True
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    epochs: int = 50
-    patience: int = 10
-    min_epochs: int = 10
-    warmup: int = 0
-    batch_size: int = 1
-    class_balanced: bool = True
-    max_instances: int | None = None
-    amp: bool = True
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> MILConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown mil option(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
-        if "hidden" in values:
-            values["hidden"] = tuple(int(h) for h in (values["hidden"] or ()))
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+from zoomfeat.mil.bagset import BagSet
+from zoomfeat.mil.config import MILConfig
+from zoomfeat.runtime.device import autocast, cpu_has_native_bf16, resolve_device
+from zoomfeat.runtime.errors import InputError
+from zoomfeat.runtime.seeding import seed_everything
 
 
 class Standardize(nn.Module):
@@ -112,25 +81,6 @@ def build_model(
         feat_ext=feat_ext,
         criterion=nn.BCEWithLogitsLoss(),
     )
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device=cuda was asked for but CUDA is not available; use device=cpu or device=auto"
-        )
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def instance_stats(bags: BagSet, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -200,21 +150,10 @@ def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) 
     return (loss * w).sum() / w.sum()
 
 
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 / AMX): autocast pays off there."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - torch without oneDNN
-        return False
-
-
-def amp_enabled(device: torch.device, amp: bool) -> bool:
-    """bf16 autocast on CUDA, and on CPUs with native bf16; never elsewhere (it would be slower)."""
-    return bool(amp) and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
-
-
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp_enabled(device, enabled))
+def amp_precision(device: torch.device, amp: bool) -> str:
+    """``bf16`` autocast on CUDA and on CPUs with native bf16; ``fp32`` elsewhere (bf16 would be slower)."""
+    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return "bf16" if amp and native else "fp32"
 
 
 @torch.no_grad()
@@ -231,7 +170,7 @@ def predict_logits(
     logits, atts = [], []
     for i in idx:
         X = feeder.get(i).unsqueeze(0)
-        with _autocast(device, amp):
+        with autocast(device, amp_precision(device, amp)):
             logit, att = model(X, return_att=True)
         logits.append(logit.float().item())
         if attention:
@@ -263,6 +202,150 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
+class FoldTrainer:
+    """Trains one ABMIL on one cross-validation fold, in four steps (see :meth:`run`).
+
+    1. set up: seed every RNG with the fold's seed, compute the training fold's instance
+       statistics, build the model, the AdamW optimiser and the class weights;
+    2. train one epoch: bags shuffled by the fold's NumPy generator, ``batch_size`` bags per
+       step (padded and masked when > 1), at most ``max_instances`` random instances per bag;
+    3. validate: loss and AUC on the validation bags; the best epoch (highest AUC, ties: lower
+       loss, never before ``warmup``) is kept, and training stops ``patience`` epochs after it
+       (never before ``min_epochs``);
+    4. keep the best epoch's weights (the last epoch's without validation bags).
+
+    Every random draw comes from ``seed`` in this order, so a fold is reproducible on one machine.
+    """
+
+    def __init__(
+        self,
+        bags: BagSet,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int],
+        cfg: MILConfig,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        desc: str = "train",
+    ) -> None:
+        self.bags, self.cfg, self.seed = bags, cfg, seed
+        self.device = resolve_device(device)
+        self.precision = amp_precision(self.device, cfg.amp)
+        self.train_idx = np.asarray(train_idx, dtype=np.int64)
+        self.val_idx = np.asarray(val_idx, dtype=np.int64)
+        if len(self.train_idx) == 0:
+            raise InputError("no training bags in this fold")
+        self.progress, self.desc = progress, desc
+        self.history: list[dict[str, float]] = []
+        self.best_key = (-math.inf, -math.inf)
+        self.best_epoch, self.best_state = -1, None
+
+    def run(self) -> FoldResult:
+        """Steps 1-4; returns the trained fold."""
+        from tqdm.auto import tqdm
+
+        start = time.perf_counter()
+        self.set_up()
+        bar = tqdm(
+            range(self.cfg.epochs), desc=self.desc, unit="epoch", leave=False, disable=not self.progress
+        )
+        for epoch in bar:
+            epoch_start = time.perf_counter()
+            record = {"epoch": epoch, "train_loss": self.train_epoch()}
+            stop = False
+            if len(self.val_idx):
+                record.update(self.validate(epoch))
+                bar.set_postfix(val_auc=f"{record['val_auc']:.3f}", best=self.best_epoch)
+                stop = self.should_stop(epoch)
+            record["seconds"] = time.perf_counter() - epoch_start
+            self.history.append(record)
+            if stop:
+                break
+        bar.close()
+        self.keep_best()
+        return FoldResult(
+            model=self.model,
+            best_epoch=int(self.best_epoch),
+            history=self.history,
+            seconds=time.perf_counter() - start,
+        )
+
+    def set_up(self) -> None:
+        """Step 1: seeds, training-fold statistics, model, optimiser, class weights."""
+        cfg, bags, device = self.cfg, self.bags, self.device
+        seed_everything(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        mean = std = None
+        if cfg.standardize:
+            mean, std = instance_stats(bags, self.train_idx)
+        self.model = build_model(bags.dim, cfg, mean, std).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.feeder = BagFeeder(bags, device)
+        self.weights = torch.as_tensor(
+            class_weights(bags.labels[self.train_idx], cfg.class_balanced), dtype=torch.float32, device=device
+        )
+        self.labels = torch.as_tensor(np.array(bags.labels, dtype=np.float32), device=device)
+
+    def _instances(self, i: int) -> torch.Tensor:
+        """Bag ``i``'s (N, D) features, or ``max_instances`` of them drawn at random (kept in order)."""
+        x = self.feeder.get(i)
+        n = self.cfg.max_instances
+        if n and x.shape[0] > n:
+            keep = torch.from_numpy(np.sort(self.rng.choice(x.shape[0], n, replace=False))).to(x.device)
+            x = x.index_select(0, keep)
+        return x
+
+    def train_epoch(self) -> float:
+        """Step 2: one pass over the shuffled training bags; returns the mean training loss."""
+        self.model.train()
+        order = self.train_idx[self.rng.permutation(len(self.train_idx))]
+        total, seen = 0.0, 0
+        for b in range(0, len(order), self.cfg.batch_size):
+            chunk = order[b : b + self.cfg.batch_size]
+            X, mask = _batch([self._instances(i) for i in chunk])
+            y = self.labels[torch.from_numpy(chunk).to(self.device)]
+            with autocast(self.device, self.precision):
+                logits = self.model(X, mask)
+            loss = _weighted_bce(logits, y, self.weights)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            total += loss.item() * len(chunk)
+            seen += len(chunk)
+        return total / seen
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Step 3: validation loss and AUC; remembers the best epoch's weights."""
+        logit, _ = predict_logits(self.model, self.feeder, self.val_idx, amp=self.cfg.amp)
+        yv = self.bags.labels[self.val_idx]
+        val_loss = float(
+            _weighted_bce(
+                torch.as_tensor(logit, device=self.device),
+                torch.as_tensor(yv, device=self.device),
+                self.weights,
+            )
+        )
+        val_auc = _auc(yv, logit)
+        key = (val_auc if not math.isnan(val_auc) else -math.inf, -val_loss)
+        if epoch >= self.cfg.warmup and key > self.best_key:
+            self.best_key, self.best_epoch = key, epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        return {"val_loss": val_loss, "val_auc": val_auc}
+
+    def should_stop(self, epoch: int) -> bool:
+        """Early stopping: ``patience`` epochs without a better one (after warmup and min_epochs)."""
+        cfg = self.cfg
+        return epoch - max(self.best_epoch, cfg.warmup - 1) >= cfg.patience and epoch + 1 >= cfg.min_epochs
+
+    def keep_best(self) -> None:
+        """Step 4: load the best epoch's weights (without validation: keep the last epoch)."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        else:
+            self.best_epoch = self.history[-1]["epoch"]
+        self.model.eval()
+
+
 def train_fold(
     bags: BagSet,
     train_idx: Sequence[int],
@@ -275,88 +358,14 @@ def train_fold(
 ) -> FoldResult:
     """Train one ABMIL on ``train_idx`` with early stopping on ``val_idx`` (positions in ``bags``).
 
-    Without validation bags it trains for ``cfg.epochs`` and keeps the last epoch.
+    Args:
+        bags: the feature set; ``train_idx``/``val_idx`` index its bags.
+        cfg: model and optimisation settings.
+        seed: the fold's seed (the same for every feature set: paired comparison).
+        device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
+
+    Returns:
+        The best epoch's model (eval mode), its epoch, the per-epoch history and the seconds.
+        Without validation bags it trains for ``cfg.epochs`` and keeps the last epoch.
     """
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    device = resolve_device(device)
-    train_idx = np.asarray(train_idx, dtype=np.int64)
-    val_idx = np.asarray(val_idx, dtype=np.int64)
-    if len(train_idx) == 0:
-        raise ValueError("no training bags in this fold")
-    seed_everything(seed)
-    rng = np.random.default_rng(seed)
-    mean = std = None
-    if cfg.standardize:
-        mean, std = instance_stats(bags, train_idx)
-    model = build_model(bags.dim, cfg, mean, std).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    feeder = BagFeeder(bags, device)
-    weights = torch.as_tensor(
-        class_weights(bags.labels[train_idx], cfg.class_balanced), dtype=torch.float32, device=device
-    )
-    labels = torch.as_tensor(np.array(bags.labels, dtype=np.float32), device=device)
-
-    best_key = (-math.inf, -math.inf)
-    best_epoch, best_state = -1, None
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False, disable=not progress)
-    for epoch in bar:
-        epoch_start = time.perf_counter()
-        model.train()
-        order = train_idx[rng.permutation(len(train_idx))]
-        total, seen = 0.0, 0
-        for b in range(0, len(order), cfg.batch_size):
-            chunk = order[b : b + cfg.batch_size]
-            xs = []
-            for i in chunk:
-                x = feeder.get(i)
-                if cfg.max_instances and x.shape[0] > cfg.max_instances:
-                    keep = torch.from_numpy(
-                        np.sort(rng.choice(x.shape[0], cfg.max_instances, replace=False))
-                    ).to(x.device)
-                    x = x.index_select(0, keep)
-                xs.append(x)
-            X, mask = _batch(xs)
-            y = labels[torch.from_numpy(chunk).to(device)]
-            with _autocast(device, cfg.amp):
-                logits = model(X, mask)
-            loss = _weighted_bce(logits, y, weights)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(chunk)
-            seen += len(chunk)
-        record = {"epoch": epoch, "train_loss": total / seen}
-        if len(val_idx):
-            logit, _ = predict_logits(model, feeder, val_idx, amp=cfg.amp)
-            yv = bags.labels[val_idx]
-            val_loss = float(
-                _weighted_bce(
-                    torch.as_tensor(logit, device=device), torch.as_tensor(yv, device=device), weights
-                )
-            )
-            val_auc = _auc(yv, logit)
-            record.update(val_loss=val_loss, val_auc=val_auc)
-            record["seconds"] = time.perf_counter() - epoch_start
-            key = (val_auc if not math.isnan(val_auc) else -math.inf, -val_loss)
-            if epoch >= cfg.warmup and key > best_key:
-                best_key, best_epoch = key, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            bar.set_postfix(val_auc=f"{val_auc:.3f}", best=best_epoch)
-            history.append(record)
-            if epoch - max(best_epoch, cfg.warmup - 1) >= cfg.patience and epoch + 1 >= cfg.min_epochs:
-                break
-        else:
-            record["seconds"] = time.perf_counter() - epoch_start
-            history.append(record)
-    bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        best_epoch = history[-1]["epoch"]
-    model.eval()
-    return FoldResult(
-        model=model, best_epoch=int(best_epoch), history=history, seconds=time.perf_counter() - start
-    )
+    return FoldTrainer(bags, train_idx, val_idx, cfg, seed, device, progress, desc).run()

@@ -1,0 +1,197 @@
+"""The MIL benchmark's settings: ``conf/bench.yaml`` (with its ``task/`` and ``mil/`` groups) *is* this module.
+
+Every YAML key is a field here, nested as in the YAML (``task.label_col`` is
+``BenchmarkConfig.task.label_col``, ``mil.lr`` is ``BenchmarkConfig.mil.lr``); the field comments
+are the YAML comments. :func:`load_bench_config` validates a composed config with
+:func:`zoomfeat.runtime.config.load_config`: an unknown key (``task.labal_col``, ``mil.lrr``) is a
+:class:`~zoomfeat.runtime.errors.ConfigError` listing the known keys, values are converted to the
+field types, and the ``__post_init__`` checks below refuse values out of range. A new option is
+added in one place: a field here, with its default and comment repeated in the YAML.
+
+Task configs (``conf/task/*.yaml``) are ``@package _global_``: besides ``task.*`` they may set
+``feature_sets``, ``baseline`` and ``mil.*`` defaults for the task; Hydra merges them before
+validation, so they are checked like everything else. From Python, build the dataclasses directly::
+
+    BenchmarkConfig(task=TaskSection(name="brca", labels="labels.csv", bags="features/",
+                                     label_map={"IDC": 0, "ILC": 1}),
+                    cv=CVSection(folds=5), mil=MILConfig(hidden=[256]), out_dir="results/brca")
+
+See ``docs/ARCHITECTURE.md`` (MIL benchmark, Configs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from zoomfeat.runtime.config import check, load_config
+
+MISSING_BAGS = ("error", "drop")
+IN_MEMORY = (True, False, "auto")
+DTYPES = ("float16", "float32")
+ATT_ACTS = ("tanh", "relu", "gelu")
+
+
+@dataclass
+class CSVSection:
+    """How an instance CSV is read (``task.csv``; MUSK-style: one row per instance)."""
+
+    label_col: Any = 0  # bag label column: position (int) or name (str, with a header)
+    bag_col: Any = 1  # bag id column: position or name
+    header: Any = "auto"  # true | false | auto (a first row that is not numeric is a header)
+
+    def __post_init__(self) -> None:
+        check(
+            self.header in (True, False, "auto"),
+            f"task.csv.header must be true, false or auto, got {self.header!r}",
+        )
+
+
+@dataclass
+class TaskSection:
+    """One benchmark task (``conf/task/NAME.yaml``): its labels and where its bags are."""
+
+    name: str  # task name (reports, default out_dir)
+    labels: str | None = None  # labels CSV (slide_id, case_id, label); null: the labels are in task.bags' CSV
+    bags: str | None = (
+        None  # zoomfeat.extract output dir, a dir holding features_{set}/, a path with {set}, or an instance CSV
+    )
+    slide_col: str = "slide_id"
+    case_col: str | None = (
+        "case_id"  # patient id: folds never split a patient (null: each slide its own patient)
+    )
+    label_col: str = "label"
+    label_map: dict[Any, int] | None = None  # label value -> 0/1 (keys compared as strings)
+    threshold: float | None = None  # numeric label column: value >= threshold -> 1 (wins over label_map)
+    missing_bags: str = "error"  # error | drop (labelled slides with no bag)
+    csv: CSVSection = field(default_factory=CSVSection)
+
+    def __post_init__(self) -> None:
+        check(
+            self.missing_bags in MISSING_BAGS,
+            f"task.missing_bags must be one of {', '.join(MISSING_BAGS)}, got {self.missing_bags!r}",
+        )
+
+
+@dataclass
+class MILConfig:
+    """Attention MIL (Ilse et al. 2018) via torchmil.models.ABMIL (``conf/mil/*.yaml``)."""
+
+    name: str = "abmil"
+    gated: bool = False  # gated attention (mil=gated_abmil)
+    att_dim: int = 128
+    att_act: str = "tanh"
+    hidden: list[int] = field(
+        default_factory=lambda: [512]
+    )  # Linear-ReLU-Dropout layers before the attention pooling
+    dropout: float = 0.25
+    standardize: bool = True  # standardise instance features with the training fold's statistics
+    lr: float = 2e-4  # AdamW
+    weight_decay: float = 1e-4
+    epochs: int = 50
+    patience: int = 10  # early stopping on validation AUC (ties: lower validation loss)
+    min_epochs: int = 10  # never stop before this many epochs
+    warmup: int = 5  # epochs before a best checkpoint is tracked (early val AUC is noise)
+    batch_size: int = 1  # bags per optimiser step (>1 pads and masks)
+    class_balanced: bool = True  # each class contributes half of the loss
+    max_instances: int | None = None  # random subset of instances per training bag and epoch (null: all)
+    amp: bool = True  # bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)
+
+    def __post_init__(self) -> None:
+        check(
+            self.att_act in ATT_ACTS,
+            f"mil.att_act must be one of {', '.join(ATT_ACTS)}, got {self.att_act!r}",
+        )
+        check(self.epochs >= 1, f"mil.epochs must be >= 1, got {self.epochs}")
+        check(self.batch_size >= 1, f"mil.batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"mil.lr must be > 0, got {self.lr}")
+        check(0 <= self.dropout < 1, f"mil.dropout must be in [0, 1), got {self.dropout}")
+        check(
+            self.max_instances is None or self.max_instances >= 1,
+            f"mil.max_instances must be >= 1 or null, got {self.max_instances}",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+@dataclass
+class CVSection:
+    """Cross-validation (``cv``)."""
+
+    folds: int = 5
+    repeats: int = 1
+    val_fraction: float = 0.2  # patient-grouped validation part of each training fold (0: no early stopping)
+    splits: str | None = None  # a splits.csv from an earlier run: reuse its folds exactly
+
+    def __post_init__(self) -> None:
+        check(self.folds >= 2, f"cv.folds must be >= 2, got {self.folds}")
+        check(self.repeats >= 1, f"cv.repeats must be >= 1, got {self.repeats}")
+        check(0 <= self.val_fraction < 1, f"cv.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class DataSection:
+    """How bags are held (``data``)."""
+
+    in_memory: Any = "auto"  # auto: hold bags in RAM when they fit in memory_fraction of free RAM
+    dtype: str = "float16"  # in-memory dtype (float16 halves memory; float32 for huge values)
+    memory_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(
+            self.in_memory in IN_MEMORY, f"data.in_memory must be true, false or auto, got {self.in_memory!r}"
+        )
+        check(self.dtype in DTYPES, f"data.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check(
+            0 < self.memory_fraction <= 1,
+            f"data.memory_fraction must be in (0, 1], got {self.memory_fraction}",
+        )
+
+
+def _default_feature_sets() -> list[str]:
+    return ["uni_20x", "uni_fused", "zoomldm_20x", "zoomldm_5x", "zoomldm_fused"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """Everything one benchmark run needs: ``conf/bench.yaml`` as a dataclass."""
+
+    task: TaskSection
+    mil: MILConfig = field(default_factory=MILConfig)
+    cv: CVSection = field(default_factory=CVSection)
+    data: DataSection = field(default_factory=DataSection)
+    # feature sets to compare (bag directories features_{set}/); the task may override
+    feature_sets: list[str] = field(default_factory=_default_feature_sets)
+    # paired tests compare every set with this one over the same folds (null: none)
+    baseline: str | None = "uni_20x"
+    out_dir: str = "bench_results/${task.name}/${mil.name}"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # torch CPU threads (null: torch's default)
+    progress: bool = True  # tqdm progress bars
+    save_attention: bool = True  # attention/{set}/repeat{r}_fold{f}.h5 for heatmaps
+
+    def __post_init__(self) -> None:
+        sets = list(self.feature_sets)
+        check(bool(sets), "feature_sets is empty: name the feature sets to benchmark (feature_sets=[...])")
+        check(len(set(sets)) == len(sets), f"feature_sets lists a set twice: {sets}")
+        check(self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}")
+        if "${" in str(self.out_dir):  # built in Python: resolve the YAML's default the way Hydra does
+            from omegaconf import OmegaConf
+
+            names = {"task": {"name": self.task.name}, "mil": {"name": self.mil.name}}
+            self.out_dir = str(OmegaConf.create({**names, "out_dir": str(self.out_dir)}).out_dir)
+
+    @property
+    def paired_baseline(self) -> str | None:
+        """The baseline of the paired tests, when it is benchmarked alongside other sets."""
+        sets = list(self.feature_sets)
+        return self.baseline if self.baseline in sets and len(sets) > 1 else None
+
+
+def load_bench_config(data: Any, where: str = "bench") -> BenchmarkConfig:
+    """Validate a composed ``conf/bench.yaml`` (a mapping or OmegaConf config) into :class:`BenchmarkConfig`."""
+    return load_config(BenchmarkConfig, data, where)

@@ -1,0 +1,311 @@
+"""Bag sources: where a feature set's bags are, whether they cover the cohort, and reading them.
+
+Two kinds of source:
+
+* a TRIDENT-layout bag directory, ``features_{set}/{slide_id}.h5`` (what ``zoomfeat.extract``
+  writes), read only through :mod:`zoomfeat.bags`;
+* an instance CSV, one row per instance: bag label, bag id, then the features (the classic
+  MIL sets in ``zoomfeat/data/mil/``; a header is detected automatically when present).
+
+:func:`resolve_source` finds a feature set's source from ``task.bags``; :func:`check_coverage`
+checks every labelled slide has a bag in every set (so all sets see one cohort);
+:func:`load_feature_set` reads one set into a :class:`~zoomfeat.mil.bagset.BagSet`. Bags held in
+memory are estimated first: float32 on disk -> ``dtype`` in RAM, so ``file bytes * itemsize / 4``
+must fit in ``memory_fraction`` of the available RAM, else they are read on each access.
+
+A missing source, a labelled slide with no bag, mixed feature widths or an unreadable CSV is a
+:class:`~zoomfeat.runtime.errors.BagError` naming the file; bags nobody labelled and empty bags
+are a :class:`~zoomfeat.mil.bagset.BenchWarning`. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zoomfeat.bags import FEATURE_SET_MAG, bag_path, list_bags, open_bag
+from zoomfeat.mil.bagset import BagSet, as_dtype, preview, resolve_path, warn
+from zoomfeat.mil.labels import map_labels
+from zoomfeat.runtime.errors import BagError, ConfigError, InputError
+
+
+def resolve_source(bags: str | Path, feature_set: str) -> Path:
+    """Where ``feature_set``'s bags are.
+
+    ``bags`` may contain ``{set}`` (formatted with the feature set); be an instance CSV; be a
+    ``features_{set}`` directory itself; hold ``features_{set}/``; or be a ``zoomfeat.extract``
+    output directory (``{mag}x_256px_0px_overlap/features_{set}/``).
+    """
+    text = str(bags)
+    if "{set}" in text:
+        path = resolve_path(text.replace("{set}", feature_set))
+        if not path.exists():
+            raise BagError(f"no bags for feature set {feature_set!r} at {path} (task.bags={text})")
+        return path
+    root = resolve_path(text)
+    if root.is_file():
+        return root
+    tried = [root / f"features_{feature_set}"]
+    if feature_set in FEATURE_SET_MAG:
+        tried.append(bag_path(root, feature_set, "x").parent)
+    for candidate in tried:
+        if candidate.is_dir():
+            return candidate
+    if root.is_dir() and root.name == f"features_{feature_set}":
+        return root
+    if not root.exists():
+        raise BagError(f"no bag source at {root} (task.bags=): check the path")
+    raise BagError(
+        f"no bags for feature set {feature_set!r} under {root}; looked for {[str(t) for t in tried]}"
+    )
+
+
+def is_instance_csv(source: Path) -> bool:
+    """Whether ``source`` is an instance CSV (a file) rather than a bag directory."""
+    return source.is_file() and source.suffix.lower() in (".csv", ".tsv", ".txt", ".gz")
+
+
+def check_coverage(
+    cohort: pd.DataFrame, sources: Mapping[str, Path], missing_bags: str = "error"
+) -> pd.DataFrame:
+    """Check every labelled slide has a bag in every bag-directory source.
+
+    ``missing_bags="error"``: a :class:`BagError` listing them; ``"drop"``: leave those slides
+    out of the whole benchmark (so every feature set sees the same cohort) with a warning.
+    Bags nobody labelled are ignored with a warning.
+    """
+    if missing_bags not in ("error", "drop"):
+        raise ConfigError(f"task.missing_bags must be 'error' or 'drop', got {missing_bags!r}")
+    absent: dict[str, list[str]] = {}
+    for feature_set, source in sources.items():
+        if is_instance_csv(source):
+            continue
+        have = list_bags(source)
+        lacking = [s for s in cohort["slide_id"] if s not in have]
+        if lacking:
+            absent[feature_set] = lacking
+        unlabelled = sorted(set(have) - set(cohort["slide_id"]))
+        if unlabelled:
+            warn(
+                f"{len(unlabelled)} bag(s) in {source} have no label and are ignored: {preview(unlabelled, 10)}"
+            )
+    if absent:
+        lines = "; ".join(f"{fs} ({sources[fs]}): {preview(ids)}" for fs, ids in absent.items())
+        if missing_bags == "error":
+            n = len(set().union(*absent.values()))
+            raise BagError(
+                f"{n} labelled slide(s) have no bag: {lines}. Extract them, or pass task.missing_bags=drop to leave them out"
+            )
+        drop = set().union(*absent.values())
+        warn(f"leaving out {len(drop)} labelled slide(s) with no bag: {lines}")
+        cohort = cohort[~cohort["slide_id"].isin(drop)].reset_index(drop=True)
+    return cohort
+
+
+def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:
+    import psutil
+
+    return n_bytes <= memory_fraction * psutil.virtual_memory().available
+
+
+def _check_dims(dims: Mapping[str, int], source: Path) -> int:
+    distinct = sorted(set(dims.values()))
+    if len(distinct) > 1:
+        examples = {d: [s for s, v in dims.items() if v == d][:3] for d in distinct}
+        raise BagError(
+            f"{source}: bags of one feature set have different feature widths {distinct} (e.g. {examples}); re-extract them with one config"
+        )
+    return distinct[0]
+
+
+def load_bag_dir(
+    bag_dir: str | Path,
+    cohort: pd.DataFrame,
+    feature_set: str,
+    in_memory: bool | str = "auto",
+    dtype: str | np.dtype = "float16",
+    memory_fraction: float = 0.5,
+    progress: bool = True,
+) -> BagSet:
+    """Read ``cohort``'s bags from a ``features_{set}`` directory (through zoomfeat.bags).
+
+    ``in_memory="auto"`` holds them in memory as ``dtype`` when they fit in ``memory_fraction``
+    of the available RAM, else they are read from disk on each access. Every labelled slide
+    must have a bag (see :func:`check_coverage`); empty bags are skipped with a warning.
+    """
+    from tqdm.auto import tqdm
+
+    bag_dir = Path(bag_dir)
+    dtype = np.dtype(dtype)
+    have = list_bags(bag_dir)
+    lacking = [s for s in cohort["slide_id"] if s not in have]
+    if lacking:
+        raise BagError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {preview(lacking)}")
+    paths = [have[s] for s in cohort["slide_id"]]
+    if in_memory == "auto":
+        estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // 4
+        in_memory = _fits_in_memory(estimate, memory_fraction)
+        if not in_memory:
+            warn(
+                f"{feature_set}: bags (~{estimate / 2**30:.1f} GiB as {dtype}) do not fit in memory; reading them from {bag_dir} on each access"
+            )
+    keep, bags, coords, dims, sizes, empty = [], [], [], {}, [], []
+    for row, path in enumerate(
+        tqdm(paths, desc=f"load {feature_set}", unit="bag", disable=not progress, leave=False)
+    ):
+        bag = open_bag(path, np.float32)
+        slide = cohort["slide_id"].iloc[row]
+        dims[slide] = bag.features.shape[1]
+        if len(bag) == 0:
+            empty.append(slide)
+            continue
+        keep.append(row)
+        sizes.append(len(bag))
+        if in_memory:
+            bags.append(as_dtype(bag.features, dtype, str(path)))
+            coords.append(bag.coords)
+    dim = _check_dims(dims, bag_dir)
+    if empty:
+        warn(f"{feature_set}: {len(empty)} empty bag(s) (no tissue) are skipped: {preview(empty)}")
+    if not keep:
+        raise BagError(f"{bag_dir}: every labelled bag is empty (no tissue)")
+    sub = cohort.iloc[keep]
+    return BagSet(
+        feature_set=feature_set,
+        source=bag_dir,
+        slide_ids=sub["slide_id"].tolist(),
+        case_ids=sub["case_id"].tolist(),
+        labels=np.array(sub["label"], dtype=np.int64),
+        dim=dim,
+        n_instances=np.asarray(sizes, dtype=np.int64),
+        bags=bags if in_memory else None,
+        coords=coords if in_memory else None,
+        paths=None if in_memory else [paths[r] for r in keep],
+        skipped=empty,
+    )
+
+
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise BagError(f"{path}: not a readable instance CSV ({err}) (task.bags=)") from err
+
+
+def _csv_has_header(path: Path, sep: str | None) -> bool:
+    first = _read_csv(path, sep=sep, header=None, nrows=1, engine="python" if sep is None else "c")
+    return not all(pd.api.types.is_number(v) for v in first.iloc[0, 2:].tolist())
+
+
+def load_instance_csv(
+    path: str | Path,
+    feature_set: str = "instances",
+    cohort: pd.DataFrame | None = None,
+    label_col: int | str = 0,
+    bag_col: int | str = 1,
+    header: bool | str = "auto",
+    label_map: Mapping[Any, int] | None = None,
+    dtype: str | np.dtype = "float16",
+) -> BagSet:
+    """Read an instance CSV (one row per instance: bag label, bag id, features...).
+
+    Without ``cohort`` the labels come from the CSV (constant within a bag) and every bag is
+    its own patient; with it (a task labels table naming bag ids as slide ids) the CSV's
+    label column is ignored.
+    """
+    path = resolve_path(path)
+    if not path.is_file():
+        raise BagError(f"no instance CSV at {path} (task.bags=)")
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    if header == "auto":
+        header = _csv_has_header(path, sep)
+    table = _read_csv(path, sep=sep, header=0 if header else None)
+    columns = list(table.columns)
+
+    def column(key: int | str, what: str):
+        if isinstance(key, int) and not header:
+            if key >= len(columns):
+                raise BagError(f"{path}: no column {key} for the {what} ({len(columns)} columns)")
+            return columns[key]
+        if isinstance(key, int):
+            return columns[key]
+        if key not in columns:
+            raise BagError(f"{path}: no column {key!r} for the {what} (columns: {columns[:10]}...)")
+        return key
+
+    lab, bag = column(label_col, "bag label"), column(bag_col, "bag id")
+    feat_cols = [c for c in columns if c not in (lab, bag)]
+    non_numeric = [c for c in feat_cols if not pd.api.types.is_numeric_dtype(table[c])]
+    if non_numeric:
+        raise BagError(f"{path}: feature column(s) {non_numeric[:5]} are not numeric")
+    if not feat_cols:
+        raise BagError(f"{path}: no feature columns after the label and bag id columns")
+    dtype = np.dtype(dtype)
+    bag_ids = table[bag].map(
+        lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
+    )
+    features = table[feat_cols].to_numpy(dtype=np.float32)
+    order = list(dict.fromkeys(bag_ids))
+    rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in order}
+    if cohort is None:
+        per_bag = table.groupby(bag_ids)[lab].nunique()
+        mixed = per_bag[per_bag > 1].index.tolist()
+        if mixed:
+            raise BagError(
+                f"{path}: bag(s) {preview(mixed, 10)} have instances with different labels; column {label_col} must be the bag label"
+            )
+        first = table.groupby(bag_ids, sort=False)[lab].first()
+        labels, names = map_labels(first, label_map, None, str(path), str(lab))
+        keep = [b for b in order if not np.isnan(labels[b])]
+        cohort = pd.DataFrame({"slide_id": keep, "case_id": keep, "label": [int(labels[b]) for b in keep]})
+    else:
+        lacking = [s for s in cohort["slide_id"] if s not in rows]
+        if lacking:
+            raise BagError(f"{len(lacking)} labelled bag(s) are not in {path}: {preview(lacking)}")
+        unlabelled = sorted(set(order) - set(cohort["slide_id"]))
+        if unlabelled:
+            warn(
+                f"{len(unlabelled)} bag(s) in {path} have no label and are ignored: {preview(unlabelled, 10)}"
+            )
+    slide_ids = cohort["slide_id"].astype(str).tolist()
+    return BagSet(
+        feature_set=feature_set,
+        source=path,
+        slide_ids=slide_ids,
+        case_ids=cohort["case_id"].astype(str).tolist(),
+        labels=np.array(cohort["label"], dtype=np.int64),
+        dim=len(feat_cols),
+        n_instances=np.asarray([len(rows[s]) for s in slide_ids], dtype=np.int64),
+        bags=[as_dtype(features[rows[s]], dtype, f"{path} bag {s}") for s in slide_ids],
+        coords=[None] * len(slide_ids),
+    )
+
+
+def load_feature_set(
+    source: Path,
+    feature_set: str,
+    cohort: pd.DataFrame | None,
+    in_memory: bool | str = "auto",
+    dtype: str = "float16",
+    memory_fraction: float = 0.5,
+    csv_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> BagSet:
+    """Load one feature set from a bag directory or an instance CSV (``csv_options``: task.csv + label_map)."""
+    if is_instance_csv(source):
+        return load_instance_csv(source, feature_set, cohort, dtype=dtype, **dict(csv_options or {}))
+    if cohort is None:
+        raise InputError(f"{source} is a bag directory: the task needs a labels CSV (task.labels=)")
+    return load_bag_dir(
+        source,
+        cohort,
+        feature_set,
+        in_memory=in_memory,
+        dtype=dtype,
+        memory_fraction=memory_fraction,
+        progress=progress,
+    )
