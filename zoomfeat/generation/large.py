@@ -1,0 +1,524 @@
+"""Large images: joint multi-scale sampling, the Gaussian-window large decode, seam post-processing.
+
+Spec sections 2.1-2.8; golden G3 (decode), G4 (joint loop), G5 (post-processing).
+
+**Joint multi-scale sampling** (2.3; [C] loop over [R] helpers; the "inexact Newton" constrained
+sampling of [F]). A guide latent x^g at magnification index m_g (e = 2^m_g: 10x -> 2, 5x -> 4,
+2.5x -> 8, 1.25x -> 16) and N = e^2 non-overlapping 20x tiles x_n (n = r e + c, row-major) move
+in lockstep over t = t0, t0 - stride, ..., stride (S = t0 / stride steps). Per step, with
+abar_t = abar[t-1], abar_p = abar[max(t-1-stride, 0)], btilde = beta[t-1](1-abar_p)/(1-abar_t)
+(the UNet is fed t, the schedule indexed at t-1 [R]) and the guided eps of ``cfg_large``::
+
+    x0hat(x) = x / sqrt(abar_t) - eps(x) sqrt((1 - abar_t) / abar_t)
+    guide:   G = clamp(D(x0hat(x^g)), -1, 1), cut into N patches g_n of (256/e)^2 px
+    tile n:  repeat K times (h = 0.005, lr = 0.5):
+               I = D(x0hat)                       (decode, quantising, no clamp)
+               r = up(g_n - down(I));       r <- r / max|r|            (per sample)
+               dz = E(I + h r) - E(I);      dz <- dz / max|dz|          (VAE "Newton" step)
+               d = (x0hat(x + h dz) - x0hat(x)) / h;   d <- d / max|d|  (finite-difference JVP)
+               x <- x + lr d                                            (on the noisy x_t)
+    noise:   x <- sqrt(abar_p) x0hat + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z
+
+``down``/``up`` are the MATLAB bicubic resizers (``bicubic.py``) by 1/e and e. Nothing is
+backpropagated. The noise term defaults to [C]'s sqrt(1 - abar_p) (``noise_term="c"``);
+``"r"`` is the [R]/[F] sqrt(1 - abar_p - btilde) (open point 2.9-1). Every operation is per sample,
+so the result does not depend on ``batch_size`` (the memory bound).
+
+**Large decode** (2.6, [R] ``decode_large_image``): 64x64 latent windows with stride 16, each
+decoded (quantising) and blended with the Gaussian weight k(u, v) = exp(-(u^2 + v^2) / sigma^2)
+on a linspace(-1, 1, 256)^2 grid (sigma = 0.8), ``out = sum k D(w) / sum k``; then
+``uint8(clamp((out + 1) / 2, 0, 1) 255)`` (truncation). (H/16 - 3)(W/16 - 3) windows.
+
+**Seam post-processing** (2.7, [R] ``postprocess_image``): re-noise the tiles to t0 = 300
+(x = sqrt(abar[t0-1]) x + sqrt(1 - abar[t0-1]) z, tile layout), assemble the canvas; each window
+(i, j) (latent px, stride 16) is conditioned on the slerp of the four neighbouring raw embeddings
+of the replicate-padded grid (t1 = j/64 - j//64 horizontally, then t2 = i/64 - i//64 vertically;
+lerp when |cos| > 0.9995), standardised without eps, at mag 0. For t = t0, t0 - stride, ... > 0:
+x0hat per window, averaged over windows with uniform weights; eps = (x - sqrt(abar_t) x0hat) /
+sqrt(1 - abar_t); x <- sqrt(abar_p) x0hat + sqrt(1 - abar_p - btilde) eps + sqrt(btilde) z (canvas
+layout). The official code runs it on the *live* weights and in one UNet batch of 2W; zoomfeat
+takes the model as given (EMA by default, live for parity) and chunks the windows.
+
+Tags: [R] decode, post-processing, model_pred, resizer; [C] joint loop; [I] chunking, the
+``ssl_norm`` default (open point 2.9-4), noise injection as an argument.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from zoomfeat.generation.bicubic import Resizer
+from zoomfeat.generation.costs import Tracker
+from zoomfeat.generation.guidance import model_pred, pool_grid, summarize, tile_contexts
+from zoomfeat.runtime.errors import ConfigError
+
+#: guide magnification index -> grid side e (tiles per side)
+GUIDE_MAGS = {1: 2, 2: 4, 3: 8, 4: 16}
+LATENT = 64  # latent side of one tile / window
+NOISE_TERMS = ("c", "r")
+
+
+# ----------------------------------------------------------------------------------------------
+# randomness: every draw is an injectable, named argument
+
+
+class Noise:
+    """Draws named standard-normal tensors: ``noise(role, shape) -> Tensor`` (float32, on ``device``)."""
+
+    def __init__(self, generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
+        self.generator = generator
+        self.device = torch.device(device)
+
+    def __call__(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
+        dev = self.generator.device if self.generator is not None else self.device
+        return torch.randn(shape, generator=self.generator, device=dev, dtype=torch.float32).to(self.device)
+
+
+class RecordedNoise(Noise):
+    """Noise from a mapping of role -> tensor (golden replay); a missing role or shape is an error."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], names: Callable[[str], str] | None = None):
+        super().__init__()
+        self.tensors = tensors
+        self.names = names or (lambda r: r)
+
+    def __call__(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
+        key = self.names(role)
+        if key not in self.tensors:
+            raise KeyError(f"no recorded noise for {role!r} (looked up {key!r})")
+        t = self.tensors[key].float()
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"recorded noise {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        return t
+
+
+# ----------------------------------------------------------------------------------------------
+# layout helpers
+
+
+def tiles_to_canvas(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``(b p1 p2) c h w -> b c (p1 h) (p2 w)``: tile n = r e + c goes to grid cell (r, c)."""
+    n, c, h, w = x.shape
+    b = n // (e * e)
+    return x.reshape(b, e, e, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, e * h, e * w)
+
+
+def canvas_to_tiles(x: torch.Tensor, e: int) -> torch.Tensor:
+    """Inverse of :func:`tiles_to_canvas`."""
+    b, c, hh, ww = x.shape
+    h, w = hh // e, ww // e
+    return x.reshape(b, c, e, h, e, w).permute(0, 2, 4, 1, 3, 5).reshape(b * e * e, c, h, w)
+
+
+def window_positions(h: int, w: int, window: int = LATENT, stride: int = 16) -> list[tuple[int, int]]:
+    """Top-left corners (i, j), row-major over i then j: ``range(0, H - window + 1, stride)``."""
+    if h < window or w < window or h % stride or w % stride:
+        raise ConfigError(
+            f"a large latent must be at least {window} px and a multiple of {stride}, got {h}x{w}"
+        )
+    return [(i, j) for i in range(0, h - window + 1, stride) for j in range(0, w - window + 1, stride)]
+
+
+def per_sample_maxabs(x: torch.Tensor) -> torch.Tensor:
+    """The per-sample infinity norm [B, 1, 1, 1] (no epsilon, as the official code)."""
+    return x.abs().amax(dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def decode(model, z: torch.Tensor, tracker: Tracker | None = None) -> torch.Tensor:
+    if tracker is not None:
+        tracker.decode(z.shape[0])
+    with torch.no_grad():
+        return model.decode(z, quantize=True).float()
+
+
+def encode(model, img: torch.Tensor, tracker: Tracker | None = None) -> torch.Tensor:
+    if tracker is not None:
+        tracker.encode(img.shape[0])
+    with torch.no_grad():
+        return model.encode(img).float()
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] by truncation, as the official code."""
+    x = torch.clamp((img.float() + 1.0) / 2.0, 0.0, 1.0)
+    return (x * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# schedule of the large-image loops
+
+
+@dataclass(frozen=True)
+class StepCoefs:
+    t: int
+    at: torch.Tensor  # abar[t-1]
+    ap: torch.Tensor  # abar[max(t-1-stride, 0)]
+    bt: torch.Tensor  # beta[t-1] (1 - ap) / (1 - at)
+
+
+def step_coefs(model, t0: int, stride: int) -> list[StepCoefs]:
+    """The large-image schedule t = t0, t0 - stride, ..., > 0 with the official t-1 indexing."""
+    if not (0 < stride <= t0 <= model.schedule.timesteps):
+        raise ConfigError(f"need 0 < stride <= t0 <= {model.schedule.timesteps}, got t0={t0} stride={stride}")
+    ac = model.schedule.alphas_cumprod.detach().cpu().float()
+    betas = model.schedule.betas.detach().cpu().float()
+    out = []
+    for t in range(t0, 0, -stride):
+        at, ap = ac[t - 1], ac[max(t - 1 - stride, 0)]
+        out.append(StepCoefs(t, at, ap, betas[t - 1] * (1 - ap) / (1 - at)))
+    return out
+
+
+def x0hat(x: torch.Tensor, eps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """x / sqrt(abar_t) - eps sqrt((1 - abar_t) / abar_t) (float32)."""
+    at = at.to(x.device)
+    return x / at.sqrt() - eps * ((1 - at) / at).sqrt()
+
+
+def noise_step(
+    x0: torch.Tensor, eps: torch.Tensor, z: torch.Tensor, c: StepCoefs, noise_term: str
+) -> torch.Tensor:
+    """sqrt(abar_p) x0 + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z."""
+    ap, bt = c.ap.to(x0.device), c.bt.to(x0.device)
+    dir_coef = (1 - ap).sqrt() if noise_term == "c" else (1 - ap - bt).sqrt()
+    return ap.sqrt() * x0 + dir_coef * eps + bt.sqrt() * z
+
+
+# ----------------------------------------------------------------------------------------------
+# large decode
+
+
+def gaussian_kernel(size: int = 256, sigma: float = 0.8) -> torch.Tensor:
+    """exp(-d^2 / sigma^2) on a linspace(-1, 1, size)^2 grid, divided by its maximum [R]."""
+    v = torch.linspace(-1, 1, size)
+    grid = torch.stack((v.tile(size, 1), v.tile(size, 1).T), dim=0)
+    d = torch.linalg.norm(grid, dim=0)
+    k = torch.exp(-(d**2) / sigma**2)
+    return k / k.max()
+
+
+def decode_large(
+    model,
+    latent: torch.Tensor,
+    window_stride: int = 16,
+    sigma: float = 0.8,
+    batch_size: int = 16,
+    tracker: Tracker | None = None,
+    return_canvas: bool = False,
+):
+    """Official ``decode_large_image``: Gaussian-blended 64x64 window decodes of [B, 3, H, W].
+
+    Windows are decoded ``batch_size`` at a time (the result does not depend on it) and
+    accumulated in row-major order. Returns uint8 [B, 4H, 4W, 3] (and the float canvas before the
+    clamp when ``return_canvas``).
+    """
+    b, c, h, w = latent.shape
+    pos = window_positions(h, w, LATENT, window_stride)
+    f = model.image_size // model.latent_size
+    win_px = LATENT * f
+    k = gaussian_kernel(win_px, sigma).to(latent.device)
+    out = torch.zeros(b, 3, h * f, w * f, device=latent.device)
+    avg = torch.zeros(1, 1, h * f, w * f, device=latent.device)
+    for s in range(0, len(pos), batch_size):
+        chunk = pos[s : s + batch_size]
+        z = torch.cat([latent[:, :, i : i + LATENT, j : j + LATENT] for i, j in chunk])
+        dec = decode(model, z, tracker).to(latent.device).reshape(len(chunk), b, 3, win_px, win_px)
+        for n, (i, j) in enumerate(chunk):
+            out[:, :, i * f : i * f + win_px, j * f : j * f + win_px] += dec[n] * k
+            avg[:, :, i * f : i * f + win_px, j * f : j * f + win_px] += k
+    canvas = out / avg
+    img = to_uint8(canvas)
+    return (img, canvas) if return_canvas else img
+
+
+# ----------------------------------------------------------------------------------------------
+# joint multi-scale sampling
+
+
+@dataclass
+class JointOptions:
+    """Defaults of the [C] joint notebook (spec 2.4); ``noise_term`` c = [C], r = [R]/[F]."""
+
+    t0: int = 1000
+    stride: int = 50
+    n_steps: int = 10
+    h: float = 0.005
+    lr: float = 0.5
+    guidance: float = 2.0
+    batch_size: int = 16
+    noise_term: str = "c"
+    t_offset: int = 0
+
+    def __post_init__(self):
+        if self.noise_term not in NOISE_TERMS:
+            raise ConfigError(f"noise_term={self.noise_term!r}: use 'c' (sqrt(1-abar_p)) or 'r' (minus btilde)")
+        if self.n_steps < 0 or self.batch_size < 1 or self.h <= 0:
+            raise ConfigError("n_steps must be >= 0, batch_size >= 1 and h > 0")
+
+
+def constrained_tiles(
+    model,
+    x: torch.Tensor,
+    conds: torch.Tensor,
+    targets: torch.Tensor,
+    c: StepCoefs,
+    opts: JointOptions,
+    down: Resizer,
+    up: Resizer,
+    tracker: Tracker | None = None,
+    record: dict[str, Any] | None = None,
+    tag: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step of the tile loop (spec 2.3, step 2) for a chunk: returns (x, x0hat, eps).
+
+    ``targets``: the low-resolution patches g_n [b, 3, 256/e, 256/e] the tiles must match.
+    """
+    w, h, t = opts.guidance, opts.h, c.t
+    eps = model_pred(model, x, t, conds, w, opts.t_offset, tracker)
+    x0 = x0hat(x, eps, c.at)
+    if record is not None:
+        record.setdefault(f"x0_init{tag}", []).append(x0)
+    for k in range(opts.n_steps):
+        img = decode(model, x0, tracker)
+        z = encode(model, img, tracker)
+        r = up(targets - down(img))
+        mr = per_sample_maxabs(r)
+        r = r / mr
+        dz = encode(model, img + h * r, tracker) - z
+        mdz = per_sample_maxabs(dz)
+        dz = dz / mdz
+        x1 = x + h * dz
+        x01 = x0hat(x1, model_pred(model, x1, t, conds, w, opts.t_offset, tracker), c.at)
+        d = (x01 - x0) / h
+        md = per_sample_maxabs(d)
+        d = d / md
+        x = x + opts.lr * d
+        eps = model_pred(model, x, t, conds, w, opts.t_offset, tracker)
+        x0 = x0hat(x, eps, c.at)
+        if record is not None:
+            for name, v in (("r", r), ("dz", dz), ("d", d), ("x", x), ("maxabs_r", mr), ("maxabs_dz", mdz), ("maxabs_d", md)):
+                record.setdefault(f"{name}{tag}_k{k}", []).append(v)
+    return x, x0, eps
+
+
+@dataclass
+class JointResult:
+    tiles: torch.Tensor  # final 20x state, tile layout [N, 3, 64, 64]
+    guide: torch.Tensor  # final guide latent [1, 3, 64, 64]
+    e: int
+
+    @property
+    def canvas(self) -> torch.Tensor:
+        return tiles_to_canvas(self.tiles, self.e)
+
+
+def guide_grid_side(mag: int) -> int:
+    if mag not in GUIDE_MAGS:
+        names = ", ".join(f"{m} ({20 / 2**m:g}x)" for m in GUIDE_MAGS)
+        raise ConfigError(f"guide magnification index {mag} is not supported; use one of {names}")
+    return GUIDE_MAGS[mag]
+
+
+def joint_sample(
+    model,
+    ssl_grid: torch.Tensor,
+    guide_mag: int,
+    opts: JointOptions | None = None,
+    noise: Noise | None = None,
+    ssl_norm: str = "dataloader",
+    tracker: Tracker | None = None,
+    record: dict[str, Any] | None = None,
+) -> JointResult:
+    """Joint multi-scale sampling of a (256 e)^2 20x image under one guide patch (spec 2.3).
+
+    Args:
+        model: ``ZoomLDM`` (EMA weights, as the official ``model_pred``).
+        ssl_grid: the unpooled 20x SSL (UNI) grid of the guide region, [C, e, e].
+        guide_mag: magnification index of the guide (1 = 10x ... 4 = 1.25x), e = 2^guide_mag.
+        opts: loop settings (:class:`JointOptions`).
+        noise: the source of x_T20x, x_Tg, then per step z20x_s{k}, zg_s{k} (in that order).
+        ssl_norm: ``"raw"`` (the [C] notebook, for parity) or ``"dataloader"`` (per-position
+            standardisation; the guide grid pooled to 8x8 first) [I], see ``guidance.py``.
+        record: if a dict, intermediate tensors are stored in it (golden tests).
+    """
+    opts = opts or JointOptions()
+    noise = noise or Noise(device=model.device)
+    e = guide_grid_side(int(guide_mag))
+    if ssl_grid.ndim != 3 or tuple(ssl_grid.shape[1:]) != (e, e):
+        raise ConfigError(f"a {20 / 2**guide_mag:g}x guide needs a [C, {e}, {e}] 20x SSL grid, got {tuple(ssl_grid.shape)}")
+    dev = model.device
+    n = e * e
+    ssl_grid = ssl_grid.float().to(dev)
+    cond_tiles = tile_contexts(model, ssl_grid, ssl_norm, tracker=tracker)
+    cond_guide = summarize(model, pool_grid(ssl_grid[None]), guide_mag, ssl_norm, tracker)
+    lat = model.latent_size
+    px = model.image_size
+    p = px // e
+    down = Resizer((1, 3, px, px), 1 / e)
+    up = Resizer((1, 3, p, p), e)
+    x = noise("x_T20x", (n, 3, lat, lat)).to(dev)
+    xg = noise("x_Tg", (1, 3, lat, lat)).to(dev)
+    if record is not None:
+        record.update(cond_20x_all=cond_tiles, cond_guide=cond_guide)
+    for s, c in enumerate(step_coefs(model, opts.t0, opts.stride)):
+        eps_g = model_pred(model, xg, c.t, cond_guide, opts.guidance, opts.t_offset, tracker)
+        x0_g = x0hat(xg, eps_g, c.at)
+        guide_img = torch.clamp(decode(model, x0_g, tracker), -1, 1)
+        targets = canvas_to_tiles(guide_img, e)  # [N, 3, p, p], row-major
+        x0_all, eps_all, x_all = [], [], []
+        for start in range(0, n, opts.batch_size):
+            sl = slice(start, start + opts.batch_size)
+            xc, x0c, epsc = constrained_tiles(
+                model, x[sl], cond_tiles[sl], targets[sl], c, opts, down, up, tracker,
+                record if record is not None and s == 0 else None,
+            )
+            x_all.append(xc)
+            x0_all.append(x0c)
+            eps_all.append(epsc)
+        x0_t, eps_t = torch.cat(x0_all), torch.cat(eps_all)
+        z20 = noise(f"z20x_s{s}", tuple(x.shape)).to(dev)
+        zg = noise(f"zg_s{s}", tuple(xg.shape)).to(dev)
+        if record is not None:
+            record[f"eps_g_s{s}"], record[f"x0_g_s{s}"] = eps_g, x0_g
+            if s == 0:
+                record["x0_20x_s0"], record["eps_20x_s0"] = x0_t, eps_t
+                alt = "r" if opts.noise_term == "c" else "c"
+                record["x20x_next_ALT_s0"] = noise_step(x0_t, eps_t, z20, c, alt)
+        x = noise_step(x0_t, eps_t, z20, c, opts.noise_term)
+        xg = noise_step(x0_g, eps_g, zg, c, opts.noise_term)
+        if record is not None:
+            record[f"x20x_next_s{s}"], record[f"xg_next_s{s}"] = x, xg
+    return JointResult(tiles=x, guide=xg, e=e)
+
+
+# ----------------------------------------------------------------------------------------------
+# seam post-processing
+
+
+def slerp(t: float, v0: np.ndarray, v1: np.ndarray, dot_threshold: float = 0.9995) -> np.ndarray:
+    """Spherical interpolation on the raw vectors (NumPy, float32 as NumPy 2 computes it) [R]."""
+    v0n = v0 / np.linalg.norm(v0)
+    v1n = v1 / np.linalg.norm(v1)
+    dot = np.sum(v0n * v1n)
+    if np.abs(dot) > dot_threshold:
+        return (1 - t) * v0 + t * v1
+    theta0 = np.arccos(dot)
+    sin0 = np.sin(theta0)
+    theta_t = theta0 * t
+    s0 = np.sin(theta0 - theta_t) / sin0
+    s1 = np.sin(theta_t) / sin0
+    return s0 * v0 + s1 * v1
+
+
+def window_embedding(grid: np.ndarray, i: int, j: int) -> np.ndarray:
+    """The slerp-interpolated raw embedding of window (i, j) from the replicate-padded grid [C, e, e]."""
+    padded = np.pad(grid, ((0, 0), (0, 1), (0, 1)), mode="edge")
+    r, c = i // LATENT, j // LATENT
+    t1 = j / LATENT - j // LATENT
+    t2 = i / LATENT - i // LATENT
+    top = slerp(t1, padded[:, r, c], padded[:, r, c + 1])
+    bottom = slerp(t1, padded[:, r + 1, c], padded[:, r + 1, c + 1])
+    return slerp(t2, top, bottom)
+
+
+@dataclass
+class PostOptions:
+    """Seam post-processing defaults (spec 2.4: t0 300, stride 50, w 2, window stride 16)."""
+
+    t0: int = 300
+    stride: int = 50
+    guidance: float = 2.0
+    window_stride: int = 16
+    batch_size: int = 16
+    t_offset: int = 0
+
+
+def window_contexts(
+    model, ssl_grid: torch.Tensor, positions: list[tuple[int, int]], chunk: int = 64, tracker=None, record=None
+) -> torch.Tensor:
+    """Per-window contexts [W, 65, D]: slerp-interpolated raw embedding, standardised (no eps), mag 0."""
+    grid = ssl_grid.detach().float().cpu().numpy()
+    vecs = np.stack([window_embedding(grid, i, j) for i, j in positions]).astype(np.float32)
+    v = torch.from_numpy(vecs)
+    if record is not None:
+        record["interp_pre_norm"] = v
+    out = []
+    for s in range(0, len(positions), chunk):
+        out.append(summarize(model, v[s : s + chunk, :, None, None], 0, "noeps", tracker))
+    return torch.cat(out)
+
+
+def postprocess(
+    model,
+    tiles: torch.Tensor,
+    ssl_grid: torch.Tensor,
+    opts: PostOptions | None = None,
+    noise: Noise | None = None,
+    tracker: Tracker | None = None,
+    record: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """Official ``postprocess_image`` (spec 2.7): SDEdit re-noising + window-averaged denoising.
+
+    Args:
+        tiles: the 20x state in tile layout [N, 3, 64, 64]; ssl_grid: the raw grid [C, e, e].
+        noise: source of ``noise_init_tiles`` (tile layout) then ``noise_s{k}_canvas`` (canvas).
+    Returns the result in tile layout.
+    """
+    opts = opts or PostOptions()
+    noise = noise or Noise(device=model.device)
+    e = int(round(math.sqrt(tiles.shape[0])))
+    if e * e != tiles.shape[0] or tuple(ssl_grid.shape[1:]) != (e, e):
+        raise ConfigError(f"{tiles.shape[0]} tiles need a square grid and an SSL grid [C, e, e], got {tuple(ssl_grid.shape)}")
+    dev = model.device
+    ac = model.schedule.alphas_cumprod.detach().cpu().float()
+    a0 = ac[opts.t0 - 1].to(dev)
+    z0 = noise("noise_init_tiles", tuple(tiles.shape)).to(dev)
+    x = tiles_to_canvas(a0.sqrt() * tiles.to(dev) + (1 - a0).sqrt() * z0, e)
+    _, _, hh, ww = x.shape
+    pos = window_positions(hh, ww, LATENT, opts.window_stride)
+    ctx = window_contexts(model, ssl_grid, pos, tracker=tracker, record=record).to(dev)
+    if record is not None:
+        record["contexts"] = ctx
+    for s, c in enumerate(step_coefs(model, opts.t0, opts.stride)):
+        x0_map = torch.zeros_like(x)
+        count = torch.zeros_like(x)
+        for start in range(0, len(pos), opts.batch_size):
+            chunk = pos[start : start + opts.batch_size]
+            xw = torch.cat([x[:, :, i : i + LATENT, j : j + LATENT] for i, j in chunk])
+            eps = model_pred(model, xw, c.t, ctx[start : start + len(chunk)], opts.guidance, opts.t_offset, tracker)
+            x0w = x0hat(xw, eps, c.at)
+            for n, (i, j) in enumerate(chunk):
+                x0_map[:, :, i : i + LATENT, j : j + LATENT] += x0w[n : n + 1]
+                count[:, :, i : i + LATENT, j : j + LATENT] += 1
+        x0 = x0_map / count
+        at = c.at.to(dev)
+        eps = (x - at.sqrt() * x0) / (1 - at).sqrt()
+        z = noise(f"noise_s{s}_canvas", tuple(x.shape)).to(dev)
+        if record is not None:
+            record.setdefault("step_x0_canvas", []).append(x0)
+        x = noise_step(x0, eps, z, c, "r")
+    return canvas_to_tiles(x, e)
+
+
+__all__ = [
+    "GUIDE_MAGS",
+    "JointOptions",
+    "JointResult",
+    "Noise",
+    "PostOptions",
+    "RecordedNoise",
+    "canvas_to_tiles",
+    "decode_large",
+    "gaussian_kernel",
+    "joint_sample",
+    "postprocess",
+    "slerp",
+    "tiles_to_canvas",
+    "window_positions",
+]
