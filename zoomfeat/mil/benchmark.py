@@ -91,6 +91,43 @@ def _versions() -> dict[str, str]:
     }
 
 
+def _test_outputs(
+    bags: BagSet,
+    repeat: int,
+    fold: int,
+    test_idx: np.ndarray,
+    y: np.ndarray,
+    probs: np.ndarray,
+    atts: list[np.ndarray],
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """One fold's test results: prediction rows (:data:`PREDICTION_COLUMNS`) and, per slide, the
+    attention entry :func:`~zoomfeat.mil.report.write_attention` writes (``atts[k]``: (N_k,) logits)."""
+    rows, slides = [], {}
+    for k, i in enumerate(test_idx):
+        sid = bags.slide_ids[i]
+        rows.append(
+            {
+                "feature_set": bags.feature_set,
+                "repeat": repeat,
+                "fold": fold,
+                "slide_id": sid,
+                "case_id": bags.case_ids[i],
+                "label": int(y[k]),
+                "prob": float(probs[k]),
+                "pred": int(probs[k] >= 0.5),
+                "n_instances": int(bags.n_instances[i]),
+            }
+        )
+        slides[sid] = {
+            "attention_logits": atts[k],
+            "coords": bags.get_coords(i),
+            "label": int(y[k]),
+            "prob": float(probs[k]),
+            "case_id": bags.case_ids[i],
+        }
+    return rows, slides
+
+
 class Benchmark:
     """One benchmark run: :meth:`run` does steps 1-5 of the module docstring in order."""
 
@@ -261,29 +298,8 @@ class Benchmark:
         self.records.append(
             self._fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
         )
-        slides = {}
-        for k, i in enumerate(test_idx):
-            sid = bags.slide_ids[i]
-            self.predictions.append(
-                {
-                    "feature_set": fs,
-                    "repeat": repeat,
-                    "fold": fold,
-                    "slide_id": sid,
-                    "case_id": bags.case_ids[i],
-                    "label": int(y[k]),
-                    "prob": float(probs[k]),
-                    "pred": int(probs[k] >= 0.5),
-                    "n_instances": int(bags.n_instances[i]),
-                }
-            )
-            slides[sid] = {
-                "attention_logits": atts[k],
-                "coords": bags.get_coords(i),
-                "label": int(y[k]),
-                "prob": float(probs[k]),
-                "case_id": bags.case_ids[i],
-            }
+        rows, slides = _test_outputs(bags, repeat, fold, test_idx, y, probs, atts)
+        self.predictions += rows
         write_csv(pd.DataFrame(self.predictions, columns=list(PREDICTION_COLUMNS)), self.pred_path)
         if cfg.save_attention:
             write_attention(

@@ -107,6 +107,8 @@ def check_coverage(
 
 
 def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:
+    """Whether ``n_bytes`` fit in ``memory_fraction`` of the available RAM (bags on disk are
+    float32, so ``dtype`` needs about ``file bytes * itemsize / 4``)."""
     import psutil
 
     return n_bytes <= memory_fraction * psutil.virtual_memory().available
@@ -201,6 +203,33 @@ def _csv_has_header(path: Path, sep: str | None) -> bool:
     return not all(pd.api.types.is_number(v) for v in first.iloc[0, 2:].tolist())
 
 
+def _csv_column(columns: list, key: int | str, header: bool, path: Path, what: str) -> Any:
+    """The column named by ``key``: a position, or a name when the CSV has a header."""
+    if isinstance(key, int):
+        if key >= len(columns):
+            raise BagError(f"{path}: no column {key} for the {what} ({len(columns)} columns)")
+        return columns[key]
+    if not header or key not in columns:
+        raise BagError(f"{path}: no column {key!r} for the {what} (columns: {columns[:10]}...)")
+    return key
+
+
+def _cohort_from_csv(
+    table: pd.DataFrame, bag_ids: pd.Series, lab: Any, label_map: Mapping[Any, int] | None, path: Path
+) -> pd.DataFrame:
+    """Without a labels table: each bag's label is its instances' (constant) label; each bag is its own patient."""
+    per_bag = table.groupby(bag_ids)[lab].nunique()
+    mixed = per_bag[per_bag > 1].index.tolist()
+    if mixed:
+        raise BagError(
+            f"{path}: bag(s) {preview(mixed, 10)} have instances with different labels; column {lab} must be the bag label"
+        )
+    first = table.groupby(bag_ids, sort=False)[lab].first()
+    labels, _ = map_labels(first, label_map, None, str(path), str(lab))
+    keep = [b for b in dict.fromkeys(bag_ids) if not np.isnan(labels[b])]
+    return pd.DataFrame({"slide_id": keep, "case_id": keep, "label": [int(labels[b]) for b in keep]})
+
+
 def load_instance_csv(
     path: str | Path,
     feature_set: str = "instances",
@@ -215,7 +244,7 @@ def load_instance_csv(
 
     Without ``cohort`` the labels come from the CSV (constant within a bag) and every bag is
     its own patient; with it (a task labels table naming bag ids as slide ids) the CSV's
-    label column is ignored.
+    label column is ignored. Bags are held in memory as ``dtype``, in the cohort's order.
     """
     path = resolve_path(path)
     if not path.is_file():
@@ -225,52 +254,31 @@ def load_instance_csv(
         header = _csv_has_header(path, sep)
     table = _read_csv(path, sep=sep, header=0 if header else None)
     columns = list(table.columns)
-
-    def column(key: int | str, what: str):
-        if isinstance(key, int) and not header:
-            if key >= len(columns):
-                raise BagError(f"{path}: no column {key} for the {what} ({len(columns)} columns)")
-            return columns[key]
-        if isinstance(key, int):
-            return columns[key]
-        if key not in columns:
-            raise BagError(f"{path}: no column {key!r} for the {what} (columns: {columns[:10]}...)")
-        return key
-
-    lab, bag = column(label_col, "bag label"), column(bag_col, "bag id")
+    lab = _csv_column(columns, label_col, header, path, "bag label")
+    bag = _csv_column(columns, bag_col, header, path, "bag id")
     feat_cols = [c for c in columns if c not in (lab, bag)]
     non_numeric = [c for c in feat_cols if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
         raise BagError(f"{path}: feature column(s) {non_numeric[:5]} are not numeric")
     if not feat_cols:
         raise BagError(f"{path}: no feature columns after the label and bag id columns")
-    dtype = np.dtype(dtype)
     bag_ids = table[bag].map(
         lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
     )
-    features = table[feat_cols].to_numpy(dtype=np.float32)
-    order = list(dict.fromkeys(bag_ids))
-    rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in order}
+    rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in dict.fromkeys(bag_ids)}
     if cohort is None:
-        per_bag = table.groupby(bag_ids)[lab].nunique()
-        mixed = per_bag[per_bag > 1].index.tolist()
-        if mixed:
-            raise BagError(
-                f"{path}: bag(s) {preview(mixed, 10)} have instances with different labels; column {label_col} must be the bag label"
-            )
-        first = table.groupby(bag_ids, sort=False)[lab].first()
-        labels, names = map_labels(first, label_map, None, str(path), str(lab))
-        keep = [b for b in order if not np.isnan(labels[b])]
-        cohort = pd.DataFrame({"slide_id": keep, "case_id": keep, "label": [int(labels[b]) for b in keep]})
+        cohort = _cohort_from_csv(table, bag_ids, lab, label_map, path)
     else:
         lacking = [s for s in cohort["slide_id"] if s not in rows]
         if lacking:
             raise BagError(f"{len(lacking)} labelled bag(s) are not in {path}: {preview(lacking)}")
-        unlabelled = sorted(set(order) - set(cohort["slide_id"]))
+        unlabelled = sorted(set(rows) - set(cohort["slide_id"]))
         if unlabelled:
             warn(
                 f"{len(unlabelled)} bag(s) in {path} have no label and are ignored: {preview(unlabelled, 10)}"
             )
+    features = table[feat_cols].to_numpy(dtype=np.float32)
+    dtype = np.dtype(dtype)
     slide_ids = cohort["slide_id"].astype(str).tolist()
     return BagSet(
         feature_set=feature_set,
