@@ -56,7 +56,7 @@ def settings(model: str, **kw) -> dict:
         "allow_random_weights": True,
         "progress": False,
     }
-    return {**base, **kw}
+    return {**base, **kw}  # ExtractConfig.from_kwargs keywords (the command line's names)
 
 
 # ----------------------------------------------------------------------------------------------- 1
@@ -73,19 +73,22 @@ def _cpu_seconds() -> float:
 def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
     """Time the model calls alone on the slide's tiles, pre-loaded in memory, batched as the pipeline does."""
     from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions
+    from zoomfeat.features.slide_extraction import SlideExtraction
+    from zoomfeat.runtime.device import synchronize
+    from zoomfeat.runtime.units import CHILDREN_PER_SIDE
     from zoomfeat.slide import Slide, TileGrid
 
-    cfg = ex.cfg
+    cfg, models = ex.cfg, ex.models
     slide = Slide.open(slide_path)
-    grid = TileGrid.build(slide, tile_px=cfg.tile_px, min_tissue=cfg.min_tissue, progress=False)
-    ds = ParentRegions(slide, grid, NoiseSpec(cfg.seed, slide.slide_id, ex.latent_shape, cfg.ensemble))
+    grid = TileGrid.build(slide, tile_px=cfg.tile_px, min_tissue=cfg.tissue.min_tissue, progress=False)
+    noise_spec = NoiseSpec(cfg.seed, slide.slide_id, models.latent_shape, cfg.features.ensemble)
+    ds = ParentRegions(slide, grid, noise_spec)
     items = [ds[i] for i in range(len(ds))]  # everything read before the clock starts
     kept = grid.children.kept.reshape(-1, CHILDREN)
     images = torch.cat([torch.cat([it["children"], it["parent"][None]]) for it in items]).to(ex.device)
     bs = cfg.batch_size
-    sync = torch.cuda.synchronize if ex.device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    emb = torch.cat([ex.embed(images[i : i + bs]) for i in range(0, len(images), bs)]).view(
+    emb = torch.cat([models.embed(images[i : i + bs]) for i in range(0, len(images), bs)]).view(
         len(items), CHILDREN + 1, -1
     )
     # ZoomLDM items in pipeline order: kept children (mag 0) then the parent (mag 2), per parent
@@ -95,18 +98,21 @@ def models_only_seconds(ex, slide_path: Path) -> tuple[float, int]:
         for r, k in enumerate(rows):
             z_imgs.append(it["children"][k])
             grids.append(emb[i, k][:, None, None])
-            mags.append(ex.mag_index[0])
+            mags.append(SlideExtraction.MAG20)
             noise.append(it["noise20"][r])
         z_imgs.append(it["parent"])
-        grids.append(emb[i, :CHILDREN].reshape(4, 4, -1).permute(2, 0, 1))
-        mags.append(ex.mag_index[1])
+        side = CHILDREN_PER_SIDE
+        grids.append(emb[i, :CHILDREN].reshape(side, side, -1).permute(2, 0, 1))
+        mags.append(SlideExtraction.MAG5)
         noise.append(it["noise5"])
     n = len(z_imgs)
     for i in range(0, n, bs):
         sl = slice(i, min(n, i + bs))
-        ctx = ex.contexts([g[None] for g in grids[sl]], mags[sl])
-        ex.zoomldm_features(torch.stack(z_imgs[sl]).to(ex.device), ctx, torch.stack(noise[sl]).to(ex.device))
-    sync()
+        ctx = models.contexts([g[None] for g in grids[sl]], mags[sl])
+        models.zoomldm_features(
+            torch.stack(z_imgs[sl]).to(ex.device), ctx, torch.stack(noise[sl]).to(ex.device)
+        )
+    synchronize(ex.device)
     return time.perf_counter() - t0, n
 
 
@@ -125,7 +131,9 @@ def efficiency(
 
     exs = {
         w: Extractor(
-            ExtractConfig(**settings(model, batch_size=batch_size, num_workers=w, min_tissue=min_tissue))
+            ExtractConfig.from_kwargs(
+                **settings(model, batch_size=batch_size, num_workers=w, **{"tissue.min_tissue": min_tissue})
+            )
         )
         for w in workers
     }
@@ -246,7 +254,9 @@ def rss_child(slide: str, batch_size: int, num_workers: int) -> None:
     from zoomfeat.features.pipeline import Extractor
 
     ex = Extractor(
-        ExtractConfig(**settings("tiny", batch_size=batch_size, num_workers=num_workers, min_tissue=0.25))
+        ExtractConfig.from_kwargs(
+            **settings("tiny", batch_size=batch_size, num_workers=num_workers, **{"tissue.min_tissue": 0.25})
+        )
     )
     after_load = _vm_hwm_mb()
     me, peak_total, done = psutil.Process(), [0.0], threading.Event()

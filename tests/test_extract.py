@@ -188,8 +188,37 @@ def test_full_size_without_weights_is_a_clear_error(tmp_path, cmu_slide):
         f"out_dir={tmp_path}",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a user error stopping the run (1: slides failed)
     assert "zoomfeat extract: error: no ZoomLDM weights given" in proc.stderr
     assert "model.checkpoint=" in proc.stderr and "allow_random_weights=true" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_unknown_keys_and_missing_slides_are_one_line_errors(tmp_path):
+    """Exit 2 with one line for a key the config does not know or a path that does not exist;
+    exit 1 with the usage line when no slides are given at all."""
+    unknown = [
+        sys.executable,
+        "-m",
+        "zoomfeat.extract",
+        "demo=true",
+        f"out_dir={tmp_path}",
+        "+features.timestp=3",
+    ]
+    proc = subprocess.run(unknown, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "zoomfeat extract: error: extract: unknown setting 'features.timestp'" in proc.stderr
+    assert (
+        "known keys under features: timestep, taps, ensemble" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    missing = [sys.executable, "-m", "zoomfeat.extract", str(tmp_path / "nope.svs"), f"out_dir={tmp_path}"]
+    proc = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (
+        proc.returncode == 2 and "nope.svs does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    )
+    none = [sys.executable, "-m", "zoomfeat.extract", f"out_dir={tmp_path}"]
+    proc = subprocess.run(none, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no slides given. Usage: python -m zoomfeat.extract" in proc.stderr
     assert not list(tmp_path.rglob("*.h5"))

@@ -69,7 +69,9 @@ def test_changed_config_stops_the_run_before_any_work(reference_run, small_slide
     with pytest.raises(
         ConfigMismatchError, match=r"2 slide\(s\) already have bags.*timestep: 200 -> 250.*overwrite=true"
     ):
-        extract_slides(discover([small_slides]), out, ExtractConfig.from_kwargs(**tiny, **{"features.timestep": 250}))
+        extract_slides(
+            discover([small_slides]), out, ExtractConfig.from_kwargs(**tiny, **{"features.timestep": 250})
+        )
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("*.h5")}
     summary = extract_slides(discover([small_slides]), out, ExtractConfig.from_kwargs(**tiny, batch_size=5))
     assert [r.status for r in summary.results] == ["skipped", "skipped"] and summary.ok

@@ -63,15 +63,3 @@ class SlideLock:
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def __enter__(self) -> SlideLock:
-        if not self.acquire():
-            raise BlockingIOError(f"slide lock {self.path} is held by another process")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()

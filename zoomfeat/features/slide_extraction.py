@@ -102,6 +102,18 @@ class SlideExtraction:
         self.result: SlideResult | None = None  # made by step 1
         # model timings (seconds) of this slide, for benchmarks
         self.timings = {"uni": 0.0, "zoomldm": 0.0, "wait": 0.0}
+        # the state the steps share, set by the step named
+        self.slide = None  # 1: the open Slide
+        self.grid = None  # 3: the TileGrid
+        self.n_parents = 0  # 3: kept 5x parents P
+        self.kept: np.ndarray | None = None  # 4: bool (P, 16), kept children of each parent
+        self.items: dict[int, dict] = {}  # 4: loader items (tiles, noise) of parents in flight
+        self.states: dict[int, ParentState] = {}  # 4-7: results of parents in flight
+        self.queue_uni: deque[Piece] = deque()  # 4 -> 5
+        self.queue_zoomldm: deque[Piece] = deque()  # 5 -> 6
+        self.next_parent = 0  # 7: parents are fused and written strictly in order
+        self.rows: RowBuffer | None = None  # 7
+        self.pbar = None  # 4-7: tiles done
 
     def run(self) -> SlideResult:
         """Steps 1 to 8; returns the :class:`SlideResult` (``done``, ``skipped`` or ``locked``)."""
@@ -195,12 +207,7 @@ class SlideExtraction:
 
         cfg, dev, P = self.cfg, self.device, self.n_parents
         self.kept = self.grid.children.kept.reshape(P, CHILDREN)
-        self.queue_uni: deque[Piece] = deque()
-        self.queue_zoomldm: deque[Piece] = deque()
-        self.states: dict[int, ParentState] = {}
-        self.items: dict[int, dict] = {}
         self.rows = RowBuffer(writer)
-        self.next_parent = 0  # parents are written strictly in order
         self.ex.timings = self.timings
         noise = NoiseSpec(cfg.seed, self.slide.slide_id, self.models.latent_shape, cfg.features.ensemble)
         loader = parent_loader(

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime.units import (
     BASE_MAG,
@@ -114,10 +115,6 @@ class TileGrid:
     @property
     def target_mpp(self) -> float:
         return UM_TIMES_MAG / self.mag
-
-    @property
-    def parent_target_mpp(self) -> float:
-        return UM_TIMES_MAG / self.parent_mag
 
     @property
     def parent_size_level0(self) -> float:
@@ -339,6 +336,6 @@ class TileGrid:
         from PIL import Image
 
         path = Path(png_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.overlay(slide, max_px=max_px)).save(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(self.overlay(slide, max_px=max_px)).save(tmp, format="PNG")
         return path

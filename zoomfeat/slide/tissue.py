@@ -23,7 +23,6 @@ geometry; :meth:`TissueMask.fraction` gives the tissue fraction of level-0 boxes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -79,15 +78,6 @@ class TissueMask:
     def overlay(self, alpha: float = 0.35) -> np.ndarray:
         """The thumbnail with tissue tinted green and its outline drawn (RGB uint8)."""
         return overlay_mask(self.thumbnail, self.mask, alpha)
-
-    def save_png(self, path: str | Path) -> Path:
-        """Save :meth:`overlay` as a PNG; returns the path."""
-        from PIL import Image
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.overlay()).save(path)
-        return path
 
 
 def overlay_mask(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.ndarray:
