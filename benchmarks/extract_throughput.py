@@ -4,7 +4,7 @@
     python benchmarks/extract_throughput.py --skip-full     # tiny only
     python benchmarks/extract_throughput.py --json out.json
 
-Figures (DESIGN.md "Performance budget"):
+Figures (the pipeline of docs/ARCHITECTURE.md, "Data flow"; targets below):
 
 1. Pipeline efficiency: end-to-end tiles/s of ``Extractor.extract`` on a synthetic slide (slide
    opening, tissue detection, reading regions in DataLoader workers, UNI, Summarizer, VQ, UNet,

@@ -7,6 +7,7 @@ import pytest
 
 from zoomfeat.bags import FEATURE_SET_MAG, bag_is_complete, open_bag
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries, slide_outputs
+from zoomfeat.runtime.atomic import tmp_name
 
 ATTRS20 = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
            "overlap": 0, "name": "s", "level0_width": 4096, "level0_height": 4096}  # fmt: skip
@@ -70,3 +71,8 @@ def test_stale_temporaries_are_removed(tmp_path):
     keep.write_bytes(b"another slide's")
     assert remove_stale_temporaries(paths) == [stale]
     assert keep.exists()
+    # what this process's atomic writes leave when killed is recognised too (runtime.atomic.tmp_name)
+    ours = tmp_name(paths["zoomldm_20x"])
+    ours.parent.mkdir(parents=True)
+    ours.write_bytes(b"killed mid-write")
+    assert remove_stale_temporaries(paths) == [ours] and not ours.exists()

@@ -43,6 +43,7 @@ from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_lo
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.outputs import bag_attrs, set_attrs
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
+from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
 
@@ -148,6 +149,7 @@ class SlideExtraction:
         recomputation); bags from another config raise unless ``overwrite=true``.
         """
         sid = self.slide.slide_id
+        ensure_dir(self.out_dir)  # an OutputError naming it when it cannot be written
         if self.ex.check_reusable(self.out_dir, sid) == "complete":
             self.result.status, self.result.paths = "skipped", self.ex.outputs(self.out_dir, sid)
             return False

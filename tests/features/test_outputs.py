@@ -1,0 +1,51 @@
+"""zoomfeat.features.outputs: existing bags are reused, refused (with the recipe diff) or completed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from zoomfeat.bags import write_patches
+from zoomfeat.features.outputs import output_state, recipe_diff, set_attrs
+from zoomfeat.features.writer import slide_outputs
+
+COORDS = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
+          "overlap": 0, "name": "s", "level0_width": 1024, "level0_height": 1024}  # fmt: skip
+RECIPE = {"timestep": 200, "taps": ["middle_block"], "seed": 0}
+
+
+def _write(path, config_hash, recipe=RECIPE):
+    write_patches(path, np.zeros((1, 2)), COORDS, {"config_hash": config_hash, "recipe": json.dumps(recipe)})
+
+
+def test_states_of_a_slides_outputs(tmp_path):
+    paths = slide_outputs(tmp_path, "s")
+    assert output_state(paths, "h1", RECIPE) == ("absent", "")
+    names = list(paths)
+    _write(paths[names[0]], "h1")
+    assert output_state(paths, "h1", RECIPE) == ("partial", "")
+    for name in names[1:]:
+        _write(paths[name], "h1")
+    assert output_state(paths, "h1", RECIPE) == ("complete", "")
+    state, detail = output_state(paths, "h2", {**RECIPE, "timestep": 300})
+    assert state == "mismatch" and detail == "timestep: 200 -> 300"
+    paths[names[1]].write_bytes(b"not hdf5")  # unreadable: never reused
+    assert output_state(paths, "h1", RECIPE)[0] == "mismatch"
+
+
+def test_recipe_diff_names_each_changed_key_or_the_foreign_writer():
+    old = {"recipe": json.dumps(RECIPE), "config_hash": "h1"}
+    assert (
+        recipe_diff(old, "h2", {**RECIPE, "seed": 1, "taps": ["a"]})
+        == "seed: 0 -> 1; taps: ['middle_block'] -> ['a']"
+    )
+    assert "another tool or version (config hash x vs h2)" in recipe_diff({"config_hash": "x"}, "h2", RECIPE)
+
+
+def test_fused_sets_record_their_split():
+    attrs = set_attrs("tiny", "tiny", {"zoomldm_20x": 96, "uni_20x": 32})
+    assert (
+        json.loads(attrs["zoomldm_fused"]["split"]) == [96, 96]
+        and attrs["uni_5x"]["target_magnification"] == 5
+    )
