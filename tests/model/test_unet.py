@@ -159,6 +159,14 @@ def test_taps_equal_diffusers_forward_hooks(golden_model, golden_io):
         assert torch.equal(taps[name], seen[name]), name
 
 
+def test_iter_blocks_yields_every_official_block_in_order(golden_model, golden_io):
+    x, t, c = golden_io["x_t_999"][:1], golden_io["t_999"][:1], golden_io["cond_unet"][:1]
+    with torch.no_grad():
+        _, emb = unet_mod.time_embedding(golden_model.unet, x, t)
+        names = [name for name, _ in unet_mod.iter_blocks(golden_model.unet, x, emb, c)]
+    assert names == golden_model.block_names
+
+
 def test_forward_stops_after_deepest_tap(golden_model, golden_io):
     unet = golden_model.unet
     calls: list[str] = []

@@ -10,13 +10,14 @@ The official ``openaimodel.UNetModel`` maps exactly onto ``UNet2DConditionModel`
 * ``output_blocks.{b*(R+1) + j}`` for up block b (the last one of each up block includes its
   upsampler).
 
-:func:`forward_taps` runs the same sub-modules as ``UNet2DConditionModel.forward`` one official
-block at a time and returns as soon as the deepest requested block has run: the rest of the
-network is never computed.
+:func:`iter_blocks` runs the same sub-modules as ``UNet2DConditionModel.forward`` one official
+block at a time (a generator); :func:`forward_taps` stops it as soon as the deepest requested
+block has run: the rest of the network is never computed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -185,27 +186,26 @@ def time_embedding(
     return t_emb, unet.time_embedding(t_emb, None)
 
 
-def forward_taps(
-    unet: UNet2DConditionModel,
-    sample: torch.Tensor,
-    timestep: int | torch.Tensor,
-    context: torch.Tensor,
-    names: list[str],
-) -> dict[str, torch.Tensor]:
-    """Outputs of the named official blocks; returns right after the deepest one has run."""
-    want = set(names)
-    found: dict[str, torch.Tensor] = {}
+def iter_blocks(
+    unet: UNet2DConditionModel, sample: torch.Tensor, emb: torch.Tensor, context: torch.Tensor
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Run ``unet`` one official block at a time, yielding ``(official name, output)`` in order.
 
-    def keep(name: str, h: torch.Tensor) -> bool:
-        if name in want:
-            found[name] = h
-        return len(found) == len(want)
+    The same sub-modules, in the same order, as ``UNet2DConditionModel.forward``; a consumer that
+    stops iterating stops the forward (nothing after the last block it took is computed).
 
-    _, emb = time_embedding(unet, sample, timestep)
+    Args:
+        unet: the diffusers UNet. sample: latent [B, C, h, w]. emb: time embedding [B, E]
+            (:func:`time_embedding`). context: cross-attention context [B, tokens, D].
+
+    Yields:
+        ``("input_blocks.0", [B, C0, h, w])`` ... ``("output_blocks.{last}", ...)``; the input
+        blocks' outputs are the skips the output blocks concatenate.
+    """
+    # 1. input blocks: conv_in, then per level its resnets (+ transformers) and its downsampler
     h = unet.conv_in(sample)
     skips = [h]
-    if keep("input_blocks.0", h):
-        return {n: found[n] for n in names}
+    yield "input_blocks.0", h
     idx = 1
     for down in unet.down_blocks:
         attns = getattr(down, "attentions", None) if getattr(down, "has_cross_attention", False) else None
@@ -214,21 +214,20 @@ def forward_taps(
             if attns is not None:
                 h = attns[j](h, encoder_hidden_states=context, return_dict=False)[0]
             skips.append(h)
-            if keep(f"input_blocks.{idx}", h):
-                return {n: found[n] for n in names}
+            yield f"input_blocks.{idx}", h
             idx += 1
         if down.downsamplers is not None:
             for ds in down.downsamplers:
                 h = ds(h)
             skips.append(h)
-            if keep(f"input_blocks.{idx}", h):
-                return {n: found[n] for n in names}
+            yield f"input_blocks.{idx}", h
             idx += 1
 
+    # 2. middle block: resnet, transformer, resnet
     h = unet.mid_block(h, emb, encoder_hidden_states=context)
-    if keep("middle_block", h):
-        return {n: found[n] for n in names}
+    yield "middle_block", h
 
+    # 3. output blocks: [h, skip] -> resnet (+ transformer); the last of a level upsamples
     up_factor = 2**unet.num_upsamplers
     forward_upsample_size = any(d % up_factor for d in sample.shape[-2:])
     idx = 0
@@ -246,7 +245,32 @@ def forward_taps(
             if j == n_res - 1 and up.upsamplers is not None:
                 for us in up.upsamplers:
                     h = us(h, upsample_size)
-            if keep(f"output_blocks.{idx}", h):
-                return {n: found[n] for n in names}
+            yield f"output_blocks.{idx}", h
             idx += 1
+
+
+def forward_taps(
+    unet: UNet2DConditionModel,
+    sample: torch.Tensor,
+    timestep: int | torch.Tensor,
+    context: torch.Tensor,
+    names: list[str],
+) -> dict[str, torch.Tensor]:
+    """Outputs of the named official blocks; returns right after the deepest one has run.
+
+    Args:
+        unet: the diffusers UNet. sample: latent [B, C, h, w]. timestep: int or LongTensor [B].
+        context: [B, tokens, D]. names: official block names (checked by :func:`check_tap_names`).
+
+    Returns:
+        ``{name: [B, C_name, h_name, w_name]}`` in the order of ``names``.
+    """
+    want = set(names)
+    found: dict[str, torch.Tensor] = {}
+    _, emb = time_embedding(unet, sample, timestep)
+    for name, h in iter_blocks(unet, sample, emb, context):
+        if name in want:
+            found[name] = h
+            if len(found) == len(want):
+                return {n: found[n] for n in names}
     raise AssertionError(f"taps {sorted(want - set(found))} were not produced")  # pragma: no cover
