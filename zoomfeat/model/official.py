@@ -235,8 +235,15 @@ def to_official_state_dict(
 ) -> OrderedDict[str, torch.Tensor]:
     """The model as a flat state_dict in the released layout (and order).
 
-    ``ema_unet_state``: the EMA UNet weights under the native (diffusers) UNet names, e.g. the
-    trainer's EMA copy; when None the live UNet weights also fill the ``model_ema.*`` entries.
+    Args:
+        model: a ZoomLDM (any device, the meta device included).
+        ema_unet_state: the EMA UNet weights under the native (diffusers) UNet names, e.g. the
+            trainer's EMA copy; None: the live UNet weights also fill the ``model_ema.*`` entries.
+        ema_decay, ema_num_updates: the ``model_ema.decay`` / ``model_ema.num_updates`` scalars.
+
+    Returns:
+        ``{official name: tensor}``: 12 schedule buffers, the live UNet, the EMA bookkeeping and
+        copy, the VQ (mid-attention weights as 1x1 convs) and the summarizer.
     """
     unet_sd = model.unet.state_dict()
     if ema_unet_state is not None:
@@ -283,8 +290,18 @@ def convert_official_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Official flat state_dict -> native ZoomLDM state_dict (``unet.*``, ``vq.*``, ``summarizer.*``).
 
-    Validates the key set first (missing / unexpected / misshapen keys are named); with
-    ``ema=False`` the ``model_ema.*`` group may be absent.  Schedule buffers must match the config.
+    Args:
+        sd: the official ``{name: tensor}`` (meta tensors allowed, except the schedule buffers).
+        model: the ZoomLDM whose architecture the weights must fit (typically on the meta device).
+        ema: take the UNet from the ``model_ema.*`` copy (True) or the live ``model.diffusion_model.*``.
+        source: the file named in error messages.
+
+    Returns:
+        The native state_dict (tensors shared with ``sd`` where no reshaping is needed).
+
+    Raises:
+        WeightsError: missing / unexpected / misshapen keys (all named; with ``ema=False`` the
+            ``model_ema.*`` group may be absent), or schedule buffers that differ from the config's.
     """
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
 
