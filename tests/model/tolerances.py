@@ -28,10 +28,10 @@ product has length ``n``::
 
     atol = k * EPS32 * max|ref| * sqrt(n * D)
 
-Measured against this bound (``k = 2``), every golden comparison uses at most 0.1 of it on the
-Intel Xeon of the CI machine, and the AMD EPYC failure of issue 9 (``input_blocks.2`` off by
-2.15e-6, bound 2.6e-5) uses 0.08; scaling a single weight tensor by 1 + 1e-3 exceeds it 20-100
-times.
+Measured against this bound (``k = 2``), every golden comparison uses at most 0.1 of it on an
+Intel Xeon (2.8 GHz, 1 and 2 threads), and the AMD EPYC failure of issue 9 (``input_blocks.2``
+off by 2.15e-6, bound 2.6e-5) uses 0.08; scaling a single weight tensor by 1 + 1e-3 exceeds it
+20 times (eps) to several hundred times (the block holding the weight).
 """
 
 from __future__ import annotations
