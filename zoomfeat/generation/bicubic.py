@@ -93,7 +93,9 @@ class Resizer(nn.Module):
             raise ConfigError(f"Resizer: in_shape must be [B, C, H, W], got {in_shape}")
         sf = [float(scale_factor)] * 2 if np.isscalar(scale_factor) else [float(v) for v in scale_factor]
         if len(sf) != 2 or min(sf) <= 0:
-            raise ConfigError(f"Resizer: scale_factor must be positive (one value or two), got {scale_factor}")
+            raise ConfigError(
+                f"Resizer: scale_factor must be positive (one value or two), got {scale_factor}"
+            )
         scales = [1.0, 1.0, *sf]
         self.in_shape = in_shape
         self.out_shape = [in_shape[0], in_shape[1]] + [
@@ -111,7 +113,9 @@ class Resizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or list(x.shape[2:]) != self.in_shape[2:]:
-            raise ValueError(f"Resizer built for [*, *, {self.in_shape[2]}, {self.in_shape[3]}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"Resizer built for [*, *, {self.in_shape[2]}, {self.in_shape[3]}], got {tuple(x.shape)}"
+            )
         for d, fov, w in zip(self.sorted_dims, self.field_of_view, self.weights):
             x = torch.transpose(x, d, 0)
             x = torch.sum(x[fov.to(x.device)] * w.to(x.device, x.dtype), dim=0)

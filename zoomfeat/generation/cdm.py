@@ -195,7 +195,9 @@ class DiT(nn.Module):
         """``DiT.variant("B")`` (also ``"DiT-B"``): the official sizes (spec 5.2)."""
         key = name.upper().removeprefix("DIT-")
         if key not in VARIANTS:
-            raise ConfigError(f"unknown DiT variant {name!r}: use one of {', '.join('DiT-' + v for v in VARIANTS)}")
+            raise ConfigError(
+                f"unknown DiT variant {name!r}: use one of {', '.join('DiT-' + v for v in VARIANTS)}"
+            )
         depth, hidden, heads = VARIANTS[key]
         return cls(in_channels=in_channels, hidden_size=hidden, depth=depth, num_heads=heads, **kwargs)
 
@@ -223,7 +225,9 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.in_channels or x.shape[2] != self.num_tokens:
-            raise ValueError(f"CDM input must be [B, {self.in_channels}, {self.num_tokens}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"CDM input must be [B, {self.in_channels}, {self.num_tokens}], got {tuple(x.shape)}"
+            )
         h = self.x_embedder(x.transpose(1, 2)) + self.pos_embed
         c = self.t_embedder(t) + self.y_embedder(y)
         for block in self.blocks:
@@ -234,7 +238,9 @@ class DiT(nn.Module):
         return self.final_layer(h, c).transpose(1, 2)
 
 
-def load_cdm(path: str | Path, variant: str = "B", in_channels: int = 512, prefer: str = "ema", **kwargs: Any) -> DiT:
+def load_cdm(
+    path: str | Path, variant: str = "B", in_channels: int = 512, prefer: str = "ema", **kwargs: Any
+) -> DiT:
     """A DiT with weights from ``path``: a bare state_dict or a checkpoint holding ``ema`` (or ``model``).
 
     ``prefer``: ``"ema"`` (default; the official sampling uses ``sd["ema"]``) or ``"model"``.
@@ -249,7 +255,9 @@ def load_cdm(path: str | Path, variant: str = "B", in_channels: int = 512, prefe
     expected = model.state_dict()
     lines = key_mismatch_lines(sd, expected)
     if lines:
-        raise WeightsError(f"{path}: not a DiT-{variant.upper().removeprefix('DIT-')} CDM state_dict:\n" + "\n".join(lines))
+        raise WeightsError(
+            f"{path}: not a DiT-{variant.upper().removeprefix('DIT-')} CDM state_dict:\n" + "\n".join(lines)
+        )
     model.load_state_dict(sd)
     return model.eval()
 
@@ -262,7 +270,9 @@ def cosine_betas(steps: int = 1000, max_beta: float = 0.999) -> np.ndarray:
     def abar(s: float) -> float:
         return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    return np.array([min(1 - abar((i + 1) / steps) / abar(i / steps), max_beta) for i in range(steps)], dtype=np.float64)
+    return np.array(
+        [min(1 - abar((i + 1) / steps) / abar(i / steps), max_beta) for i in range(steps)], dtype=np.float64
+    )
 
 
 def space_timesteps(num_timesteps: int, count: int) -> list[int]:
@@ -287,7 +297,9 @@ def _extract(arr: np.ndarray, t: torch.Tensor, shape: tuple[int, ...]) -> torch.
 class CDMDiffusion:
     """Gaussian diffusion with x0-prediction and learned-range variance, optionally respaced."""
 
-    def __init__(self, betas: np.ndarray | None = None, respacing: int | None = None, num_timesteps: int = 1000):
+    def __init__(
+        self, betas: np.ndarray | None = None, respacing: int | None = None, num_timesteps: int = 1000
+    ):
         base = cosine_betas(num_timesteps) if betas is None else np.asarray(betas, dtype=np.float64)
         self.timestep_map = np.arange(len(base))
         if respacing is not None:
@@ -313,7 +325,9 @@ class CDMDiffusion:
         self.sqrt_recipm1_alphas_cumprod = np.sqrt(1.0 / ac - 1)
         pv = b * (1.0 - acp) / (1.0 - ac)
         self.posterior_variance = pv
-        self.posterior_log_variance_clipped = np.log(np.append(pv[1], pv[1:])) if len(pv) > 1 else np.array([])
+        self.posterior_log_variance_clipped = (
+            np.log(np.append(pv[1], pv[1:])) if len(pv) > 1 else np.array([])
+        )
         self.posterior_mean_coef1 = b * np.sqrt(acp) / (1.0 - ac)
         self.posterior_mean_coef2 = (1.0 - acp) * np.sqrt(alphas) / (1.0 - ac)
 
@@ -322,15 +336,21 @@ class CDMDiffusion:
         return torch.as_tensor(self.timestep_map, device=t.device, dtype=torch.long)[t]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return _extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0 + _extract(
-            self.sqrt_one_minus_alphas_cumprod, t, x0.shape
-        ) * noise
+        return (
+            _extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
+            + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+        )
 
     def q_posterior(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor):
-        mean = _extract(self.posterior_mean_coef1, t, xt.shape) * x0 + _extract(self.posterior_mean_coef2, t, xt.shape) * xt
+        mean = (
+            _extract(self.posterior_mean_coef1, t, xt.shape) * x0
+            + _extract(self.posterior_mean_coef2, t, xt.shape) * xt
+        )
         return mean, _extract(self.posterior_log_variance_clipped, t, xt.shape)
 
-    def p_mean_variance(self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def p_mean_variance(
+        self, out: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         c = xt.shape[1]
         x0, v = torch.split(out, c, dim=1)
         min_log = _extract(self.posterior_log_variance_clipped, t, xt.shape)
@@ -341,7 +361,12 @@ class CDMDiffusion:
         return {"mean": mean, "log_variance": log_var, "pred_xstart": x0}
 
     def training_losses(
-        self, model: Callable[..., torch.Tensor], x0: torch.Tensor, t: torch.Tensor, y: torch.Tensor, noise: torch.Tensor
+        self,
+        model: Callable[..., torch.Tensor],
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """loss = mse + vb (official MSE loss with learned-range variance; one model call)."""
         xt = self.q_sample(x0, t, noise)
@@ -391,7 +416,9 @@ class CDMDiffusion:
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2)
+    )
 
 
 def _approx_std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -408,7 +435,9 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     delta = cdf_plus - cdf_min
     return torch.where(
-        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(delta.clamp(min=1e-12)))
+        x < -0.999,
+        log_cdf_plus,
+        torch.where(x > 0.999, log_one_minus_cdf_min, torch.log(delta.clamp(min=1e-12))),
     )
 
 
@@ -475,7 +504,9 @@ def train_cdm(
     dev = next(cdm.parameters()).device
     diffusion = CDMDiffusion()
     ema = copy.deepcopy(cdm).requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in cdm.parameters() if p.requires_grad], lr=opts.lr, weight_decay=opts.weight_decay)
+    opt = torch.optim.AdamW(
+        [p for p in cdm.parameters() if p.requires_grad], lr=opts.lr, weight_decay=opts.weight_decay
+    )
     step = 0
     if state is not None:
         cdm.load_state_dict(state["model"])

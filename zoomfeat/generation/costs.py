@@ -68,7 +68,10 @@ def joint_counts(e: int, steps: int, k: int, guidance: float = 2.0) -> Counts:
     calls = steps * (1 + n * (1 + 2 * k))
     per = 1 if guidance == 0 else 2
     return Counts(
-        unet=per * calls, model_pred=calls, vq_decode=steps * (1 + n * k), vq_encode=steps * n * 2 * k,
+        unet=per * calls,
+        model_pred=calls,
+        vq_decode=steps * (1 + n * k),
+        vq_encode=steps * n * 2 * k,
         summarizer=n + 1,
     )
 
@@ -88,8 +91,12 @@ def superres_counts(e: int, steps: int, k: int, inversion_steps: int, guidance: 
     calls = steps * n * (1 + 2 * k)
     per = 1 if guidance == 0 else 2
     return Counts(
-        unet=per * calls + inversion_steps, unet_backward=inversion_steps, model_pred=calls,
-        vq_decode=steps * n * k, vq_encode=steps * n * 2 * k + 1, summarizer=inversion_steps + n,
+        unet=per * calls + inversion_steps,
+        unet_backward=inversion_steps,
+        model_pred=calls,
+        vq_decode=steps * n * k,
+        vq_encode=steps * n * 2 * k + 1,
+        summarizer=inversion_steps + n,
     )
 
 

@@ -99,7 +99,9 @@ def model_pred(
             return unet_eps(model, x, tt, context).float()
         if tracker is not None:
             tracker.unet(2 * b)
-        e = unet_eps(model, torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([context, torch.zeros_like(context)]))
+        e = unet_eps(
+            model, torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([context, torch.zeros_like(context)])
+        )
         e_c, e_u = e.float().chunk(2)
         return cfg_large(e_c, e_u, w)
 

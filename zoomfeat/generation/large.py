@@ -257,7 +257,9 @@ class JointOptions:
 
     def __post_init__(self):
         if self.noise_term not in NOISE_TERMS:
-            raise ConfigError(f"noise_term={self.noise_term!r}: use 'c' (sqrt(1-abar_p)) or 'r' (minus btilde)")
+            raise ConfigError(
+                f"noise_term={self.noise_term!r}: use 'c' (sqrt(1-abar_p)) or 'r' (minus btilde)"
+            )
         if self.n_steps < 0 or self.batch_size < 1 or self.h <= 0:
             raise ConfigError("n_steps must be >= 0, batch_size >= 1 and h > 0")
 
@@ -302,7 +304,15 @@ def constrained_tiles(
         eps = model_pred(model, x, t, conds, w, opts.t_offset, tracker)
         x0 = x0hat(x, eps, c.at)
         if record is not None:
-            for name, v in (("r", r), ("dz", dz), ("d", d), ("x", x), ("maxabs_r", mr), ("maxabs_dz", mdz), ("maxabs_d", md)):
+            for name, v in (
+                ("r", r),
+                ("dz", dz),
+                ("d", d),
+                ("x", x),
+                ("maxabs_r", mr),
+                ("maxabs_dz", mdz),
+                ("maxabs_d", md),
+            ):
                 record.setdefault(f"{name}{tag}_k{k}", []).append(v)
     return x, x0, eps
 
@@ -351,7 +361,9 @@ def joint_sample(
     noise = noise or Noise(device=model.device)
     e = guide_grid_side(int(guide_mag))
     if ssl_grid.ndim != 3 or tuple(ssl_grid.shape[1:]) != (e, e):
-        raise ConfigError(f"a {20 / 2**guide_mag:g}x guide needs a [C, {e}, {e}] 20x SSL grid, got {tuple(ssl_grid.shape)}")
+        raise ConfigError(
+            f"a {20 / 2**guide_mag:g}x guide needs a [C, {e}, {e}] 20x SSL grid, got {tuple(ssl_grid.shape)}"
+        )
     dev = model.device
     n = e * e
     ssl_grid = ssl_grid.float().to(dev)
@@ -375,7 +387,15 @@ def joint_sample(
         for start in range(0, n, opts.batch_size):
             sl = slice(start, start + opts.batch_size)
             xc, x0c, epsc = constrained_tiles(
-                model, x[sl], cond_tiles[sl], targets[sl], c, opts, down, up, tracker,
+                model,
+                x[sl],
+                cond_tiles[sl],
+                targets[sl],
+                c,
+                opts,
+                down,
+                up,
+                tracker,
                 record if record is not None and s == 0 else None,
             )
             x_all.append(xc)
@@ -440,7 +460,12 @@ class PostOptions:
 
 
 def window_contexts(
-    model, ssl_grid: torch.Tensor, positions: list[tuple[int, int]], chunk: int = 64, tracker=None, record=None
+    model,
+    ssl_grid: torch.Tensor,
+    positions: list[tuple[int, int]],
+    chunk: int = 64,
+    tracker=None,
+    record=None,
 ) -> torch.Tensor:
     """Per-window contexts [W, 65, D]: slerp-interpolated raw embedding, standardised (no eps), mag 0."""
     grid = ssl_grid.detach().float().cpu().numpy()
@@ -474,7 +499,9 @@ def postprocess(
     noise = noise or Noise(device=model.device)
     e = int(round(math.sqrt(tiles.shape[0])))
     if e * e != tiles.shape[0] or tuple(ssl_grid.shape[1:]) != (e, e):
-        raise ConfigError(f"{tiles.shape[0]} tiles need a square grid and an SSL grid [C, e, e], got {tuple(ssl_grid.shape)}")
+        raise ConfigError(
+            f"{tiles.shape[0]} tiles need a square grid and an SSL grid [C, e, e], got {tuple(ssl_grid.shape)}"
+        )
     dev = model.device
     ac = model.schedule.alphas_cumprod.detach().cpu().float()
     a0 = ac[opts.t0 - 1].to(dev)
@@ -491,7 +518,9 @@ def postprocess(
         for start in range(0, len(pos), opts.batch_size):
             chunk = pos[start : start + opts.batch_size]
             xw = torch.cat([x[:, :, i : i + LATENT, j : j + LATENT] for i, j in chunk])
-            eps = model_pred(model, xw, c.t, ctx[start : start + len(chunk)], opts.guidance, opts.t_offset, tracker)
+            eps = model_pred(
+                model, xw, c.t, ctx[start : start + len(chunk)], opts.guidance, opts.t_offset, tracker
+            )
             x0w = x0hat(xw, eps, c.at)
             for n, (i, j) in enumerate(chunk):
                 x0_map[:, :, i : i + LATENT, j : j + LATENT] += x0w[n : n + 1]

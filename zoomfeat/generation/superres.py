@@ -103,7 +103,9 @@ def invert_condition(
     """
     opts = opts or InversionOptions()
     if int(mag) not in SUPERRES_MAGS:
-        raise ConfigError(f"super-resolution input magnification index {mag}: use 1 (10x), 2 (5x) or 3 (2.5x)")
+        raise ConfigError(
+            f"super-resolution input magnification index {mag}: use 1 (10x), 2 (5x) or 3 (2.5x)"
+        )
     e = guide_grid_side(int(mag))
     dev = model.device
     noise = noise or Noise(device=dev)
@@ -135,7 +137,14 @@ def invert_condition(
             optim.zero_grad()
             loss.backward()
             if record:
-                for k, v in (("loss", loss), ("loss_mse", mse), ("loss_sim", sim), ("grad", F.grad), ("pred_eps", pred), ("at", at)):
+                for k, v in (
+                    ("loss", loss),
+                    ("loss_mse", mse),
+                    ("loss_sim", sim),
+                    ("grad", F.grad),
+                    ("pred_eps", pred),
+                    ("at", at),
+                ):
                     hist.setdefault(k, []).append(v.detach().clone())
             optim.step()
             if record:
@@ -178,7 +187,9 @@ def constrained_superres(
         x0s, epss = [], []
         for start in range(0, n, opts.batch_size):
             sl = slice(start, start + opts.batch_size)
-            _, x0c, epsc = constrained_tiles(model, x[sl], contexts[sl].to(dev), targets[sl], c, opts, down, up, tracker)
+            _, x0c, epsc = constrained_tiles(
+                model, x[sl], contexts[sl].to(dev), targets[sl], c, opts, down, up, tracker
+            )
             x0s.append(x0c)
             epss.append(epsc)
         z = noise(f"z20x_s{s}", tuple(x.shape)).to(dev)

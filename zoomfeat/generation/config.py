@@ -1,0 +1,191 @@
+"""``conf/generate.yaml`` as a dataclass (the YAML *is* this dataclass; unknown keys are refused).
+
+Sections: ``model`` (the Hydra group ``conf/model/*.yaml``), ``encoder`` (``conf/encoder/*.yaml``),
+``region`` (where on the slide the reference/guide comes from), ``patch``, ``large``, ``post``
+(seam post-processing), ``superres``, ``cdm``. Defaults are the official notebooks' (spec 2.4,
+3.3, 5.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from zoomfeat.runtime.config import check
+from zoomfeat.runtime.device import PRECISIONS
+from zoomfeat.runtime.units import mag_index
+
+MODES = ("patch", "large", "superres")
+ARCH_SECTIONS = ("unet", "vq", "summarizer", "diffusion")
+
+
+@dataclass
+class ModelSection:
+    """``conf/model/{name}.yaml``: the ZoomLDM architecture and its weights."""
+
+    name: str = "zoomldm_brca"
+    checkpoint: str | None = None
+    unet: dict[str, Any] = field(default_factory=dict)
+    vq: dict[str, Any] = field(default_factory=dict)
+    summarizer: dict[str, Any] = field(default_factory=dict)
+    diffusion: dict[str, Any] = field(default_factory=dict)
+
+    def source(self) -> str | dict[str, Any]:
+        sections = {k: dict(getattr(self, k)) for k in ARCH_SECTIONS if getattr(self, k)}
+        return {"name": self.name, **sections} if sections else self.name
+
+
+@dataclass
+class EncoderSection:
+    name: str = "uni"
+    checkpoint: str | None = None
+
+
+@dataclass
+class RegionSection:
+    #: level-0 x, y of the region's top-left corner
+    x0: float = 0.0
+    y0: float = 0.0
+    #: magnification of the reference patch (patch mode) or of the guide (large mode): 10x, 5x, 2.5x, 1.25x ...
+    mag: str = "5x"
+
+    def index(self) -> int:
+        try:
+            return int(mag_index(float(str(self.mag).lower().rstrip("x"))))
+        except ValueError as err:
+            from zoomfeat.runtime.errors import ConfigError
+
+            raise ConfigError(f"region.mag={self.mag!r}: {err}") from None
+
+
+@dataclass
+class PatchSection:
+    count: int = 4
+    steps: int = 50
+    sampler: str = "plms"
+    #: sampler convention e_u + s (e_c - e_u)
+    guidance: float = 2.0
+    #: slide (the region's UNI grid) | cdm (CDM-sampled contexts; needs cdm.checkpoint)
+    source: str = "slide"
+
+
+@dataclass
+class LargeSection:
+    t0: int = 1000
+    stride: int = 50
+    n_steps: int = 10
+    h: float = 0.005
+    lr: float = 0.5
+    #: large-image convention (w + 1) e_c - w e_u (w = 2 is s = 3)
+    guidance: float = 2.0
+    batch_size: int = 16
+    #: c: sqrt(1 - abar_p) ([C] notebook) | r: sqrt(1 - abar_p - btilde) ([R] post-processing, [F])
+    noise_term: str = "c"
+    #: dataloader: standardise per position (pool the guide to 8x8 first) | raw: as loaded ([C])
+    ssl_norm: str = "dataloader"
+    #: 0: UNet fed t, schedule at t-1 (official); 1: UNet fed t-1
+    t_offset: int = 0
+    decode_window_stride: int = 16
+    decode_sigma: float = 0.8
+    decode_batch_size: int = 16
+    postprocess: bool = False
+    tiff: bool = True
+    tiff_compression: str = "deflate"
+
+
+@dataclass
+class PostSection:
+    t0: int = 300
+    stride: int = 50
+    guidance: float = 2.0
+    batch_size: int = 16
+    #: parity option: the official post-processing runs on the live (non-EMA) UNet
+    live_weights: bool = False
+
+
+@dataclass
+class SuperresSection:
+    #: the low-magnification image (PNG/JPEG, 256x256 RGB); null: the slide region at region.mag
+    image: str | None = None
+    inversion_steps: int = 200
+    inversion_lr: float = 0.1
+    #: parity option: the [C] inversion runs on the live (non-EMA) UNet
+    live_weights: bool = False
+    t0: int = 1000
+    stride: int = 50
+    n_steps: int = 5
+    h: float = 0.005
+    lr: float = 0.5
+    guidance: float = 2.0
+    batch_size: int = 2
+
+
+@dataclass
+class CDMSection:
+    #: DiT weights: a bare state_dict or a checkpoint with "ema" (.pt/.pth/.safetensors)
+    checkpoint: str | None = None
+    #: S | B | L | XL (or DiT-B ...)
+    variant: str = "B"
+    #: respaced DDIM steps of the CDM
+    respacing: int = 200
+    #: LDM guidance (sampler convention) with CDM contexts (the official FID script's 1.75)
+    guidance: float = 1.75
+    #: magnification to sample at (default: region.mag)
+    mag: str | None = None
+
+
+@dataclass
+class GenerateConfig:
+    inputs: list[str] = field(default_factory=list)
+    mode: str = "patch"
+    #: slide (or image, superres) to read the region from; default: the first bare argument
+    slide: str | None = None
+    out_dir: str = "generated"
+    name: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    dry_run: bool = False
+    progress: bool = True
+    allow_random_weights: bool = False
+    model: ModelSection = field(default_factory=ModelSection)
+    encoder: EncoderSection = field(default_factory=EncoderSection)
+    region: RegionSection = field(default_factory=RegionSection)
+    patch: PatchSection = field(default_factory=PatchSection)
+    large: LargeSection = field(default_factory=LargeSection)
+    post: PostSection = field(default_factory=PostSection)
+    superres: SuperresSection = field(default_factory=SuperresSection)
+    cdm: CDMSection = field(default_factory=CDMSection)
+
+    def __post_init__(self):
+        check(self.mode in MODES, f"mode={self.mode!r}: use one of {', '.join(MODES)}")
+        check(
+            self.precision == "auto" or self.precision in PRECISIONS,
+            f"precision={self.precision!r}: use auto or one of {', '.join(PRECISIONS)}",
+        )
+        check(self.patch.count >= 1 and self.patch.steps >= 1, "patch.count and patch.steps must be >= 1")
+        check(
+            self.patch.sampler in ("plms", "ddim"), f"patch.sampler={self.patch.sampler!r}: use plms or ddim"
+        )
+        check(self.patch.source in ("slide", "cdm"), f"patch.source={self.patch.source!r}: use slide or cdm")
+        check(self.large.noise_term in ("c", "r"), f"large.noise_term={self.large.noise_term!r}: use c or r")
+        check(
+            self.large.ssl_norm in ("dataloader", "raw"),
+            f"large.ssl_norm={self.large.ssl_norm!r}: use dataloader or raw",
+        )
+        check(self.large.t0 % self.large.stride == 0, "large.t0 must be a multiple of large.stride")
+        check(
+            self.superres.t0 % self.superres.stride == 0, "superres.t0 must be a multiple of superres.stride"
+        )
+        check(self.post.t0 % self.post.stride == 0, "post.t0 must be a multiple of post.stride")
+        check(
+            self.large.decode_window_stride in (8, 16, 32, 64) and 64 % self.large.decode_window_stride == 0,
+            "large.decode_window_stride must divide 64 (16 is the official)",
+        )
+        check(
+            self.large.tiff_compression in ("deflate", "jpeg", "none"),
+            "large.tiff_compression: deflate | jpeg | none",
+        )
+        check(self.cdm.respacing >= 1, "cdm.respacing must be >= 1")
+        for sec in (self.large, self.superres):
+            check(sec.batch_size >= 1 and sec.n_steps >= 0, "batch_size must be >= 1 and n_steps >= 0")
