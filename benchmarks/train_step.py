@@ -1,6 +1,6 @@
 """ZoomLDM training throughput (samples/s) for the tiny and full-size configs on this device.
 
-Times the trainer's own optimiser step (``zoomfeat.training.loop.train_step``: summarizer +
+Times the trainer's own optimiser step (``zoomfeat.training.objective.train_step``: summarizer +
 UNet forward, eps-MSE, backward, AdamW, EMA update) on batches from real shards (written to a
 temporary directory with random latents/grids of the right shapes, read through the training
 DataLoader), after ``--warmup`` untimed steps. Also reports the data stream alone (shards ->
@@ -60,21 +60,17 @@ def bench_config(
     import torch
 
     from zoomfeat.model import ZoomLDM
+    from zoomfeat.runtime.device import autocast, resolve_precision, synchronize
+    from zoomfeat.training.config import TrainConfig
     from zoomfeat.training.dataset import MultiScaleDataset, StepBatchSampler, make_loader
-    from zoomfeat.training.loop import (
-        TrainConfig,
-        autocast_ctx,
-        resolve_precision,
-        setup_training,
-        train_step,
-    )
+    from zoomfeat.training.objective import setup_training, train_step
     from zoomfeat.training.shards import ShardIndex
 
     model = ZoomLDM.from_config(name, seed=0)
-    prec = resolve_precision(precision, device)
+    prec = resolve_precision(precision, device, training=True)
     data = make_shards(tmp / name, model.ssl_channels)
     cfg = TrainConfig(
-        data_dir=str(data),
+        data=str(data),
         out_dir=str(tmp / "out"),
         model=name,
         batch_size=batch,
@@ -88,11 +84,10 @@ def bench_config(
         ds, StepBatchSampler(batch, total), num_workers=workers, pin_memory=device.type == "cuda"
     )
     it = iter(loader)
-    amp = autocast_ctx(prec, device)
+    amp = autocast(device, prec)
 
     def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(device)
 
     for _ in range(warmup):
         float(train_step(parts, [next(it)], 2e-5, amp))
@@ -151,9 +146,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
+    from zoomfeat.runtime.device import resolve_device
+
+    device = resolve_device(args.device)
     where = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"

@@ -2,7 +2,8 @@
 
 Builds multi-scale ZoomLDM training shards (VQ latent + UNI grid per tissue tile and
 magnification). Resumable per slide; several jobs can share the slide list with
-``shard.index``/``shard.count`` (Hydra multirun). See conf/prepare.yaml for every key.
+``shard.index``/``shard.count`` (Hydra multirun). ``conf/prepare.yaml`` is
+:class:`zoomfeat.training.config.PrepareConfig`: every key is there.
 """
 
 from __future__ import annotations
@@ -14,53 +15,17 @@ from zoomfeat.cli import hydra_main
 
 
 def run(cfg) -> dict:
-    from omegaconf import OmegaConf
+    from zoomfeat.runtime.config import load_config
+    from zoomfeat.runtime.errors import InputError
+    from zoomfeat.training.config import PrepareConfig
+    from zoomfeat.training.prepare import find_slides, load_models, prepare
 
-    from zoomfeat.encoders import EMBED_DIM, build_encoder
-    from zoomfeat.model import ZoomLDM
-    from zoomfeat.model.checkpoint import read_config
-    from zoomfeat.training.prepare import PrepareConfig, prepare
-
-    c = OmegaConf.to_container(cfg, resolve=True)
-    inputs = list(c.get("inputs") or [])
-    if not inputs:
-        raise ValueError("no slides given: `python -m zoomfeat.prepare SLIDE_OR_DIR_OR_CSV... out_dir=DIR`")
-    pc = PrepareConfig(
-        out_dir=str(c["out_dir"]),
-        mags=list(c["mags"]),
-        min_tissue=float(c["min_tissue"]),
-        mpp=c.get("mpp"),
-        batch_size=int(c["batch_size"]),
-        num_workers=int(c["num_workers"]),
-        device=str(c["device"]),
-        precision=str(c["precision"]),
-        pack_rows=int(c["pack_rows"]),
-        tissue=dict(c.get("tissue") or {}),
-        shard_index=int(c["shard"]["index"]),
-        shard_count=int(c["shard"]["count"]),
-        progress=bool(c.get("progress", True)),
-    )
-    allow_random = bool(c.get("allow_random_weights", False))
-    model_cfg = dict(c["model"])
-    enc = c["encoder"]
-
-    def check_width(embed_dim: int, ssl_channels: int) -> None:
-        if embed_dim != ssl_channels:
-            raise ValueError(
-                f"encoder={enc['name']} gives {embed_dim}-d embeddings but model={model_cfg.get('name')} is "
-                f"conditioned on {ssl_channels}-d ones; pick matching configs (encoder=uni model=zoomldm_brca, encoder=tiny model=tiny)"
-            )
-
-    if enc["name"] in EMBED_DIM:  # before building anything big
-        check_width(EMBED_DIM[enc["name"]], read_config(model_cfg)[1]["summarizer"]["input_channels"])
-    encoder = build_encoder(
-        enc["name"], enc.get("checkpoint"), allow_random_weights=allow_random, seed=int(c["seed"])
-    )
-    model = ZoomLDM.load(
-        model_cfg.get("checkpoint"), config=model_cfg, allow_random_weights=allow_random, seed=int(c["seed"])
-    )
-    check_width(encoder.embed_dim, model.ssl_channels)
-    summary = prepare(inputs, pc, model, encoder)
+    pc = load_config(PrepareConfig, cfg, "prepare")
+    if not pc.inputs:
+        raise InputError("no slides given: `python -m zoomfeat.prepare SLIDE_OR_DIR_OR_CSV... out_dir=DIR`")
+    find_slides(pc.inputs, pc)  # a bad slide list fails before any model is built
+    model, encoder = load_models(pc)
+    summary = prepare(pc.inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
     if summary["failed"]:
         print(f"{len(summary['failed'])} slide(s) failed: {sorted(summary['failed'])}", file=sys.stderr)

@@ -77,11 +77,11 @@ def test_kill_mid_checkpoint_never_corrupts_latest(tmp_path, files_before_kill):
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr
-    assert any(p.name.startswith(".tmp-step-00000002") for p in root.iterdir())
+    assert any(p.name.startswith(".step-00000002.tmp-") for p in root.iterdir())
     assert ck.find_latest(root) == root / "step-00000001"
     assert ck.read_state(root / "latest") == {"payload": "one"}
     removed = ck.clean_partial(root)
-    assert [p.name.split("-")[1] for p in removed] == ["step"]
+    assert [p.name.split(".")[1] for p in removed] == ["step-00000002"]
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001"]
 
 
@@ -89,7 +89,7 @@ def test_kill_between_swap_and_rename_restores_old(tmp_path):
     root = tmp_path / "checkpoints"
     ck.write_checkpoint(root, 5, _writer("five"))
     # what a kill between the two renames of a same-step rewrite leaves behind
-    os.replace(root / "step-00000005", root / ".old-step-00000005-123")
+    os.replace(root / "step-00000005", root / ".step-00000005.old-123")
     assert ck.find_latest(root) is None
     ck.clean_partial(root)
     assert ck.read_state(ck.find_latest(root)) == {"payload": "five"}

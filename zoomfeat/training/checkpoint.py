@@ -9,10 +9,11 @@ Layout under a run's ``out_dir``::
     checkpoints/latest -> step-00005000    symlink (a text file holding the name where the
                                            file system has no symlinks)
 
-A checkpoint is written into ``checkpoints/.tmp-step-*`` and renamed into place when every file
-is on disk; ``latest`` is replaced (atomically) only after that. A run killed at any moment
-therefore leaves ``latest`` pointing at a complete checkpoint; the partial temporary directory is
-removed by the next run.
+A checkpoint is written into a temporary directory (``checkpoints/.step-XXXXXXXX.tmp-{pid}``,
+:func:`zoomfeat.runtime.atomic.atomic_dir`), fsync-ed and renamed into place when every file is on
+disk; ``latest`` is replaced (atomically) only after that. A run killed at any moment therefore
+leaves ``latest`` pointing at a complete checkpoint; the partial temporary directory is removed by
+the next run (:func:`clean_partial`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zoomfeat.runtime.atomic import atomic_dir, fsync_dir, tmp_name
+from zoomfeat.runtime.errors import WeightsNotFoundError
+
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
 STATE_FILE = "trainer/state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+#: what atomic_dir leaves when killed: the temporary directory, or a complete one swapped aside
+_TMP_DIR = re.compile(r"^\.step-\d+\.tmp-\d+$")
+_OLD_DIR = re.compile(r"^\.(step-\d+)\.old-\d+$")
 
 
 def step_dir_name(step: int) -> str:
@@ -55,37 +62,13 @@ def is_complete(ckpt: str | Path) -> bool:
 def read_state(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{ckpt} is not a complete training checkpoint (no {STATE_FILE})")
+        raise WeightsNotFoundError(f"{ckpt} is not a complete training checkpoint (no {STATE_FILE})")
     return json.loads(path.read_text())
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def set_latest(root: Path, name: str) -> None:
     """Point ``root/latest`` at ``name`` atomically (symlink, else a text file)."""
-    tmp = root / f".{LATEST}.tmp-{os.getpid()}"
+    tmp = tmp_name(root / LATEST)
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     try:
@@ -93,7 +76,7 @@ def set_latest(root: Path, name: str) -> None:
     except (OSError, NotImplementedError):
         tmp.write_text(name + "\n")
     os.replace(tmp, root / LATEST)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def latest_name(root: Path) -> str | None:
@@ -142,23 +125,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return p.resolve() if p.is_symlink() else p
     found = find_latest(p)
     if found is None:
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"no complete training checkpoint at {p} (looked for {STATE_FILE}, {CHECKPOINTS_DIR}/{LATEST})"
         )
     return found
 
 
 def clean_partial(root: Path) -> list[Path]:
-    """Remove temporary checkpoint directories left by a killed run; returns what was removed."""
+    """Remove temporary checkpoint directories left by a killed run; returns what was removed.
+
+    A complete checkpoint swapped aside by a run killed before its replacement landed (a
+    same-step rewrite) is put back instead.
+    """
     removed = []
     if root.is_dir():
         for p in root.iterdir():
-            # a complete checkpoint swapped out by a run killed before its replacement landed
-            m = re.match(r"^\.old-(step-\d+)-\d+$", p.name)
+            m = _OLD_DIR.match(p.name)
             if m and p.is_dir() and not (root / m.group(1)).exists() and is_complete(p):
                 os.replace(p, root / m.group(1))
                 continue
-            if p.name.startswith((".tmp-", ".old-")) and p.is_dir():
+            if (_TMP_DIR.match(p.name) or m) and p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
             elif p.name.startswith(f".{LATEST}.tmp-"):
@@ -170,35 +156,25 @@ def clean_partial(root: Path) -> list[Path]:
 def write_checkpoint(
     root: str | Path, step: int, write: Callable[[Path], None], keep: int | None = None
 ) -> Path:
-    """Write a checkpoint atomically: ``write(tmp_dir)`` fills a temporary directory (and must
-    write ``trainer/state.json`` last), which is then renamed to ``step-XXXXXXXX``; ``latest`` is
-    updated after the rename; then all but the newest ``keep`` checkpoints are deleted (never
-    ``latest``)."""
+    """Write a checkpoint atomically and durably.
+
+    Args:
+        root: the ``checkpoints`` directory.
+        step: the optimiser step (names the directory ``step-XXXXXXXX``).
+        write: fills a temporary directory; must write ``trainer/state.json`` last.
+        keep: afterwards delete all but the newest ``keep`` checkpoints (never ``latest``).
+
+    Returns:
+        The checkpoint directory; ``latest`` points at it.
+    """
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    final = root / name
+    with atomic_dir(final) as tmp:  # re-writing the same step (after a resume) replaces it
         write(tmp)
         if not is_complete(tmp):
             raise RuntimeError(f"checkpoint writer did not produce {STATE_FILE} in {tmp}")
-        _fsync_tree(tmp)
-        final = root / name
-        old = None
-        if final.exists():  # re-writing the same step (e.g. after a resume): swap it out
-            old = root / f".old-{name}-{os.getpid()}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        set_latest(root, name)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    set_latest(root, name)
     if keep is not None and keep > 0:
         current = latest_name(root)
         for _, p in list_checkpoints(root)[:-keep]:

@@ -21,22 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.runtime.seeding import mix_seed
 from zoomfeat.training.shards import MAG_NAMES, ShardIndex, ShardReader, parse_mag
-
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from integers (splitmix64 chained), for torch.Generator."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        z = h
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h >> 1
 
 
 def mag_probabilities(available: Sequence[int], weights: Any = None) -> dict[int, float]:
@@ -52,21 +39,24 @@ def mag_probabilities(available: Sequence[int], weights: Any = None) -> dict[int
     elif isinstance(weights, Mapping):
         w = {m: 0.0 for m in available}
         for k, v in weights.items():
-            m = parse_mag(k)
+            try:
+                m = parse_mag(k)
+            except ValueError as err:
+                raise ConfigError(f"mag_weights: {err}") from None
             if m not in w:
-                raise ValueError(
+                raise ConfigError(
                     f"mag_weights names {MAG_NAMES.get(m, k)}, which the training data does not have (it has {[MAG_NAMES[a] for a in available]})"
                 )
             w[m] = float(v)
     else:
         weights = list(weights)
         if len(weights) != len(available):
-            raise ValueError(
+            raise ConfigError(
                 f"mag_weights has {len(weights)} entries but the data has {len(available)} magnifications {[MAG_NAMES[a] for a in available]}"
             )
         w = {m: float(v) for m, v in zip(available, weights)}
     if any(v < 0 for v in w.values()) or sum(w.values()) <= 0:
-        raise ValueError(f"mag_weights must be >= 0 with a positive sum, got {w}")
+        raise ConfigError(f"mag_weights must be >= 0 with a positive sum, got {w}")
     total = sum(w.values())
     return {m: v / total for m, v in w.items() if v > 0}
 
@@ -164,7 +154,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         repeat_first_step: bool = False,
     ) -> None:
         if batch_size < 1 or grad_accum < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"bad batch layout: batch_size={batch_size} grad_accum={grad_accum} rank={rank}/{world_size}"
             )
         self.batch_size = batch_size

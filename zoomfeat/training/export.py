@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.training import checkpoint as ckpt_io
 
 
@@ -27,7 +28,7 @@ def load_checkpoint_model(checkpoint: str | Path, weights: str = "ema"):
         model.unet.load_state_dict(load_file(str(path / "trainer" / "unet_live.safetensors")))
         model.checkpoint_hash += ":live"
     elif weights != "ema":
-        raise ValueError(f"weights must be 'ema' or 'live', got {weights!r}")
+        raise ConfigError(f"weights must be 'ema' or 'live', got {weights!r}")
     return model
 
 
