@@ -126,19 +126,12 @@ def prepare(
     encoder.to(device).eval()
     settings = data_settings(cfg, model, encoder)
     chash = config_hash(settings)
-    info = {
-        "encoder": settings["encoder"],
-        "encoder_name": encoder.name,
-        "encoder_checkpoint": encoder.checkpoint_id,
-        "vq": settings["vq"],
-        "vq_checkpoint": str(getattr(model, "checkpoint_id", "")),
-        "model_config": getattr(model, "config", {}).get("name")
-        if isinstance(getattr(model, "config", None), dict)
-        else None,
-        "tile_px": TILE_PX,
-    }
     writer = ShardWriter(
-        cfg.out_dir, ssl_channels=encoder.embed_dim, config_hash=chash, info=info, pack_rows=cfg.pack_rows
+        cfg.out_dir,
+        ssl_channels=encoder.embed_dim,
+        config_hash=chash,
+        info=_dataset_info(settings, model, encoder),
+        pack_rows=cfg.pack_rows,
     )
     encoders = TileEncoders(model, encoder, device, precision, cfg.batch_size)
     summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}, "tiles": {}, "config_hash": chash}
@@ -147,34 +140,50 @@ def prepare(
 
     with writer:
         for spec in tqdm(specs, desc="prepare", unit="slide", disable=not cfg.progress):
-            path = spec.path
-            todo = _missing_mags(cfg, path.stem, chash)
+            todo = _missing_mags(cfg, spec.path.stem, chash)
             if not todo:
-                summary["skipped"].append(path.stem)
+                summary["skipped"].append(spec.path.stem)
                 continue
-            try:
-                res = SlidePreparer(path, encoders, cfg, todo, mpp=spec.mpp).run(writer)
-            except (ZoomfeatError, FileNotFoundError) as err:
-                log.error("%s: %s", path, err)
-                summary["failed"][path.stem] = str(err)
-                continue
-            except Exception as err:  # noqa: BLE001 - one bad slide must not stop a cohort
-                log.exception("%s: failed", path)
-                summary["failed"][path.stem] = f"{type(err).__name__}: {err}"
-                continue
-            summary["done"].append(path.stem)
-            for k, v in res["tiles"].items():
-                summary["tiles"][k] = summary["tiles"].get(k, 0) + v
-            log.info(
-                "%s: %s tiles (%d UNI tiles) in %.1f s",
-                path.stem,
-                res["tiles"],
-                res["uni_tiles"],
-                res["seconds"],
-            )
+            _prepare_one(SlidePreparer(spec.path, encoders, cfg, todo, mpp=spec.mpp), writer, summary)
     summary["seconds"] = time.perf_counter() - t0
     summary["settings"] = settings
     return summary
+
+
+def _dataset_info(settings: dict[str, Any], model: nn.Module, encoder: nn.Module) -> dict[str, Any]:
+    """``dataset.json``'s content: the encoder and VQ (with their weights), the tile size."""
+    config = getattr(model, "config", None)
+    return {
+        "encoder": settings["encoder"],
+        "encoder_name": encoder.name,
+        "encoder_checkpoint": encoder.checkpoint_id,
+        "vq": settings["vq"],
+        "vq_checkpoint": str(getattr(model, "checkpoint_id", "")),
+        "model_config": config.get("name") if isinstance(config, dict) else None,
+        "tile_px": TILE_PX,
+    }
+
+
+def _prepare_one(preparer: SlidePreparer, writer: ShardWriter, summary: dict[str, Any]) -> None:
+    """Run one slide into ``summary`` (done and tiles, or failed with the message: a bad slide
+    must not stop a cohort)."""
+    path = preparer.path
+    try:
+        res = preparer.run(writer)
+    except (ZoomfeatError, FileNotFoundError) as err:
+        log.error("%s: %s", path, err)
+        summary["failed"][path.stem] = str(err)
+        return
+    except Exception as err:  # noqa: BLE001 - one bad slide must not stop a cohort
+        log.exception("%s: failed", path)
+        summary["failed"][path.stem] = f"{type(err).__name__}: {err}"
+        return
+    summary["done"].append(path.stem)
+    for k, v in res["tiles"].items():
+        summary["tiles"][k] = summary["tiles"].get(k, 0) + v
+    log.info(
+        "%s: %s tiles (%d UNI tiles) in %.1f s", path.stem, res["tiles"], res["uni_tiles"], res["seconds"]
+    )
 
 
 def _missing_mags(cfg: PrepareConfig, slide_id: str, chash: str) -> list[int]:
