@@ -305,6 +305,7 @@ def constrained_tiles(
         x0 = x0hat(x, eps, c.at)
         if record is not None:
             for name, v in (
+                ("z", z),
                 ("r", r),
                 ("dz", dz),
                 ("d", d),
