@@ -112,22 +112,6 @@ def test_missing_bags_drop_mode_and_clear_errors(planted, tmp_path):
         )
 
 
-def test_settings_are_checked_when_built():
-    task = TaskSection(name="t", bags="x")
-    with pytest.raises(ConfigError, match="feature_sets is empty"):
-        BenchmarkConfig(task, feature_sets=[])
-    with pytest.raises(ConfigError, match="lists a set twice"):
-        BenchmarkConfig(task, feature_sets=["a", "a"])
-    with pytest.raises(ConfigError, match="cv.folds must be >= 2"):
-        CVSection(folds=1)
-    with pytest.raises(ConfigError, match="task.missing_bags"):
-        TaskSection(name="t", missing_bags="skip")
-    # the YAML's default out_dir resolves the same way from Python
-    assert BenchmarkConfig(task, mil=MILConfig(name="gated_abmil")).out_dir == "bench_results/t/gated_abmil"
-    assert BenchmarkConfig(task).paired_baseline == "uni_20x"
-    assert BenchmarkConfig(task, feature_sets=["uni_20x"]).paired_baseline is None  # nothing to pair with
-
-
 def test_a_task_without_bags_names_what_to_pass(tmp_path):
     cfg = BenchmarkConfig(TaskSection(name="brca"), out_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"task 'brca' needs its bags: task.bags=DIR.*brca_labels.py"):

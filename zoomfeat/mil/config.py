@@ -21,7 +21,7 @@ See ``docs/ARCHITECTURE.md`` (MIL benchmark, Configs).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from zoomfeat.runtime.config import check, load_config
@@ -52,14 +52,13 @@ class TaskSection:
     """One benchmark task (``conf/task/NAME.yaml``): its labels and where its bags are."""
 
     name: str  # task name (reports, default out_dir)
-    labels: str | None = None  # labels CSV (slide_id, case_id, label); null: the labels are in task.bags' CSV
-    bags: str | None = (
-        None  # zoomfeat.extract output dir, a dir holding features_{set}/, a path with {set}, or an instance CSV
-    )
+    # labels CSV (slide_id, case_id, label); null: the labels come from the instance CSV in task.bags
+    labels: str | None = None
+    # zoomfeat.extract output dir, a dir holding features_{set}/, a path with {set}, or an instance CSV
+    bags: str | None = None
     slide_col: str = "slide_id"
-    case_col: str | None = (
-        "case_id"  # patient id: folds never split a patient (null: each slide its own patient)
-    )
+    # patient id: folds never split a patient (null: each slide is its own patient)
+    case_col: str | None = "case_id"
     label_col: str = "label"
     label_map: dict[Any, int] | None = None  # label value -> 0/1 (keys compared as strings)
     threshold: float | None = None  # numeric label column: value >= threshold -> 1 (wins over label_map)
@@ -81,9 +80,8 @@ class MILConfig:
     gated: bool = False  # gated attention (mil=gated_abmil)
     att_dim: int = 128
     att_act: str = "tanh"
-    hidden: list[int] = field(
-        default_factory=lambda: [512]
-    )  # Linear-ReLU-Dropout layers before the attention pooling
+    # Linear-ReLU-Dropout layers before the attention pooling
+    hidden: list[int] = field(default_factory=lambda: [512])
     dropout: float = 0.25
     standardize: bool = True  # standardise instance features with the training fold's statistics
     lr: float = 2e-4  # AdamW
@@ -110,11 +108,6 @@ class MILConfig:
             self.max_instances is None or self.max_instances >= 1,
             f"mil.max_instances must be >= 1 or null, got {self.max_instances}",
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
 
 
 @dataclass
