@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoomfeat.runtime.errors import ConfigError, WeightsError
+from zoomfeat.runtime.seeding import mix_seed
 
 #: DiT variants: (depth, hidden size, heads) [R] ``DiT_models``
 VARIANTS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -239,11 +240,15 @@ class DiT(nn.Module):
 
 
 def load_cdm(
-    path: str | Path, variant: str = "B", in_channels: int = 512, prefer: str = "ema", **kwargs: Any
+    path: str | Path, variant: str | None = "B", in_channels: int = 512, prefer: str = "ema", **kwargs: Any
 ) -> DiT:
     """A DiT with weights from ``path``: a bare state_dict or a checkpoint holding ``ema`` (or ``model``).
 
-    ``prefer``: ``"ema"`` (default; the official sampling uses ``sd["ema"]``) or ``"model"``.
+    Args:
+        variant: ``S``/``B``/``L``/``XL`` (the official sizes), or None to build ``DiT(**kwargs)``.
+        in_channels: the LDM's context width (512 for the released model).
+        prefer: ``"ema"`` (default; the official sampling uses ``sd["ema"]``) or ``"model"``.
+
     The file is read without unpickling code (``runtime.weights``); keys must match exactly.
     """
     from zoomfeat.runtime.weights import key_mismatch_lines, load_state_dict_file
@@ -251,12 +256,16 @@ def load_cdm(
     wrappers = ("ema", "model") if prefer == "ema" else ("model", "ema")
     sd = load_state_dict_file(path, wrappers=wrappers, tensors_only=True)
     sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    model = DiT.variant(variant, in_channels=in_channels, **kwargs)
-    expected = model.state_dict()
-    lines = key_mismatch_lines(sd, expected)
+    if variant is None:
+        model = DiT(in_channels=in_channels, **kwargs)
+        what = "CDM DiT"
+    else:
+        model = DiT.variant(variant, in_channels=in_channels, **kwargs)
+        what = f"DiT-{variant.upper().removeprefix('DIT-')} CDM"
+    lines = key_mismatch_lines(sd, model.state_dict())
     if lines:
         raise WeightsError(
-            f"{path}: not a DiT-{variant.upper().removeprefix('DIT-')} CDM state_dict:\n" + "\n".join(lines)
+            f"{path}: not a {what} state_dict (in_channels {in_channels}):\n" + "\n".join(lines)
         )
     model.load_state_dict(sd)
     return model.eval()
@@ -490,13 +499,16 @@ def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
 
 def train_cdm(
     cdm: DiT,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
     opts: CDMTrainOptions,
     state: Mapping[str, Any] | None = None,
     save: Callable[[dict[str, Any]], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cdm`` on ``(target [B, C, 65], mag [B])`` batches; returns ``{model, ema, opt, step}``.
+    """Train ``cdm`` on ``batches(step) -> (target [B, C, 65], mag [B])``; returns ``{model, ema, opt, step}``.
+
+    The batch and the timesteps/noise of a step depend on the step number only (seeded with
+    ``mix_seed(seed, step)``), so a resumed run continues exactly as an uninterrupted one.
 
     ``state``: a previous return value or saved checkpoint to resume from. ``save(state)`` is
     called every ``checkpoint_every`` steps and at the end (the caller writes it atomically).
@@ -515,14 +527,9 @@ def train_cdm(
         step = int(state.get("step", 0))
     cdm.grad_checkpointing = opts.grad_checkpointing
     cdm.train()
-    gen = torch.Generator().manual_seed(int(opts.seed) + step)
-    it = iter(batches)
     while step < opts.steps:
-        try:
-            x0, y = next(it)
-        except StopIteration:
-            it = iter(batches)
-            x0, y = next(it)
+        gen = torch.Generator().manual_seed(mix_seed(int(opts.seed), step))
+        x0, y = batches(step)
         x0, y = x0.to(dev).float(), y.to(dev).long()
         t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=gen).to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
