@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from zoomfeat.generation.cdm import (
-    DiT,
     CDMDiffusion,
     CDMTrainOptions,
+    DiT,
     cdm_targets,
     cosine_betas,
     load_cdm,
