@@ -23,7 +23,7 @@
 
 Both queues are FIFO and every tile's inputs (pixels, grid, noise) depend only on the tile, so
 features do not depend on batch size, worker count, order or shard (up to floating-point rounding
-of the CPU kernels; see tests/features/test_slide_extraction.py for the measured bound).
+of the CPU kernels; the measured bound is in tests/features/conftest.py, ``batch_atol``).
 """
 
 from __future__ import annotations
