@@ -26,6 +26,10 @@ class InputError(ZoomfeatError, ValueError):
     """An input file or directory that cannot be used (names the file)."""
 
 
+class InputNotFoundError(InputError, FileNotFoundError):
+    """An input file or directory that does not exist (names it and what was looked for)."""
+
+
 class SlideError(InputError):
     """A slide that cannot be opened or read, or lacks what the run needs (e.g. its resolution)."""
 
