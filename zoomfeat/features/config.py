@@ -124,6 +124,9 @@ class ExtractConfig:
     num_workers: Any = "auto"
     #: auto | cpu | cuda | cuda:N | mps
     device: str = "auto"
+    #: one worker process per device, slides shared out: null (one process on ``device``) | all |
+    #: a list ([0,1,2,3] = cuda:0..3, [cpu,cpu]); see zoomfeat.features.devices
+    devices: Any = None
     #: fp32 | bf16 | fp16 (autocast; bf16 is the GPU speed setting)
     precision: str = "fp32"
     #: torch.compile the models (GPU; minutes of warm-up)
