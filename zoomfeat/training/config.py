@@ -20,53 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoomfeat.encoders.config import EncoderSection
+from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check
 from zoomfeat.runtime.device import PRECISIONS
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.training.shards.format import parse_mag
-
-#: the architecture sections of a ``conf/model/*.yaml`` group file
-ARCH_SECTIONS = ("unet", "vq", "summarizer", "diffusion")
-#: the models and encoders that exist for tests and the demo: a seeded random init is always allowed
-TINY = "tiny"
-
-
-@dataclass
-class ModelSection:
-    """``conf/model/{name}.yaml``: the ZoomLDM architecture and its weights."""
-
-    #: ZoomLDM config name (zoomldm_brca | tiny)
-    name: str = "zoomldm_brca"
-    #: native dir (save_pretrained) | official weights.ckpt | hub id; null = none
-    checkpoint: str | None = None
-    #: architecture sections of the group file (empty: those of conf/model/{name}.yaml)
-    unet: dict[str, Any] = field(default_factory=dict)
-    vq: dict[str, Any] = field(default_factory=dict)
-    summarizer: dict[str, Any] = field(default_factory=dict)
-    diffusion: dict[str, Any] = field(default_factory=dict)
-
-    def source(self) -> str | dict[str, Any]:
-        """What ``ZoomLDM.load(config=...)`` / ``read_config`` take: the name, or the sections."""
-        sections = {k: dict(getattr(self, k)) for k in ARCH_SECTIONS if getattr(self, k)}
-        return {"name": self.name, **sections} if sections else self.name
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.name == TINY
-
-
-@dataclass
-class EncoderSection:
-    """``conf/encoder/{name}.yaml``: the SSL encoder whose embeddings condition ZoomLDM."""
-
-    #: uni | tiny
-    name: str = "uni"
-    #: local file/dir or hub id; null: the gated hub MahmoodLab/UNI (the tiny encoder: seeded random)
-    checkpoint: str | None = None
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.name == TINY
 
 
 def _section(value: Any, cls: type) -> Any:

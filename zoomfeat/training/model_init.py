@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import nn
 
+from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.errors import ShardError, WeightsError
-from zoomfeat.training.config import ModelSection
 from zoomfeat.training.shards import ShardIndex
 from zoomfeat.training.vq import vq_fingerprint
 
