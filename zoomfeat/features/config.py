@@ -26,35 +26,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from zoomfeat.encoders.config import EncoderSection
+from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check, load_config, to_dict
 from zoomfeat.runtime.device import PRECISIONS
 from zoomfeat.runtime.units import BASE_MAG, PARENT_MAG_INDEX, TILE_PX, magnification
-
-
-@dataclass
-class ModelSection:
-    """``conf/model/{name}.yaml``: the ZoomLDM config and its weights."""
-
-    #: ZoomLDM config name (zoomldm_brca | tiny) or a config YAML path
-    name: str = "zoomldm_brca"
-    #: native dir (save_pretrained) | official weights.ckpt | hub id; null = none (needs
-    #: allow_random_weights; the tiny model is always allowed a seeded random init)
-    checkpoint: str | None = None
-    #: architecture sections of the group file (the model is built from ``name``; these record it)
-    unet: dict[str, Any] = field(default_factory=dict)
-    vq: dict[str, Any] = field(default_factory=dict)
-    summarizer: dict[str, Any] = field(default_factory=dict)
-    diffusion: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class EncoderSection:
-    """``conf/encoder/{name}.yaml``: the SSL encoder that conditions ZoomLDM."""
-
-    #: uni | tiny
-    name: str = "uni"
-    #: local file/dir or hub id; null: the gated hub MahmoodLab/UNI (or random with allow_random_weights)
-    checkpoint: str | None = None
 
 
 @dataclass
