@@ -208,6 +208,31 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {k: _decode_attr(v) for k, v in f.attrs.items()}
 
 
+def file_problem(path: str | Path, datasets: tuple[str, ...] = ("coords",)) -> str:
+    """What is wrong with a finished bag or coords file at ``path``; ``""`` when it is intact.
+
+    Intact: it opens as HDF5, carries ``complete = True`` (set last, just before the atomic
+    rename) and its ``datasets`` exist and read to their last row (a file truncated by a failed
+    copy fails one of these). A missing file is not checked here (``""`` is never returned for it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        with h5py.File(path, "r") as f:
+            if not f.attrs.get("complete", False):
+                return "no completeness mark (an unfinished or foreign file)"
+            for name in datasets:
+                if name not in f:
+                    return f"no {name!r} dataset"
+                ds = f[name]
+                if ds.shape and ds.shape[0]:
+                    ds[ds.shape[0] - 1]  # the last row: a truncated file fails here
+    except (OSError, KeyError, ValueError, RuntimeError) as err:
+        return f"cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return ""
+
+
 def bag_is_complete(path: str | Path, config_hash: str | None = None) -> bool:
     """True when ``path`` is a finished bag, and (if given) was written with ``config_hash``.
 

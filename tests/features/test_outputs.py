@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from zoomfeat.bags import write_patches
+from zoomfeat.bags import write_bag, write_patches
 from zoomfeat.features.outputs import output_state, recipe_diff, set_attrs
 from zoomfeat.features.writer import slide_outputs
 
@@ -16,7 +16,11 @@ RECIPE = {"timestep": 200, "taps": ["middle_block"], "seed": 0}
 
 
 def _write(path, config_hash, recipe=RECIPE):
-    write_patches(path, np.zeros((1, 2)), COORDS, {"config_hash": config_hash, "recipe": json.dumps(recipe)})
+    attrs = {"config_hash": config_hash, "recipe": json.dumps(recipe)}
+    if path.name.endswith("_patches.h5"):
+        write_patches(path, np.zeros((1, 2)), COORDS, attrs)
+    else:
+        write_bag(path, np.ones((1, 4)), np.zeros((1, 2)), COORDS, attrs)
 
 
 def test_states_of_a_slides_outputs(tmp_path):
@@ -30,8 +34,9 @@ def test_states_of_a_slides_outputs(tmp_path):
     assert output_state(paths, "h1", RECIPE) == ("complete", "")
     state, detail = output_state(paths, "h2", {**RECIPE, "timestep": 300})
     assert state == "mismatch" and detail == "timestep: 200 -> 300"
-    paths[names[1]].write_bytes(b"not hdf5")  # unreadable: never reused
-    assert output_state(paths, "h1", RECIPE)[0] == "mismatch"
+    paths[names[1]].write_bytes(b"not hdf5")  # unreadable: damaged, named, recomputed
+    state, detail = output_state(paths, "h1", RECIPE)
+    assert state == "damaged" and str(paths[names[1]]) in detail and "cannot be read" in detail
 
 
 def test_recipe_diff_names_each_changed_key_or_the_foreign_writer():

@@ -5,49 +5,123 @@ canonical JSON of the *recipe* (:meth:`~zoomfeat.features.config.ExtractConfig.r
 weights' identities in place of the checkpoint settings), and the recipe itself. Existing bags with
 the same hash and ``complete=True`` are reused; bags with another hash are a mismatch, reported as
 the list of recipe keys that differ (``timestep: 200 -> 300``).
+
+Every file also records the identity of its slide (openslide's quickhash, the file size and the
+resolved path; not in the hash, so moving a slide folder keeps its bags valid): outputs of
+another slide under the same slide id are never reused nor overwritten (:func:`identity_clash`).
+A file that cannot be read or lacks its completeness mark is *damaged*: the slide is recomputed.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from zoomfeat.bags import read_attrs
+from zoomfeat.bags import file_problem, read_attrs
+from zoomfeat.runtime.errors import InputError
 from zoomfeat.runtime.provenance import canonical_json
 
+#: file attributes that record where a bag's slide came from (not part of the config hash)
+IDENTITY_ATTRS = ("slide_quickhash", "slide_size", "slide_path")
 
-def output_state(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> tuple[str, str]:
-    """The state of a slide's existing outputs.
+
+class SlideIdentityError(InputError):
+    """Existing bags under a slide id came from another slide file (same name, other content)."""
+
+
+@dataclass
+class OutputsState:
+    """What exists of one slide's outputs.
+
+    ``state``: ``"complete"`` (every file intact with this config), ``"absent"``, ``"partial"``
+    (some intact files with this config, none damaged), ``"damaged"`` (some file cannot be read or
+    lacks its completeness mark: recompute) or ``"mismatch"`` (an intact file from another config).
+    """
+
+    state: str
+    detail: str = ""
+    #: ``[(path, what is wrong)]`` of damaged files
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+    #: attributes of the intact files, by output name
+    attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def inspect_outputs(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> OutputsState:
+    """The :class:`OutputsState` of a slide's existing outputs.
 
     Args:
         paths: ``{output name: final path}`` (:func:`~zoomfeat.features.writer.slide_outputs`).
         config_hash: the hash of this run's recipe; recipe: that recipe (for the diff).
-
-    Returns:
-        (``"complete"`` | ``"absent"`` | ``"partial"`` | ``"mismatch"``, detail); the detail of a
-        mismatch lists the recipe keys that differ.
     """
-    present, mismatched = 0, []
+    present, mismatched, damaged, intact = 0, [], [], {}
     for name, path in paths.items():
         if not path.is_file():
             continue
-        try:
-            attrs = read_attrs(path)
-        except OSError:
-            mismatched.append((name, {}))
+        problem = file_problem(path, ("coords",) if name.startswith("patches") else ("features", "coords"))
+        if problem:
+            damaged.append((path, problem))
             continue
+        attrs = read_attrs(path)
+        intact[name] = attrs
         if attrs.get("config_hash") != config_hash:
             mismatched.append((name, attrs))
-        elif attrs.get("complete"):
+        else:
             present += 1
     if mismatched:
-        return "mismatch", recipe_diff(mismatched[0][1], config_hash, recipe)
-    if present == len(paths):
-        return "complete", ""
-    return ("partial" if present else "absent"), ""
+        state = OutputsState("mismatch", recipe_diff(mismatched[0][1], config_hash, recipe))
+    elif damaged:
+        state = OutputsState("damaged", "; ".join(f"{p}: {why}" for p, why in damaged))
+    elif present == len(paths):
+        state = OutputsState("complete")
+    else:
+        state = OutputsState("partial" if present else "absent")
+    state.damaged, state.attrs = damaged, intact
+    return state
+
+
+def output_state(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> tuple[str, str]:
+    """(``"complete"`` | ``"absent"`` | ``"partial"`` | ``"damaged"`` | ``"mismatch"``, detail) of a
+    slide's existing outputs (see :func:`inspect_outputs`); the detail of a mismatch lists the recipe
+    keys that differ, that of ``damaged`` the files and what is wrong with them."""
+    st = inspect_outputs(paths, config_hash, recipe)
+    return st.state, st.detail
+
+
+def slide_identity_attrs(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The bag attributes of a slide identity (:meth:`zoomfeat.slide.Slide.identity`)."""
+    return {
+        "slide_quickhash": str(identity.get("quickhash", "")),
+        "slide_size": int(identity.get("size", -1)),
+        "slide_path": str(identity.get("path", "")),
+    }
+
+
+def identity_clash(
+    attrs: Mapping[str, Mapping[str, Any]], identity: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """``(stored slide path, why)`` when existing outputs came from another slide than ``identity``.
+
+    Two slides are the same when their file sizes and (where both have one) openslide quickhashes
+    agree; the path only informs, so a moved slide folder still matches. Outputs written before
+    identities were recorded (no ``slide_size``) are not checked.
+    """
+    new_q, new_size = str(identity.get("quickhash", "")), int(identity.get("size", -1))
+    for a in attrs.values():
+        if "slide_size" not in a:
+            continue
+        old_q, old_size = str(a.get("slide_quickhash", "")), int(a.get("slide_size", -1))
+        why = []
+        if old_q and new_q and old_q != new_q:
+            why.append(f"openslide quickhash {old_q[:12]} vs {new_q[:12]}")
+        if old_size != new_size:
+            why.append(f"file size {old_size} vs {new_size} bytes")
+        if why:
+            return str(a.get("slide_path", "?")), ", ".join(why)
+    return None
 
 
 def recipe_diff(attrs: Mapping[str, Any], config_hash: str, recipe: Mapping[str, Any]) -> str:
@@ -81,7 +155,7 @@ def bag_attrs(extractor: Any, slide: Any) -> dict[str, Any]:
         "config": canonical_json({**config, "resolved_device": str(extractor.device)}),
         "recipe": canonical_json(extractor.recipe),
         "slide_id": slide.slide_id,
-        "slide_path": str(slide.path),
+        **slide_identity_attrs(slide.identity()),
         "mpp": float(slide.mpp),
         "level0_magnification": float(slide.magnification),
         "model": cfg.model.name,

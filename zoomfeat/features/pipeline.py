@@ -19,19 +19,31 @@ The modules of the pipeline, by job:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.models import FeatureModels
-from zoomfeat.features.outputs import output_state
+from zoomfeat.features.outputs import SlideIdentityError, identity_clash, inspect_outputs, output_state
 from zoomfeat.features.slide_extraction import SlideExtraction, SlideResult
 from zoomfeat.features.writer import slide_outputs
 from zoomfeat.runtime.device import resolve_device
 from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.runtime.provenance import config_hash
 
-__all__ = ["ConfigMismatchError", "Extractor", "SlideResult", "extract_slide"]
+__all__ = [
+    "ConfigMismatchError",
+    "DamagedOutputWarning",
+    "Extractor",
+    "SlideIdentityError",
+    "SlideResult",
+    "extract_slide",
+]
+
+
+class DamagedOutputWarning(UserWarning):
+    """An existing bag or coords file is damaged (unreadable, truncated, unfinished): recomputed."""
 
 
 class Extractor:
@@ -73,19 +85,44 @@ class Extractor:
         """("complete" | "absent" | "partial" | "mismatch", detail) of a slide's existing outputs."""
         return output_state(self.outputs(out_dir, slide_id), self.config_hash, self.recipe)
 
-    def check_reusable(self, out_dir: str | Path, slide_id: str) -> str:
-        """The state of a slide's outputs (see :meth:`output_state`).
+    def check_reusable(self, out_dir: str | Path, slide_id: str, slide: Any = None, warn: bool = True) -> str:
+        """The state of a slide's outputs (see :meth:`output_state`); ``"damaged"`` outputs are
+        reported (one warning naming the files, with ``warn``) and recomputed.
+
+        Args:
+            slide: the open :class:`~zoomfeat.slide.Slide`; with it, existing outputs must come
+                from this very slide (same openslide quickhash and file size).
 
         Raises:
+            SlideIdentityError: existing outputs came from another slide with this slide id
+                (whatever ``overwrite`` says).
             ConfigMismatchError: bags from another config exist (unless ``overwrite``).
         """
-        state, detail = self.output_state(out_dir, slide_id)
-        if state == "mismatch" and not self.cfg.overwrite:
+        st = inspect_outputs(self.outputs(out_dir, slide_id), self.config_hash, self.recipe)
+        if slide is not None:
+            identity = slide.identity()
+            clash = identity_clash(st.attrs, identity)
+            if clash is not None:
+                old_path, why = clash
+                raise SlideIdentityError(
+                    f"slide id '{slide_id}': the outputs in {out_dir} came from {old_path}, but {identity['path']} "
+                    f"is a different slide with the same file name ({why}); not reusing or overwriting them: "
+                    "rename one of the two files (the slide id is the file name), use another out_dir, or delete "
+                    f"the old outputs ({out_dir}/*/*/{slide_id}.h5 and {slide_id}_patches.h5) if the slide was "
+                    "replaced on purpose"
+                )
+        if st.state == "mismatch" and not self.cfg.overwrite:
             raise ConfigMismatchError(
-                f"bags for slide '{slide_id}' in {out_dir} were written with a different config ({detail}); "
+                f"bags for slide '{slide_id}' in {out_dir} were written with a different config ({st.detail}); "
                 "refusing to mix them: pass overwrite=true to recompute, or use another out_dir"
             )
-        return state
+        if st.state == "damaged" and warn:
+            warnings.warn(
+                f"{slide_id}: damaged output file(s), recomputing the slide: {st.detail}",
+                DamagedOutputWarning,
+                stacklevel=3,
+            )
+        return st.state
 
     # ----------------------------------------------------------------------------- one slide
     def extract(self, slide_path: str | Path, out_dir: str | Path, mpp: float | None = None) -> SlideResult:

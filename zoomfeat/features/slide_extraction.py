@@ -5,7 +5,8 @@
 1. :meth:`~SlideExtraction.open_slide` -- open the slide (its MPP from the file, a manifest or the
    ``mpp`` override).
 2. :meth:`~SlideExtraction.claim` -- check existing bags (complete with this config: skip; from
-   another config: :class:`ConfigMismatchError` unless ``overwrite``) and take the slide's lock.
+   another config: :class:`ConfigMismatchError` unless ``overwrite``; from another slide file with
+   the same name: :class:`SlideIdentityError`; damaged: a warning, recomputed) and take the lock.
 3. :meth:`~SlideExtraction.lay_grid` -- find the tissue, lay the 20x/5x tile grid, open the bag
    writer (every bag at its final size, under a temporary name).
 4. :meth:`~SlideExtraction.read_parents` -- stream the kept 5x parents: DataLoader workers read each
@@ -145,19 +146,21 @@ class SlideExtraction:
     def claim(self, lock: SlideLock) -> bool:
         """Whether this process extracts the slide (False: ``skipped`` or ``locked``, in the result).
 
-        Complete bags with this very config are always reused (delete them to force a
-        recomputation); bags from another config raise unless ``overwrite=true``.
+        Complete bags with this very config and slide are always reused (delete them to force a
+        recomputation); bags from another config raise unless ``overwrite=true``; outputs of
+        another slide file under the same slide id always raise (:class:`SlideIdentityError`);
+        damaged outputs are reported and recomputed.
         """
         sid = self.slide.slide_id
         ensure_dir(self.out_dir)  # an OutputError naming it when it cannot be written
-        if self.ex.check_reusable(self.out_dir, sid) == "complete":
+        if self.ex.check_reusable(self.out_dir, sid, self.slide) == "complete":
             self.result.status, self.result.paths = "skipped", self.ex.outputs(self.out_dir, sid)
             return False
         if not lock.acquire():
             self.result.status = "locked"
             return False
         # another worker may have finished it while we were getting here
-        if self.ex.check_reusable(self.out_dir, sid) == "complete":
+        if self.ex.check_reusable(self.out_dir, sid, self.slide, warn=False) == "complete":
             self.result.status, self.result.paths = "skipped", self.ex.outputs(self.out_dir, sid)
             return False
         remove_stale_temporaries(self.ex.outputs(self.out_dir, sid))

@@ -6,7 +6,8 @@ created at its final size under a temporary name (``.{slide_id}.h5.tmp-{pid}``, 
 the models: memory stays flat however large the slide. Only when every row is written does each
 file get ``complete=True`` and get fsync-ed and renamed to its final name. A killed run leaves only
 hidden temporary files (removed by the next run that takes the slide's lock), never a truncated
-bag under a final name.
+bag under a final name. Every block of rows is checked to be finite: NaN or inf (an fp16
+overflow, say) fails the slide (:class:`NonFiniteFeaturesError`) and publishes nothing.
 
 The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 """
@@ -23,10 +24,15 @@ import numpy as np
 
 from zoomfeat.bags import FEATURE_SET_MAG, _attr_value, _write_coords, bag_path, patches_path, write_patches
 from zoomfeat.runtime.atomic import atomic_path
+from zoomfeat.runtime.errors import ZoomfeatError
 from zoomfeat.runtime.units import TILE_PX
 
 #: the 20x-based sets carry ``parent_idx``
 SETS_20X = tuple(s for s, m in FEATURE_SET_MAG.items() if m == 20)
+
+
+class NonFiniteFeaturesError(ZoomfeatError, ValueError):
+    """A model produced NaN or inf features: the slide fails, nothing is published."""
 
 
 class _Aborted(Exception):
@@ -88,6 +94,7 @@ class SlideBagWriter:
         missing = set(FEATURE_SET_MAG) - set(dims)
         if missing:
             raise ValueError(f"dims missing for feature sets {sorted(missing)}")
+        self.slide_id = slide_id
         self.paths = slide_outputs(out_dir, slide_id, tile_px)
         self.coords = {
             20: np.asarray(coords20, np.int64).reshape(-1, 2),
@@ -136,8 +143,26 @@ class SlideBagWriter:
                 f"{self.paths[name]}: cannot write rows {start}..{start + len(rows)} of shape {rows.shape} into {ds.shape}"
             )
         if len(rows):
+            finite = np.isfinite(rows)
+            if not finite.all():
+                raise NonFiniteFeaturesError(self._non_finite_message(name, start, rows, finite))
             ds[start : start + len(rows)] = rows
         self.rows_written[name] += len(rows)
+
+    def _non_finite_message(self, name: str, start: int, rows: np.ndarray, finite: np.ndarray) -> str:
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        kinds = ", ".join(k for k, m in (("NaN", np.isnan(rows)), ("inf", np.isinf(rows))) if m.any())
+        precision = self.attrs.get("precision", "?")
+        advice = (
+            "fp16 overflows easily: rerun with precision=fp32 or precision=bf16"
+            if precision == "fp16"
+            else "rerun with precision=fp32 (bf16 if memory is short; avoid fp16), and check the model weights"
+        )
+        return (
+            f"slide '{self.slide_id}', feature set {name}: {int((~finite).sum())} non-finite value(s) ({kinds}) "
+            f"in {len(bad_rows)} row(s) from row {start + int(bad_rows[0])} (precision={precision}); "
+            f"not publishing the bags: {advice}"
+        )
 
     def finish(self) -> dict[str, Path]:
         """Check every row was written, mark complete, rename to the final names; returns the paths."""

@@ -42,18 +42,22 @@ from typing import Any
 
 import numpy as np
 
-from zoomfeat.runtime.errors import InputError, SlideError
+from zoomfeat.runtime.errors import InputNotFoundError, SlideError
 from zoomfeat.runtime.units import BASE_MAG, MPP_20X
 
+#: the former name of :class:`~zoomfeat.runtime.errors.InputNotFoundError` (kept for importers)
+MissingInputError = InputNotFoundError
 
-class MissingInputError(InputError, FileNotFoundError):
-    """A named slide, directory or manifest that does not exist (a ``FileNotFoundError`` too)."""
-
+#: openslide's hash of the slide's smallest level and properties (absent for a few formats)
+QUICKHASH_PROPERTY = "openslide.quickhash-1"
 
 #: plausible level-0 microns per pixel for a microscope slide
 MPP_RANGE = (0.01, 20.0)
 
-_MPP_HELP = "pass the resolution yourself: Slide.open(path, mpp=0.25) (or `slide.mpp=0.25` in a config)"
+_MPP_HELP = (
+    "pass the resolution yourself: `mpp=0.25` on the command line (python -m zoomfeat.extract SLIDE mpp=0.25), "
+    "an mpp column in a manifest CSV, or Slide.open(path, mpp=0.25) from Python"
+)
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,8 @@ def resolve_mpp(
     if power is not None:
         hint = (
             f" The file reports objective power {power:g}x (about {MPP_20X * BASE_MAG / power:g} um/px on Aperio-like "
-            "scanners, but scanners differ); Slide.open(path, objective_power_fallback=True) uses it with a warning."
+            f"scanners, but scanners differ): if that is right for your scanner, pass mpp={MPP_20X * BASE_MAG / power:g} "
+            "(from Python, Slide.open(path, objective_power_fallback=True) uses it with a warning)."
         )
     seen = f" ({'; '.join(rejected)})" if rejected else ""
     raise SlideError(f"{path}: no resolution (microns per pixel) in the file{seen}; {_MPP_HELP}.{hint}")
@@ -190,7 +195,7 @@ class Slide:
         """
         path = Path(path)
         if not path.exists():
-            raise MissingInputError(f"no slide file at {path}")
+            raise InputNotFoundError(f"no slide file at {path}")
         if path.is_dir():
             raise SlideError(f"{path}: is a directory, not a slide file")
         osr = _open_openslide(path)
@@ -209,6 +214,20 @@ class Slide:
         if min(slide.dimensions) <= 0:
             raise SlideError(f"{path}: empty image ({slide.dimensions[0]}x{slide.dimensions[1]} px)")
         return slide
+
+    def identity(self) -> dict[str, Any]:
+        """Where this slide came from: ``quickhash`` (openslide's, ``""`` when absent), file ``size``
+        in bytes and the resolved ``path``. Two files are the same slide when quickhash and size
+        agree; the path only informs (a moved slide folder is the same slide)."""
+        try:
+            size = int(self.path.stat().st_size)
+        except OSError:
+            size = -1
+        return {
+            "quickhash": str(self.properties.get(QUICKHASH_PROPERTY, "")),
+            "size": size,
+            "path": str(self.path.resolve()),
+        }
 
     @property
     def magnification(self) -> float:
