@@ -3,8 +3,9 @@
 Every encoder is an ``nn.Module`` with
 
 - ``embed_dim``: width of the embedding it returns;
-- ``preprocess(tiles)``: uint8 tensor (B, H, W, 3) -> normalised float (B, 3, 224, 224);
-- ``forward(x)``: (B, 3, 224, 224) -> (B, embed_dim) (the class token);
+- ``preprocess(tiles)``: uint8 tensor (B, H, W, 3) -> normalised float (B, 3, input_px, input_px);
+- ``forward(x)``: (B, 3, input_px, input_px) -> (B, embed_dim) (the published output: the class
+  token, or e.g. Virchow2's class token + mean patch token, see ``registry.OUTPUTS``);
 - ``checkpoint_id`` (local path, hub id or ``random-init(seed=N)``) and ``checkpoint_hash``.
 
 Weights are read through :mod:`zoomfeat.runtime.weights` (``torch.load(weights_only=True)`` or
@@ -71,12 +72,23 @@ class TileEncoder(nn.Module):
         std: tuple[float, float, float] = IMAGENET_STD,
         checkpoint_id: str = "random-init",
         checkpoint_hash: str = "",
+        *,
+        pool: nn.Module | None = None,
+        embed_dim: int | None = None,
+        resize_px: int | None = None,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         self.vit = vit
+        #: output rule applied to ``vit.forward_features`` (None: ``vit(x)`` is the output)
+        self.pool = pool
         self.name = name
-        self.embed_dim = int(vit.num_features)
+        self.embed_dim = int(vit.num_features if embed_dim is None else embed_dim)
         self.input_px = int(input_px)
+        self.resize_px = int(input_px if resize_px is None else resize_px)
+        if interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be bilinear or bicubic, got {interpolation!r}")
+        self.interpolation = interpolation
         self.register_buffer(
             "mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False
         )
@@ -87,8 +99,10 @@ class TileEncoder(nn.Module):
     def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
         """uint8 (B, H, W, 3) tiles (any device) -> float (B, 3, input_px, input_px), normalised.
 
-        The resize is bilinear with antialiasing (a 256 px tile becomes 224 px), as UNI's
-        ``transforms.Resize(224)`` does on PIL images.
+        The shorter side is resized to ``resize_px`` with antialiasing (bilinear: a 256 px tile
+        becomes 224 px, as UNI's ``transforms.Resize(224)`` does on PIL images; bicubic results are
+        clamped to [0, 1] as PIL's uint8 output is), then the centre ``input_px`` square is cropped
+        (``transforms.CenterCrop``; Prov-GigaPath resizes to 256 and crops 224).
         """
         if tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(
@@ -98,17 +112,35 @@ class TileEncoder(nn.Module):
             tiles.permute(0, 3, 1, 2).to(device=self.mean.device, dtype=torch.float32, non_blocking=True)
             / 255.0
         )
-        if x.shape[-2:] != (self.input_px, self.input_px):
-            x = F.interpolate(
-                x, size=(self.input_px, self.input_px), mode="bilinear", align_corners=False, antialias=True
-            )
+        h, w = x.shape[-2:]
+        if min(h, w) != self.resize_px:
+            size = (self.resize_px, self.resize_px) if h == w else _shorter_side(h, w, self.resize_px)
+            x = F.interpolate(x, size=size, mode=self.interpolation, align_corners=False, antialias=True)
+            if self.interpolation == "bicubic":
+                x = x.clamp(0.0, 1.0)
+        h, w = x.shape[-2:]
+        if (h, w) != (self.input_px, self.input_px):
+            if min(h, w) < self.input_px:
+                raise ValueError(f"{self.name}: resized tiles ({h}x{w}) are smaller than {self.input_px} px")
+            top, left = int(round((h - self.input_px) / 2.0)), int(round((w - self.input_px) / 2.0))
+            x = x[..., top : top + self.input_px, left : left + self.input_px]
         return ((x - self.mean) / self.std).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit(x)
+        """(B, 3, input_px, input_px) -> (B, embed_dim): the published output of the encoder."""
+        if self.pool is None:
+            return self.vit(x)
+        return self.pool(self.vit.forward_features(x))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, checkpoint_id={self.checkpoint_id!r}"
+
+
+def _shorter_side(h: int, w: int, size: int) -> tuple[int, int]:
+    """``transforms.Resize(size)`` on a non-square image: the shorter side becomes ``size``."""
+    if h <= w:
+        return size, int(size * w / h)
+    return int(size * h / w), size
 
 
 def resolve_weight_file(checkpoint: str | os.PathLike, what: str = "encoder") -> Path:
