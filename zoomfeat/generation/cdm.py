@@ -56,8 +56,14 @@ from torch import nn
 from zoomfeat.runtime.errors import ConfigError, WeightsError
 from zoomfeat.runtime.seeding import mix_seed
 
-#: DiT variants: (depth, hidden size, heads) [R] ``DiT_models``
-VARIANTS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+#: DiT variants: (depth, hidden size, heads) [R] ``DiT_models``; TINY is the golden G7 test size
+VARIANTS = {
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+    "TINY": (2, 64, 4),
+}
 NUM_TOKENS = 65
 
 

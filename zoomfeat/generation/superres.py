@@ -64,6 +64,8 @@ class InversionOptions:
     t_min: int = 50
     sim_weight: float = 0.05
     t_offset: int = 0
+    #: stop after this many of the ``steps`` updates (None: all); for debugging and tests
+    stop_after: int | None = None
 
 
 @dataclass
@@ -118,7 +120,7 @@ def invert_condition(
         p.requires_grad_(False)
     hist: dict[str, list[torch.Tensor]] = {}
     try:
-        for i, t in enumerate(inversion_timesteps(opts)):
+        for i, t in enumerate(inversion_timesteps(opts)[: opts.stop_after]):
             at = ac[t - 1].to(dev)
             eps = noise(f"eps_s{i}", tuple(z.shape)).to(dev)
             xt = at.sqrt() * z + (1 - at).sqrt() * eps
