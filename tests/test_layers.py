@@ -34,6 +34,7 @@ LAYERS = {
     "mil": 2,
     "training": 2,
     "generation": 2,
+    "interop": 2,
     "cli": 3,
     "extract": 4,
     "bench": 4,
