@@ -12,11 +12,17 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from zoomfeat.runtime.errors import ZoomfeatError
+from zoomfeat.runtime.atomic import ensure_dir
+from zoomfeat.runtime.errors import ConfigError, ZoomfeatError
 from zoomfeat.runtime.resources import config_dir
+
+#: file name endings that mark an argument as a slide path (openslide's formats and manifests)
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif",
+                  ".qptiff", ".dcm", ".csv")  # fmt: skip
 
 #: environment variable that makes entry points show the stack trace of user errors too
 DEBUG_ENV = "ZOOMFEAT_DEBUG"
@@ -41,11 +47,34 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+#: the syntax of a Hydra override key (``features.timestep``, ``+x``, ``hydra/launcher``, ``a@b``)
+_KEY_RE = re.compile(r"^[+~]{0,2}[A-Za-z_][\w\-]*(?:[./][\w\-]+)*(?:@[\w.\-/]+)?$")
+
+
+def _key_root(arg: str) -> str:
+    """The first component of an override's key: ``features`` of ``+features.timestep=3``."""
+    key = arg.split("=", 1)[0].lstrip("+~")
+    return re.split(r"[./@]", key, maxsplit=1)[0]
+
+
+def _is_existing_path(arg: str, known_keys: Collection[str] | None) -> bool:
+    """Whether ``arg`` (which contains ``=``) is a file or directory rather than an override: it
+    exists on disk and its text before the first ``=`` is not a known key (without ``known_keys``:
+    not an override key at all, e.g. ``/data/a=b.svs``)."""
+    if not os.path.exists(arg):
+        return False
+    if known_keys is not None:
+        return _key_root(arg) not in known_keys
+    return not _KEY_RE.match(arg.split("=", 1)[0])
+
+
+def split_argv(argv: Sequence[str], known_keys: Collection[str] | None = None) -> tuple[list[str], list[str]]:
     """Split command-line arguments into (bare inputs, Hydra arguments).
 
-    A bare input is an argument without ``=`` that is not a flag (``-m``, ``--help``, ...)
-    nor the value of a Hydra flag that takes one.
+    A bare input is an argument that is not a flag (``-m``, ``--help``, ...) nor the value of a
+    Hydra flag that takes one, and either has no ``=`` or is an existing file or directory whose
+    text before the first ``=`` is not a config key (``known_keys``: the top-level keys and group
+    names, :func:`config_keys`), so ``/data/run=3/slide.svs`` is a slide, ``out_dir=x`` a setting.
     """
     inputs: list[str] = []
     hydra_args: list[str] = []
@@ -57,11 +86,115 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         elif arg.startswith("-"):
             hydra_args.append(arg)
             expect_value = arg in _HYDRA_FLAGS_WITH_VALUE
-        elif "=" in arg:
+        elif "=" in arg and not _is_existing_path(arg, known_keys):
             hydra_args.append(arg)
         else:
             inputs.append(arg)
     return inputs, hydra_args
+
+
+def config_keys(config_name: str) -> set[str]:
+    """Top-level keys of ``conf/{config_name}.yaml``, the groups of its defaults list and ``hydra``."""
+    keys = {"hydra"}
+    data = _yaml(config_name)
+    keys |= {str(k) for k in data if k != "defaults"}
+    for item in data.get("defaults", []) or []:
+        if isinstance(item, dict):
+            keys |= {re.sub(r"^override\s+", "", str(k)).split("@")[0].lstrip("/") for k in item}
+    return keys
+
+
+def _yaml(config_name: str) -> dict:
+    from omegaconf import OmegaConf
+
+    path = config_dir() / f"{config_name}.yaml"
+    if not path.is_file():
+        return {}
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+
+def _path_like(arg: str) -> bool:
+    key = arg.split("=", 1)[0]
+    return bool(re.search(r"[/\\ ]", key)) or arg.lower().endswith(SLIDE_SUFFIXES)
+
+
+def precheck(config_name: str, hydra_args: Sequence[str], known_keys: Collection[str]) -> None:
+    """Catch what Hydra would report with several lines (or a trace) as one :class:`ConfigError`
+    or :class:`OutputError`: an argument that is neither a setting nor an existing path, an
+    unknown key or group option, an unparsable override, and an ``out_dir`` that cannot be a
+    directory (Hydra creates its run directory there before any zoomfeat code runs).
+
+    Skipped for command lines with flags (``-m``, ``--cfg`` ...) or ``hydra.*`` overrides.
+    """
+    if any(a.startswith("-") for a in hydra_args) or any(_key_root(a) == "hydra" for a in hydra_args):
+        return
+    for arg in hydra_args:
+        if "=" not in arg:
+            continue
+        root = _key_root(arg)
+        if root in known_keys:
+            continue
+        if _path_like(arg) or not _KEY_RE.match(arg.split("=", 1)[0]):
+            raise ConfigError(
+                f"{arg!r}: no such file or directory, and {arg.split('=', 1)[0]!r} is not a setting. "
+                "A path containing '=' is read as an input only when it exists; check the path, or list "
+                "the slides in a manifest CSV (a 'path' column, one slide per row) and pass the CSV"
+            )
+        if not arg.startswith("+"):
+            raise ConfigError(
+                f"{config_name}: unknown setting {arg.split('=', 1)[0]!r}; known keys: "
+                f"{', '.join(sorted(k for k in known_keys if k != 'hydra'))}"
+            )
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=config_name):
+            cfg = compose(config_name, overrides=list(hydra_args))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(f"{config_name}: {_hydra_message(err, config_name)}") from None
+    try:
+        out_dir = OmegaConf.select(cfg, "out_dir", default=None, throw_on_resolution_failure=False)
+    except Exception:  # noqa: BLE001 - an interpolation only the run can resolve: Hydra decides
+        out_dir = None
+    if isinstance(out_dir, str) and out_dir and "${" not in out_dir:
+        ensure_dir(out_dir)
+
+
+def _hydra_message(err: Exception, config_name: str = "") -> str:
+    """Hydra's multi-line message as one line (unknown keys get the usual 'known keys' hint)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    cut = next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
+    lines = [ln for ln in lines[:cut] if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+    text = " ".join(lines)
+    m = re.search(r"Could not override '([^']+)'", text)
+    if m and ("not in struct" in text or "To append" in text):
+        key = m.group(1)
+        parent, _, _ = key.rpartition(".")
+        node: Any = _yaml(config_name)
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) if isinstance(node, dict) else None
+        known = (
+            f"; known keys{' under ' + parent if parent else ''}: {', '.join(node)}"
+            if isinstance(node, dict)
+            else ""
+        )
+        return f"unknown setting {key!r}{known}"
+    m = re.search(r"Could not find '([^']+)'", text)
+    if m:
+        group = m.group(1).rsplit("/", 1)[0]
+        options = [
+            ln for ln in lines if ln and not ln.startswith(("In '", "Could not find", "Available options"))
+        ]
+        return f"no config {m.group(1)!r}; available options for {group}: {', '.join(options)}"
+    if "Error parsing override" in text:
+        return (
+            f"{text}. Quote values with special characters (key='a,b'); a slide path containing '=' "
+            "must exist, or be listed in a manifest CSV (a 'path' column) passed instead"
+        )
+    return text
 
 
 def inputs_override(inputs: Sequence[str], key: str = "inputs") -> str:
@@ -83,7 +216,9 @@ def hydra_main(
     import hydra
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    inputs, hydra_args = split_argv(argv) if inputs_key else ([], argv)
+    known = config_keys(config_name)
+    inputs, hydra_args = split_argv(argv, known) if inputs_key else ([], argv)
+    report_errors(config_name, precheck, config_name, hydra_args, known)
     if inputs:
         hydra_args.append(inputs_override(inputs, inputs_key))
     result: dict[str, Any] = {}
@@ -93,13 +228,27 @@ def hydra_main(
         result["value"] = report_errors(config_name, task, cfg)
         return result["value"]
 
-    saved = sys.argv
+    saved, saved_format = sys.argv, warnings.formatwarning
     sys.argv = [saved[0] if saved else config_name, *hydra_args]
+    warnings.formatwarning = _one_line_warnings(config_name, saved_format)
     try:
         _run()
     finally:
-        sys.argv = saved
+        sys.argv, warnings.formatwarning = saved, saved_format
     return result.get("value")
+
+
+def _one_line_warnings(entry: str, default: Callable[..., str]) -> Callable[..., str]:
+    """``warnings.formatwarning`` that prints zoomfeat's own warnings as ``zoomfeat {entry}:
+    warning: ...`` (one line, no source line); other libraries' warnings keep their format."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def fmt(message, category, filename, lineno, line=None):
+        if os.path.abspath(str(filename)).startswith(package + os.sep) and issubclass(category, UserWarning):
+            return f"zoomfeat {entry}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return fmt
 
 
 def debug_enabled() -> bool:

@@ -13,6 +13,7 @@ already complete, 1 when any failed or no slides were given, 2 for a user error 
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -61,9 +62,44 @@ def load_extract_config(cfg) -> Any:
     return load_config(ExtractConfig, data, "extract")
 
 
+def no_slides_message(inputs: list[str]) -> str:
+    """What to say when the inputs name no slide: which directories, what was looked for, what to do."""
+    from pathlib import Path
+
+    from zoomfeat.slide.manifest import SLIDE_EXTENSIONS
+
+    parts = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            files = [f for f in p.iterdir() if not f.name.startswith(".")]
+            others = sorted({f.suffix.lower() or f.name for f in files if f.is_file()})[:8]
+            subdirs = sum(f.is_dir() for f in files)
+            held = (
+                "it is empty"
+                if not files
+                else "it holds "
+                + ", ".join(
+                    x
+                    for x in (
+                        f"files ending {', '.join(others)}" if others else "",
+                        f"{subdirs} folder(s) (not searched)" if subdirs else "",
+                    )
+                    if x
+                )
+            )
+            parts.append(f"directory {p} ({held})")
+        else:
+            parts.append(f"manifest {p} (no rows)" if p.suffix.lower() == ".csv" else str(p))
+    return (
+        f"no slide files in {'; '.join(parts)}. Looked for files directly inside a directory ending "
+        f"{' '.join(SLIDE_EXTENSIONS)} (the formats openslide reads). Give the slide files themselves, "
+        "the folder that holds them, or a manifest CSV with a 'path' column"
+    )
+
+
 def run(cfg) -> Any:
     """Hydra task: discover slides, extract this shard, print the summary; returns the RunSummary."""
-    from zoomfeat.features.runner import extract_slides
     from zoomfeat.runtime.errors import InputError
     from zoomfeat.runtime.resources import demo_slide
     from zoomfeat.slide.manifest import discover
@@ -76,7 +112,9 @@ def run(cfg) -> Any:
         raise SystemExit(USAGE)
     slides = discover(inputs)
     if not slides:
-        raise InputError(f"no slide files found in {inputs}")
+        raise InputError(no_slides_message(inputs))
+    from zoomfeat.features.runner import extract_slides  # torch: only once there are slides
+
     shard = config.shard
     summary = extract_slides(slides, config.out_dir, config, shard.index, shard.count)
     print(summary.report(), flush=True)
@@ -92,6 +130,9 @@ def run(cfg) -> Any:
 def main() -> None:
     summary = hydra_main("extract", run)
     if summary is not None and not summary.ok:
+        # one line per failed slide on stderr, as for errors that stop the run (exit status 1)
+        for r in summary.failed:
+            print(f"zoomfeat extract: error: {re.sub(r'^[A-Za-z]*Error: ', '', r.error)}", file=sys.stderr)
         sys.exit(1)
 
 
