@@ -53,3 +53,42 @@ def test_shards_partition_the_sorted_list_whatever_the_input_order():
     assert shard(specs, 1, 3) == [specs[1], specs[4]]
     with pytest.raises(ValueError, match="shard.index"):
         shard(specs, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "name, slide_id",
+    [
+        ("x.ome.tiff", "x"),  # TRIDENT's compound extensions (trident/IO.py COMPOUND_EXTENSIONS, splitext)
+        ("x.OME.TIF", "x"),
+        ("scan.ome.zarr", "scan"),
+        ("TCGA-A1.v2.svs", "TCGA-A1.v2"),  # otherwise os.path.splitext: only the last suffix goes
+        ("slide.tiff", "slide"),
+        ("noext", "noext"),
+    ],
+)
+def test_slide_id_follows_trident_for_compound_extensions(tmp_path, name, slide_id):
+    from zoomfeat.slide.naming import slide_id_from_path
+
+    assert slide_id_from_path(Path("/data") / name) == slide_id
+    assert SlideSpec(Path("/data") / name).slide_id == slide_id
+
+
+def test_ome_tiff_is_discovered_under_trident_id_and_clashes_are_caught(tmp_path):
+    d = tmp_path / "slides"
+    _touch(d / "a.ome.tiff")
+    _touch(d / "b.svs")
+    assert [s.slide_id for s in discover([d])] == ["a", "b"]
+    _touch(d / "a.svs")  # same id "a" as a.ome.tiff: their bags would overwrite each other
+    with pytest.raises(ValueError, match="same file name"):
+        discover([d])
+
+
+def test_an_opened_ome_tiff_slide_has_the_trident_id(tmp_path):
+    from zoomfeat.slide import Slide
+    from zoomfeat.slide.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(
+        tmp_path / "case7.ome.tiff", width=600, height=400, levels=1, vendor="generic"
+    )
+    (spec,) = discover([tmp_path])
+    assert Slide.open(path).slide_id == spec.slide_id == "case7"

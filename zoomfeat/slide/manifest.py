@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoomfeat.runtime.errors import ConfigError, InputError
+from zoomfeat.slide.naming import slide_id_from_path
 from zoomfeat.slide.reader import MissingInputError
 
 SLIDE_EXTENSIONS = (
@@ -45,7 +46,8 @@ class SlideSpec:
 
     @property
     def slide_id(self) -> str:
-        return self.path.stem
+        """The file name without its extension; compound ones (``.ome.tiff``) whole, as TRIDENT does."""
+        return slide_id_from_path(self.path)
 
 
 def read_manifest(csv_path: str | Path) -> list[SlideSpec]:
@@ -106,7 +108,7 @@ def discover(inputs: Iterable[str | Path]) -> list[SlideSpec]:
 
 
 def check_unique_ids(specs: Sequence[SlideSpec]) -> None:
-    """Bags are named by slide id (file stem): two different slides with one stem would collide."""
+    """Bags are named by slide id (file name without extension): two slides with one id would collide."""
     seen: dict[str, Path] = {}
     clashes = []
     for s in specs:
