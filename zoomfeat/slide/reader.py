@@ -44,6 +44,7 @@ import numpy as np
 
 from zoomfeat.runtime.errors import InputNotFoundError, SlideError
 from zoomfeat.runtime.units import BASE_MAG, MPP_20X
+from zoomfeat.slide.naming import slide_id_from_path
 
 #: the former name of :class:`~zoomfeat.runtime.errors.InputNotFoundError` (kept for importers)
 MissingInputError = InputNotFoundError
@@ -169,7 +170,7 @@ class Slide:
 
     def __init__(self, path: str | Path, mpp_info: MppInfo, meta: dict[str, Any]) -> None:
         self.path = Path(path)
-        self.slide_id = self.path.stem
+        self.slide_id = slide_id_from_path(self.path)  # TRIDENT's id: x.ome.tiff -> x
         self.mpp = float(mpp_info.mpp)
         self.mpp_source = mpp_info.source
         self.mpp_x, self.mpp_y = float(mpp_info.mpp_x), float(mpp_info.mpp_y)
