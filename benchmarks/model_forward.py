@@ -6,6 +6,11 @@ Components (one "image" = one 256 px tile / one 64x64 latent / one SSL grid):
   unet_middle   UNet forward stopped after ``middle_block`` (what feature taps cost at most there)
   summarizer    SSL summarizer on an 8x8 grid (mag index 3)
 
+Tile encoders (``--encoders uni,phikon`` or ``all``; names from ``zoomfeat.encoders.ENCODERS``):
+one line per encoder, one "image" = one tile at the encoder's input size (224 px; CONCH v1.5 448),
+forward only (preprocessing excluded), seeded random weights (full size: ViT-g encoders need
+~4.5 GB of memory and a minute to initialise on a CPU).
+
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode`` run on a meta-device copy of the
 model (shapes only, nothing computed; 2 FLOPs per multiply-add, attention matmuls included,
 norms/elementwise not counted).  Weights are random: speed does not depend on them.
@@ -14,6 +19,8 @@ Examples:
   python benchmarks/model_forward.py --config tiny --batch 8 --iters 5
   python benchmarks/model_forward.py --config zoomldm_brca --batch 1 --iters 2 --device cpu
   python benchmarks/model_forward.py --config zoomldm_brca --batch 64 --device cuda --autocast bf16 --channels-last
+  python benchmarks/model_forward.py --components --encoders uni,phikon --batch 2 --iters 2 --device cpu
+  python benchmarks/model_forward.py --components --encoders all --batch 64 --device cuda --autocast bf16
 """
 
 from __future__ import annotations
@@ -89,23 +96,14 @@ def bench(
     return times
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="tiny", help="tiny | zoomldm_brca | path to a YAML")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per component (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (kernel set-up)")
-    p.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS)
-    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
-    args = p.parse_args(argv)
+def _device_name(device: torch.device) -> str:
+    return (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+
+def model_rows(args, device: torch.device, header: str) -> list[dict]:
+    """One row per ZoomLDM component (``--components``)."""
     meta = ZoomLDM.from_config(args.config, device="meta")
     t0 = time.perf_counter()
     model = ZoomLDM.from_config(args.config, seed=0).to(device)
@@ -116,11 +114,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"ZoomLDM '{model.name}' ({n_params / 1e6:.1f} M params, built in {build_s:.1f} s) on {device} "
-        f"[{torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}], "
+        f"[{_device_name(device)}], "
         f"batch {args.batch}, autocast {args.autocast}, channels_last {args.channels_last}, "
         f"torch {torch.__version__}"
     )
-    header = f"{'component':12s} {'GFLOP/img':>10s} {'ms/batch':>10s} {'images/s':>10s} {'GFLOP/s':>9s}"
     print(header)
     print("-" * len(header))
     rows = []
@@ -147,6 +144,120 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{row['achieved_gflops']:9.1f}",
             flush=True,
         )
+    return rows
+
+
+def encoder_rows(names: list[str], args, device: torch.device) -> list[dict]:
+    """One throughput row per tile encoder: GFLOPs per tile (meta count), images/s on ``device``."""
+    import warnings
+
+    from zoomfeat.encoders import build_encoder, get_spec
+    from zoomfeat.encoders.build import build_architecture, wrap
+
+    rows = []
+    for name in names:
+        spec = get_spec(name)
+        meta = wrap(spec, *build_architecture(spec, "meta"))
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            meta(torch.empty(args.batch, 3, spec.input_px, spec.input_px, device="meta"))
+        flops = fc.get_total_flops()
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random weights are the point here
+            enc = build_encoder(name, allow_random_weights=True, device=device)
+        build_s = time.perf_counter() - t0
+        if args.channels_last:
+            enc = enc.to(memory_format=torch.channels_last)
+        x = torch.randn(
+            args.batch, 3, spec.input_px, spec.input_px, generator=torch.Generator().manual_seed(0)
+        )
+        x = x.to(device)
+        times = []
+        with torch.inference_mode(), autocast(device, "fp32" if args.autocast == "none" else args.autocast):
+            for i in range(args.warmup + args.iters):
+                synchronize(device)
+                t = time.perf_counter()
+                enc(x)
+                synchronize(device)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t)
+        sec = statistics.median(times)
+        row = {
+            "component": f"enc:{name}",
+            "config": spec.architecture,
+            "device": str(device),
+            "batch": args.batch,
+            "autocast": args.autocast,
+            "channels_last": args.channels_last,
+            "params": sum(p.numel() for p in enc.parameters()),
+            "embed_dim": spec.embed_dim,
+            "input_px": spec.input_px,
+            "build_s": build_s,
+            "gflop_per_image": flops / args.batch / 1e9,
+            "sec_per_batch": sec,
+            "images_per_s": args.batch / sec,
+            "achieved_gflops": flops / sec / 1e9,
+            "iters": len(times),
+        }
+        rows.append(row)
+        print(
+            f"{row['component']:12s} {row['gflop_per_image']:10.2f} {sec * 1e3:10.1f} {row['images_per_s']:10.2f} "
+            f"{row['achieved_gflops']:9.1f}   {spec.architecture}, {row['params'] / 1e6:.1f} M params, "
+            f"{spec.embed_dim}-d, {spec.input_px} px",
+            flush=True,
+        )
+        del enc
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="tiny", help="tiny | zoomldm_brca | path to a YAML")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per component (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations first (kernel set-up)")
+    p.add_argument(
+        "--components",
+        nargs="*",
+        default=list(COMPONENTS),
+        choices=COMPONENTS,
+        help="none: tile encoders only",
+    )
+    p.add_argument(
+        "--encoders",
+        default="",
+        help="comma-separated tile encoders to time too (uni,phikon,...; 'all': the whole registry but tiny)",
+    )
+    p.add_argument("--autocast", default="none", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    from zoomfeat.encoders import ENCODERS
+
+    names = [n for n in ENCODERS if n != "tiny"] if args.encoders == "all" else [
+        n.strip() for n in args.encoders.split(",") if n.strip()
+    ]  # fmt: skip
+    unknown = [n for n in names if n not in ENCODERS]
+    if unknown:
+        p.error(f"unknown encoder(s) {', '.join(unknown)}: choose from {', '.join(ENCODERS)} or all")
+    header = f"{'component':12s} {'GFLOP/img':>10s} {'ms/batch':>10s} {'images/s':>10s} {'GFLOP/s':>9s}"
+    rows = []
+    if args.components:
+        rows += model_rows(args, device, header)
+    if names:
+        print(
+            f"tile encoders on {device} [{_device_name(device)}], batch {args.batch}, autocast {args.autocast}, "
+            f"random weights"
+        )
+        print(header)
+        print("-" * len(header))
+        rows += encoder_rows(names, args, device)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2))
