@@ -50,6 +50,7 @@ def test_preprocessing_constants_are_the_published_ones():
         got = (spec.input_px, spec.resize_px, spec.interpolation, spec.mean, spec.std, spec.embed_dim)
         assert got == (px, resize, interp, mean, std, width), name
         assert spec.output in OUTPUTS and spec.params_source and spec.licence
+        assert spec.trident_precision in ("fp32", "fp16", "bf16")
         assert spec.gated == (spec.hub_id is not None and "gated" in spec.licence), name
 
 
