@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from zoomfeat.features.config import ExtractConfig
+from zoomfeat.features.devices import DevicePool, resolve_devices
 from zoomfeat.features.pipeline import Extractor, SlideResult
 from zoomfeat.runtime.atomic import atomic_path, ensure_dir
 from zoomfeat.runtime.errors import ConfigMismatchError
@@ -35,6 +36,9 @@ class RunSummary:
     shard_count: int = 1
     out_dir: str = ""
     csv_path: Path | None = None
+    #: ``devices=`` runs: the devices, and which worker (``cuda:1#1``) extracted each slide
+    devices: list[str] = field(default_factory=list)
+    worker_of: dict[str, str] = field(default_factory=dict)
 
     def by_status(self, status: str) -> list[SlideResult]:
         return [r for r in self.results if r.status == status]
@@ -52,6 +56,8 @@ class RunSummary:
         tiles = sum(r.tiles for r in done)
         busy = sum(r.seconds for r in done)
         shard_txt = f" (shard {self.shard_index + 1}/{self.shard_count})" if self.shard_count > 1 else ""
+        if self.devices:
+            shard_txt += f" on {len(self.devices)} devices ({', '.join(self.devices)})"
         lines = [
             f"zoomfeat extract{shard_txt}: {len(self.results)} slide(s) in {self.seconds:.1f} s: {len(done)} extracted "
             f"({tiles} tiles, {tiles / busy if busy else 0:.2f} tiles/s), {len(skipped)} already complete, "
@@ -89,9 +95,11 @@ def extract_slides(
 
     Model loading errors (no weights, wrong encoder for the model) and bags from another
     config raise; per-slide errors are recorded in the summary and the run goes on.
-    """
-    from tqdm.auto import tqdm
 
+    With ``config.devices`` (``all``, ``[0,1,2,3]``, ``[cpu,cpu]``) the shard's slides are shared
+    out among one worker process per device (:mod:`zoomfeat.features.devices`); a worker that dies
+    takes only its current slide down (recorded as failed; a rerun redoes it).
+    """
     t0 = time.perf_counter()
     mine = shard(sorted(slides, key=lambda s: str(s.path)), shard_index, shard_count)
     summary = RunSummary(shard_index=shard_index, shard_count=shard_count, out_dir=str(out_dir))
@@ -99,6 +107,61 @@ def extract_slides(
         echo(f"zoomfeat extract: no slides in shard {shard_index + 1}/{shard_count} ({len(slides)} in total)")
         return summary
     ensure_dir(out_dir)  # a clear error before the models load
+    devices = resolve_devices(config.devices) if extractor is None else None
+    if devices is not None and len(devices) == 1:  # one device: this process, no pool
+        config, devices = config.replace(device=devices[0], devices=None), None
+    if devices is not None:
+        summary.results = _extract_with_pool(mine, out_dir, config, devices, echo, summary)
+    else:
+        _extract_here(mine, out_dir, config, extractor, echo, summary)
+    summary.seconds = time.perf_counter() - t0
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = (
+        f"extract_{stamp}_pid{os.getpid()}"
+        + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "")
+        + ".csv"
+    )
+    summary.write_csv(Path(out_dir) / "logs" / name)
+    return summary
+
+
+def _extract_with_pool(
+    mine: list[SlideSpec],
+    out_dir: str | Path,
+    config: ExtractConfig,
+    devices: list[str],
+    echo,
+    summary: RunSummary,
+) -> list[SlideResult]:
+    """``devices=``: one worker process per device (zoomfeat.features.devices), one display here."""
+    from tqdm.auto import tqdm
+
+    summary.devices = list(devices)
+    with tqdm(
+        total=len(mine), desc=f"slides on {len(devices)} devices", unit="slide", position=0,
+        **({} if config.progress else {"disable": True}),
+    ) as bar:  # fmt: skip
+
+        def on_result(result: SlideResult, worker: str) -> None:
+            bar.update(1)
+            msg = f"[{worker}] {result.line()}"
+            if config.progress:
+                tqdm.write(msg)
+            else:
+                echo(msg)
+
+        pool = DevicePool(devices, config, on_result=on_result, on_progress=bar.set_postfix_str)
+        outcome = pool.run(mine, out_dir)
+    summary.worker_of = outcome.worker_of
+    return outcome.results
+
+
+def _extract_here(
+    mine: list[SlideSpec], out_dir: str | Path, config: ExtractConfig, extractor, echo, summary: RunSummary
+) -> None:
+    """One process, one device: the slides one after the other."""
+    from tqdm.auto import tqdm
+
     ex = extractor or Extractor(config)
     if not config.overwrite:
         clashes = []
@@ -132,12 +195,3 @@ def extract_slides(
                 tqdm.write(msg)
             else:
                 echo(msg)
-    summary.seconds = time.perf_counter() - t0
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = (
-        f"extract_{stamp}_pid{os.getpid()}"
-        + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "")
-        + ".csv"
-    )
-    summary.write_csv(Path(out_dir) / "logs" / name)
-    return summary

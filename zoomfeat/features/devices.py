@@ -1,0 +1,394 @@
+"""``devices=``: one extraction worker process per device, slides handed out one at a time.
+
+``devices=all`` (every CUDA device), ``devices=[0,1,2,3]`` (``cuda:0`` ... ``cuda:3``) or
+``devices=[cpu,cpu]`` (two CPU workers, for testing) starts one *spawned* process per entry. Each
+loads the models once on its device, sets its own thread counts and extracts the slides the main
+process sends it, one at a time, as it becomes free. Nothing is shared but the ``out_dir``: the
+per-slide locks (:mod:`zoomfeat.features.locks`) keep other processes (other shards, machines) out,
+and a slide another process holds is skipped as in a single-process run.
+
+The main process owns the one progress display and the one run summary: workers send it messages
+(model loaded, slide started, tiles done, slide result) over their own pipe; no lock is shared
+between workers, so a worker killed at any moment cannot block the others. A worker that dies
+(SIGKILL, out of memory, a crashed driver) takes down only the slide it was extracting: that slide
+is recorded as failed (a rerun redoes it; its lock died with the process and its bags were never
+published), and the other workers take the remaining slides. A worker whose device stops working
+(a CUDA error after a failed slide) retires the same way.
+
+Features do not depend on which worker extracted a slide: the per-tile noise is keyed by (seed,
+slide, magnification, x, y), every model call is per tile, and rows are written in grid order
+(docs/ARCHITECTURE.md, "Determinism").
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoomfeat.features.config import ExtractConfig
+from zoomfeat.runtime.errors import ConfigError, ConfigMismatchError
+from zoomfeat.slide.manifest import SlideSpec
+
+#: seconds between two progress messages of one worker
+PROGRESS_EVERY_S = 0.5
+
+
+def resolve_devices(spec: Any) -> list[str] | None:
+    """The device names of a ``devices=`` setting (``None``: no pool, one process on ``device``).
+
+    ``all``: every CUDA device; a list: ints are CUDA indices, strings device names (``cpu``,
+    ``cuda:1``, ``"2"``). Every device is checked (:func:`~zoomfeat.runtime.device.resolve_device`).
+
+    Raises:
+        ConfigError: an empty list, an unknown or unavailable device, ``all`` without CUDA.
+    """
+    if spec is None:
+        return None
+    import torch
+
+    from zoomfeat.runtime.device import resolve_device
+
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text == "all":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0:
+                raise ConfigError(
+                    "devices=all but this machine has no CUDA device; use devices=null (one process on "
+                    "device=...) or a list such as devices=[cpu,cpu]"
+                )
+            return [f"cuda:{i}" for i in range(n)]
+        spec = [s for s in text.strip("[]").split(",") if s.strip()]
+    if not isinstance(spec, (list, tuple)) or not spec:
+        raise ConfigError(f"devices={spec!r}: use null, all, or a list such as [0,1,2,3] or [cpu,cpu]")
+    names = []
+    for entry in spec:
+        text = str(entry).strip().lower()
+        if text.isdigit():
+            text = f"cuda:{text}"
+        names.append(str(resolve_device(text)))
+    return names
+
+
+def worker_threads(devices: Sequence[str], cpus: int | None = None) -> int:
+    """torch threads of one worker: the cores shared out among the CPU workers (each >= 1); a GPU
+    worker's main thread only feeds its device (its DataLoader workers read), so 2 at most."""
+    cpus = cpus or os.cpu_count() or 1
+    n_cpu = sum(d == "cpu" for d in devices)
+    if n_cpu:
+        return max(1, cpus // len(devices))
+    return max(1, min(2, cpus // len(devices)))
+
+
+def worker_loaders(cfg: ExtractConfig, devices: Sequence[str], cpus: int | None = None) -> int:
+    """DataLoader workers per worker: ``num_workers`` as given, else (``auto``) 0 on the CPU and the
+    cores shared out among the GPU workers (<= 8 each, one core left per worker for its main thread)."""
+    if str(cfg.num_workers) != "auto":
+        return int(cfg.num_workers)
+    cpus = cpus or os.cpu_count() or 1
+    n_gpu = sum(d != "cpu" for d in devices)
+    if not n_gpu:
+        return 0
+    return max(1, min(8, cpus // n_gpu - 1))
+
+
+# ------------------------------------------------------------------------------------------ worker
+
+
+def _worker_main(index: int, device: str, cfg: ExtractConfig, out_dir: str, slides: list[SlideSpec],
+                 threads: int, check: bool, conn) -> None:  # fmt: skip
+    """A worker process: load the models on ``device``, then extract the slides it is sent."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # pragma: no cover - already set
+        pass
+    from zoomfeat.features.pipeline import Extractor, SlideResult
+
+    try:
+        ex = Extractor(cfg)
+        clashes = []
+        if check and not cfg.overwrite:
+            for spec in slides:
+                state, detail = ex.output_state(out_dir, spec.slide_id)
+                if state == "mismatch":
+                    clashes.append(f"{spec.slide_id} ({detail})")
+        conn.send(("ready", index, clashes))
+    except BaseException as err:  # noqa: BLE001 - reported to the main process, which raises it
+        conn.send(("fatal", index, _picklable(err), traceback.format_exc()))
+        return
+    Extraction = _reporting_extraction(conn, index)
+    while True:
+        msg = conn.recv()
+        if msg[0] != "slide":
+            break
+        k = msg[1]
+        spec = slides[k]
+        conn.send(("start", index, k))
+        try:
+            result = Extraction(ex, spec.path, out_dir, spec.mpp).run()
+        except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
+            result = SlideResult(
+                str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}"
+            )
+        conn.send(("result", index, k, result))
+        if result.status == "failed" and not _device_ok(ex.device):
+            conn.send(("retire", index, f"device {device} stopped working after {spec.slide_id}"))
+            break
+    conn.close()
+
+
+def _picklable(err: BaseException) -> BaseException:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(err).__name__}: {err}")
+
+
+def _device_ok(device) -> bool:
+    """Whether ``device`` still computes (a CUDA error poisons the process's context)."""
+    try:
+        import torch
+
+        return float(torch.ones(4, device=device).sum().item()) == 4.0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _reporting_extraction(conn, index: int):
+    """:class:`SlideExtraction` that also sends (tiles done, tiles in all) as parents complete."""
+    from zoomfeat.features.slide_extraction import SlideExtraction
+
+    class ReportingExtraction(SlideExtraction):
+        _last = 0.0
+        _done = 0
+
+        def fuse_parent(self, i: int) -> None:
+            tiles = int(self.kept[i].sum()) + 1
+            super().fuse_parent(i)
+            self._done += tiles
+            now = time.monotonic()
+            if now - self._last >= PROGRESS_EVERY_S or i == self.n_parents - 1:
+                self._last = now
+                total = int(self.kept.sum()) + self.n_parents
+                conn.send(("progress", index, self._done, total))
+
+    return ReportingExtraction
+
+
+# ------------------------------------------------------------------------------------------ pool
+
+
+@dataclass
+class _Worker:
+    index: int
+    device: str
+    process: Any
+    conn: Any
+    ready: bool = False
+    slide: int | None = None  # index into the slide list being extracted
+    tiles: tuple[int, int] = (0, 0)
+    alive: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.device}#{self.index}"
+
+
+@dataclass
+class PoolOutcome:
+    """Per slide (in the order given): its result; and which worker extracted it."""
+
+    results: list[Any] = field(default_factory=list)
+    worker_of: dict[str, str] = field(default_factory=dict)
+
+
+class DevicePool:
+    """One spawned worker process per device; :meth:`run` hands out the slides and gathers results.
+
+    Args:
+        on_result: called in the main process with (SlideResult, worker name) as each slide ends.
+        on_progress: called with a one-line status of the busy workers (the progress display).
+    """
+
+    def __init__(
+        self,
+        devices: Sequence[str],
+        config: ExtractConfig,
+        on_result: Callable[[Any, str], None] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        startup_timeout_s: float = 1800.0,
+    ) -> None:
+        self.devices = list(devices)
+        self.config = config
+        self.on_result = on_result
+        self.on_progress = on_progress
+        self.startup_timeout_s = startup_timeout_s
+        self.workers: list[_Worker] = []
+        self.slides: list[SlideSpec] = []
+        self.pending: list[int] = []
+        self.outcome = PoolOutcome()
+        self.clashes: list[str] = []
+
+    def run(self, slides: Sequence[SlideSpec], out_dir: str | Path) -> PoolOutcome:
+        """Extract ``slides`` into ``out_dir``; returns the results in the order of ``slides``.
+
+        Raises:
+            ConfigMismatchError: bags from another config exist (unless ``overwrite``), before any work.
+            the worker's exception: a worker could not load the models (no weights, bad device).
+        """
+        self.slides = list(slides)
+        self.outcome = PoolOutcome(results=[None] * len(self.slides))
+        self.pending = list(range(len(self.slides)))[::-1]  # pop() from the end: the given order
+        try:
+            self._start(out_dir)
+            self._loop()
+            for k in self.pending:  # every worker died or retired: nothing left to take these
+                self._finish(k, self._failed(k, "not started: every device worker had stopped"), None)
+            return self.outcome
+        finally:
+            self._stop()
+
+    # ------------------------------------------------------------------ steps
+    def _start(self, out_dir: str | Path) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        threads = worker_threads(self.devices)
+        loaders = worker_loaders(self.config, self.devices)
+        for i, dev in enumerate(self.devices):
+            cfg = self.config.replace(device=dev, devices=None, progress=False, num_workers=loaders)
+            parent, child = ctx.Pipe(duplex=True)
+            p = ctx.Process(
+                target=_worker_main,
+                args=(i, dev, cfg, str(out_dir), self.slides, threads, i == 0, child),
+                name=f"zoomfeat-extract-{i}",
+                daemon=False,  # its DataLoader workers are its children
+            )
+            p.start()
+            child.close()
+            self.workers.append(_Worker(i, dev, p, parent))
+
+    def _loop(self) -> None:
+        from multiprocessing.connection import wait
+
+        t0 = time.monotonic()
+        while any(w.alive for w in self.workers):
+            live = [w for w in self.workers if w.alive]
+            ready = wait([w.conn for w in live] + [w.process.sentinel for w in live], timeout=5.0)
+            if (
+                not all(w.ready or w.slide is not None for w in live)
+                and time.monotonic() - t0 > self.startup_timeout_s
+            ):
+                raise RuntimeError(
+                    f"device workers did not load their models within {self.startup_timeout_s:.0f} s"
+                )
+            for w in live:
+                if w.conn in ready:
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):  # it exited (or was killed)
+                        self._died(w)
+                        continue
+                    self._handle(w, msg)
+                elif w.process.sentinel in ready and not w.conn.poll():
+                    self._died(w)
+            if self.clashes:
+                raise ConfigMismatchError(
+                    f"{len(self.clashes)} slide(s) already have bags written with a different config: "
+                    + "; ".join(self.clashes[:5])
+                    + (" ..." if len(self.clashes) > 5 else "")
+                    + ". Pass overwrite=true to recompute them, or choose another out_dir."
+                )
+            self._hand_out()
+            self._status()
+
+    def _handle(self, w: _Worker, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "ready":
+            w.ready, self.clashes = True, self.clashes + list(msg[2])
+        elif kind == "fatal":
+            err, trace = msg[2], msg[3]
+            if not isinstance(err, Exception):
+                err = RuntimeError(f"device worker {w.name} failed to start:\n{trace}")
+            raise err
+        elif kind == "start":
+            w.tiles = (0, 0)
+        elif kind == "progress":
+            w.tiles = (msg[2], msg[3])
+        elif kind == "result":
+            self._finish(msg[2], msg[3], w)
+            w.slide = None
+        elif kind == "retire":
+            w.alive = False
+
+    def _died(self, w: _Worker) -> None:
+        w.process.join(timeout=5)
+        w.alive = False
+        if w.slide is not None:
+            code = w.process.exitcode
+            why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+            self._finish(
+                w.slide, self._failed(w.slide, f"device worker {w.name} died ({why}) while extracting it"), w
+            )
+            w.slide = None
+
+    def _hand_out(self) -> None:
+        if self.clashes or not all(w.ready or not w.alive or w.slide is not None for w in self.workers[:1]):
+            return  # worker 0 checks existing bags before the first slide is handed out
+        for w in self.workers:
+            if w.alive and w.ready and w.slide is None:
+                if self.pending:
+                    w.slide = self.pending.pop()
+                    w.tiles = (0, 0)
+                    w.conn.send(("slide", w.slide))
+                else:
+                    w.conn.send(("stop",))
+                    w.ready = False  # nothing more to send it; its exit ends it
+
+    def _status(self) -> None:
+        if self.on_progress:
+            busy = [
+                f"{w.name} {self.slides[w.slide].slide_id} {w.tiles[0]}/{w.tiles[1] or '?'}"
+                for w in self.workers
+                if w.alive and w.slide is not None
+            ]
+            self.on_progress(" | ".join(busy))
+
+    def _failed(self, k: int, why: str):
+        from zoomfeat.features.pipeline import SlideResult
+
+        spec = self.slides[k]
+        return SlideResult(str(spec.path), spec.slide_id, "failed", error=why)
+
+    def _finish(self, k: int, result, w: _Worker | None) -> None:
+        self.outcome.results[k] = result
+        name = w.name if w else "-"
+        self.outcome.worker_of[result.slide_id] = name
+        if self.on_result:
+            self.on_result(result, name)
+
+    def _stop(self) -> None:
+        for w in self.workers:
+            if w.alive and w.process.is_alive():
+                try:
+                    w.conn.send(("stop",))
+                except (OSError, ValueError):
+                    pass
+        for w in self.workers:
+            w.process.join(timeout=10)
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(timeout=10)
+            w.conn.close()
