@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,7 +174,46 @@ BAD_INPUTS = {
         "few.csv: a class has fewer",
     ),
     "unknown key": (["+task.labal_col=x"], "unknown setting 'task.labal_col'"),
+    "a patient whose slides carry different labels": (
+        ["task.labels={tmp}/mixed.csv"],
+        "mixed.csv: 1 patient(s) have slides with different labels",
+    ),
+    "a training part too small for its validation part": (
+        ["task.labels={tmp}/two.csv", "cv.folds=2"],
+        "two.csv: repeat 0 fold 0: the training part holds label 0: 1 patient(s)",
+    ),
+    "a truncated bag": (
+        ["task.bags={tmp}/bad", "feature_sets=[truncated]"],
+        "feature set 'truncated': damaged bag",
+    ),
+    "NaN features": (["task.bags={tmp}/bad", "feature_sets=[nan]"], "feature set 'nan': bag "),
+    "one set written with two configs": (
+        ["task.bags={tmp}/bad", "feature_sets=[mixed]"],
+        "differences: h0 vs h1: timestep: 200 vs 300",
+    ),
 }
+
+
+def write_bad_sets(root, labels):
+    """``{root}/features_{truncated,nan,mixed}/`` for the cohort of ``labels`` (one spoiled bag each)."""
+    from mil.bagfactory import COORDS_ATTRS
+
+    from zoomfeat.bags import write_bag
+
+    rng = np.random.default_rng(0)
+    for name in ("truncated", "nan", "mixed"):
+        for k, slide in enumerate(labels["slide_id"]):
+            x = rng.normal(size=(5, 4)).astype(np.float32)
+            t = 300 if name == "mixed" and k == 3 else 200
+            attrs = {"config_hash": f"h{int(t == 300)}", "recipe": f'{{"timestep": {t}}}', "timestep": t}
+            path = write_bag(
+                root / f"features_{name}" / f"{slide}.h5", x, np.zeros((5, 2)), COORDS_ATTRS, attrs
+            )
+            if k == 3 and name == "truncated":
+                path.write_bytes(path.read_bytes()[:1000])
+            if k == 3 and name == "nan":
+                with h5py.File(path, "a") as f:
+                    f["features"][2, 1] = np.nan
 
 
 def test_cli_prints_one_line_for_bad_inputs(bag_root, tmp_path):
@@ -186,12 +226,26 @@ def test_cli_prints_one_line_for_bad_inputs(bag_root, tmp_path):
     ilc = few.index[few["label"] == "ILC"]
     few.loc[ilc[4:], "label"] = "IDC"  # two ILC patients (two slides each) for three folds
     few.to_csv(tmp_path / "few.csv", index=False)
-    base = ["task=brca", f"task.bags={bag_root}", "feature_sets=[uni_20x]", *SMALL]
+    mixed = labels.copy()
+    mixed.loc[mixed.index[mixed["label"] == "IDC"][0], "case_id"] = mixed.loc[
+        mixed["label"] == "ILC", "case_id"
+    ].iloc[0]
+    mixed.to_csv(tmp_path / "mixed.csv", index=False)
+    two = pd.concat(
+        [labels[labels["label"] == c].iloc[[0, 2]] for c in ("IDC", "ILC")]
+    )  # 2 + 2 one-slide patients
+    two.to_csv(tmp_path / "two.csv", index=False)
+    write_bad_sets(tmp_path / "bad", labels)
     for what, (args, message) in BAD_INPUTS.items():
         args = [a.format(tmp=tmp_path) for a in args]
-        if not any(a.startswith("task.labels=") for a in args):
-            args.append(f"task.labels={bag_root / 'labels.csv'}")
-        cmd = [sys.executable, "-m", "zoomfeat.bench", *base, *args]
+        keys = {a.split("=", 1)[0] for a in args}
+        defaults = {
+            "task.labels": bag_root / "labels.csv",
+            "task.bags": bag_root,
+            "feature_sets": "[uni_20x]",
+        }
+        args += [f"{k}={v}" for k, v in defaults.items() if k not in keys]
+        cmd = [sys.executable, "-m", "zoomfeat.bench", "task=brca", *SMALL, *args]
         cmd.append(f"out_dir={tmp_path / what.replace(' ', '_')}")
         env = {k: v for k, v in os.environ.items() if k != "ZOOMFEAT_DEBUG"}
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

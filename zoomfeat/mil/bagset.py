@@ -74,6 +74,8 @@ class BagSet:
     paths: list[Path] | None = None
     coords: list[np.ndarray | None] | None = None
     skipped: list[str] = field(default_factory=list)
+    #: the set's recipe as the bags record it (:mod:`zoomfeat.mil.provenance`; unknown without one)
+    provenance: dict[str, Any] = field(default_factory=lambda: {"config_hash": "unknown"})
 
     def __len__(self) -> int:
         return len(self.slide_ids)

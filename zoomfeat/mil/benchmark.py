@@ -39,6 +39,7 @@ from zoomfeat.mil.bagset import BagSet, BenchWarning
 from zoomfeat.mil.config import BenchmarkConfig
 from zoomfeat.mil.labels import read_labels
 from zoomfeat.mil.metrics import METRICS, binary_metrics
+from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
 from zoomfeat.mil.sources import check_coverage, is_instance_csv, load_feature_set, resolve_source
 from zoomfeat.mil.splits import fold_keys, fold_parts, load_splits, make_splits, save_splits
@@ -139,6 +140,7 @@ class Benchmark:
         self.records: list[dict[str, Any]] = []
         self.predictions: list[dict[str, Any]] = []
         self.preloaded: dict[str, BagSet] = {}
+        self.provenance: dict[str, dict[str, Any]] = {}
 
     def run(self) -> dict[str, Any]:
         """Steps 1-5; returns ``{"folds": DataFrame, "paths": {name: Path}, "out_dir": Path}``."""
@@ -197,7 +199,7 @@ class Benchmark:
         """Step 2: every labelled slide has a bag in every feature set (or leaves the cohort)."""
         if not self.task.labels:
             return  # the cohort is the instance CSV's own bags
-        self.cohort = check_coverage(self.cohort, self.sources, self.task.missing_bags)
+        self.cohort = check_coverage(self.cohort, self.sources, self.task.missing_bags, self.task.labels)
         if self.cohort.empty:
             raise InputError(f"{self.task.labels}: no labelled slide has a bag in every feature set")
 
@@ -259,6 +261,7 @@ class Benchmark:
                 "in memory" if bags.in_memory else "read from disk",
                 bags.source,
             )
+            self.provenance[fs] = dict(bags.provenance)
             feeder = BagFeeder(bags, self.device)
             for repeat, fold in self.keys:
                 self.run_fold(bags, feeder, repeat, fold)
@@ -361,6 +364,7 @@ class Benchmark:
             f"AdamW lr {mil.lr:g} wd {mil.weight_decay:g}, up to {mil.epochs} epochs, early stopping on validation AUC "
             f"(patience {mil.patience}), class-balanced loss, instance standardisation={mil.standardize}.",
             "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
+            *[f"Bags of {line}." for line in provenance_table(self.provenance, self.feature_sets)],
         ]
         paths = write_report(self.out_dir, folds, cfg.paired_baseline, title, notes, self.feature_sets)
         paths["predictions"] = self.pred_path
@@ -369,6 +373,7 @@ class Benchmark:
             "task": self.task.name,
             "config": {**to_dict(cfg), "out_dir": str(self.out_dir)},
             "sources": {fs: str(p) for fs, p in self.sources.items()},
+            "provenance": self.provenance,
             "cohort": {
                 "slides": len(self.cohort),
                 "patients": int(self.n_cases),

@@ -13,8 +13,10 @@ checks every labelled slide has a bag in every set (so all sets see one cohort);
 memory are estimated first: float32 on disk -> ``dtype`` in RAM, so ``file bytes * itemsize / 4``
 must fit in ``memory_fraction`` of the available RAM, else they are read on each access.
 
-A missing source, a labelled slide with no bag, mixed feature widths or an unreadable CSV is a
-:class:`~zoomfeat.runtime.errors.BagError` naming the file; bags nobody labelled and empty bags
+A missing source, a labelled slide with no bag, a damaged bag (unreadable, or zoomfeat's without
+its ``complete`` mark), non-finite features, bags of one set written with different configs
+(:mod:`zoomfeat.mil.provenance`), mixed feature widths or an unreadable CSV is a
+:class:`~zoomfeat.runtime.errors.BagError` naming the file and the feature set; bags nobody labelled and empty bags
 are a :class:`~zoomfeat.mil.bagset.BenchWarning`. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
 """
 
@@ -30,6 +32,7 @@ import pandas as pd
 from zoomfeat.bags import FEATURE_SET_MAG, bag_path, list_bags, open_bag
 from zoomfeat.mil.bagset import BagSet, as_dtype, preview, resolve_path, warn
 from zoomfeat.mil.labels import map_labels
+from zoomfeat.mil.provenance import bag_provenance, check_one_recipe, is_zoomfeat_bag
 from zoomfeat.runtime.errors import BagError, ConfigError, InputError
 
 
@@ -70,7 +73,10 @@ def is_instance_csv(source: Path) -> bool:
 
 
 def check_coverage(
-    cohort: pd.DataFrame, sources: Mapping[str, Path], missing_bags: str = "error"
+    cohort: pd.DataFrame,
+    sources: Mapping[str, Path],
+    missing_bags: str = "error",
+    labels: str | Path | None = None,
 ) -> pd.DataFrame:
     """Check every labelled slide has a bag in every bag-directory source.
 
@@ -97,13 +103,43 @@ def check_coverage(
         lines = "; ".join(f"{fs} ({sources[fs]}): {preview(ids)}" for fs, ids in absent.items())
         if missing_bags == "error":
             n = len(set().union(*absent.values()))
+            where = f"{labels}: " if labels else ""
             raise BagError(
-                f"{n} labelled slide(s) have no bag: {lines}. Extract them, or pass task.missing_bags=drop to leave them out"
+                f"{where}{n} labelled slide(s) have no bag: {lines}. Extract them, or pass task.missing_bags=drop to leave them out"
             )
         drop = set().union(*absent.values())
         warn(f"leaving out {len(drop)} labelled slide(s) with no bag: {lines}")
         cohort = cohort[~cohort["slide_id"].isin(drop)].reset_index(drop=True)
     return cohort
+
+
+def read_checked_bag(path: Path, feature_set: str) -> Any:
+    """Read one bag, refusing a damaged or non-finite one with a :class:`BagError` naming the
+    file and its feature set.
+
+    Damaged: the file cannot be opened or read as a bag (a truncated copy), or zoomfeat wrote it
+    (it carries ``config_hash``) but it lacks ``complete = True``. Other tools' bags carry no
+    completeness mark and are accepted when readable.
+    """
+    fix = "delete it and re-extract the slide (or delete it and pass task.missing_bags=drop)"
+    try:
+        bag = open_bag(path, np.float32)
+    except (OSError, KeyError, ValueError) as err:  # BagError is a ValueError
+        reason = str(err).replace(str(path), "").strip(" :;") or type(err).__name__
+        raise BagError(f"feature set {feature_set!r}: damaged bag {path} ({reason}); {fix}") from err
+    if is_zoomfeat_bag(bag.attrs) and not bag.attrs.get("complete", False):
+        raise BagError(
+            f"feature set {feature_set!r}: damaged bag {path} (written by zoomfeat but not marked complete); {fix}"
+        )
+    finite = np.isfinite(bag.features)
+    if not finite.all():
+        bad_rows = int((~finite).any(axis=1).sum())
+        raise BagError(
+            f"feature set {feature_set!r}: bag {path} holds {int((~finite).sum())} non-finite feature value(s) "
+            f"(NaN/inf) in {bad_rows} of {len(bag)} tile(s); re-extract the slide with precision=fp32 or bf16 "
+            f"(fp16 overflows to inf), or leave it out"
+        )
+    return bag
 
 
 def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:
@@ -155,12 +191,13 @@ def load_bag_dir(
             warn(
                 f"{feature_set}: bags (~{estimate / 2**30:.1f} GiB as {dtype}) do not fit in memory; reading them from {bag_dir} on each access"
             )
-    keep, bags, coords, dims, sizes, empty = [], [], [], {}, [], []
+    keep, bags, coords, dims, sizes, empty, records = [], [], [], {}, [], [], {}
     for row, path in enumerate(
         tqdm(paths, desc=f"load {feature_set}", unit="bag", disable=not progress, leave=False)
     ):
-        bag = open_bag(path, np.float32)
+        bag = read_checked_bag(path, feature_set)
         slide = cohort["slide_id"].iloc[row]
+        records[slide] = bag_provenance(bag.attrs)
         dims[slide] = bag.features.shape[1]
         if len(bag) == 0:
             empty.append(slide)
@@ -171,6 +208,7 @@ def load_bag_dir(
             bags.append(as_dtype(bag.features, dtype, str(path)))
             coords.append(bag.coords)
     dim = _check_dims(dims, bag_dir)
+    provenance = check_one_recipe(feature_set, bag_dir, records)
     if empty:
         warn(f"{feature_set}: {len(empty)} empty bag(s) (no tissue) are skipped: {preview(empty)}")
     if not keep:
@@ -188,6 +226,7 @@ def load_bag_dir(
         coords=coords if in_memory else None,
         paths=None if in_memory else [paths[r] for r in keep],
         skipped=empty,
+        provenance=provenance,
     )
 
 
@@ -278,6 +317,15 @@ def load_instance_csv(
                 f"{len(unlabelled)} bag(s) in {path} have no label and are ignored: {preview(unlabelled, 10)}"
             )
     features = table[feat_cols].to_numpy(dtype=np.float32)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        rows_bad = np.flatnonzero(bad.any(axis=1))
+        bags_bad = list(dict.fromkeys(bag_ids.iloc[rows_bad]))
+        raise BagError(
+            f"feature set {feature_set!r}: {path} holds {int(bad.sum())} non-finite or empty feature value(s) "
+            f"(NaN/inf/blank) in {len(rows_bad)} row(s) (first at data row {int(rows_bad[0]) + 1}; bag(s) "
+            f"{preview(bags_bad, 5)}); fix or remove those rows"
+        )
     dtype = np.dtype(dtype)
     slide_ids = cohort["slide_id"].astype(str).tolist()
     return BagSet(

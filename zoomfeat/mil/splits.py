@@ -40,7 +40,7 @@ def check_class_counts(
     counts = table.drop_duplicates().groupby("label")["case_id"].nunique()
     if len(counts) < 2:
         raise InputError(
-            f"{source}: only one class in the cohort (label {counts.index.tolist()}); a binary task needs two"
+            f"{source}: only one class in the cohort (label {counts.index.tolist()}); a task needs at least two"
         )
     small = counts[counts < folds]
     if len(small):
@@ -56,16 +56,53 @@ def _conflicting_cases(table: pd.DataFrame) -> list[str]:
     return per_case[per_case > 1].index.tolist()
 
 
+def _val_n_splits(train: pd.DataFrame, val_fraction: float) -> int:
+    """The number of patient-grouped folds the validation part is the first of:
+    ``max(2, min(round(1 / val_fraction), patients of the smallest class, patients))``."""
+    min_cases = int(train.drop_duplicates(["case_id", "label"]).groupby("label")["case_id"].nunique().min())
+    return max(2, min(round(1 / val_fraction), min_cases, train["case_id"].nunique()))
+
+
+def check_val_split(
+    train: pd.DataFrame, val_fraction: float, folds: int, where: str, source: str = "cohort"
+) -> None:
+    """Refuse a training part whose validation part scikit-learn cannot make (before it tries).
+
+    The validation part is the first fold of ``StratifiedGroupKFold(n_splits)`` over the
+    training part (:func:`_val_n_splits`); scikit-learn refuses when *every* class holds fewer
+    slides than ``n_splits`` (its other conditions, more splits than patients or slides, cannot
+    arise: ``n_splits`` <= the patients of the smallest class, or 2 when there are >= 2
+    patients). Since ``n_splits`` <= the smallest class's patients <= its slides whenever that
+    class has >= 2 patients, this happens exactly when ``n_splits`` is 2 and every class in the
+    training part has a single slide: e.g. 2 + 2 one-slide patients with ``cv.folds=2``.
+    """
+    if val_fraction <= 0 or train["case_id"].nunique() < 2:
+        return
+    n_splits = _val_n_splits(train, val_fraction)
+    slides = train.groupby("label")["slide_id"].count()
+    if (slides < n_splits).all():
+        counts = ", ".join(
+            f"label {k}: {train.loc[train['label'] == k, 'case_id'].nunique()} patient(s), {v} slide(s)"
+            for k, v in slides.items()
+        )
+        raise InputError(
+            f"{source}: {where}: the training part holds {counts}, too few for the patient-grouped "
+            f"validation part (cv.val_fraction={val_fraction:g} needs, in every training part, a class with "
+            f">= {n_splits} slides). Use fewer folds (cv.folds={max(2, folds - 1)} or less), cv.val_fraction=0 "
+            f"(no early stopping), or more patients"
+        )
+
+
 def _val_split(train: pd.DataFrame, val_fraction: float, random_state: int) -> np.ndarray:
-    """Boolean mask over ``train`` rows: the patient-grouped stratified validation part."""
+    """Boolean mask over ``train`` rows: the patient-grouped stratified validation part
+    (:func:`check_val_split` has refused the training parts it cannot be made from)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if val_fraction <= 0:
         return np.zeros(len(train), dtype=bool)
     if not 0 < val_fraction < 1:
         raise ConfigError(f"cv.val_fraction must be in [0, 1), got {val_fraction}")
-    min_cases = int(train.drop_duplicates(["case_id", "label"]).groupby("label")["case_id"].nunique().min())
-    n_splits = max(2, min(round(1 / val_fraction), min_cases, train["case_id"].nunique()))
+    n_splits = _val_n_splits(train, val_fraction)
     if train["case_id"].nunique() < 2:
         return np.zeros(len(train), dtype=bool)
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
@@ -100,8 +137,10 @@ def make_splits(
         The split table (columns :data:`SPLIT_COLUMNS`), one row per (repeat, fold, slide).
 
     Raises:
-        InputError: a class has fewer patients than ``folds``, or a patient's slides carry
-            different labels (a patient-level split cannot stratify them).
+        InputError: a class has fewer patients than ``folds``, a patient's slides carry
+            different labels (a patient-level split cannot stratify them), or a training part
+            is too small for its validation part (:func:`check_val_split`). Every condition
+            under which scikit-learn's splitters would refuse is checked before they run.
     """
     from sklearn.model_selection import StratifiedGroupKFold
 
@@ -133,6 +172,7 @@ def make_splits(
         sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=_random_state(seed, repeat))
         for fold, (train_rows, test_rows) in enumerate(sgkf.split(np.zeros(len(cohort)), y, groups)):
             train = cohort.iloc[train_rows].reset_index(drop=True)
+            check_val_split(train, val_fraction, folds, f"repeat {repeat} fold {fold}", source)
             val_mask = _val_split(train, val_fraction, _random_state(seed, repeat, fold, 1))
             parts = [
                 train[~val_mask].assign(part="train"),
