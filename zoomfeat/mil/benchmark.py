@@ -41,7 +41,13 @@ from zoomfeat.mil.labels import read_labels
 from zoomfeat.mil.metrics import METRICS, binary_metrics
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
-from zoomfeat.mil.sources import check_coverage, is_instance_csv, load_feature_set, resolve_source
+from zoomfeat.mil.sources import (
+    check_coverage,
+    expand_feature_sets,
+    is_instance_csv,
+    load_feature_set,
+    resolve_source,
+)
 from zoomfeat.mil.splits import fold_keys, fold_parts, load_splits, make_splits, save_splits
 from zoomfeat.mil.train import BagFeeder, FoldResult, predict, train_fold
 from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
@@ -165,6 +171,9 @@ class Benchmark:
                 f"task {task.name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) "
                 f"and task.labels=CSV{hint}"
             )
+        self.feature_sets = expand_feature_sets(self.feature_sets, task.bags)
+        baseline = self.cfg.baseline
+        self.baseline = baseline if baseline in self.feature_sets and len(self.feature_sets) > 1 else None
         self.sources = {fs: resolve_source(task.bags, fs) for fs in self.feature_sets}
         if task.labels:
             self.cohort_source = str(task.labels)
@@ -366,12 +375,13 @@ class Benchmark:
             "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
             *[f"Bags of {line}." for line in provenance_table(self.provenance, self.feature_sets)],
         ]
-        paths = write_report(self.out_dir, folds, cfg.paired_baseline, title, notes, self.feature_sets)
+        paths = write_report(self.out_dir, folds, self.baseline, title, notes, self.feature_sets)
         paths["predictions"] = self.pred_path
         paths["splits"] = self.out_dir / "splits.csv"
         run_info = {
             "task": self.task.name,
             "config": {**to_dict(cfg), "out_dir": str(self.out_dir)},
+            "feature_sets": self.feature_sets,
             "sources": {fs: str(p) for fs, p in self.sources.items()},
             "provenance": self.provenance,
             "cohort": {

@@ -156,7 +156,8 @@ class BenchmarkConfig:
     mil: MILConfig = field(default_factory=MILConfig)
     cv: CVSection = field(default_factory=CVSection)
     data: DataSection = field(default_factory=DataSection)
-    # feature sets to compare (bag directories features_{set}/); the task may override
+    # feature sets to compare: names or glob patterns (uni_*) of features_{set}/ directories, any name
+    # (TRIDENT job directories of other encoders too); the task may override
     feature_sets: list[str] = field(default_factory=_default_feature_sets)
     # paired tests compare every set with this one over the same folds (null: none)
     baseline: str | None = "uni_20x"

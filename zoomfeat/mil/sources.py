@@ -22,6 +22,8 @@ are a :class:`~zoomfeat.mil.bagset.BenchWarning`. See ``docs/ARCHITECTURE.md`` (
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,8 +42,9 @@ def resolve_source(bags: str | Path, feature_set: str) -> Path:
     """Where ``feature_set``'s bags are.
 
     ``bags`` may contain ``{set}`` (formatted with the feature set); be an instance CSV; be a
-    ``features_{set}`` directory itself; hold ``features_{set}/``; or be a ``zoomfeat.extract``
-    output directory (``{mag}x_256px_0px_overlap/features_{set}/``).
+    ``features_{set}`` directory itself; hold ``features_{set}/``; or be a TRIDENT job directory
+    (``zoomfeat.extract``'s output, or TRIDENT's own) holding
+    ``{mag}x_{px}px_{overlap}px_overlap/features_{set}/`` for any set name.
     """
     text = str(bags)
     if "{set}" in text:
@@ -62,9 +65,69 @@ def resolve_source(bags: str | Path, feature_set: str) -> Path:
         return root
     if not root.exists():
         raise BagError(f"no bag source at {root} (task.bags=): check the path")
+    found = [d for d in _mag_dirs(root) if (d / f"features_{feature_set}").is_dir()]
+    if len(found) == 1:
+        return found[0] / f"features_{feature_set}"
+    if len(found) > 1:
+        raise BagError(
+            f"feature set {feature_set!r} is in {len(found)} TRIDENT directories under {root} "
+            f"({', '.join(d.name for d in found)}); point task.bags at the one to use (e.g. task.bags={found[0]})"
+        )
+    have = available_sets(root)
     raise BagError(
-        f"no bags for feature set {feature_set!r} under {root}; looked for {[str(t) for t in tried]}"
+        f"no bags for feature set {feature_set!r} under {root}; looked for features_{feature_set}/ there and in "
+        f"{{mag}}x_{{px}}px_{{overlap}}px_overlap/ directories; feature sets found: {have or 'none'}"
     )
+
+
+#: TRIDENT's job-directory names: ``{mag}x_{px}px_{overlap}px_overlap``
+TRIDENT_DIR = re.compile(r"^\d+(\.\d+)?x_\d+px_\d+px_overlap$")
+
+
+def _mag_dirs(root: Path) -> list[Path]:
+    """TRIDENT-layout directories ``{mag}x_{px}px_{overlap}px_overlap`` directly under ``root``."""
+    return sorted(d for d in root.iterdir() if d.is_dir() and TRIDENT_DIR.match(d.name))
+
+
+def available_sets(bags: str | Path) -> list[str]:
+    """Feature-set names under a bag root: ``features_*/`` in it and in its TRIDENT directories
+    (any name: ``features_conch_v15`` from TRIDENT as well as zoomfeat's own)."""
+    root = resolve_path(str(bags))
+    if not root.is_dir():
+        return []
+    if root.name.startswith("features_"):
+        return [root.name[len("features_") :]]
+    names = []
+    for d in [root, *_mag_dirs(root)]:
+        names += [
+            p.name[len("features_") :] for p in d.iterdir() if p.is_dir() and p.name.startswith("features_")
+        ]
+    return sorted(set(names))
+
+
+def expand_feature_sets(patterns: list[str], bags: str | Path | None) -> list[str]:
+    """``feature_sets`` with glob patterns (``uni_*``, ``*_20x``) expanded against the sets under
+    ``task.bags`` (:func:`available_sets`), in the order given, each set once.
+
+    A pattern matching nothing is a :class:`BagError` listing the sets found; plain names are kept
+    (their source is checked by :func:`resolve_source`), as is everything for a ``{set}`` path or a file.
+    """
+    if bags is None or "{set}" in str(bags) or resolve_path(str(bags)).is_file():
+        return list(patterns)
+    have = None
+    out: list[str] = []
+    for pattern in patterns:
+        if not any(ch in pattern for ch in "*?["):
+            names = [pattern]
+        else:
+            have = available_sets(bags) if have is None else have
+            names = [n for n in have if fnmatch.fnmatchcase(n, pattern)]
+            if not names:
+                raise BagError(
+                    f"feature_sets pattern {pattern!r} matches no feature set under {bags} (found: {have or 'none'})"
+                )
+        out += [n for n in names if n not in out]
+    return out
 
 
 def is_instance_csv(source: Path) -> bool:
