@@ -35,7 +35,7 @@ def out_dir(tmp_path_factory):
     return out
 
 
-def test_command_line_writes_the_mirror_and_says_how_to_use_it(out_dir, tmp_path):
+def test_command_line_writes_the_mirror_and_says_how_to_use_it(out_dir, tmp_path, monkeypatch):
     proc = _export(str(out_dir), "to=clam", "sets=uni_fused", f"dest={tmp_path / 'm'}")
     assert proc.returncode == 0, proc.stderr
     assert "uni_fused: 1 slide(s)" in proc.stdout and "--embed_dim 3" in proc.stdout
@@ -46,8 +46,10 @@ def test_command_line_writes_the_mirror_and_says_how_to_use_it(out_dir, tmp_path
     from zoomfeat.cli import hydra_main
     from zoomfeat.export import run
 
+    monkeypatch.chdir(tmp_path)
     result = hydra_main("export", run, argv=[str(out_dir), "to=slideflow"])
     assert result.dest == out_dir / "export" / "slideflow"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # Hydra wrote no log or run files here
     assert (out_dir / "export" / "slideflow" / "uni_fused" / "s1.index.npz").is_file()
 
 
@@ -59,10 +61,11 @@ def test_command_line_writes_the_mirror_and_says_how_to_use_it(out_dir, tmp_path
         (["to=clam", "tiles=3"], "unknown setting 'tiles'"),
     ],
 )
-def test_user_errors_are_one_line(out_dir, args, message, capsys):
+def test_user_errors_are_one_line(out_dir, args, message, capsys, tmp_path, monkeypatch):
     from zoomfeat.cli import hydra_main
     from zoomfeat.export import run
 
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         hydra_main("export", run, argv=[str(out_dir), *args])
     assert exit_info.value.code == 2
