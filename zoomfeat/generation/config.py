@@ -9,36 +9,14 @@ Sections: ``model`` (the Hydra group ``conf/model/*.yaml``), ``encoder`` (``conf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from zoomfeat.encoders.config import EncoderSection
+from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check
 from zoomfeat.runtime.device import PRECISIONS
 from zoomfeat.runtime.units import mag_index
 
 MODES = ("patch", "large", "superres")
-ARCH_SECTIONS = ("unet", "vq", "summarizer", "diffusion")
-
-
-@dataclass
-class ModelSection:
-    """``conf/model/{name}.yaml``: the ZoomLDM architecture and its weights."""
-
-    name: str = "zoomldm_brca"
-    checkpoint: str | None = None
-    unet: dict[str, Any] = field(default_factory=dict)
-    vq: dict[str, Any] = field(default_factory=dict)
-    summarizer: dict[str, Any] = field(default_factory=dict)
-    diffusion: dict[str, Any] = field(default_factory=dict)
-
-    def source(self) -> str | dict[str, Any]:
-        sections = {k: dict(getattr(self, k)) for k in ARCH_SECTIONS if getattr(self, k)}
-        return {"name": self.name, **sections} if sections else self.name
-
-
-@dataclass
-class EncoderSection:
-    name: str = "uni"
-    checkpoint: str | None = None
 
 
 @dataclass

@@ -88,6 +88,8 @@ def plan(gc: GenerateConfig) -> list[tuple[str, costs.Counts]]:
         stages.insert(1, ("large decode (before post-processing)", costs.large_decode_counts(e, ws)))
     else:
         stages.append(("large decode", costs.large_decode_counts(e, ws)))
+    if gc.mode == "large":
+        stages.append(("generated guide image", costs.Counts(vq_decode=1)))
     return stages
 
 
