@@ -28,9 +28,17 @@ def tiny_args(golden_dir):
     ]
 
 
-def test_dry_run_4096_matches_spec(capsys):
+def test_dry_run_4096_matches_spec(capsys, tmp_path):
     summary = hydra_main(
-        "generate", run, argv=["mode=large", "region.mag=1.25x", "dry_run=true", "large.postprocess=true"]
+        "generate",
+        run,
+        argv=[
+            "mode=large",
+            "region.mag=1.25x",
+            "dry_run=true",
+            "large.postprocess=true",
+            f"out_dir={tmp_path}",
+        ],
     )
     out = capsys.readouterr().out
     assert "4096x4096 px" in out and "UNet evals 215,080" in out and "VQ decodes 51,220" in out
@@ -181,3 +189,37 @@ def test_layers_allow_generation():
     import zoomfeat.generation.workflow  # noqa: F401  (imports only model/slide/encoders/runtime)
 
     assert torch.__version__
+
+
+def test_cdm_training_on_prepared_shards_resumes(tmp_path, tiny_args):
+    from zoomfeat.generation.cdm import load_cdm
+    from zoomfeat.training.shards import ShardWriter, grid_side
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    writer = ShardWriter(data, ssl_channels=32, config_hash="test", pack_rows=0)
+    with writer.slide("s0") as s:
+        for m, n in {0: 5, 2: 3, 4: 2}.items():
+            g = grid_side(m)
+            s.append(
+                m,
+                rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
+                rng.standard_normal((n, 32, g, g)).astype(np.float16),
+                rng.integers(0, 5000, (n, 2)),
+                256 * 2**m,
+            )
+    common = [
+        "mode=cdm_train",
+        f"cdm_train.data={data}",
+        "cdm.variant=tiny",
+        "cdm_train.batch_size=4",
+        "cdm_train.log_every=1",
+        f"out_dir={tmp_path / 'cdm'}",
+        *tiny_args,
+    ]
+    first = hydra_main("generate", run, argv=[*common, "cdm_train.steps=2"])
+    assert first["step"] == 2 and first["tiles"] == {0: 5, 2: 3, 4: 2}
+    again = hydra_main("generate", run, argv=[*common, "cdm_train.steps=3"])
+    assert again["step"] == 3  # resumed from cdm_last.pt, one more step
+    cdm = load_cdm(again["ema"], "tiny", in_channels=64)
+    assert cdm(torch.randn(1, 64, 65), torch.tensor([5]), torch.tensor([2])).shape == (1, 128, 65)

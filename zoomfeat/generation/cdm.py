@@ -503,6 +503,41 @@ def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
         return ldm.condition(grids, mags).float().transpose(1, 2)
 
 
+def grid_batches(
+    ldm,
+    counts: Mapping[int, int],
+    read: Callable[[int, int], Any],
+    batch_size: int,
+    seed: int = 0,
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """``batches(step)`` for :func:`train_cdm` from tiles of prepared data (spec 5.4).
+
+    Each sample draws a magnification uniformly among those present (the official draws among
+    all 8), then a tile uniformly; ``read(m, i)`` returns its raw SSL grid [C, g, g]. The target
+    is the LDM summarizer output of the pooled, standardised grid (``ZoomLDM.condition``),
+    transposed to [C_ctx, 65]. The draw depends on (seed, step) only.
+    """
+    mags = sorted(m for m, n in counts.items() if n > 0)
+    if not mags:
+        raise ConfigError("CDM training: the data hold no tiles")
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(mix_seed(int(seed), int(step), 1))
+        ms = [mags[j] for j in torch.randint(len(mags), (batch_size,), generator=g).tolist()]
+        idx = [int(torch.randint(counts[m], (1,), generator=g)) for m in ms]
+        out = torch.empty(batch_size, ldm.context_dim, NUM_TOKENS)
+        by_side: dict[tuple[int, ...], list[int]] = {}
+        grids = [torch.as_tensor(np.asarray(read(m, i))).float() for m, i in zip(ms, idx)]
+        for k, grid in enumerate(grids):
+            by_side.setdefault(tuple(grid.shape), []).append(k)
+        for ks in by_side.values():
+            grid = torch.stack([grids[k] for k in ks])
+            out[ks] = cdm_targets(ldm, grid, torch.tensor([ms[k] for k in ks])).cpu()
+        return out, torch.tensor(ms)
+
+    return batches
+
+
 def train_cdm(
     cdm: DiT,
     batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],

@@ -16,7 +16,7 @@ from zoomfeat.runtime.config import check
 from zoomfeat.runtime.device import PRECISIONS
 from zoomfeat.runtime.units import mag_index
 
-MODES = ("patch", "large", "superres")
+MODES = ("patch", "large", "superres", "cdm_train")
 
 
 @dataclass
@@ -113,6 +113,23 @@ class CDMSection:
 
 
 @dataclass
+class CDMTrainSection:
+    """``mode=cdm_train``: train the CDM on ``prepare``'s shards (official recipe, spec 5.4)."""
+
+    #: prepared data directory (python -m zoomfeat.prepare)
+    data: str | None = None
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-4
+    ema_decay: float = 0.9999
+    checkpoint_every: int = 5000
+    log_every: int = 100
+    #: continue from out_dir/cdm_last.pt when it exists
+    resume: bool = True
+    grad_checkpointing: bool = False
+
+
+@dataclass
 class GenerateConfig:
     inputs: list[str] = field(default_factory=list)
     mode: str = "patch"
@@ -134,6 +151,7 @@ class GenerateConfig:
     post: PostSection = field(default_factory=PostSection)
     superres: SuperresSection = field(default_factory=SuperresSection)
     cdm: CDMSection = field(default_factory=CDMSection)
+    cdm_train: CDMTrainSection = field(default_factory=CDMTrainSection)
 
     def __post_init__(self):
         check(self.mode in MODES, f"mode={self.mode!r}: use one of {', '.join(MODES)}")
@@ -165,5 +183,9 @@ class GenerateConfig:
             "large.tiff_compression: deflate | jpeg | none",
         )
         check(self.cdm.respacing >= 1, "cdm.respacing must be >= 1")
+        check(
+            self.cdm_train.steps >= 1 and self.cdm_train.batch_size >= 1,
+            "cdm_train.steps and batch_size must be >= 1",
+        )
         for sec in (self.large, self.superres):
             check(sec.batch_size >= 1 and sec.n_steps >= 0, "batch_size must be >= 1 and n_steps >= 0")

@@ -46,6 +46,14 @@ def _grid_side(gc: GenerateConfig) -> int:
 def plan(gc: GenerateConfig) -> list[tuple[str, costs.Counts]]:
     """Per-stage counts of the request (spec 2.8, 3.4, 5.5, 6)."""
     stages: list[tuple[str, costs.Counts]] = []
+    if gc.mode == "cdm_train":
+        n = gc.cdm_train.steps * gc.cdm_train.batch_size
+        return [
+            (
+                f"CDM training ({gc.cdm_train.steps} steps x {gc.cdm_train.batch_size})",
+                costs.Counts(dit=n, summarizer=n),
+            )
+        ]
     if gc.mode == "patch":
         p = gc.patch
         if p.source == "cdm":
@@ -123,6 +131,11 @@ def _save_png(path: Path, img: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(img).save(tmp, format="PNG")
     return path
+
+
+def load_ldm(gc: GenerateConfig, device: torch.device, live: bool = False):
+    """The ZoomLDM of ``gc.model`` on ``device`` (EMA UNet unless ``live``)."""
+    return _load_models(gc, device, live)
 
 
 def _load_models(gc: GenerateConfig, device: torch.device, live: bool = False):
