@@ -75,3 +75,217 @@ def test_slide_without_tissue_gives_empty_bags(tiny, synthetic_slide_factory, tm
     assert open_bag(paths["zoomldm_20x"]).parent_idx.shape == (0,)
     for mag in (20, 5):
         assert patches_path(tmp_path, "blank", mag).is_file()
+
+
+# ------------------------------------------------------------------ slide identity, damaged outputs
+
+
+@pytest.fixture(scope="module")
+def ref_extractor():
+    """The reference run's settings (batch 3, no workers): reruns here must equal its bags bitwise."""
+    from tests.features.conftest import TINY
+
+    return Extractor(ExtractConfig.from_kwargs(**TINY, batch_size=3, num_workers=0))
+
+
+def _outputs_equal(a_dir, b_dir, slide_id):
+    """Every dataset of the slide's eight files is bitwise equal in both output dirs."""
+    import h5py
+
+    from zoomfeat.features.writer import slide_outputs
+
+    a_paths, b_paths = slide_outputs(a_dir, slide_id), slide_outputs(b_dir, slide_id)
+    for name, a in a_paths.items():
+        with h5py.File(a, "r") as fa, h5py.File(b_paths[name], "r") as fb:
+            assert fb.attrs["complete"] and set(fa) == set(fb), name
+            for ds in fa:
+                np.testing.assert_array_equal(fa[ds][()], fb[ds][()], err_msg=f"{name}/{ds}")
+
+
+def _copy_slide_outputs(src, dst, slide_id):
+    import shutil
+
+    from zoomfeat.features.writer import slide_outputs
+
+    for name, p in slide_outputs(src, slide_id).items():
+        q = slide_outputs(dst, slide_id)[name]
+        q.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, q)
+
+
+def test_bags_record_the_slide_identity_outside_the_config_hash(reference_run, small_slides):
+    import openslide
+
+    from zoomfeat.bags import read_attrs
+    from zoomfeat.features.writer import slide_outputs
+
+    slide = small_slides / "det_b.svs"
+    quickhash = openslide.OpenSlide(str(slide)).properties["openslide.quickhash-1"]
+    for name, path in slide_outputs(reference_run, "det_b").items():
+        attrs = read_attrs(path)
+        assert attrs["slide_quickhash"] == quickhash and attrs["slide_size"] == slide.stat().st_size, name
+        assert attrs["slide_path"] == str(slide.resolve())
+        assert "slide" not in str(attrs["recipe"]).replace("slide_id", "")  # identity is not in the hash
+
+
+def test_a_moved_slide_reuses_its_bags(ref_extractor, reference_run, small_slides, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(small_slides / "det_b.svs", moved / "det_b.svs")
+    _copy_slide_outputs(reference_run, tmp_path / "out", "det_b")
+    assert ref_extractor.extract(moved / "det_b.svs", tmp_path / "out").status == "skipped"
+
+
+def test_a_slide_replaced_on_disk_is_detected_even_with_overwrite(
+    ref_extractor, reference_run, small_slides, tmp_path
+):
+    import shutil
+
+    from zoomfeat.features.outputs import SlideIdentityError
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    slide = slides / "det_b.svs"
+    shutil.copy(small_slides / "det_b.svs", slide)
+    out = tmp_path / "out"
+    _copy_slide_outputs(reference_run, out, "det_b")  # extracted from small_slides/det_b.svs
+    shutil.copy(small_slides / "det_a.svs", slide)  # another slide under the same name
+    for ex in (ref_extractor, Extractor(ref_extractor.cfg.replace(overwrite=True))):
+        with pytest.raises(SlideIdentityError) as err:
+            ex.extract(slide, out)
+        msg = str(err.value)
+        assert str((small_slides / "det_b.svs").resolve()) in msg and str(slide.resolve()) in msg
+        assert "different slide with the same file name" in msg and "quickhash" in msg
+    _outputs_equal(reference_run, out, "det_b")  # untouched
+
+
+def test_same_named_slides_from_two_folders_in_two_runs_fail_naming_both(tiny, small_slides, tmp_path):
+    import shutil
+
+    from zoomfeat.features.runner import extract_slides
+    from zoomfeat.slide.manifest import discover
+
+    a, b, out = tmp_path / "site_a", tmp_path / "site_b", tmp_path / "out"
+    for d, src in ((a, "det_b"), (b, "det_a")):
+        d.mkdir()
+        shutil.copy(small_slides / f"{src}.svs", d / "s1.svs")
+    config = ExtractConfig.from_kwargs(**tiny)
+    ex = Extractor(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = extract_slides(discover([a]), out, config, extractor=ex, echo=lambda m: None)
+        second = extract_slides(discover([b]), out, config, extractor=ex, echo=lambda m: None)
+    assert [r.status for r in first.results] == ["done"]
+    assert [r.status for r in second.results] == ["failed"], second.report()
+    error = second.results[0].error
+    assert "SlideIdentityError" in error and str(a / "s1.svs") in error and str(b / "s1.svs") in error
+
+
+def _kill_after_publishing(slide, out, n_renames):
+    """Run the reference extraction of ``slide`` in a subprocess that SIGKILLs itself after
+    ``n_renames`` files were published: what a run killed while publishing leaves."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.features.conftest import TINY
+
+    code = textwrap.dedent(f"""
+        import os, signal, warnings
+        warnings.simplefilter("ignore")
+        real, count = os.replace, [0]
+        def replace(src, dst):
+            real(src, dst)
+            count[0] += 1
+            if count[0] >= {n_renames}:
+                os.kill(os.getpid(), signal.SIGKILL)
+        os.replace = replace
+        from zoomfeat.features.config import ExtractConfig
+        from zoomfeat.features.pipeline import Extractor
+        Extractor(ExtractConfig.from_kwargs(**{TINY!r}, batch_size=3, num_workers=0)).extract({str(slide)!r}, {str(out)!r})
+    """)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+
+
+def test_a_killed_run_ends_in_complete_correct_bags_after_one_plain_rerun(
+    ref_extractor, reference_run, small_slides, tmp_path
+):
+    from zoomfeat.features.writer import slide_outputs
+
+    out = tmp_path / "out"
+    _kill_after_publishing(small_slides / "det_b.svs", out, 4)  # 2 patches files + 2 of 6 bags
+    paths = slide_outputs(out, "det_b")
+    assert sum(p.is_file() for p in paths.values()) == 4 and list(out.rglob(".*.tmp-*"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a killed run is not "damaged": no warning
+        assert ref_extractor.extract(small_slides / "det_b.svs", out).status == "done"
+    assert not list(out.rglob(".*.tmp-*"))
+    _outputs_equal(reference_run, out, "det_b")
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _unmark(path):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        f.attrs["complete"] = False
+
+
+def _garbage(path):
+    path.write_bytes(b"\0" * 100)
+
+
+@pytest.mark.parametrize(
+    "output, damage",
+    [("zoomldm_fused", _truncate), ("uni_5x", _unmark), ("patches_20x", _garbage), ("patches_5x", _truncate)],
+    ids=[
+        "truncated bag",
+        "bag without completeness mark",
+        "unreadable patches file",
+        "truncated patches file",
+    ],
+)
+def test_a_damaged_output_is_named_and_recomputed_by_one_plain_rerun(
+    ref_extractor, reference_run, small_slides, tmp_path, output, damage
+):
+    from zoomfeat.features.pipeline import DamagedOutputWarning
+    from zoomfeat.features.writer import slide_outputs
+
+    out = tmp_path / "out"
+    _copy_slide_outputs(reference_run, out, "det_b")
+    bad = slide_outputs(out, "det_b")[output]
+    damage(bad)
+    with pytest.warns(DamagedOutputWarning) as caught:
+        result = ref_extractor.extract(small_slides / "det_b.svs", out)
+    assert result.status == "done"
+    assert len(caught) == 1 and str(bad) in str(caught[0].message)
+    assert "another tool or version" not in str(caught[0].message)
+    _outputs_equal(reference_run, out, "det_b")
+
+
+def test_non_finite_features_fail_the_slide_and_publish_nothing(tiny, small_slides, tmp_path):
+    import torch
+
+    from zoomfeat.features.writer import NonFiniteFeaturesError, slide_outputs
+
+    ex = Extractor(ExtractConfig.from_kwargs(**tiny))
+    real = ex.models.zoomldm_features
+
+    def overflow(*args, **kwargs):
+        f = real(*args, **kwargs).clone()
+        f[0, 0] = torch.inf
+        return f
+
+    ex.models.zoomldm_features = overflow
+    with pytest.raises(NonFiniteFeaturesError, match=r"det_b.*zoomldm_20x.*inf.*precision=fp32"):
+        ex.extract(small_slides / "det_b.svs", tmp_path)
+    assert not any(p.exists() for p in slide_outputs(tmp_path, "det_b").values())
+    assert not list(tmp_path.rglob(".*.tmp-*"))

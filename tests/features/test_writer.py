@@ -76,3 +76,30 @@ def test_stale_temporaries_are_removed(tmp_path):
     ours.parent.mkdir(parents=True)
     ours.write_bytes(b"killed mid-write")
     assert remove_stale_temporaries(paths) == [ours] and not ours.exists()
+
+
+@pytest.mark.parametrize(
+    "precision, advice", [("fp16", "precision=fp32 or precision=bf16"), ("fp32", "avoid fp16")]
+)
+def test_non_finite_rows_are_refused_naming_slide_and_set(tmp_path, precision, advice):
+    from zoomfeat.features.writer import NonFiniteFeaturesError
+    from zoomfeat.runtime.errors import ZoomfeatError
+
+    coords20, coords5 = np.array([[0, 0], [512, 0], [2048, 0]]), np.array([[0, 0], [2048, 0]])
+    w = SlideBagWriter(tmp_path, "s", DIMS, coords20, coords5, ATTRS20, ATTRS5, np.array([0, 0, 1]),
+                       {"config_hash": "abc", "precision": precision})  # fmt: skip
+    rows = np.ones((2, 4), np.float32)
+    rows[1, 2] = np.nan
+    with pytest.raises(NonFiniteFeaturesError) as err:
+        w.write("zoomldm_5x", 0, rows)
+    msg = str(err.value)
+    assert isinstance(err.value, ZoomfeatError)
+    assert (
+        "slide 's'" in msg
+        and "zoomldm_5x" in msg
+        and "1 non-finite value(s) (NaN)" in msg
+        and "from row 1" in msg
+    )
+    assert advice in msg
+    w.abort()
+    assert not list(tmp_path.rglob("*.h5")) and not list(tmp_path.rglob(".*.tmp-*"))
