@@ -69,5 +69,5 @@ def test_missing_label_column_is_a_clear_error(tmp_path):
 
 def test_label_map_must_be_binary(tmp_path):
     path = _labels(tmp_path, pd.DataFrame({"slide_id": ["x"], "case_id": ["X"], "label": ["IDC"]}))
-    with pytest.raises(ConfigError, match="task.label_map must map onto 0 and 1"):
+    with pytest.raises(ConfigError, match="task.label_map must map onto 0..k-1 with k >= 2 classes"):
         read_labels(path, label_map={"IDC": 0, "ILC": 2})

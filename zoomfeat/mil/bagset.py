@@ -76,6 +76,8 @@ class BagSet:
     skipped: list[str] = field(default_factory=list)
     #: the set's recipe as the bags record it (:mod:`zoomfeat.mil.provenance`; unknown without one)
     provenance: dict[str, Any] = field(default_factory=lambda: {"config_hash": "unknown"})
+    #: class names by index, when the set's own file labelled the bags (instance CSVs)
+    class_names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.slide_ids)

@@ -37,8 +37,8 @@ import pandas as pd
 
 from zoomfeat.mil.bagset import BagSet, BenchWarning
 from zoomfeat.mil.config import BenchmarkConfig
-from zoomfeat.mil.labels import read_labels
-from zoomfeat.mil.metrics import METRICS, binary_metrics
+from zoomfeat.mil.labels import class_names, read_labels
+from zoomfeat.mil.metrics import METRICS, binary_metrics, multiclass_metrics
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
 from zoomfeat.mil.sources import (
@@ -108,10 +108,18 @@ def _test_outputs(
     atts: list[np.ndarray],
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """One fold's test results: prediction rows (:data:`PREDICTION_COLUMNS`) and, per slide, the
-    attention entry :func:`~zoomfeat.mil.report.write_attention` writes (``atts[k]``: (N_k,) logits)."""
+    attention entry :func:`~zoomfeat.mil.report.write_attention` writes (``atts[k]``: (N_k,) logits).
+
+    Binary: ``prob`` = P(class 1), ``pred`` = prob >= 0.5. k > 2 (``probs`` (n, k)): ``pred`` =
+    argmax, ``prob`` = its probability, and ``prob_0 .. prob_{k-1}``."""
     rows, slides = [], {}
     for k, i in enumerate(test_idx):
         sid = bags.slide_ids[i]
+        if probs.ndim == 2:
+            pred = int(np.argmax(probs[k]))
+            prob, per_class = float(probs[k, pred]), {f"prob_{c}": float(v) for c, v in enumerate(probs[k])}
+        else:
+            pred, prob, per_class = int(probs[k] >= 0.5), float(probs[k]), {}
         rows.append(
             {
                 "feature_set": bags.feature_set,
@@ -120,16 +128,17 @@ def _test_outputs(
                 "slide_id": sid,
                 "case_id": bags.case_ids[i],
                 "label": int(y[k]),
-                "prob": float(probs[k]),
-                "pred": int(probs[k] >= 0.5),
+                "prob": prob,
+                "pred": pred,
                 "n_instances": int(bags.n_instances[i]),
+                **per_class,
             }
         )
         slides[sid] = {
             "attention_logits": atts[k],
             "coords": bags.get_coords(i),
             "label": int(y[k]),
-            "prob": float(probs[k]),
+            "prob": np.asarray(probs[k], dtype=np.float64) if probs.ndim == 2 else prob,
             "case_id": bags.case_ids[i],
         }
     return rows, slides
@@ -178,8 +187,15 @@ class Benchmark:
         if task.labels:
             self.cohort_source = str(task.labels)
             self.cohort = read_labels(
-                task.labels, task.slide_col, task.case_col, task.label_col, task.label_map, task.threshold
+                task.labels,
+                task.slide_col,
+                task.case_col,
+                task.label_col,
+                task.label_map,
+                task.threshold,
+                task.auto_classes,
             )
+            self.class_names = class_names(self.cohort)
             return
         first = self.feature_sets[0]
         self.cohort_source = str(self.sources[first])
@@ -187,11 +203,12 @@ class Benchmark:
             raise InputError(
                 f"task {task.name!r}: {self.sources[first]} is a bag directory, so the task needs a labels CSV (task.labels=)"
             )
-        csv_options = {**asdict(task.csv), "label_map": task.label_map}
+        csv_options = {**asdict(task.csv), "label_map": task.label_map, "auto_classes": task.auto_classes}
         self.preloaded[first] = load_feature_set(
             self.sources[first], first, None, **{**self._load_options(), "csv_options": csv_options}
         )
         self.cohort = self.preloaded[first].cohort()
+        self.class_names = self.preloaded[first].class_names
 
     def _load_options(self) -> dict[str, Any]:
         data = self.cfg.data
@@ -205,12 +222,21 @@ class Benchmark:
 
     # ------------------------------------------------------------------ step 2
     def check_inputs(self) -> None:
-        """Step 2: every labelled slide has a bag in every feature set (or leaves the cohort)."""
-        if not self.task.labels:
-            return  # the cohort is the instance CSV's own bags
-        self.cohort = check_coverage(self.cohort, self.sources, self.task.missing_bags, self.task.labels)
-        if self.cohort.empty:
-            raise InputError(f"{self.task.labels}: no labelled slide has a bag in every feature set")
+        """Step 2: every labelled slide has a bag in every feature set (or leaves the cohort), and
+        the classes are 0..k-1 with slides in each (k = 2: binary; k > 2: softmax head)."""
+        if self.task.labels:
+            self.cohort = check_coverage(self.cohort, self.sources, self.task.missing_bags, self.task.labels)
+            if self.cohort.empty:
+                raise InputError(f"{self.task.labels}: no labelled slide has a bag in every feature set")
+        k = max(len(self.class_names), 2)
+        empty = [self.class_names[c] for c in range(k) if not (self.cohort["label"] == c).any()]
+        if empty and len(self.class_names) > 2:
+            raise InputError(
+                f"{self.cohort_source}: class(es) {empty} of {self.class_names} have no slide with a bag; "
+                f"drop them from task.label_map or label some slides with them"
+            )
+        self.n_classes = k
+        self.pred_columns = list(PREDICTION_COLUMNS) + ([f"prob_{c}" for c in range(k)] if k > 2 else [])
 
     # ------------------------------------------------------------------ step 3
     def make_splits(self) -> None:
@@ -303,16 +329,17 @@ class Benchmark:
             device=self.device,
             progress=cfg.progress,
             desc=f"{fs} r{repeat} f{fold}",
+            n_classes=self.n_classes,
         )
         probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
         y = bags.labels[test_idx]
-        metrics = binary_metrics(y, probs)
+        metrics = binary_metrics(y, probs) if self.n_classes == 2 else multiclass_metrics(y, probs)
         self.records.append(
             self._fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
         )
         rows, slides = _test_outputs(bags, repeat, fold, test_idx, y, probs, atts)
         self.predictions += rows
-        write_csv(pd.DataFrame(self.predictions, columns=list(PREDICTION_COLUMNS)), self.pred_path)
+        write_csv(pd.DataFrame(self.predictions, columns=self.pred_columns), self.pred_path)
         if cfg.save_attention:
             write_attention(
                 self.out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5",
@@ -372,10 +399,18 @@ class Benchmark:
             f"Model: torchmil ABMIL (gated={mil.gated}), hidden {list(mil.hidden)}, attention dim {mil.att_dim}, "
             f"AdamW lr {mil.lr:g} wd {mil.weight_decay:g}, up to {mil.epochs} epochs, early stopping on validation AUC "
             f"(patience {mil.patience}), class-balanced loss, instance standardisation={mil.standardize}.",
-            "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy).",
+            "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy)."
+            if self.n_classes == 2
+            else f"{self.n_classes} classes ({', '.join(self.class_names)}): softmax head, class-balanced "
+            "cross-entropy (each class 1/k of the loss); AUC = macro one-vs-rest AUC, F1 = macro F1, balanced "
+            "accuracy = mean recall over classes; prediction = the most probable class; early stopping on "
+            "validation macro AUC.",
             *[f"Bags of {line}." for line in provenance_table(self.provenance, self.feature_sets)],
         ]
-        paths = write_report(self.out_dir, folds, self.baseline, title, notes, self.feature_sets)
+        predictions = pd.DataFrame(self.predictions, columns=self.pred_columns)
+        paths = write_report(
+            self.out_dir, folds, self.baseline, title, notes, self.feature_sets, predictions, self.class_names
+        )
         paths["predictions"] = self.pred_path
         paths["splits"] = self.out_dir / "splits.csv"
         run_info = {
@@ -388,6 +423,7 @@ class Benchmark:
                 "slides": len(self.cohort),
                 "patients": int(self.n_cases),
                 "labels": {str(k): int(v) for k, v in self.counts.items()},
+                "classes": self.class_names,
             },
             "device": str(self.device),
             "versions": _versions(),

@@ -60,8 +60,10 @@ class TaskSection:
     # patient id: folds never split a patient (null: each slide is its own patient)
     case_col: str | None = "case_id"
     label_col: str = "label"
-    label_map: dict[Any, int] | None = None  # label value -> 0/1 (keys compared as strings)
+    label_map: dict[Any, int] | None = None  # label value -> class index 0..k-1 (keys compared as strings)
     threshold: float | None = None  # numeric label column: value >= threshold -> 1 (wins over label_map)
+    # without label_map: number the distinct label values in sorted order (strings or any integers)
+    auto_classes: bool = False
     missing_bags: str = "error"  # error | drop (labelled slides with no bag)
     csv: CSVSection = field(default_factory=CSVSection)
 

@@ -1,13 +1,14 @@
-"""A task's labels table -> the cohort: ``slide_id, case_id, label (0/1), label_name``.
+"""A task's labels table -> the cohort: ``slide_id, case_id, label (class index), label_name``.
 
 The labels CSV (TSV for ``.tsv``/``.txt``) has a slide column, a patient (case) column and a
-label column (``task.slide_col``, ``task.case_col``, ``task.label_col``). The label becomes 0/1
-in one of three ways:
+label column (``task.slide_col``, ``task.case_col``, ``task.label_col``). The label becomes a
+class index 0..k-1 (k = 2 for a binary task) in one of four ways:
 
-* ``task.label_map``: value -> 0/1 (keys compared as strings, so YAML ``{IDC: 0, ILC: 1}`` and
-  ``{0: 0, 1: 1}`` both work); rows with other values are left out with a warning;
+* ``task.label_map``: value -> class index (keys compared as strings, so YAML ``{IDC: 0, ILC: 1}``
+  and ``{0: 0, 1: 1}`` both work); rows with other values are left out with a warning;
 * ``task.threshold``: a numeric column, ``value >= threshold`` -> 1;
-* neither: the values must already be 0/1.
+* ``task.auto_classes`` (``task=custom``): the distinct values numbered in sorted order;
+* none: the values must already be 0/1 (or 0..k-1).
 
 Rows without a label are left out with a :class:`~zoomfeat.mil.bagset.BenchWarning`; a missing
 file or column, a slide listed with two labels, or nothing left is an
@@ -37,18 +38,40 @@ def _label_strings(values: pd.Series) -> pd.Series:
     return values.map(lambda v: None if pd.isna(v) else str(v).strip())
 
 
+def class_names(cohort: pd.DataFrame) -> list[str]:
+    """Name of each class index ``0..k-1``: the label values mapped to it (``IDC``; ``a/b`` when
+    several map to one class), or the index itself."""
+    k = int(cohort["label"].max()) + 1 if len(cohort) else 0
+    if "label_name" not in cohort:
+        return [str(c) for c in range(k)]
+    names = []
+    for c in range(k):
+        values = sorted({str(v) for v in cohort.loc[cohort["label"] == c, "label_name"].dropna()})
+        names.append("/".join(values) if values else str(c))
+    return names
+
+
+def _numeric_order(values: list[str]) -> list[str]:
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
 def map_labels(
     values: pd.Series,
     label_map: Mapping[Any, int] | None = None,
     threshold: float | None = None,
     source: str = "labels",
     column: str = "label",
+    auto_classes: bool = False,
 ) -> tuple[pd.Series, pd.Series]:
-    """(0/1 labels as a float Series with NaN where unusable, the label names as strings).
+    """(class indices 0..k-1 as a float Series with NaN where unusable, the label names as strings).
 
-    ``threshold``: numeric values ``>= threshold`` -> 1. ``label_map``: value -> 0/1 (keys are
-    compared as strings, so YAML ``{IDC: 0, ILC: 1}`` and ``{0: 0, 1: 1}`` both work). Neither:
-    the values must already be 0/1.
+    ``threshold``: numeric values ``>= threshold`` -> 1. ``label_map``: value -> class index
+    (``0..k-1``; keys compared as strings, so YAML ``{IDC: 0, ILC: 1}`` and ``{0: 0, 1: 1}`` both
+    work). Neither: values already ``0..k-1`` (0/1 for a binary task) are kept; other values
+    need ``auto_classes`` (``task=custom``), which numbers the distinct values in sorted order.
     """
     if threshold is not None:
         numeric = pd.to_numeric(values, errors="coerce")
@@ -62,9 +85,17 @@ def map_labels(
         return labels, names
     names = _label_strings(values)
     if label_map:
-        mapping = {str(k).strip(): int(v) for k, v in label_map.items()}
-        if sorted(set(mapping.values())) != [0, 1]:
-            raise ConfigError(f"task.label_map must map onto 0 and 1 (binary task), got {dict(label_map)}")
+        try:
+            mapping = {str(k).strip(): int(v) for k, v in label_map.items()}
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"task.label_map values must be class indices 0..k-1, got {dict(label_map)}"
+            ) from err
+        k = len(set(mapping.values()))
+        if k < 2 or sorted(set(mapping.values())) != list(range(k)):
+            raise ConfigError(
+                f"task.label_map must map onto 0..k-1 with k >= 2 classes (0 and 1 for a binary task), got {dict(label_map)}"
+            )
         labels = names.map(lambda v: np.nan if pd.isna(v) else mapping.get(v, np.nan)).astype(np.float64)
         unmapped = sorted({v for v in names.dropna() if v not in mapping})
         if unmapped:
@@ -72,13 +103,17 @@ def map_labels(
                 f"{source}: {int(names.isin(unmapped).sum())} row(s) with {column!r} values not in label_map are left out: {preview(unmapped, 10)} (label_map: {mapping})"
             )
         return labels, names
-    allowed = {"0", "1"}
     present = sorted(set(names.dropna()))
-    if not set(present) <= allowed:
-        raise InputError(
-            f"{source}: column {column!r} holds {preview(present, 10)}; give task.label_map (value: 0/1) or task.threshold"
-        )
-    return names.map(lambda v: np.nan if pd.isna(v) else float(v)).astype(np.float64), names
+    as_index = [str(c) for c in range(max(len(present), 2))]
+    if set(present) <= {"0", "1"} or (len(present) > 2 and present == sorted(as_index[: len(present)])):
+        return names.map(lambda v: np.nan if pd.isna(v) else float(v)).astype(np.float64), names
+    if auto_classes:
+        mapping = {v: i for i, v in enumerate(_numeric_order(present))}
+        return names.map(lambda v: np.nan if pd.isna(v) else float(mapping[v])).astype(np.float64), names
+    raise InputError(
+        f"{source}: column {column!r} holds {preview(present, 10)}; give task.label_map (value: class index) "
+        f"or task.threshold, or number the classes in sorted order with task.auto_classes=true (task=custom does)"
+    )
 
 
 def read_labels(
@@ -88,6 +123,7 @@ def read_labels(
     label_col: str = "label",
     label_map: Mapping[Any, int] | None = None,
     threshold: float | None = None,
+    auto_classes: bool = False,
 ) -> pd.DataFrame:
     """Read a task's labels CSV into a cohort table ``slide_id, case_id, label, label_name``.
 
@@ -108,7 +144,7 @@ def read_labels(
         raise InputError(
             f"{path}: no column(s) {missing} (columns: {list(table.columns)}); set task.slide_col / task.case_col / task.label_col"
         )
-    labels, names = map_labels(table[label_col], label_map, threshold, str(path), label_col)
+    labels, names = map_labels(table[label_col], label_map, threshold, str(path), label_col, auto_classes)
     cohort = pd.DataFrame(
         {
             "slide_id": table[slide_col].astype(str).str.strip(),

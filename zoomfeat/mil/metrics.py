@@ -1,7 +1,9 @@
-"""Metrics for binary MIL benchmarks: per-fold scores, summaries and paired comparisons.
+"""Metrics for MIL benchmarks: per-fold scores, summaries and paired comparisons.
 
 * :func:`binary_metrics` -- AUC, balanced accuracy, F1 and accuracy of one test fold
-  (scikit-learn's definitions; the decision threshold is 0.5 on the predicted probability).
+  (scikit-learn's definitions; the decision threshold is 0.5 on the predicted probability);
+  :func:`multiclass_metrics` -- the same names for k > 2 classes: macro one-vs-rest AUC, balanced
+  accuracy (mean recall), macro F1, accuracy (prediction = argmax).
 * :func:`summarize` -- mean, sample standard deviation and a t-based 95% confidence interval
   of the mean over folds.
 * :func:`paired_comparison` -- a feature set against a baseline over the *same* folds:
@@ -51,6 +53,45 @@ def binary_metrics(
         "balanced_accuracy": bacc,
         "f1": float(f1_score(y_true, y_pred, zero_division=0.0)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
+    }
+
+
+def macro_ovr_auc(y_true: Sequence[int], probs: np.ndarray) -> float:
+    """Macro one-vs-rest AUC of (n, k) class probabilities: the mean over classes ``c`` of the AUC
+    of ``probs[:, c]`` for "class c vs the rest", over the classes that are present *and* absent
+    somewhere in ``y_true`` (with every class present this is scikit-learn's
+    ``roc_auc_score(multi_class="ovr", average="macro")``); NaN when no class qualifies."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    aucs = [
+        float(roc_auc_score(y == c, p[:, c])) for c in range(p.shape[1]) if 0 < int((y == c).sum()) < len(y)
+    ]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def multiclass_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
+    """k-class scores of one test fold under the binary names (:data:`METRICS`): ``auc`` = macro
+    one-vs-rest AUC (:func:`macro_ovr_auc`), ``balanced_accuracy`` = mean recall over the classes
+    in ``y_true``, ``f1`` = macro F1 over all k classes, ``accuracy``; the prediction is the argmax."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    y = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"{len(y)} labels but predictions of shape {p.shape}")
+    if len(y) == 0:
+        raise ValueError("no predictions to score")
+    pred = p.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        bacc = float(balanced_accuracy_score(y, pred))
+    return {
+        "auc": macro_ovr_auc(y, p),
+        "balanced_accuracy": bacc,
+        "f1": float(f1_score(y, pred, labels=list(range(p.shape[1])), average="macro", zero_division=0.0)),
+        "accuracy": float(accuracy_score(y, pred)),
     }
 
 

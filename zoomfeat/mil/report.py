@@ -8,7 +8,10 @@ Files written into ``out_dir`` by :func:`write_report`:
   mean over folds);
 * ``paired.csv`` and ``summary.md``: each feature set against the baseline over the same
   folds (Nadeau-Bengio corrected resampled t-test and Wilcoxon signed-rank test);
-* ``summary.png``: each metric per feature set, mean with 95% CI error bars and the folds.
+* ``summary.png``: each metric per feature set, mean with 95% CI error bars and the folds;
+* ``per_class.csv``, ``confusion.csv`` (also in summary.md) and ``roc.png``: per-class recall,
+  precision, F1 and one-vs-rest AUC, confusion matrices and ROC curves of the pooled
+  out-of-fold predictions of each set (binary and k-class tasks).
 
 Per-slide test predictions (``predictions.csv``) and attention (``attention/{set}/
 repeat{r}_fold{f}.h5``, one group per slide) are written as the folds finish. Every file is
@@ -243,6 +246,119 @@ def read_attention(path: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+def class_probabilities(pred: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """(n, k) class probabilities of prediction rows: ``prob_{c}`` columns (k > 2), or
+    ``[1 - prob, prob]`` for a binary task (``prob`` is P(class 1))."""
+    if n_classes > 2:
+        return pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
+    p1 = pred["prob"].to_numpy(dtype=np.float64)
+    return np.stack([1 - p1, p1], axis=1)
+
+
+def class_tables(
+    predictions: pd.DataFrame, class_names: Sequence[str], feature_sets: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-class table and confusion matrix of the pooled out-of-fold predictions of each set.
+
+    Per class: test bags ``n``, recall (sensitivity), precision, F1 and the one-vs-rest AUC of the
+    pooled probabilities. Confusion: one row per (set, true class), a column per predicted class
+    (counts; with repeats every slide is counted once per repeat).
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    k = len(class_names)
+    per_class, confusion = [], []
+    for fs in _ordered(predictions, feature_sets):
+        pred = predictions[predictions["feature_set"] == fs]
+        y = pred["label"].to_numpy(dtype=np.int64)
+        yhat = pred["pred"].to_numpy(dtype=np.int64)
+        probs = class_probabilities(pred, k)
+        prec, rec, f1, n = precision_recall_fscore_support(y, yhat, labels=list(range(k)), zero_division=0.0)
+        for c in range(k):
+            pos = y == c
+            auc = float(roc_auc_score(pos, probs[:, c])) if 0 < pos.sum() < len(y) else float("nan")
+            per_class.append(
+                {"feature_set": fs, "class": c, "name": class_names[c], "n": int(n[c]),
+                 "recall": float(rec[c]), "precision": float(prec[c]), "f1": float(f1[c]), "auc_ovr": auc}
+            )  # fmt: skip
+        matrix = confusion_matrix(y, yhat, labels=list(range(k)))
+        for c in range(k):
+            confusion.append(
+                {"feature_set": fs, "true": class_names[c], **{f"pred {class_names[j]}": int(matrix[c, j]) for j in range(k)}}
+            )  # fmt: skip
+    return pd.DataFrame(per_class), pd.DataFrame(confusion)
+
+
+def class_markdown(per_class: pd.DataFrame, confusion: pd.DataFrame) -> str:
+    """summary.md's per-class and confusion-matrix sections."""
+    lines = [
+        "## Per class (pooled out-of-fold test predictions)",
+        "",
+        "| Feature set | Class | n | Recall | Precision | F1 | AUC (one-vs-rest) |",
+        "|:--|:--|--:|--:|--:|--:|--:|",
+    ]
+    for _, r in per_class.iterrows():
+        lines.append(
+            f"| {r['feature_set']} | {r['name']} | {r['n']} | {_fmt(r['recall'])} | {_fmt(r['precision'])} | "
+            f"{_fmt(r['f1'])} | {_fmt(r['auc_ovr'])} |"
+        )
+    pred_cols = [c for c in confusion.columns if c.startswith("pred ")]
+    lines += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
+    lines.append("| Feature set | True | " + " | ".join(pred_cols) + " |")
+    lines.append("|:--|:--|" + "--:|" * len(pred_cols))
+    for _, r in confusion.iterrows():
+        lines.append(
+            f"| {r['feature_set']} | {r['true']} | " + " | ".join(str(r[c]) for c in pred_cols) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc(
+    predictions: pd.DataFrame,
+    class_names: Sequence[str],
+    path: str | Path,
+    feature_sets: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """ROC curves of the pooled out-of-fold predictions: binary, one curve per feature set on one
+    panel; k > 2, one panel per set with a one-vs-rest curve per class. AUCs in the legends."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    k = len(class_names)
+    sets = _ordered(predictions, feature_sets)
+    panels = [None] if k == 2 else sets
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        curves = [(fs, 1) for fs in sets] if panel is None else [(panel, c) for c in range(k)]
+        for fs, c in curves:
+            pred = predictions[predictions["feature_set"] == fs]
+            y = pred["label"].to_numpy(dtype=np.int64) == c
+            if not 0 < y.sum() < len(y):
+                continue
+            score = class_probabilities(pred, k)[:, c]
+            fpr, tpr, _ = roc_curve(y, score)
+            name = fs if panel is None else f"{class_names[c]} vs rest"
+            ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(y, score):.3f})")
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=0.8)
+        ax.set_xlabel("False positive rate")
+        ax.set_ylabel("True positive rate")
+        ax.set_title(f"{panel}" if panel else f"positive class: {class_names[1]}", fontsize=10)
+        ax.legend(loc="lower right", fontsize=7)
+        ax.set_aspect("equal")
+    if title:
+        fig.suptitle(f"{title}\nROC of pooled out-of-fold predictions", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
 def write_report(
     out_dir: str | Path,
     folds: pd.DataFrame,
@@ -250,8 +366,11 @@ def write_report(
     title: str,
     notes: Sequence[str] = (),
     feature_sets: Sequence[str] | None = None,
+    predictions: pd.DataFrame | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Path]:
-    """Write folds.csv, summary.csv, paired.csv, summary.md and summary.png; return their paths."""
+    """Write folds.csv, summary.csv, paired.csv, summary.md and summary.png; with ``predictions``
+    and ``class_names`` also per_class.csv, confusion.csv and roc.png. Returns their paths."""
     out_dir = ensure_dir(out_dir, "benchmark output directory")
     extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
     folds = folds[list(FOLD_COLUMNS) + extra]
@@ -270,6 +389,13 @@ def write_report(
         write_csv(paired, paths["paired"])
     else:
         paths.pop("paired")
-    atomic_write_text(paths["markdown"], markdown(summary, paired, title, notes))
+    text = markdown(summary, paired, title, notes)
+    if predictions is not None and class_names is not None and len(predictions):
+        per_class, confusion = class_tables(predictions, class_names, feature_sets)
+        paths["per_class"] = write_csv(per_class, out_dir / "per_class.csv")
+        paths["confusion"] = write_csv(confusion, out_dir / "confusion.csv")
+        paths["roc"] = plot_roc(predictions, class_names, out_dir / "roc.png", feature_sets, title)
+        text += "\n" + class_markdown(per_class, confusion) + "\nROC curves: roc.png.\n"
+    atomic_write_text(paths["markdown"], text)
     plot_summary(summary, folds, paths["plot"], title)
     return paths

@@ -33,7 +33,7 @@ import pandas as pd
 
 from zoomfeat.bags import FEATURE_SET_MAG, bag_path, list_bags, open_bag
 from zoomfeat.mil.bagset import BagSet, as_dtype, preview, resolve_path, warn
-from zoomfeat.mil.labels import map_labels
+from zoomfeat.mil.labels import class_names, map_labels
 from zoomfeat.mil.provenance import bag_provenance, check_one_recipe, is_zoomfeat_bag
 from zoomfeat.runtime.errors import BagError, ConfigError, InputError
 
@@ -317,7 +317,12 @@ def _csv_column(columns: list, key: int | str, header: bool, path: Path, what: s
 
 
 def _cohort_from_csv(
-    table: pd.DataFrame, bag_ids: pd.Series, lab: Any, label_map: Mapping[Any, int] | None, path: Path
+    table: pd.DataFrame,
+    bag_ids: pd.Series,
+    lab: Any,
+    label_map: Mapping[Any, int] | None,
+    path: Path,
+    auto_classes: bool = False,
 ) -> pd.DataFrame:
     """Without a labels table: each bag's label is its instances' (constant) label; each bag is its own patient."""
     per_bag = table.groupby(bag_ids)[lab].nunique()
@@ -327,9 +332,16 @@ def _cohort_from_csv(
             f"{path}: bag(s) {preview(mixed, 10)} have instances with different labels; column {lab} must be the bag label"
         )
     first = table.groupby(bag_ids, sort=False)[lab].first()
-    labels, _ = map_labels(first, label_map, None, str(path), str(lab))
+    labels, names = map_labels(first, label_map, None, str(path), str(lab), auto_classes)
     keep = [b for b in dict.fromkeys(bag_ids) if not np.isnan(labels[b])]
-    return pd.DataFrame({"slide_id": keep, "case_id": keep, "label": [int(labels[b]) for b in keep]})
+    return pd.DataFrame(
+        {
+            "slide_id": keep,
+            "case_id": keep,
+            "label": [int(labels[b]) for b in keep],
+            "label_name": [names[b] for b in keep],
+        }
+    )
 
 
 def load_instance_csv(
@@ -341,6 +353,7 @@ def load_instance_csv(
     header: bool | str = "auto",
     label_map: Mapping[Any, int] | None = None,
     dtype: str | np.dtype = "float16",
+    auto_classes: bool = False,
 ) -> BagSet:
     """Read an instance CSV (one row per instance: bag label, bag id, features...).
 
@@ -368,8 +381,10 @@ def load_instance_csv(
         lambda v: str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v)
     )
     rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in dict.fromkeys(bag_ids)}
+    names = None
     if cohort is None:
-        cohort = _cohort_from_csv(table, bag_ids, lab, label_map, path)
+        cohort = _cohort_from_csv(table, bag_ids, lab, label_map, path, auto_classes)
+        names = class_names(cohort)
     else:
         lacking = [s for s in cohort["slide_id"] if s not in rows]
         if lacking:
@@ -401,6 +416,7 @@ def load_instance_csv(
         n_instances=np.asarray([len(rows[s]) for s in slide_ids], dtype=np.int64),
         bags=[as_dtype(features[rows[s]], dtype, f"{path} bag {s}") for s in slide_ids],
         coords=[None] * len(slide_ids),
+        class_names=names,
     )
 
 

@@ -10,7 +10,9 @@ Training (:class:`FoldTrainer`): AdamW, class-balanced binary cross-entropy
     L = sum_b w_{y_b} BCE(z_b, y_b) / sum_b w_{y_b},    w_c = n / (2 n_c)
 
 over the bags ``b`` of a step (``n`` training bags, ``n_c`` of class ``c``: each class weighs half
-of the loss whatever the imbalance), bags shuffled each epoch, early stopping on validation AUC
+of the loss whatever the imbalance). With k > 2 classes the head is a softmax over k logits and
+the loss the same weighted mean of cross-entropies with ``w_c = n / (k n_c)`` (each class 1/k).
+Bags are shuffled each epoch, early stopping on validation AUC (macro one-vs-rest for k > 2)
 (ties broken by the validation loss; the best epoch's weights are kept). Deterministic for a
 given seed on a given machine. ``amp`` runs the forward pass in bf16 autocast
 (:func:`zoomfeat.runtime.device.autocast`) on CUDA and on CPUs with native bf16
@@ -54,9 +56,18 @@ class Standardize(nn.Module):
 
 
 def build_model(
-    in_dim: int, cfg: MILConfig, mean: np.ndarray | None = None, std: np.ndarray | None = None
+    in_dim: int,
+    cfg: MILConfig,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    n_classes: int = 2,
 ) -> nn.Module:
-    """torchmil ABMIL with the standardise + MLP feature extractor described above."""
+    """torchmil ABMIL with the standardise + MLP feature extractor described above.
+
+    Binary (``n_classes=2``): torchmil's one-logit head (sigmoid). ``n_classes > 2``: the head is
+    a ``Linear(width, n_classes)`` (softmax over the classes; ABMIL's forward then returns
+    ``(batch, n_classes)`` logits) trained with cross-entropy.
+    """
     from torchmil.models import ABMIL
 
     layers: list[nn.Module] = []
@@ -73,7 +84,7 @@ def build_model(
         layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
         width = h
     feat_ext = nn.Sequential(*layers) if layers else nn.Identity()
-    return ABMIL(
+    model = ABMIL(
         in_shape=(in_dim,),
         att_dim=cfg.att_dim,
         att_act=cfg.att_act,
@@ -81,6 +92,10 @@ def build_model(
         feat_ext=feat_ext,
         criterion=nn.BCEWithLogitsLoss(),
     )
+    if n_classes > 2:
+        model.classifier = nn.Linear(width, n_classes)
+        model.criterion = nn.CrossEntropyLoss()
+    return model
 
 
 def instance_stats(bags: BagSet, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -136,18 +151,44 @@ def _batch(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
     return X, mask
 
 
-def class_weights(labels: np.ndarray, balanced: bool = True) -> np.ndarray:
-    """Per-class loss weights: ``n / (2 n_c)`` (each class contributes half), or ones."""
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=2).astype(np.float64)
-    if not balanced or (counts == 0).any():
-        return np.ones(2)
-    return counts.sum() / (2 * counts)
+def class_weights(labels: np.ndarray, balanced: bool = True, n_classes: int = 2) -> np.ndarray:
+    """Per-class loss weights: ``n / (k n_c)`` (each of the k classes contributes 1/k), or ones.
+
+    Binary: ones when a class is absent. ``n_classes > 2``: the k present classes share the loss
+    equally; an absent class keeps weight 1 (no bag uses it).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    if n_classes == 2:
+        if not balanced or (counts == 0).any():
+            return np.ones(2)
+        return counts.sum() / (2 * counts)
+    weights = np.ones(n_classes)
+    present = counts > 0
+    if balanced:
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
 
 
 def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     w = weights[y.long()]
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y.float(), reduction="none")
     return (loss * w).sum() / w.sum()
+
+
+def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Class-weighted loss: BCE on (B,) logits (binary), cross-entropy on (B, k) logits."""
+    if logits.ndim < 2:
+        return _weighted_bce(logits, y, weights)
+    w = weights[y.long()]
+    loss = nn.functional.cross_entropy(logits.float(), y.long(), reduction="none")
+    return (loss * w).sum() / w.sum()
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, k) logits (float64)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def amp_precision(device: torch.device, amp: bool) -> str:
@@ -172,7 +213,7 @@ def predict_logits(
         X = feeder.get(i).unsqueeze(0)
         with autocast(device, amp_precision(device, amp)):
             logit, att = model(X, return_att=True)
-        logits.append(logit.float().item())
+        logits.append(logit.float().item() if logit.numel() == 1 else logit.float().reshape(-1).cpu().numpy())
         if attention:
             atts.append(att.float().squeeze(0).cpu().numpy())
     return np.asarray(logits, dtype=np.float64), atts
@@ -181,8 +222,11 @@ def predict_logits(
 def predict(
     model: nn.Module, feeder: BagFeeder, idx: Sequence[int], attention: bool = False, amp: bool = False
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Positive-class probabilities for bags ``idx`` (and raw attention logits per instance)."""
+    """Positive-class probabilities (binary: (n,)) or class probabilities (k > 2: (n, k)) for bags
+    ``idx``, and raw attention logits per instance."""
     logits, atts = predict_logits(model, feeder, idx, attention, amp)
+    if logits.ndim == 2:
+        return softmax_rows(logits), atts
     return 1.0 / (1.0 + np.exp(-logits)), atts
 
 
@@ -199,6 +243,10 @@ class FoldResult:
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
+    if np.ndim(p) == 2:  # (n, k) logits: macro one-vs-rest AUC of the softmax
+        from zoomfeat.mil.metrics import macro_ovr_auc
+
+        return macro_ovr_auc(y, softmax_rows(p))
     return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
@@ -227,8 +275,10 @@ class FoldTrainer:
         device: str | torch.device = "auto",
         progress: bool = True,
         desc: str = "train",
+        n_classes: int = 2,
     ) -> None:
         self.bags, self.cfg, self.seed = bags, cfg, seed
+        self.n_classes = int(n_classes)
         self.device = resolve_device(device)
         self.precision = amp_precision(self.device, cfg.amp)
         self.train_idx = np.asarray(train_idx, dtype=np.int64)
@@ -278,13 +328,16 @@ class FoldTrainer:
         mean = std = None
         if cfg.standardize:
             mean, std = instance_stats(bags, self.train_idx)
-        self.model = build_model(bags.dim, cfg, mean, std).to(device)
+        self.model = build_model(bags.dim, cfg, mean, std, self.n_classes).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.feeder = BagFeeder(bags, device)
         self.weights = torch.as_tensor(
-            class_weights(bags.labels[self.train_idx], cfg.class_balanced), dtype=torch.float32, device=device
+            class_weights(bags.labels[self.train_idx], cfg.class_balanced, self.n_classes),
+            dtype=torch.float32,
+            device=device,
         )
-        self.labels = torch.as_tensor(np.array(bags.labels, dtype=np.float32), device=device)
+        label_dtype = np.float32 if self.n_classes == 2 else np.int64
+        self.labels = torch.as_tensor(np.array(bags.labels, dtype=label_dtype), device=device)
 
     def _instances(self, i: int) -> torch.Tensor:
         """Bag ``i``'s (N, D) features, or ``max_instances`` of them drawn at random (kept in order)."""
@@ -306,7 +359,7 @@ class FoldTrainer:
             y = self.labels[torch.from_numpy(chunk).to(self.device)]
             with autocast(self.device, self.precision):
                 logits = self.model(X, mask)
-            loss = _weighted_bce(logits, y, self.weights)
+            loss = _weighted_loss(logits, y, self.weights)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -319,7 +372,7 @@ class FoldTrainer:
         logit, _ = predict_logits(self.model, self.feeder, self.val_idx, amp=self.cfg.amp)
         yv = self.bags.labels[self.val_idx]
         val_loss = float(
-            _weighted_bce(
+            _weighted_loss(
                 torch.as_tensor(logit, device=self.device),
                 torch.as_tensor(yv, device=self.device),
                 self.weights,
@@ -355,6 +408,7 @@ def train_fold(
     device: str | torch.device = "auto",
     progress: bool = True,
     desc: str = "train",
+    n_classes: int = 2,
 ) -> FoldResult:
     """Train one ABMIL on ``train_idx`` with early stopping on ``val_idx`` (positions in ``bags``).
 
@@ -362,10 +416,11 @@ def train_fold(
         bags: the feature set; ``train_idx``/``val_idx`` index its bags.
         cfg: model and optimisation settings.
         seed: the fold's seed (the same for every feature set: paired comparison).
+        n_classes: 2 (binary, one logit) or k > 2 (softmax head, class-balanced cross-entropy).
         device: ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
 
     Returns:
         The best epoch's model (eval mode), its epoch, the per-epoch history and the seconds.
         Without validation bags it trains for ``cfg.epochs`` and keeps the last epoch.
     """
-    return FoldTrainer(bags, train_idx, val_idx, cfg, seed, device, progress, desc).run()
+    return FoldTrainer(bags, train_idx, val_idx, cfg, seed, device, progress, desc, n_classes).run()
