@@ -48,3 +48,38 @@ def test_debug_shows_the_trace_and_bugs_are_not_hidden(monkeypatch):
     monkeypatch.delenv("ZOOMFEAT_DEBUG")
     with pytest.raises(ZeroDivisionError):  # not a user error: a bug keeps its trace
         report_errors("extract", lambda: 1 / 0)
+
+
+def test_existing_paths_with_equals_signs_are_inputs(tmp_path):
+    from zoomfeat.cli import config_keys
+
+    odd = tmp_path / "run=3, [a] é"
+    odd.mkdir()
+    slide = odd / "x=1.svs"
+    slide.write_bytes(b"")
+    known = config_keys("extract")
+    inputs, hydra_args = split_argv([str(slide), str(odd), "out_dir=o", f"mpp={slide}", "seed=1"], known)
+    assert inputs == [str(slide), str(odd)]
+    assert hydra_args == ["out_dir=o", f"mpp={slide}", "seed=1"]  # a known key stays a setting
+
+
+def test_precheck_turns_hydra_failures_into_one_line(tmp_path):
+    from zoomfeat.cli import config_keys, precheck
+    from zoomfeat.runtime.errors import ConfigError, OutputError
+
+    known = config_keys("extract")
+    cases = {
+        "features.timestp=3": "unknown setting 'features.timestp'; known keys under features: timestep, taps, ensemble",
+        "foo=1": "unknown setting 'foo'; known keys: allow_random_weights",
+        "model=nonexistent": "no config 'model/nonexistent'; available options for model: tiny, zoomldm_brca",
+        f"{tmp_path}/a=b.svs": "no such file or directory",
+    }
+    for arg, text in cases.items():
+        with pytest.raises(ConfigError) as err:
+            precheck("extract", [arg], known)
+        assert text in str(err.value) and "\n" not in str(err.value), arg
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(OutputError, match="afile: the output directory is a file"):
+        precheck("extract", [f"out_dir={tmp_path / 'afile'}"], known)
+    precheck("extract", [f"out_dir={tmp_path / 'new'}", "seed=2"], known)  # fine: no error
+    precheck("extract", ["-m", "seed=1,2"], known)  # sweeps are left to Hydra

@@ -222,3 +222,15 @@ def test_unknown_keys_and_missing_slides_are_one_line_errors(tmp_path):
     proc = subprocess.run(none, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no slides given. Usage: python -m zoomfeat.extract" in proc.stderr
     assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_no_slides_names_the_directory_the_formats_and_what_to_do(tmp_path):
+    from zoomfeat.extract import no_slides_message
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "pics" / "sub").mkdir(parents=True)
+    (tmp_path / "pics" / "a.jpg").write_bytes(b"")
+    msg = no_slides_message([str(tmp_path / "empty"), str(tmp_path / "pics")])
+    assert f"directory {tmp_path / 'empty'} (it is empty)" in msg
+    assert "files ending .jpg, 1 folder(s) (not searched)" in msg
+    assert ".svs .tif .tiff .ndpi" in msg and "manifest CSV with a 'path' column" in msg

@@ -252,3 +252,26 @@ def test_truncated_file(synthetic_slide_factory, tmp_path):
             s = Slide.open(path)
             s.read_region(0, 0, 1024, 0.5)
             s.read_region(0, 0, 1024, 2.0)
+
+
+def test_identity_is_quickhash_size_and_resolved_path(cmu_slide):
+    import openslide
+
+    ident = Slide.open(cmu_slide).identity()
+    assert ident["quickhash"] == openslide.OpenSlide(str(cmu_slide)).properties["openslide.quickhash-1"]
+    assert ident["size"] == cmu_slide.stat().st_size and ident["path"] == str(cmu_slide.resolve())
+
+
+def test_missing_slide_is_runtime_input_not_found(tmp_path):
+    from zoomfeat.runtime.errors import InputNotFoundError
+    from zoomfeat.slide.reader import MissingInputError
+
+    assert MissingInputError is InputNotFoundError
+    with pytest.raises(InputNotFoundError, match="nope.svs"):
+        Slide.open(tmp_path / "nope.svs")
+
+
+def test_no_resolution_suggests_the_command_line_key(synthetic_slide_factory):
+    path = synthetic_slide_factory("nompp", width=1024, height=768, mpp=0.5, levels=2, vendor="none")
+    with pytest.raises(SlideError, match=r"`mpp=0\.25` on the command line"):
+        Slide.open(path)
