@@ -103,7 +103,22 @@ def _cases() -> list[Case]:
         Case("model", "missing weights file", ("--checkpoint", "{t}/nope.ckpt"), ("nope.ckpt",)),
         Case("model", "unknown config", ("--config", "nonexistent"), ("nonexistent",)),
     ]
-    return ex + bench + prep + train + gen + model
+    export = [
+        Case("export", "missing bag directory", ("{t}/nope_out", "to=clam", "dest={t}/x"), ("nope_out",)),
+        Case("export", "directory with no bags", ("{t}/empty", "to=clam", "dest={t}/x"), ("empty",)),
+        Case("export", "unknown key", ("{t}/empty", "to=clam", "sett=a"), ("sett",)),
+        Case("export", "unknown target", ("{t}/empty", "to=foo"), ("foo",)),
+    ]
+    heatmap = [
+        Case(
+            "heatmap",
+            "missing bench directory",
+            ("{t}/nompp.tif", "bench_dir={t}/nope_bench"),
+            ("nope_bench",),
+        ),
+        Case("heatmap", "unknown key", ("{t}/nompp.tif", "bench_dir={t}/empty", "topk=3"), ("topk",)),
+    ]
+    return ex + bench + prep + train + gen + model + export + heatmap
 
 
 CASES = _cases()

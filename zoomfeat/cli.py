@@ -143,7 +143,7 @@ def precheck(config_name: str, hydra_args: Sequence[str], known_keys: Collection
         if not arg.startswith("+"):
             raise ConfigError(
                 f"{config_name}: unknown setting {arg.split('=', 1)[0]!r}; known keys: "
-                f"{', '.join(sorted(k for k in known_keys if k != 'hydra'))}"
+                f"{', '.join(sorted(k for k in known_keys if k != 'hydra' and '/' not in k))}"
             )
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
