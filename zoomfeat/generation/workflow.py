@@ -186,6 +186,10 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
         text, total = dry_run_report(gc)
         print(text)
         return {"dry_run": True, "counts": total.__dict__, "flops": total.flops()}
+    if gc.mode not in ("patch", "large", "superres"):
+        raise ConfigError(
+            f"mode={gc.mode}: generate() runs patch, large or superres (cdm_train: zoomfeat.generate)"
+        )
     device = resolve_device(gc.device)
     precision = resolve_precision(gc.precision, device)
     out = ensure_dir(gc.out_dir)
@@ -202,15 +206,8 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     try:
         with autocast(device, precision):
             if gc.mode == "patch":
-                stem = (
-                    stem
-                    or (
-                        Path(_slide_path(gc)).stem
-                        if _slide_path(gc) and gc.patch.source == "slide"
-                        else "cdm"
-                    )
-                    + "_patch"
-                )
+                from_slide = gc.patch.source == "slide" and _slide_path(gc)
+                stem = stem or (Path(_slide_path(gc)).stem if from_slide else "cdm") + "_patch"
                 written.update(_run_patch(gc, model, device, gen, tracker, out, stem))
             elif gc.mode == "large":
                 stem = stem or Path(_slide_path(gc) or "large").stem + "_large"
