@@ -94,6 +94,9 @@ class ExtractConfig:
     tile_px: int = TILE_PX
     #: override the slides' level-0 um/px
     mpp: float | None = None
+    #: tile on TRIDENT's nominal magnification (256/1024 level-0 px on any 0.3-0.6 um/px scan) instead of
+    #: round(256 * 0.5 / mpp) (docs/ARCHITECTURE.md, "Slides and tiles")
+    trident_compat: bool = False
     #: tiles per model call
     batch_size: int = 32
     #: DataLoader processes reading parent regions: an int or "auto" (0 on CPU, <= 8 with a GPU)
@@ -210,6 +213,9 @@ class ExtractConfig:
             "min_tissue": float(self.tissue.min_tissue),
             "mpp": None if self.mpp is None else float(self.mpp),
             "precision": self.precision,
+            # issue 10: tiles on an integer lattice (coords multiples of patch_size_level0); bags of the
+            # earlier float lattice lack this key, so their hash differs and they are refused
+            "lattice": "trident" if self.trident_compat else "integer",
         }
 
 

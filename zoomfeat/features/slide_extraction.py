@@ -181,6 +181,7 @@ class SlideExtraction:
                 parent_mag=magnification(PARENT_MAG_INDEX),
                 min_tissue=cfg.tissue.min_tissue,
                 progress=False,
+                lattice="trident" if cfg.trident_compat else "integer",  # issue 10: coords multiples of p
             )
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
