@@ -41,7 +41,7 @@ def bag_dir(tmp_path_factory, cmu_slide):
 
     out = tmp_path_factory.mktemp("interop") / "features"
     slide = Slide.open(cmu_slide)
-    grid = TileGrid.build(slide, min_tissue=0.75, progress=False)
+    grid = TileGrid.build(slide, min_tissue=0.75, progress=False, lattice="integer")  # what extraction writes
     assert grid.n_kept_children > 10
     write_slide_bags(out, slide, grid, SLIDE_ID)
     empty = TileGrid._empty(**{k: getattr(grid, k) for k in (

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zoomfeat.runtime.errors import SlideError
 from zoomfeat.slide import Slide, TileGrid, split_parent
+from zoomfeat.slide.grid import lattice_step, trident_level0_magnification
 from zoomfeat.slide.synthetic import synthetic_artefact_image, write_synthetic_slide
 
 
@@ -216,3 +218,90 @@ def test_build_validates_arguments(cmu):
         TileGrid.build(cmu, mag=20, parent_mag=10)
     with pytest.raises(ValueError, match="tile_px"):
         TileGrid.build(cmu, tile_px=0)
+
+
+# ------------------------------------------------------------------------- the integer lattice (issue 10)
+#: TCGA-typical scan resolutions where the exact lattice's coords are not multiples of round(s)
+LATTICE_MPPS = (0.2425, 0.2520, 0.2527, 0.499, 0.504)
+
+
+def _trident_read_size(attrs) -> int:
+    """TRIDENT's patcher (WSIPatcher.__init__): round(patch_size * (10/target_mag) / (10/level0_mag))."""
+    downsample = (10 / attrs["target_magnification"]) / (10 / attrs["level0_magnification"])
+    return round(attrs["patch_size"] * downsample)
+
+
+def _check_integer_lattice(slide, g, p):
+    ch = g.children
+    assert g.lattice == "integer" and g.child_size_level0 == p
+    assert g.patch_size_level0 == p and g.parent_patch_size_level0 == 4 * p
+    assert len(g.parents) > 0 and g.n_kept_children > 0
+    assert (ch.xy % p == 0).all() and (g.parents % (4 * p) == 0).all()
+    # the 5x tile nests its 4x4 children exactly: child k = parent + (dx, dy) * p
+    k = np.arange(len(ch))
+    offset = np.stack([k % 16 % 4, k % 16 // 4], axis=1) * p
+    np.testing.assert_array_equal(ch.xy, g.parents[ch.parent] + offset)
+    # readers that grid by coords // patch_size_level0 find one cell per tile
+    assert len(np.unique(ch.xy // p, axis=0)) == len(ch)
+    s = 256 * 0.5 / slide.mpp
+    for which, size in (("child", p), ("parent", 4 * p)):
+        attrs = g.coords_attrs(slide, which)
+        assert attrs["patch_size_level0"] == size and attrs["patch_size_level0_exact"] == size
+        assert _trident_read_size(attrs) == size  # TRIDENT re-reads exactly these boxes
+        assert attrs["scale_error"] == pytest.approx(p / s - 1, abs=1e-12)
+        assert abs(attrs["scale_error"]) <= 0.5 / s + 1e-12  # |p - s| <= 0.5: about 0.5 / p
+        assert attrs["tile_mpp"] == pytest.approx(size * slide.mpp / 256) and attrs["lattice"] == "integer"
+    assert g.target_mpp == pytest.approx(p * slide.mpp / 256)
+
+
+@pytest.mark.parametrize("mpp", LATTICE_MPPS)
+def test_integer_lattice_coords_are_multiples_of_patch_size_level0(synthetic_slide_factory, mpp):
+    path = synthetic_slide_factory(
+        f"lattice{mpp}", width=2700, height=1400, mpp=mpp, levels=1, tissue_fraction=0.7
+    )
+    slide = Slide.open(path)
+    g = TileGrid.build(slide, lattice="integer", progress=False)
+    _check_integer_lattice(slide, g, round(128 / mpp))
+    # the exact lattice's lines floor(i s + 0.5) at these resolutions are not multiples of round(s)
+    # (at 20x or 5x) within 200 tiles: what made readers misgrid before the integer lattice
+    exact = lattice_step(mpp, lattice="exact")
+    i = np.arange(200)
+    assert any(((np.floor(i * size + 0.5) % round(size)) != 0).any() for size in (exact, 4 * exact))
+
+
+def test_integer_lattice_on_the_cmu_slide_reads_its_boxes(cmu):
+    g = TileGrid.build(cmu, lattice="integer", min_tissue=0.25, progress=False)
+    _check_integer_lattice(cmu, g, 257)
+    assert g.coords_attrs(cmu)["level0_magnification"] == 20 * 257 / 256  # 20.078125
+    assert g.n_kept_children == 47  # the exact lattice keeps 48: its boxes are up to 0.5 px/tile smaller
+    region = g.read_parent(cmu, 0)
+    children, _ = split_parent(region)
+    assert region.shape == (1024, 1024, 3)
+    direct = g.read_child(cmu, 5).astype(int)
+    assert np.abs(children[5].astype(int) - direct).mean() < 0.05
+
+
+def test_trident_lattice_matches_tridents_tiles(cmu, synthetic_slide_factory):
+    g = TileGrid.build(cmu, lattice="trident", progress=False)
+    assert (g.patch_size_level0, g.parent_patch_size_level0) == (256, 1024)
+    attrs = g.coords_attrs(cmu, "parent")
+    assert attrs["level0_magnification"] == 20.0 and _trident_read_size(attrs) == 1024
+    assert (g.children.xy % 256 == 0).all() and g.scale_error == pytest.approx(256 / (128 / 0.499) - 1)
+    path = synthetic_slide_factory(
+        "lattice0.2425", width=2700, height=1400, mpp=0.2425, levels=1, tissue_fraction=0.7
+    )
+    g40 = TileGrid.build(Slide.open(path), lattice="trident", progress=False)
+    assert (g40.patch_size_level0, g40.parent_patch_size_level0) == (512, 2048)
+    assert g40.coords_attrs(Slide.open(path))["level0_magnification"] == 40.0
+    assert [trident_level0_magnification(m) for m in (0.12, 0.18, 0.25, 0.5, 1.0, 2.0)] == [
+        80,
+        60,
+        40,
+        20,
+        10,
+        5,
+    ]
+    with pytest.raises(SlideError, match="TRIDENT"):
+        trident_level0_magnification(3.0)
+    with pytest.raises(ValueError, match="lattice must be one of"):
+        lattice_step(0.5, lattice="round")

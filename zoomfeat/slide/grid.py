@@ -1,26 +1,41 @@
 """The nested tile grid: 5x parents, each covering exactly 4x4 20x children.
 
-Geometry (level-0 pixels, origin at the slide's top-left corner):
+Geometry (level-0 pixels, origin at the slide's top-left corner). A child is a ``tile_px`` tile at
+``mag`` (nominally ``10 / mag`` um/px); a parent covers 4x4 children. Three lattices:
 
-- one child (a ``tile_px`` tile at ``mag``, i.e. at ``target_mpp = 10 / mag`` um/px) covers
-  ``s = tile_px * target_mpp / slide.mpp`` level-0 px, a float (256 * 0.5 / 0.499 = 256.513 for
-  the CMU slide): ``grid.child_size_level0``. A parent covers ``4 s``: ``grid.parent_size_level0``.
-- child ``(i, j)`` of the global lattice is the box ``[i s, (i+1) s) x [j s, (j+1) s)``; parent
-  ``(I, J)`` is the union of children ``4I..4I+3`` x ``4J..4J+3``. Pixels are always read from
-  these exact float boxes, so every tile is exactly at ``target_mpp`` and the 16 children of a
-  parent tile it exactly in 20x pixels (:func:`split_parent`).
-- stored integer coordinates are the lattice lines rounded half up: ``x = floor(i s + 0.5)``
-  (each within 0.5 level-0 px of the exact corner). Rounding the *lines* (not each tile) keeps the
-  integer boxes tiling too: a parent's coordinate equals its top-left child's, and its children's
-  integer boxes ``[x_i, x_{i+1})`` cover the parent's integer box exactly. ``patch_size_level0``
-  (TRIDENT's integer attribute) is ``round(s)``; use :meth:`TileGrid.child_box_level0` /
-  :meth:`TileGrid.parent_box_level0` for the exact float boxes.
-- parents cover the whole slide (``ceil(W / 4s)`` x ``ceil(H / 4s)``); those on the right and
-  bottom edges reach past the slide and are padded white when read.
+- ``lattice="integer"`` (feature extraction; docs/ARCHITECTURE.md, "Slides and tiles"): a child
+  covers ``p = round(tile_px * (10 / mag) / slide.mpp)`` level-0 px (257 on the 0.499 um/px CMU
+  slide), an integer; child ``(i, j)`` is the box ``[i p, (i+1) p) x [j p, (j+1) p)`` and a parent
+  ``4p``. Coordinates are ``i p`` exactly, so every coordinate is a multiple of
+  ``patch_size_level0`` (``p`` for children, ``4p`` for parents) as in TRIDENT's own files, and
+  readers that grid coords by dividing by it (torchmil's ``TridentWSIDataset``, TRIDENT's slide
+  encoders) find the true grid. Tiles are read from these boxes and resampled to ``tile_px``, so
+  their resolution is ``p * mpp / tile_px`` (``grid.target_mpp``) instead of the nominal
+  ``10 / mag``: a relative scale error ``p / s - 1`` (``s`` the exact extent) of at most
+  ``0.5 / s`` (0.2% at 20x), stored as ``scale_error`` with the ``coords`` attributes. The written
+  ``level0_magnification`` is ``mag * p / tile_px`` (20.078 on CMU), the value for which TRIDENT's
+  patcher (``round(patch_size * level0_mag / target_mag)``) reads exactly these ``p`` and ``4p``
+  boxes again.
+- ``lattice="trident"`` (``trident_compat=true``): ``p = tile_px * M // mag`` with ``M`` the slide's
+  nominal level-0 magnification as TRIDENT rounds it (``WSI._fetch_magnification``: 40 for
+  [0.2, 0.3) um/px, 20 for [0.3, 0.6) ...), so ``p`` is 256/1024 on any "20x" scan and 512/2048 on
+  any "40x" scan: TRIDENT's tiles exactly, equal across a patient's scans, at the price of a scale
+  error of up to tens of percent (stored the same way).
+- ``lattice="exact"`` (the default of :meth:`TileGrid.build`; training shards): a child covers the
+  exact float ``s = tile_px * (10 / mag) / slide.mpp`` (256.513 on CMU); pixels are read from the
+  exact float boxes, so every tile is exactly at ``10 / mag`` um/px; stored coordinates are the
+  lattice lines rounded half up (``floor(i s + 0.5)``; not multiples of ``patch_size_level0 =
+  round(s)`` in general). Rounding the *lines* keeps the integer boxes tiling: a parent's
+  coordinate equals its top-left child's.
 
-Selection: a child is kept when its tissue fraction (area of the tissue mask inside its exact
-box, outside-slide area counting as background) reaches ``min_tissue`` and it overlaps the slide;
-a parent is kept when any of its 16 children is kept. ``grid.children`` lists all 16 children of
+In every lattice the 16 children of a parent tile it exactly in ``tile_px`` pixels
+(:func:`split_parent`); use :meth:`TileGrid.child_box_level0` / :meth:`TileGrid.parent_box_level0`
+for the boxes read. Parents cover the whole slide (``ceil(W / 4s)`` x ``ceil(H / 4s)``); those on
+the right and bottom edges reach past the slide and are padded white when read.
+
+Selection: a child is kept when its tissue fraction (area of the tissue mask inside its box,
+outside-slide area counting as background) reaches ``min_tissue`` and it overlaps the slide; a
+parent is kept when any of its 16 children is kept. ``grid.children`` lists all 16 children of
 every kept parent (the 5x conditioning needs the whole 4x4 block), flagged ``kept``.
 """
 
@@ -35,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from zoomfeat.runtime.atomic import atomic_path
-from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.runtime.errors import ConfigError, SlideError
 from zoomfeat.runtime.units import (
     BASE_MAG,
     CHILDREN_PER_SIDE,
@@ -52,6 +67,35 @@ from .tissue import TissueMask, detect_tissue
 RATIO = CHILDREN_PER_SIDE
 #: um/px times magnification: MPP_20X * 20 = 10, so a tile at ``mag`` is at ``10 / mag`` um/px
 UM_TIMES_MAG = MPP_20X * BASE_MAG
+#: the tile lattices :meth:`TileGrid.build` lays (module docstring)
+LATTICES = ("exact", "integer", "trident")
+
+
+def trident_level0_magnification(mpp: float) -> int:
+    """The nominal level-0 magnification TRIDENT gives a slide of ``mpp`` um/px
+    (``trident/wsi_objects/WSI.py``, ``_fetch_magnification``): 80, 60, 40, 20, 10 or 5."""
+    for upper, mag in ((0.16, 80), (0.2, 60), (0.3, 40), (0.6, 20), (1.2, 10), (2.4, 5)):
+        if mpp < upper:
+            return mag
+    raise SlideError(
+        f"{mpp:g} um/px is coarser than any magnification TRIDENT knows (it stops at 2.4 um/px, 5x); "
+        "trident_compat=true cannot be used for this slide"
+    )
+
+
+def lattice_step(
+    mpp: float, tile_px: int = TILE_PX, mag: float = BASE_MAG, lattice: str = "integer"
+) -> float:
+    """Level-0 px per ``tile_px`` tile at ``mag`` on a slide of ``mpp`` um/px in ``lattice``:
+    the exact float (``"exact"``), its rounding (``"integer"``) or TRIDENT's (``"trident"``)."""
+    s = tile_px * (UM_TIMES_MAG / float(mag)) / float(mpp)
+    if lattice == "exact":
+        return s
+    if lattice == "integer":
+        return float(max(1, int(_snap(s))))
+    if lattice == "trident":
+        return float((tile_px * trident_level0_magnification(mpp)) // float(mag))
+    raise ConfigError(f"lattice must be one of {', '.join(LATTICES)}, got {lattice!r}")
 
 
 @dataclass
@@ -110,11 +154,36 @@ class TileGrid:
     level0_width: int
     level0_height: int
     slide_mpp: float
+    lattice: str = "exact"
 
     # ---------------------------------------------------------------- geometry
     @property
-    def target_mpp(self) -> float:
+    def nominal_mpp(self) -> float:
+        """The children's nominal resolution, ``10 / mag`` um/px."""
         return UM_TIMES_MAG / self.mag
+
+    @property
+    def target_mpp(self) -> float:
+        """The resolution children are read at: ``10 / mag`` on the exact lattice, else
+        ``child_size_level0 * slide_mpp / tile_px`` (the box read, resampled to ``tile_px``)."""
+        if self.lattice == "exact":
+            return self.nominal_mpp
+        return self.child_size_level0 * self.slide_mpp / self.tile_px
+
+    @property
+    def scale_error(self) -> float:
+        """Relative size error of the tiles against the nominal ``10 / mag`` (0 on the exact lattice)."""
+        return self.target_mpp / self.nominal_mpp - 1.0
+
+    @property
+    def level0_magnification(self) -> float:
+        """``level0_magnification`` for the coords attributes: the slide's ``10 / mpp`` on the exact
+        lattice, else ``mag * p / tile_px`` -- the value from which TRIDENT's patcher computes
+        ``round(tile_px * level0_magnification / target_magnification)`` = ``p`` (children) and
+        ``4p`` (parents), so it re-reads exactly these boxes."""
+        if self.lattice == "exact":
+            return UM_TIMES_MAG / self.slide_mpp
+        return self.mag * self.child_size_level0 / self.tile_px
 
     @property
     def parent_size_level0(self) -> float:
@@ -158,7 +227,9 @@ class TileGrid:
         return float((RATIO * pi + r % RATIO) * s), float((RATIO * pj + r // RATIO) * s), s
 
     def coords_attrs(self, slide: Slide, which: str = "child", name: str | None = None) -> dict[str, Any]:
-        """TRIDENT's ``coords`` attributes for the children (``"child"``) or parents (``"parent"``)."""
+        """TRIDENT's ``coords`` attributes for the children (``"child"``) or parents (``"parent"``),
+        plus ``patch_size_level0_exact`` (the float extent read), ``lattice``, ``tile_mpp`` (the
+        resolution read) and ``scale_error`` (relative to the nominal ``10 / mag``)."""
         if which not in ("child", "parent"):
             raise ValueError(f"which must be 'child' or 'parent', got {which!r}")
         child = which == "child"
@@ -166,12 +237,15 @@ class TileGrid:
             "patch_size": int(self.tile_px),
             "patch_size_level0": self.patch_size_level0 if child else self.parent_patch_size_level0,
             "patch_size_level0_exact": self.child_size_level0 if child else self.parent_size_level0,
-            "level0_magnification": float(slide.magnification),
+            "level0_magnification": float(self.level0_magnification),
             "target_magnification": float(self.mag if child else self.parent_mag),
             "overlap": 0,
             "name": name if name is not None else slide.slide_id,
             "level0_width": int(self.level0_width),
             "level0_height": int(self.level0_height),
+            "lattice": self.lattice,
+            "tile_mpp": float(self.target_mpp * (1 if child else RATIO)),
+            "scale_error": float(self.scale_error),
         }
 
     # ---------------------------------------------------------------- reading
@@ -197,9 +271,14 @@ class TileGrid:
         tissue: TissueMask | None = None,
         tissue_mpp: float | None = None,
         progress: bool = True,
+        lattice: str = "exact",
         **tissue_kwargs,
     ) -> TileGrid:
         """Find the tissue (unless ``tissue`` is given) and lay the nested grid over ``slide``.
+
+        ``lattice``: ``"exact"`` (float tile extent, exactly ``10 / mag`` um/px), ``"integer"``
+        (feature extraction: integer extent ``p``, coords multiples of it) or ``"trident"``
+        (TRIDENT's nominal-magnification extent); see the module docstring.
 
         ``tissue_mpp`` is the thumbnail resolution (default: a child tile spans 16 mask pixels,
         at most 8 um/px); ``tissue_kwargs`` go to :func:`zoomfeat.slide.tissue.tissue_mask`.
@@ -215,8 +294,8 @@ class TileGrid:
         if int(tile_px) != tile_px or tile_px <= 0:
             raise ConfigError(f"tile_px must be a positive integer, got {tile_px!r}")
         tile_px = int(tile_px)
-        target_mpp = UM_TIMES_MAG / float(mag)
-        s = tile_px * target_mpp / slide.mpp
+        s = lattice_step(slide.mpp, tile_px, mag, lattice)
+        target_mpp = s * slide.mpp / tile_px
         if target_mpp < slide.mpp * 0.99:
             warnings.warn(
                 f"{slide.path}: the slide's resolution ({slide.mpp:g} um/px, {slide.magnification:.2f}x) is "
@@ -238,6 +317,7 @@ class TileGrid:
             "level0_width": int(W),
             "level0_height": int(H),
             "slide_mpp": slide.mpp,
+            "lattice": lattice,
         }
         if W < s or H < s:
             warnings.warn(
