@@ -1,6 +1,8 @@
-"""zoomfeat.features.config: conf/extract.yaml is ExtractConfig; the recipe (config hash) is unchanged."""
+"""zoomfeat.features.config: conf/extract.yaml is ExtractConfig; the recipe (config hash) is pinned."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 from omegaconf import OmegaConf
@@ -8,7 +10,7 @@ from omegaconf import OmegaConf
 from zoomfeat.features.config import ExtractConfig, FeaturesSection
 from zoomfeat.runtime.config import iter_keys, load_config
 from zoomfeat.runtime.errors import ConfigError
-from zoomfeat.runtime.provenance import canonical_json, config_hash
+from zoomfeat.runtime.provenance import config_hash
 from zoomfeat.runtime.resources import config_dir
 
 #: recipes and hashes of the flat ExtractConfig of earlier versions (pinned: every existing bag
@@ -21,16 +23,20 @@ OLD_CUSTOM = ('{"encoder":"tiny","encoder_checkpoint":null,"ensemble":1,"mag":20
               '"taps":["middle_block"],"tile_px":256,"timestep":300}')  # fmt: skip
 
 
-def test_recipe_and_its_hash_are_those_of_earlier_versions():
-    assert canonical_json(ExtractConfig().recipe()) == OLD_DEFAULT
-    assert config_hash(ExtractConfig().recipe()) == "0fc44a1070e3b52b"
+def test_recipe_is_the_earlier_one_plus_the_integer_lattice():
+    """Issue 10's integer tile lattice adds ``lattice`` to the recipe: the hash of the earlier
+    versions' bags no longer matches, so they are refused (re-extracted), as for any changed setting."""
+    new_default = json.loads(OLD_DEFAULT) | {"lattice": "integer"}
+    assert ExtractConfig().recipe() == new_default
+    assert config_hash(ExtractConfig().recipe()) == "ea2061e40f56cb90" != "0fc44a1070e3b52b"
     custom = ExtractConfig.from_kwargs(
         model="tiny", encoder="tiny", mpp=0.25, precision="bf16",
         **{"tissue.min_tissue": 0.5, "features.taps": ["middle_block"], "features.timestep": 300,
            "model.checkpoint": "/x/y"},
     )  # fmt: skip
-    assert canonical_json(custom.recipe()) == OLD_CUSTOM
-    assert config_hash(custom.recipe()) == "8d5b209aa892a621"
+    assert custom.recipe() == json.loads(OLD_CUSTOM) | {"lattice": "integer"}
+    assert config_hash(custom.recipe()) == "271700e55f9b9f36" != "8d5b209aa892a621"
+    assert ExtractConfig(trident_compat=True).recipe()["lattice"] == "trident"
 
 
 def test_the_yaml_is_the_dataclass():
