@@ -127,17 +127,6 @@ CASES = _cases()
 KNOWN = {
     ("bench", "missing labels file"): "zoomfeat/mil (bench side of issue 11): a missing labels file is not "
     "named; the bench reports the (empty) bags directory first",
-    (
-        "prepare",
-        "not a slide file",
-    ): "zoomfeat/prepare.py (training): failed slides end with a JSON summary and "
-    "'1 slide(s) failed: [...]', no 'zoomfeat prepare: error:' line saying what to do",
-    (
-        "model",
-        "missing weights file",
-    ): "zoomfeat/model/__main__.py: argparse entry without cli.report_errors: "
-    "WeightsNotFoundError shows a stack trace",
-    ("model", "unknown config"): "zoomfeat/model/__main__.py: ConfigError shows a stack trace",
 }
 
 

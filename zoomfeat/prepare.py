@@ -27,8 +27,16 @@ def run(cfg) -> dict:
     model, encoder = load_models(pc)
     summary = prepare(pc.inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
-    if summary["failed"]:
-        print(f"{len(summary['failed'])} slide(s) failed: {sorted(summary['failed'])}", file=sys.stderr)
+    failed = summary["failed"]
+    if failed:
+        # one line per failed slide, then what to do; the other slides' shards are complete
+        for slide_id, why in sorted(failed.items()):
+            print(f"zoomfeat prepare: error: {slide_id}: {why}", file=sys.stderr)
+        print(
+            f"zoomfeat prepare: {len(failed)} slide(s) failed and were skipped; fix or remove them and rerun "
+            "the same command (finished slides are kept)",
+            file=sys.stderr,
+        )
         sys.exit(1)
     return summary
 

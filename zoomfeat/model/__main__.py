@@ -61,5 +61,12 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The command line: user errors are one line (``zoomfeat model: error: ...``, exit status 2)."""
+    from zoomfeat.cli import report_errors
+
+    report_errors("model", main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
