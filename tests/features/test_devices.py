@@ -132,3 +132,48 @@ def test_two_workers_over_four_slides_a_killed_worker_fails_only_its_slide(four_
             np.testing.assert_array_equal(a.coords, b.coords)
             assert a.attrs["config_hash"] == b.attrs["config_hash"]
     assert not list(out.rglob("*.tmp-*"))
+
+
+def test_hand_out_order_and_every_worker_stopped_when_the_list_is_empty():
+    """The main process's bookkeeping, without processes: slides go out in the given order to idle
+    workers, none before worker 0 has checked the existing bags, and every worker is told to stop
+    once the list is empty, whichever finishes first (worker 0 first used to leave worker 1 waiting)."""
+    from pathlib import Path
+
+    from zoomfeat.features.devices import DevicePool, _Worker
+    from zoomfeat.features.pipeline import SlideResult
+    from zoomfeat.slide.manifest import SlideSpec
+
+    sent: dict[int, list] = {0: [], 1: []}
+
+    class Conn:
+        def __init__(self, i):
+            self.i = i
+
+        def send(self, msg):
+            sent[self.i].append(msg)
+
+    pool = DevicePool(["cpu", "cpu"], ExtractConfig())
+    pool.slides = [SlideSpec(Path(f"/x/s{k}.svs")) for k in range(3)]
+    pool.outcome.results = [None] * 3
+    pool.pending = [2, 1, 0]
+    w0, w1 = (_Worker(i, "cpu", None, Conn(i)) for i in range(2))
+    pool.workers = [w0, w1]
+    pool._handle(w1, ("ready", 1, []))
+    pool._hand_out()
+    assert sent == {0: [], 1: []}  # worker 0 has not checked the bags yet
+    pool._handle(w0, ("ready", 0, []))
+    pool._hand_out()
+    assert sent == {0: [("slide", 0)], 1: [("slide", 1)]}
+
+    def done(w, k):
+        pool._handle(w, ("result", w.index, k, SlideResult(f"/x/s{k}.svs", f"s{k}", "done")))
+        pool._hand_out()
+
+    done(w0, 0)
+    done(w0, 2)
+    assert sent[0][-1] == ("stop",) and sent[1] == [("slide", 1)]  # worker 1 still busy
+    done(w1, 1)
+    assert sent[1][-1] == ("stop",)
+    assert [r.slide_id for r in pool.outcome.results] == ["s0", "s1", "s2"]
+    assert pool.outcome.worker_of == {"s0": "cpu#0", "s1": "cpu#1", "s2": "cpu#0"}

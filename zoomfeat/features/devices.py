@@ -240,6 +240,7 @@ class DevicePool:
         self.pending: list[int] = []
         self.outcome = PoolOutcome()
         self.clashes: list[str] = []
+        self.checked = False  # worker 0 has checked the existing bags
 
     def run(self, slides: Sequence[SlideSpec], out_dir: str | Path) -> PoolOutcome:
         """Extract ``slides`` into ``out_dir``; returns the results in the order of ``slides``.
@@ -318,6 +319,7 @@ class DevicePool:
         kind = msg[0]
         if kind == "ready":
             w.ready, self.clashes = True, self.clashes + list(msg[2])
+            self.checked = self.checked or w.index == 0
         elif kind == "fatal":
             err, trace = msg[2], msg[3]
             if not isinstance(err, Exception):
@@ -336,6 +338,7 @@ class DevicePool:
     def _died(self, w: _Worker) -> None:
         w.process.join(timeout=5)
         w.alive = False
+        self.checked = self.checked or w.index == 0  # died before its check: the others go on
         if w.slide is not None:
             code = w.process.exitcode
             why = f"signal {-code}" if code is not None and code < 0 else f"exit status {code}"
@@ -345,8 +348,9 @@ class DevicePool:
             w.slide = None
 
     def _hand_out(self) -> None:
-        if self.clashes or not all(w.ready or not w.alive or w.slide is not None for w in self.workers[:1]):
-            return  # worker 0 checks existing bags before the first slide is handed out
+        # worker 0 checks the existing bags before the first slide is handed out
+        if self.clashes or not self.checked:
+            return
         for w in self.workers:
             if w.alive and w.ready and w.slide is None:
                 if self.pending:
