@@ -264,8 +264,8 @@ def extract_section(table: Table, args, slide: Path, work: Path, flops1: dict, m
         for w in args.workers:
             ex = Extractor(extract_config(args, batch_size=bs, num_workers=w, precision=args.precision))
             if models_s is None:
-                if not args.smoke:
-                    models_only_seconds(ex, slide)  # warm-up: kernels, allocator, page cache
+                if not args.smoke and bs == args.batches[0]:
+                    models_only_seconds(ex, slide)  # warm-up once: kernels, allocator, page cache
                 models_s, n = models_only_seconds(ex, slide)
             out = work / f"bags_b{bs}_w{w}"
             if dev.type == "cuda":
