@@ -39,6 +39,7 @@ from zoomfeat.mil.bagset import BagSet, BenchWarning
 from zoomfeat.mil.config import BenchmarkConfig
 from zoomfeat.mil.labels import class_names, read_labels
 from zoomfeat.mil.metrics import METRICS, binary_metrics, multiclass_metrics
+from zoomfeat.mil.pathobench import write_pathobench_splits
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
 from zoomfeat.mil.sources import (
@@ -256,6 +257,8 @@ class Benchmark:
                 source=self.cohort_source,
             )
         save_splits(self.splits, self.out_dir / "splits.csv")
+        # the same folds in Patho-Bench's format, so both tools can be run on identical splits
+        write_pathobench_splits(self.splits, self.out_dir, self.task.name, self.class_names)
         self.keys = fold_keys(self.splits)
         self.n_cases = cohort["case_id"].nunique()
         self.counts = cohort["label"].value_counts().sort_index().to_dict()
