@@ -94,6 +94,9 @@ SUMMARIZER_DEFAULTS: dict[str, Any] = {
     "p_uncond": 0.1,
 }
 SUMMARIZER_IGNORED = ("feat_key", "mag_key")
+#: official key spelling -> native key (the official ``EmbeddingViT2`` names the levels ``mag_levels``;
+#: the released NAIP config sets ``mag_levels: 4``)
+SUMMARIZER_ALIASES = {"mag_levels": "num_mags"}
 DIFFUSION_DEFAULTS: dict[str, Any] = {
     "timesteps": 1000,
     "linear_start": 0.0015,
@@ -119,8 +122,18 @@ def _plain(obj: Any) -> Any:
 def normalize_summarizer_config(params: Mapping[str, Any]) -> dict[str, Any]:
     """Official ``cond_stage_config.params`` (or the native ``summarizer:`` section) -> complete dict.
 
-    ``feat_key``/``mag_key`` (official batch keys) are ignored; other unknown keys are refused.
+    ``feat_key``/``mag_key`` (official batch keys) are ignored; the official ``mag_levels`` is
+    ``num_mags``; other unknown keys are refused.
     """
+    params = dict(params)
+    for official, native in SUMMARIZER_ALIASES.items():
+        if official in params:
+            value = params.pop(official)
+            if native in params and int(params[native]) != int(value):
+                raise ConfigError(
+                    f"summarizer config sets both {official}={value} and {native}={params[native]}; keep one"
+                )
+            params[native] = value
     unknown = sorted(set(params) - set(SUMMARIZER_DEFAULTS) - set(SUMMARIZER_IGNORED))
     if unknown:
         raise ConfigError(f"unsupported summarizer config keys: {unknown}")
@@ -248,7 +261,7 @@ def official_config(arch: Mapping[str, Any]) -> dict[str, Any]:
     if s["num_heads"] != 8:
         cond["num_heads"] = s["num_heads"]
     if s["num_mags"] != NUM_MAGS:
-        cond["num_mags"] = s["num_mags"]
+        cond["mag_levels"] = s["num_mags"]  # the official EmbeddingViT2 argument (it has no num_mags)
     params: dict[str, Any] = {
         "linear_start": dif["linear_start"],
         "linear_end": dif["linear_end"],
