@@ -39,6 +39,7 @@ PUBLISHED_PREPROCESSING = {
     "h_optimus_1": (224, 224, "bilinear", HOPT, 1536),
     "gigapath": (224, 256, "bicubic", IMNET, 1536),  # Resize(256, BICUBIC) + CenterCrop(224)
     "conch_v15": (448, 448, "bilinear", IMNET, 768),  # Resize(448) + CenterCrop(448); pooler 768
+    "dinov2_vitl14_reg": (224, 256, "bicubic", IMNET, 1024),  # Resize(256, BICUBIC) + CenterCrop(224)
     "tiny": (224, 224, "bilinear", IMNET, 32),
 }
 

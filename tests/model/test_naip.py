@@ -45,3 +45,20 @@ def test_conflicting_spellings_are_refused():
     off["model"]["params"]["cond_stage_config"]["params"]["num_mags"] = 8
     with pytest.raises(ConfigError, match="mag_levels"):
         read_config(copy.deepcopy(off))
+
+
+def test_zoomfeat_naip_config_builds_with_four_levels():
+    """conf/model/zoomldm_naip.yaml: the BRCA architecture with 4 magnification levels (1x..4x)."""
+    with torch.device("meta"):
+        m = ZoomLDM.from_config("zoomldm_naip")
+    assert m.summarizer.num_mags == 4 and tuple(m.summarizer.mag_embedding.weight.shape) == (4, 512)
+    assert sum(p.numel() for p in m.parameters()) == 494_897_313
+
+
+def test_out_of_range_magnification_names_the_naip_levels():
+    from zoomfeat.model.summarizer import Summarizer
+
+    s = Summarizer(input_channels=8, hidden_channels=16, output_channels=16, num_layers=1, num_heads=2,
+                   vit_mlp_dim=16, num_mags=4)  # fmt: skip
+    with pytest.raises(ValueError, match=r"valid 0..3 \(0=1x 1=2x 2=3x 3=4x\)"):
+        s.check_inputs(torch.zeros(1, 8, 1, 1), torch.tensor([5]))

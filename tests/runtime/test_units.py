@@ -31,3 +31,14 @@ def test_grid_sides_pool_at_eight():
 def test_unknown_magnification_lists_the_levels():
     with pytest.raises(ValueError, match=r"40x is not one of ZoomLDM's levels \(20x, 10x"):
         mag_index(40)
+
+
+def test_per_domain_tables():
+    from zoomfeat.runtime.units import MAG_TABLES, domain_mag_index, mag_names_for
+
+    assert MAG_TABLES["brca"] == tuple(mag_name(m) for m in range(NUM_MAGS))
+    assert MAG_TABLES["naip"] == ("1x", "2x", "3x", "4x")
+    assert domain_mag_index("naip", "3x") == 2 and domain_mag_index("brca", "5") == 2
+    assert mag_names_for(4) == MAG_TABLES["naip"] and mag_names_for(8) == MAG_TABLES["brca"]
+    with pytest.raises(ValueError, match=r"'5x' is not one of the naip model's levels \(1x, 2x, 3x, 4x\)"):
+        domain_mag_index("naip", "5x")

@@ -16,7 +16,7 @@ from zoomfeat.encoders.registry import EMBED_DIM, ENCODERS
 from zoomfeat.runtime.config import check
 
 #: encoders ZoomLDM can be conditioned on (``conf/encoder/{name}.yaml``)
-CONDITIONING_ENCODERS = ("uni", "tiny")
+CONDITIONING_ENCODERS = ("uni", "dinov2_vitl14_reg", "tiny")  # UNI: BRCA model; DINOv2-reg: NAIP
 #: the encoder built for tests and the demo (a seeded random init is always allowed for it)
 TINY = "tiny"
 

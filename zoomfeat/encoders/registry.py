@@ -232,6 +232,33 @@ ENCODERS: dict[str, EncoderSpec] = {
             source="MahmoodLab/UNI model card; TRIDENT load.py",
         ),
         EncoderSpec(
+            name="dinov2_vitl14_reg",
+            title="DINOv2 ViT-L/14 with registers (Meta; LVD-142M natural images): ZoomLDM NAIP's conditioning",
+            architecture="ViT-L/14, 4 register tokens",
+            timm_model="vit_large_patch14_reg4_dinov2",
+            # timm vit_large_patch14_reg4_dinov2.lvd142m (= torch.hub dinov2_vitl14_reg, which the
+            # official ZoomLDM README names for NAIP): LayerScale 1e-5, 4 registers; run at 224 px
+            timm_kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
+            input_px=224,
+            resize_px=256,
+            # DINOv2's evaluation transform: Resize(256, BICUBIC) + CenterCrop(224), ImageNet stats
+            interpolation="bicubic",
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            output="cls",
+            embed_dim=1024,
+            published_params="0.3B",
+            params_source="Oquab et al. 2024 (DINOv2, TMLR) Table: ViT-L/14, 300M; Darcet et al. 2024 (registers)",
+            gflops=164.64,
+            trident_precision="fp32",
+            hub_id="timm/vit_large_patch14_reg4_dinov2.lvd142m",
+            gated=False,
+            licence="Apache-2.0",
+            weight_files=("model.safetensors", "pytorch_model.bin"),
+            weights_hint="model.safetensors from https://huggingface.co/timm/vit_large_patch14_reg4_dinov2.lvd142m",
+            source="timm model card; facebookresearch/dinov2 hubconf (dinov2_vitl14_reg); ZoomLDM README (NAIP)",
+        ),
+        EncoderSpec(
             name="uni2_h",
             title="UNI2-h (Mahmood Lab 2025; DINOv2 on 200M+ tiles)",
             architecture="ViT-H/14, 8 register tokens, SwiGLU",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoomfeat.runtime.units import NUM_MAGS, mag_name
+from zoomfeat.runtime.units import NUM_MAGS, mag_names_for
 
 GRID = 8  # the summarizer sees at most an 8x8 grid (64 slots)
 NUM_SLOTS = GRID * GRID
@@ -172,8 +172,8 @@ class Summarizer(nn.Module):
         mag_t = torch.as_tensor(mag)
         if mag_t.is_floating_point() or mag_t.is_complex():
             raise TypeError(
-                f"magnification index must be an integer (0={mag_name(0)} ... "
-                f"{self.num_mags - 1}={mag_name(self.num_mags - 1)}), got {mag!r}"
+                f"magnification index must be an integer (0={mag_names_for(self.num_mags)[0]} ... "
+                f"{self.num_mags - 1}={mag_names_for(self.num_mags)[-1]}), got {mag!r}"
             )
         mag_t = mag_t.long().reshape(-1)
         if mag_t.numel() == 1 and b != 1:
@@ -187,7 +187,7 @@ class Summarizer(nn.Module):
         ):
             raise ValueError(
                 f"magnification index out of range: got {sorted(set(mag_t.tolist()))}, valid 0..{self.num_mags - 1} "
-                f"({' '.join(f'{m}={mag_name(m)}' for m in range(self.num_mags))})"
+                f"({' '.join(f'{m}={n}' for m, n in enumerate(mag_names_for(self.num_mags)))})"
             )
         return mag_t.to(grid.device)
 

@@ -57,3 +57,32 @@ def mag_name(index: int) -> str:
 def grid_side(index: int, max_grid: int = 8) -> int:
     """Side of the UNI-embedding grid conditioning a tile at index ``m``: ``min(2**m, max_grid)``."""
     return min(2 ** int(index), max_grid)
+
+
+#: magnification names by index, per released model domain (the index is what the model sees):
+#: BRCA pathology 20x ... 0.15625x (8 levels, 20 / 2**m); NAIP satellite imagery 1x ... 4x (4 levels,
+#: level k covers a 2**k x 2**k grid of native 256 px patches, never pooled: 2**3 = 8)
+MAG_TABLES: dict[str, tuple[str, ...]] = {
+    "brca": tuple(f"{BASE_MAG / 2**m:g}x" for m in range(NUM_MAGS)),
+    "naip": ("1x", "2x", "3x", "4x"),
+}
+
+
+def domain_mag_index(domain: str, name: str) -> MagIndex:
+    """Index of magnification ``name`` (``'5x'``, ``'3x'``) in ``domain``'s table; ValueError naming the levels."""
+    table = MAG_TABLES[domain]
+    text = str(name).strip().lower()
+    text = text if text.endswith("x") else f"{float(text):g}x"
+    if text not in table:
+        raise ValueError(
+            f"magnification {name!r} is not one of the {domain} model's levels ({', '.join(table)})"
+        )
+    return MagIndex(table.index(text))
+
+
+def mag_names_for(num_mags: int) -> tuple[str, ...]:
+    """The magnification names of a model with ``num_mags`` levels (8: BRCA, 4: NAIP; else indices)."""
+    for table in MAG_TABLES.values():
+        if len(table) == num_mags:
+            return table
+    return tuple(str(m) for m in range(num_mags))
