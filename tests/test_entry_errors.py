@@ -124,10 +124,7 @@ def _cases() -> list[Case]:
 CASES = _cases()
 
 #: failures in entry points this suite's owner (issue 11, extraction side) does not own
-KNOWN = {
-    ("bench", "missing labels file"): "zoomfeat/mil (bench side of issue 11): a missing labels file is not "
-    "named; the bench reports the (empty) bags directory first",
-}
+KNOWN = {}
 
 
 @pytest.fixture(scope="module")

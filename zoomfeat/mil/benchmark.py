@@ -54,7 +54,7 @@ from zoomfeat.mil.train import BagFeeder, FoldResult, predict, train_fold
 from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
 from zoomfeat.runtime.config import to_dict
 from zoomfeat.runtime.device import resolve_device
-from zoomfeat.runtime.errors import ConfigError, InputError
+from zoomfeat.runtime.errors import ConfigError, InputError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,12 @@ class Benchmark:
             raise ConfigError(
                 f"task {task.name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) "
                 f"and task.labels=CSV{hint}"
+            )
+        if task.labels and not Path(task.labels).expanduser().is_file():
+            # the labels file first: without it nothing else matters
+            raise InputNotFoundError(
+                f"labels file {task.labels} does not exist (task.labels=): give a CSV with columns "
+                f"{task.slide_col}, {task.case_col}, {task.label_col}"
             )
         self.feature_sets = expand_feature_sets(self.feature_sets, task.bags)
         baseline = self.cfg.baseline
