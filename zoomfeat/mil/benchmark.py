@@ -184,7 +184,7 @@ class Benchmark:
         if task.labels and not Path(task.labels).expanduser().is_file():
             # the labels file first: without it nothing else matters
             raise InputNotFoundError(
-                f"labels file {task.labels} does not exist (task.labels=): give a CSV with columns "
+                f"no labels file at {task.labels} (task.labels=): give a CSV with columns "
                 f"{task.slide_col}, {task.case_col}, {task.label_col}"
             )
         self.feature_sets = expand_feature_sets(self.feature_sets, task.bags)
