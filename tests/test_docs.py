@@ -24,7 +24,12 @@ def _schemas() -> dict[str, type]:
     from zoomfeat.mil.config import BenchmarkConfig
     from zoomfeat.training.config import PrepareConfig, TrainConfig
 
-    return {"extract": ExtractConfig, "bench": BenchmarkConfig, "prepare": PrepareConfig, "train": TrainConfig}
+    return {
+        "extract": ExtractConfig,
+        "bench": BenchmarkConfig,
+        "prepare": PrepareConfig,
+        "train": TrainConfig,
+    }
 
 
 def _tables() -> dict[str, list[str]]:

@@ -29,7 +29,9 @@ def test_every_encoder_group_file_is_an_encoder_section():
 
 
 def test_encoder_section_errors():
-    with pytest.raises(ConfigError, match="encoder='vit' is not an encoder: use one of uni, dinov2_vitl14_reg, tiny"):
+    with pytest.raises(
+        ConfigError, match="encoder='vit' is not an encoder: use one of uni, dinov2_vitl14_reg, tiny"
+    ):
         EncoderSection(name="vit")
     # a registry encoder cannot condition ZoomLDM (phikon_v2 is 1024-d like UNI: no width check catches it)
     with pytest.raises(ConfigError, match=r"'phikon_v2' is a baseline encoder: list it in encoders=\[...\]"):
