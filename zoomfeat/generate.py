@@ -39,7 +39,8 @@ def train_cdm_on_shards(gc) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from zoomfeat.generation.cdm import CDMTrainOptions, DiT, grid_batches, train_cdm
+    from zoomfeat.generation.cdm import DiT
+    from zoomfeat.generation.cdm_training import CDMTrainOptions, grid_batches, train_cdm
     from zoomfeat.generation.workflow import load_ldm
     from zoomfeat.runtime.atomic import atomic_path, ensure_dir
     from zoomfeat.runtime.device import resolve_device

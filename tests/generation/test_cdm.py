@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from zoomfeat.generation.cdm import (
-    CDMDiffusion,
-    CDMTrainOptions,
-    DiT,
-    cdm_targets,
-    cosine_betas,
-    load_cdm,
-    sample_contexts,
-    sincos_1d,
-    space_timesteps,
-    train_cdm,
-)
+from zoomfeat.generation.cdm import DiT, load_cdm, sincos_1d
+from zoomfeat.generation.cdm_diffusion import CDMDiffusion, cosine_betas, space_timesteps
+from zoomfeat.generation.cdm_training import CDMTrainOptions, cdm_targets, sample_contexts, train_cdm
 from zoomfeat.generation.costs import Tracker
 from zoomfeat.runtime.errors import ConfigError, WeightsError
 

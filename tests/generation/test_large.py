@@ -19,7 +19,6 @@ from zoomfeat.generation.guidance import model_pred, tile_contexts
 from zoomfeat.generation.large import (
     JointOptions,
     Noise,
-    PostOptions,
     canvas_to_tiles,
     constrained_tiles,
     decode,
@@ -27,14 +26,13 @@ from zoomfeat.generation.large import (
     gaussian_kernel,
     joint_sample,
     noise_step,
-    postprocess,
     step_coefs,
     tiles_to_canvas,
     to_uint8,
-    window_contexts,
     window_positions,
     x0hat,
 )
+from zoomfeat.generation.postprocess import PostOptions, postprocess, window_contexts
 from zoomfeat.runtime.errors import ConfigError
 
 

@@ -246,7 +246,8 @@ def _run_patch(gc, model, device, gen, tracker, out, stem) -> dict[str, str]:
     p = gc.patch
     written = {}
     if p.source == "cdm":
-        from zoomfeat.generation.cdm import load_cdm, sample_contexts
+        from zoomfeat.generation.cdm import load_cdm
+        from zoomfeat.generation.cdm_training import sample_contexts
 
         if not gc.cdm.checkpoint:
             raise ConfigError("patch.source=cdm needs cdm.checkpoint (a DiT state_dict, bare or under 'ema')")
@@ -281,7 +282,7 @@ def _save_large(gc, img: np.ndarray, out: Path, stem: str) -> dict[str, str]:
 
 
 def _post(gc, model, device, tiles, grid, noise, tracker):
-    from zoomfeat.generation.large import PostOptions, postprocess
+    from zoomfeat.generation.postprocess import PostOptions, postprocess
 
     pm = _load_models(gc, device, live=True) if gc.post.live_weights else model
     po = PostOptions(gc.post.t0, gc.post.stride, gc.post.guidance, 16, gc.post.batch_size, gc.large.t_offset)
