@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from zoomfeat.encoders.config import EncoderSection
+from zoomfeat.generation.large import JointOptions
 from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check
 from zoomfeat.runtime.device import PRECISIONS
@@ -49,26 +50,34 @@ class PatchSection:
 
 @dataclass
 class LargeSection:
-    t0: int = 1000
-    stride: int = 50
-    n_steps: int = 10
-    h: float = 0.005
-    lr: float = 0.5
+    # the joint-sampling defaults live once, in JointOptions (spec 2.4)
+    t0: int = JointOptions.t0
+    stride: int = JointOptions.stride
+    n_steps: int = JointOptions.n_steps
+    h: float = JointOptions.h
+    lr: float = JointOptions.lr
     #: large-image convention (w + 1) e_c - w e_u (w = 2 is s = 3)
-    guidance: float = 2.0
-    batch_size: int = 16
+    guidance: float = JointOptions.guidance
+    batch_size: int = JointOptions.batch_size
     #: c: sqrt(1 - abar_p) ([C] notebook) | r: sqrt(1 - abar_p - btilde) ([R] post-processing, [F])
-    noise_term: str = "c"
+    noise_term: str = JointOptions.noise_term
     #: dataloader: standardise per position (pool the guide to 8x8 first) | raw: as loaded ([C])
     ssl_norm: str = "dataloader"
     #: 0: UNet fed t, schedule at t-1 (official); 1: UNet fed t-1
-    t_offset: int = 0
+    t_offset: int = JointOptions.t_offset
     decode_window_stride: int = 16
     decode_sigma: float = 0.8
     decode_batch_size: int = 16
     postprocess: bool = False
     tiff: bool = True
     tiff_compression: str = "deflate"
+
+    def joint_options(self) -> JointOptions:
+        """The joint-sampling options these settings describe."""
+        return JointOptions(
+            self.t0, self.stride, self.n_steps, self.h, self.lr, self.guidance, self.batch_size,
+            self.noise_term, self.t_offset,
+        )  # fmt: skip
 
 
 @dataclass

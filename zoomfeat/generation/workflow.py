@@ -291,7 +291,6 @@ def _post(gc, model, device, tiles, grid, noise, tracker):
 
 def _run_large(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
     from zoomfeat.generation.large import (
-        JointOptions,
         decode,
         decode_large,
         joint_sample,
@@ -306,10 +305,7 @@ def _run_large(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
     region = Region(gc.region.x0, gc.region.y0, e)
     grid, region_20x = region_ssl_grid(slide, region, _encoder(gc, device))
     lg = gc.large
-    opts = JointOptions(
-        lg.t0, lg.stride, lg.n_steps, lg.h, lg.lr, lg.guidance, lg.batch_size, lg.noise_term, lg.t_offset
-    )
-    res = joint_sample(model, grid, m, opts, noise, lg.ssl_norm, tracker)
+    res = joint_sample(model, grid, m, lg.joint_options(), noise, lg.ssl_norm, tracker)
     tiles = res.tiles
     if lg.postprocess:
         tiles = _post(gc, model, device, tiles, grid, noise, tracker)
