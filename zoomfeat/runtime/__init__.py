@@ -10,6 +10,10 @@ One home for each cross-cutting job, so no two parts of zoomfeat do it different
 - :mod:`~zoomfeat.runtime.config`: typed configs (the YAML is the dataclass);
 - :mod:`~zoomfeat.runtime.provenance`: config and file hashes;
 - :mod:`~zoomfeat.runtime.resources`: the shipped configs and demo data.
+- :mod:`~zoomfeat.runtime.ema`, :mod:`~zoomfeat.runtime.checkpoints`,
+  :mod:`~zoomfeat.runtime.train_state`, :mod:`~zoomfeat.runtime.distributed`: the trainers'
+  shared machinery (EMA, atomic checkpoint directories and resume, the ``trainer/`` state, DDP
+  set-up and threads), used by the ZoomLDM trainer and the CDM trainer alike.
 
 It imports nothing else of zoomfeat (``tests/test_layers.py`` checks).
 """

@@ -1,183 +1,43 @@
-"""Training checkpoints on disk: atomic directories, a ``latest`` pointer, pruning, lookup.
-
-Layout under a run's ``out_dir``::
-
-    checkpoints/step-00005000/             a ZoomLDM pretrained dir (EMA UNet weights) ...
-    checkpoints/step-00005000/trainer/     ... plus the training state (live UNet, optimizer,
-                                           EMA bookkeeping, RNG, state.json written last)
-    checkpoints/step-00005000/samples/     sample grid PNG per magnification
-    checkpoints/latest -> step-00005000    symlink (a text file holding the name where the
-                                           file system has no symlinks)
-
-A checkpoint is written into a temporary directory (``checkpoints/.step-XXXXXXXX.tmp-{pid}``,
-:func:`zoomfeat.runtime.atomic.atomic_dir`), fsync-ed and renamed into place when every file is on
-disk; ``latest`` is replaced (atomically) only after that. A run killed at any moment therefore
-leaves ``latest`` pointing at a complete checkpoint; the partial temporary directory is removed by
-the next run (:func:`clean_partial`).
-"""
+"""Training checkpoints on disk: :mod:`zoomfeat.runtime.checkpoints` (moved there, with the layout
+and the reasons for it, so the CDM trainer in ``generation/`` writes the same directories); these
+names stay for the trainer and its users."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-import warnings
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from zoomfeat.runtime.checkpoints import (
+    CHECKPOINTS_DIR,
+    LATEST,
+    STATE_FILE,
+    checkpoint_root,
+    clean_partial,
+    find_latest,
+    is_complete,
+    latest_name,
+    list_checkpoints,
+    read_state,
+    refuse_existing,
+    resolve_checkpoint,
+    resume_source,
+    set_latest,
+    step_dir_name,
+    write_checkpoint,
+)
 
-from zoomfeat.runtime.atomic import atomic_dir, fsync_dir, tmp_name
-from zoomfeat.runtime.errors import WeightsNotFoundError
-
-CHECKPOINTS_DIR = "checkpoints"
-LATEST = "latest"
-STATE_FILE = "trainer/state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-#: what atomic_dir leaves when killed: the temporary directory, or a complete one swapped aside
-_TMP_DIR = re.compile(r"^\.step-\d+\.tmp-\d+$")
-_OLD_DIR = re.compile(r"^\.(step-\d+)\.old-\d+$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{int(step):08d}"
-
-
-def checkpoint_root(out_dir: str | Path) -> Path:
-    return Path(out_dir) / CHECKPOINTS_DIR
-
-
-def is_complete(ckpt: str | Path) -> bool:
-    """A finished training checkpoint: its ``trainer/state.json`` (written last) is readable."""
-    path = Path(ckpt) / STATE_FILE
-    if not path.is_file():
-        return False
-    try:
-        json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return True
-
-
-def read_state(ckpt: str | Path) -> dict[str, Any]:
-    path = Path(ckpt) / STATE_FILE
-    if not path.is_file():
-        raise WeightsNotFoundError(f"{ckpt} is not a complete training checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text())
-
-
-def set_latest(root: Path, name: str) -> None:
-    """Point ``root/latest`` at ``name`` atomically (symlink, else a text file)."""
-    tmp = tmp_name(root / LATEST)
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    try:
-        os.symlink(name, tmp, target_is_directory=True)
-    except (OSError, NotImplementedError):
-        tmp.write_text(name + "\n")
-    os.replace(tmp, root / LATEST)
-    fsync_dir(root)
-
-
-def latest_name(root: Path) -> str | None:
-    p = root / LATEST
-    if p.is_symlink():
-        return os.readlink(p).rstrip("/").split("/")[-1]
-    if p.is_file():
-        return p.read_text().strip() or None
-    return None
-
-
-def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
-    """Complete ``step-*`` checkpoints under ``root``, by step."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and not p.is_symlink() and is_complete(p):
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def find_latest(out_dir_or_root: str | Path) -> Path | None:
-    """The checkpoint to resume from: ``latest`` if complete, else the newest complete one."""
-    root = Path(out_dir_or_root)
-    if (root / CHECKPOINTS_DIR).is_dir():
-        root = root / CHECKPOINTS_DIR
-    name = latest_name(root)
-    if name and is_complete(root / name):
-        return root / name
-    found = list_checkpoints(root)
-    if name and found:
-        warnings.warn(
-            f"{root / LATEST} points at {name!r}, which is not a complete checkpoint; using {found[-1][1].name}",
-            stacklevel=2,
-        )
-    return found[-1][1] if found else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run dir, a ``checkpoints`` dir, ``latest`` or a step dir."""
-    p = Path(path)
-    if is_complete(p):
-        return p.resolve() if p.is_symlink() else p
-    found = find_latest(p)
-    if found is None:
-        raise WeightsNotFoundError(
-            f"no complete training checkpoint at {p} (looked for {STATE_FILE}, {CHECKPOINTS_DIR}/{LATEST})"
-        )
-    return found
-
-
-def clean_partial(root: Path) -> list[Path]:
-    """Remove temporary checkpoint directories left by a killed run; returns what was removed.
-
-    A complete checkpoint swapped aside by a run killed before its replacement landed (a
-    same-step rewrite) is put back instead.
-    """
-    removed = []
-    if root.is_dir():
-        for p in root.iterdir():
-            m = _OLD_DIR.match(p.name)
-            if m and p.is_dir() and not (root / m.group(1)).exists() and is_complete(p):
-                os.replace(p, root / m.group(1))
-                continue
-            if (_TMP_DIR.match(p.name) or m) and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
-            elif p.name.startswith(f".{LATEST}.tmp-"):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-    return removed
-
-
-def write_checkpoint(
-    root: str | Path, step: int, write: Callable[[Path], None], keep: int | None = None
-) -> Path:
-    """Write a checkpoint atomically and durably.
-
-    Args:
-        root: the ``checkpoints`` directory.
-        step: the optimiser step (names the directory ``step-XXXXXXXX``).
-        write: fills a temporary directory; must write ``trainer/state.json`` last.
-        keep: afterwards delete all but the newest ``keep`` checkpoints (never ``latest``).
-
-    Returns:
-        The checkpoint directory; ``latest`` points at it.
-    """
-    root = Path(root)
-    name = step_dir_name(step)
-    final = root / name
-    with atomic_dir(final) as tmp:  # re-writing the same step (after a resume) replaces it
-        write(tmp)
-        if not is_complete(tmp):
-            raise RuntimeError(f"checkpoint writer did not produce {STATE_FILE} in {tmp}")
-    set_latest(root, name)
-    if keep is not None and keep > 0:
-        current = latest_name(root)
-        for _, p in list_checkpoints(root)[:-keep]:
-            if p.name != current:
-                shutil.rmtree(p, ignore_errors=True)
-    return final
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "LATEST",
+    "STATE_FILE",
+    "checkpoint_root",
+    "clean_partial",
+    "find_latest",
+    "is_complete",
+    "latest_name",
+    "list_checkpoints",
+    "read_state",
+    "refuse_existing",
+    "resolve_checkpoint",
+    "resume_source",
+    "set_latest",
+    "step_dir_name",
+    "write_checkpoint",
+]

@@ -1,6 +1,6 @@
 """What a training checkpoint holds beside the model, and how a run is restored from it.
 
-A checkpoint directory (written atomically by :mod:`zoomfeat.training.checkpoint`) is a ZoomLDM
+A checkpoint directory (written atomically by :mod:`zoomfeat.runtime.checkpoints`) is a ZoomLDM
 pretrained directory with the EMA UNet (what sampling and extraction use, as in the released
 checkpoint), and ``trainer/`` with everything an exact resume needs:
 
@@ -12,70 +12,44 @@ checkpoint), and ``trainer/`` with everything an exact resume needs:
     trainer/state.json               step, config, data fingerprint, EMA bookkeeping, Python and
                                      NumPy RNG states -- written last: marks the checkpoint complete
 
-Resuming restores all of it; the data stream needs no state (sample n is a function of
+The ``trainer/`` files are written and read by the shared :mod:`zoomfeat.runtime.train_state`
+(the CDM trainer uses it too); this module adds what is ZoomLDM's: the pretrained directory, the
+sample grids, and which weight sets are saved. Resuming restores all of it; the data stream needs no state (sample n is a function of
 (seed, n)), so the resumed run continues the uninterrupted one exactly on the same machine with
 the same thread count (docs/ARCHITECTURE.md, "Training").
 """
 
 from __future__ import annotations
 
-import json
-import random
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from zoomfeat.runtime.atomic import atomic_write_text
-from zoomfeat.training import checkpoint as ckpt_io
-from zoomfeat.training.ema import EMA
+from zoomfeat.runtime import checkpoints as ckpt_io
+from zoomfeat.runtime.ema import EMA
+from zoomfeat.runtime.train_state import (
+    TRAINER_DIR,
+    cpu_tensors,
+    python_rng_state,
+    read_trainer_dir,
+    set_rng_state,
+    torch_rng_state,
+    write_trainer_dir,
+)
 from zoomfeat.training.samples import write_sample_grids
 
+__all__ = [
+    "TRAINER_FORMAT",
+    "load_training_checkpoint",
+    "python_rng_state",
+    "save_training_checkpoint",
+    "set_rng_state",
+    "torch_rng_state",
+]
+
 TRAINER_FORMAT = 1
-
-
-def torch_rng_state() -> dict[str, Any]:
-    """torch's CPU RNG state, and every CUDA device's when CUDA is in use."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return state
-
-
-def python_rng_state() -> dict[str, Any]:
-    """NumPy's and Python's global RNG states as JSON-able lists."""
-    np_state = np.random.get_state()
-    py = random.getstate()
-    return {
-        "numpy": [
-            np_state[0],
-            np_state[1].tolist(),
-            *[x.item() if hasattr(x, "item") else x for x in np_state[2:]],
-        ],
-        "python": [py[0], list(py[1]), py[2]],
-    }
-
-
-def set_rng_state(state: Mapping[str, Any], extra: Mapping[str, Any]) -> None:
-    """Restore :func:`torch_rng_state` (``state``) and :func:`python_rng_state` (``extra``)."""
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        saved = list(state["cuda"])
-        for i in range(min(len(saved), torch.cuda.device_count())):
-            torch.cuda.set_rng_state(saved[i], i)
-    if "numpy" in extra:
-        np_state = extra["numpy"]
-        np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
-    if "python" in extra:
-        py = extra["python"]
-        random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def _cpu(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
 
 def save_training_checkpoint(
@@ -99,30 +73,16 @@ def save_training_checkpoint(
     Returns:
         The checkpoint directory.
     """
-    from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
-        live = _cpu(model.unet.state_dict())
+        live = cpu_tensors(model.unet.state_dict())
         with ema.swapped_into(model.unet):
             model.save_pretrained(tmp)
             if samples is not None:
                 conditions, sample_cfg, device, precision = samples
                 write_sample_grids(model, conditions, tmp / "samples", sample_cfg, step, device, precision)
-        tdir = tmp / "trainer"
-        tdir.mkdir(exist_ok=True)
-        save_file(live, str(tdir / "unet_live.safetensors"))
-        save_file(_cpu(ema.state_dict()), str(tdir / "unet_ema.safetensors"))
-        torch.save(optimizer.state_dict(), tdir / "optimizer.pt")
-        if scaler is not None and scaler.is_enabled():
-            torch.save(scaler.state_dict(), tdir / "grad_scaler.pt")
-        torch.save(torch_rng_state(), tdir / "rng.pt")
-        full = {
-            **state,
-            "rng": python_rng_state(),
-            "ema": {"decay": ema.decay, "warmup": ema.warmup, "num_updates": ema.num_updates},
-        }
-        # last: marks the checkpoint complete
-        atomic_write_text(tdir / "state.json", json.dumps(full, indent=1, sort_keys=True, default=str))
+        weights = {"unet_live": live, "unet_ema": ema.state_dict()}
+        write_trainer_dir(tmp / TRAINER_DIR, weights, optimizer, scaler, ema, state)
 
     return ckpt_io.write_checkpoint(root, step, write, keep=keep)
 
@@ -134,21 +94,9 @@ def load_training_checkpoint(path: Path, device: torch.device) -> dict[str, Any]
         ``model``, ``state`` (state.json), ``unet_live``, ``unet_ema``, ``optimizer``, ``rng``
         and, for fp16 runs, ``grad_scaler``.
     """
-    from safetensors.torch import load_file
-
     from zoomfeat.model import ZoomLDM
 
-    state = ckpt_io.read_state(path)
-    model = ZoomLDM.from_pretrained(str(path))
-    tdir = path / "trainer"
-    out = {
-        "model": model,
-        "state": state,
-        "unet_live": load_file(str(tdir / "unet_live.safetensors")),
-        "unet_ema": load_file(str(tdir / "unet_ema.safetensors")),
-        "optimizer": torch.load(tdir / "optimizer.pt", map_location=device, weights_only=True),
-        "rng": torch.load(tdir / "rng.pt", map_location="cpu", weights_only=True),
-    }
-    if (tdir / "grad_scaler.pt").is_file():
-        out["grad_scaler"] = torch.load(tdir / "grad_scaler.pt", map_location="cpu", weights_only=True)
+    ckpt_io.read_state(path)  # a clear error when the checkpoint is not complete
+    out = read_trainer_dir(path / TRAINER_DIR, ("unet_live", "unet_ema"), device)
+    out["model"] = ZoomLDM.from_pretrained(str(path))
     return out

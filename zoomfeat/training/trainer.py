@@ -5,7 +5,7 @@ EMA 0.9999 of the UNet with the official LitEma warm-up, gradient accumulation, 
 checkpointing, bf16/fp16 autocast on GPU with a GradScaler for fp16). Magnifications are drawn
 uniformly per sample (``mag_weights`` to change that); see docs/ARCHITECTURE.md, "Training".
 
-Multi-GPU: run under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA; :mod:`.distributed`). Each rank
+Multi-GPU: run under ``torchrun`` (DDP; gloo on CPU, nccl on CUDA; :mod:`zoomfeat.runtime.distributed`). Each rank
 draws a distinct slice of every step's global batch; only rank 0 writes. Every random choice of a
 sample is a function of (seed, sample number) -- see :mod:`zoomfeat.training.dataset` -- so a
 resumed run continues the uninterrupted one exactly (same machine, same ``threads``) and the
@@ -14,7 +14,8 @@ result does not depend on how the global batch is split over ranks and accumulat
 
 :class:`Trainer` runs in numbered steps: 1. output directory, 2. data, 3. model (new or
 resumed), 4. optimiser/EMA (restored or seeded), 5. data stream, 6. the loop (step, log,
-checkpoint), 7. summary. Checkpoints (:mod:`.checkpoint`, :mod:`.state`) are ZoomLDM pretrained
+checkpoint), 7. summary. Checkpoints (:mod:`zoomfeat.runtime.checkpoints`, :mod:`.state`; the
+EMA, checkpoint and DDP machinery lives in ``runtime/``, shared with the CDM trainer) are ZoomLDM pretrained
 directories holding the EMA UNet, with the training state in ``trainer/`` beside it.
 """
 
@@ -32,14 +33,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from zoomfeat.runtime import checkpoints as ckpt_io
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import autocast, resolve_precision
-from zoomfeat.runtime.errors import OutputError, ShardError
+from zoomfeat.runtime.distributed import (
+    DistInfo,
+    apply_threads,
+    barrier,
+    init_distributed,
+    mean_over_ranks,
+    shutdown,
+)
+from zoomfeat.runtime.errors import ShardError
 from zoomfeat.runtime.seeding import seed_everything
-from zoomfeat.training import checkpoint as ckpt_io
 from zoomfeat.training.config import TrainConfig
 from zoomfeat.training.dataset import MultiScaleDataset, StepBatchSampler, make_loader
-from zoomfeat.training.distributed import DistInfo, barrier, init_distributed, mean_over_ranks, shutdown
 from zoomfeat.training.model_init import align_vq, build_model
 from zoomfeat.training.objective import TrainingParts, lr_at, setup_training, train_step
 from zoomfeat.training.samples import pick_conditions
@@ -52,23 +60,6 @@ from zoomfeat.training.state import (
 )
 
 log = logging.getLogger("zoomfeat.train")
-
-
-def apply_threads(threads: int | None) -> None:
-    """Use ``threads`` torch CPU threads in this process (intra-op, and inter-op where still possible).
-
-    Float32 reductions are split over threads, so their rounding depends on the thread count: an
-    exact resume needs the original run's. Inter-op threads can only be set before the process
-    does parallel work; later calls leave them as they are (they do not change results).
-    """
-    if threads is None:
-        return
-    torch.set_num_threads(int(threads))
-    if torch.get_num_interop_threads() != int(threads):
-        try:
-            torch.set_num_interop_threads(int(threads))
-        except RuntimeError:
-            log.debug("inter-op threads already fixed at %d", torch.get_num_interop_threads())
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -149,17 +140,7 @@ class Trainer:
     # -- 3. model -------------------------------------------------------------------------------
 
     def _resume_source(self) -> Path | None:
-        r = self.cfg.resume
-        if r in (False, None, "false", "False", "no", "never"):
-            if ckpt_io.list_checkpoints(self.root):
-                raise OutputError(
-                    f"{self.cfg.out_dir} already holds training checkpoints and resume=false; "
-                    "use resume=auto to continue, or another out_dir"
-                )
-            return None
-        if r in (True, "auto", "true", "True", "latest"):
-            return ckpt_io.find_latest(self.root)
-        return ckpt_io.resolve_checkpoint(r)
+        return ckpt_io.resume_source(self.cfg.out_dir, self.cfg.resume)
 
     def load_model(self) -> dict[str, Any] | None:
         """The model: from the checkpoint to resume (returned, for step 4), else new (init or random)."""
