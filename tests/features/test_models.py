@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -38,9 +39,10 @@ def test_ensemble_averages_independent_noise_draws(tiny, reference_run, small_sl
     models = ex.models
     ctx = models.contexts([models.embed(item["children"])[kept][:, :, None, None]], [0])
     noise = item["noise20"][:2]
-    both = models.zoomldm_features(imgs, ctx, noise)
-    first = models.zoomldm_features(imgs, ctx, noise[:, :1])
-    second = models.zoomldm_features(imgs, ctx, noise[:, 1:])
+    both = models.zoomldm_features(imgs, ctx, noise)["zoomldm"]
+    one = [dataclasses.replace(models.recipes[0], ensemble=1)]  # the same recipe with one draw
+    first = models.zoomldm_features(imgs, ctx, noise[:, :1], one)["zoomldm"]
+    second = models.zoomldm_features(imgs, ctx, noise[:, 1:], one)["zoomldm"]
     torch.testing.assert_close(both, (first + second) / 2, rtol=0, atol=1e-6)
     np.testing.assert_allclose(ens.features[:2], both.numpy(), rtol=0, atol=batch_atol)
     # draw 0 of the ensemble stream is the single-draw noise: first == the reference features

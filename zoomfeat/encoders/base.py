@@ -96,14 +96,20 @@ class TileEncoder(nn.Module):
         self.checkpoint_id = checkpoint_id
         self.checkpoint_hash = checkpoint_hash
 
-    def preprocess(self, tiles: torch.Tensor) -> torch.Tensor:
+    def preprocess(self, tiles: torch.Tensor, px: int | None = None) -> torch.Tensor:
         """uint8 (B, H, W, 3) tiles (any device) -> float (B, 3, input_px, input_px), normalised.
 
         The shorter side is resized to ``resize_px`` with antialiasing (bilinear: a 256 px tile
         becomes 224 px, as UNI's ``transforms.Resize(224)`` does on PIL images; bicubic results are
         clamped to [0, 1] as PIL's uint8 output is), then the centre ``input_px`` square is cropped
         (``transforms.CenterCrop``; Prov-GigaPath resizes to 256 and crops 224).
+
+        Args:
+            px: another input size (resize the shorter side to ``px`` and crop ``px``; a 256 px tile
+                with ``px=256`` is only normalised), for ViTs with a dynamic image size (UNI's
+                conditioning at the native tile size, issue 12); None: the published preprocessing.
         """
+        resize_px, input_px = (self.resize_px, self.input_px) if px is None else (int(px), int(px))
         if tiles.ndim != 4 or tiles.shape[-1] != 3:
             raise ValueError(
                 f"{self.name}.preprocess expects uint8 tiles (B, H, W, 3), got shape {tuple(tiles.shape)}"
@@ -113,17 +119,17 @@ class TileEncoder(nn.Module):
             / 255.0
         )
         h, w = x.shape[-2:]
-        if min(h, w) != self.resize_px:
-            size = (self.resize_px, self.resize_px) if h == w else _shorter_side(h, w, self.resize_px)
+        if min(h, w) != resize_px:
+            size = (resize_px, resize_px) if h == w else _shorter_side(h, w, resize_px)
             x = F.interpolate(x, size=size, mode=self.interpolation, align_corners=False, antialias=True)
             if self.interpolation == "bicubic":
                 x = x.clamp(0.0, 1.0)
         h, w = x.shape[-2:]
-        if (h, w) != (self.input_px, self.input_px):
-            if min(h, w) < self.input_px:
-                raise ValueError(f"{self.name}: resized tiles ({h}x{w}) are smaller than {self.input_px} px")
-            top, left = int(round((h - self.input_px) / 2.0)), int(round((w - self.input_px) / 2.0))
-            x = x[..., top : top + self.input_px, left : left + self.input_px]
+        if (h, w) != (input_px, input_px):
+            if min(h, w) < input_px:
+                raise ValueError(f"{self.name}: resized tiles ({h}x{w}) are smaller than {input_px} px")
+            top, left = int(round((h - input_px) / 2.0)), int(round((w - input_px) / 2.0))
+            x = x[..., top : top + input_px, left : left + input_px]
         return ((x - self.mean) / self.std).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
