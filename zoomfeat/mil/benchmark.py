@@ -40,6 +40,7 @@ from zoomfeat.mil.config import BenchmarkConfig
 from zoomfeat.mil.labels import class_names, read_labels
 from zoomfeat.mil.metrics import METRICS, binary_metrics, multiclass_metrics
 from zoomfeat.mil.pathobench import write_pathobench_splits
+from zoomfeat.mil.presets import preset_feature_sets, write_paper_table
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
 from zoomfeat.mil.sources import (
@@ -187,6 +188,8 @@ class Benchmark:
                 f"no labels file at {task.labels} (task.labels=): give a CSV with columns "
                 f"{task.slide_col}, {task.case_col}, {task.label_col}"
             )
+        if self.cfg.preset:  # the preset's sets whose bags exist (zoomfeat.mil.presets)
+            self.feature_sets = preset_feature_sets(self.cfg.preset, task.bags)
         self.feature_sets = expand_feature_sets(self.feature_sets, task.bags)
         baseline = self.cfg.baseline
         self.baseline = baseline if baseline in self.feature_sets and len(self.feature_sets) > 1 else None
@@ -420,6 +423,10 @@ class Benchmark:
         paths = write_report(
             self.out_dir, folds, self.baseline, title, notes, self.feature_sets, predictions, self.class_names
         )
+        if cfg.preset:  # the published table's layout: paper_table.md/.csv
+            paths.update(
+                write_paper_table(self.out_dir, folds, cfg.preset, self.task.name, title, self.task.bags)
+            )
         paths["predictions"] = self.pred_path
         paths["splits"] = self.out_dir / "splits.csv"
         run_info = {

@@ -163,6 +163,9 @@ class BenchmarkConfig:
     feature_sets: list[str] = field(default_factory=_default_feature_sets)
     # paired tests compare every set with this one over the same folds (null: none)
     baseline: str | None = "uni_20x"
+    # a published table's sets and layout (paper: the ZoomLDM paper's MIL table, zoomfeat/mil/presets.py);
+    # it chooses feature_sets and baseline (leave both at their defaults); null: none
+    preset: str | None = None
     out_dir: str = "bench_results/${task.name}/${mil.name}"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
@@ -174,6 +177,10 @@ class BenchmarkConfig:
         sets = list(self.feature_sets)
         check(bool(sets), "feature_sets is empty: name the feature sets to benchmark (feature_sets=[...])")
         check(len(set(sets)) == len(sets), f"feature_sets lists a set twice: {sets}")
+        if self.preset is not None:  # a known preset, which alone chooses feature_sets and baseline
+            from zoomfeat.mil.presets import check_preset
+
+            check_preset(self.preset, sets != _default_feature_sets(), self.baseline)
         check(self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}")
         if "${" in str(self.out_dir):  # built in Python: resolve the YAML's default the way Hydra does
             from omegaconf import OmegaConf
