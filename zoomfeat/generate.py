@@ -10,6 +10,7 @@ low-magnification image. ``dry_run=true`` prints the UNet/VQ call counts and FLO
 from __future__ import annotations
 
 import json
+import os
 
 from zoomfeat.cli import hydra_main
 
@@ -22,7 +23,8 @@ def run(cfg) -> dict:
     gc = load_config(GenerateConfig, cfg, "generate")
     if gc.mode == "cdm_train" and not gc.dry_run:
         summary = train_cdm_on_shards(gc)
-        print(json.dumps({"cdm_train": summary}, default=str))
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(json.dumps({"cdm_train": summary}, default=str))
         return summary
     summary = generate(gc)
     if not gc.dry_run:
@@ -33,18 +35,15 @@ def run(cfg) -> dict:
 def train_cdm_on_shards(gc) -> dict:
     """``mode=cdm_train``: the CDM trained on ``prepare``'s shards (joins training.shards and generation).
 
-    Writes ``out_dir/cdm_last.pt`` (model, EMA, optimiser, step; re-read with ``weights_only``)
-    and ``out_dir/cdm_ema.safetensors`` (the EMA weights, what ``cdm.checkpoint`` loads).
+    Checkpoints as the ZoomLDM trainer's (``out_dir/checkpoints/step-N``, ``latest``; resume,
+    DDP under torchrun): see :mod:`zoomfeat.generation.cdm_training`. Each checkpoint's
+    ``cdm_ema.safetensors`` (the EMA weights) is what ``cdm.checkpoint`` loads.
     """
     import torch
-    from safetensors.torch import save_file
 
-    from zoomfeat.generation.cdm import DiT
-    from zoomfeat.generation.cdm_training import CDMTrainOptions, grid_batches, train_cdm
+    from zoomfeat.generation.cdm_training import CDMData, train_cdm_from_config
     from zoomfeat.generation.workflow import load_ldm
-    from zoomfeat.runtime.atomic import atomic_path, ensure_dir
-    from zoomfeat.runtime.device import resolve_device
-    from zoomfeat.runtime.errors import ConfigError, WeightsError
+    from zoomfeat.runtime.errors import ConfigError
     from zoomfeat.training.shards.reader import ShardIndex, ShardReader
 
     ct = gc.cdm_train
@@ -52,48 +51,13 @@ def train_cdm_on_shards(gc) -> dict:
         raise ConfigError(
             "mode=cdm_train needs cdm_train.data=<directory written by python -m zoomfeat.prepare>"
         )
-    device = resolve_device(gc.device)
-    out = ensure_dir(gc.out_dir)
     index = ShardIndex.load(ct.data)
     reader = ShardReader(index)
-    ldm = load_ldm(gc, device)
-    if index.ssl_channels != ldm.ssl_channels:
-        raise ConfigError(
-            f"{ct.data}: grids of {index.ssl_channels} channels, but the model's summarizer takes {ldm.ssl_channels}"
-        )
-    torch.manual_seed(gc.seed)
-    cdm = DiT.variant(gc.cdm.variant, in_channels=ldm.context_dim).to(device)
-    batches = grid_batches(ldm, index.counts(), lambda m, i: reader.read(m, i)["ssl"], ct.batch_size, gc.seed)
-    last = out / "cdm_last.pt"
-    state = None
-    if ct.resume and last.is_file():
-        try:
-            state = torch.load(last, map_location=device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - refuse anything but plain tensors and containers
-            raise WeightsError(
-                f"{last}: cannot resume from it ({err}); delete it or set cdm_train.resume=false"
-            ) from None
-
-    def save(st: dict) -> None:
-        with atomic_path(last) as tmp:
-            torch.save(st, tmp)
-
-    opts = CDMTrainOptions(
-        ct.steps,
-        ct.batch_size,
-        ct.lr,
-        0.0,
-        ct.ema_decay,
-        gc.seed,
-        ct.grad_checkpointing,
-        ct.log_every,
-        ct.checkpoint_every,
+    data = CDMData(
+        index.counts(), lambda m, i: reader.read(m, i)["ssl"], index.ssl_channels, index.fingerprint()
     )
-    result = train_cdm(cdm, batches, opts, state, save, log=print)
-    ema_path = out / "cdm_ema.safetensors"
-    with atomic_path(ema_path) as tmp:
-        save_file({k: v.contiguous().cpu() for k, v in result["ema"].items()}, str(tmp))
-    return {"step": result["step"], "checkpoint": str(last), "ema": str(ema_path), "tiles": index.counts()}
+    summary = train_cdm_from_config(gc, data, load_ldm(gc, torch.device("cpu")))
+    return {**summary, "tiles": index.counts()}
 
 
 def main() -> None:

@@ -106,3 +106,30 @@ class FakeZoomLDM(nn.Module):
 @pytest.fixture()
 def fake_model():
     return FakeZoomLDM()
+
+
+def write_cdm_shards(path: Path, seed: int = 0) -> Path:
+    """Real shards (``training.shards`` writer, HDF5) with the tiny model's shapes: UNI width 32,
+    tiles at 20x (1x1 grids), 5x (4x4) and 1.25x (8x8: the 16x16 grid as prepare pools it)."""
+    import numpy as np
+
+    from zoomfeat.training.shards import ShardWriter, grid_side
+
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(path, ssl_channels=32, config_hash="test", pack_rows=0)
+    with writer.slide("s0") as s:
+        for m, n in {0: 5, 2: 3, 4: 2}.items():
+            g = grid_side(m)
+            s.append(
+                m,
+                rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
+                rng.standard_normal((n, 32, g, g)).astype(np.float16),
+                rng.integers(0, 5000, (n, 2)),
+                256 * 2**m,
+            )
+    return path
+
+
+@pytest.fixture(scope="session")
+def cdm_shards(tmp_path_factory) -> Path:
+    return write_cdm_shards(tmp_path_factory.mktemp("cdm_shards") / "data")

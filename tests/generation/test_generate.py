@@ -8,6 +8,9 @@ reports (the spec's table).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -191,35 +194,114 @@ def test_layers_allow_generation():
     assert torch.__version__
 
 
-def test_cdm_training_on_prepared_shards_resumes(tmp_path, tiny_args):
-    from zoomfeat.generation.cdm import load_cdm
-    from zoomfeat.training.shards import ShardWriter, grid_side
+@pytest.fixture()
+def restore_threads():
+    """cdm_train.threads=1 sets this process's torch threads: put them back for the other tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
-    rng = np.random.default_rng(0)
-    data = tmp_path / "data"
-    writer = ShardWriter(data, ssl_channels=32, config_hash="test", pack_rows=0)
-    with writer.slide("s0") as s:
-        for m, n in {0: 5, 2: 3, 4: 2}.items():
-            g = grid_side(m)
-            s.append(
-                m,
-                rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
-                rng.standard_normal((n, 32, g, g)).astype(np.float16),
-                rng.integers(0, 5000, (n, 2)),
-                256 * 2**m,
-            )
-    common = [
+
+def _cdm_train_args(data, out, tiny_args) -> list[str]:
+    return [
         "mode=cdm_train",
         f"cdm_train.data={data}",
         "cdm.variant=tiny",
         "cdm_train.batch_size=4",
         "cdm_train.log_every=1",
-        f"out_dir={tmp_path / 'cdm'}",
+        "cdm_train.lr=1e-3",
+        "cdm_train.threads=1",  # every process, in-process runs and torchrun's ranks alike
+        f"out_dir={out}",
         *tiny_args,
     ]
+
+
+def test_cdm_training_on_prepared_shards_resumes_and_samples(
+    tmp_path, tiny_args, cdm_shards, restore_threads
+):
+    """Train 2 steps, resume to 3 (the trainer's checkpoint directories), then sample a patch
+    conditioned by the trained CDM's EMA weights."""
+    from zoomfeat.generation.cdm import load_cdm
+    from zoomfeat.runtime import checkpoints as ck
+
+    out = tmp_path / "cdm"
+    common = _cdm_train_args(cdm_shards, out, tiny_args)
     first = hydra_main("generate", run, argv=[*common, "cdm_train.steps=2"])
     assert first["step"] == 2 and first["tiles"] == {0: 5, 2: 3, 4: 2}
-    again = hydra_main("generate", run, argv=[*common, "cdm_train.steps=3"])
-    assert again["step"] == 3  # resumed from cdm_last.pt, one more step
+    again = hydra_main("generate", run, argv=[*common, "cdm_train.steps=3", "cdm_train.checkpoint_every=1"])
+    assert (again["start_step"], again["step"]) == (2, 3)  # resumed from checkpoints/latest
+    latest = ck.find_latest(out)
+    assert latest.name == "step-00000003" and again["ema"] == str(latest / "cdm_ema.safetensors")
+    state = ck.read_state(latest)
+    assert state["model"] == "DiT-TINY" and state["data"] == {"m0": 5, "m2": 3, "m4": 2}
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
     cdm = load_cdm(again["ema"], "tiny", in_channels=64)
     assert cdm(torch.randn(1, 64, 65), torch.tensor([5]), torch.tensor([2])).shape == (1, 128, 65)
+    summary = hydra_main(
+        "generate",
+        run,
+        argv=[
+            "mode=patch",
+            "patch.source=cdm",
+            f"cdm.checkpoint={again['ema']}",
+            "cdm.variant=tiny",
+            "cdm.respacing=2",
+            "cdm.mag=5x",
+            "patch.count=1",
+            "patch.steps=1",
+            f"out_dir={tmp_path / 'patch'}",
+            *tiny_args,
+        ],
+    )
+    assert summary["counts"]["dit"] == 2
+    assert np.asarray(Image.open(summary["outputs"]["patch0"])).shape == (256, 256, 3)
+
+
+def test_cdm_training_ddp_two_processes_gloo_matches_one_process(
+    tmp_path, tiny_args, cdm_shards, restore_threads
+):
+    """torchrun --nproc_per_node=2 (gloo): 2 ranks x 2 samples train what one process does with
+    the global batch of 4 (same sample numbers; DDP averages the gradients)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from zoomfeat.runtime import checkpoints as ck
+
+    repo = Path(__file__).resolve().parents[2]
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "zoomfeat.generate", *_cdm_train_args(cdm_shards, ddp, tiny_args), "cdm_train.steps=2"]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    printed = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith('{"cdm_train"')]
+    assert len(printed) == 1 and printed[0]["cdm_train"]["world_size"] == 2  # rank 0 alone prints
+    state = ck.read_state(ck.find_latest(ddp))
+    assert (state["step"], state["world_size"], state["global_batch"], state["samples_seen"]) == (2, 2, 4, 8)
+    hydra_main("generate", run, argv=[*_cdm_train_args(cdm_shards, one, tiny_args), "cdm_train.steps=2"])
+
+    def losses(out):
+        return [json.loads(x)["loss"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+    # Not bitwise: each rank averages its 2 losses and the all-reduce averages the ranks, vs one
+    # mean of 4; the summarizer makes targets in batches of another size. Float32 (u = 6e-8):
+    # - step 1, same weights and samples: each loss is a mean over 64 x 65 elements (log2(4160) u
+    #   ~ 12 u in the order of summation) plus target rounding of a few ulp (the stream test):
+    #   relative ~1e-6; rel 1e-5 is 10x that.
+    # - step 2, after one AdamW update: Adam's first step is ~ lr * sign(g), so a gradient that is
+    #   rounding noise may flip sign and move its weight by 2 lr; such weights have g ~ 0, so the
+    #   loss moves at second order in the noise: loosely rel 1e-3.
+    ld, lo = losses(ddp), losses(one)
+    assert ld[0] == pytest.approx(lo[0], rel=1e-5) and ld[1] == pytest.approx(lo[1], rel=1e-3)
+    a = load_file(str(ck.find_latest(ddp) / "trainer" / "model_live.safetensors"))
+    b = load_file(str(ck.find_latest(one) / "trainer" / "model_live.safetensors"))
+    diff = torch.cat([(a[k] - b[k]).abs().flatten() for k in a])
+    # Each AdamW update has |m_hat / sqrt(v_hat)| <= 1.0014 for t <= 2 (beta1 0.9, beta2 0.999,
+    # Cauchy-Schwarz on the bias-corrected moments): after 2 steps the runs differ by at most
+    # 2 steps * 2 * 1.0014 lr whatever the rounding (weight decay is 0). Most agree far closer:
+    # a gradient's rounding error is ~ log2(N) u relative unless it cancels by orders of magnitude.
+    lr = 1e-3
+    assert (diff <= 1e-5).float().mean() > 0.99 and diff.max() <= 2 * 2 * 1.0014 * lr + 1e-7

@@ -1,24 +1,69 @@
-"""Sampling contexts with the CDM, and training it on ``prepare``'s shards.
+"""Sampling contexts with the CDM, and training it on ``prepare``'s shards with the trainers' machinery.
 
 The maths is in :mod:`zoomfeat.generation.cdm` ("Training"); spec section 5, golden G7.
+
+**The training stream** (as the ZoomLDM trainer's, :mod:`zoomfeat.training.dataset`): sample
+number ``n`` (0, 1, 2, ... over the whole run) fully determines a training sample: a generator
+seeded with ``mix_seed(seed, n)`` draws its magnification (uniformly among those the data hold;
+the official code draws among all 8), the tile at that magnification, the timestep
+t ~ U{0..999} and the noise [C, 65]. The target is the LDM summarizer output of the tile's
+pooled, standardised grid, transposed to [C, 65] (:func:`cdm_targets`). Step ``s`` with global
+batch ``G`` uses numbers ``s*G .. s*G+G-1``; rank ``r`` of ``W`` takes ``s*G + r*G/W + [0, G/W)``.
+Hence a resumed run continues the uninterrupted one exactly (no data-order state), and ``W``
+ranks train what one process does with the same global batch (up to float32 summation order).
+
+**One step**: ``loss = mean_b (mse_b + vb_b)`` over the rank's samples
+(:meth:`CDMDiffusion.training_losses`); DDP all-reduces the gradients to their mean over ranks,
+i.e. the gradient of the mean over the global batch; AdamW (lr 1e-4, weight decay 0, constant);
+then the EMA of the whole DiT with a constant decay (0.9999, no warm-up: the official
+``update_ema``), :class:`zoomfeat.runtime.ema.EMA`.
+
+**Checkpoints, resume, DDP**: the ZoomLDM trainer's (``runtime.checkpoints``,
+``runtime.train_state``, ``runtime.distributed``)::
+
+    out_dir/checkpoints/step-XXXXXXXX/cdm_ema.safetensors     EMA DiT (what ``cdm.checkpoint`` loads)
+    out_dir/checkpoints/step-XXXXXXXX/trainer/                model_live, model_ema (shadows),
+                                                              optimizer.pt, rng.pt, state.json (last)
+    out_dir/checkpoints/latest -> step-XXXXXXXX
+    out_dir/train_log.jsonl                                   one line per logged step (rank 0)
+
+``resume`` auto continues from ``latest`` (partial directories of a killed run are removed
+first), false refuses an ``out_dir`` holding checkpoints. Only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import copy
+import json
+import time
+import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from zoomfeat.generation.cdm import NUM_TOKENS, DiT
 from zoomfeat.generation.cdm_diffusion import CDMDiffusion
+from zoomfeat.runtime import checkpoints as ckpt_io
+from zoomfeat.runtime.atomic import ensure_dir
+from zoomfeat.runtime.distributed import DistInfo, barrier, mean_over_ranks, wrap_ddp
+from zoomfeat.runtime.ema import EMA
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime.seeding import mix_seed
+from zoomfeat.runtime.train_state import (
+    TRAINER_DIR,
+    cpu_tensors,
+    read_trainer_dir,
+    restore_optimisation,
+    write_trainer_dir,
+)
 
-# sampling and training
+#: the EMA DiT in a checkpoint directory (a bare state_dict: ``cdm.checkpoint`` loads it)
+EMA_FILE = "cdm_ema.safetensors"
+CDM_TRAINER_FORMAT = 1
 
 
 def sample_contexts(
@@ -30,7 +75,14 @@ def sample_contexts(
     z: torch.Tensor | None = None,
     tracker=None,
 ) -> torch.Tensor:
-    """``n`` CDM samples at magnification index ``mag``, as UNet contexts [n, 65, C] (spec 5.5)."""
+    """``n`` CDM samples at magnification index ``mag``, as UNet contexts (spec 5.5).
+
+    Args:
+        z: the starting noise [n, C, 65] (drawn from ``generator`` when None).
+
+    Returns:
+        [n, 65, C] contexts.
+    """
     if not 0 <= int(mag) < cdm.num_classes:
         raise ConfigError(f"CDM magnification index {mag} out of range 0..{cdm.num_classes - 1}")
     dev = next(cdm.parameters()).device
@@ -43,9 +95,80 @@ def sample_contexts(
     return x.transpose(1, 2).contiguous()
 
 
+def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
+    """Training targets: the LDM summarizer output of standardised grids, transposed [R].
+
+    Args:
+        grids: [B, C_ssl, g, g] raw SSL grids of one side g. mags: [B] magnification indices.
+
+    Returns:
+        [B, C_ctx, 65] float32 on the LDM's device.
+    """
+    with torch.no_grad():
+        return ldm.condition(grids, mags).float().transpose(1, 2)
+
+
+@dataclass
+class CDMData:
+    """Prepared tiles as the CDM trainer reads them (the entry point builds it from the shards).
+
+    ``read(m, i)`` returns tile ``i``'s raw SSL grid [C, g, g] at magnification index ``m``;
+    ``fingerprint`` (tiles per magnification) is checked on resume.
+    """
+
+    counts: Mapping[int, int]
+    read: Callable[[int, int], Any]
+    ssl_channels: int
+    fingerprint: Mapping[str, int] = field(default_factory=dict)
+
+
+class CDMStream:
+    """Sample number -> (target, magnification, timestep, noise), keyed by (seed, number)."""
+
+    def __init__(self, ldm: nn.Module, data: CDMData, seed: int = 0, num_timesteps: int = 1000) -> None:
+        self.ldm, self.data, self.seed, self.num_timesteps = ldm, data, int(seed), int(num_timesteps)
+        self.mags = sorted(int(m) for m, n in data.counts.items() if n > 0)
+        if not self.mags:
+            raise ConfigError("CDM training: the data hold no tiles")
+        self.channels = int(ldm.context_dim)
+
+    def draw(self, n: int) -> dict[str, Any]:
+        """The random choices of sample ``n``: ``mag``, tile ``i``, ``t`` and ``noise`` [C, 65]."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, int(n)))
+        m = self.mags[int(torch.randint(len(self.mags), (1,), generator=g))]
+        i = int(torch.randint(int(self.data.counts[m]), (1,), generator=g))
+        t = int(torch.randint(self.num_timesteps, (1,), generator=g))
+        noise = torch.randn((self.channels, NUM_TOKENS), generator=g)
+        return {"mag": m, "i": i, "t": t, "noise": noise}
+
+    def batch(self, numbers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples ``numbers``: x0 [b, C, 65], mag [b], t [b], noise [b, C, 65] (CPU float32 / long).
+
+        Grids of one side are summarised together (the summarizer works per sample).
+        """
+        draws = [self.draw(n) for n in numbers]
+        grids = [torch.as_tensor(np.asarray(self.data.read(d["mag"], d["i"]))).float() for d in draws]
+        x0 = torch.empty(len(draws), self.channels, NUM_TOKENS)
+        mags = torch.tensor([d["mag"] for d in draws], dtype=torch.long)
+        by_side: dict[tuple[int, ...], list[int]] = {}
+        for k, grid in enumerate(grids):
+            by_side.setdefault(tuple(grid.shape), []).append(k)
+        dev = next(self.ldm.parameters()).device
+        for ks in by_side.values():
+            grid = torch.stack([grids[k] for k in ks]).to(dev)
+            x0[ks] = cdm_targets(self.ldm, grid, mags[ks].to(dev)).cpu()
+        t = torch.tensor([d["t"] for d in draws], dtype=torch.long)
+        return x0, mags, t, torch.stack([d["noise"] for d in draws])
+
+
 @dataclass
 class CDMTrainOptions:
-    """The official recipe (spec 5.4) with sizes for a run: steps, batch, lr, EMA decay, seed."""
+    """The official recipe (spec 5.4) with the sizes of a run.
+
+    ``batch_size`` is the global batch (the official 256), split evenly over DDP ranks.
+    ``resume``: auto (continue from ``out_dir/checkpoints/latest``), false (refuse an ``out_dir``
+    with checkpoints) or a checkpoint path.
+    """
 
     steps: int = 1000
     batch_size: int = 256
@@ -55,100 +178,258 @@ class CDMTrainOptions:
     seed: int = 0
     grad_checkpointing: bool = False
     log_every: int = 100
-    checkpoint_every: int = 50_000
+    checkpoint_every: int = 5000
+    keep_checkpoints: int | None = 3
+    resume: Any = "auto"
 
 
-def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
-    """Training targets [B, C, 65]: the LDM summarizer output of standardised grids, transposed [R]."""
-    with torch.no_grad():
-        return ldm.condition(grids, mags).float().transpose(1, 2)
+class CDMTrainer:
+    """One CDM training run: 1. output dir, 2. resume or start, 3. the loop (step, log,
+    checkpoint), 4. summary. ``run_facts`` (JSON-able) go into every ``state.json``."""
 
+    def __init__(
+        self,
+        cdm: DiT,
+        stream: CDMStream,
+        opts: CDMTrainOptions,
+        out_dir: str | Path,
+        info: DistInfo | None = None,
+        run_facts: Mapping[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cdm, self.stream, self.opts = cdm, stream, opts
+        self.info = info or DistInfo(device=next(cdm.parameters()).device)
+        self.out_dir = Path(out_dir)
+        self.root = ckpt_io.checkpoint_root(self.out_dir)
+        self.run_facts = dict(run_facts or {})
+        self.log = log
+        if opts.batch_size % self.info.world_size:
+            raise ConfigError(
+                f"cdm_train.batch_size={opts.batch_size} (the global batch) must be a multiple of "
+                f"the {self.info.world_size} processes"
+            )
+        self.local_batch = opts.batch_size // self.info.world_size
+        self.diffusion = CDMDiffusion()
+        self.start_step = self.step = 0
+        self.loss: float | None = None
+        self.source: Path | None = None
+        self.last_checkpoint: Path | None = None
 
-def grid_batches(
-    ldm,
-    counts: Mapping[int, int],
-    read: Callable[[int, int], Any],
-    batch_size: int,
-    seed: int = 0,
-) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """``batches(step)`` for :func:`train_cdm` from tiles of prepared data (spec 5.4).
+    def run(self) -> dict[str, Any]:
+        self.prepare_output()  # 1
+        self.setup()  # 2
+        if self.step < self.opts.steps:
+            self.loop()  # 3
+        self.cdm.eval()
+        return self.summary()  # 4
 
-    Each sample draws a magnification uniformly among those present (the official draws among
-    all 8), then a tile uniformly; ``read(m, i)`` returns its raw SSL grid [C, g, g]. The target
-    is the LDM summarizer output of the pooled, standardised grid (``ZoomLDM.condition``),
-    transposed to [C_ctx, 65]. The draw depends on (seed, step) only.
-    """
-    mags = sorted(m for m, n in counts.items() if n > 0)
-    if not mags:
-        raise ConfigError("CDM training: the data hold no tiles")
+    # -- 1. output directory ------------------------------------------------------------------
 
-    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(mix_seed(int(seed), int(step), 1))
-        ms = [mags[j] for j in torch.randint(len(mags), (batch_size,), generator=g).tolist()]
-        idx = [int(torch.randint(counts[m], (1,), generator=g)) for m in ms]
-        out = torch.empty(batch_size, ldm.context_dim, NUM_TOKENS)
-        by_side: dict[tuple[int, ...], list[int]] = {}
-        grids = [torch.as_tensor(np.asarray(read(m, i))).float() for m, i in zip(ms, idx)]
-        for k, grid in enumerate(grids):
-            by_side.setdefault(tuple(grid.shape), []).append(k)
-        for ks in by_side.values():
-            grid = torch.stack([grids[k] for k in ks])
-            out[ks] = cdm_targets(ldm, grid, torch.tensor([ms[k] for k in ks])).cpu()
-        return out, torch.tensor(ms)
+    def prepare_output(self) -> None:
+        """Create ``out_dir`` and remove partial checkpoints of a killed run (rank 0)."""
+        if self.info.is_main:
+            ensure_dir(self.out_dir, "CDM training output directory")
+            ckpt_io.clean_partial(self.root)
+        barrier(self.info)
 
-    return batches
+    # -- 2. model, optimiser, EMA: resumed or new -----------------------------------------------
+
+    def setup(self) -> None:
+        """AdamW and the EMA of the DiT, restored from the checkpoint to resume when there is one."""
+        cdm, opts = self.cdm.to(self.info.device), self.opts
+        self.source = ckpt_io.resume_source(self.out_dir, opts.resume)
+        self.ema = EMA(cdm, opts.ema_decay, warmup=False)
+        params = [p for p in cdm.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
+        if self.source is not None:
+            ckpt_io.read_state(self.source)  # a clear error when it is not complete
+            resumed = read_trainer_dir(
+                self.source / TRAINER_DIR, ("model_live", "model_ema"), self.info.device
+            )
+            self._check_resumable(resumed["state"])
+            cdm.load_state_dict({k: v.to(self.info.device) for k, v in resumed["model_live"].items()})
+            restore_optimisation(resumed, self.ema, "model_ema", self.optimizer)
+            self.start_step = self.step = int(resumed["state"]["step"])
+        cdm.grad_checkpointing = opts.grad_checkpointing
+        cdm.train()
+        self.module = wrap_ddp(cdm, self.info)
+
+    def _check_resumable(self, st: Mapping[str, Any]) -> None:
+        for key in ("model", "in_channels"):
+            if key in self.run_facts and st.get(key) != self.run_facts[key]:
+                raise ConfigError(
+                    f"{self.source} holds a CDM with {key}={st.get(key)!r}, this run builds "
+                    f"{key}={self.run_facts[key]!r}; use the same cdm.variant and model, or another out_dir"
+                )
+        if st.get("global_batch") != self.opts.batch_size:
+            warnings.warn(
+                f"resuming with global batch {self.opts.batch_size} (checkpoint used {st.get('global_batch')}): "
+                "the data stream differs from the original run's from here on",
+                stacklevel=3,
+            )
+        if "data" in self.run_facts and st.get("data") != self.run_facts["data"]:
+            warnings.warn(
+                f"training data changed since the checkpoint ({st.get('data')} -> {self.run_facts['data']})",
+                stacklevel=3,
+            )
+
+    # -- 3. the loop ----------------------------------------------------------------------------
+
+    def numbers(self, step: int) -> list[int]:
+        """This rank's sample numbers of ``step`` (module docstring)."""
+        base = step * self.opts.batch_size + self.info.rank * self.local_batch
+        return list(range(base, base + self.local_batch))
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimiser step; returns this rank's mean loss (a 0-d device tensor)."""
+        dev = self.info.device
+        x0, y, t, noise = (v.to(dev) for v in self.stream.batch(self.numbers(step)))
+        loss = self.diffusion.training_losses(self.module, x0, t, y, noise)["loss"].mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.ema.update(self.cdm)
+        return loss.detach()
+
+    def loop(self) -> None:
+        """3a. step, 3b. log every ``log_every``, 3c. checkpoint every ``checkpoint_every`` and at the end."""
+        opts, t0 = self.opts, time.perf_counter()
+        for step in range(self.start_step, opts.steps):
+            loss = self.train_step(step)
+            self.step = done = step + 1
+            if done % opts.log_every == 0 or done == opts.steps or done % opts.checkpoint_every == 0:
+                self.log_step(loss, time.perf_counter() - t0)
+            if done % opts.checkpoint_every == 0 or done == opts.steps:
+                self.checkpoint()
+
+    def log_step(self, loss: torch.Tensor, elapsed: float) -> None:
+        """3b. Mean loss over ranks (every rank calls it), one ``train_log.jsonl`` line (rank 0)."""
+        self.loss = float(mean_over_ranks(loss.clone(), self.info))
+        if not self.info.is_main:
+            return
+        rec = {
+            "step": self.step,
+            "loss": self.loss,
+            "samples_seen": self.step * self.opts.batch_size,
+            "samples_per_s": (self.step - self.start_step) * self.opts.batch_size / max(elapsed, 1e-9),
+        }
+        with open(self.out_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.log is not None:
+            self.log(f"step {self.step}/{self.opts.steps} loss {self.loss:.4f}")
+
+    def checkpoint(self) -> None:
+        """3c. Write ``checkpoints/step-N`` (rank 0; layout in the module docstring); every rank waits."""
+        if self.info.is_main:
+            state = {
+                **self.run_facts,
+                "format": CDM_TRAINER_FORMAT,
+                "step": self.step,
+                "global_batch": self.opts.batch_size,
+                "world_size": self.info.world_size,
+                "samples_seen": self.step * self.opts.batch_size,
+                "loss": self.loss,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+
+            def write(tmp: Path) -> None:
+                from safetensors.torch import save_file
+
+                live = cpu_tensors(self.cdm.state_dict())
+                with self.ema.swapped_into(self.cdm):
+                    save_file(cpu_tensors(self.cdm.state_dict()), str(tmp / EMA_FILE))
+                weights = {"model_live": live, "model_ema": self.ema.state_dict()}
+                write_trainer_dir(tmp / TRAINER_DIR, weights, self.optimizer, None, self.ema, state)
+
+            self.last_checkpoint = ckpt_io.write_checkpoint(
+                self.root, self.step, write, keep=self.opts.keep_checkpoints
+            )
+        barrier(self.info)
+
+    # -- 4. summary -----------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """Steps, last logged loss, the newest checkpoint and its EMA weights file."""
+        ckpt = self.last_checkpoint or self.source
+        return {
+            "start_step": self.start_step,
+            "step": self.step,
+            "loss": self.loss,
+            "global_batch": self.opts.batch_size,
+            "world_size": self.info.world_size,
+            "checkpoint": str(ckpt) if ckpt else None,
+            "ema": str(ckpt / EMA_FILE) if ckpt else None,
+        }
 
 
 def train_cdm(
     cdm: DiT,
-    batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    stream: CDMStream,
     opts: CDMTrainOptions,
-    state: Mapping[str, Any] | None = None,
-    save: Callable[[dict[str, Any]], None] | None = None,
+    out_dir: str | Path,
+    info: DistInfo | None = None,
+    run_facts: Mapping[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train ``cdm`` on ``batches(step) -> (target [B, C, 65], mag [B])``; returns ``{model, ema, opt, step}``.
+    """Train (or continue training) ``cdm`` on ``stream`` into ``out_dir``; returns the summary.
 
-    The batch and the timesteps/noise of a step depend on the step number only (seeded with
-    ``mix_seed(seed, step)``), so a resumed run continues exactly as an uninterrupted one.
-
-    ``state``: a previous return value or saved checkpoint to resume from. ``save(state)`` is
-    called every ``checkpoint_every`` steps and at the end (the caller writes it atomically).
+    See :class:`CDMTrainer`; ``info`` is this process's DDP place (None: one process on the
+    DiT's device).
     """
-    dev = next(cdm.parameters()).device
-    diffusion = CDMDiffusion()
-    ema = copy.deepcopy(cdm).requires_grad_(False)
-    opt = torch.optim.AdamW(
-        [p for p in cdm.parameters() if p.requires_grad], lr=opts.lr, weight_decay=opts.weight_decay
-    )
-    step = 0
-    if state is not None:
-        cdm.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step = int(state.get("step", 0))
-    cdm.grad_checkpointing = opts.grad_checkpointing
-    cdm.train()
-    while step < opts.steps:
-        gen = torch.Generator().manual_seed(mix_seed(int(opts.seed), step))
-        x0, y = batches(step)
-        x0, y = x0.to(dev).float(), y.to(dev).long()
-        t = torch.randint(0, diffusion.num_timesteps, (x0.shape[0],), generator=gen).to(dev)
-        noise = torch.randn(x0.shape, generator=gen).to(dev)
-        loss = diffusion.training_losses(cdm, x0, t, y, noise)["loss"].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), cdm.parameters()):
-                pe.mul_(opts.ema_decay).add_(pm.detach(), alpha=1 - opts.ema_decay)
-        step += 1
-        if log is not None and (step % opts.log_every == 0 or step == opts.steps):
-            log(f"step {step}/{opts.steps} loss {loss.item():.4f}")
-        if save is not None and step % opts.checkpoint_every == 0:
-            save({"model": cdm.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step})
-    cdm.eval()
-    out = {"model": cdm.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
-    if save is not None:
-        save(out)
-    return out
+    return CDMTrainer(cdm, stream, opts, out_dir, info, run_facts, log).run()
+
+
+def train_cdm_from_config(gc, data: CDMData, ldm: nn.Module) -> dict[str, Any]:
+    """``mode=cdm_train``: the CDM (``cdm.variant``) trained on ``data`` with ``gc.cdm_train``.
+
+    One process, or one rank of a ``torchrun`` run (DDP: gloo on the CPU, nccl on CUDA); the
+    process group is made and destroyed here.
+
+    Args:
+        gc: the :class:`~zoomfeat.generation.config.GenerateConfig`.
+        data: the prepared tiles (built by the entry point from ``training.shards``).
+        ldm: the ZoomLDM whose summarizer makes the targets (moved to this rank's device).
+
+    Returns:
+        :meth:`CDMTrainer.summary`.
+    """
+    from dataclasses import asdict
+
+    from zoomfeat.runtime.distributed import apply_threads, init_distributed, shutdown
+    from zoomfeat.runtime.seeding import seeded
+
+    ct = gc.cdm_train
+    if data.ssl_channels != ldm.ssl_channels:
+        raise ConfigError(
+            f"{ct.data}: grids of {data.ssl_channels} channels, but the model's summarizer takes {ldm.ssl_channels}"
+        )
+    variant = str(gc.cdm.variant).upper().removeprefix("DIT-")
+    apply_threads(ct.threads)
+    info = init_distributed(gc.device)
+    try:
+        ldm = ldm.to(info.device).eval()
+        cdm = seeded(lambda: DiT.variant(variant, in_channels=ldm.context_dim), gc.seed)
+        opts = CDMTrainOptions(
+            steps=ct.steps,
+            batch_size=ct.batch_size,
+            lr=ct.lr,
+            ema_decay=ct.ema_decay,
+            seed=gc.seed,
+            grad_checkpointing=ct.grad_checkpointing,
+            log_every=ct.log_every,
+            checkpoint_every=ct.checkpoint_every,
+            keep_checkpoints=ct.keep_checkpoints,
+            resume=ct.resume,
+        )
+        facts = {
+            "model": f"DiT-{variant}",
+            "in_channels": int(ldm.context_dim),
+            "ldm": str(getattr(ldm, "checkpoint_id", "?")),
+            "data": dict(data.fingerprint),
+            "config": json.loads(json.dumps(asdict(ct), default=str)),
+        }
+        stream = CDMStream(ldm, data, gc.seed)
+        log = print if info.is_main else None
+        return train_cdm(cdm, stream, opts, gc.out_dir, info, facts, log)
+    finally:
+        shutdown(info)

@@ -9,6 +9,7 @@ Sections: ``model`` (the Hydra group ``conf/model/*.yaml``), ``encoder`` (``conf
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from zoomfeat.encoders.config import EncoderSection
 from zoomfeat.generation.large import JointOptions
@@ -131,11 +132,16 @@ class CDMTrainSection:
     batch_size: int = 256
     lr: float = 1e-4
     ema_decay: float = 0.9999
+    #: out_dir/checkpoints/step-N (the trainer's format; cdm_ema.safetensors = what cdm.checkpoint loads)
     checkpoint_every: int = 5000
+    #: newest checkpoints kept (older ones deleted)
+    keep_checkpoints: int = 3
     log_every: int = 100
-    #: continue from out_dir/cdm_last.pt when it exists
-    resume: bool = True
+    #: auto: continue from out_dir's latest checkpoint | false | a checkpoint path (as train's resume)
+    resume: Any = "auto"
     grad_checkpointing: bool = False
+    #: torch CPU threads of this process; null: torch's default. Exact resume needs the original's
+    threads: int | None = None
 
 
 @dataclass
@@ -195,6 +201,15 @@ class GenerateConfig:
         check(
             self.cdm_train.steps >= 1 and self.cdm_train.batch_size >= 1,
             "cdm_train.steps and batch_size must be >= 1",
+        )
+        check(
+            self.cdm_train.checkpoint_every >= 1 and self.cdm_train.log_every >= 1,
+            "cdm_train.checkpoint_every and log_every must be >= 1",
+        )
+        check(self.cdm_train.keep_checkpoints >= 0, "cdm_train.keep_checkpoints must be >= 0")
+        check(
+            self.cdm_train.threads is None or self.cdm_train.threads >= 1,
+            "cdm_train.threads must be >= 1 or null",
         )
         for sec in (self.large, self.superres):
             check(sec.batch_size >= 1 and sec.n_steps >= 0, "batch_size must be >= 1 and n_steps >= 0")
