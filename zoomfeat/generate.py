@@ -41,7 +41,8 @@ def train_cdm_on_shards(gc) -> dict:
     """
     import torch
 
-    from zoomfeat.generation.cdm_training import CDMData, train_cdm_from_config
+    from zoomfeat.generation.cdm_data import CDMData
+    from zoomfeat.generation.cdm_training import train_cdm_from_config
     from zoomfeat.generation.workflow import load_ldm
     from zoomfeat.runtime.errors import ConfigError
     from zoomfeat.training.shards.reader import ShardIndex, ShardReader

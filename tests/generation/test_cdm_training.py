@@ -17,15 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from zoomfeat.generation.cdm import DiT, load_cdm
-from zoomfeat.generation.cdm_training import (
-    EMA_FILE,
-    CDMData,
-    CDMStream,
-    CDMTrainer,
-    CDMTrainOptions,
-    cdm_targets,
-    train_cdm,
-)
+from zoomfeat.generation.cdm_data import CDMData, CDMStream, cdm_targets
+from zoomfeat.generation.cdm_training import EMA_FILE, CDMTrainer, CDMTrainOptions, train_cdm
 from zoomfeat.runtime import checkpoints as ck
 from zoomfeat.runtime.distributed import DistInfo
 from zoomfeat.runtime.errors import ConfigError, OutputError

@@ -2,15 +2,11 @@
 
 The maths is in :mod:`zoomfeat.generation.cdm` ("Training"); spec section 5, golden G7.
 
-**The training stream** (as the ZoomLDM trainer's, :mod:`zoomfeat.training.dataset`): sample
-number ``n`` (0, 1, 2, ... over the whole run) fully determines a training sample: a generator
-seeded with ``mix_seed(seed, n)`` draws its magnification (uniformly among those the data hold;
-the official code draws among all 8), the tile at that magnification, the timestep
-t ~ U{0..999} and the noise [C, 65]. The target is the LDM summarizer output of the tile's
-pooled, standardised grid, transposed to [C, 65] (:func:`cdm_targets`). Step ``s`` with global
-batch ``G`` uses numbers ``s*G .. s*G+G-1``; rank ``r`` of ``W`` takes ``s*G + r*G/W + [0, G/W)``.
-Hence a resumed run continues the uninterrupted one exactly (no data-order state), and ``W``
-ranks train what one process does with the same global batch (up to float32 summation order).
+**The training stream**: :mod:`zoomfeat.generation.cdm_data` (sample number ``n`` -> its draws,
+keyed by (seed, n)); step ``s`` with global batch ``G`` uses numbers ``s*G .. s*G+G-1``, rank
+``r`` of ``W`` takes ``s*G + r*G/W + [0, G/W)``. Hence a resumed run continues the uninterrupted
+one exactly (no data-order state), and ``W`` ranks train what one process does with the same
+global batch (up to float32 summation order).
 
 **One step**: ``loss = mean_b (mse_b + vb_b)`` over the rank's samples
 (:meth:`CDMDiffusion.training_losses`); DDP all-reduces the gradients to their mean over ranks,
@@ -37,22 +33,21 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from zoomfeat.generation.cdm import NUM_TOKENS, DiT
+from zoomfeat.generation.cdm import DiT
+from zoomfeat.generation.cdm_data import CDMData, CDMStream
 from zoomfeat.generation.cdm_diffusion import CDMDiffusion
 from zoomfeat.runtime import checkpoints as ckpt_io
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.distributed import DistInfo, barrier, mean_over_ranks, wrap_ddp
 from zoomfeat.runtime.ema import EMA
 from zoomfeat.runtime.errors import ConfigError
-from zoomfeat.runtime.seeding import mix_seed
 from zoomfeat.runtime.train_state import (
     TRAINER_DIR,
     cpu_tensors,
@@ -93,72 +88,6 @@ def sample_contexts(
     y = torch.full((z.shape[0],), int(mag), dtype=torch.long, device=dev)
     x = CDMDiffusion(respacing=respacing).ddim_sample(cdm, z, y, tracker)
     return x.transpose(1, 2).contiguous()
-
-
-def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
-    """Training targets: the LDM summarizer output of standardised grids, transposed [R].
-
-    Args:
-        grids: [B, C_ssl, g, g] raw SSL grids of one side g. mags: [B] magnification indices.
-
-    Returns:
-        [B, C_ctx, 65] float32 on the LDM's device.
-    """
-    with torch.no_grad():
-        return ldm.condition(grids, mags).float().transpose(1, 2)
-
-
-@dataclass
-class CDMData:
-    """Prepared tiles as the CDM trainer reads them (the entry point builds it from the shards).
-
-    ``read(m, i)`` returns tile ``i``'s raw SSL grid [C, g, g] at magnification index ``m``;
-    ``fingerprint`` (tiles per magnification) is checked on resume.
-    """
-
-    counts: Mapping[int, int]
-    read: Callable[[int, int], Any]
-    ssl_channels: int
-    fingerprint: Mapping[str, int] = field(default_factory=dict)
-
-
-class CDMStream:
-    """Sample number -> (target, magnification, timestep, noise), keyed by (seed, number)."""
-
-    def __init__(self, ldm: nn.Module, data: CDMData, seed: int = 0, num_timesteps: int = 1000) -> None:
-        self.ldm, self.data, self.seed, self.num_timesteps = ldm, data, int(seed), int(num_timesteps)
-        self.mags = sorted(int(m) for m, n in data.counts.items() if n > 0)
-        if not self.mags:
-            raise ConfigError("CDM training: the data hold no tiles")
-        self.channels = int(ldm.context_dim)
-
-    def draw(self, n: int) -> dict[str, Any]:
-        """The random choices of sample ``n``: ``mag``, tile ``i``, ``t`` and ``noise`` [C, 65]."""
-        g = torch.Generator().manual_seed(mix_seed(self.seed, int(n)))
-        m = self.mags[int(torch.randint(len(self.mags), (1,), generator=g))]
-        i = int(torch.randint(int(self.data.counts[m]), (1,), generator=g))
-        t = int(torch.randint(self.num_timesteps, (1,), generator=g))
-        noise = torch.randn((self.channels, NUM_TOKENS), generator=g)
-        return {"mag": m, "i": i, "t": t, "noise": noise}
-
-    def batch(self, numbers: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Samples ``numbers``: x0 [b, C, 65], mag [b], t [b], noise [b, C, 65] (CPU float32 / long).
-
-        Grids of one side are summarised together (the summarizer works per sample).
-        """
-        draws = [self.draw(n) for n in numbers]
-        grids = [torch.as_tensor(np.asarray(self.data.read(d["mag"], d["i"]))).float() for d in draws]
-        x0 = torch.empty(len(draws), self.channels, NUM_TOKENS)
-        mags = torch.tensor([d["mag"] for d in draws], dtype=torch.long)
-        by_side: dict[tuple[int, ...], list[int]] = {}
-        for k, grid in enumerate(grids):
-            by_side.setdefault(tuple(grid.shape), []).append(k)
-        dev = next(self.ldm.parameters()).device
-        for ks in by_side.values():
-            grid = torch.stack([grids[k] for k in ks]).to(dev)
-            x0[ks] = cdm_targets(self.ldm, grid, mags[ks].to(dev)).cpu()
-        t = torch.tensor([d["t"] for d in draws], dtype=torch.long)
-        return x0, mags, t, torch.stack([d["noise"] for d in draws])
 
 
 @dataclass
