@@ -43,6 +43,7 @@ from zoomfeat.mil.pathobench import write_pathobench_splits
 from zoomfeat.mil.presets import preset_feature_sets, write_paper_table
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
+from zoomfeat.mil.selection import NestedSelection
 from zoomfeat.mil.sources import (
     check_coverage,
     expand_feature_sets,
@@ -191,6 +192,8 @@ class Benchmark:
         if self.cfg.preset:  # the preset's sets whose bags exist (zoomfeat.mil.presets)
             self.feature_sets = preset_feature_sets(self.cfg.preset, task.bags)
         self.feature_sets = expand_feature_sets(self.feature_sets, task.bags)
+        self.selection = NestedSelection.plan(self.cfg, self.feature_sets)
+        self.feature_sets = self.selection.feature_sets(self.feature_sets)  # + candidates not listed
         baseline = self.cfg.baseline
         self.baseline = baseline if baseline in self.feature_sets and len(self.feature_sets) > 1 else None
         self.sources = {fs: resolve_source(task.bags, fs) for fs in self.feature_sets}
@@ -266,6 +269,7 @@ class Benchmark:
                 source=self.cohort_source,
             )
         save_splits(self.splits, self.out_dir / "splits.csv")
+        self.selection.check_splits(self.splits)
         # the same folds in Patho-Bench's format, so both tools can be run on identical splits
         write_pathobench_splits(self.splits, self.out_dir, self.task.name, self.class_names)
         self.keys = fold_keys(self.splits)
@@ -345,6 +349,7 @@ class Benchmark:
         )
         probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
         y = bags.labels[test_idx]
+        self.selection.observe(fs, repeat, fold, result.model, feeder, val_idx)
         metrics = binary_metrics(y, probs) if self.n_classes == 2 else multiclass_metrics(y, probs)
         self.records.append(
             self._fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
@@ -420,9 +425,12 @@ class Benchmark:
             *[f"Bags of {line}." for line in provenance_table(self.provenance, self.feature_sets)],
         ]
         predictions = pd.DataFrame(self.predictions, columns=self.pred_columns)
+        folds, predictions = self.selection.add_rows(folds, predictions)  # the selected row, when asked
+        sets, notes = self.selection.report_sets(self.feature_sets), notes + self.selection.notes()
         paths = write_report(
-            self.out_dir, folds, self.baseline, title, notes, self.feature_sets, predictions, self.class_names
+            self.out_dir, folds, self.baseline, title, notes, sets, predictions, self.class_names
         )
+        paths.update(self.selection.write(self.out_dir, folds, predictions, self.sources, title))
         if cfg.preset:  # the published table's layout: paper_table.md/.csv
             paths.update(
                 write_paper_table(self.out_dir, folds, cfg.preset, self.task.name, title, self.task.bags)

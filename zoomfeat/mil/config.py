@@ -146,6 +146,26 @@ class DataSection:
         )
 
 
+@dataclass
+class SelectionSection:
+    """Nested recipe selection (``selection``; :mod:`zoomfeat.mil.selection`): per outer fold, the
+    candidate with the best inner-validation score is the one evaluated on that test fold."""
+
+    # candidate feature sets: names or globs (zoomldm*_fused), each benchmarked too (empty: no selection)
+    candidates: list[str] = field(default_factory=list)
+    metric: str = "auc"  # validation score that decides: auc | balanced_accuracy | f1 | accuracy
+    name: str = "selected"  # the report's row holding each fold's chosen candidate
+
+    def __post_init__(self) -> None:
+        from zoomfeat.mil.metrics import METRICS
+
+        check(
+            self.metric in METRICS,
+            f"selection.metric must be one of {', '.join(METRICS)}, got {self.metric!r}",
+        )
+        check(bool(str(self.name).strip()), "selection.name is empty: name the selected row (e.g. selected)")
+
+
 def _default_feature_sets() -> list[str]:
     return ["uni_20x", "uni_fused", "zoomldm_20x", "zoomldm_5x", "zoomldm_fused"]
 
@@ -172,6 +192,7 @@ class BenchmarkConfig:
     threads: int | None = None  # torch CPU threads (null: torch's default)
     progress: bool = True  # tqdm progress bars
     save_attention: bool = True  # attention/{set}/repeat{r}_fold{f}.h5 for heatmaps
+    selection: SelectionSection = field(default_factory=SelectionSection)
 
     def __post_init__(self) -> None:
         sets = list(self.feature_sets)
@@ -182,6 +203,13 @@ class BenchmarkConfig:
 
             check_preset(self.preset, sets != _default_feature_sets(), self.baseline)
         check(self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}")
+        check(
+            not self.selection.candidates or self.cv.val_fraction > 0 or bool(self.cv.splits),
+            "selection.candidates needs an inner validation part to choose on: set cv.val_fraction > 0 (e.g. 0.2)",
+        )
+        check(
+            self.selection.name not in sets, f"selection.name {self.selection.name!r} is also a feature set"
+        )
         if "${" in str(self.out_dir):  # built in Python: resolve the YAML's default the way Hydra does
             from omegaconf import OmegaConf
 
