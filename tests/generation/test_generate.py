@@ -55,8 +55,20 @@ def test_dry_run_4096_matches_spec(capsys, tmp_path):
     assert abs(summary["flops"] - 1.30e17) / 1.30e17 < 0.01  # spec 2.8: ~1.30e17
 
 
-def test_large_2x2_from_cmu_region(cmu_slide, tiny_args, tmp_path):
+@pytest.mark.parametrize(
+    "mag,e,x0,y0",
+    [
+        ("10x", 2, 900, 1200),  # 512x512 px at 20x under a 10x guide
+        ("5x", 4, 700, 1000),  # 1024x1024 px at 20x under a 5x guide (~1026 px of the 2220x2967 slide)
+    ],
+)
+def test_large_image_guided_by_a_cmu_region(cmu_slide, tiny_args, tmp_path, mag, e, x0, y0):
+    """An e x e large image (e = 2, 4) guided by a region of the CMU slide: PNG and a pyramidal
+    TIFF that openslide reopens (every level equal to the 2x box pyramid of the PNG), the
+    references, and exactly the planned model calls."""
     import openslide
+
+    from zoomfeat.generation.tiff import pyramid
 
     out = tmp_path / "large"
     summary = hydra_main(
@@ -65,32 +77,41 @@ def test_large_2x2_from_cmu_region(cmu_slide, tiny_args, tmp_path):
         argv=[
             str(cmu_slide),
             "mode=large",
-            "region.mag=10x",
-            "region.x0=900",
-            "region.y0=1200",
+            f"region.mag={mag}",
+            f"region.x0={x0}",
+            f"region.y0={y0}",
             "large.stride=1000",
             "large.n_steps=1",
-            "large.batch_size=4",
+            "large.batch_size=16",
             "large.decode_window_stride=64",
             f"out_dir={out}",
             *tiny_args,
         ],
     )
     files = summary["outputs"]
+    side = 256 * e
     img = np.asarray(Image.open(files["png"]))
-    assert img.shape == (512, 512, 3) and img.std() > 0
+    assert img.shape == (side, side, 3) and img.std() > 0
     osr = openslide.OpenSlide(files["tiff"])
-    assert osr.level_dimensions[0] == (512, 512) and osr.level_count == 2
-    assert np.array_equal(np.asarray(osr.read_region((0, 0), 0, (512, 512)))[..., :3], img)
+    levels = pyramid(img)
+    assert osr.level_count == len(levels) == {2: 2, 4: 3}[e]
+    for k, ref in enumerate(levels):
+        assert osr.level_dimensions[k] == (ref.shape[1], ref.shape[0])
+        assert np.array_equal(np.asarray(osr.read_region((0, 0), k, osr.level_dimensions[k]))[..., :3], ref)
+    assert float(osr.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
     assert Image.open(files["guide_reference"]).size == (256, 256)
-    assert Image.open(files["reference_20x"]).size == (512, 512)
-    # the run made exactly the planned calls (S=1, K=1, e=2: 1 + 4*3 model_pred; window stride 64: 4 decodes)
+    assert Image.open(files["guide_generated"]).size == (256, 256)
+    assert Image.open(files["reference_20x"]).size == (side, side)
+    # the run made exactly the planned calls: S = 1, K = 1: the guide's model_pred + 3 per tile
+    # (x0hat, and one finite-difference pair), each a guided pair of UNet calls; decodes: the
+    # guide + every tile in the constraint, (e * 64 / 64)^2 windows at stride 64, the guide image;
+    # encodes: the finite-difference pair of every tile.
     planned = {
         k: sum(v[k] for v in summary["planned_counts"].values()) for k in ("unet", "vq_decode", "vq_encode")
     }
-    assert summary["counts"]["unet"] == planned["unet"] == 2 * 13
-    assert summary["counts"]["vq_decode"] == planned["vq_decode"] == 5 + 4 + 1  # joint, windows, guide
-    assert summary["counts"]["vq_encode"] == planned["vq_encode"] == 8
+    assert summary["counts"]["unet"] == planned["unet"] == 2 * (1 + 3 * e * e)
+    assert summary["counts"]["vq_decode"] == planned["vq_decode"] == (1 + e * e) + e * e + 1
+    assert summary["counts"]["vq_encode"] == planned["vq_encode"] == 2 * e * e
 
 
 def test_superres_of_a_cmu_5x_tile(cmu_slide, tiny_args, tmp_path):
