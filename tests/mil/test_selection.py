@@ -31,7 +31,7 @@ from zoomfeat.mil.selection import NestedSelection, choose_candidate
 from zoomfeat.mil.sources import load_feature_set
 from zoomfeat.mil.splits import fold_parts, load_splits
 from zoomfeat.mil.train import BagFeeder, predict, train_fold
-from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.runtime.errors import ConfigError, InputError
 
 from .bagfactory import COORDS_ATTRS
 
@@ -205,6 +205,12 @@ def test_selection_settings_are_checked(cohort, tmp_path):
         SelectionSection(["a"], metric="loss")
     with pytest.raises(ConfigError, match="is also a feature set"):
         NestedSelection.plan(_config(cohort, tmp_path, name=HONEST), [BASELINE])
+    no_val = pd.read_csv(cohort / "splits.csv").replace({"part": {"val": "train"}})
+    no_val.to_csv(tmp_path / "no_val.csv", index=False)
+    cfg = _config(cohort, tmp_path / "out")
+    cfg.cv.splits = str(tmp_path / "no_val.csv")
+    with pytest.raises(InputError, match="repeat 0 fold 0 has no validation slides to choose a candidate on"):
+        Benchmark(cfg).run()  # refused before any training
     plan = NestedSelection.plan(_config(cohort, tmp_path), [BASELINE, HONEST])
     assert plan.candidates == [PLANTED, HONEST]  # the glob expanded in sorted order
     assert plan.feature_sets([BASELINE, HONEST]) == [BASELINE, HONEST, PLANTED]  # each set once
