@@ -126,7 +126,7 @@ def test_superres_of_a_cmu_5x_tile(cmu_slide, tiny_args, tmp_path):
             "region.y0=1000",
             "superres.inversion_steps=1",
             "superres.stride=1000",
-            "superres.n_steps=0",
+            "superres.n_steps=1",
             "superres.batch_size=16",
             "large.decode_window_stride=64",
             "large.tiff=false",
@@ -137,10 +137,15 @@ def test_superres_of_a_cmu_5x_tile(cmu_slide, tiny_args, tmp_path):
     files = summary["outputs"]
     assert np.asarray(Image.open(files["png"])).shape == (1024, 1024, 3)
     assert Image.open(files["input"]).size == (256, 256)
-    # K = 0 here (the constraint iterations are covered by the large-image test and golden G4):
-    # 16 tiles x 1 step x 1 model_pred, 1 inversion step, 16 window decodes (stride 64)
+    # S = 1, K = 1 (one constraint iteration per tile, as spec 3.3, cut from K = 5): 16 tiles x
+    # (1 + 2K) model_pred, each a guided pair of UNet calls, + 1 inversion step (forward and
+    # backward); decodes: one per tile and iteration + 16 windows (stride 64); encodes: the
+    # finite-difference pair per tile and iteration + the input image
     c = summary["counts"]
-    assert c["unet_backward"] == 1 and c["model_pred"] == 16 and c["vq_decode"] == 16
+    planned = {k: sum(v[k] for v in summary["planned_counts"].values()) for k in c}
+    assert c == planned
+    assert c["unet_backward"] == 1 and c["model_pred"] == 16 * 3 and c["unet"] == 2 * 16 * 3 + 1
+    assert c["vq_decode"] == 16 + 16 and c["vq_encode"] == 16 * 2 + 1
 
 
 def test_patches_from_slide_and_from_cdm(cmu_slide, tiny_args, tmp_path, gen_golden):
