@@ -269,7 +269,7 @@ def test_cdm_training_on_prepared_shards_resumes_and_samples(
         argv=[
             "mode=patch",
             "patch.source=cdm",
-            f"cdm.checkpoint={again['ema']}",
+            f"cdm.checkpoint={out}",  # a cdm_train run: its latest checkpoint's EMA DiT
             "cdm.variant=tiny",
             "cdm.respacing=2",
             "cdm.mag=5x",

@@ -291,6 +291,15 @@ class CDMTrainer:
         }
 
 
+def cdm_weights_file(path: str | Path) -> Path:
+    """The weights file ``cdm.checkpoint`` names: a file as it is; a CDM run directory, its
+    ``checkpoints`` directory, ``latest`` or a step directory -> that checkpoint's EMA DiT."""
+    p = Path(path)
+    if not p.is_dir():
+        return p
+    return ckpt_io.resolve_checkpoint(p) / EMA_FILE
+
+
 def train_cdm(
     cdm: DiT,
     stream: CDMStream,

@@ -110,7 +110,7 @@ class SuperresSection:
 
 @dataclass
 class CDMSection:
-    #: DiT weights: a bare state_dict or a checkpoint with "ema" (.pt/.pth/.safetensors)
+    #: DiT weights: a bare state_dict or a checkpoint with "ema" (.pt/.pth/.safetensors), or a cdm_train run dir
     checkpoint: str | None = None
     #: S | B | L | XL (or DiT-B ...)
     variant: str = "B"

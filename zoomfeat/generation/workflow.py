@@ -247,11 +247,14 @@ def _run_patch(gc, model, device, gen, tracker, out, stem) -> dict[str, str]:
     written = {}
     if p.source == "cdm":
         from zoomfeat.generation.cdm import load_cdm
-        from zoomfeat.generation.cdm_training import sample_contexts
+        from zoomfeat.generation.cdm_training import cdm_weights_file, sample_contexts
 
         if not gc.cdm.checkpoint:
-            raise ConfigError("patch.source=cdm needs cdm.checkpoint (a DiT state_dict, bare or under 'ema')")
-        cdm = load_cdm(gc.cdm.checkpoint, gc.cdm.variant, in_channels=model.context_dim).to(device)
+            raise ConfigError(
+                "patch.source=cdm needs cdm.checkpoint (a DiT state_dict, bare or under 'ema', or a cdm_train run)"
+            )
+        weights = cdm_weights_file(gc.cdm.checkpoint)
+        cdm = load_cdm(weights, gc.cdm.variant, in_channels=model.context_dim).to(device)
         mag = _cdm_mag(gc)
         ctx = sample_contexts(cdm, mag, p.count, gc.cdm.respacing, gen, tracker=tracker)
         guidance = gc.cdm.guidance
