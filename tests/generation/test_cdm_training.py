@@ -162,6 +162,17 @@ def test_refusals_are_one_line_errors(tmp_path, tiny_ema, data):
     with pytest.raises(ConfigError, match="model='DiT-TINY', this run builds model='DiT-S'") as ex:
         _run(tiny_ema, data, out, 2, facts={**FACTS, "model": "DiT-S"})
     errors.append(ex.value)
+    other = ck.write_checkpoint(  # a ZoomLDM trainer's checkpoint (state.json without a DiT)
+        tmp_path / "ldm" / "checkpoints",
+        5,
+        lambda tmp: (
+            (tmp / "trainer").mkdir(),
+            (tmp / "trainer" / "state.json").write_text('{"model_name": "tiny"}'),
+        ),
+    )
+    with pytest.raises(ConfigError, match="is not a CDM training checkpoint") as ex:
+        _run(tiny_ema, data, tmp_path / "fresh", 2, resume=str(other))
+    errors.append(ex.value)
     opts = CDMTrainOptions(steps=1, batch_size=4)
     with pytest.raises(ConfigError, match="batch_size=4 .* multiple of the 3 processes") as ex:
         CDMTrainer(_fresh(), CDMStream(tiny_ema, data), opts, out, DistInfo(rank=0, world_size=3))

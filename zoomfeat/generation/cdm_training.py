@@ -130,7 +130,7 @@ class CDMTrainer:
         self.info = info or DistInfo(device=next(cdm.parameters()).device)
         self.out_dir = Path(out_dir)
         self.root = ckpt_io.checkpoint_root(self.out_dir)
-        self.run_facts = dict(run_facts or {})
+        self.run_facts = {"model": "DiT", "in_channels": cdm.in_channels, **(run_facts or {})}
         self.log = log
         if opts.batch_size % self.info.world_size:
             raise ConfigError(
@@ -171,11 +171,10 @@ class CDMTrainer:
         params = [p for p in cdm.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
         if self.source is not None:
-            ckpt_io.read_state(self.source)  # a clear error when it is not complete
+            self._check_resumable(ckpt_io.read_state(self.source))  # before reading any weights
             resumed = read_trainer_dir(
                 self.source / TRAINER_DIR, ("model_live", "model_ema"), self.info.device
             )
-            self._check_resumable(resumed["state"])
             cdm.load_state_dict({k: v.to(self.info.device) for k, v in resumed["model_live"].items()})
             restore_optimisation(resumed, self.ema, "model_ema", self.optimizer)
             self.start_step = self.step = int(resumed["state"]["step"])
@@ -184,6 +183,12 @@ class CDMTrainer:
         self.module = wrap_ddp(cdm, self.info)
 
     def _check_resumable(self, st: Mapping[str, Any]) -> None:
+        """One-line errors for a checkpoint of another model; warnings for another batch or data."""
+        if not str(st.get("model", "")).startswith("DiT-"):
+            raise ConfigError(
+                f"{self.source} is not a CDM training checkpoint (no DiT in its state.json); "
+                "use another out_dir or cdm_train.resume=false"
+            )
         for key in ("model", "in_channels"):
             if key in self.run_facts and st.get(key) != self.run_facts[key]:
                 raise ConfigError(
