@@ -145,6 +145,7 @@ class CDMTrainer:
         self.last_checkpoint: Path | None = None
 
     def run(self) -> dict[str, Any]:
+        """Steps 1-4; returns :meth:`summary`."""
         self.prepare_output()  # 1
         self.setup()  # 2
         if self.step < self.opts.steps:
@@ -184,7 +185,7 @@ class CDMTrainer:
 
     def _check_resumable(self, st: Mapping[str, Any]) -> None:
         """One-line errors for a checkpoint of another model; warnings for another batch or data."""
-        if not str(st.get("model", "")).startswith("DiT-"):
+        if not str(st.get("model", "")).startswith("DiT"):
             raise ConfigError(
                 f"{self.source} is not a CDM training checkpoint (no DiT in its state.json); "
                 "use another out_dir or cdm_train.resume=false"
