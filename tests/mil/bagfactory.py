@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from zoomfeat.bags import write_bag
+from zoomfeat.mil.bagset import BagSet
 
 COORDS_ATTRS = {
     "patch_size": 256,
@@ -51,3 +52,20 @@ def write_bags(root: Path, feature_set: str, feats: dict[str, np.ndarray]) -> Pa
         coords = np.stack([np.arange(len(x)) * 256, np.zeros(len(x))], 1)
         write_bag(out / f"{slide}.h5", x, coords, COORDS_ATTRS, attrs={"encoder": feature_set})
     return out
+
+
+def in_memory_bagset(table: pd.DataFrame, feats: dict[str, np.ndarray], labels=None) -> BagSet:
+    """``planted_bags``' output as an in-memory float16 :class:`BagSet` (labels: ILC = 1, or given)."""
+    slides = table["slide_id"].tolist()
+    y = np.asarray(labels if labels is not None else (table["label"] == "ILC").astype(int), dtype=np.int64)
+    return BagSet(
+        feature_set="synthetic",
+        source=None,
+        slide_ids=slides,
+        case_ids=table["case_id"].tolist(),
+        labels=y,
+        dim=next(iter(feats.values())).shape[1],
+        n_instances=np.asarray([len(feats[s]) for s in slides]),
+        bags=[feats[s].astype(np.float16) for s in slides],
+        coords=[None] * len(slides),
+    )

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from zoomfeat.mil.bagdir import load_bag_dir
 from zoomfeat.mil.bagset import BagSet
 from zoomfeat.mil.labels import read_labels
-from zoomfeat.mil.sources import load_bag_dir
 from zoomfeat.runtime.errors import BagError
 
 from .bagfactory import planted_bags, write_bags

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from zoomfeat.mil.abmil import build_model
 from zoomfeat.mil.benchmark import run_benchmark
 from zoomfeat.mil.config import BenchmarkConfig, CVSection, MILConfig, TaskSection
 from zoomfeat.mil.labels import map_labels, read_labels
 from zoomfeat.mil.metrics import macro_ovr_auc, multiclass_metrics
-from zoomfeat.mil.train import build_model, class_weights
+from zoomfeat.mil.train import class_weights
 from zoomfeat.runtime.errors import ConfigError, InputError
 
 from .bagfactory import write_bags

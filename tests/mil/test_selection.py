@@ -24,13 +24,15 @@ import pytest
 import torch
 
 from zoomfeat.bags import write_bag
-from zoomfeat.mil.benchmark import Benchmark, fold_seed, torch_threads
+from zoomfeat.mil.benchmark import Benchmark, torch_threads
 from zoomfeat.mil.config import BenchmarkConfig, CVSection, MILConfig, SelectionSection, TaskSection
+from zoomfeat.mil.feeding import BagFeeder, predict
+from zoomfeat.mil.fold_loop import fold_seed
 from zoomfeat.mil.metrics import binary_metrics
 from zoomfeat.mil.selection import NestedSelection, choose_candidate
 from zoomfeat.mil.sources import load_feature_set
 from zoomfeat.mil.splits import fold_parts, load_splits
-from zoomfeat.mil.train import BagFeeder, predict, train_fold
+from zoomfeat.mil.train import train_fold
 from zoomfeat.runtime.errors import ConfigError, InputError
 
 from .bagfactory import COORDS_ATTRS

@@ -1,22 +1,25 @@
-"""Cross-validated attention-MIL benchmark of several feature sets on one task.
+"""Cross-validated attention-MIL benchmark of several feature sets on one task: set-up and outputs.
 
 :class:`Benchmark` is what ``python -m zoomfeat.bench`` runs, in five steps:
 
 1. load the labels and find the bags: the cohort comes from the labels CSV (``task.labels``),
-   or, for an instance CSV without one (MUSK), from the CSV's own bag labels;
+   or, for an instance CSV without one (MUSK), from the CSV's own bag labels
+   (:mod:`zoomfeat.mil.sources`);
 2. check the inputs: every labelled slide has a bag in every feature set (or is dropped from
-   all of them with ``task.missing_bags=drop``), so every set sees one cohort;
+   all of them with ``task.missing_bags=drop``, :mod:`zoomfeat.mil.coverage`), so every set sees
+   one cohort;
 3. make the splits (patient-level stratified k-fold, :mod:`zoomfeat.mil.splits`), or reuse
    ``cv.splits``; one split for every feature set, saved as ``splits.csv``;
-4. for each feature set and fold: train one ABMIL (:mod:`zoomfeat.mil.train`) and evaluate it
-   on the test fold; predictions and attention are written as the folds finish;
+4. for each feature set and fold: train one ABMIL and evaluate it on the test fold
+   (:class:`zoomfeat.mil.fold_loop.FoldLoop`); predictions and attention are written as the
+   folds finish;
 5. report: per-fold table, summary with 95% CIs, paired tests against the baseline
    (:mod:`zoomfeat.mil.report`), and ``run.json`` (settings, cohort, versions).
 
-Paired design: fold ``(r, f)`` trains with the seed :func:`fold_seed` ``(seed, r, f)`` for every
-feature set, on the same train/validation/test slides, so the per-fold differences between
-two sets measure the features, not the split or the initialisation, and the paired tests
-(corrected resampled t, Wilcoxon) apply. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
+Paired design: fold ``(r, f)`` trains with the seed :func:`~zoomfeat.mil.fold_loop.fold_seed`
+``(seed, r, f)`` for every feature set, on the same train/validation/test slides, so the per-fold
+differences between two sets measure the features, not the split or the initialisation, and the
+paired tests (corrected resampled t, Wilcoxon) apply. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
 """
 
 from __future__ import annotations
@@ -25,34 +28,26 @@ import json
 import logging
 import platform
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from zoomfeat.mil.bagset import BagSet, BenchWarning
+from zoomfeat.mil.bagset import BagSet
 from zoomfeat.mil.config import BenchmarkConfig
+from zoomfeat.mil.coverage import check_coverage
+from zoomfeat.mil.fold_loop import FoldLoop
 from zoomfeat.mil.labels import class_names, read_labels
-from zoomfeat.mil.metrics import METRICS, binary_metrics, multiclass_metrics
 from zoomfeat.mil.pathobench import write_pathobench_splits
 from zoomfeat.mil.presets import preset_feature_sets, write_paper_table
 from zoomfeat.mil.provenance import provenance_table
-from zoomfeat.mil.report import PREDICTION_COLUMNS, write_attention, write_csv, write_report
+from zoomfeat.mil.report import PREDICTION_COLUMNS, write_report
 from zoomfeat.mil.selection import NestedSelection
-from zoomfeat.mil.sources import (
-    check_coverage,
-    expand_feature_sets,
-    is_instance_csv,
-    load_feature_set,
-    resolve_source,
-)
-from zoomfeat.mil.splits import fold_keys, fold_parts, load_splits, make_splits, save_splits
-from zoomfeat.mil.train import BagFeeder, FoldResult, predict, train_fold
+from zoomfeat.mil.sources import expand_feature_sets, is_instance_csv, load_feature_set, resolve_source
+from zoomfeat.mil.splits import fold_keys, load_splits, make_splits, save_splits
 from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
 from zoomfeat.runtime.config import to_dict
 from zoomfeat.runtime.device import resolve_device
@@ -80,11 +75,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def fold_seed(seed: int, repeat: int, fold: int) -> int:
-    """The training seed of one fold: the same for every feature set (paired comparison)."""
-    return int(np.random.SeedSequence([int(seed), int(repeat), int(fold)]).generate_state(1)[0])
-
-
 def _versions() -> dict[str, str]:
     import sklearn
     import torch
@@ -99,52 +89,6 @@ def _versions() -> dict[str, str]:
         "scikit-learn": sklearn.__version__,
         "python": platform.python_version(),
     }
-
-
-def _test_outputs(
-    bags: BagSet,
-    repeat: int,
-    fold: int,
-    test_idx: np.ndarray,
-    y: np.ndarray,
-    probs: np.ndarray,
-    atts: list[np.ndarray],
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """One fold's test results: prediction rows (:data:`PREDICTION_COLUMNS`) and, per slide, the
-    attention entry :func:`~zoomfeat.mil.report.write_attention` writes (``atts[k]``: (N_k,) logits).
-
-    Binary: ``prob`` = P(class 1), ``pred`` = prob >= 0.5. k > 2 (``probs`` (n, k)): ``pred`` =
-    argmax, ``prob`` = its probability, and ``prob_0 .. prob_{k-1}``."""
-    rows, slides = [], {}
-    for k, i in enumerate(test_idx):
-        sid = bags.slide_ids[i]
-        if probs.ndim == 2:
-            pred = int(np.argmax(probs[k]))
-            prob, per_class = float(probs[k, pred]), {f"prob_{c}": float(v) for c, v in enumerate(probs[k])}
-        else:
-            pred, prob, per_class = int(probs[k] >= 0.5), float(probs[k]), {}
-        rows.append(
-            {
-                "feature_set": bags.feature_set,
-                "repeat": repeat,
-                "fold": fold,
-                "slide_id": sid,
-                "case_id": bags.case_ids[i],
-                "label": int(y[k]),
-                "prob": prob,
-                "pred": pred,
-                "n_instances": int(bags.n_instances[i]),
-                **per_class,
-            }
-        )
-        slides[sid] = {
-            "attention_logits": atts[k],
-            "coords": bags.get_coords(i),
-            "label": int(y[k]),
-            "prob": np.asarray(probs[k], dtype=np.float64) if probs.ndim == 2 else prob,
-            "case_id": bags.case_ids[i],
-        }
-    return rows, slides
 
 
 class Benchmark:
@@ -290,117 +234,27 @@ class Benchmark:
 
     # ------------------------------------------------------------------ step 4
     def train_and_evaluate(self) -> None:
-        """Step 4: for each feature set and fold, train on train/val and evaluate on test."""
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(
-            total=len(self.feature_sets) * len(self.keys),
-            desc=f"bench {self.task.name}",
-            unit="fold",
-            disable=not self.cfg.progress,
+        """Step 4: for each feature set and fold, train on train/val and evaluate on test
+        (:class:`~zoomfeat.mil.fold_loop.FoldLoop`; one set's bags in memory at a time)."""
+        self.loop = FoldLoop(
+            self.cfg,
+            self.splits,
+            self.keys,
+            self.device,
+            self.n_classes,
+            self.pred_columns,
+            self.selection,
+            self.out_dir,
         )
-        for fs in self.feature_sets:
-            bags = self.preloaded.pop(fs, None) or load_feature_set(
-                self.sources[fs], fs, self.cohort, **self._load_options()
-            )
-            log.info(
-                "%s: %d bags, %d features, %d instances (%s, %s)",
-                fs,
-                len(bags),
-                bags.dim,
-                int(bags.n_instances.sum()),
-                "in memory" if bags.in_memory else "read from disk",
-                bags.source,
-            )
-            self.provenance[fs] = dict(bags.provenance)
-            feeder = BagFeeder(bags, self.device)
-            for repeat, fold in self.keys:
-                self.run_fold(bags, feeder, repeat, fold)
-                self.bar.update()
-            del bags, feeder
-        self.bar.close()
-        if not self.records:
-            raise InputError(
-                f"{self.cohort_source}: no fold could be run (every fold lacked train or test bags)"
-            )
+        self.loop.run(self.feature_sets, self.load_set, self.cohort_source)
+        self.records, self.predictions = self.loop.records, self.loop.predictions
+        self.provenance = self.loop.provenance
 
-    def run_fold(self, bags: BagSet, feeder: BagFeeder, repeat: int, fold: int) -> None:
-        """Train and test one (feature set, repeat, fold); record its metrics and predictions."""
-        fs, cfg = bags.feature_set, self.cfg
-        parts = fold_parts(self.splits, repeat, fold)
-        train_idx, val_idx, test_idx = (bags.index(parts[p]) for p in ("train", "val", "test"))
-        if len(test_idx) == 0 or len(train_idx) == 0:
-            warnings.warn(
-                f"{fs}: repeat {repeat} fold {fold} has no usable train or test bags; skipped",
-                BenchWarning,
-                stacklevel=2,
-            )
-            return
-        result = train_fold(
-            bags,
-            train_idx,
-            val_idx,
-            cfg.mil,
-            seed=fold_seed(cfg.seed, repeat, fold),
-            device=self.device,
-            progress=cfg.progress,
-            desc=f"{fs} r{repeat} f{fold}",
-            n_classes=self.n_classes,
+    def load_set(self, fs: str) -> BagSet:
+        """Feature set ``fs``'s bags: the one read in step 1 (an instance CSV), else from its source."""
+        return self.preloaded.pop(fs, None) or load_feature_set(
+            self.sources[fs], fs, self.cohort, **self._load_options()
         )
-        probs, atts = predict(result.model, feeder, test_idx, attention=True, amp=cfg.mil.amp)
-        y = bags.labels[test_idx]
-        self.selection.observe(fs, repeat, fold, result.model, feeder, val_idx)
-        metrics = binary_metrics(y, probs) if self.n_classes == 2 else multiclass_metrics(y, probs)
-        self.records.append(
-            self._fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
-        )
-        rows, slides = _test_outputs(bags, repeat, fold, test_idx, y, probs, atts)
-        self.predictions += rows
-        write_csv(pd.DataFrame(self.predictions, columns=self.pred_columns), self.pred_path)
-        if cfg.save_attention:
-            write_attention(
-                self.out_dir / "attention" / fs / f"repeat{repeat}_fold{fold}.h5",
-                slides,
-                {"feature_set": fs, "repeat": repeat, "fold": fold, "task": self.task.name},
-            )
-        log.info(
-            "%s repeat %d fold %d: %s (best epoch %d, %.1fs)",
-            fs,
-            repeat,
-            fold,
-            ", ".join(f"{m}={metrics[m]:.3f}" for m in METRICS),
-            result.best_epoch,
-            result.seconds,
-        )
-        self.bar.set_postfix(set=fs, auc=f"{metrics['auc']:.3f}")
-
-    @staticmethod
-    def _fold_record(
-        fs: str,
-        repeat: int,
-        fold: int,
-        metrics: dict[str, float],
-        result: FoldResult,
-        train_idx: np.ndarray,
-        val_idx: np.ndarray,
-        test_idx: np.ndarray,
-    ) -> dict[str, Any]:
-        return {
-            "feature_set": fs,
-            "repeat": repeat,
-            "fold": fold,
-            **metrics,
-            "n_train": len(train_idx),
-            "n_val": len(val_idx),
-            "n_test": len(test_idx),
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "seconds": round(result.seconds, 2),
-        }
-
-    @property
-    def pred_path(self) -> Path:
-        return self.out_dir / "predictions.csv"
 
     # ------------------------------------------------------------------ step 5
     def report(self) -> dict[str, Any]:
@@ -435,7 +289,7 @@ class Benchmark:
             paths.update(
                 write_paper_table(self.out_dir, folds, cfg.preset, self.task.name, title, self.task.bags)
             )
-        paths["predictions"] = self.pred_path
+        paths["predictions"] = self.loop.pred_path
         paths["splits"] = self.out_dir / "splits.csv"
         run_info = {
             "task": self.task.name,
@@ -461,5 +315,12 @@ class Benchmark:
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
-    """Run the benchmark (:class:`Benchmark`); returns ``{"folds": DataFrame, "paths": {...}, "out_dir": Path}``."""
+    """Run the benchmark (:class:`Benchmark`).
+
+    Args:
+        cfg: the settings (``conf/bench.yaml`` as :class:`~zoomfeat.mil.config.BenchmarkConfig`).
+
+    Returns:
+        ``{"folds": DataFrame (one row per set and fold), "paths": {name: Path}, "out_dir": Path}``.
+    """
     return Benchmark(cfg).run()

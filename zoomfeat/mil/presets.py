@@ -19,9 +19,9 @@ What a preset does to a run (:class:`zoomfeat.mil.benchmark.Benchmark`):
   :class:`~zoomfeat.runtime.errors.BagError`;
 * after the normal report it writes ``paper_table.md`` and ``paper_table.csv``.
 
-No new statistics: the table's numbers are :func:`zoomfeat.mil.report.summary_table` (mean over
+No new statistics: the table's numbers are :func:`zoomfeat.mil.tables.summary_table` (mean over
 test folds, 95% t-interval ``mean +- t_{0.975, n-1} s / sqrt(n)``) and
-:func:`zoomfeat.mil.report.paired_table` (AUC difference to the baseline on the same folds,
+:func:`zoomfeat.mil.tables.paired_table` (AUC difference to the baseline on the same folds,
 Nadeau-Bengio corrected resampled t-test, Wilcoxon signed-rank) of the run's own per-fold table,
 i.e. the figures of ``summary.csv`` and ``paired.csv``. The CSV keeps them as fractions (as
 ``summary.csv``); the Markdown prints percent like the paper. The published column is a reference:
@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from zoomfeat.mil.bagset import resolve_path, warn
-from zoomfeat.mil.report import _fmt_p, paired_table, summary_table, write_csv
+from zoomfeat.mil.report import _fmt_p, write_csv
 from zoomfeat.mil.sources import available_sets
+from zoomfeat.mil.tables import paired_table, summary_table
 from zoomfeat.runtime.atomic import atomic_write_text
 from zoomfeat.runtime.errors import BagError, ConfigError
 

@@ -1,6 +1,7 @@
-"""Benchmark outputs: per-fold table, summary (CSV, Markdown, PNG), predictions, attention.
+"""Benchmark outputs: the per-fold table, the summary (CSV, Markdown, PNG) and per-class files.
 
-Files written into ``out_dir`` by :func:`write_report`:
+Files written into ``out_dir`` by :func:`write_report` (the numbers come from
+:mod:`zoomfeat.mil.tables`):
 
 * ``folds.csv``: feature_set, repeat, fold, auc, balanced_accuracy, f1, accuracy, then
   n_train, n_val, n_test, best_epoch, seconds;
@@ -13,27 +14,28 @@ Files written into ``out_dir`` by :func:`write_report`:
   precision, F1 and one-vs-rest AUC, confusion matrices and ROC curves of the pooled
   out-of-fold predictions of each set (binary and k-class tasks).
 
-Per-slide test predictions (``predictions.csv``) and attention (``attention/{set}/
-repeat{r}_fold{f}.h5``, one group per slide) are written as the folds finish. Every file is
-written atomically (:mod:`zoomfeat.runtime.atomic`): a killed run leaves complete files or none.
+Per-slide test predictions (``predictions.csv``, :data:`PREDICTION_COLUMNS`, through
+:func:`write_csv`) and attention (:mod:`zoomfeat.mil.attention`) are written by the fold loop as
+the folds finish. Every file is written atomically (:mod:`zoomfeat.runtime.atomic`): a killed
+run leaves complete files or none.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from zoomfeat.mil.metrics import METRIC_LABELS, METRICS, paired_comparison, summarize
+# tests/test_heatmap.py imports write_attention from here
+from zoomfeat.mil.attention import write_attention as write_attention
+from zoomfeat.mil.metrics import METRIC_LABELS, METRICS
+from zoomfeat.mil.tables import class_probabilities, class_tables, ordered_sets, paired_table, summary_table
 from zoomfeat.runtime.atomic import atomic_path, atomic_write_text, ensure_dir
 
 FOLD_COLUMNS = ("feature_set", "repeat", "fold", *METRICS)
-SUMMARY_COLUMNS = ("feature_set", "metric", "mean", "std", "ci_low", "ci_high", "n")
 PREDICTION_COLUMNS = (
     "feature_set",
     "repeat",
@@ -54,66 +56,6 @@ def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def _ordered(folds: pd.DataFrame, feature_sets: Sequence[str] | None) -> list[str]:
-    present = list(dict.fromkeys(folds["feature_set"]))
-    if feature_sets is None:
-        return present
-    return [fs for fs in feature_sets if fs in present] + [fs for fs in present if fs not in feature_sets]
-
-
-def summary_table(folds: pd.DataFrame, feature_sets: Sequence[str] | None = None) -> pd.DataFrame:
-    """Mean, std and 95% CI over folds of every metric for every feature set."""
-    rows = []
-    for fs in _ordered(folds, feature_sets):
-        frame = folds[folds["feature_set"] == fs]
-        for metric in METRICS:
-            rows.append({"feature_set": fs, "metric": metric, **summarize(frame[metric].to_numpy())})
-    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-
-
-def paired_table(
-    folds: pd.DataFrame, baseline: str, feature_sets: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """Every other feature set against ``baseline`` over the folds both were run on."""
-    columns = [
-        "feature_set",
-        "baseline",
-        "metric",
-        "diff_mean",
-        "t",
-        "p_corrected_t",
-        "p_wilcoxon",
-        "wins",
-        "ties",
-        "losses",
-        "n",
-    ]
-    if baseline not in set(folds["feature_set"]):
-        return pd.DataFrame(columns=columns)
-    base = folds[folds["feature_set"] == baseline].set_index(["repeat", "fold"])
-    rows = []
-    for fs in _ordered(folds, feature_sets):
-        if fs == baseline:
-            continue
-        other = folds[folds["feature_set"] == fs].set_index(["repeat", "fold"])
-        common = base.index.intersection(other.index)
-        ratio = (
-            float(
-                (
-                    other.loc[common, "n_test"] / (other.loc[common, "n_train"] + other.loc[common, "n_val"])
-                ).mean()
-            )
-            if len(common)
-            else float("nan")
-        )
-        for metric in METRICS:
-            stats = paired_comparison(
-                other.loc[common, metric].to_numpy(), base.loc[common, metric].to_numpy(), ratio
-            )
-            rows.append({"feature_set": fs, "baseline": baseline, "metric": metric, **stats})
-    return pd.DataFrame(rows, columns=columns)
-
-
 def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -125,7 +67,17 @@ def _fmt_p(p: float) -> str:
 
 
 def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Sequence[str] = ()) -> str:
-    """A paper-ready Markdown summary: mean ± std (95% CI) per set and metric, then the paired tests."""
+    """A paper-ready Markdown summary: mean ± std (95% CI) per set and metric, then the paired tests.
+
+    Args:
+        summary: :func:`~zoomfeat.mil.tables.summary_table`'s table.
+        paired: :func:`~zoomfeat.mil.tables.paired_table`'s table (empty: no paired section).
+        title: the heading.
+        notes: bullet lines after the tables.
+
+    Returns:
+        The Markdown text (the best mean per metric in bold when there are several sets).
+    """
     sets = list(dict.fromkeys(summary["feature_set"]))
     best = {m: summary[summary["metric"] == m]["mean"].max() for m in METRICS}
     lines = [f"# {title}", ""]
@@ -173,7 +125,14 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Seq
 
 
 def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """One panel per metric: mean per feature set with 95% CI error bars, folds as dots."""
+    """One panel per metric: mean per feature set with 95% CI error bars, folds as dots.
+
+    Args:
+        summary: the summary table; folds: the per-fold table; path: the PNG; title: figure title.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -211,86 +170,15 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
     return path
 
 
-def write_attention(
-    path: str | Path, slides: Mapping[str, Mapping[str, Any]], attrs: Mapping[str, Any] | None = None
-) -> Path:
-    """One HDF5 file per fold: a group per test slide with ``attention`` (softmax over the bag),
-    ``attention_logits`` (raw), ``coords`` (when the bag has them), and label/prob attributes."""
-    path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value
-        for slide_id, entry in slides.items():
-            g = f.create_group(slide_id.replace("/", "_"))
-            logits = np.asarray(entry["attention_logits"], dtype=np.float32)
-            soft = np.exp(logits - logits.max()) if len(logits) else logits
-            g.create_dataset("attention_logits", data=logits)
-            g.create_dataset("attention", data=soft / soft.sum() if len(logits) else soft)
-            if entry.get("coords") is not None:
-                g.create_dataset("coords", data=np.asarray(entry["coords"], dtype=np.int64))
-            g.attrs["slide_id"] = slide_id
-            for key in ("label", "prob", "case_id"):
-                if key in entry:
-                    g.attrs[key] = entry[key]
-    return path
-
-
-def read_attention(path: str | Path) -> dict[str, dict[str, Any]]:
-    """``{slide_id: {"attention", "attention_logits", "coords", "label", "prob"}}`` of one fold file."""
-    out: dict[str, dict[str, Any]] = {}
-    with h5py.File(path, "r") as f:
-        for name, g in f.items():
-            entry = {k: g[k][()] for k in g.keys()}
-            entry.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in g.attrs.items()})
-            out[str(entry.get("slide_id", name))] = entry
-    return out
-
-
-def class_probabilities(pred: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """(n, k) class probabilities of prediction rows: ``prob_{c}`` columns (k > 2), or
-    ``[1 - prob, prob]`` for a binary task (``prob`` is P(class 1))."""
-    if n_classes > 2:
-        return pred[[f"prob_{c}" for c in range(n_classes)]].to_numpy(dtype=np.float64)
-    p1 = pred["prob"].to_numpy(dtype=np.float64)
-    return np.stack([1 - p1, p1], axis=1)
-
-
-def class_tables(
-    predictions: pd.DataFrame, class_names: Sequence[str], feature_sets: Sequence[str] | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-class table and confusion matrix of the pooled out-of-fold predictions of each set.
-
-    Per class: test bags ``n``, recall (sensitivity), precision, F1 and the one-vs-rest AUC of the
-    pooled probabilities. Confusion: one row per (set, true class), a column per predicted class
-    (counts; with repeats every slide is counted once per repeat).
-    """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
-
-    k = len(class_names)
-    per_class, confusion = [], []
-    for fs in _ordered(predictions, feature_sets):
-        pred = predictions[predictions["feature_set"] == fs]
-        y = pred["label"].to_numpy(dtype=np.int64)
-        yhat = pred["pred"].to_numpy(dtype=np.int64)
-        probs = class_probabilities(pred, k)
-        prec, rec, f1, n = precision_recall_fscore_support(y, yhat, labels=list(range(k)), zero_division=0.0)
-        for c in range(k):
-            pos = y == c
-            auc = float(roc_auc_score(pos, probs[:, c])) if 0 < pos.sum() < len(y) else float("nan")
-            per_class.append(
-                {"feature_set": fs, "class": c, "name": class_names[c], "n": int(n[c]),
-                 "recall": float(rec[c]), "precision": float(prec[c]), "f1": float(f1[c]), "auc_ovr": auc}
-            )  # fmt: skip
-        matrix = confusion_matrix(y, yhat, labels=list(range(k)))
-        for c in range(k):
-            confusion.append(
-                {"feature_set": fs, "true": class_names[c], **{f"pred {class_names[j]}": int(matrix[c, j]) for j in range(k)}}
-            )  # fmt: skip
-    return pd.DataFrame(per_class), pd.DataFrame(confusion)
-
-
 def class_markdown(per_class: pd.DataFrame, confusion: pd.DataFrame) -> str:
-    """summary.md's per-class and confusion-matrix sections."""
+    """summary.md's per-class and confusion-matrix sections.
+
+    Args:
+        per_class, confusion: :func:`~zoomfeat.mil.tables.class_tables`'s tables.
+
+    Returns:
+        The Markdown text.
+    """
     lines = [
         "## Per class (pooled out-of-fold test predictions)",
         "",
@@ -321,7 +209,15 @@ def plot_roc(
     title: str = "",
 ) -> Path:
     """ROC curves of the pooled out-of-fold predictions: binary, one curve per feature set on one
-    panel; k > 2, one panel per set with a one-vs-rest curve per class. AUCs in the legends."""
+    panel; k > 2, one panel per set with a one-vs-rest curve per class. AUCs in the legends.
+
+    Args:
+        predictions: prediction rows of every set; class_names: the k names (index = label);
+        path: the PNG; feature_sets: the order; title: figure title.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -329,7 +225,7 @@ def plot_roc(
     from sklearn.metrics import roc_auc_score, roc_curve
 
     k = len(class_names)
-    sets = _ordered(predictions, feature_sets)
+    sets = ordered_sets(predictions, feature_sets)
     panels = [None] if k == 2 else sets
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
@@ -370,7 +266,21 @@ def write_report(
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Path]:
     """Write folds.csv, summary.csv, paired.csv, summary.md and summary.png; with ``predictions``
-    and ``class_names`` also per_class.csv, confusion.csv and roc.png. Returns their paths."""
+    and ``class_names`` also per_class.csv, confusion.csv and roc.png.
+
+    Args:
+        out_dir: the run's output directory.
+        folds: one row per (feature_set, repeat, fold): metrics, part sizes, training figures.
+        baseline: the set the others are compared with (None: no paired tests).
+        title: the heading of summary.md and the plots.
+        notes: bullet lines for summary.md.
+        feature_sets: the row order.
+        predictions: prediction rows (for the per-class files).
+        class_names: the k class names.
+
+    Returns:
+        ``{name: path}`` of the files written.
+    """
     out_dir = ensure_dir(out_dir, "benchmark output directory")
     extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
     folds = folds[list(FOLD_COLUMNS) + extra]

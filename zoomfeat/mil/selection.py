@@ -41,12 +41,12 @@ import pandas as pd
 
 from zoomfeat.mil.bagset import BenchWarning
 from zoomfeat.mil.config import BenchmarkConfig
+from zoomfeat.mil.feeding import BagFeeder, predict
 from zoomfeat.mil.metrics import binary_metrics, multiclass_metrics
 from zoomfeat.mil.recipes_report import write_recipes_heatmap
 from zoomfeat.mil.report import write_csv
 from zoomfeat.mil.sources import expand_feature_sets
 from zoomfeat.mil.splits import fold_keys, fold_parts
-from zoomfeat.mil.train import BagFeeder, predict
 from zoomfeat.runtime.errors import ConfigError, InputError
 
 
@@ -82,7 +82,7 @@ def validation_scores(model: Any, feeder: BagFeeder, val_idx: np.ndarray, amp: b
 
     Returns:
         ``{metric: value}`` on the validation bags: binary metrics for probabilities (n_val,),
-        k-class ones for (n_val, k) (:func:`~zoomfeat.mil.train.predict`).
+        k-class ones for (n_val, k) (:func:`~zoomfeat.mil.feeding.predict`).
     """
     probs, _ = predict(model, feeder, val_idx, attention=False, amp=amp)
     y = feeder.bags.labels[val_idx]

@@ -1,9 +1,8 @@
-"""Attention-MIL training for one cross-validation fold (torchmil ``ABMIL``).
+"""Attention-MIL training for one cross-validation fold: the training loop.
 
-The model is torchmil's :class:`~torchmil.models.ABMIL` (Ilse et al. 2018), gated attention
-by ``gated=True``, with a feature extractor in front of the attention pooling: instance
-standardisation with the *training fold's* statistics (a fixed buffer layer, so the saved
-model carries them), then ``hidden`` Linear-ReLU-Dropout layers.
+The network is :func:`zoomfeat.mil.abmil.build_model` (torchmil ABMIL behind instance
+standardisation with the training fold's statistics); bags reach it through
+:mod:`zoomfeat.mil.feeding`.
 
 Training (:class:`FoldTrainer`): AdamW, class-balanced binary cross-entropy
 
@@ -14,10 +13,9 @@ of the loss whatever the imbalance). With k > 2 classes the head is a softmax ov
 the loss the same weighted mean of cross-entropies with ``w_c = n / (k n_c)`` (each class 1/k).
 Bags are shuffled each epoch, early stopping on validation AUC (macro one-vs-rest for k > 2)
 (ties broken by the validation loss; the best epoch's weights are kept). Deterministic for a
-given seed on a given machine. ``amp`` runs the forward pass in bf16 autocast
-(:func:`zoomfeat.runtime.device.autocast`) on CUDA and on CPUs with native bf16
-(AVX512-BF16/AMX; about 3x faster there), never on other CPUs. On CUDA the bags are cached on
-the GPU as float16 when they fit. See ``docs/ARCHITECTURE.md`` (MIL benchmark).
+given seed on a given machine. ``amp`` runs the forward pass in bf16 autocast where the device
+has native bf16 (:func:`zoomfeat.mil.feeding.amp_precision`). See ``docs/ARCHITECTURE.md``
+(MIL benchmark).
 """
 
 from __future__ import annotations
@@ -32,123 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoomfeat.mil.abmil import build_model, instance_stats
 from zoomfeat.mil.bagset import BagSet
 from zoomfeat.mil.config import MILConfig
-from zoomfeat.runtime.device import autocast, cpu_has_native_bf16, resolve_device
+
+# benchmarks/mil_speed.py imports BagFeeder, amp_precision, instance_stats and predict from here
+from zoomfeat.mil.feeding import BagFeeder, amp_precision, pad_batch, predict_logits, softmax_rows
+from zoomfeat.mil.feeding import predict as predict  # re-exported (see above)
+from zoomfeat.runtime.device import autocast, resolve_device
 from zoomfeat.runtime.errors import InputError
 from zoomfeat.runtime.seeding import seed_everything
-
-
-class Standardize(nn.Module):
-    """``(x - mean) / std`` with fixed buffers (the training fold's instance statistics)."""
-
-    def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.register_buffer(
-            "mean", torch.zeros(dim) if mean is None else torch.as_tensor(mean, dtype=torch.float32)
-        )
-        self.register_buffer(
-            "std", torch.ones(dim) if std is None else torch.as_tensor(std, dtype=torch.float32)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
-def build_model(
-    in_dim: int,
-    cfg: MILConfig,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
-    n_classes: int = 2,
-) -> nn.Module:
-    """torchmil ABMIL with the standardise + MLP feature extractor described above.
-
-    Binary (``n_classes=2``): torchmil's one-logit head (sigmoid). ``n_classes > 2``: the head is
-    a ``Linear(width, n_classes)`` (softmax over the classes; ABMIL's forward then returns
-    ``(batch, n_classes)`` logits) trained with cross-entropy.
-    """
-    from torchmil.models import ABMIL
-
-    layers: list[nn.Module] = []
-    if cfg.standardize:
-        layers.append(
-            Standardize(
-                in_dim,
-                None if mean is None else torch.from_numpy(mean),
-                None if std is None else torch.from_numpy(std),
-            )
-        )
-    width = in_dim
-    for h in cfg.hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(cfg.dropout)]
-        width = h
-    feat_ext = nn.Sequential(*layers) if layers else nn.Identity()
-    model = ABMIL(
-        in_shape=(in_dim,),
-        att_dim=cfg.att_dim,
-        att_act=cfg.att_act,
-        gated=cfg.gated,
-        feat_ext=feat_ext,
-        criterion=nn.BCEWithLogitsLoss(),
-    )
-    if n_classes > 2:
-        model.classifier = nn.Linear(width, n_classes)
-        model.criterion = nn.CrossEntropyLoss()
-    return model
-
-
-def instance_stats(bags: BagSet, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std over every instance of the bags ``idx`` (float64 sums)."""
-    total = torch.zeros(bags.dim, dtype=torch.float64)
-    total_sq = torch.zeros(bags.dim, dtype=torch.float64)
-    count = 0
-    for i in idx:
-        x = torch.from_numpy(np.asarray(bags.features(int(i)))).to(torch.float64)
-        total += x.sum(0)
-        total_sq += (x * x).sum(0)
-        count += x.shape[0]
-    mean = total / max(count, 1)
-    var = (total_sq / max(count, 1) - mean * mean).clamp_min(0)
-    std = var.sqrt()
-    std[std < 1e-6] = 1.0  # constant features: leave them centred, unscaled
-    return mean.float().numpy(), std.float().numpy()
-
-
-class BagFeeder:
-    """Bags as float32 tensors on ``device``; on CUDA in-memory bags are cached on the GPU."""
-
-    def __init__(self, bags: BagSet, device: torch.device, gpu_cache_fraction: float = 0.5) -> None:
-        self.bags = bags
-        self.device = device
-        self._gpu: dict[int, torch.Tensor] | None = None
-        if device.type == "cuda" and bags.in_memory:
-            free, _ = torch.cuda.mem_get_info(device)
-            if bags.nbytes < gpu_cache_fraction * free:
-                self._gpu = {}
-
-    def get(self, i: int) -> torch.Tensor:
-        i = int(i)
-        if self._gpu is not None:
-            if i not in self._gpu:
-                self._gpu[i] = torch.from_numpy(self.bags.bags[i]).to(self.device)
-            return self._gpu[i].float()
-        x = torch.from_numpy(np.asarray(self.bags.features(i)))
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        return x.float()
-
-
-def _batch(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if len(xs) == 1:
-        return xs[0].unsqueeze(0), None
-    n = max(x.shape[0] for x in xs)
-    X = xs[0].new_zeros((len(xs), n, xs[0].shape[1]))
-    mask = torch.zeros((len(xs), n), device=xs[0].device)
-    for k, x in enumerate(xs):
-        X[k, : x.shape[0]] = x
-        mask[k, : x.shape[0]] = 1
-    return X, mask
 
 
 def class_weights(labels: np.ndarray, balanced: bool = True, n_classes: int = 2) -> np.ndarray:
@@ -156,6 +47,14 @@ def class_weights(labels: np.ndarray, balanced: bool = True, n_classes: int = 2)
 
     Binary: ones when a class is absent. ``n_classes > 2``: the k present classes share the loss
     equally; an absent class keeps weight 1 (no bag uses it).
+
+    Args:
+        labels: (n,) integer labels of the training bags.
+        balanced: ``mil.class_balanced``; False gives ones.
+        n_classes: k.
+
+    Returns:
+        (k,) float64 weights ``w_c``.
     """
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
     if n_classes == 2:
@@ -176,58 +75,13 @@ def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) 
 
 
 def _weighted_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Class-weighted loss: BCE on (B,) logits (binary), cross-entropy on (B, k) logits."""
+    """Class-weighted mean loss ``sum_b w_{y_b} l_b / sum_b w_{y_b}``: BCE on (B,) logits (binary),
+    cross-entropy on (B, k) logits; ``y`` (B,), ``weights`` (k,). Returns a scalar."""
     if logits.ndim < 2:
         return _weighted_bce(logits, y, weights)
     w = weights[y.long()]
     loss = nn.functional.cross_entropy(logits.float(), y.long(), reduction="none")
     return (loss * w).sum() / w.sum()
-
-
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (n, k) logits (float64)."""
-    z = np.asarray(logits, dtype=np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
-def amp_precision(device: torch.device, amp: bool) -> str:
-    """``bf16`` autocast on CUDA and on CPUs with native bf16; ``fp32`` elsewhere (bf16 would be slower)."""
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-    return "bf16" if amp and native else "fp32"
-
-
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    feeder: BagFeeder,
-    idx: Sequence[int],
-    attention: bool = False,
-    amp: bool = False,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Bag logits for bags ``idx`` (and each bag's raw attention logits per instance)."""
-    model.eval()
-    device = feeder.device
-    logits, atts = [], []
-    for i in idx:
-        X = feeder.get(i).unsqueeze(0)
-        with autocast(device, amp_precision(device, amp)):
-            logit, att = model(X, return_att=True)
-        logits.append(logit.float().item() if logit.numel() == 1 else logit.float().reshape(-1).cpu().numpy())
-        if attention:
-            atts.append(att.float().squeeze(0).cpu().numpy())
-    return np.asarray(logits, dtype=np.float64), atts
-
-
-def predict(
-    model: nn.Module, feeder: BagFeeder, idx: Sequence[int], attention: bool = False, amp: bool = False
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Positive-class probabilities (binary: (n,)) or class probabilities (k > 2: (n, k)) for bags
-    ``idx``, and raw attention logits per instance."""
-    logits, atts = predict_logits(model, feeder, idx, attention, amp)
-    if logits.ndim == 2:
-        return softmax_rows(logits), atts
-    return 1.0 / (1.0 + np.exp(-logits)), atts
 
 
 @dataclass
@@ -263,6 +117,7 @@ class FoldTrainer:
     4. keep the best epoch's weights (the last epoch's without validation bags).
 
     Every random draw comes from ``seed`` in this order, so a fold is reproducible on one machine.
+    Arguments as :func:`train_fold`.
     """
 
     def __init__(
@@ -355,7 +210,7 @@ class FoldTrainer:
         total, seen = 0.0, 0
         for b in range(0, len(order), self.cfg.batch_size):
             chunk = order[b : b + self.cfg.batch_size]
-            X, mask = _batch([self._instances(i) for i in chunk])
+            X, mask = pad_batch([self._instances(i) for i in chunk])
             y = self.labels[torch.from_numpy(chunk).to(self.device)]
             with autocast(self.device, self.precision):
                 logits = self.model(X, mask)

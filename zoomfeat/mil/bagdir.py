@@ -1,0 +1,164 @@
+"""Reading a feature set from a TRIDENT-layout bag directory, ``features_{set}/{slide_id}.h5``.
+
+Every bag is read through :mod:`zoomfeat.bags` and checked (:func:`read_checked_bag`): a damaged
+bag (unreadable or truncated, or zoomfeat's without its ``complete`` mark), non-finite features,
+bags of one set written with different configs (:mod:`zoomfeat.mil.provenance`) or with
+different feature widths is a :class:`~zoomfeat.runtime.errors.BagError` naming the file and the
+feature set; empty bags (no tissue) are skipped with a :class:`~zoomfeat.mil.bagset.BenchWarning`.
+
+Memory: bags are held in memory as ``dtype`` (float16 by default) when they fit, else read on
+each access. Bags on disk are float32, so the estimate is ``file bytes * itemsize / 4`` and must
+fit in ``memory_fraction`` of the available RAM (``in_memory=auto``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from zoomfeat.bags import list_bags, open_bag
+from zoomfeat.mil.bagset import BagSet, as_dtype, preview, warn
+from zoomfeat.mil.provenance import bag_provenance, check_one_recipe, is_zoomfeat_bag
+from zoomfeat.runtime.errors import BagError
+
+
+def read_checked_bag(path: Path, feature_set: str) -> Any:
+    """Read one bag, refusing a damaged or non-finite one with a :class:`BagError` naming the
+    file and its feature set.
+
+    Damaged: the file cannot be opened or read as a bag (a truncated copy), or zoomfeat wrote it
+    (it carries ``config_hash``) but it lacks ``complete = True``. Other tools' bags carry no
+    completeness mark and are accepted when readable.
+
+    Args:
+        path: the bag file.
+        feature_set: its set, named in errors.
+
+    Returns:
+        The :func:`zoomfeat.bags.open_bag` bag: features (N, D) float32, coords (N, 2), attrs.
+    """
+    fix = "delete it and re-extract the slide (or delete it and pass task.missing_bags=drop)"
+    try:
+        bag = open_bag(path, np.float32)
+    except (OSError, KeyError, ValueError) as err:  # BagError is a ValueError
+        reason = str(err).replace(str(path), "").strip(" :;") or type(err).__name__
+        raise BagError(f"feature set {feature_set!r}: damaged bag {path} ({reason}); {fix}") from err
+    if is_zoomfeat_bag(bag.attrs) and not bag.attrs.get("complete", False):
+        raise BagError(
+            f"feature set {feature_set!r}: damaged bag {path} (written by zoomfeat but not marked complete); {fix}"
+        )
+    finite = np.isfinite(bag.features)
+    if not finite.all():
+        bad_rows = int((~finite).any(axis=1).sum())
+        raise BagError(
+            f"feature set {feature_set!r}: bag {path} holds {int((~finite).sum())} non-finite feature value(s) "
+            f"(NaN/inf) in {bad_rows} of {len(bag)} tile(s); re-extract the slide with precision=fp32 or bf16 "
+            f"(fp16 overflows to inf), or leave it out"
+        )
+    return bag
+
+
+def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:
+    """Whether ``n_bytes`` fit in ``memory_fraction`` of the available RAM (bags on disk are
+    float32, so ``dtype`` needs about ``file bytes * itemsize / 4``)."""
+    import psutil
+
+    return n_bytes <= memory_fraction * psutil.virtual_memory().available
+
+
+def _check_dims(dims: Mapping[str, int], source: Path) -> int:
+    distinct = sorted(set(dims.values()))
+    if len(distinct) > 1:
+        examples = {d: [s for s, v in dims.items() if v == d][:3] for d in distinct}
+        raise BagError(
+            f"{source}: bags of one feature set have different feature widths {distinct} (e.g. {examples}); re-extract them with one config"
+        )
+    return distinct[0]
+
+
+def load_bag_dir(
+    bag_dir: str | Path,
+    cohort: pd.DataFrame,
+    feature_set: str,
+    in_memory: bool | str = "auto",
+    dtype: str | np.dtype = "float16",
+    memory_fraction: float = 0.5,
+    progress: bool = True,
+) -> BagSet:
+    """Read ``cohort``'s bags from a ``features_{set}`` directory (through zoomfeat.bags).
+
+    ``in_memory="auto"`` holds them in memory as ``dtype`` when they fit in ``memory_fraction``
+    of the available RAM, else they are read from disk on each access. Every labelled slide
+    must have a bag (see :func:`zoomfeat.mil.coverage.check_coverage`); empty bags are skipped
+    with a warning.
+
+    Args:
+        bag_dir: the ``features_{set}`` directory.
+        cohort: slide_id, case_id, label.
+        feature_set: the set's name.
+        in_memory: True, False or ``"auto"``.
+        dtype: the in-memory dtype.
+        memory_fraction: the share of available RAM ``auto`` may use.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`~zoomfeat.mil.bagset.BagSet` (cohort order, empty bags left out), with the
+        set's recipe as provenance.
+    """
+    from tqdm.auto import tqdm
+
+    bag_dir = Path(bag_dir)
+    dtype = np.dtype(dtype)
+    have = list_bags(bag_dir)
+    lacking = [s for s in cohort["slide_id"] if s not in have]
+    if lacking:
+        raise BagError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {preview(lacking)}")
+    paths = [have[s] for s in cohort["slide_id"]]
+    if in_memory == "auto":
+        estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // 4
+        in_memory = _fits_in_memory(estimate, memory_fraction)
+        if not in_memory:
+            warn(
+                f"{feature_set}: bags (~{estimate / 2**30:.1f} GiB as {dtype}) do not fit in memory; reading them from {bag_dir} on each access"
+            )
+    keep, bags, coords, dims, sizes, empty, records = [], [], [], {}, [], [], {}
+    for row, path in enumerate(
+        tqdm(paths, desc=f"load {feature_set}", unit="bag", disable=not progress, leave=False)
+    ):
+        bag = read_checked_bag(path, feature_set)
+        slide = cohort["slide_id"].iloc[row]
+        records[slide] = bag_provenance(bag.attrs)
+        dims[slide] = bag.features.shape[1]
+        if len(bag) == 0:
+            empty.append(slide)
+            continue
+        keep.append(row)
+        sizes.append(len(bag))
+        if in_memory:
+            bags.append(as_dtype(bag.features, dtype, str(path)))
+            coords.append(bag.coords)
+    dim = _check_dims(dims, bag_dir)
+    provenance = check_one_recipe(feature_set, bag_dir, records)
+    if empty:
+        warn(f"{feature_set}: {len(empty)} empty bag(s) (no tissue) are skipped: {preview(empty)}")
+    if not keep:
+        raise BagError(f"{bag_dir}: every labelled bag is empty (no tissue)")
+    sub = cohort.iloc[keep]
+    return BagSet(
+        feature_set=feature_set,
+        source=bag_dir,
+        slide_ids=sub["slide_id"].tolist(),
+        case_ids=sub["case_id"].tolist(),
+        labels=np.array(sub["label"], dtype=np.int64),
+        dim=dim,
+        n_instances=np.asarray(sizes, dtype=np.int64),
+        bags=bags if in_memory else None,
+        coords=coords if in_memory else None,
+        paths=None if in_memory else [paths[r] for r in keep],
+        skipped=empty,
+        provenance=provenance,
+    )
