@@ -41,6 +41,22 @@ FEATURE_SET_MAG: dict[str, int] = {
     "uni_fused": 20,
 }
 FEATURE_SETS = tuple(FEATURE_SET_MAG)
+#: the magnification of any feature set from its name's suffix (a family ``{name}`` writes
+#: ``{name}_20x``, ``{name}_5x`` and ``{name}_fused``; fused rows are 20x rows)
+SET_SUFFIX_MAG: dict[str, int] = {"_20x": 20, "_5x": 5, "_fused": 20}
+
+
+def set_magnification(feature_set: str) -> int | None:
+    """The bag directory magnification of ``feature_set``: :data:`FEATURE_SET_MAG` for the six
+    classic names, else from its suffix (``phikon_5x`` -> 5, ``zoomldm-t50-out2_fused`` -> 20);
+    ``None`` when the name has no known suffix."""
+    if feature_set in FEATURE_SET_MAG:
+        return FEATURE_SET_MAG[feature_set]
+    for suffix, mag in SET_SUFFIX_MAG.items():
+        if feature_set.endswith(suffix) and len(feature_set) > len(suffix):
+            return mag
+    return None
+
 
 #: attributes every ``coords`` dataset carries (TRIDENT's names)
 COORDS_ATTRS = (
@@ -64,11 +80,14 @@ def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = TILE_PX, overl
 def bag_path(
     out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = TILE_PX, mag: int | None = None
 ) -> Path:
-    """Path of one slide's bag for ``feature_set`` (mag taken from :data:`FEATURE_SET_MAG`)."""
+    """Path of one slide's bag for ``feature_set`` (mag from its name: :func:`set_magnification`)."""
     if mag is None:
-        if feature_set not in FEATURE_SET_MAG:
-            raise ValueError(f"unknown feature set {feature_set!r}; pass mag= or use one of {FEATURE_SETS}")
-        mag = FEATURE_SET_MAG[feature_set]
+        mag = set_magnification(feature_set)
+        if mag is None:
+            raise ValueError(
+                f"unknown feature set {feature_set!r}; pass mag= or use a name ending in _20x, _5x or _fused "
+                f"(e.g. {', '.join(FEATURE_SETS)})"
+            )
     return mag_dir(out_dir, mag, tile_px) / f"features_{feature_set}" / f"{slide_id}.h5"
 
 

@@ -49,8 +49,25 @@ def test_recipe_diff_names_each_changed_key_or_the_foreign_writer():
 
 
 def test_fused_sets_record_their_split():
-    attrs = set_attrs("tiny", "tiny", {"zoomldm_20x": 96, "uni_20x": 32})
+    from zoomfeat.features.families import Family
+    from zoomfeat.features.recipes import Recipe
+
+    r = Recipe("zoomldm-t50-out2-grid2", 50, ("output_blocks.2",), pooling="grid2")
+    fams = [Family("zoomldm", "recipe", {}, "h", recipe=Recipe("zoomldm", 200, ("middle_block",))),
+            Family("uni", "encoder", {}, "h", encoder="tiny"), Family(r.name, "recipe", {}, "h", recipe=r)]  # fmt: skip
+    dims = {
+        "zoomldm_20x": 96,
+        "zoomldm_5x": 96,
+        "uni_20x": 32,
+        "uni_5x": 32,
+        f"{r.name}_20x": 256,
+        f"{r.name}_5x": 256,
+    }
+    attrs = {k: v for f in fams for k, v in set_attrs(f, dims, "tiny").items()}
     assert (
         json.loads(attrs["zoomldm_fused"]["split"]) == [96, 96]
         and attrs["uni_5x"]["target_magnification"] == 5
+        and attrs["uni_20x"]["encoder"] == "tiny"
+        and json.loads(attrs[f"{r.name}_fused"]["split"]) == [256, 256]
+        and attrs[f"{r.name}_fused"]["target_magnification"] == 20
     )

@@ -21,6 +21,8 @@ def test_complete_bags_are_skipped_and_a_changed_config_is_not_reused(
     slide = small_slides / "det_b.svs"
     zpath = bag_path(out, "zoomldm_20x", "det_b")
     before = zpath.stat().st_mtime_ns
+    upath = bag_path(out, "uni_20x", "det_b")
+    uni_before = (upath.stat().st_mtime_ns, upath.read_bytes())
 
     same = Extractor(ExtractConfig.from_kwargs(**tiny, batch_size=8))  # batch size is not part of the recipe
     result = same.extract(slide, out)
@@ -41,8 +43,10 @@ def test_complete_bags_are_skipped_and_a_changed_config_is_not_reused(
     old = open_bag(bag_path(reference_run, "zoomldm_20x", "det_b"))
     assert new.attrs["timestep"] == 300 and new.attrs["config_hash"] == other.config_hash
     assert np.abs(new.features - old.features).max() > 1e-3  # recomputed, not reused
-    # the UNI sets do not depend on the timestep but are rewritten under the new hash too
-    assert open_bag(paths["uni_20x"]).attrs["config_hash"] == other.config_hash
+    # the UNI sets do not depend on the timestep: their family's own hash matches, so they are kept
+    # byte for byte (issue 12: each family carries its own config hash)
+    assert open_bag(paths["uni_20x"]).attrs["config_hash"] == other.families["uni"].hash != other.config_hash
+    assert (upath.stat().st_mtime_ns, upath.read_bytes()) == uni_before
     # a killed overwrite run resumes: bags already complete with the new config are kept
     stamp = paths["zoomldm_20x"].stat().st_mtime_ns
     again = Extractor(

@@ -125,7 +125,9 @@ def test_bags_record_the_slide_identity_outside_the_config_hash(reference_run, s
         attrs = read_attrs(path)
         assert attrs["slide_quickhash"] == quickhash and attrs["slide_size"] == slide.stat().st_size, name
         assert attrs["slide_path"] == str(slide.resolve())
-        assert "slide" not in str(attrs["recipe"]).replace("slide_id", "")  # identity is not in the hash
+        # identity is not in the hash (bags: their family's recipe; coords files: the tile grid)
+        hashed = attrs["grid"] if name.startswith("patches") else attrs["recipe"]
+        assert "slide" not in str(hashed).replace("slide_id", "")
 
 
 def test_a_moved_slide_reuses_its_bags(ref_extractor, reference_run, small_slides, tmp_path):
@@ -280,8 +282,8 @@ def test_non_finite_features_fail_the_slide_and_publish_nothing(tiny, small_slid
     real = ex.models.zoomldm_features
 
     def overflow(*args, **kwargs):
-        f = real(*args, **kwargs).clone()
-        f[0, 0] = torch.inf
+        f = {name: v.clone() for name, v in real(*args, **kwargs).items()}
+        f["zoomldm"][0, 0] = torch.inf
         return f
 
     ex.models.zoomldm_features = overflow

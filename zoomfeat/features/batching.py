@@ -4,19 +4,20 @@ Parents arrive one at a time (17 tiles each: 16 children + the 5x tile); the mod
 batches of ``batch_size`` tiles. Each model stage has a FIFO queue of :class:`Piece` s (runs of
 tiles of one parent); :func:`take` pops exactly one batch from its front, splitting a piece when
 needed. A :class:`ParentState` collects one parent's results until it is complete; complete parents
-are handed, strictly in order, to the :class:`RowBuffer`, which fuses and writes their rows in blocks.
+are handed, strictly in order, to the :class:`RowBuffer`, which fuses and writes their rows in blocks:
+three sets per bag family being written (``{family}_20x``, ``{family}_5x``, ``{family}_fused``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from zoomfeat.bags import FEATURE_SET_MAG, FEATURE_SETS
 from zoomfeat.features.fuse import fuse
+from zoomfeat.features.recipes import family_sets
 from zoomfeat.features.writer import SlideBagWriter
 
 
@@ -29,7 +30,7 @@ class Piece:
         start: index of the first tile within its parent's list for this stage (-1: the 5x tile).
         images: uint8 (n, H, W, 3) on the device.
         mag: ZoomLDM stage: magnification index of the tiles.
-        grids: ZoomLDM stage: raw UNI grids (n, D_uni, h, w).
+        grids: ZoomLDM stage: ``{cond_px: raw conditioning grids (n, D_uni, h, w)}``.
         noise: ZoomLDM stage: (n, draws, *latent_shape).
     """
 
@@ -37,7 +38,7 @@ class Piece:
     start: int
     images: torch.Tensor
     mag: int = 0
-    grids: torch.Tensor | None = None
+    grids: dict[int, torch.Tensor] | None = None
     noise: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -47,6 +48,8 @@ class Piece:
         """(the first ``n`` tiles, the rest)."""
 
         def cut(t, a, b):
+            if isinstance(t, dict):
+                return {k: v[a:b] for k, v in t.items()}
             return None if t is None else t[a:b]
 
         head = Piece(
@@ -81,22 +84,23 @@ class ParentState:
 
     Attributes:
         n_kept: number of kept 20x children.
-        emb: (17, D_uni) encoder embeddings: the 16 children, then the parent tile.
-        n_emb: embeddings filled so far.
-        f20: (n_kept, D_zoom) ZoomLDM features of the kept children; n20: rows filled so far.
-        f5: (D_zoom,) ZoomLDM feature of the parent tile.
+        emb: ``{job: (17, D_job)}`` embeddings of every embedding job: the 16 children, then the
+            parent tile.
+        n_emb: tiles embedded so far (every job runs on the same batches).
+        f20: ``{recipe: (n_kept, D_r)}`` ZoomLDM features of the kept children; n20: rows filled so far.
+        f5: ``{recipe: (D_r,)}`` ZoomLDM features of the parent tile (filled together: one piece).
     """
 
     n_kept: int
-    emb: torch.Tensor
+    emb: dict[str, torch.Tensor]
     n_emb: int = 0
-    f20: torch.Tensor | None = None
+    f20: dict[str, torch.Tensor] = field(default_factory=dict)
     n20: int = 0
-    f5: torch.Tensor | None = None
+    f5: dict[str, torch.Tensor] | None = None
 
 
 class RowBuffer:
-    """Parents finish in order: gather their rows of the six bags and write them in blocks.
+    """Parents finish in order: gather their rows of every family's three sets and write them in blocks.
 
     Args:
         writer: the slide's open bag writer.
@@ -107,26 +111,26 @@ class RowBuffer:
         self.writer = writer
         self.block_rows = block_rows
         self.next = {20: 0, 5: 0}
-        self.rows: dict[str, list[np.ndarray]] = {name: [] for name in FEATURE_SETS}
+        self.rows: dict[str, list[np.ndarray]] = {}
+        self.mag: dict[str, int] = {}
         self.pending = 0
 
-    def add(self, f20z: np.ndarray, f5z: np.ndarray, f20u: np.ndarray, f5u: np.ndarray) -> None:
-        """Add one parent: (n, D) rows of its kept children and (D,) of itself, ZoomLDM and UNI.
+    def add(self, families: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """Add one parent: ``{family: (f20 (n, D) rows of its kept children, f5 (D,) of itself)}``.
 
         The fused rows are ``concat(f20_i, f5)``: every child next to its own parent.
         """
-        own = np.zeros(len(f20z), np.int64)  # each child's parent: row 0 of this parent's 5x rows
-        rows = {
-            "zoomldm_20x": f20z,
-            "zoomldm_5x": f5z[None],
-            "zoomldm_fused": fuse(f20z, f5z[None], own),
-            "uni_20x": f20u,
-            "uni_5x": f5u[None],
-            "uni_fused": fuse(f20u, f5u[None], own),
-        }
-        for name, r in rows.items():
-            self.rows[name].append(r)
-        self.pending += len(f20z) + 1
+        n = None
+        for family, (f20, f5) in families.items():
+            own = np.zeros(len(f20), np.int64)  # each child's parent: row 0 of this parent's 5x rows
+            s20, s5, sf = family_sets(family)
+            for name, r, mag in ((s20, f20, 20), (s5, f5[None], 5), (sf, fuse(f20, f5[None], own), 20)):
+                self.rows.setdefault(name, []).append(r)
+                self.mag[name] = mag
+            if n is not None and n != len(f20):
+                raise ValueError(f"family {family}: {len(f20)} 20x rows, another family has {n}")
+            n = len(f20)
+        self.pending += (n or 0) + 1
         if self.pending >= self.block_rows:
             self.flush()
 
@@ -137,7 +141,7 @@ class RowBuffer:
             if not parts:
                 continue
             block = np.concatenate(parts, axis=0)
-            mag = FEATURE_SET_MAG[name]
+            mag = self.mag[name]
             self.writer.write(name, starts[mag], block)
             self.next[mag] = starts[mag] + len(block)
             parts.clear()

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoomfeat.encoders.config import EncoderSection
+from zoomfeat.features.recipes import COND_PX, POOLINGS, Recipe, build_recipes, encoder_families
 from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check, load_config, to_dict
 from zoomfeat.runtime.device import PRECISIONS
@@ -34,21 +35,54 @@ from zoomfeat.runtime.units import BASE_MAG, PARENT_MAG_INDEX, TILE_PX, magnific
 
 
 @dataclass
+class SweepSection:
+    """A grid of recipes: the Cartesian product of the non-empty lists (unset axes: the top-level values)."""
+
+    timestep: list[int] = field(default_factory=list)
+    #: a list of tap lists, e.g. [[middle_block], [output_blocks.2]]
+    taps: list[Any] = field(default_factory=list)
+    pooling: list[str] = field(default_factory=list)
+    ensemble: list[int] = field(default_factory=list)
+    cond_px: list[int] = field(default_factory=list)
+
+
+@dataclass
 class FeaturesSection:
-    """The feature recipe (all part of the config hash stored in every bag)."""
+    """The default feature recipe (family ``zoomldm``), further recipes and a recipe sweep.
+
+    Every recipe's settings are part of the config hash stored in that recipe's bags
+    (:mod:`zoomfeat.features.recipes`).
+    """
 
     #: q_sample(z0, t, eps) at this timestep
     timestep: int = 200
-    #: official UNet block names; globally average-pooled and concatenated in this order
+    #: official UNet block names; pooled and concatenated in this order
     taps: list[str] = field(default_factory=lambda: ["middle_block", "output_blocks.4"])
     #: average the feature over k independent noise draws
     ensemble: int = 1
+    #: pooling of each tap's (C, h, w) map: mean | max | meanmax | grid2
+    pooling: str = "mean"
+    #: the conditioning encoder's input size: 224 (resized tile) | 256 (native tile)
+    cond_px: int = 224
+    #: the default recipe's bag family; null = zoomldm
+    name: str | None = None
+    #: more recipes: partial {name, timestep, taps, ensemble, pooling, cond_px}; unset = the values above
+    recipes: list[Any] = field(default_factory=list)
+    sweep: SweepSection = field(default_factory=SweepSection)
 
     def __post_init__(self) -> None:
         check(len(self.taps) > 0, "features.taps must name at least one UNet block")
         check(len(set(self.taps)) == len(self.taps), f"features.taps has duplicates: {list(self.taps)}")
         check(0 <= self.timestep < 1000, f"features.timestep must lie in [0, 1000), got {self.timestep}")
         check(self.ensemble >= 1, f"features.ensemble must be >= 1, got {self.ensemble}")
+        check(
+            self.pooling in POOLINGS,
+            f"features.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}",
+        )
+        check(
+            self.cond_px in COND_PX,
+            f"features.cond_px must be one of {', '.join(map(str, COND_PX))}, got {self.cond_px}",
+        )
 
 
 @dataclass
@@ -86,6 +120,12 @@ class ExtractConfig:
     model: ModelSection = field(default_factory=ModelSection)
     encoder: EncoderSection = field(default_factory=EncoderSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
+    #: extract ZoomLDM features (false: a plain multi-scale encoder extractor; ZoomLDM is not loaded)
+    zoomldm: bool = True
+    #: plain encoder bag families: null (the conditioning encoder's uni_*) | registry names [uni, phikon, ...]
+    encoders: list[str] | None = None
+    #: weights of listed encoders: {name: path or hub id}; unlisted = the registry's hub repo
+    encoder_checkpoints: dict[str, Any] = field(default_factory=dict)
     tissue: TissueSection = field(default_factory=TissueSection)
     shard: ShardSection = field(default_factory=ShardSection)
     #: per-tile noise seed (with slide id, magnification, x, y)
@@ -139,6 +179,7 @@ class ExtractConfig:
         )
         check(self.mpp is None or self.mpp > 0, f"mpp must be positive, got {self.mpp}")
         check(self.tile_px > 0, f"tile_px must be a positive integer, got {self.tile_px}")
+        self.recipes()  # ConfigError for a bad recipe, sweep, name or encoder list, at load time
 
     # ------------------------------------------------------------------------------ building
     @classmethod
@@ -191,8 +232,20 @@ class ExtractConfig:
             return 0
         return max(1, min(8, (os.cpu_count() or 2) // 2))
 
+    def recipes(self) -> list[Recipe]:
+        """The ZoomLDM recipes to extract, the default (``zoomldm``) first; ``[]`` with ``zoomldm=false``
+        (:func:`zoomfeat.features.recipes.build_recipes`)."""
+        return build_recipes(self)
+
+    def encoder_families(self) -> dict[str, str]:
+        """``{bag family: encoder registry name}`` of the plain encoder bags
+        (:func:`zoomfeat.features.recipes.encoder_families`)."""
+        return encoder_families(self)
+
     def recipe(self) -> dict[str, Any]:
-        """The feature-defining settings (weights identities are added by the pipeline).
+        """The default recipe's (family ``zoomldm``) feature-defining settings (weights identities
+        are added by the pipeline; the other families' dicts derive from this one in
+        :mod:`zoomfeat.features.recipes`).
 
         Keys and values are exactly those of the flat configuration of earlier versions (``mag``
         and ``parent_mag`` are the method's fixed 20x tile and 5x parent), so the config hash of
@@ -216,6 +269,10 @@ class ExtractConfig:
             # issue 10: tiles on an integer lattice (coords multiples of patch_size_level0); bags of the
             # earlier float lattice lack this key, so their hash differs and they are refused
             "lattice": "trident" if self.trident_compat else "integer",
+            # issue 12: only a non-default pooling / conditioning size enters the dict, so the default
+            # recipe's hash stays that of earlier versions
+            **({"pooling": self.features.pooling} if self.features.pooling != "mean" else {}),
+            **({"cond_px": int(self.features.cond_px)} if self.features.cond_px != 224 else {}),
         }
 
 
@@ -239,6 +296,7 @@ __all__ = [
     "ExtractConfig",
     "FeaturesSection",
     "ModelSection",
+    "SweepSection",
     "ShardSection",
     "TissueSection",
     "group_section",

@@ -24,7 +24,11 @@ CHILDREN = CHILDREN_PER_SIDE**2
 
 @dataclass(frozen=True)
 class NoiseSpec:
-    """What the per-tile noise depends on (besides the tile's own magnification and x, y)."""
+    """What the per-tile noise depends on (besides the tile's own magnification and x, y).
+
+    ``draws``: the largest ensemble of the pass's recipes (draw j is the j-th block of the tile's
+    stream whatever the count); 0 with no recipe to compute.
+    """
 
     seed: int
     slide_id: str
@@ -59,7 +63,9 @@ class ParentRegions(Dataset):
         ns = self.noise
         child_rows = np.flatnonzero(self.kept[i]) + i * CHILDREN
         xy = self.grid.children.xy
-        if len(child_rows):
+        if ns.draws == 0:  # no recipe to compute (encoder families only): no noise
+            noise20 = torch.zeros((len(child_rows), 0, *ns.latent_shape))
+        elif len(child_rows):
             noise20 = torch.stack(
                 [
                     tile_noise(
@@ -71,7 +77,11 @@ class ParentRegions(Dataset):
         else:
             noise20 = torch.zeros((0, ns.draws, *ns.latent_shape))
         px, py = self.grid.parents[i]
-        noise5 = tile_noise(ns.seed, ns.slide_id, self.grid.parent_mag, px, py, ns.latent_shape, ns.draws)
+        noise5 = (
+            tile_noise(ns.seed, ns.slide_id, self.grid.parent_mag, px, py, ns.latent_shape, ns.draws)
+            if ns.draws
+            else torch.zeros((0, *ns.latent_shape))
+        )
         return {
             "index": i,
             "children": torch.from_numpy(children),

@@ -1,8 +1,9 @@
 """A slide's outputs: whether existing bags can be reused, and the provenance written into new ones.
 
 (docs/ARCHITECTURE.md, "Bag format".) Every bag carries ``config_hash``, the short SHA-256 of the
-canonical JSON of the *recipe* (:meth:`~zoomfeat.features.config.ExtractConfig.recipe` with the
-weights' identities in place of the checkpoint settings), and the recipe itself. Existing bags with
+canonical JSON of its family's *recipe* (:mod:`zoomfeat.features.families`: for the default
+family :meth:`~zoomfeat.features.config.ExtractConfig.recipe` with the weights' identities in
+place of the checkpoint settings), and the recipe itself. Existing bags with
 the same hash and ``complete=True`` are reused; bags with another hash are a mismatch, reported as
 the list of recipe keys that differ (``timestep: 200 -> 300``).
 
@@ -124,15 +125,18 @@ def identity_clash(
     return None
 
 
-def recipe_diff(attrs: Mapping[str, Any], config_hash: str, recipe: Mapping[str, Any]) -> str:
-    """``"key: old -> new; ..."`` between the recipe stored in a bag's ``attrs`` and ``recipe``."""
+def recipe_diff(
+    attrs: Mapping[str, Any], config_hash: str, recipe: Mapping[str, Any], keys: Any = None
+) -> str:
+    """``"key: old -> new; ..."`` between the recipe stored in a bag's ``attrs`` and ``recipe``
+    (only ``keys`` when given: an encoder family's keys in a bag storing a full recipe)."""
     try:
         old = json.loads(attrs.get("recipe", "{}"))
     except (TypeError, ValueError):
         old = {}
     if not old:
         return f"written by another tool or version (config hash {attrs.get('config_hash', 'none')} vs {config_hash})"
-    keys = sorted(set(old) | set(recipe))
+    keys = sorted(set(old) | set(recipe)) if keys is None else list(keys)
     diffs = [
         f"{k}: {old.get(k)!r} -> {recipe.get(k)!r}"
         for k in keys
@@ -142,34 +146,21 @@ def recipe_diff(attrs: Mapping[str, Any], config_hash: str, recipe: Mapping[str,
 
 
 def bag_attrs(extractor: Any, slide: Any) -> dict[str, Any]:
-    """File attributes of every bag of ``slide`` written by ``extractor`` (a
-    :class:`~zoomfeat.features.pipeline.Extractor`): identity, recipe and provenance."""
+    """File attributes every file of ``slide`` written by ``extractor`` (a
+    :class:`~zoomfeat.features.pipeline.Extractor`) carries: identity and provenance. The
+    family-specific ones (config hash, recipe) come from :func:`family_attrs`."""
     from zoomfeat.runtime.version import __version__
 
-    cfg, models = extractor.cfg, extractor.models
+    cfg = extractor.cfg
     config = cfg.to_dict()
     del config["inputs"]  # the run's slide list, not this slide's settings
     return {
         "zoomfeat_version": __version__,
-        "config_hash": extractor.config_hash,
         "config": canonical_json({**config, "resolved_device": str(extractor.device)}),
-        "recipe": canonical_json(extractor.recipe),
         "slide_id": slide.slide_id,
         **slide_identity_attrs(slide.identity()),
         "mpp": float(slide.mpp),
         "level0_magnification": float(slide.magnification),
-        "model": cfg.model.name,
-        "model_checkpoint_id": str(models.model.checkpoint_id),
-        "model_checkpoint_hash": str(models.model.checkpoint_hash or ""),
-        "ssl_encoder": cfg.encoder.name,
-        "encoder_checkpoint_id": str(models.encoder.checkpoint_id),
-        "encoder_checkpoint_hash": str(models.encoder.checkpoint_hash or ""),
-        "timestep": int(cfg.features.timestep),
-        "taps": json.dumps(list(cfg.features.taps)),
-        "tap_channels": json.dumps(models.tap_dims),
-        "ensemble": int(cfg.features.ensemble),
-        "seed": int(cfg.seed),
-        "pooling": "global average per tap, concatenated in taps order",
         "precision": cfg.precision,
         "tile_px": int(cfg.tile_px),
         "min_tissue": float(cfg.tissue.min_tissue),
@@ -177,20 +168,69 @@ def bag_attrs(extractor: Any, slide: Any) -> dict[str, Any]:
     }
 
 
-def set_attrs(model_name: str, encoder_name: str, dims: Mapping[str, int]) -> dict[str, dict[str, Any]]:
-    """Per-feature-set attributes (``encoder``, ``target_magnification``, ``description``, fused ``split``)."""
-    z, u = model_name, encoder_name
-    dz, du = dims["zoomldm_20x"], dims["uni_20x"]
+def family_attrs(family: Any, cfg: Any, models: Any) -> dict[str, Any]:
+    """File attributes of one family's bags (a :class:`~zoomfeat.features.families.Family`).
+
+    Every family: ``config_hash`` and ``recipe`` (its own). Recipe families add the recipe's
+    entries (``timestep``, ``taps`` as JSON, ``pooling``, ``ensemble``, ``cond_px``,
+    ``recipe_name``; the benchmark's recipe report reads them), the model's and the conditioning
+    encoder's weights; encoder families their encoder's weights and no recipe entries.
+    """
+    out: dict[str, Any] = {"config_hash": family.hash, "recipe": canonical_json(family.spec)}
+    if family.kind == "recipe":
+        r = family.recipe
+        cond = models.encoders[models.cond_job(r.cond_px)]
+        out.update({
+            "recipe_name": family.name,
+            "model": cfg.model.name,
+            "model_checkpoint_id": str(models.model.checkpoint_id),
+            "model_checkpoint_hash": str(models.model.checkpoint_hash or ""),
+            "ssl_encoder": cfg.encoder.name,
+            "encoder_checkpoint_id": str(cond.checkpoint_id),
+            "encoder_checkpoint_hash": str(cond.checkpoint_hash or ""),
+            "timestep": int(r.timestep),
+            "taps": json.dumps(list(r.taps)),
+            "tap_channels": json.dumps({t: int(models.tap_dims[t]) for t in r.taps}),
+            "ensemble": int(r.ensemble),
+            "seed": int(cfg.seed),
+            "pooling": r.pooling,
+            "cond_px": int(r.cond_px),
+        })  # fmt: skip
+    else:
+        enc = models.encoders[family.name]
+        out.update({
+            "encoder_family": family.name,
+            "ssl_encoder": family.encoder,
+            "encoder_checkpoint_id": str(enc.checkpoint_id),
+            "encoder_checkpoint_hash": str(enc.checkpoint_hash or ""),
+        })  # fmt: skip
+    return out
+
+
+def set_attrs(family: Any, dims: Mapping[str, int], model_name: str = "") -> dict[str, dict[str, Any]]:
+    """Per-set attributes of one family (``encoder``, ``target_magnification``, ``description``,
+    fused ``split``).
+
+    Args:
+        family: a :class:`~zoomfeat.features.families.Family`; dims: ``{set: D}``;
+        model_name: the ZoomLDM config name (recipe families' ``encoder``).
+    """
+    s20, s5, sf = family.sets
     fused = "concat(20x tile feature, its 5x parent's feature)"
+    if family.kind == "recipe":
+        r = family.recipe
+        what = f"ZoomLDM t={r.timestep} {'+'.join(r.taps)} {r.pooling}" + (
+            f" x{r.ensemble}" if r.ensemble > 1 else ""
+        )
+        enc = model_name
+        d20 = f"{what}, 20x tile (own 1x1 UNI grid, mag 0)"
+        d5 = f"{what}, 5x tile (4x4 children UNI grid, mag 2)"
+    else:
+        enc = family.encoder
+        d20, d5 = f"{enc} embedding of the 20x tile", f"{enc} embedding of the 5x tile"
     return {
-        "zoomldm_20x": {"encoder": z, "target_magnification": 20,
-                        "description": "ZoomLDM 20x tile (own 1x1 UNI grid, mag 0)"},
-        "zoomldm_5x": {"encoder": z, "target_magnification": 5,
-                       "description": "ZoomLDM 5x tile (4x4 children UNI grid, mag 2)"},
-        "zoomldm_fused": {"encoder": z, "target_magnification": 20, "description": fused,
-                          "split": json.dumps([dz, dz])},
-        "uni_20x": {"encoder": u, "target_magnification": 20, "description": f"{u} class token of the 20x tile"},
-        "uni_5x": {"encoder": u, "target_magnification": 5, "description": f"{u} class token of the 5x tile"},
-        "uni_fused": {"encoder": u, "target_magnification": 20, "description": fused,
-                      "split": json.dumps([du, du])},
+        s20: {"encoder": enc, "target_magnification": 20, "description": d20},
+        s5: {"encoder": enc, "target_magnification": 5, "description": d5},
+        sf: {"encoder": enc, "target_magnification": 20, "description": fused,
+             "split": json.dumps([int(dims[s20]), int(dims[s5])])},
     }  # fmt: skip

@@ -1,4 +1,4 @@
-"""Streaming, atomic writing of one slide's six feature bags and two coords files.
+"""Streaming, atomic writing of one slide's feature bags (any sets) and its two coords files.
 
 The row count of every bag is known from the tile grid before any model runs, so each bag is
 created at its final size under a temporary name (``.{slide_id}.h5.tmp-{pid}``, from
@@ -8,6 +8,10 @@ file get ``complete=True`` and get fsync-ed and renamed to its final name. A kil
 hidden temporary files (removed by the next run that takes the slide's lock), never a truncated
 bag under a final name. Every block of rows is checked to be finite: NaN or inf (an fp16
 overflow, say) fails the slide (:class:`NonFiniteFeaturesError`) and publishes nothing.
+
+The writer writes exactly the sets it is given (the families a run computes,
+:mod:`zoomfeat.features.families`) and only the coords files it is told to: files of families
+that are already complete are never opened, so they stay byte-identical.
 
 The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 """
@@ -22,13 +26,18 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoomfeat.bags import FEATURE_SET_MAG, _attr_value, _write_coords, bag_path, patches_path, write_patches
+from zoomfeat.bags import (
+    FEATURE_SETS,
+    _attr_value,
+    _write_coords,
+    bag_path,
+    patches_path,
+    set_magnification,
+    write_patches,
+)
 from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import ZoomfeatError
 from zoomfeat.runtime.units import TILE_PX
-
-#: the 20x-based sets carry ``parent_idx``
-SETS_20X = tuple(s for s, m in FEATURE_SET_MAG.items() if m == 20)
 
 
 class NonFiniteFeaturesError(ZoomfeatError, ValueError):
@@ -39,11 +48,19 @@ class _Aborted(Exception):
     """Passed to the temporaries' contexts on abort: remove them, publish nothing."""
 
 
-def slide_outputs(out_dir: str | Path, slide_id: str, tile_px: int = TILE_PX) -> dict[str, Path]:
-    """Final paths of everything written for one slide: the six sets + ``patches_20x``/``patches_5x``."""
-    paths = {name: bag_path(out_dir, name, slide_id, tile_px) for name in FEATURE_SET_MAG}
-    paths["patches_20x"] = patches_path(out_dir, slide_id, 20, tile_px)
-    paths["patches_5x"] = patches_path(out_dir, slide_id, 5, tile_px)
+def slide_outputs(
+    out_dir: str | Path,
+    slide_id: str,
+    tile_px: int = TILE_PX,
+    sets: Any = FEATURE_SETS,
+    coords: bool = True,
+) -> dict[str, Path]:
+    """Final paths of one slide's outputs: ``sets`` (default the six classic ones) and, with
+    ``coords``, ``patches_20x`` / ``patches_5x``."""
+    paths = {name: bag_path(out_dir, name, slide_id, tile_px) for name in sets}
+    if coords:
+        paths["patches_20x"] = patches_path(out_dir, slide_id, 20, tile_px)
+        paths["patches_5x"] = patches_path(out_dir, slide_id, 5, tile_px)
     return paths
 
 
@@ -67,13 +84,16 @@ class SlideBagWriter:
     Args:
         out_dir: the output root.
         slide_id: file stem used for every file name.
-        dims: ``{feature_set: D}`` for the six sets.
+        dims: ``{feature_set: D}`` of the sets to write (any names ending in _20x, _5x, _fused).
         coords20, coords5: int64 (N20, 2) kept-children and (N5, 2) parent coordinates.
         coords_attrs20, coords_attrs5: TRIDENT attributes of the two ``coords`` datasets.
         parent_idx: int64 (N20,) row of each 20x tile's parent in the 5x bags.
-        attrs: file attributes for every bag; ``set_attrs`` adds per-set ones.
+        attrs: file attributes for every file; ``set_attrs`` adds per-set ones (a family's
+            config hash and recipe among them).
         tile_px: tile size in the directory names.
         chunk_rows: HDF5 chunk height of ``features``.
+        write_coords: magnifications (20, 5) whose coords file is written; patches_attrs: the
+            coords files' own attributes (added to ``attrs``: the grid hash).
     """
 
     def __init__(
@@ -90,12 +110,17 @@ class SlideBagWriter:
         set_attrs: Mapping[str, Mapping[str, Any]] | None = None,
         tile_px: int = TILE_PX,
         chunk_rows: int = 1024,
+        write_coords: Any = (20, 5),
+        patches_attrs: Mapping[str, Any] | None = None,
     ) -> None:
-        missing = set(FEATURE_SET_MAG) - set(dims)
-        if missing:
-            raise ValueError(f"dims missing for feature sets {sorted(missing)}")
+        mags = {name: set_magnification(name) for name in dims}
+        unknown = [name for name, m in mags.items() if m is None]
+        if unknown:
+            raise ValueError(f"feature sets {unknown} do not end in _20x, _5x or _fused")
         self.slide_id = slide_id
-        self.paths = slide_outputs(out_dir, slide_id, tile_px)
+        self.paths = slide_outputs(out_dir, slide_id, tile_px, sets=dims)
+        self.write_coords = tuple(write_coords)
+        self.patches_attrs = dict(patches_attrs or {})
         self.coords = {
             20: np.asarray(coords20, np.int64).reshape(-1, 2),
             5: np.asarray(coords5, np.int64).reshape(-1, 2),
@@ -107,12 +132,12 @@ class SlideBagWriter:
             raise ValueError(
                 f"{len(self.coords[20])} 20x coords but {len(self.parent_idx)} parent_idx entries"
             )
-        self.rows_written = {name: 0 for name in FEATURE_SET_MAG}
+        self.rows_written = {name: 0 for name in dims}
         self._files: dict[str, h5py.File] = {}
         # one atomic_path per bag: closing the stack normally publishes them, with an error removes them
         self._temporaries = ExitStack()
         try:
-            for name, mag in FEATURE_SET_MAG.items():
+            for name, mag in mags.items():
                 tmp = self._temporaries.enter_context(atomic_path(self.paths[name]))
                 f = h5py.File(tmp, "w")
                 self._files[name] = f
@@ -122,7 +147,7 @@ class SlideBagWriter:
                     "features", shape=(n, d), dtype=np.float32, chunks=chunks, maxshape=(None, d)
                 )
                 _write_coords(f, self.coords[mag], self.coords_attrs[mag])
-                if name in SETS_20X:
+                if mag == 20:  # the 20x-based sets carry parent_idx
                     f.create_dataset("parent_idx", data=self.parent_idx)
                 for key, value in {
                     **self.attrs,
@@ -176,13 +201,13 @@ class SlideBagWriter:
             f.attrs["complete"] = True
             f.close()
         self._files.clear()
-        # coords files first, the six bags last: the slide counts as done only when all exist.
-        for mag in (20, 5):
+        # coords files first, the bags last: a family counts as done only when its bags exist.
+        for mag in self.write_coords:
             write_patches(
                 self.paths[f"patches_{mag}x"],
                 self.coords[mag],
                 self.coords_attrs[mag],
-                {**self.attrs, "feature_set": "patches"},
+                {**self.attrs, **self.patches_attrs, "feature_set": "patches"},
             )
         self._temporaries.close()  # fsync, rename, fsync the directory: each bag appears complete
         return dict(self.paths)
