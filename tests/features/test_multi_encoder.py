@@ -109,3 +109,8 @@ def test_unknown_encoders_are_refused_listing_the_known_ones():
         ExtractConfig.from_kwargs(encoders=["uni", "vitamin"])
     with pytest.raises(ConfigError, match="listed twice"):
         ExtractConfig.from_kwargs(encoders=["phikon", "phikon"])
+    with pytest.raises(ConfigError, match="nothing to extract"):
+        ExtractConfig.from_kwargs(encoders=[], zoomldm=False)
+    # listing encoders replaces the uni_* default; UNI stays the conditioning encoder
+    cfg = ExtractConfig.from_kwargs(encoders=["phikon"])
+    assert cfg.encoder_families() == {"phikon": "phikon"} and cfg.encoder.name == "uni"

@@ -19,6 +19,7 @@ import torch
 from zoomfeat.features.fuse import fuse
 from zoomfeat.features.recipes import family_sets
 from zoomfeat.features.writer import SlideBagWriter
+from zoomfeat.runtime.units import CHILDREN_PER_SIDE
 
 
 @dataclass
@@ -97,6 +98,12 @@ class ParentState:
     f20: dict[str, torch.Tensor] = field(default_factory=dict)
     n20: int = 0
     f5: dict[str, torch.Tensor] | None = None
+
+    def complete(self, recipes: bool) -> bool:
+        """All 17 embeddings in and, when ``recipes`` are computed, every ZoomLDM row too."""
+        if self.n_emb != CHILDREN_PER_SIDE**2 + 1:
+            return False
+        return not recipes or (self.f5 is not None and self.n20 == self.n_kept)
 
 
 class RowBuffer:

@@ -179,7 +179,11 @@ class ExtractConfig:
         )
         check(self.mpp is None or self.mpp > 0, f"mpp must be positive, got {self.mpp}")
         check(self.tile_px > 0, f"tile_px must be a positive integer, got {self.tile_px}")
-        self.recipes()  # ConfigError for a bad recipe, sweep, name or encoder list, at load time
+        # ConfigError for a bad recipe, sweep, name or encoder list, at load time
+        check(
+            bool(self.recipes() or self.encoder_families()),
+            "nothing to extract: zoomldm=false and encoders=[] (list an encoder, or set zoomldm=true)",
+        )
 
     # ------------------------------------------------------------------------------ building
     @classmethod

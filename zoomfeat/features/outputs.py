@@ -234,3 +234,16 @@ def set_attrs(family: Any, dims: Mapping[str, int], model_name: str = "") -> dic
         sf: {"encoder": enc, "target_magnification": 20, "description": fused,
              "split": json.dumps([int(dims[s20]), int(dims[s5])])},
     }  # fmt: skip
+
+
+def sets_to_write(
+    families: list[Any], cfg: Any, models: Any
+) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
+    """``({set: D}, {set: attributes})`` of every set of ``families`` (family and per-set attributes
+    merged), for :class:`~zoomfeat.features.writer.SlideBagWriter`."""
+    dims, per_set = {}, {}
+    for fam in families:
+        own = family_attrs(fam, cfg, models)
+        for name, a in set_attrs(fam, models.dims, cfg.model.name).items():
+            dims[name], per_set[name] = int(models.dims[name]), {**own, **a}
+    return dims, per_set

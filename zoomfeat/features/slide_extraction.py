@@ -47,7 +47,7 @@ import torch
 from zoomfeat.features.batching import ParentState, Piece, RowBuffer, queued, take
 from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_loader
 from zoomfeat.features.locks import SlideLock
-from zoomfeat.features.outputs import bag_attrs, family_attrs, set_attrs
+from zoomfeat.features.outputs import bag_attrs, sets_to_write
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
@@ -221,12 +221,7 @@ class SlideExtraction:
         self.result.n20, self.result.n5 = int(kept.sum()), P
         if P == 0:
             warnings.warn(f"{slide.path}: no tissue tiles; writing empty (0, D) bags", stacklevel=4)
-        dims, per_set = {}, {}
-        for name in self.write:
-            fam = self.ex.families[name]
-            own = family_attrs(fam, cfg, models)
-            for s, a in set_attrs(fam, models.dims, cfg.model.name).items():
-                dims[s], per_set[s] = models.dims[s], {**own, **a}
+        dims, per_set = sets_to_write([self.ex.families[f] for f in self.write], cfg, models)
         return SlideBagWriter(
             self.out_dir,
             slide.slide_id,
@@ -318,9 +313,6 @@ class SlideExtraction:
                     self.items.pop(p.parent)
         self.fuse_complete()
 
-    # kept for callers of the earlier name
-    run_uni = run_encoders
-
     def queue_parent_for_zoomldm(self, i: int) -> None:
         """Kept children with their own 1x1 grid (20x), and the parent tile with the 4x4 grid of its
         children (5x), join the ZoomLDM queue; one grid per conditioning size of the recipes."""
@@ -366,14 +358,9 @@ class SlideExtraction:
                 st.n20 += len(p)
         self.fuse_complete()
 
-    def _complete(self, st: ParentState) -> bool:
-        if st.n_emb != CHILDREN + 1:
-            return False
-        return not self.recipes or (st.f5 is not None and st.n20 == st.n_kept)
-
     def fuse_complete(self) -> None:
         """Fuse and write every complete parent at the front of the order (step 7)."""
-        while self.next_parent in self.states and self._complete(self.states[self.next_parent]):
+        while self.next_parent in self.states and self.states[self.next_parent].complete(bool(self.recipes)):
             self.fuse_parent(self.next_parent)
             self.next_parent += 1
 
