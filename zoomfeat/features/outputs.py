@@ -10,7 +10,8 @@ the list of recipe keys that differ (``timestep: 200 -> 300``).
 Every file also records the identity of its slide (openslide's quickhash, the file size and the
 resolved path; not in the hash, so moving a slide folder keeps its bags valid): outputs of
 another slide under the same slide id are never reused nor overwritten (:func:`identity_clash`).
-A file that cannot be read or lacks its completeness mark is *damaged*: the slide is recomputed.
+A file that cannot be read or lacks its completeness mark is *damaged*: its family is recomputed
+(:mod:`zoomfeat.features.families` applies these checks family by family).
 """
 
 from __future__ import annotations

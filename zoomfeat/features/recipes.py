@@ -249,7 +249,7 @@ def encoder_families(cfg: Any) -> dict[str, str]:
     Raises:
         ConfigError: an unknown encoder name (the message lists the known ones), a name listed twice.
     """
-    from zoomfeat.encoders.registry import get_spec
+    from zoomfeat.encoders.registry import ENCODERS
     from zoomfeat.runtime.errors import ConfigError
 
     if cfg.encoders is None:
@@ -257,11 +257,13 @@ def encoder_families(cfg: Any) -> dict[str, str]:
     names = [cfg.encoders] if isinstance(cfg.encoders, str) else list(cfg.encoders)
     out: dict[str, str] = {}
     for name in names:
-        spec = get_spec(str(name))  # ConfigError listing the known encoders
-        if spec.name in out:
-            raise ConfigError(f"encoders: {spec.name!r} is listed twice")
-        check_family_name(spec.name, "encoder")
-        out[spec.name] = spec.name
+        name = str(name)
+        if name not in ENCODERS:
+            raise ConfigError(f"encoders: unknown encoder {name!r}: use one of {', '.join(ENCODERS)}")
+        if name in out:
+            raise ConfigError(f"encoders: {name!r} is listed twice")
+        check_family_name(name, "encoder")
+        out[name] = name
     return out
 
 

@@ -39,6 +39,8 @@ class RunSummary:
     #: ``devices=`` runs: the devices, and which worker (``cuda:1#1``) extracted each slide
     devices: list[str] = field(default_factory=list)
     worker_of: dict[str, str] = field(default_factory=dict)
+    #: the bag families of the run (ZoomLDM recipes, then encoders)
+    families: list[str] = field(default_factory=list)
 
     def by_status(self, status: str) -> list[SlideResult]:
         return [r for r in self.results if r.status == status]
@@ -62,7 +64,12 @@ class RunSummary:
             f"zoomfeat extract{shard_txt}: {len(self.results)} slide(s) in {self.seconds:.1f} s: {len(done)} extracted "
             f"({tiles} tiles, {tiles / busy if busy else 0:.2f} tiles/s), {len(skipped)} already complete, "
             f"{len(locked)} held by another process, {len(failed)} failed",
-            f"bags: {self.out_dir}",
+            f"bags: {self.out_dir}"
+            + (
+                f" (families: {', '.join(self.families)}; sets {{family}}_20x, _5x, _fused)"
+                if self.families
+                else ""
+            ),
         ]
         if self.csv_path:
             lines.append(f"per-slide log: {self.csv_path}")
@@ -103,6 +110,7 @@ def extract_slides(
     t0 = time.perf_counter()
     mine = shard(sorted(slides, key=lambda s: str(s.path)), shard_index, shard_count)
     summary = RunSummary(shard_index=shard_index, shard_count=shard_count, out_dir=str(out_dir))
+    summary.families = [r.name for r in config.recipes()] + list(config.encoder_families())
     if not mine:
         echo(f"zoomfeat extract: no slides in shard {shard_index + 1}/{shard_count} ({len(slides)} in total)")
         return summary
