@@ -6,6 +6,7 @@ import json
 import shutil
 import warnings
 
+import h5py
 import numpy as np
 import pytest
 
@@ -226,8 +227,6 @@ def test_uni_bags_of_the_previous_version_are_reused_when_their_recipe_agrees(
 ):
     """A uni_* bag written before issue 12 stores the full recipe and its hash (the default family's).
     It is reused when that recipe agrees on the encoder keys, and refused when it does not."""
-    import h5py
-
     from zoomfeat.features.recipes import ENCODER_RECIPE_KEYS
 
     out = tmp_path / "out"
@@ -246,3 +245,21 @@ def test_uni_bags_of_the_previous_version_are_reused_when_their_recipe_agrees(
         f.attrs["config_hash"], f.attrs["recipe"] = "0" * 16, json.dumps({**full, "min_tissue": 0.25})
     state, detail = ex.output_state(out, "det_b")
     assert state == "mismatch" and detail == "uni: min_tissue: 0.25 -> 0.5"
+
+
+def test_a_missing_coords_file_is_rewritten_alone(reference_run, small_slides, tiny, tmp_path):
+    """Every family complete but patches_5x deleted: the rerun writes that coords file only (equal to
+    the old one), no model runs and no bag is touched."""
+    out = tmp_path / "out"
+    shutil.copytree(reference_run, out)
+    gone = patches_path(out, "det_b", 5)
+    before = gone.read_bytes()
+    gone.unlink()
+    bags = {n: p.stat().st_mtime_ns for n, p in slide_outputs(out, "det_b", coords=False).items()}
+    ex = Extractor(ExtractConfig.from_kwargs(**tiny))
+    result = _quiet(ex.extract, small_slides / "det_b.svs", out)
+    assert result.status == "done" and result.written == [] and ex.timings.get("zoomldm", 0.0) == 0.0
+    assert {n: p.stat().st_mtime_ns for n, p in slide_outputs(out, "det_b", coords=False).items()} == bags
+    with h5py.File(gone) as f, h5py.File(patches_path(reference_run, "det_b", 5)) as g:
+        assert np.array_equal(f["coords"][()], g["coords"][()]) and f.attrs["grid_hash"] == ex.grid_hash
+    assert len(before) > 0 and ex.output_state(out, "det_b") == ("complete", "")
