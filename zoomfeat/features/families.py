@@ -34,8 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoomfeat.bags import file_problem, read_attrs
-from zoomfeat.features.outputs import OutputsState, recipe_diff
+from zoomfeat.features.outputs import OutputsState, inspect_files, recipe_diff
 from zoomfeat.features.recipes import (
     ENCODER_RECIPE_KEYS,
     GRID_RECIPE_KEYS,
@@ -190,7 +189,7 @@ def plan_slide(out_dir: str | Path, slide_id: str, tile_px: int, families: dict[
     plan = SlidePlan()
     for name, fam in families.items():
         paths = slide_outputs(out_dir, slide_id, tile_px, sets=fam.sets, coords=False)
-        st = _inspect(paths, fam.matches, ("features", "coords"))
+        st = inspect_files(paths, fam.matches, ("features", "coords"))
         if st.state == "mismatch":
             bad = next(a for a in st.attrs.values() if not fam.matches(a))
             keys = None if fam.kind == "recipe" else ENCODER_RECIPE_KEYS
@@ -202,7 +201,7 @@ def plan_slide(out_dir: str | Path, slide_id: str, tile_px: int, families: dict[
     for mag in (20, 5):
         key = f"patches_{mag}x"
         paths = {key: slide_outputs(out_dir, slide_id, tile_px, sets=(), coords=True)[key]}
-        st = _inspect(paths, lambda a: a.get("grid_hash") == ghash or _legacy_agrees(a, grid, GRID_RECIPE_KEYS),
+        st = inspect_files(paths, lambda a: a.get("grid_hash") == ghash or _legacy_agrees(a, grid, GRID_RECIPE_KEYS),
                       ("coords",))  # fmt: skip
         plan.coords[mag] = st.state
         plan.attrs.update(st.attrs)
@@ -214,31 +213,3 @@ def plan_slide(out_dir: str | Path, slide_id: str, tile_px: int, families: dict[
             details.append(st.detail)
     plan.coords_detail = "; ".join(details)
     return plan
-
-
-def _inspect(paths: dict[str, Path], matches, datasets: tuple[str, ...]) -> OutputsState:
-    """The :class:`OutputsState` of one family's (or one coords file's) files, matched by ``matches``."""
-    present, mismatched, damaged, intact = 0, False, [], {}
-    for name, path in paths.items():
-        if not path.is_file():
-            continue
-        problem = file_problem(path, datasets)
-        if problem:
-            damaged.append((path, problem))
-            continue
-        attrs = read_attrs(path)
-        intact[name] = attrs
-        if matches(attrs):
-            present += 1
-        else:
-            mismatched = True
-    if mismatched:
-        st = OutputsState("mismatch")
-    elif damaged:
-        st = OutputsState("damaged", "; ".join(f"{p}: {why}" for p, why in damaged))
-    elif present == len(paths):
-        st = OutputsState("complete")
-    else:
-        st = OutputsState("partial" if present else "absent")
-    st.damaged, st.attrs = damaged, intact
-    return st

@@ -17,7 +17,7 @@ A file that cannot be read or lacks its completeness mark is *damaged*: its fami
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,29 +52,36 @@ class OutputsState:
     attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def inspect_outputs(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> OutputsState:
-    """The :class:`OutputsState` of a slide's existing outputs.
+def inspect_files(
+    paths: Mapping[str, Path],
+    matches: Callable[[Mapping[str, Any]], bool],
+    datasets: tuple[str, ...] | None = None,
+) -> OutputsState:
+    """The :class:`OutputsState` of a group of output files (one family's bags, a coords file, ...).
 
     Args:
-        paths: ``{output name: final path}`` (:func:`~zoomfeat.features.writer.slide_outputs`).
-        config_hash: the hash of this run's recipe; recipe: that recipe (for the diff).
+        paths: ``{output name: final path}``.
+        matches: whether an intact file's attributes belong to this run (same hash, or a legacy rule).
+        datasets: the datasets a file must hold to be intact (None: by name, ``coords`` for the
+            ``patches_*`` coords files, ``features`` and ``coords`` for bags).
     """
-    present, mismatched, damaged, intact = 0, [], [], {}
+    present, mismatched, damaged, intact = 0, False, [], {}
     for name, path in paths.items():
         if not path.is_file():
             continue
-        problem = file_problem(path, ("coords",) if name.startswith("patches") else ("features", "coords"))
+        need = datasets or (("coords",) if name.startswith("patches") else ("features", "coords"))
+        problem = file_problem(path, need)
         if problem:
             damaged.append((path, problem))
             continue
         attrs = read_attrs(path)
         intact[name] = attrs
-        if attrs.get("config_hash") != config_hash:
-            mismatched.append((name, attrs))
-        else:
+        if matches(attrs):
             present += 1
+        else:
+            mismatched = True
     if mismatched:
-        state = OutputsState("mismatch", recipe_diff(mismatched[0][1], config_hash, recipe))
+        state = OutputsState("mismatch")
     elif damaged:
         state = OutputsState("damaged", "; ".join(f"{p}: {why}" for p, why in damaged))
     elif present == len(paths):
@@ -82,6 +89,21 @@ def inspect_outputs(paths: Mapping[str, Path], config_hash: str, recipe: Mapping
     else:
         state = OutputsState("partial" if present else "absent")
     state.damaged, state.attrs = damaged, intact
+    return state
+
+
+def inspect_outputs(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> OutputsState:
+    """The :class:`OutputsState` of outputs that all carry one config hash (:func:`inspect_files`);
+    a mismatch's detail lists the recipe keys that differ.
+
+    Args:
+        paths: ``{output name: final path}`` (:func:`~zoomfeat.features.writer.slide_outputs`).
+        config_hash: the hash of this run's recipe; recipe: that recipe (for the diff).
+    """
+    state = inspect_files(paths, lambda a: a.get("config_hash") == config_hash)
+    if state.state == "mismatch":
+        bad = next(a for a in state.attrs.values() if a.get("config_hash") != config_hash)
+        state.detail = recipe_diff(bad, config_hash, recipe)
     return state
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from zoomfeat.bags import FEATURE_SET_MAG, bag_path
+from zoomfeat.bags import bag_path, set_magnification
 from zoomfeat.mil.bagdir import load_bag_dir
 from zoomfeat.mil.bagset import BagSet, resolve_path
 from zoomfeat.mil.instance_csv import load_instance_csv
@@ -63,7 +63,7 @@ def resolve_source(bags: str | Path, feature_set: str) -> Path:
     if root.is_file():
         return root
     tried = [root / f"features_{feature_set}"]
-    if feature_set in FEATURE_SET_MAG:
+    if set_magnification(feature_set) is not None:  # {family}_20x|_5x|_fused: its extraction directory
         tried.append(bag_path(root, feature_set, "x").parent)
     for candidate in tried:
         if candidate.is_dir():
