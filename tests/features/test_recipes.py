@@ -52,6 +52,10 @@ def test_recipes_then_the_sweep_product_with_unset_fields_from_the_top_level():
     # a sweep point equal to an earlier recipe is that family, not a second one
     cfg = ExtractConfig.from_kwargs(**{"features.sweep.timestep": [200, 50]})
     assert [r.name for r in cfg.recipes()] == ["zoomldm", "zoomldm-t50-mid-out4"]
+    # ... silently when unnamed; a name the user gave is not lost without a word
+    with pytest.warns(UserWarning, match="recipe 'mine' has the settings of recipe 'zoomldm'"):
+        cfg = ExtractConfig.from_kwargs(**{"features.recipes": [{"name": "mine", "timestep": 200}]})
+        assert [r.name for r in cfg.recipes()] == ["zoomldm"]
     # the default recipe may be renamed; zoomldm=false extracts no recipe
     assert ExtractConfig.from_kwargs(**{"features.name": "mine"}).recipes()[0].name == "mine"
     assert ExtractConfig.from_kwargs(zoomldm=False).recipes() == []

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,8 +207,15 @@ def build_recipes(cfg: Any) -> list[Recipe]:
     by_name: dict[str, Recipe] = {}
     for r in out:
         check_family_name(r.name, "recipe", families)
-        if any(_settings(r) == _settings(q) for q in recipes):
-            continue  # the same family as an earlier recipe
+        same = next((q for q in recipes if _settings(r) == _settings(q)), None)
+        if same is not None:  # the same family as an earlier recipe
+            if r.name != same.name and r.name != r.auto_name():
+                warnings.warn(
+                    f"recipe {r.name!r} has the settings of recipe {same.name!r} ({_describe(r)}): "
+                    f"extracted once, as {same.name!r}",
+                    stacklevel=2,
+                )
+            continue
         if r.name in by_name:
             raise ConfigError(
                 f"recipe name {r.name!r} is used for two different recipes ({_describe(by_name[r.name])} and "
