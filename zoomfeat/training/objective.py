@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zoomfeat.runtime.distributed import DistInfo, wrap_ddp
 from zoomfeat.training.config import TrainConfig
 from zoomfeat.training.ema import EMA
 
@@ -91,16 +92,17 @@ class TrainingParts:
     ema: EMA
     distributed: bool = False
 
-    def wrap_ddp(self, device: torch.device, find_unused_parameters: bool = True) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def wrap_ddp(self, info: DistInfo, find_unused_parameters: bool = True) -> None:
+        """Wrap the objective in DDP on this rank's device (:func:`zoomfeat.runtime.distributed.wrap_ddp`;
+        unchanged in one process).
 
-        self.objective = DDP(
-            self.objective,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=find_unused_parameters,
-            broadcast_buffers=False,
-        )
-        self.distributed = True
+        Args:
+            info: this process's rank, world size and device.
+            find_unused_parameters: DDP's option; True by default here (unlike the shared helper)
+                because a batch of 8x8 grids leaves the summarizer's pad token without a gradient.
+        """
+        self.objective = wrap_ddp(self.objective, info, find_unused_parameters)
+        self.distributed = info.distributed
 
 
 def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, precision: str) -> TrainingParts:

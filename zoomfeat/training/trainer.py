@@ -176,7 +176,7 @@ class Trainer:
         else:
             seed_everything(self.cfg.seed)
         if self.info.distributed:
-            self.parts.wrap_ddp(self.device, self.cfg.ddp_find_unused_parameters)
+            self.parts.wrap_ddp(self.info, self.cfg.ddp_find_unused_parameters)
 
     def _restore(self, resumed: dict[str, Any]) -> None:
         st, parts = resumed["state"], self.parts
