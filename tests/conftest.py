@@ -23,6 +23,19 @@ def _first_existing(*candidates: Path) -> Path | None:
     return None
 
 
+@pytest.fixture
+def one_thread():
+    """One torch CPU thread for the test, the previous count restored after it (not autouse: a
+    module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``). Float32
+    reductions are split over threads, so results compared bitwise (resume, DDP) need one count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
     """The official-format tiny checkpoint and outputs (tests/data/golden, else ../shared/golden)."""

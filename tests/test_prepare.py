@@ -8,15 +8,7 @@ from zoomfeat.cli import hydra_main
 from zoomfeat.prepare import run
 from zoomfeat.training.shards import ShardIndex, read_record
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cli_prepares_and_resumes(tmp_path, synthetic_slide_factory):

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from zoomfeat.training.shards import ShardWriter, grid_side
 
@@ -21,13 +20,12 @@ ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "A
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread_env(one_thread, monkeypatch):
+    """Every test here: one torch thread (``one_thread``, tests/conftest.py) and the one-thread
+    BLAS/OpenMP settings in the environment the subprocesses it starts inherit (a conftest's
+    ``pytestmark`` applies to no test, hence autouse)."""
     for k, v in ONE_THREAD_ENV.items():
         monkeypatch.setenv(k, v)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_data(path: Path, channels: int = 32, counts=None, seed: int = 0) -> Path:
