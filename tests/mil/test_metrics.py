@@ -61,6 +61,17 @@ def test_summarize_t_interval():
     assert summarize([0.7, float("nan")])["n"] == 1 and math.isnan(summarize([0.7])["ci_low"])
 
 
+def test_summarize_clips_the_interval_to_the_metrics_range():
+    # three folds, AUC 1.0, 1.0, 0.25: the raw t-interval is 0.75 +- 4.30 * 0.433 / sqrt(3) = [-0.33, 1.83]
+    x = [1.0, 1.0, 0.25]
+    half = stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / math.sqrt(3)
+    raw = summarize(x, bounds=None)
+    assert (raw["ci_low"], raw["ci_high"]) == pytest.approx((0.75 - half, 0.75 + half))
+    assert raw["ci_low"] < 0 and raw["ci_high"] > 1
+    s = summarize(x)
+    assert (s["ci_low"], s["ci_high"]) == (0.0, 1.0) and s["mean"] == pytest.approx(0.75)
+
+
 def test_corrected_paired_ttest_and_wilcoxon():
     d = np.array([0.02, 0.05, -0.01, 0.04, 0.03, 0.06, 0.00, 0.02, 0.05, 0.01])
     ratio = 1 / 9  # 10-fold CV

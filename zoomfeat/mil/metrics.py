@@ -95,8 +95,15 @@ def multiclass_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, fl
     }
 
 
-def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean, std (ddof=1), t-based ``confidence`` interval of the mean, and n (NaNs dropped)."""
+def summarize(
+    values: Sequence[float], confidence: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0)
+) -> dict[str, float]:
+    """Mean, std (ddof=1), t-based ``confidence`` interval of the mean, and n (NaNs dropped).
+
+    The interval is ``mean +- t_{n-1} * std / sqrt(n)``, clipped to ``bounds`` (the metric's range:
+    every MIL metric here lies in [0, 1]; with 3-5 folds the raw t-interval of an AUC near 1 or
+    with a large spread can reach past 1 or below 0, which no AUC can). ``bounds=None``: unclipped.
+    """
     from scipy import stats
 
     x = np.asarray(values, dtype=np.float64)
@@ -115,7 +122,10 @@ def summarize(values: Sequence[float], confidence: float = 0.95) -> dict[str, fl
         return {"mean": mean, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 1}
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * std / math.sqrt(n)
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": n}
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": n}
 
 
 def corrected_paired_ttest(diffs: Sequence[float], test_train_ratio: float) -> tuple[float, float]:

@@ -96,7 +96,7 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Seq
         lines.append(f"| {fs} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Mean ± standard deviation over {n_folds} test folds, with the 95% t-interval of the mean in brackets.",
+        f"Mean ± standard deviation over {n_folds} test folds, with the 95% t-interval of the mean (clipped to [0, 1]) in brackets.",
         "",
     ]
     if len(paired):

@@ -1,7 +1,7 @@
 """The report's numbers: summary, paired and per-class tables over folds and predictions.
 
 * :func:`summary_table`: per feature set and metric, the mean over the F test folds, the sample
-  std ``s`` and the t-based 95% interval ``mean +- t_{0.975, F-1} s / sqrt(F)``
+  std ``s`` and the t-based 95% interval ``mean +- t_{0.975, F-1} s / sqrt(F)`` clipped to [0, 1]
   (:func:`zoomfeat.mil.metrics.summarize`);
 * :func:`paired_table`: each set against the baseline over the folds both ran (same slides, same
   seed): mean difference, the Nadeau-Bengio corrected resampled t-test, whose variance
