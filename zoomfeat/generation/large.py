@@ -2,6 +2,11 @@
 
 Spec sections 2.1-2.8; golden G3 (decode), G4 (joint loop), G5 (post-processing).
 
+This module holds the joint sampler and the large decode; the seam post-processing is
+``postprocess.py``, and the steps every loop shares (injected noise, tile/canvas layout, VQ round
+trips, the strided schedule, x0hat, the noise step) are ``latent_steps.py``. The maths of all of
+them is here.
+
 **Joint multi-scale sampling** (2.3; [C] loop over [R] helpers; the "inexact Newton" constrained
 sampling of [F]). A guide latent x^g at magnification index m_g (e = 2^m_g: 10x -> 2, 5x -> 4,
 2.5x -> 8, 1.25x -> 16) and N = e^2 non-overlapping 20x tiles x_n (n = r e + c, row-major) move
@@ -45,148 +50,35 @@ Tags: [R] decode, post-processing, model_pred, resizer; [C] joint loop; [I] chun
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from zoomfeat.generation.bicubic import Resizer
 from zoomfeat.generation.costs import Tracker
 from zoomfeat.generation.guidance import model_pred, pool_grid, summarize, tile_contexts
+from zoomfeat.generation.latent_steps import (
+    LATENT,
+    Noise,
+    RecordedNoise,
+    StepCoefs,
+    canvas_to_tiles,
+    decode,
+    encode,
+    noise_step,
+    per_sample_maxabs,
+    step_coefs,
+    tiles_to_canvas,
+    to_uint8,
+    window_positions,
+    x0hat,
+)
 from zoomfeat.runtime.errors import ConfigError
 
 #: guide magnification index -> grid side e (tiles per side)
 GUIDE_MAGS = {1: 2, 2: 4, 3: 8, 4: 16}
-LATENT = 64  # latent side of one tile / window
 NOISE_TERMS = ("c", "r")
-
-
-# ----------------------------------------------------------------------------------------------
-# randomness: every draw is an injectable, named argument
-
-
-class Noise:
-    """Draws named standard-normal tensors: ``noise(role, shape) -> Tensor`` (float32, on ``device``)."""
-
-    def __init__(self, generator: torch.Generator | None = None, device: str | torch.device = "cpu"):
-        self.generator = generator
-        self.device = torch.device(device)
-
-    def __call__(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
-        dev = self.generator.device if self.generator is not None else self.device
-        return torch.randn(shape, generator=self.generator, device=dev, dtype=torch.float32).to(self.device)
-
-
-class RecordedNoise(Noise):
-    """Noise from a mapping of role -> tensor (golden replay); a missing role or shape is an error."""
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor], names: Callable[[str], str] | None = None):
-        super().__init__()
-        self.tensors = tensors
-        self.names = names or (lambda r: r)
-
-    def __call__(self, role: str, shape: tuple[int, ...]) -> torch.Tensor:
-        key = self.names(role)
-        if key not in self.tensors:
-            raise KeyError(f"no recorded noise for {role!r} (looked up {key!r})")
-        t = self.tensors[key].float()
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"recorded noise {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-        return t
-
-
-# ----------------------------------------------------------------------------------------------
-# layout helpers
-
-
-def tiles_to_canvas(x: torch.Tensor, e: int) -> torch.Tensor:
-    """``(b p1 p2) c h w -> b c (p1 h) (p2 w)``: tile n = r e + c goes to grid cell (r, c)."""
-    n, c, h, w = x.shape
-    b = n // (e * e)
-    return x.reshape(b, e, e, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(b, c, e * h, e * w)
-
-
-def canvas_to_tiles(x: torch.Tensor, e: int) -> torch.Tensor:
-    """Inverse of :func:`tiles_to_canvas`."""
-    b, c, hh, ww = x.shape
-    h, w = hh // e, ww // e
-    return x.reshape(b, c, e, h, e, w).permute(0, 2, 4, 1, 3, 5).reshape(b * e * e, c, h, w)
-
-
-def window_positions(h: int, w: int, window: int = LATENT, stride: int = 16) -> list[tuple[int, int]]:
-    """Top-left corners (i, j), row-major over i then j: ``range(0, H - window + 1, stride)``."""
-    if h < window or w < window or h % stride or w % stride:
-        raise ConfigError(
-            f"a large latent must be at least {window} px and a multiple of {stride}, got {h}x{w}"
-        )
-    return [(i, j) for i in range(0, h - window + 1, stride) for j in range(0, w - window + 1, stride)]
-
-
-def per_sample_maxabs(x: torch.Tensor) -> torch.Tensor:
-    """The per-sample infinity norm [B, 1, 1, 1] (no epsilon, as the official code)."""
-    return x.abs().amax(dim=tuple(range(1, x.ndim)), keepdim=True)
-
-
-def decode(model, z: torch.Tensor, tracker: Tracker | None = None) -> torch.Tensor:
-    if tracker is not None:
-        tracker.decode(z.shape[0])
-    with torch.no_grad():
-        return model.decode(z, quantize=True).float()
-
-
-def encode(model, img: torch.Tensor, tracker: Tracker | None = None) -> torch.Tensor:
-    if tracker is not None:
-        tracker.encode(img.shape[0])
-    with torch.no_grad():
-        return model.encode(img).float()
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] by truncation, as the official code."""
-    x = torch.clamp((img.float() + 1.0) / 2.0, 0.0, 1.0)
-    return (x * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-# ----------------------------------------------------------------------------------------------
-# schedule of the large-image loops
-
-
-@dataclass(frozen=True)
-class StepCoefs:
-    t: int
-    at: torch.Tensor  # abar[t-1]
-    ap: torch.Tensor  # abar[max(t-1-stride, 0)]
-    bt: torch.Tensor  # beta[t-1] (1 - ap) / (1 - at)
-
-
-def step_coefs(model, t0: int, stride: int) -> list[StepCoefs]:
-    """The large-image schedule t = t0, t0 - stride, ..., > 0 with the official t-1 indexing."""
-    if not (0 < stride <= t0 <= model.schedule.timesteps):
-        raise ConfigError(f"need 0 < stride <= t0 <= {model.schedule.timesteps}, got t0={t0} stride={stride}")
-    ac = model.schedule.alphas_cumprod.detach().cpu().float()
-    betas = model.schedule.betas.detach().cpu().float()
-    out = []
-    for t in range(t0, 0, -stride):
-        at, ap = ac[t - 1], ac[max(t - 1 - stride, 0)]
-        out.append(StepCoefs(t, at, ap, betas[t - 1] * (1 - ap) / (1 - at)))
-    return out
-
-
-def x0hat(x: torch.Tensor, eps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """x / sqrt(abar_t) - eps sqrt((1 - abar_t) / abar_t) (float32)."""
-    at = at.to(x.device)
-    return x / at.sqrt() - eps * ((1 - at) / at).sqrt()
-
-
-def noise_step(
-    x0: torch.Tensor, eps: torch.Tensor, z: torch.Tensor, c: StepCoefs, noise_term: str
-) -> torch.Tensor:
-    """sqrt(abar_p) x0 + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z."""
-    ap, bt = c.ap.to(x0.device), c.bt.to(x0.device)
-    dir_coef = (1 - ap).sqrt() if noise_term == "c" else (1 - ap - bt).sqrt()
-    return ap.sqrt() * x0 + dir_coef * eps + bt.sqrt() * z
 
 
 # ----------------------------------------------------------------------------------------------
@@ -417,6 +309,8 @@ def joint_sample(
     return JointResult(tiles=x, guide=xg, e=e)
 
 
+# Noise, RecordedNoise and the layout helpers live in latent_steps.py; they stay importable from
+# here, where tests/generation imports them.
 __all__ = [
     "GUIDE_MAGS",
     "JointOptions",

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from zoomfeat.generation.costs import Tracker
-from zoomfeat.generation.large import decode, to_uint8
+from zoomfeat.generation.latent_steps import decode, to_uint8
 from zoomfeat.runtime.errors import ConfigError, InputError
 from zoomfeat.runtime.units import MPP_20X, TILE_PX
 

@@ -14,7 +14,7 @@ import torch
 
 from zoomfeat.generation.costs import Tracker
 from zoomfeat.generation.guidance import model_pred, summarize
-from zoomfeat.generation.large import (
+from zoomfeat.generation.latent_steps import (
     LATENT,
     Noise,
     canvas_to_tiles,

@@ -40,16 +40,8 @@ import torch
 from zoomfeat.generation.bicubic import Resizer
 from zoomfeat.generation.costs import Tracker
 from zoomfeat.generation.guidance import standardise, tile_contexts, unet_eps
-from zoomfeat.generation.large import (
-    JointOptions,
-    Noise,
-    canvas_to_tiles,
-    constrained_tiles,
-    encode,
-    guide_grid_side,
-    noise_step,
-    step_coefs,
-)
+from zoomfeat.generation.large import JointOptions, constrained_tiles, guide_grid_side
+from zoomfeat.generation.latent_steps import Noise, canvas_to_tiles, encode, noise_step, step_coefs
 from zoomfeat.runtime.errors import ConfigError, InputError
 
 #: magnification indices super-resolution accepts (e <= 8)

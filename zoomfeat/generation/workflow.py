@@ -197,7 +197,7 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     planned = sum(c.unet for _, c in stages) + sum(c.dit for _, c in stages)
     tracker = costs.Tracker(total=planned, progress=gc.progress, desc=f"{gc.mode}: model evals")
     gen = torch.Generator().manual_seed(int(gc.seed))
-    from zoomfeat.generation.large import Noise
+    from zoomfeat.generation.latent_steps import Noise
 
     noise = Noise(gen, device)
     model = _load_models(gc, device)
@@ -293,13 +293,8 @@ def _post(gc, model, device, tiles, grid, noise, tracker):
 
 
 def _run_large(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
-    from zoomfeat.generation.large import (
-        decode,
-        decode_large,
-        joint_sample,
-        tiles_to_canvas,
-        to_uint8,
-    )
+    from zoomfeat.generation.large import decode_large, joint_sample
+    from zoomfeat.generation.latent_steps import decode, tiles_to_canvas, to_uint8
     from zoomfeat.generation.patch import Region, reference_patch, region_ssl_grid
 
     slide = _open_slide(gc)
@@ -349,7 +344,8 @@ def _load_image(path: str, size: int) -> np.ndarray:
 
 
 def _run_superres(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
-    from zoomfeat.generation.large import JointOptions, decode_large, tiles_to_canvas
+    from zoomfeat.generation.large import JointOptions, decode_large
+    from zoomfeat.generation.latent_steps import tiles_to_canvas
     from zoomfeat.generation.patch import Region, reference_patch
     from zoomfeat.generation.superres import (
         InversionOptions,
