@@ -25,8 +25,15 @@ EXTRA = [
     {"pooling": "meanmax"},
     {"timestep": 50, "taps": ["output_blocks.2"], "pooling": "grid2"},
     {"timestep": 50, "taps": ["middle_block"], "ensemble": 2, "name": "t50-mid-e2"},
+    {"taps": ["middle_block"], "cond_px": 256},  # UNI at the native 256 px tile: its own embedding job
 ]
-NAMES = ["zoomldm", "zoomldm-t200-mid-out4-meanmax", "zoomldm-t50-out2-grid2", "t50-mid-e2"]
+NAMES = [
+    "zoomldm",
+    "zoomldm-t200-mid-out4-meanmax",
+    "zoomldm-t50-out2-grid2",
+    "t50-mid-e2",
+    "zoomldm-t200-mid-c256",
+]
 
 
 def _quiet(fn, *args, **kwargs):
@@ -172,6 +179,12 @@ def test_each_recipe_of_a_multi_recipe_pass_equals_its_single_recipe_run(
             assert a.attrs["config_hash"] == b.attrs["config_hash"] == ex.families[name].hash
     # the recipes do differ (the comparison above could not pass by accident)
     f = {n: open_bag(bag_path(out, f"{n}_20x", "det_b")).features for n in NAMES}
+    # cond_px 256 runs the conditioning encoder a second time, on the unresized tile (job cond@256),
+    # while cond_px 224 reuses the uni family's embeddings; the conditioning changes the features
+    # (weakly in the random tiny model: measured 4.9e-4; 1e-5 is ~100 ulp at |f| ~ 1, far above rounding)
+    assert ex.models.jobs == ["uni", "cond@256"] and ex.models.cond_job(224) == "uni"
+    c1 = ex.models.tap_dims["middle_block"]
+    assert np.abs(f["zoomldm-t200-mid-c256"] - f["zoomldm"][:, :c1]).max() > 1e-5
     # meanmax = per tap [mean, max]: its mean parts are the default recipe's features (one forward)
     c1, c2 = ex.models.tap_dims["middle_block"], ex.models.tap_dims["output_blocks.4"]
     mm, mean = f["zoomldm-t200-mid-out4-meanmax"], f["zoomldm"]
