@@ -13,7 +13,9 @@
   dict holds only what decides an encoder bag (:data:`~zoomfeat.features.recipes.ENCODER_RECIPE_KEYS`:
   encoder, weights identity, tiling, tissue, MPP, precision, lattice), so changing the timestep or
   adding a recipe never invalidates it. A ``uni_*`` bag of the previous version, which stores the
-  full recipe, matches when its stored recipe agrees on all of those keys.
+  full recipe and its hash, is *outdated* when its stored recipe agrees on all of those keys: the
+  family is recomputed without complaint (not kept, so a set's bags never mix two hashes, which the
+  benchmark refuses); when it disagrees, it is a mismatch like any other.
 
 The two coords files carry a ``grid_hash`` of the tiling settings
 (:data:`~zoomfeat.features.recipes.GRID_RECIPE_KEYS`; files of the previous version match when
@@ -72,8 +74,13 @@ class Family:
 
     def matches(self, attrs: dict[str, Any]) -> bool:
         """Whether a bag with file attributes ``attrs`` belongs to this family's config."""
-        if attrs.get("config_hash") == self.hash:
-            return True
+        return attrs.get("config_hash") == self.hash
+
+    def outdated(self, attrs: dict[str, Any]) -> bool:
+        """Whether a bag is an encoder bag of the previous version with this very encoder config:
+        it stored the whole recipe and its hash, and agrees on :data:`ENCODER_RECIPE_KEYS`. Such a
+        family is recomputed (encoders are cheap next to ZoomLDM) rather than refused, and never
+        kept beside new bags: one set's bags must share one hash for the benchmark."""
         return self.kind == "encoder" and _legacy_agrees(attrs, self.spec, ENCODER_RECIPE_KEYS)
 
 
@@ -190,7 +197,9 @@ def plan_slide(out_dir: str | Path, slide_id: str, tile_px: int, families: dict[
     for name, fam in families.items():
         paths = slide_outputs(out_dir, slide_id, tile_px, sets=fam.sets, coords=False)
         st = inspect_files(paths, fam.matches, ("features", "coords"))
-        if st.state == "mismatch":
+        if st.state == "mismatch" and all(fam.matches(a) or fam.outdated(a) for a in st.attrs.values()):
+            st = OutputsState("outdated", "written by the previous version (same encoder config): recomputed")
+        elif st.state == "mismatch":
             bad = next(a for a in st.attrs.values() if not fam.matches(a))
             keys = None if fam.kind == "recipe" else ENCODER_RECIPE_KEYS
             st.detail = recipe_diff(bad, fam.hash, fam.spec, keys)

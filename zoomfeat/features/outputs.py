@@ -41,7 +41,9 @@ class OutputsState:
 
     ``state``: ``"complete"`` (every file intact with this config), ``"absent"``, ``"partial"``
     (some intact files with this config, none damaged), ``"damaged"`` (some file cannot be read or
-    lacks its completeness mark: recompute) or ``"mismatch"`` (an intact file from another config).
+    lacks its completeness mark: recompute), ``"mismatch"`` (an intact file from another config) or
+    ``"outdated"`` (files of the previous version with this config: recompute, see
+    :mod:`zoomfeat.features.families`).
     """
 
     state: str
