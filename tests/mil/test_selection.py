@@ -216,3 +216,17 @@ def test_selection_settings_are_checked(cohort, tmp_path):
     plan = NestedSelection.plan(_config(cohort, tmp_path), [BASELINE, HONEST])
     assert plan.candidates == [PLANTED, HONEST]  # the glob expanded in sorted order
     assert plan.feature_sets([BASELINE, HONEST]) == [BASELINE, HONEST, PLANTED]  # each set once
+
+
+def test_a_fold_where_a_candidate_was_not_scored_is_left_out_with_a_warning():
+    """A candidate skipped in a fold (no usable bags there) leaves that fold out of the selected
+    row; the user is told, since the row's paired tests then run on fewer folds."""
+    from zoomfeat.mil.bagset import BenchWarning
+
+    sel = NestedSelection(["a_fused", "b_fused"])
+    sel.val = {(0, 0): {"a_fused": {"auc": 0.7}, "b_fused": {"auc": 0.9}}, (0, 1): {"a_fused": {"auc": 0.8}}}
+    with pytest.warns(
+        BenchWarning, match=r"repeat 0 fold 1: b_fused not scored .* left out of the selected row"
+    ):
+        assert sel.choices() == {(0, 0): "b_fused"}
+    assert sel.choices() is sel.choices()  # computed once

@@ -99,6 +99,7 @@ class NestedSelection:
         self.metric, self.name, self.amp = metric, name, amp
         #: (repeat, fold) -> candidate -> {metric: validation value}
         self.val: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
+        self._choices: dict[tuple[int, int], str] | None = None  # choices(), once computed
 
     @classmethod
     def plan(cls, cfg: BenchmarkConfig, feature_sets: Sequence[str]) -> NestedSelection:
@@ -151,12 +152,25 @@ class NestedSelection:
             raise InputError(f"selection: {fs} repeat {repeat} fold {fold} has no validation bags to score")
         scores = validation_scores(model, feeder, val_idx, self.amp)
         self.val.setdefault((int(repeat), int(fold)), {})[fs] = scores
+        self._choices = None  # choices() is computed once the scores are in
 
     def choices(self) -> dict[tuple[int, int], str]:
-        """(repeat, fold) -> the chosen candidate, for every fold all candidates were scored on."""
+        """(repeat, fold) -> the chosen candidate, for every fold all candidates were scored on (a fold
+        where a candidate could not be trained is left out of the selected row, with a warning)."""
+        if self._choices is not None:
+            return self._choices
         out = {}
         for key, per_set in sorted(self.val.items()):
-            if all(c in per_set for c in self.candidates):
+            missing = [c for c in self.candidates if c not in per_set]
+            if missing:
+                warnings.warn(
+                    f"selection: repeat {key[0]} fold {key[1]}: {', '.join(missing)} not scored (no usable "
+                    f"training or test bags in this fold); the fold is left out of the {self.name} row, so its "
+                    "paired tests use the other folds only",
+                    BenchWarning,
+                    stacklevel=2,
+                )
+            else:
                 out[key] = choose_candidate({c: per_set[c][self.metric] for c in self.candidates})
                 if all(math.isnan(per_set[c][self.metric]) for c in self.candidates):
                     warnings.warn(
@@ -165,6 +179,7 @@ class NestedSelection:
                         BenchWarning,
                         stacklevel=2,
                     )
+        self._choices = out
         return out
 
     def table(self) -> pd.DataFrame:
