@@ -30,6 +30,13 @@ SETS = {
         "taps": '["middle_block"]',
         "pooling": "meanmax",
     },
+    # UNI at 256 px: the zoomldm_fused cell's settings otherwise, so a panel of its own
+    "zoomldm-t200-mid-c256_fused": {
+        "recipe_name": "zoomldm-t200-mid-c256",
+        "timestep": 200,
+        "taps": '["middle_block"]',
+        "cond_px": 256,
+    },
     # bags that do not name their family: same cell, so each gets its own panel
     "legacy_a": {"timestep": 300, "taps": '["middle_block"]'},
     "legacy_b": {"timestep": 300, "taps": '["middle_block"]'},
@@ -42,6 +49,7 @@ AUC = {
     "zoomldm-t50-mid-out4_fused": [0.90, 0.92, 0.88, 0.94],
     "zoomldm-t50-mid_fused": [0.81, 0.83, 0.79, 0.85],
     "zoomldm-t200-mid-meanmax_fused": [0.50, 0.55, 0.60, 0.65],
+    "zoomldm-t200-mid-c256_fused": [0.72, 0.78, 0.74, 0.80],
     "legacy_a": [0.7, 0.7, 0.7, 0.7],
     "legacy_b": [0.6, 0.6, 0.6, 0.6],
     "uni_fused": [0.9, 0.9, 0.9, 0.9],
@@ -80,6 +88,7 @@ def test_read_recipe_from_bag_attributes(sources, tmp_path):
         "taps": ("middle_block", "output_blocks.4"),
         "pooling": "mean",  # the default when the bags do not say
         "ensemble": 1,
+        "cond_px": 224,  # the default when the bags do not say
     }
     assert read_recipe("zoomldm-t200-mid-meanmax_fused", sources["zoomldm-t200-mid-meanmax_fused"])[
         "pooling"
@@ -93,7 +102,7 @@ def test_read_recipe_from_bag_attributes(sources, tmp_path):
 
 def test_table_means_cis_and_choice_counts(sources):
     table = recipes_table(_folds(), sources, {"zoomldm-t50-mid-out4_fused": 3, "zoomldm_fused": 1}, 4)
-    assert "uni_fused" not in set(table["feature_set"]) and len(table) == 7
+    assert "uni_fused" not in set(table["feature_set"]) and len(table) == 8
     row = table.set_index("feature_set").loc["zoomldm-t50-mid-out4_fused"]
     vals = np.array(AUC["zoomldm-t50-mid-out4_fused"])
     mean, sd = vals.sum() / 4, math.sqrt(((vals - vals.sum() / 4) ** 2).sum() / 3)
@@ -105,8 +114,10 @@ def test_table_means_cis_and_choice_counts(sources):
     assert row["taps"] == '["middle_block", "output_blocks.4"]' and row["suffix"] == "fused"
     legacy = table.set_index("feature_set").loc[["legacy_a", "legacy_b"], "suffix"].tolist()
     assert legacy == ["legacy_a", "legacy_b"]  # same cell: a panel each
-    panels = table.groupby(["suffix", "pooling", "ensemble"]).ngroups
-    assert panels == 5  # fused/mean, 20x/mean, fused/meanmax, legacy_a, legacy_b
+    c256 = table.set_index("feature_set").loc["zoomldm-t200-mid-c256_fused"]
+    assert (c256["cond_px"], c256["suffix"]) == (256, "fused")  # not a clash: cond_px tells the cells apart
+    panels = table.groupby(["suffix", "pooling", "ensemble", "cond_px"]).ngroups
+    assert panels == 6  # fused/mean/224, fused/mean/256, 20x/mean, fused/meanmax, legacy_a, legacy_b
 
 
 def test_heatmap_files(sources, tmp_path):
@@ -114,7 +125,7 @@ def test_heatmap_files(sources, tmp_path):
     csv = pd.read_csv(paths["recipes_heatmap_csv"])
     assert set(csv["feature_set"]) == set(SETS) - {"uni_fused"}
     with Image.open(paths["recipes_heatmap"]) as im:
-        assert im.format == "PNG" and im.width > im.height  # five panels: 3 across, 2 down
+        assert im.format == "PNG" and im.width > im.height  # six panels: 3 across, 2 down
     assert (
         write_recipes_heatmap(tmp_path / "none", _folds(), {"uni_fused": sources["uni_fused"]}, {}, 4) == {}
     )

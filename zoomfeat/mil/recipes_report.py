@@ -7,7 +7,7 @@ A recipe family's bags record the recipe as file attributes (``zoomfeat.extract`
 :mod:`zoomfeat.mil.provenance` checks every bag shares the config hash); names are never parsed.
 
 The heatmap has one panel per *group*, the recipe entries a cell does not show: (set suffix,
-pooling, ensemble). In a panel, rows are tap lists and columns timesteps; a cell is a candidate's
+pooling, ensemble, UNI input size). In a panel, rows are tap lists and columns timesteps; a cell is a candidate's
 test AUC over the outer folds, ``mean [lo, hi]`` with the t-based 95% interval of the fold mean
 (:func:`zoomfeat.mil.metrics.summarize`, as ``summary.csv``), and ``chosen n/N`` when nested
 selection picked it in n of the N folds (those cells are outlined). A cell is an insight into
@@ -39,6 +39,7 @@ HEATMAP_COLUMNS = (
     "suffix",
     "pooling",
     "ensemble",
+    "cond_px",
     "taps",
     "timestep",
     "auc_mean",
@@ -66,8 +67,9 @@ def read_recipe(feature_set: str, source: Path) -> dict[str, Any] | None:
     no ``timestep``/``taps``: not a ZoomLDM recipe).
 
     Returns:
-        ``{"recipe_name", "suffix", "timestep", "taps" (tuple), "pooling", "ensemble"}``;
-        ``pooling`` defaults to ``mean``, ``ensemble`` to 1, ``recipe_name`` to the set's own name
+        ``{"recipe_name", "suffix", "timestep", "taps" (tuple), "pooling", "ensemble", "cond_px"}``;
+        ``pooling`` defaults to ``mean``, ``ensemble`` to 1, ``cond_px`` to 224 (bags of earlier
+        versions), ``recipe_name`` to the set's own name
         (suffix ``""``) when the bags do not record them.
     """
     source = Path(source)
@@ -88,6 +90,7 @@ def read_recipe(feature_set: str, source: Path) -> dict[str, Any] | None:
         "taps": _taps(attrs["taps"]),
         "pooling": str(attrs.get("pooling", "mean")),
         "ensemble": int(attrs.get("ensemble", 1)),
+        "cond_px": int(attrs.get("cond_px", 224)),
     }
 
 
@@ -127,7 +130,7 @@ def recipes_table(
     table = pd.DataFrame(rows, columns=list(HEATMAP_COLUMNS))
     if len(table):
         # candidates that would share a cell of one panel each get a panel of their own
-        key = ["suffix", "pooling", "ensemble", "taps", "timestep"]
+        key = ["suffix", "pooling", "ensemble", "cond_px", "taps", "timestep"]
         clash = table.duplicated(key, keep=False)
         table.loc[clash, "suffix"] = table.loc[clash, "feature_set"]
     return table
@@ -142,14 +145,14 @@ def _cell_text(row: pd.Series) -> str:
 
 
 def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
-    """Draw :func:`recipes_table` as one heatmap panel per (suffix, pooling, ensemble)."""
+    """Draw :func:`recipes_table` as one heatmap panel per (suffix, pooling, ensemble, cond_px)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    groups = list(table.groupby(["suffix", "pooling", "ensemble"], sort=True))
+    groups = list(table.groupby(["suffix", "pooling", "ensemble", "cond_px"], sort=True))
     n_rows = max(g["taps"].nunique() for _, g in groups)
     n_cols = max(g["timestep"].nunique() for _, g in groups)
     across = min(PANELS_ACROSS, len(groups))
@@ -165,7 +168,7 @@ def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "")
         ax.set_axis_off()
     cmap = matplotlib.colormaps["YlGnBu"].with_extremes(bad="#eeeeee")  # grey: no such candidate
     image = None
-    for ax, ((suffix, pooling, ensemble), g) in zip(axes.flat, groups):
+    for ax, ((suffix, pooling, ensemble, cond_px), g) in zip(axes.flat, groups):
         taps = sorted(g["taps"].unique(), key=lambda t: (len(json.loads(t)), t))
         steps = sorted(g["timestep"].unique())
         grid = np.full((len(taps), len(steps)), np.nan)
@@ -188,7 +191,8 @@ def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "")
         ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=8)
         ax.set_yticks(range(len(taps)), [" + ".join(json.loads(t)) for t in taps], fontsize=8)
         ax.set_xlabel("timestep t", fontsize=8)
-        ax.set_title(f"{suffix or 'set'} · pooling {pooling} · ensemble {ensemble}", fontsize=9)
+        cond = f" · UNI at {cond_px} px" if int(cond_px) != 224 else ""
+        ax.set_title(f"{suffix or 'set'} · pooling {pooling} · ensemble {ensemble}{cond}", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="test AUC (mean over folds)")
     fig.get_layout_engine().set(h_pad=0.15)
