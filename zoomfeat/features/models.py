@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.features.recipes import COND_PX, DEFAULT_FAMILY, POOLINGS, Recipe, forward_groups
+from zoomfeat.features.recipes import POOLINGS, Recipe, forward_groups
 from zoomfeat.runtime.device import autocast
 from zoomfeat.runtime.errors import ConfigError
 
@@ -133,30 +133,16 @@ def pool(act: torch.Tensor, pooling: str) -> torch.Tensor:
     raise ConfigError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
 
 
-def default_recipes(cfg: ExtractConfig) -> list[Recipe]:
-    """The one recipe of ``cfg.features`` (family ``zoomldm``)."""
-    f = cfg.features
-    return [
-        Recipe(
-            DEFAULT_FAMILY,
-            int(f.timestep),
-            tuple(f.taps),
-            int(f.ensemble),
-            str(getattr(f, "pooling", "mean")),
-            int(getattr(f, "cond_px", 224)),
-        )
-    ]
-
-
 class FeatureModels:
     """The models of one pass on one device: ZoomLDM (when there are recipes) and the encoders.
 
     Args:
         cfg: the configuration (model, conditioning encoder, weights, precision, compile).
         device: where the models run.
-        recipes: the ZoomLDM recipes (None: :func:`default_recipes`; empty: ZoomLDM is not loaded).
-        encoder_families: ``{bag family: encoder registry name}`` (None: ``{"uni": cfg.encoder.name}``,
-            today's ``uni_*`` bags). Weights: ``cfg.encoder.checkpoint`` for the conditioning encoder,
+        recipes: the ZoomLDM recipes (None: the config's, ``cfg.recipes()``, validated there; empty:
+            ZoomLDM is not loaded).
+        encoder_families: ``{bag family: encoder registry name}`` (None: the config's,
+            ``cfg.encoder_families()``; by default ``{"uni": cfg.encoder.name}``, today's ``uni_*`` bags). Weights: ``cfg.encoder.checkpoint`` for the conditioning encoder,
             ``cfg.encoder_checkpoints[name]`` (when the config has it) for the others, else the
             registry's hub id.
 
@@ -178,17 +164,8 @@ class FeatureModels:
         encoder_families: dict[str, str] | None = None,
     ) -> None:
         self.cfg, self.device, self.precision = cfg, device, cfg.precision
-        self.recipes = list(default_recipes(cfg) if recipes is None else recipes)
-        self.encoder_families = dict(
-            {"uni": cfg.encoder.name} if encoder_families is None else encoder_families
-        )
-        for r in self.recipes:
-            if r.cond_px not in COND_PX:
-                raise ConfigError(f"recipe {r.name}: cond_px must be one of {COND_PX}, got {r.cond_px}")
-            if r.pooling not in POOLINGS:
-                raise ConfigError(
-                    f"recipe {r.name}: pooling must be one of {', '.join(POOLINGS)}, got {r.pooling!r}"
-                )
+        self.recipes = list(cfg.recipes() if recipes is None else recipes)
+        self.encoder_families = dict(cfg.encoder_families() if encoder_families is None else encoder_families)
         from zoomfeat.encoders import EMBED_DIM
 
         self._used: set[tuple] = set()  # cache keys of this pass's models
