@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from zoomfeat.bags import write_bag, write_patches
-from zoomfeat.features.outputs import output_state, recipe_diff, set_attrs
+from zoomfeat.features.outputs import inspect_files, recipe_diff, set_attrs
 from zoomfeat.features.writer import slide_outputs
 
 COORDS = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
@@ -23,20 +23,27 @@ def _write(path, config_hash, recipe=RECIPE):
         write_bag(path, np.ones((1, 4)), np.zeros((1, 2)), COORDS, attrs)
 
 
-def test_states_of_a_slides_outputs(tmp_path):
+def test_states_of_a_group_of_output_files(tmp_path):
     paths = slide_outputs(tmp_path, "s")
-    assert output_state(paths, "h1", RECIPE) == ("absent", "")
+
+    def state(h):
+        return inspect_files(paths, lambda a: a.get("config_hash") == h)
+
+    assert state("h1").state == "absent"
     names = list(paths)
     _write(paths[names[0]], "h1")
-    assert output_state(paths, "h1", RECIPE) == ("partial", "")
+    assert state("h1").state == "partial"
     for name in names[1:]:
         _write(paths[name], "h1")
-    assert output_state(paths, "h1", RECIPE) == ("complete", "")
-    state, detail = output_state(paths, "h2", {**RECIPE, "timestep": 300})
-    assert state == "mismatch" and detail == "timestep: 200 -> 300"
+    st = state("h1")
+    assert (
+        st.state == "complete" and set(st.attrs) == set(names) and st.attrs[names[0]]["config_hash"] == "h1"
+    )
+    assert state("h2").state == "mismatch"  # the detail is recipe_diff's (below)
     paths[names[1]].write_bytes(b"not hdf5")  # unreadable: damaged, named, recomputed
-    state, detail = output_state(paths, "h1", RECIPE)
-    assert state == "damaged" and str(paths[names[1]]) in detail and "cannot be read" in detail
+    st = state("h1")
+    assert st.state == "damaged" and str(paths[names[1]]) in st.detail and "cannot be read" in st.detail
+    assert [p for p, _ in st.damaged] == [paths[names[1]]]
 
 
 def test_recipe_diff_names_each_changed_key_or_the_foreign_writer():

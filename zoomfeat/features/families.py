@@ -132,7 +132,7 @@ class SlidePlan:
 
     Attributes:
         families: ``{family: OutputsState}`` (``complete`` / ``absent`` / ``partial`` / ``damaged``
-            / ``mismatch``, as :func:`~zoomfeat.features.outputs.inspect_outputs`).
+            / ``mismatch`` / ``outdated``, as :func:`~zoomfeat.features.outputs.inspect_files`).
         coords: ``{20: state, 5: state}`` of the two coords files.
         attrs: attributes of every intact file (for the slide identity check).
     """

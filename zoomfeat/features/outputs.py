@@ -94,29 +94,6 @@ def inspect_files(
     return state
 
 
-def inspect_outputs(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> OutputsState:
-    """The :class:`OutputsState` of outputs that all carry one config hash (:func:`inspect_files`);
-    a mismatch's detail lists the recipe keys that differ.
-
-    Args:
-        paths: ``{output name: final path}`` (:func:`~zoomfeat.features.writer.slide_outputs`).
-        config_hash: the hash of this run's recipe; recipe: that recipe (for the diff).
-    """
-    state = inspect_files(paths, lambda a: a.get("config_hash") == config_hash)
-    if state.state == "mismatch":
-        bad = next(a for a in state.attrs.values() if a.get("config_hash") != config_hash)
-        state.detail = recipe_diff(bad, config_hash, recipe)
-    return state
-
-
-def output_state(paths: Mapping[str, Path], config_hash: str, recipe: Mapping[str, Any]) -> tuple[str, str]:
-    """(``"complete"`` | ``"absent"`` | ``"partial"`` | ``"damaged"`` | ``"mismatch"``, detail) of a
-    slide's existing outputs (see :func:`inspect_outputs`); the detail of a mismatch lists the recipe
-    keys that differ, that of ``damaged`` the files and what is wrong with them."""
-    st = inspect_outputs(paths, config_hash, recipe)
-    return st.state, st.detail
-
-
 def slide_identity_attrs(identity: Mapping[str, Any]) -> dict[str, Any]:
     """The bag attributes of a slide identity (:meth:`zoomfeat.slide.Slide.identity`)."""
     return {

@@ -25,6 +25,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from zoomfeat.bags import SET_SUFFIX_MAG
+
 #: pooling of one tap's (C, h, w) activation -> its output width is ``POOL_WIDTH[p] * C``
 #: mean: global average (DIFT/DDAE-style global descriptors); max: global max; meanmax: both,
 #: concatenated (mean first); grid2: the means of the 2x2 spatial quadrants, row-major (a coarse
@@ -108,7 +110,7 @@ def forward_groups(recipes: list[Recipe]) -> dict[tuple[int, int], list[Recipe]]
 # ------------------------------------------------------------------------------------------------
 
 #: the suffixes of a family's three bag sets (20x tile, 5x parent, concat(20x, its 5x parent))
-SET_SUFFIXES = ("_20x", "_5x", "_fused")
+SET_SUFFIXES = tuple(SET_SUFFIX_MAG)  # ("_20x", "_5x", "_fused")
 #: the family name of the conditioning encoder's bags when ``encoders`` is not given (today's uni_*)
 CONDITIONING_FAMILY = "uni"
 #: the recipe fields a partial recipe (``features.recipes`` entry) or a sweep axis may set
