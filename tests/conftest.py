@@ -16,13 +16,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _first_existing(*candidates: Path) -> Path | None:
-    for c in candidates:
-        if c.exists():
-            return c
-    return None
-
-
 @pytest.fixture
 def one_thread():
     """One torch CPU thread for the test, the previous count restored after it (not autouse: a
@@ -38,13 +31,10 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def golden_dir() -> Path:
-    """The official-format tiny checkpoint and outputs (tests/data/golden, else ../shared/golden)."""
-    found = _first_existing(
-        TESTS / "data" / "golden" / "zoomldm_tiny.ckpt",
-        REPO.parent / "shared" / "golden" / "zoomldm_tiny.ckpt",
-    )
-    if found is None:
-        pytest.fail("golden files missing: expected tests/data/golden/ or ../shared/golden/")
+    """The official-format tiny checkpoint and outputs, carried by the repository (tests/data/golden)."""
+    found = TESTS / "data" / "golden" / "zoomldm_tiny.ckpt"
+    if not found.is_file():
+        pytest.fail("golden files missing: expected tests/data/golden/zoomldm_tiny.ckpt")
     return found.parent
 
 

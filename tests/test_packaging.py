@@ -27,8 +27,8 @@ def test_wheel_contains_configs_and_all_subpackages(tmp_path):
     )
     (wheel,) = tmp_path.glob("zoomfeat-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for yaml in sorted((REPO / "conf").rglob("*.yaml")):
-        assert f"zoomfeat/conf/{yaml.relative_to(REPO / 'conf').as_posix()}" in names, yaml
+    for yaml in sorted((REPO / "zoomfeat" / "conf").rglob("*.yaml")):
+        assert f"zoomfeat/conf/{yaml.relative_to(REPO / 'zoomfeat' / 'conf').as_posix()}" in names, yaml
     for init in sorted((REPO / "zoomfeat").rglob("*.py")):
         assert f"zoomfeat/{init.relative_to(REPO / 'zoomfeat').as_posix()}" in names, init
     assert "zoomfeat/data/CMU-1-Small-Region.svs" in names
@@ -37,4 +37,4 @@ def test_wheel_contains_configs_and_all_subpackages(tmp_path):
 def test_config_dir_from_source_checkout():
     from zoomfeat.runtime.resources import config_dir
 
-    assert config_dir() == REPO / "conf"
+    assert config_dir() == REPO / "zoomfeat" / "conf"

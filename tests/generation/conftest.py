@@ -21,14 +21,15 @@ GOLDEN_FILE = "zoomldm_tiny_generation.safetensors"
 
 @pytest.fixture(scope="session")
 def gen_golden(golden_dir: Path) -> dict[str, torch.Tensor]:
-    """The official generation outputs (G1-G7) on the tiny checkpoint (../shared/golden/generation)."""
+    """The official generation outputs (G1-G7) on the tiny checkpoint (tests/data/golden/generation).
+
+    The repository carries them: a missing file is a failure, never a skip."""
     from safetensors.torch import load_file
 
-    repo = Path(__file__).resolve().parents[2]
-    for root in (golden_dir / "generation", repo.parent / "shared" / "golden" / "generation"):
-        if (root / GOLDEN_FILE).is_file():
-            return load_file(str(root / GOLDEN_FILE))
-    pytest.skip("golden generation data missing (../shared/golden/generation)")
+    path = golden_dir / "generation" / GOLDEN_FILE
+    if not path.is_file():
+        pytest.fail(f"golden generation data missing: {path}")
+    return load_file(str(path))
 
 
 def _tiny(golden_dir: Path, ema: bool):

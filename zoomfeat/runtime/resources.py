@@ -9,19 +9,15 @@ from zoomfeat.runtime.errors import ConfigError
 
 
 def config_dir() -> Path:
-    """Directory holding ``extract.yaml``, ``model/``, ``task/`` ...
+    """Directory holding ``extract.yaml``, ``model/``, ``task/`` ...: ``zoomfeat/conf`` inside the package.
 
-    A source checkout keeps them in ``<repo>/conf``; the wheel ships the same files as the
-    package ``zoomfeat.conf`` (see ``[tool.setuptools] package-dir`` in pyproject.toml).
+    The configs are plain files of the package (package data), so a source checkout, an editable
+    install and an installed wheel all find them at a real path next to this module.
     """
-    source = Path(__file__).resolve().parents[2] / "conf"
-    if (source / "extract.yaml").is_file() or (source / "model").is_dir():
-        return source
-    try:
-        installed = Path(str(resources.files("zoomfeat.conf")))
-    except ModuleNotFoundError as err:  # pragma: no cover - broken install
-        raise FileNotFoundError("zoomfeat's config directory (conf/) is missing from this install") from err
-    return installed
+    path = Path(__file__).resolve().parents[1] / "conf"
+    if not (path / "extract.yaml").is_file():  # pragma: no cover - broken install
+        raise ConfigError(f"zoomfeat's config directory is missing from this install ({path}); reinstall zoomfeat")
+    return path
 
 
 def config_file(group: str, name: str) -> Path:
