@@ -16,7 +16,9 @@ def config_dir() -> Path:
     """
     path = Path(__file__).resolve().parents[1] / "conf"
     if not (path / "extract.yaml").is_file():  # pragma: no cover - broken install
-        raise ConfigError(f"zoomfeat's config directory is missing from this install ({path}); reinstall zoomfeat")
+        raise ConfigError(
+            f"zoomfeat's config directory is missing from this install ({path}); reinstall zoomfeat"
+        )
     return path
 
 
