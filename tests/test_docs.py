@@ -16,7 +16,7 @@ import pytest
 
 from zoomfeat.runtime.config import iter_keys
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "options.md"
 
 
 def _schemas() -> dict[str, type]:
