@@ -140,7 +140,7 @@ def bench_error(capsys, *args) -> str:
 
 def test_cli_bad_input_messages(bag_root, tmp_path, capsys):
     err = bench_error(capsys, "task=brca", f"out_dir={tmp_path / 'a'}", *SMALL)
-    assert "task 'brca' needs its bags: task.bags=DIR" in err and "brca_labels.py" in err
+    assert "task 'brca' needs its bags: task.bags=DIR" in err and "python -m zoomfeat.tasks brca" in err
     labels = pd.read_csv(bag_root / "labels.csv").rename(columns={"label": "diagnosis"})
     labels.to_csv(tmp_path / "nolabel.csv", index=False)
     err = bench_error(

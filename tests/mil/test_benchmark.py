@@ -110,7 +110,7 @@ def test_missing_bags_drop_mode_and_clear_errors(planted, tmp_path):
 
 def test_a_task_without_bags_names_what_to_pass(tmp_path):
     cfg = BenchmarkConfig(TaskSection(name="brca"), out_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"task 'brca' needs its bags: task.bags=DIR.*brca_labels.py"):
+    with pytest.raises(ConfigError, match=r"task 'brca' needs its bags: task.bags=DIR.*zoomfeat.tasks brca"):
         Benchmark(cfg).run()
 
 

@@ -1,19 +1,19 @@
-"""benchmarks/tasks/: labels CSVs for brca (GDC clinical.tsv) and hrd (TCGA HRD score table)."""
+"""zoomfeat.tasks (``python -m zoomfeat.tasks``): labels CSVs for brca (GDC clinical.tsv), hrd (TCGA
+HRD score table) and the 3-class MUSK set."""
 
+import os
+import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from zoomfeat.mil.labels import read_labels
-
-TASKS = Path(__file__).resolve().parents[2] / "benchmarks" / "tasks"
-sys.path.insert(0, str(TASKS))
-
-import brca_labels  # noqa: E402
-import hrd_labels  # noqa: E402
-import tcga_slides  # noqa: E402
+from zoomfeat.runtime.errors import InputError
+from zoomfeat.tasks import brca as brca_labels
+from zoomfeat.tasks import hrd as hrd_labels
+from zoomfeat.tasks import tcga as tcga_slides
+from zoomfeat.tasks.__main__ import main as tasks_main
 
 UUID = "B34C267B-CD4E-4CA0-8D9E-0B4D4C9D3A6B"
 
@@ -90,7 +90,7 @@ def test_brca_labels_from_gdc_clinical(tmp_path, style):
     )
     out = tmp_path / "brca_labels.csv"
     with pytest.warns(UserWarning) as record:
-        brca_labels.main(["--clinical", str(clinical), "--slides", str(slides), "--out", str(out)])
+        tasks_main(["brca", "--clinical", str(clinical), "--slides", str(slides), "--out", str(out)])
     messages = " ".join(str(w.message) for w in record)
     assert "TCGA-AA-0006" in messages and "not TCGA barcodes" in messages
     labels = pd.read_csv(out)
@@ -124,7 +124,7 @@ def test_brca_labels_slide_list_and_missing_column(tmp_path):
     pd.DataFrame({"case_submitter_id": ["TCGA-AA-0001"], "diagnosis": ["x"]}).to_csv(
         tmp_path / "bad.tsv", sep="\t", index=False
     )
-    with pytest.raises(ValueError, match=r"bad.tsv: no primary_diagnosis column"):
+    with pytest.raises(InputError, match=r"bad.tsv: no primary_diagnosis column"):
         brca_labels.build_labels(tmp_path / "bad.tsv", manifest)
 
 
@@ -161,7 +161,7 @@ def test_hrd_labels_from_xena_matrix(tmp_path):
     )
     out = tmp_path / "hrd_labels.csv"
     with pytest.warns(UserWarning, match=r"1 slide\(s\) have no HRD score.*TCGA-AA-0004"):
-        hrd_labels.main(["--scores", str(scores), "--slides", str(slides), "--out", str(out)])
+        tasks_main(["hrd", "--scores", str(scores), "--slides", str(slides), "--out", str(out)])
     labels = pd.read_csv(out)
     assert labels["hrd_score"].tolist() == [47, 10, 42]
     assert labels["label"].tolist() == ["HRD-positive", "HRD-negative", "HRD-positive"]
@@ -199,5 +199,30 @@ def test_hrd_labels_from_long_tables(tmp_path):
         "HRD-negative",
     ]
     pd.DataFrame({"sampleID": ["TCGA-AA-0001-01"], "purity": [0.5]}).to_csv(tmp_path / "bad.csv", index=False)
-    with pytest.raises(ValueError, match="no HRD score column"):
+    with pytest.raises(InputError, match="no HRD score column"):
         hrd_labels.read_scores(tmp_path / "bad.csv")
+
+
+def test_musk3_from_the_shipped_sets(tmp_path):
+    out = tmp_path / "musk3.csv"
+    assert tasks_main(["musk3", "--out", str(out)]) == out
+    table = pd.read_csv(out, header=None)
+    assert table.shape[1] == 168  # label, bag id, 166 features
+    bags = table.drop_duplicates(1)[0].value_counts().to_dict()
+    assert bags == {"musk1-negative": 45, "musk1-positive": 47, "musk2-positive": 39}
+
+
+def test_command_line_bad_input_is_one_line(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    missing = tmp_path / "clinical.tsv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoomfeat.tasks", "brca", "--clinical", str(missing), "--slides", str(tmp_path),
+         "--out", str(tmp_path / "x.csv")],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"zoomfeat tasks: error: --clinical {missing}: no such file; "
+        "download clinical.tsv of TCGA-BRCA from the GDC portal"
+    ]
+    assert not (tmp_path / "x.csv").exists()

@@ -55,8 +55,8 @@ from zoomfeat.runtime.errors import ConfigError, InputError, InputNotFoundError
 
 log = logging.getLogger(__name__)
 
-#: where the label builders of the TCGA tasks live (named in the "needs its bags" hint)
-LABEL_BUILDERS = Path(__file__).resolve().parents[2] / "benchmarks" / "tasks"
+#: tasks whose labels CSV ``python -m zoomfeat.tasks NAME`` builds (named in the "needs its bags" hint)
+LABEL_BUILDERS = ("brca", "hrd")
 
 
 @contextmanager
@@ -121,8 +121,11 @@ class Benchmark:
         """Step 1: each feature set's bag source, and the cohort (slide_id, case_id, label)."""
         task = self.task
         if not task.bags:
-            builder = LABEL_BUILDERS / f"{task.name}_labels.py"
-            hint = f" (build the labels with benchmarks/tasks/{builder.name})" if builder.is_file() else ""
+            hint = (
+                f" (build the labels with python -m zoomfeat.tasks {task.name} --help)"
+                if task.name in LABEL_BUILDERS
+                else ""
+            )
             raise ConfigError(
                 f"task {task.name!r} needs its bags: task.bags=DIR (a zoomfeat.extract output directory) "
                 f"and task.labels=CSV{hint}"

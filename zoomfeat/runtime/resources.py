@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 from zoomfeat.runtime.errors import ConfigError
@@ -31,6 +30,11 @@ def config_file(group: str, name: str) -> Path:
     return path
 
 
+def package_data(*parts: str) -> Path:
+    """Path of a file shipped in ``zoomfeat/data/`` (package data, a real file in every install)."""
+    return Path(__file__).resolve().parents[1].joinpath("data", *parts)
+
+
 def demo_slide() -> Path:
     """The built-in demo slide: CMU-1-Small-Region.svs (OpenSlide test data, CC0)."""
-    return Path(str(resources.files("zoomfeat") / "data" / "CMU-1-Small-Region.svs"))
+    return package_data("CMU-1-Small-Region.svs")

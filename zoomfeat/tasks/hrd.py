@@ -18,24 +18,21 @@ the Myriad/Telli et al. 2016 cut-off on HRD-LOH + TAI + LST). The bench task thr
 ``hrd_score`` column itself (``task.threshold``), so the threshold can change without
 rebuilding this table.
 
-    python benchmarks/tasks/hrd_labels.py --scores TCGA.HRD_withSampleID.txt --slides /data/slides --out hrd_labels.csv
+    python -m zoomfeat.tasks hrd --scores TCGA.HRD_withSampleID.txt --slides /data/slides --out hrd_labels.csv
 
 Output columns: slide_id, case_id, hrd_score, label (HRD-positive/HRD-negative), score_sample.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tcga_slides import case_id, filter_slides, list_slides, sample_id  # noqa: E402
+from zoomfeat.runtime.errors import InputError, InputNotFoundError
+from zoomfeat.tasks.tcga import case_id, filter_slides, list_slides, sample_id
 
 THRESHOLD = 42.0
 ID_COLUMNS = (
@@ -80,7 +77,7 @@ def _score(table: pd.DataFrame, path: Path) -> pd.Series:
     found = {k: next((c for c in names if c in table.columns), None) for k, names in COMPONENTS.items()}
     if all(found.values()):
         return sum(pd.to_numeric(table[c], errors="coerce") for c in found.values())
-    raise ValueError(
+    raise InputError(
         f"{path}: no HRD score column (looked for {list(SCORE_COLUMNS)}) nor all three components {dict(COMPONENTS)}; columns: {list(table.columns)[:20]}"
     )
 
@@ -89,7 +86,9 @@ def read_scores(path: str | Path) -> pd.Series:
     """HRD score per barcode (15-character sample or 12-character patient), NaNs dropped."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no HRD score table at {path}")
+        raise InputNotFoundError(
+            f"--scores {path}: no such file; download TCGA.HRD_withSampleID.txt (PanCanAtlas)"
+        )
     table = _read_table(path)
     first = table.columns[0]
     if {str(v).strip().lower() for v in table[first].dropna()} & _WIDE_ROWS:
@@ -99,11 +98,12 @@ def read_scores(path: str | Path) -> pd.Series:
         table.columns = [str(c).strip() for c in table.columns]
         id_col = "sampleID"
     else:
-        id_col = next((c for c in ID_COLUMNS if c in table.columns), None)
-        if id_col is None:
-            raise ValueError(
+        found = next((c for c in ID_COLUMNS if c in table.columns), None)
+        if found is None:
+            raise InputError(
                 f"{path}: no sample/patient id column; looked for {list(ID_COLUMNS)} (columns: {list(table.columns)[:20]})"
             )
+        id_col = found
     scores = pd.Series(
         _score(table, path).to_numpy(dtype=np.float64),
         index=table[id_col].str.strip().str.upper().str.slice(0, 15),
@@ -117,11 +117,12 @@ def read_scores(path: str | Path) -> pd.Series:
         )
         scores = scores.groupby(level=0).mean()
     if scores.empty:
-        raise ValueError(f"{path}: no numeric HRD scores")
+        raise InputError(f"{path}: no numeric HRD scores")
     return scores
 
 
 def slide_score(slide: str, scores: pd.Series, by_patient: dict[str, list[str]]) -> tuple[float, str] | None:
+    """(score, barcode it came from) of a slide: its sample's, else its patient's; None if ambiguous."""
     sample = sample_id(slide)
     if sample in scores.index:
         return float(scores[sample]), sample
@@ -138,8 +139,9 @@ def slide_score(slide: str, scores: pd.Series, by_patient: dict[str, list[str]])
 
 
 def build_labels(
-    scores_path: str | Path, slides: str | Path, threshold: float = THRESHOLD, diagnostic_only: bool = True
+    scores_path: str | Path, slides: str | Path, *, threshold: float = THRESHOLD, diagnostic_only: bool = True
 ) -> pd.DataFrame:
+    """The labels table: one row per kept slide with an HRD score (its own sample's or its patient's)."""
     scores = read_scores(scores_path)
     by_patient: dict[str, list[str]] = {}
     for barcode in scores.index:
@@ -167,37 +169,5 @@ def build_labels(
         )
     out = pd.DataFrame(rows, columns=["slide_id", "case_id", "hrd_score", "label", "score_sample"])
     if out.empty:
-        raise ValueError(f"no slide in {slides} has an HRD score in {scores_path}")
+        raise InputError(f"no slide in {slides} has an HRD score in {scores_path}")
     return out.sort_values("slide_id").reset_index(drop=True)
-
-
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument(
-        "--scores", required=True, help="TCGA.HRD_withSampleID.txt (or a per-sample/patient HRD table)"
-    )
-    ap.add_argument("--slides", required=True, help="directory of slides/bags, or a manifest / list file")
-    ap.add_argument("--out", required=True, help="labels CSV to write")
-    ap.add_argument(
-        "--threshold", type=float, default=THRESHOLD, help="HRD-positive when score >= this (default 42)"
-    )
-    ap.add_argument(
-        "--all-slides",
-        action="store_true",
-        help="keep frozen (TS/BS) slides too, not only diagnostic DX slides",
-    )
-    args = ap.parse_args(argv)
-    labels = build_labels(args.scores, args.slides, args.threshold, not args.all_slides)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    labels.to_csv(args.out, index=False)
-    counts = labels.drop_duplicates("case_id")["label"].value_counts().to_dict()
-    print(
-        f"wrote {args.out}: {len(labels)} slides, {labels['case_id'].nunique()} cases {counts} (threshold {args.threshold:g})"
-    )
-    return labels
-
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,7 @@ Real data, honest construction (documented here and in the report note):
   between the files (checked when this was built). Read the figures as a 3-class benchmark of
   the MIL machinery on real instance features, not as a chemistry result.
 
-    python benchmarks/tasks/musk3_instances.py --out musk3.csv
+    python -m zoomfeat.tasks musk3 --out musk3.csv
     python -m zoomfeat.bench task=custom task.name=musk3 task.bags=musk3.csv \
         'task.csv={label_col: 0, bag_col: 1, header: false}' feature_sets=[instances] baseline=null \
         mil.hidden=[128] mil.lr=5e-4 mil.epochs=100 mil.patience=20 mil.min_epochs=20 mil.warmup=15 mil.amp=false
@@ -22,12 +22,11 @@ Real data, honest construction (documented here and in the report note):
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from zoomfeat.mil.bagset import resolve_path
+from zoomfeat.runtime.resources import package_data
 
 CLASSES = ("musk1-negative", "musk1-positive", "musk2-positive")
 
@@ -36,7 +35,7 @@ def build(out: str | Path) -> Path:
     """Write the 3-class instance CSV (label name, bag id, 166 features; no header) to ``out``."""
     frames = []
     for name in ("musk1", "musk2"):
-        table = pd.read_csv(resolve_path(f"pkg:zoomfeat/data/mil/{name}.csv"), header=None)
+        table = pd.read_csv(package_data("mil", f"{name}.csv"), header=None)
         if name == "musk2":
             table = table[table[0] == 1]
         label = table[0].map({0: f"{name}-negative", 1: f"{name}-positive"})
@@ -49,13 +48,3 @@ def build(out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     data.to_csv(out, header=False, index=False)
     return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="CSV to write")
-    print(build(parser.parse_args().out))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,23 +17,21 @@ carcinoma, NOS" -> IDC, "Lobular carcinoma, NOS" -> ILC (change with --ductal/--
 Mixed and other histologies are left out, as are cases whose diagnosis rows disagree. Only
 diagnostic (``DX``) tumour slides are kept unless --all-slides.
 
-    python benchmarks/tasks/brca_labels.py --clinical clinical.tsv --slides /data/brca_slides --out brca_labels.csv
+    python -m zoomfeat.tasks brca --clinical clinical.tsv --slides /data/brca_slides --out brca_labels.csv
 
 Output columns: slide_id, case_id, label (IDC/ILC), primary_diagnosis.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tcga_slides import case_id, filter_slides, first_column, list_slides  # noqa: E402
+from zoomfeat.runtime.errors import InputError, InputNotFoundError
+from zoomfeat.tasks.tcga import case_id, filter_slides, first_column, list_slides
 
 DUCTAL = ("Infiltrating duct carcinoma, NOS",)
 LOBULAR = ("Lobular carcinoma, NOS",)
@@ -44,16 +42,18 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
     """``case_id, project, primary_diagnosis, classification`` rows of a GDC clinical.tsv."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no clinical table at {path}")
+        raise InputNotFoundError(
+            f"--clinical {path}: no such file; download clinical.tsv of TCGA-BRCA from the GDC portal"
+        )
     table = pd.read_csv(path, sep="\t", dtype=str, na_values=NA_VALUES, keep_default_na=True)
     case_col = first_column(
         table,
         ("case_submitter_id", "cases.submitter_id", "submitter_id", "bcr_patient_barcode"),
-        "case barcode",
-        path,
+        what="case barcode",
+        source=path,
     )
     diag_col = first_column(
-        table, ("primary_diagnosis", "diagnoses.primary_diagnosis"), "primary_diagnosis", path
+        table, ("primary_diagnosis", "diagnoses.primary_diagnosis"), what="primary_diagnosis", source=path
     )
     proj = next(
         (c for c in ("project_id", "project.project_id", "cases.project_id") if c in table.columns), None
@@ -74,6 +74,7 @@ def read_clinical(path: str | Path) -> pd.DataFrame:
 
 def case_labels(
     clinical: pd.DataFrame,
+    *,
     ductal: Sequence[str] = DUCTAL,
     lobular: Sequence[str] = LOBULAR,
     project: str | None = "TCGA-BRCA",
@@ -113,13 +114,16 @@ def case_labels(
 def build_labels(
     clinical: str | Path,
     slides: str | Path,
+    *,
     ductal: Sequence[str] = DUCTAL,
     lobular: Sequence[str] = LOBULAR,
     project: str | None = "TCGA-BRCA",
     diagnostic_only: bool = True,
 ) -> pd.DataFrame:
     """The labels table: one row per kept slide of a case with an IDC or ILC diagnosis."""
-    cases = case_labels(read_clinical(clinical), ductal, lobular, project).set_index("case_id")
+    cases = case_labels(read_clinical(clinical), ductal=ductal, lobular=lobular, project=project).set_index(
+        "case_id"
+    )
     slide_ids = filter_slides(list_slides(slides), diagnostic_only=diagnostic_only, tumour_only=True)
     rows = [
         {
@@ -133,44 +137,7 @@ def build_labels(
     ]
     out = pd.DataFrame(rows, columns=["slide_id", "case_id", "label", "primary_diagnosis"])
     if out.empty:
-        raise ValueError(f"no slide in {slides} belongs to an IDC/ILC case of {clinical}")
+        raise InputError(
+            f"no slide in {slides} belongs to an IDC/ILC case of {clinical}; check that both are TCGA-BRCA"
+        )
     return out.sort_values("slide_id").reset_index(drop=True)
-
-
-def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--clinical", required=True, help="GDC clinical.tsv of TCGA-BRCA")
-    ap.add_argument("--slides", required=True, help="directory of slides/bags, or a manifest / list file")
-    ap.add_argument("--out", required=True, help="labels CSV to write")
-    ap.add_argument("--project", default="TCGA-BRCA", help="keep rows of this project_id ('' for all)")
-    ap.add_argument(
-        "--ductal", action="append", help=f"primary_diagnosis value(s) for IDC (default {list(DUCTAL)})"
-    )
-    ap.add_argument(
-        "--lobular", action="append", help=f"primary_diagnosis value(s) for ILC (default {list(LOBULAR)})"
-    )
-    ap.add_argument(
-        "--all-slides",
-        action="store_true",
-        help="keep frozen (TS/BS) slides too, not only diagnostic DX slides",
-    )
-    args = ap.parse_args(argv)
-    labels = build_labels(
-        args.clinical,
-        args.slides,
-        args.ductal or DUCTAL,
-        args.lobular or LOBULAR,
-        args.project or None,
-        not args.all_slides,
-    )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    labels.to_csv(args.out, index=False)
-    counts = labels.drop_duplicates("case_id")["label"].value_counts().to_dict()
-    print(f"wrote {args.out}: {len(labels)} slides, {labels['case_id'].nunique()} cases {counts}")
-    return labels
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,5 @@
-"""Shared helpers of the TCGA label builders: slide lists and TCGA barcodes.
+"""Shared helpers of the TCGA label builders (:mod:`zoomfeat.tasks.brca`, :mod:`zoomfeat.tasks.hrd`):
+slide lists and TCGA barcodes.
 
 A slide id is a TCGA slide file stem, e.g. ``TCGA-A1-A0SB-01Z-00-DX1.B34C267B-...``:
 characters 1-12 are the patient (case) barcode ``TCGA-A1-A0SB``, 1-15 the sample barcode
@@ -13,6 +14,8 @@ import warnings
 from pathlib import Path
 
 import pandas as pd
+
+from zoomfeat.runtime.errors import InputError, InputNotFoundError
 
 SLIDE_SUFFIXES = {
     ".svs",
@@ -53,10 +56,14 @@ def list_slides(source: str | Path) -> list[str]:
             if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES and not p.name.startswith(".")
         }
         if not stems:
-            raise FileNotFoundError(f"no slide or bag files under {source}")
+            raise InputNotFoundError(
+                f"no slide or bag files under {source}; give the folder that holds the TCGA slides (or bags)"
+            )
         return sorted(stems)
     if not source.is_file():
-        raise FileNotFoundError(f"no slide directory or list file at {source}")
+        raise InputNotFoundError(
+            f"--slides {source}: no such directory or list file; give a folder of slides/bags or a GDC manifest"
+        )
     first = source.read_text().splitlines()[0] if source.stat().st_size else ""
     sep = "\t" if "\t" in first else ","
     table = pd.read_csv(source, sep=sep, dtype=str)
@@ -68,6 +75,7 @@ def list_slides(source: str | Path) -> list[str]:
 
 
 def case_id(slide_id: str) -> str:
+    """The 12-character patient (case) barcode (``TCGA-XX-XXXX``)."""
     return slide_id[:12].upper()
 
 
@@ -77,23 +85,26 @@ def sample_id(slide_id: str) -> str:
 
 
 def sample_type(slide_id: str) -> int | None:
+    """The sample type code (01-09 tumour, 10-19 normal, 20-29 control); None when not a number."""
     code = slide_id[13:15]
     return int(code) if code.isdigit() else None
 
 
 def is_diagnostic(slide_id: str) -> bool:
+    """Whether the slide part of the barcode is ``DX`` (a diagnostic FFPE slide)."""
     parts = slide_id.split(".")[0].split("-")
     return len(parts) >= 6 and parts[5].upper().startswith("DX")
 
 
-def filter_slides(slides: list[str], diagnostic_only: bool = True, tumour_only: bool = True) -> list[str]:
+def filter_slides(slides: list[str], *, diagnostic_only: bool = True, tumour_only: bool = True) -> list[str]:
     """TCGA slides only (others warned about), optionally only diagnostic and tumour slides."""
     kept, foreign = [], []
     for s in slides:
         if not _BARCODE.match(s):
             foreign.append(s)
             continue
-        if tumour_only and not (sample_type(s) is not None and 1 <= sample_type(s) <= 9):
+        kind = sample_type(s)
+        if tumour_only and not (kind is not None and 1 <= kind <= 9):
             continue
         if diagnostic_only and not is_diagnostic(s):
             continue
@@ -105,10 +116,11 @@ def filter_slides(slides: list[str], diagnostic_only: bool = True, tumour_only: 
     return kept
 
 
-def first_column(table: pd.DataFrame, candidates: tuple[str, ...], what: str, source: str | Path) -> str:
+def first_column(table: pd.DataFrame, candidates: tuple[str, ...], *, what: str, source: str | Path) -> str:
+    """The first of ``candidates`` that is a column of ``table`` (an :class:`InputError` naming ``source``)."""
     for c in candidates:
         if c in table.columns:
             return c
-    raise ValueError(
+    raise InputError(
         f"{source}: no {what} column; looked for {list(candidates)} (columns: {list(table.columns)[:30]})"
     )
