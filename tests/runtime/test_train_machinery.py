@@ -50,7 +50,7 @@ def test_trainer_dir_round_trip_continues_bitwise(tmp_path):
 
     def write(tmp):
         weights = {"live": net.state_dict(), "ema": ema.state_dict()}
-        write_trainer_dir(tmp / TRAINER_DIR, weights, opt, None, ema, {"step": 2})
+        write_trainer_dir(tmp / TRAINER_DIR, weights, optimizer=opt, scaler=None, ema=ema, state={"step": 2})
 
     path = ck.write_checkpoint(tmp_path / "checkpoints", 2, write)
     want = [_step(net, opt, ema) for _ in range(2)]
@@ -64,7 +64,7 @@ def test_trainer_dir_round_trip_continues_bitwise(tmp_path):
         "num_updates": 2,
     }
     net2.load_state_dict(resumed["live"])
-    restore_optimisation(resumed, ema2, "ema", opt2)
+    restore_optimisation(resumed, ema=ema2, ema_key="ema", optimizer=opt2)
     got = [_step(net2, opt2, ema2) for _ in range(2)]
     assert got == want and ema2.num_updates == ema.num_updates == 4
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))

@@ -104,3 +104,88 @@ def test_latest_pointing_at_incomplete_falls_back(tmp_path):
         assert ck.find_latest(root) == root / "step-00000001"
     with pytest.raises(FileNotFoundError, match="no complete training checkpoint"):
         ck.resolve_checkpoint(tmp_path / "elsewhere")
+
+
+def _real_writer(step: int):
+    """A checkpoint with real files of each kind resume reads: safetensors, torch.save zip, JSON."""
+    import torch
+    from safetensors.torch import save_file
+
+    def write(tmp):
+        (tmp / "trainer").mkdir()
+        save_file({"w": torch.full((64, 64), float(step))}, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"step": step}))
+        torch.save({"state": {0: {"exp_avg": torch.ones(128)}}}, tmp / "trainer" / "optimizer.pt")
+        (tmp / "trainer" / "state.json").write_text(json.dumps({"step": step}))
+
+    return write
+
+
+def _truncate(path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize(
+    ("damaged_file", "reader_error"),
+    [
+        ("model.safetensors", "incomplete metadata|MetadataIncompleteBuffer|invalid"),
+        ("trainer/optimizer.pt", "PytorchStreamReader failed"),
+    ],
+)
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, damaged_file, reader_error):
+    """A truncated file in the newest checkpoint (what a full disk or a cut copy leaves): the real
+    reader fails on it, the header check finds it, and resume uses the checkpoint before with a
+    warning naming both; an explicitly named damaged step is refused in one line."""
+    import torch
+    from safetensors.torch import load_file
+
+    from zoomfeat.runtime import checkpoints as rck
+    from zoomfeat.runtime.errors import WeightsError
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        rck.write_checkpoint(root, step, _real_writer(step))
+    newest = root / "step-00000002"
+    assert rck.checkpoint_damage(newest) is None and rck.find_latest(tmp_path) == newest
+    _truncate(newest / damaged_file)
+    with pytest.raises(Exception, match=reader_error):  # the damage is real: the loader itself fails
+        if damaged_file.endswith(".safetensors"):
+            load_file(str(newest / damaged_file))
+        else:
+            torch.load(newest / damaged_file, weights_only=True)
+    why = rck.checkpoint_damage(newest)
+    assert why is not None and damaged_file.split("/")[-1] in why and ("truncated" in why or "archive" in why)
+    with pytest.warns(
+        UserWarning, match=r"step-00000002 is damaged .*; using step-00000001, the newest usable"
+    ):
+        assert rck.find_latest(tmp_path) == root / "step-00000001"
+    with pytest.warns(UserWarning, match="step-00000002 is damaged"):
+        assert rck.resume_source(tmp_path, "auto") == root / "step-00000001"
+    with pytest.raises(WeightsError, match=r"step-00000002 is damaged .*pass an earlier step"):
+        rck.resolve_checkpoint(newest)
+    with pytest.raises(WeightsError, match=r"step-00000002 is damaged"):
+        rck.resolve_checkpoint(root / "latest")
+
+
+def test_no_usable_checkpoint_is_refused_in_one_line(tmp_path):
+    from zoomfeat.runtime import checkpoints as rck
+    from zoomfeat.runtime.errors import WeightsError
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        rck.write_checkpoint(root, step, _real_writer(step))
+    _truncate(root / "step-00000002" / "model.safetensors", keep=0.99)  # a few bytes short
+    (root / "step-00000001" / "config.json").write_text('{"step": ')  # cut JSON
+    with pytest.raises(WeightsError) as err:
+        rck.resume_source(tmp_path, "auto")
+    msg = str(err.value)
+    assert "\n" not in msg and "no usable training checkpoint" in msg
+    assert "step-00000002: model.safetensors is truncated" in msg
+    assert (
+        "step-00000001: config.json is not valid JSON" in msg and "move the damaged step directories" in msg
+    )
+    # a file longer than its header says is damaged too (safetensors refuses it)
+    with open(root / "step-00000002" / "model.safetensors", "ab") as f:
+        f.write(b"\0" * 4096)
+    assert "too long" in rck.checkpoint_damage(root / "step-00000002")

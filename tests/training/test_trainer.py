@@ -209,3 +209,57 @@ def test_resume_false_refuses_a_run_with_checkpoints(tmp_path, data):
     train(cfg(data, out, steps=1, checkpoint_every=1))
     with pytest.raises(OutputError, match="already holds training checkpoints and resume=false"):
         train(cfg(data, out, steps=2, resume=False))
+
+
+def test_damaged_newest_checkpoints_resume_from_the_one_before(tmp_path, data):
+    """An uninterrupted 3-step run with a checkpoint per step; then the newest checkpoint loses
+    half of its live UNet file and the one before half of its optimizer state (truncated, as a
+    full disk or a cut copy leaves them). A plain rerun with steps=3 warns naming the damaged
+    newest and the checkpoint it uses (step 1), trains steps 2 and 3 again and ends bitwise equal
+    to the uninterrupted run (the exact-resume promise: same machine, one thread, fresh
+    processes with identical settings)."""
+    kw = dict(
+        data=str(data),
+        out_dir=str(tmp_path / "run"),
+        model="tiny",
+        num_workers=0,
+        device="cpu",
+        log_every=1,
+        progress=False,
+        samples={"enabled": False},
+        threads=1,
+        steps=3,
+        batch_size=2,
+        lr=1e-3,
+        warmup_steps=2,
+        checkpoint_every=1,
+    )
+    proc = _run_process(tmp_path, kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "run" / "checkpoints"
+    # copies: safetensors maps the file, and truncating a mapped file makes its pages fault (SIGBUS)
+    want = {k: v.clone() for k, v in _tensors(root / "step-00000003").items()}
+    for rel, ckpt in (
+        ("trainer/unet_live.safetensors", "step-00000003"),
+        ("trainer/optimizer.pt", "step-00000002"),
+    ):
+        f = root / ckpt / rel
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    proc = _run_process(tmp_path, kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warning = [ln for ln in proc.stderr.splitlines() if "is damaged" in ln]
+    assert (
+        len(warning) == 1
+        and "step-00000003 is damaged (trainer/unet_live.safetensors is truncated" in warning[0]
+    )
+    assert "using step-00000001, the newest usable one" in warning[0] and "as are 1 more" in warning[0]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["start_step"] == 1 and summary["step"] == 3
+    got = _tensors(ck.find_latest(tmp_path / "run"))
+    assert got.keys() == want.keys()
+    differ = [k for k in want if not torch.equal(want[k], got[k])]
+    assert not differ, differ[:10]
+    from zoomfeat.runtime.checkpoints import checkpoint_damage
+
+    assert [checkpoint_damage(p) for _, p in ck.list_checkpoints(root)] == [None, None, None]  # rewritten

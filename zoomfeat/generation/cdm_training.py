@@ -177,7 +177,7 @@ class CDMTrainer:
                 self.source / TRAINER_DIR, ("model_live", "model_ema"), self.info.device
             )
             cdm.load_state_dict({k: v.to(self.info.device) for k, v in resumed["model_live"].items()})
-            restore_optimisation(resumed, self.ema, "model_ema", self.optimizer)
+            restore_optimisation(resumed, ema=self.ema, ema_key="model_ema", optimizer=self.optimizer)
             self.start_step = self.step = int(resumed["state"]["step"])
         cdm.grad_checkpointing = opts.grad_checkpointing
         cdm.train()
@@ -274,7 +274,14 @@ class CDMTrainer:
                 with self.ema.swapped_into(self.cdm):
                     save_file(cpu_tensors(self.cdm.state_dict()), str(tmp / EMA_FILE))
                 weights = {"model_live": live, "model_ema": self.ema.state_dict()}
-                write_trainer_dir(tmp / TRAINER_DIR, weights, self.optimizer, None, self.ema, state)
+                write_trainer_dir(
+                    tmp / TRAINER_DIR,
+                    weights,
+                    optimizer=self.optimizer,
+                    scaler=None,
+                    ema=self.ema,
+                    state=state,
+                )
 
             self.last_checkpoint = ckpt_io.write_checkpoint(
                 self.root, self.step, write, keep=self.opts.keep_checkpoints

@@ -20,9 +20,19 @@ leaves ``latest`` pointing at a complete checkpoint; the partial temporary direc
 the next run (:func:`clean_partial`). Completeness is one fact: ``trainer/state.json``, written
 last, parses.
 
-Resume semantics (both trainers): ``resume`` auto -> :func:`find_latest` (``latest`` if complete,
-else the newest complete step); false -> refuse an ``out_dir`` that already holds checkpoints
-(:func:`refuse_existing`); a path -> :func:`resolve_checkpoint`.
+Resume semantics (both trainers): ``resume`` auto -> :func:`find_latest` (``latest`` if complete
+and undamaged, else the newest usable step); false -> refuse an ``out_dir`` that already holds
+checkpoints (:func:`refuse_existing`); a path -> :func:`resolve_checkpoint`.
+
+Damage (a disk that filled up, a copy cut short, a file system that lost data after a crash): the
+atomic writes above protect against a killed writer, not against files damaged afterwards. So
+resume verifies the checkpoint it picks (:func:`checkpoint_damage`): every JSON file parses,
+every ``.safetensors`` file is exactly as long as its header says (``8 + header + max(data end)``
+bytes, the length safetensors itself demands), every ``.pt`` file is a readable zip archive whose
+members lie inside the file. That reads headers only (milliseconds, whatever the model size); a
+bit flip inside the tensor data is not detected. A damaged newest checkpoint is passed over with a
+warning naming it and the one used instead; when no checkpoint is usable, resume refuses in one
+line (:class:`~zoomfeat.runtime.errors.WeightsError`).
 """
 
 from __future__ import annotations
@@ -32,12 +42,13 @@ import os
 import re
 import shutil
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from zoomfeat.runtime.atomic import atomic_dir, fsync_dir, tmp_name
-from zoomfeat.runtime.errors import OutputError, WeightsNotFoundError
+from zoomfeat.runtime.errors import OutputError, WeightsError, WeightsNotFoundError
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST = "latest"
@@ -114,28 +125,143 @@ def list_checkpoints(root: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def _safetensors_damage(path: Path) -> str | None:
+    """Why a ``.safetensors`` file cannot be loaded, from its header alone (None: it can).
+
+    The layout is ``n`` (8 bytes, little-endian) + ``n`` bytes of JSON header + the tensor data;
+    the header gives every tensor's ``data_offsets`` into the data, and the file must end exactly
+    where the last tensor does: ``size == 8 + n + max(end)``.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{path.name} is truncated ({size} bytes, shorter than its 8-byte header length)"
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            return f"{path.name} is truncated ({size} bytes, its header alone needs {8 + n})"
+        try:
+            header = json.loads(f.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path.name} has an unreadable header"
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        return f"{path.name} is {'truncated' if size < want else 'too long'} ({size} bytes, its header describes {want})"
+    return None
+
+
+def _zip_damage(path: Path) -> str | None:
+    """Why a ``.pt`` file (torch.save's zip archive) cannot be read (None: it can): its central
+    directory (at the end: lost by any truncation) must read and every member must lie inside it."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.header_offset + info.compress_size > size:
+                    return f"{path.name} is truncated (member {info.filename} ends past {size} bytes)"
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        return f"{path.name} is not a readable archive ({size} bytes: {err})"
+    return None
+
+
+def checkpoint_damage(ckpt: str | Path) -> str | None:
+    """Why the checkpoint ``ckpt`` cannot be resumed from or loaded, in a few words (None: usable).
+
+    Checks (headers only, see the module docstring): ``trainer/state.json`` present, every
+    ``*.json`` parses, every ``*.safetensors`` has its full length, every ``*.pt`` is a complete
+    zip archive.
+    """
+    ckpt = Path(ckpt)
+    if not is_complete(ckpt):
+        return f"no readable {STATE_FILE}"
+    for path in sorted(ckpt.rglob("*")):
+        if not path.is_file():
+            continue
+        rel = path.relative_to(ckpt)
+        try:
+            if path.suffix == ".safetensors":
+                why = _safetensors_damage(path)
+            elif path.suffix == ".pt":
+                why = _zip_damage(path)
+            elif path.suffix == ".json":
+                try:
+                    json.loads(path.read_text())
+                    why = None
+                except (ValueError, UnicodeDecodeError):
+                    why = f"{path.name} is not valid JSON"
+            else:
+                continue
+        except OSError as err:
+            why = f"{path.name} cannot be read ({err.strerror or err})"
+        if why is not None:
+            return why if rel.parent == Path(".") else f"{rel.parent}/{why}"
+    return None
+
+
 def find_latest(out_dir_or_root: str | Path) -> Path | None:
-    """The checkpoint to resume from: ``latest`` if complete, else the newest complete one."""
+    """The checkpoint to resume from: ``latest`` if complete and undamaged, else the newest usable one.
+
+    Returns None when there is no complete checkpoint at all (a fresh run). A damaged checkpoint
+    passed over gives a warning naming it and the one used; when every complete checkpoint is
+    damaged, :class:`~zoomfeat.runtime.errors.WeightsError` (one line naming each and what to do).
+    """
     root = Path(out_dir_or_root)
     if (root / CHECKPOINTS_DIR).is_dir():
         root = root / CHECKPOINTS_DIR
     name = latest_name(root)
-    if name and is_complete(root / name):
-        return root / name
-    found = list_checkpoints(root)
-    if name and found:
+    found = [p for _, p in reversed(list_checkpoints(root))]  # newest first
+    pointer_ok = name is not None and is_complete(root / name)
+    if name is not None and pointer_ok:  # latest first (it is normally the newest too)
+        target = root / name
+        found = [target] + [p for p in found if p.name != target.name]
+    damaged: list[tuple[Path, str]] = []
+    chosen = None
+    for p in found:
+        why = checkpoint_damage(p)
+        if why is None:
+            chosen = p
+            break
+        damaged.append((p, why))
+    if damaged and chosen is None:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in damaged)
+        raise WeightsError(
+            f"no usable training checkpoint in {root} ({listed}); move the damaged step directories "
+            "out of it to start afresh, or pass resume=PATH to a good copy"
+        )
+    if chosen is None:
+        return None
+    if damaged:
+        newest, why = damaged[0]
         warnings.warn(
-            f"{root / LATEST} points at {name!r}, which is not a complete checkpoint; using {found[-1][1].name}",
+            f"checkpoint {newest} is damaged ({why}); using {chosen.name}, the newest usable one "
+            f"(the damaged directory is left as it is{'' if len(damaged) == 1 else f', as are {len(damaged) - 1} more'})",
             stacklevel=2,
         )
-    return found[-1][1] if found else None
+    elif name and not pointer_ok:
+        warnings.warn(
+            f"{root / LATEST} points at {name!r}, which is not a complete checkpoint; using {chosen.name}",
+            stacklevel=2,
+        )
+    return chosen
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a run dir, a ``checkpoints`` dir, ``latest`` or a step dir."""
+    """A checkpoint directory from a run dir, a ``checkpoints`` dir, ``latest`` or a step dir.
+
+    A step directory named explicitly is verified and refused in one line when damaged
+    (:func:`checkpoint_damage`); a run or ``checkpoints`` directory gets :func:`find_latest`'s
+    fallback to the newest usable checkpoint.
+    """
     p = Path(path)
     if is_complete(p):
-        return p.resolve() if p.is_symlink() else p
+        p = p.resolve() if p.is_symlink() else p
+        why = checkpoint_damage(p)
+        if why is not None:
+            raise WeightsError(
+                f"training checkpoint {p} is damaged ({why}); pass an earlier step directory or the run directory"
+            )
+        return p
     found = find_latest(p)
     if found is None:
         raise WeightsNotFoundError(

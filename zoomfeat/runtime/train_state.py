@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 
 from zoomfeat.runtime.atomic import atomic_write_text
 from zoomfeat.runtime.ema import EMA
+from zoomfeat.runtime.errors import WeightsError
 
 TRAINER_DIR = "trainer"
 
@@ -47,7 +48,7 @@ def torch_rng_state() -> dict[str, Any]:
 
 def python_rng_state() -> dict[str, Any]:
     """NumPy's and Python's global RNG states as JSON-able lists."""
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     py = random.getstate()
     return {
         "numpy": [
@@ -82,6 +83,7 @@ def cpu_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def write_trainer_dir(
     tdir: Path,
     weights: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
     ema: EMA | None,
@@ -127,20 +129,34 @@ def read_trainer_dir(tdir: Path, weights: Iterable[str], device: torch.device) -
     """
     from safetensors.torch import load_file
 
+    def read(name: str, load: Callable[[Path], Any]) -> Any:
+        path = tdir / name
+        try:
+            return load(path)
+        except Exception as err:  # noqa: BLE001 - any reader failure: one line naming the file
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WeightsError(
+                f"{path}: cannot be read ({first}); the checkpoint is damaged: move its step directory "
+                "aside and rerun to resume from the one before"
+            ) from err
+
     out: dict[str, Any] = {
-        "state": json.loads((tdir / "state.json").read_text()),
-        "optimizer": torch.load(tdir / "optimizer.pt", map_location=device, weights_only=True),
-        "rng": torch.load(tdir / "rng.pt", map_location="cpu", weights_only=True),
+        "state": read("state.json", lambda p: json.loads(p.read_text())),
+        "optimizer": read("optimizer.pt", lambda p: torch.load(p, map_location=device, weights_only=True)),
+        "rng": read("rng.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True)),
     }
     for stem in weights:
-        out[stem] = load_file(str(tdir / f"{stem}.safetensors"))
+        out[stem] = read(f"{stem}.safetensors", lambda p: load_file(str(p)))
     if (tdir / "grad_scaler.pt").is_file():
-        out["grad_scaler"] = torch.load(tdir / "grad_scaler.pt", map_location="cpu", weights_only=True)
+        out["grad_scaler"] = read(
+            "grad_scaler.pt", lambda p: torch.load(p, map_location="cpu", weights_only=True)
+        )
     return out
 
 
 def restore_optimisation(
     resumed: Mapping[str, Any],
+    *,
     ema: EMA,
     ema_key: str,
     optimizer: torch.optim.Optimizer,

@@ -55,6 +55,7 @@ TRAINER_FORMAT = 1
 def save_training_checkpoint(
     root: Path,
     step: int,
+    *,
     model: nn.Module,
     ema: EMA,
     optimizer: torch.optim.Optimizer,
@@ -82,7 +83,9 @@ def save_training_checkpoint(
                 conditions, sample_cfg, device, precision = samples
                 write_sample_grids(model, conditions, tmp / "samples", sample_cfg, step, device, precision)
         weights = {"unet_live": live, "unet_ema": ema.state_dict()}
-        write_trainer_dir(tmp / TRAINER_DIR, weights, optimizer, scaler, ema, state)
+        write_trainer_dir(
+            tmp / TRAINER_DIR, weights, optimizer=optimizer, scaler=scaler, ema=ema, state=state
+        )
 
     return ckpt_io.write_checkpoint(root, step, write, keep=keep)
 

@@ -317,11 +317,11 @@ class Trainer:
             self.last_checkpoint = save_training_checkpoint(
                 self.root,
                 self.step,
-                self.model,
-                p.ema,
-                p.optimizer,
-                p.scaler,
-                state,
+                model=self.model,
+                ema=p.ema,
+                optimizer=p.optimizer,
+                scaler=p.scaler,
+                state=state,
                 keep=self.cfg.keep_checkpoints,
                 samples=samples,
             )
