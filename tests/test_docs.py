@@ -1,10 +1,13 @@
-"""README's key tables against the config dataclasses (docs/ARCHITECTURE.md, "Configs").
+"""The README stays a five-minute read and the docs site stays whole.
 
-Each table in README.md that follows a ``<!-- config-table: NAME -->`` marker documents the keys
-of one entry point's config. The test checks both directions: every key the table names exists
-in the dataclass (a renamed or removed option cannot stay documented), and every leaf key of the
-dataclass is documented, either itself or through a section it belongs to (``model`` covers
-``model.unet.*``), so a new option cannot be added without its line in the README.
+- README.md has at most 250 lines, and every file it links to exists (the user guide pages in
+  ``docs/``, the picture, CHANGELOG.md);
+- every page under ``docs/`` is in the site's navigation (``mkdocs.yml``), and every page the
+  navigation names exists (``mkdocs build --strict`` in ``.ci/run`` checks the links inside pages);
+- the README's two commands are the ones ``.ci/run`` runs;
+- the troubleshooting page lists every bad-input case of ``tests/test_entry_errors.py``.
+
+The option tables (``docs/options.md``) are generated and tested in ``tests/test_options.py``.
 """
 
 from __future__ import annotations
@@ -12,64 +15,72 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
+import yaml
 
-from zoomfeat.runtime.config import iter_keys
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+MAX_README_LINES = 250
 
-README = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+
+def _links(markdown: str) -> list[str]:
+    """Relative link targets (``[text](target)`` and ``![alt](target)``), without anchors."""
+    targets = re.findall(r"\]\(([^)\s]+)\)", markdown)
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and not t.startswith("#")]
 
 
-def _schemas() -> dict[str, type]:
-    from zoomfeat.features.config import ExtractConfig
-    from zoomfeat.mil.config import BenchmarkConfig
-    from zoomfeat.training.config import PrepareConfig, TrainConfig
+def test_readme_is_short():
+    n = len(README.read_text().splitlines())
+    assert n <= MAX_README_LINES, (
+        f"README.md has {n} lines (at most {MAX_README_LINES}): move the details into a page of docs/ "
+        "and link it from the README's 'Where to go next' table"
+    )
 
-    return {
-        "extract": ExtractConfig,
-        "bench": BenchmarkConfig,
-        "prepare": PrepareConfig,
-        "train": TrainConfig,
+
+def test_every_file_the_readme_links_exists():
+    links = _links(README.read_text())
+    assert any(t.startswith("docs/") for t in links), "README.md links to no docs page"
+    missing = [t for t in links if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to files that do not exist: {missing}"
+
+
+def _nav_pages(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, list):
+        return [p for item in node for p in _nav_pages(item)]
+    if isinstance(node, dict):
+        return [p for value in node.values() for p in _nav_pages(value)]
+    return []
+
+
+def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    nav = _nav_pages(config["nav"])
+    missing = [p for p in nav if not (DOCS / p).is_file()]
+    assert not missing, f"mkdocs.yml's nav names pages that do not exist under docs/: {missing}"
+    pages = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+    orphans = [p for p in pages if p not in nav]
+    assert not orphans, f"docs pages missing from mkdocs.yml's nav (add them there): {orphans}"
+
+
+def test_the_readme_test_command_is_the_one_ci_runs():
+    readme = README.read_text()
+    install_and_test = 'python -m pip install -e ".[dev]" && python -m pytest -q'
+    demo = 'python -m pip install -e ".[dev]" && python -m zoomfeat.extract demo=true'
+    assert install_and_test in readme and demo in readme
+    assert install_and_test in (ROOT / ".ci" / "run").read_text()
+
+
+def test_troubleshooting_lists_every_entry_point_case():
+    from test_entry_errors import CASES
+
+    page = (DOCS / "troubleshooting.md").read_text()
+    rows = {
+        tuple(cell.strip() for cell in ln.split("|")[1:3]) for ln in page.splitlines() if ln.startswith("| ")
     }
-
-
-def _tables() -> dict[str, list[str]]:
-    """NAME -> the backticked keys in the first column of the table after its marker."""
-    tables: dict[str, list[str]] = {}
-    lines = README.read_text().splitlines()
-    for i, line in enumerate(lines):
-        m = re.match(r"<!-- config-table: (\w+) -->", line.strip())
-        if not m:
-            continue
-        keys: list[str] = []
-        for row in lines[i + 1 :]:
-            if not row.startswith("|"):
-                if keys or not row.strip() == "":
-                    break
-                continue
-            first = row.split("|")[1]
-            keys += re.findall(r"`([\w.]+)`", first)
-        tables[m[1]] = keys
-    return tables
-
-
-def _documented(key: str, documented: set[str]) -> bool:
-    parts = key.split(".")
-    return any(".".join(parts[:n]) in documented for n in range(1, len(parts) + 1))
-
-
-@pytest.mark.parametrize("name", ["extract", "bench", "prepare", "train"])
-def test_readme_table_matches_the_config_dataclass(name):
-    tables = _tables()
-    assert name in tables, f"README.md has no <!-- config-table: {name} --> table"
-    documented = set(tables[name])
-    leaves = [k for k, _ in iter_keys(_schemas()[name])]
-    sections = {".".join(k.split(".")[:n]) for k in leaves for n in range(1, len(k.split(".")))}
-    unknown = sorted(documented - set(leaves) - sections)
-    assert not unknown, f"README documents {name} keys that do not exist: {unknown}"
-    missing = sorted(k for k in leaves if not _documented(k, documented))
-    assert not missing, f"{name} keys missing from README's table: {missing}"
-
-
-def test_the_checker_finds_an_undocumented_key():
-    assert not _documented("features.timestep", {"features.taps", "seed"})
-    assert _documented("model.unet.model_channels", {"model"})
+    missing = [f"{c.entry}: {c.name}" for c in CASES if (c.entry, c.name) not in rows]
+    assert not missing, (
+        f"docs/troubleshooting.md has no row for {missing}: regenerate its table with "
+        "`ZOOMFEAT_ENTRY_TABLE=docs/troubleshooting.md python -m pytest -q tests/test_entry_errors.py`"
+    )

@@ -5,7 +5,8 @@ parallel) and checks that stderr has no ``Traceback``, exactly one ``zoomfeat {e
 line, that this line says what is wrong (``expect``), and the exit status (2: a user error stopping
 the run; 1: extract/prepare slides that failed while the others went on).
 
-The table of these cases and what the user sees is the README's troubleshooting section.
+The table of these cases and what the user sees is in docs/troubleshooting.md (regenerated in place
+by ``ZOOMFEAT_ENTRY_TABLE=docs/troubleshooting.md python -m pytest -q tests/test_entry_errors.py``).
 """
 
 from __future__ import annotations
@@ -164,9 +165,18 @@ def results(scratch, request) -> dict[Case, tuple[subprocess.CompletedProcess, f
     with ThreadPoolExecutor(4) as pool:
         out = dict(zip(selected, pool.map(run, selected)))
     table = os.environ.get("ZOOMFEAT_ENTRY_TABLE")
-    if table:  # the README's troubleshooting table, from what the user really sees
-        Path(table).write_text(_table(out, scratch))
+    if table:  # docs/troubleshooting.md's table, from what the user really sees
+        _write_table(Path(table), _table(out, scratch))
     return out
+
+
+def _write_table(path: Path, rows: str) -> None:
+    """Write the table to ``path``, between its ``entry-errors-table`` markers when it has them."""
+    start, end = "<!-- entry-errors-table: start -->\n", "<!-- entry-errors-table: end -->"
+    text = path.read_text() if path.exists() else ""
+    if start in text and end in text:
+        rows = text[: text.index(start) + len(start)] + rows + text[text.index(end) :]
+    path.write_text(rows)
 
 
 def _table(out: dict, scratch: Path) -> str:

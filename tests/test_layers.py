@@ -44,6 +44,7 @@ LAYERS = {
     "export": 4,
     "generate": 4,
     "heatmap": 4,
+    "options": 4,  # renders docs/options.md from every entry point's config dataclass
     "__init__": 4,
     "model.__main__": 4,
     "tasks.__main__": 4,

@@ -40,6 +40,7 @@ class HeatmapConfig:
 
     bench_dir: str | None = None  # a zoomfeat.bench out_dir (holds attention/ and run.json)
     slides: list[str] = field(default_factory=list)  # slide files (bare arguments)
+    #: feature sets shown side by side (their attention files under bench_dir)
     feature_sets: list[str] = field(default_factory=lambda: ["zoomldm_20x", "zoomldm_5x"])
     repeat: int = 0  # which CV repeat's attention to show
     top_k: int = 6  # most attended tiles shown per feature set

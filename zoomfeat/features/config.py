@@ -38,11 +38,15 @@ from zoomfeat.runtime.units import BASE_MAG, PARENT_MAG_INDEX, TILE_PX, magnific
 class SweepSection:
     """A grid of recipes: the Cartesian product of the non-empty lists (unset axes: the top-level values)."""
 
+    #: timesteps of the sweep, e.g. [50, 200, 500]
     timestep: list[int] = field(default_factory=list)
     #: a list of tap lists, e.g. [[middle_block], [output_blocks.2]]
     taps: list[Any] = field(default_factory=list)
+    #: poolings of the sweep, e.g. [mean, meanmax]
     pooling: list[str] = field(default_factory=list)
+    #: noise-draw counts of the sweep, e.g. [1, 4]
     ensemble: list[int] = field(default_factory=list)
+    #: conditioning input sizes of the sweep, e.g. [224, 256]
     cond_px: list[int] = field(default_factory=list)
 
 
@@ -98,7 +102,9 @@ class TissueSection:
 class ShardSection:
     """This job's part of the sorted slide list: every ``count``-th slide from ``index``."""
 
+    #: this job's shard: 0 .. count - 1
     index: int = 0
+    #: number of shards the sorted slide list is split into (1: no sharding)
     count: int = 1
 
     def __post_init__(self) -> None:
@@ -117,7 +123,9 @@ class ExtractConfig:
     :meth:`recipe`.
     """
 
+    #: the ZoomLDM and its weights (model.checkpoint=...)
     model: ModelSection = field(default_factory=ModelSection)
+    #: the encoder that conditions ZoomLDM, and its weights (encoder.checkpoint=...)
     encoder: EncoderSection = field(default_factory=EncoderSection)
     features: FeaturesSection = field(default_factory=FeaturesSection)
     #: extract ZoomLDM features (false: a plain multi-scale encoder extractor; ZoomLDM is not loaded)
@@ -160,7 +168,7 @@ class ExtractConfig:
     progress: bool = True
     #: the built-in demo slide with model=tiny encoder=tiny + a preview PNG (command line only)
     demo: bool = False
-    #: where the bags go
+    #: where the bag directories go (zoomfeat_demo with demo=true)
     out_dir: str = "zoomfeat_features"
     #: slides, directories of slides, manifest CSVs (the command line's bare arguments)
     inputs: list[str] = field(default_factory=list)

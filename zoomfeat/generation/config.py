@@ -23,8 +23,9 @@ MODES = ("patch", "large", "superres", "cdm_train")
 
 @dataclass
 class RegionSection:
-    #: level-0 x, y of the region's top-left corner
+    #: level-0 x of the region's top-left corner
     x0: float = 0.0
+    #: level-0 y of the region's top-left corner
     y0: float = 0.0
     #: magnification of the reference patch (patch mode) or of the guide (large mode): 10x, 5x, 2.5x, 1.25x ...
     mag: str = "5x"
@@ -40,8 +41,11 @@ class RegionSection:
 
 @dataclass
 class PatchSection:
+    #: patches to sample
     count: int = 4
+    #: sampler steps (PLMS: steps + 1 UNet calls)
     steps: int = 50
+    #: plms (the notebooks) | ddim
     sampler: str = "plms"
     #: sampler convention e_u + s (e_c - e_u)
     guidance: float = 2.0
@@ -52,13 +56,19 @@ class PatchSection:
 @dataclass
 class LargeSection:
     # the joint-sampling defaults live once, in JointOptions (spec 2.4)
+    #: timestep the joint sampling starts from
     t0: int = JointOptions.t0
+    #: S = t0 / stride sampling steps
     stride: int = JointOptions.stride
+    #: K inner constraint iterations per tile and step
     n_steps: int = JointOptions.n_steps
+    #: finite-difference step of the constraint
     h: float = JointOptions.h
+    #: step size of the constraint's update of x_t
     lr: float = JointOptions.lr
     #: large-image convention (w + 1) e_c - w e_u (w = 2 is s = 3)
     guidance: float = JointOptions.guidance
+    #: tiles per chunk (memory bound; the result does not depend on it)
     batch_size: int = JointOptions.batch_size
     #: c: sqrt(1 - abar_p) ([C] notebook) | r: sqrt(1 - abar_p - btilde) ([R] post-processing, [F])
     noise_term: str = JointOptions.noise_term
@@ -66,11 +76,17 @@ class LargeSection:
     ssl_norm: str = "dataloader"
     #: 0: UNet fed t, schedule at t-1 (official); 1: UNet fed t-1
     t_offset: int = JointOptions.t_offset
+    #: large decode: 64x64 latent windows every this many latent px (16: official)
     decode_window_stride: int = 16
+    #: large decode: Gaussian blending weight of the windows
     decode_sigma: float = 0.8
+    #: large decode: windows decoded at once
     decode_batch_size: int = 16
+    #: seam post-processing (section post)
     postprocess: bool = False
+    #: also write a tiled pyramidal TIFF (QuPath, openslide)
     tiff: bool = True
+    #: deflate | jpeg | none
     tiff_compression: str = "deflate"
 
     def joint_options(self) -> JointOptions:
@@ -83,9 +99,13 @@ class LargeSection:
 
 @dataclass
 class PostSection:
+    #: timestep the seam post-processing starts from
     t0: int = 300
+    #: S = t0 / stride sampling steps
     stride: int = 50
+    #: large-image convention (w + 1) e_c - w e_u
     guidance: float = 2.0
+    #: windows per UNet call (the official code uses all at once)
     batch_size: int = 16
     #: parity option: the official post-processing runs on the live (non-EMA) UNet
     live_weights: bool = False
@@ -95,16 +115,25 @@ class PostSection:
 class SuperresSection:
     #: the low-magnification image (PNG/JPEG, 256x256 RGB); null: the slide region at region.mag
     image: str | None = None
+    #: optimisation steps of the condition inversion
     inversion_steps: int = 200
+    #: learning rate of the condition inversion
     inversion_lr: float = 0.1
     #: parity option: the [C] inversion runs on the live (non-EMA) UNet
     live_weights: bool = False
+    #: timestep the constrained sampling starts from
     t0: int = 1000
+    #: S = t0 / stride sampling steps
     stride: int = 50
+    #: K inner constraint iterations per step
     n_steps: int = 5
+    #: finite-difference step of the constraint
     h: float = 0.005
+    #: step size of the constraint's update of x_t
     lr: float = 0.5
+    #: guidance scale of the constrained sampling
     guidance: float = 2.0
+    #: tiles per UNet call (memory bound)
     batch_size: int = 2
 
 
@@ -128,17 +157,23 @@ class CDMTrainSection:
 
     #: prepared data directory (python -m zoomfeat.prepare)
     data: str | None = None
+    #: optimiser steps in total (a resumed run continues up to this)
     steps: int = 1000
+    #: the global batch (official: 256), split over the ranks
     batch_size: int = 256
+    #: AdamW, weight decay 0, constant
     lr: float = 1e-4
+    #: EMA decay of the DiT weights (what cdm.checkpoint loads)
     ema_decay: float = 0.9999
     #: out_dir/checkpoints/step-N (the trainer's format; cdm_ema.safetensors = what cdm.checkpoint loads)
     checkpoint_every: int = 5000
     #: newest checkpoints kept (older ones deleted)
     keep_checkpoints: int = 3
+    #: steps between out_dir/train_log.jsonl lines
     log_every: int = 100
     #: auto: continue from out_dir's latest checkpoint | false | a checkpoint path (as train's resume)
     resume: Any = "auto"
+    #: trade compute for memory in the DiT
     grad_checkpointing: bool = False
     #: torch CPU threads of this process; null: torch's default. Exact resume needs the original's
     threads: int | None = None
@@ -146,25 +181,43 @@ class CDMTrainSection:
 
 @dataclass
 class GenerateConfig:
+    #: bare command-line arguments; the first is taken as `slide`
     inputs: list[str] = field(default_factory=list)
+    #: patch | large | superres | cdm_train
     mode: str = "patch"
     #: slide (or image, superres) to read the region from; default: the first bare argument
     slide: str | None = None
+    #: PNGs (+ pyramidal TIFF for large images) and a JSON summary
     out_dir: str = "generated"
+    #: file stem of the outputs (default: <slide stem>_<mode>)
     name: str | None = None
+    #: auto | cpu | cuda | cuda:N | mps
     device: str = "auto"
+    #: fp32 | bf16 | fp16 (autocast) | auto
     precision: str = "fp32"
+    #: every random draw comes from this seed
     seed: int = 0
+    #: print the request's UNet/VQ call counts and FLOPs, build nothing
     dry_run: bool = False
+    #: progress bars with the model evaluations left
     progress: bool = True
+    #: smoke tests only: seeded random ZoomLDM/encoder weights when none are given
     allow_random_weights: bool = False
+    #: architecture and weights (model.checkpoint=...)
     model: ModelSection = field(default_factory=ModelSection)
+    #: SSL encoder of the conditioning grid
     encoder: EncoderSection = field(default_factory=EncoderSection)
+    #: where the reference (patch) or guide (large) region is
     region: RegionSection = field(default_factory=RegionSection)
+    #: mode=patch: 256 px patches
     patch: PatchSection = field(default_factory=PatchSection)
+    #: mode=large: joint multi-scale sampling (defaults of the official notebook)
     large: LargeSection = field(default_factory=LargeSection)
+    #: seam post-processing (large and superres)
     post: PostSection = field(default_factory=PostSection)
+    #: mode=superres: 4x super-resolution of a low-magnification image
     superres: SuperresSection = field(default_factory=SuperresSection)
+    #: Conditioning Diffusion Model (patch.source=cdm)
     cdm: CDMSection = field(default_factory=CDMSection)
     cdm_train: CDMTrainSection = field(default_factory=CDMTrainSection)
 

@@ -56,9 +56,11 @@ class TaskSection:
     labels: str | None = None
     # zoomfeat.extract output dir, a dir holding features_{set}/, a path with {set}, or an instance CSV
     bags: str | None = None
+    #: labels CSV column of the slide ids (the bag file names without .h5)
     slide_col: str = "slide_id"
     # patient id: folds never split a patient (null: each slide is its own patient)
     case_col: str | None = "case_id"
+    #: labels CSV column of the label (the numeric target for regression)
     label_col: str = "label"
     label_map: dict[Any, int] | None = None  # label value -> class index 0..k-1 (keys compared as strings)
     threshold: float | None = None  # numeric label column: value >= threshold -> 1 (wins over label_map)
@@ -78,16 +80,21 @@ class TaskSection:
 class MILConfig:
     """Attention MIL (Ilse et al. 2018) via torchmil.models.ABMIL (``conf/mil/*.yaml``)."""
 
+    #: the aggregator's name (conf/mil/{name}.yaml; reports and the default out_dir)
     name: str = "abmil"
     gated: bool = False  # gated attention (mil=gated_abmil)
     att_dim: int = 128
+    #: attention activation: tanh | relu | gelu
     att_act: str = "tanh"
     # Linear-ReLU-Dropout layers before the attention pooling
     hidden: list[int] = field(default_factory=lambda: [512])
+    #: dropout after each hidden layer
     dropout: float = 0.25
     standardize: bool = True  # standardise instance features with the training fold's statistics
     lr: float = 2e-4  # AdamW
+    #: AdamW weight decay
     weight_decay: float = 1e-4
+    #: most training epochs per fold (early stopping may end sooner)
     epochs: int = 50
     patience: int = 10  # early stopping on validation AUC (ties: lower validation loss)
     min_epochs: int = 10  # never stop before this many epochs
@@ -116,7 +123,9 @@ class MILConfig:
 class CVSection:
     """Cross-validation (``cv``)."""
 
+    #: outer cross-validation folds (patient-level, stratified by label)
     folds: int = 5
+    #: repeats of the k-fold split, each with another shuffle
     repeats: int = 1
     val_fraction: float = 0.2  # patient-grouped validation part of each training fold (0: no early stopping)
     splits: str | None = None  # a splits.csv from an earlier run: reuse its folds exactly
@@ -133,6 +142,7 @@ class DataSection:
 
     in_memory: Any = "auto"  # auto: hold bags in RAM when they fit in memory_fraction of free RAM
     dtype: str = "float16"  # in-memory dtype (float16 halves memory; float32 for huge values)
+    #: share of the free RAM the in-memory bags may take (in_memory=auto)
     memory_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -186,7 +196,9 @@ class BenchmarkConfig:
     # a published table's sets and layout (paper: the ZoomLDM paper's MIL table, zoomfeat/mil/presets.py);
     # it chooses feature_sets and baseline (leave both at their defaults); null: none
     preset: str | None = None
+    #: where the report, folds, predictions and attention files go
     out_dir: str = "bench_results/${task.name}/${mil.name}"
+    #: seed of the splits and of training
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch CPU threads (null: torch's default)

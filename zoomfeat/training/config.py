@@ -63,13 +63,17 @@ class EMASection:
 class SampleConfig:
     """Sample grid PNG per magnification at each checkpoint (rank 0)."""
 
+    #: write the sample grids at each checkpoint
     enabled: bool = True
     #: conditions per magnification (fixed tiles of the data)
     n: int = 4
+    #: sampler steps
     steps: int = 50
+    #: classifier-free guidance scale (sampler convention e_u + s (e_c - e_u))
     guidance: float = 2.0
     #: ddim | plms
     sampler: str = "ddim"
+    #: seed of the sample grids' noise
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,6 +98,7 @@ class TrainConfig:
     init: str | None = None
     #: auto: continue from out_dir's latest checkpoint | false | a checkpoint path
     resume: Any = "auto"
+    #: seed of the data order, dropout and noise (randomness depends only on seed and sample number)
     seed: int = 0
     #: optimiser steps in total (a resumed run continues up to this)
     steps: int = 100_000
@@ -139,6 +144,7 @@ class TrainConfig:
     log_every: int = 50
     #: debugging: reuse the first step's samples every step
     overfit_batch: bool = False
+    #: tqdm progress bars
     progress: bool = True
     samples: SampleConfig = field(default_factory=SampleConfig)
     #: set to a path (.../weights.ckpt) to export a checkpoint to the released layout and exit
@@ -197,7 +203,9 @@ class TrainConfig:
 class ShardSection:
     """This job's part of the sorted slide list: every count-th from index."""
 
+    #: this job's shard: 0 .. count - 1
     index: int = 0
+    #: number of shards the sorted slide list is split into (1: no sharding)
     count: int = 1
 
     def __post_init__(self) -> None:
@@ -238,6 +246,7 @@ class PrepareConfig:
     #: seeded random full-size model/encoder when no weights are given (smoke tests only; the
     #: tiny model and encoder always may)
     allow_random_weights: bool = False
+    #: tqdm progress bars
     progress: bool = True
     shard: ShardSection = field(default_factory=ShardSection)
     #: supplies the (frozen) VQ encoder: model.checkpoint=... for its weights
