@@ -66,7 +66,7 @@ def no_slides_message(inputs: list[str]) -> str:
     """What to say when the inputs name no slide: which directories, what was looked for, what to do."""
     from pathlib import Path
 
-    from zoomfeat.slide.manifest import SLIDE_EXTENSIONS
+    from zoomfeat.slide.manifest import kinds_looked_for
 
     parts = []
     for item in inputs:
@@ -92,8 +92,8 @@ def no_slides_message(inputs: list[str]) -> str:
         else:
             parts.append(f"manifest {p} (no rows)" if p.suffix.lower() == ".csv" else str(p))
     return (
-        f"no slide files in {'; '.join(parts)}. Looked for files directly inside a directory ending "
-        f"{' '.join(SLIDE_EXTENSIONS)} (the formats openslide reads). Give the slide files themselves, "
+        f"no slide files in {'; '.join(parts)}. Looked for, directly inside a directory: {kinds_looked_for()}. "
+        "Give the slide files themselves, "
         "the folder that holds them, or a manifest CSV with a 'path' column"
     )
 
@@ -116,7 +116,7 @@ def run(cfg) -> Any:
     from zoomfeat.features.runner import extract_slides  # torch: only once there are slides
 
     shard = config.shard
-    summary = extract_slides(slides, config.out_dir, config, shard.index, shard.count)
+    summary = extract_slides(slides, config.out_dir, config, shard_index=shard.index, shard_count=shard.count)
     print(summary.report(), flush=True)
     if not summary.ok and in_multirun():
         # a multirun job's return value never reaches main(): fail the job so the sweep fails

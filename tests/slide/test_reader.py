@@ -160,9 +160,9 @@ def test_outside_pixels_are_white(cmu):
 def test_pickle_reopens_lazily_and_reads_identically(cmu):
     ref = cmu.read_region(700.5, 900.25, 128, 0.5)
     clone = pickle.loads(pickle.dumps(cmu))
-    assert clone._osr is None and clone.mpp == cmu.mpp and clone.path == cmu.path
+    assert clone._backend is None and clone.mpp == cmu.mpp and clone.path == cmu.path
     np.testing.assert_array_equal(clone.read_region(700.5, 900.25, 128, 0.5), ref)
-    assert clone._osr is not None
+    assert clone._backend is not None
 
 
 def test_threads_read_like_serial(cmu):

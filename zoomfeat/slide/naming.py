@@ -24,3 +24,12 @@ def slide_id_from_path(path: str | os.PathLike) -> str:
         if lower.endswith(ext) and len(name) > len(ext):
             return name[: -len(ext)]
     return os.path.splitext(name)[0]
+
+
+def slide_id_from_location(location: str | os.PathLike, is_dir: bool = False) -> str:
+    """The slide id of a file, a URL (query string dropped) or, with ``is_dir``, a directory holding
+    one DICOM series (its whole name: ``case.001/`` -> ``case.001``). The name is the one the slide
+    is listed under: a symlink is never resolved."""
+    text = str(location).split("?", 1)[0].rstrip("/")
+    name = text.rsplit("/", 1)[-1] if "://" in text else Path(text).name
+    return name if is_dir else slide_id_from_path(name)

@@ -1,4 +1,10 @@
-"""Whole-slide images through openslide: resolution (MPP), magnification, regions at a target MPP.
+"""Whole-slide images: resolution (MPP), magnification, regions at a target MPP, whatever the reader.
+
+A :class:`Slide` reads through one of several backends (:mod:`zoomfeat.slide.backends`: openslide,
+DICOM through openslide 4, tiffslide for OME-TIFF and fsspec URLs, plain images), chosen from what
+the path is or forced with ``reader=``. Everything below holds for every reader: the same MPP
+rules, the same region semantics, the same one-line errors naming the slide, so one slide keeps one
+coordinate contract (level-0 px, the same tiles) whichever reader opens it.
 
 Resolution, in order (the first that gives a plausible value wins):
 
@@ -25,9 +31,11 @@ needed one (plus a few pixels of margin so the resampling kernel sees real neigh
 resizes it with an antialiased Lanczos filter (PIL) onto the exact box. Pixels outside the slide
 or transparent in the file are composited onto white.
 
-A :class:`Slide` pickles as its path, MPP and cached metadata; the openslide handle is opened
+A :class:`Slide` pickles as its location, reader, MPP and cached metadata; the backend is opened
 lazily in each process (DataLoader workers) and reopened after ``fork``. openslide handles are
-safe to share between threads; a lock only guards opening.
+safe to share between threads (a lock only guards opening); the other readers' reads are
+serialised by the lock. A remote slide's failed open or read is tried ``Slide.REMOTE_TRIES``
+times before it is reported.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from zoomfeat.runtime.errors import InputNotFoundError, SlideError
+from zoomfeat.runtime.errors import InputError, InputNotFoundError, SlideError
 from zoomfeat.runtime.units import BASE_MAG, MPP_20X
-from zoomfeat.slide.naming import slide_id_from_path
+from zoomfeat.slide.backends import SlideBackend, check_reader, choose_reader, fallbacks, is_url, open_backend
+from zoomfeat.slide.backends.dicom import is_dicom_dir
+from zoomfeat.slide.identity import SlideChangedError, content_hash, describe_change, fingerprint
+from zoomfeat.slide.naming import slide_id_from_location
 
 #: the former name of :class:`~zoomfeat.runtime.errors.InputNotFoundError` (kept for importers)
 MissingInputError = InputNotFoundError
@@ -152,25 +164,64 @@ def resolve_mpp(
     raise SlideError(f"{path}: no resolution (microns per pixel) in the file{seen}; {_MPP_HELP}.{hint}")
 
 
-def _open_openslide(path: Path):
-    import openslide
-
-    try:
-        return openslide.OpenSlide(str(path))
-    except openslide.OpenSlideError as err:
-        raise SlideError(
-            f"{path}: not a slide openslide can open ({err}). Supported: Aperio .svs/.tif, Hamamatsu "
-            ".ndpi/.vms, Leica .scn, MIRAX .mrxs, Philips .tiff, Sakura .svslide, Ventana .bif, DICOM, "
-            "and generic *tiled* pyramidal TIFF"
-        ) from err
+def _open_error(location: str, err: BaseException, tries: int) -> InputError:
+    """One line for a slide that could not be opened (missing, refused, unreachable, unreadable)."""
+    what = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+    cause = err.__cause__ or err.__context__
+    if (
+        isinstance(err, FileNotFoundError)
+        and isinstance(cause, OSError)
+        and not isinstance(cause, FileNotFoundError)
+    ):
+        # fsspec's HTTP filesystem reports a refused connection as a missing file
+        err, what = cause, f"{type(cause).__name__}: {cause}".strip().splitlines()[0][:300]
+    if isinstance(err, FileNotFoundError):
+        return InputNotFoundError(
+            f"no slide at {location} ({what}): check the path, bucket and key"
+            + (" (and the endpoint in storage_options)" if is_url(location) else "")
+        )
+    if isinstance(err, PermissionError):
+        return SlideError(
+            f"{location}: access denied ({what}); check the credentials (the usual environment, e.g. "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or GOOGLE_APPLICATION_CREDENTIALS, or storage_options)"
+        )
+    return SlideError(
+        f"{location}: cannot open it after {tries} tries ({what}); check the URL, the network and "
+        "storage_options (or the file is damaged or truncated)"
+    )
 
 
 class Slide:
-    """A whole-slide image with a known level-0 resolution. Open with :meth:`Slide.open`."""
+    """A whole-slide image with a known level-0 resolution. Open with :meth:`Slide.open`.
 
-    def __init__(self, path: str | Path, mpp_info: MppInfo, meta: dict[str, Any]) -> None:
-        self.path = Path(path)
-        self.slide_id = slide_id_from_path(self.path)  # TRIDENT's id: x.ome.tiff -> x
+    ``path`` is the slide's location as given (a :class:`~pathlib.Path`, or the URL string of a
+    remote slide); ``slide_id`` the name its bags get; ``reader`` the backend reading it
+    (:mod:`zoomfeat.slide.backends`).
+    """
+
+    #: tries of a failed read (or open) of a remote slide before it is reported (local: 1)
+    REMOTE_TRIES = 3
+    #: seconds slept before the second, third ... try
+    RETRY_BACKOFF_S = (0.2, 1.0, 3.0)
+
+    def __init__(
+        self,
+        path: str | Path,
+        mpp_info: MppInfo,
+        meta: dict[str, Any],
+        *,
+        reader: str = "openslide",
+        slide_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        location = str(path)
+        self.remote = is_url(location)
+        self.path: Path | str = location if self.remote else Path(path)
+        self.location = location
+        # TRIDENT's id: x.ome.tiff -> x; a symlink keeps its own name (the path is never resolved)
+        self.slide_id = slide_id or slide_id_from_location(location, is_dir=bool(meta.get("files")))
+        self.reader = reader
+        self.storage_options = dict(storage_options or {})
         self.mpp = float(mpp_info.mpp)
         self.mpp_source = mpp_info.source
         self.mpp_x, self.mpp_y = float(mpp_info.mpp_x), float(mpp_info.mpp_y)
@@ -180,55 +231,158 @@ class Slide:
         self.vendor: str = meta["vendor"]
         self.objective_power: float | None = meta.get("objective_power")
         self.properties: dict[str, str] = dict(meta.get("properties", {}))
-        self._osr = None
-        self._pid = None
+        #: the files of a local slide made of several (a DICOM series); empty: the path itself
+        self.files: tuple[Path, ...] = tuple(meta.get("files", ()))
+        #: the file(s)' state when opened (:func:`zoomfeat.slide.identity.fingerprint`)
+        self.opened_fingerprint: tuple[Any, ...] = tuple(meta.get("fingerprint", ()))
+        self._backend: Any = None
+        self._pid: int | None = None
         self._lock = threading.Lock()
+        self._hash: str | None = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, path: str | Path, mpp: float | None = None, objective_power_fallback: bool = False
+        cls,
+        path: str | Path,
+        mpp: float | None = None,
+        objective_power_fallback: bool = False,
+        *,
+        reader: str = "auto",
+        slide_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> Slide:
-        """Open ``path`` with openslide and resolve its MPP (``mpp=`` overrides the file).
+        """Open the slide at ``path`` (a file, a DICOM series directory or an fsspec URL) and resolve
+        its MPP (``mpp=`` overrides the file).
 
-        Raises ``FileNotFoundError`` for a missing path and :class:`SlideError` (naming the file)
-        for a file openslide cannot open or one without a usable resolution.
+        Args:
+            reader: ``auto`` (chosen from what the path is, :func:`~zoomfeat.slide.backends.choose_reader`)
+                or one of :data:`~zoomfeat.slide.backends.READERS` to force it.
+            slide_id: the name the slide's bags get (default: the name it is listed under, without
+                its extension).
+            storage_options: fsspec options of a remote slide (endpoint, credentials ...).
+
+        Raises ``InputNotFoundError`` for a missing path and :class:`SlideError` (naming the slide)
+        for anything that cannot be opened or lacks a usable resolution.
         """
-        path = Path(path)
-        if not path.exists():
-            raise InputNotFoundError(f"no slide file at {path}")
-        if path.is_dir():
-            raise SlideError(f"{path}: is a directory, not a slide file")
-        osr = _open_openslide(path)
-        props = dict(osr.properties)
-        info = resolve_mpp(props, path, mpp, objective_power_fallback)
+        reader = check_reader(reader)
+        location = str(path)
+        remote = is_url(location)
+        is_dir = False
+        if not remote:
+            local = Path(location).expanduser()
+            location = str(local)
+            if not local.exists():
+                raise InputNotFoundError(f"no slide file at {local}")
+            is_dir = local.is_dir()
+            if is_dir and (reader not in ("auto", "dicom") or not is_dicom_dir(local)):
+                raise SlideError(
+                    f"{local}: is a directory, not a slide file (a directory is a slide only when it holds "
+                    "one DICOM series: .dcm files)"
+                )
+        chosen = choose_reader(location, is_dir) if reader == "auto" else reader
+        tries = [chosen] + (list(fallbacks(location, chosen)) if reader == "auto" else [])
+        backend, first_error = None, None
+        for name in tries:
+            try:
+                backend = cls._open_backend(location, name, storage_options, remote)
+                chosen = name
+                break
+            except SlideError as err:
+                first_error = first_error or err
+                if isinstance(err, InputNotFoundError):
+                    break
+        if backend is None:
+            assert first_error is not None
+            raise first_error
+        props = dict(backend.properties)
+        info = resolve_mpp(props, location, mpp, objective_power_fallback)
+        files = tuple(getattr(backend, "files", ()))
         meta = {
-            "dimensions": osr.dimensions,
-            "level_dimensions": osr.level_dimensions,
-            "level_downsamples": osr.level_downsamples,
+            "dimensions": backend.level_dimensions[0],
+            "level_dimensions": backend.level_dimensions,
+            "level_downsamples": backend.level_downsamples,
             "vendor": props.get("openslide.vendor") or "unknown",
             "objective_power": _float(props, "openslide.objective-power"),
             "properties": props,
+            "files": files,
+            "fingerprint": fingerprint(location, files=files, storage_options=storage_options),
         }
-        slide = cls(path, info, meta)
-        slide._osr, slide._pid = osr, os.getpid()
+        slide = cls(location, info, meta, reader=chosen, slide_id=slide_id, storage_options=storage_options)
+        slide._backend, slide._pid = backend, os.getpid()
         if min(slide.dimensions) <= 0:
-            raise SlideError(f"{path}: empty image ({slide.dimensions[0]}x{slide.dimensions[1]} px)")
+            raise SlideError(f"{location}: empty image ({slide.dimensions[0]}x{slide.dimensions[1]} px)")
         return slide
 
+    @classmethod
+    def _open_backend(
+        cls, location: str, reader: str, storage_options: dict[str, Any] | None, remote: bool
+    ) -> SlideBackend:
+        """The backend, with :attr:`REMOTE_TRIES` tries for a remote slide; errors name the slide."""
+        tries = cls.REMOTE_TRIES if remote else 1
+        last: BaseException | None = None
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(cls.RETRY_BACKOFF_S[min(attempt - 1, len(cls.RETRY_BACKOFF_S) - 1)])
+            try:
+                return open_backend(location, reader, storage_options=storage_options)
+            except SlideError:
+                raise
+            except (FileNotFoundError, PermissionError) as err:
+                raise _open_error(location, err, attempt + 1) from err
+            except Exception as err:  # network/filesystem errors of fsspec and its clients
+                last = err
+        assert last is not None
+        raise _open_error(location, last, tries) from last
+
     def identity(self) -> dict[str, Any]:
-        """Where this slide came from: ``quickhash`` (openslide's, ``""`` when absent), file ``size``
-        in bytes and the resolved ``path``. Two files are the same slide when quickhash and size
-        agree; the path only informs (a moved slide folder is the same slide)."""
+        """Where this slide came from: ``quickhash`` (openslide's; for the other readers the
+        ``zf1:`` content hash of :func:`~zoomfeat.slide.identity.content_hash`), ``size`` in bytes
+        (all files of a DICOM series together) and the resolved ``path`` (or URL). Two slides are the
+        same when quickhash and size agree; the path only informs (a moved slide folder is the same
+        slide)."""
+        fp = self.opened_fingerprint
+        if self.remote:
+            size = int(fp[0]) if fp else -1
+            where = self.location
+        else:
+            size = sum(int(f[1]) for f in fp) if fp else -1
+            where = str(Path(self.location).resolve())
+        quick = str(self.properties.get(QUICKHASH_PROPERTY, ""))
+        if not quick or self.reader not in ("openslide", "dicom"):
+            if self._hash is None:
+                try:
+                    self._hash = content_hash(
+                        self.location, files=self.files, storage_options=self.storage_options
+                    )
+                except Exception:  # identity informs; reading it must not fail a slide that reads
+                    self._hash = ""
+            quick = self._hash
+        return {"quickhash": quick, "size": size, "path": where}
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """The state of the slide's file(s) now (:func:`~zoomfeat.slide.identity.fingerprint`)."""
+        return fingerprint(self.location, files=self.files, storage_options=self.storage_options)
+
+    def check_unchanged(self) -> None:
+        """Raise :class:`SlideChangedError` (one line naming the slide) when its file(s) changed since
+        it was opened: size, modification time, inode (local) or ETag (remote). Called before a slide's
+        bags are published, so rows of two versions of a file are never published together."""
         try:
-            size = int(self.path.stat().st_size)
-        except OSError:
-            size = -1
-        return {
-            "quickhash": str(self.properties.get(QUICKHASH_PROPERTY, "")),
-            "size": size,
-            "path": str(self.path.resolve()),
-        }
+            now = self.fingerprint()
+        except FileNotFoundError:
+            now = ()
+        except Exception as err:  # an unreachable remote: not known to have changed, but not provable
+            raise SlideChangedError(
+                f"{self.location}: cannot check that it is unchanged ({type(err).__name__}: {err}); "
+                "its bags are not published: extract it again"
+            ) from err
+        if now != self.opened_fingerprint:
+            what = describe_change(self.opened_fingerprint, now) if now else "deleted"
+            raise SlideChangedError(
+                f"{self.location}: changed while it was read ({what}); its bags are not published "
+                "(their rows could come from two versions of the file): extract it again once the file is stable"
+            )
 
     @property
     def magnification(self) -> float:
@@ -239,28 +393,31 @@ class Slide:
     def level_count(self) -> int:
         return len(self.level_dimensions)
 
-    def _handle(self):
-        if self._osr is None or self._pid != os.getpid():
+    def _handle(self) -> SlideBackend:
+        if self._backend is None or self._pid != os.getpid():
             with self._lock:
-                if self._osr is None or self._pid != os.getpid():
-                    self._osr, self._pid = _open_openslide(self.path), os.getpid()
-        return self._osr
+                if self._backend is None or self._pid != os.getpid():
+                    backend = self._open_backend(
+                        self.location, self.reader, self.storage_options, self.remote
+                    )
+                    self._backend, self._pid = backend, os.getpid()
+        return self._backend
 
     def close(self) -> None:
         with self._lock:
-            if self._osr is not None and self._pid == os.getpid():
-                self._osr.close()
-            self._osr = None
+            if self._backend is not None and self._pid == os.getpid():
+                self._backend.close()
+            self._backend = None
 
     def __enter__(self) -> Slide:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_osr"], state["_pid"], state["_lock"] = None, None, None
+        state["_backend"], state["_pid"], state["_lock"] = None, None, None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -270,8 +427,8 @@ class Slide:
     def __repr__(self) -> str:
         w, h = self.dimensions
         return (
-            f"Slide({str(self.path)!r}, {w}x{h} px, mpp={self.mpp:g} ({self.mpp_source}), "
-            f"{self.magnification:.2f}x, {self.level_count} level(s), vendor={self.vendor})"
+            f"Slide({self.location!r}, {w}x{h} px, mpp={self.mpp:g} ({self.mpp_source}), "
+            f"{self.magnification:.2f}x, {self.level_count} level(s), vendor={self.vendor}, reader={self.reader})"
         )
 
     # ------------------------------------------------------------------ reading
@@ -283,19 +440,35 @@ class Slide:
                 best = i
         return best
 
-    def _read_rgba(self, level: int, x0: int, y0: int, w: int, h: int):
-        """openslide read (level-0 location, level size) as a PIL RGBA image; errors name the file."""
-        import openslide
-
-        try:
-            return self._handle().read_region((int(x0), int(y0)), int(level), (int(w), int(h)))
-        except openslide.OpenSlideError as err:
-            # openslide's handle is unusable after an error: drop it so the next read reopens.
-            self._osr = None
-            raise SlideError(
-                f"{self.path}: cannot read {w}x{h} px at level {level} from level-0 ({x0}, {y0}): {err} "
-                "(corrupt or truncated file?)"
-            ) from err
+    def _read_rgba(self, level: int, x0: int, y0: int, w: int, h: int) -> Any:
+        """Backend read (level-0 location, level size) as a PIL RGBA image; a remote slide's failed
+        read is tried :attr:`REMOTE_TRIES` times (reopening it) before a :class:`SlideError` naming it."""
+        tries = self.REMOTE_TRIES if self.remote else 1
+        last: BaseException | None = None
+        for attempt in range(tries):
+            if attempt:
+                time.sleep(self.RETRY_BACKOFF_S[min(attempt - 1, len(self.RETRY_BACKOFF_S) - 1)])
+            try:
+                backend = self._handle()
+                if backend.name == "openslide" or backend.name == "dicom":
+                    return backend.read_rgba(int(level), int(x0), int(y0), int(w), int(h))
+                with self._lock:  # tifffile/fsspec file handles are not shared between threads
+                    return backend.read_rgba(int(level), int(x0), int(y0), int(w), int(h))
+            except Exception as err:
+                # a handle may be unusable after an error (openslide's is): the next read reopens it
+                self._backend = None
+                last = err
+                if isinstance(err, SlideError) and not self.remote:
+                    raise
+        assert last is not None
+        if isinstance(last, SlideError) and tries == 1:
+            raise last
+        raise SlideError(
+            f"{self.location}: cannot read {w}x{h} px at level {level} from level-0 ({x0}, {y0})"
+            + (f" after {tries} tries" if tries > 1 else "")
+            + f": {type(last).__name__}: {str(last).splitlines()[0] if str(last) else ''} "
+            "(corrupt or truncated file, or the connection failed?)"
+        ) from last
 
     @staticmethod
     def _on_white(rgba: np.ndarray) -> np.ndarray:
@@ -332,15 +505,15 @@ class Slide:
             if abs(bx0 - round(bx0)) < 1e-6 and abs(by0 - round(by0)) < 1e-6:  # pixel-aligned: a plain crop
                 return self.read_level_rgb(level, round(bx0) * int(d), round(by0) * int(d), out_w, out_h)
         margin = math.ceil(3 * max(1.0, rx, ry)) + 1  # Lanczos support, in level px
-        loc_x = math.floor((bx0 - margin) * d)
-        loc_y = math.floor((by0 - margin) * d)
-        start_x, start_y = loc_x / d, loc_y / d  # where the read starts, in level px
+        # the read starts on a whole level pixel (every reader locates it there)
+        start_x, start_y = math.floor(bx0 - margin), math.floor(by0 - margin)
+        loc_x, loc_y = math.ceil(start_x * d - 1e-9), math.ceil(start_y * d - 1e-9)
         w = math.ceil(bx1 + margin - start_x)
         h = math.ceil(by1 + margin - start_y)
         img = self._read_rgba(level, loc_x, loc_y, w, h)
         box = (bx0 - start_x, by0 - start_y, bx1 - start_x, by1 - start_y)
         # PIL resamples RGBA in premultiplied form, so compositing onto white afterwards is exact.
-        out = img.resize((out_w, out_h), Image.LANCZOS, box=box)
+        out = img.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
         return self._on_white(np.asarray(out))
 
     def read_region(self, x0: float, y0: float, size_px: int, mpp: float) -> np.ndarray:
