@@ -222,10 +222,8 @@ def options(entry: EntryPoint) -> list[Option]:
                 default = ""
                 if section in group_defaults:  # model=tiny chooses conf/model/tiny.yaml
                     default = group_defaults[section]
-                    choices = " | ".join(group_choices(section))
-                    text = f"{choices} (conf/{section}/*.yaml, which set the {section}.* keys)" + (
-                        f"; {text}" if text else ""
-                    )
+                    choices = f"one of {' | '.join(group_choices(section))} (the files of conf/{section}/)"
+                    text = f"{text}; {choices}" if text else choices
                 text = text or _docstring_summary(sub)
                 if text:
                     rows.append(Option(section, default, text, section=True))
@@ -243,8 +241,12 @@ def undocumented(entry: EntryPoint) -> list[str]:
 
 
 def _cell(text: str) -> str:
+    """Help text as a table cell: RST literals as code, Markdown's special characters escaped."""
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
-    return text.replace("|", "\\|")
+    parts = re.split(r"(`[^`]*`)", text)  # code spans stay as written
+    plain = {"*": "\\*", "_": "\\_", "<": "&lt;", ">": "&gt;", "[": "\\["}
+    out = [p if p.startswith("`") else "".join(plain.get(c, c) for c in p) for p in parts]
+    return "".join(out).replace("|", "\\|")
 
 
 def markdown() -> str:
@@ -269,7 +271,7 @@ def markdown() -> str:
         out += ["", f"## {e.name}", "", f"`{e.usage}`", "", "| key | default | meaning |", "|---|---|---|"]
         for o in options(e):
             key = f"**`{o.key}`**" if o.section else f"`{o.key}`"
-            default = f"`{_cell(o.default)}`" if o.default else ""
+            default = "`" + o.default.replace("|", "\\|") + "`" if o.default else ""
             out.append(f"| {key} | {default} | {_cell(o.help)} |")
     return "\n".join(out) + "\n"
 

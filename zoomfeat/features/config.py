@@ -4,7 +4,8 @@ The nesting is the YAML's: ``features.timestep`` on the command line is
 ``ExtractConfig.features.timestep`` here, ``model=tiny`` selects the Hydra group ``conf/model/tiny.yaml``
 which becomes ``ExtractConfig.model``. :func:`zoomfeat.runtime.config.load_config` validates a composed
 config into it (unknown keys refused, types converted, ranges checked in ``__post_init__``), so a new
-option is added in one place: a field here, with its default and comment in the YAML.
+option is added in one place: a field here, with its ``#:`` help comment (``python -m zoomfeat.options
+--write`` copies it into the YAML and docs/options.md).
 
 :meth:`ExtractConfig.recipe` is the part that decides the numbers in a bag (model and encoder and
 their weights, timestep, taps, ensemble, seed, tiling, tissue threshold, MPP override, precision);

@@ -1,4 +1,4 @@
-"""``conf/export.yaml`` as a dataclass: what ``python -m zoomfeat.export`` takes (docs: README, "Other MIL tools")."""
+"""``conf/export.yaml`` as a dataclass: what ``python -m zoomfeat.export`` takes (docs/bags.md, "Other MIL tools")."""
 
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ the dataclass with OmegaConf's structured configs:
 - values are converted to the annotated types (``"300"`` -> 300) or refused, naming the key;
 - the dataclass's ``__post_init__`` checks ranges and raises :class:`ConfigError`.
 
-So a new option is added in one place (the dataclass field, with its default and comment in the
-YAML), and the README's key tables are tested against the dataclasses (``tests/test_docs.py``).
+So a new option is added in one place (the dataclass field, with its default and its ``#:`` help
+comment; the YAML holds its default), and ``docs/options.md`` and the YAML comments are generated from the fields' ``#:`` comments
+(:mod:`zoomfeat.options`, tested by ``tests/test_options.py``).
 Library code takes these dataclasses, never Hydra objects.
 """
 
