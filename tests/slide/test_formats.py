@@ -109,7 +109,7 @@ def test_plain_image_without_mpp_says_how_to_give_it(cmu_png):
 
 
 def test_dicom_directory_with_two_series_is_refused(cmu_slide, cmu_dicom, tmp_path):
-    from tests_slide_helpers import dicom_second_series
+    from slide_files import dicom_second_series
 
     both = tmp_path / "two-series"
     shutil.copytree(cmu_dicom, both)
