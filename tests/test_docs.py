@@ -64,6 +64,25 @@ def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():
     assert not orphans, f"docs pages missing from mkdocs.yml's nav (add them there): {orphans}"
 
 
+def test_blocks_inside_list_items_are_indented_by_four():
+    # Python-Markdown (mkdocs) nests a paragraph or code block under a list item only when it is
+    # indented by 4 spaces; GitHub accepts 2, so a page written for GitHub renders as broken lists.
+    bad = []
+    for page in sorted(DOCS.rglob("*.md")):
+        fence, prev = False, ""
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            starts_fence = re.match(r"\s*(```|~~~)", line)
+            if (not fence or starts_fence) and prev.strip() == "" and re.match(r" {1,3}\S", line):
+                if not fence:
+                    bad.append(f"{page.relative_to(ROOT)}:{n}: {line.strip()[:60]}")
+            if starts_fence:
+                fence = not fence
+            prev = line
+    assert not bad, (
+        "indent these list-item blocks by 4 spaces (mkdocs renders 2 as a broken list):\n" + "\n".join(bad)
+    )
+
+
 def test_the_readme_test_command_is_the_one_ci_runs():
     readme = README.read_text()
     install_and_test = 'python -m pip install -e ".[dev]" && python -m pytest -q'
