@@ -164,17 +164,22 @@ def resolve_mpp(
     raise SlideError(f"{path}: no resolution (microns per pixel) in the file{seen}; {_MPP_HELP}.{hint}")
 
 
-def _open_error(location: str, err: BaseException, tries: int) -> InputError:
-    """One line for a slide that could not be opened (missing, refused, unreachable, unreadable)."""
-    what = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
+def _connection_failed(err: BaseException) -> bool:
+    """Whether ``err`` is a missing file that really is a failed connection (fsspec's HTTP filesystem
+    reports a refused connection as ``FileNotFoundError``, the connection error as its cause)."""
     cause = err.__cause__ or err.__context__
-    if (
+    return (
         isinstance(err, FileNotFoundError)
         and isinstance(cause, OSError)
         and not isinstance(cause, FileNotFoundError)
-    ):
-        # fsspec's HTTP filesystem reports a refused connection as a missing file
-        err, what = cause, f"{type(cause).__name__}: {cause}".strip().splitlines()[0][:300]
+    )
+
+
+def _open_error(location: str, err: BaseException, tries: int) -> InputError:
+    """One line for a slide that could not be opened (missing, refused, unreachable, unreadable)."""
+    if _connection_failed(err):
+        err = err.__cause__ or err.__context__ or err
+    what = f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]
     if isinstance(err, FileNotFoundError):
         return InputNotFoundError(
             f"no slide at {location} ({what}): check the path, bucket and key"
@@ -329,7 +334,9 @@ class Slide:
             except SlideError:
                 raise
             except (FileNotFoundError, PermissionError) as err:
-                raise _open_error(location, err, attempt + 1) from err
+                if not _connection_failed(err):
+                    raise _open_error(location, err, attempt + 1) from err
+                last = err
             except Exception as err:  # network/filesystem errors of fsspec and its clients
                 last = err
         assert last is not None
