@@ -329,25 +329,28 @@ class TileGrid:
 
         n_px, n_py = math.ceil(W / (RATIO * s)), math.ceil(H / (RATIO * s))
         n = RATIO * RATIO
-        # every child of every parent, parent-major (J, I) then (dy, dx)
-        gi, gj = np.meshgrid(np.arange(n_px), np.arange(n_py))
-        pij = np.stack([gi.ravel(), gj.ravel()], axis=1).astype(np.int64)  # (Pall, 2)
         r = np.arange(n)
-        ci = RATIO * pij[:, None, 0] + (r % RATIO)[None, :]  # (Pall, 16) child lattice x index
-        cj = RATIO * pij[:, None, 1] + (r // RATIO)[None, :]
-        frac = tissue.fraction(ci * s, cj * s, s, s).astype(np.float32)
-        inside = (ci * s < W) & (cj * s < H)
-        kept = (frac >= min_tissue) & inside
-        keep_parent = kept.any(axis=1)
-        if not keep_parent.any():
+        # every child of every parent, parent-major (J, I) then (dy, dx), a band of parent rows at a
+        # time (bounded memory on huge slides: ~2^20 children per band); only kept parents stay
+        band = max(1, (1 << 20) // (n * n_px))
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for j0 in range(0, n_py, band):
+            gi, gj = np.meshgrid(np.arange(n_px), np.arange(j0, min(j0 + band, n_py)))
+            pij_b = np.stack([gi.ravel(), gj.ravel()], axis=1).astype(np.int64)  # (Pband, 2)
+            ci_b = RATIO * pij_b[:, None, 0] + (r % RATIO)[None, :]  # (Pband, 16) child lattice x index
+            cj_b = RATIO * pij_b[:, None, 1] + (r // RATIO)[None, :]
+            frac_b = tissue.fraction(ci_b * s, cj_b * s, s, s).astype(np.float32)
+            kept_b = (frac_b >= min_tissue) & (ci_b * s < W) & (cj_b * s < H)
+            keep = kept_b.any(axis=1)
+            parts.append((pij_b[keep], ci_b[keep], cj_b[keep], frac_b[keep], kept_b[keep]))
+        pij, ci, cj, frac, kept = (np.concatenate([p[k] for p in parts]) for k in range(5))
+        if not len(pij):
             warnings.warn(
                 f"{slide.path}: no tissue found (no {mag:g}x tile reaches min_tissue={min_tissue:g}; "
                 f"{100 * tissue.tissue_fraction:.1f}% of the thumbnail is tissue); the grid is empty",
                 stacklevel=2,
             )
             return cls._empty(**common)
-        pij = pij[keep_parent]
-        ci, cj, frac, kept = ci[keep_parent], cj[keep_parent], frac[keep_parent], kept[keep_parent]
         P = len(pij)
         children = Children(
             xy=np.stack([_snap(ci.ravel() * s), _snap(cj.ravel() * s)], axis=1),

@@ -18,10 +18,30 @@ so the result does not depend on the thumbnail resolution):
 The result is a :class:`TissueMask` holding the mask, the thumbnail it came from and its
 geometry; :meth:`TissueMask.fraction` gives the tissue fraction of level-0 boxes exactly
 (area-weighted, with fractional box edges; outside the slide counts as background).
+
+**Flat slides** (no pyramid level near the thumbnail's resolution: some scanners and converters
+write a single 10^5..10^6 px level). Making the thumbnail from level 0 in full reads every pixel:
+10^12 px for a 10^6 x 10^6 slide, hours. When the level the thumbnail would read holds more than
+``max_read_px`` pixels, :func:`detect_tissue` warns (naming the cost) and builds the thumbnail from
+``sample_rows`` one-pixel rows per thumbnail row instead, read as strips of at most
+``strip_px`` pixels (bounded memory) with a progress bar: thumbnail pixel ``(r, c)`` is
+
+    T[r, c] = mean over k < K of  mean_{x in [X_c, X_{c+1}), sx | x}  I(x, y_rk),
+    y_rk = floor((r + (k + 1/2) / K) * dy / d),   X_c = sx * round(c * dx / (d * sx))
+
+(``I`` the level's RGB with transparent/missing tiles white, ``d`` its downsample, ``dx, dy`` the
+thumbnail's level-0 px per pixel, ``K = sample_rows``, ``sx = floor(dx / d / sample_cols)`` or 1):
+``K`` evenly spaced rows and about ``sample_cols`` evenly spaced pixels per thumbnail pixel (every
+pixel when the thumbnail is less than ``2 * sample_cols`` times coarser). The pixels read are
+``th * K * level_width`` -- a fraction ``K * d / dy`` of the level; every tile a sampled row
+crosses is decoded, so the time is proportional to the slide's area (tiles are decoded whole),
+with a small constant for the absent tiles of sparse files. A tissue mask at 8..30 um/px changes little: the 20x tile grid's tissue fractions are box
+integrals of this mask (measured against the full read in tests/slide/test_flat_slide.py).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -176,12 +196,129 @@ def tissue_mask(
     return mask, threshold
 
 
-def detect_tissue(slide, mpp: float = 8.0, max_px: int = 8192, progress: bool = True, **kwargs) -> TissueMask:
+#: level pixels per second the sampled thumbnail reads and averages (absent tiles; one core), for
+#: the time estimate in its warning (benchmarks/flat_slide.py)
+_SAMPLED_PX_PER_S = 1.5e8
+
+#: default of ``max_read_px``: above this many pixels in the level a thumbnail would read (about
+#: 10 s of reading on one core), tissue detection samples rows instead (module docstring)
+MAX_READ_PX = 1 << 30
+
+
+def _thumbnail_geometry(slide, mpp: float, max_px: int) -> tuple[int, int, float, float, int]:
+    """``(tw, th, dx, dy, level)`` of ``slide.thumbnail(mpp, max_px)``: its size, level-0 px per
+    thumbnail px and the pyramid level it reads (the same rule as :meth:`Slide.thumbnail`)."""
+    W, H = slide.dimensions
+    mpp = max(float(mpp), slide.mpp * max(W, H) / max_px)
+    tw, th = max(1, round(W * slide.mpp / mpp)), max(1, round(H * slide.mpp / mpp))
+    dx, dy = W / tw, H / th
+    return tw, th, dx, dy, slide.best_level(min(dx, dy))
+
+
+def _strip_sums(rgba: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sums of the on-white RGB of a strip ``rgba`` (n, 4) over the runs starting at ``starts``.
+
+    On white, a pixel is ``(c*a + 255*(255 - a)) / 255``; a fully opaque run sums ``c``, a fully
+    transparent one is white. Only strips that mix partial transparency pay the per-pixel blend.
+    """
+    a = rgba[:, 3]
+    lo, hi = int(a.min()), int(a.max())
+    if lo == 255:
+        return np.add.reduceat(rgba[:, :3], starts, axis=0, dtype=np.float32)
+    if hi == 0:
+        n = np.diff(np.append(starts, len(rgba))).astype(np.float32)
+        return np.repeat(255.0 * n[:, None], 3, axis=1)
+    blend = (
+        rgba[:, :3].astype(np.float32) * a[:, None] + 255.0 * (255 - a[:, None].astype(np.float32))
+    ) / 255
+    return np.add.reduceat(blend, starts, axis=0)
+
+
+def sampled_thumbnail(
+    slide,
+    *,
+    mpp: float,
+    max_px: int = 8192,
+    sample_rows: int = 2,
+    sample_cols: int = 16,
+    strip_px: int = 1 << 16,
+    progress: bool = True,
+) -> tuple[np.ndarray, float, float]:
+    """The thumbnail of :meth:`Slide.thumbnail` (same size and geometry) from ``sample_rows``
+    one-pixel rows per thumbnail row, averaged along x over every ``sx``-th pixel, ``sx`` so that
+    about ``sample_cols`` pixels per thumbnail pixel count (every pixel up to 2 * sample_cols;
+    formula in the module docstring). Memory: the thumbnail plus one strip of ``strip_px`` pixels.
+    """
+    from tqdm.auto import tqdm
+
+    tw, th, dx, dy, level = _thumbnail_geometry(slide, mpp, max_px)
+    d = float(slide.level_downsamples[level])
+    lw, lh = slide.level_dimensions[level]
+    sx = max(1, int(dx / d) // max(1, int(sample_cols)))
+    # column edges X_c in level px, multiples of sx (strictly increasing: dx / d >= sx)
+    edges = np.minimum(np.round(np.arange(tw + 1) * (dx / d / sx)).astype(np.int64) * sx, lw)
+    edges[-1] = lw
+    counts = np.maximum(-(-np.diff(edges) // sx), 1).astype(np.float32)  # samples per column
+    # column chunks: whole thumbnail columns, at most ~strip_px level px each
+    chunks, c0 = [], 0
+    while c0 < tw:
+        c1 = int(np.searchsorted(edges, edges[c0] + max(int(strip_px), 1), side="right")) - 1
+        c1 = min(max(c1, c0 + 1), tw)
+        chunks.append((c0, c1))
+        c0 = c1
+    k_rows = max(1, min(int(sample_rows), int(dy / d)))
+    out = np.empty((th, tw, 3), np.uint8)
+    acc = np.empty((tw, 3), np.float32)
+    for r in tqdm(range(th), desc=f"tissue (flat slide) {slide.slide_id}", unit="row", disable=not progress):
+        acc[:] = 0
+        for k in range(k_rows):
+            y = min(int((r + (k + 0.5) / k_rows) * dy / d), lh - 1)
+            for c0, c1 in chunks:
+                x0, x1 = int(edges[c0]), int(edges[c1])
+                if x1 <= x0:
+                    continue
+                # package-internal: the raw RGBA, blended on white per run (_strip_sums), not per pixel
+                rgba = np.asarray(slide._read_rgba(level, round(x0 * d), round(y * d), x1 - x0, 1))[0, ::sx]
+                acc[c0:c1] += _strip_sums(rgba, (edges[c0:c1] - x0) // sx)
+        out[r] = np.clip(np.rint(acc / (counts[:, None] * k_rows)), 0, 255).astype(np.uint8)
+    return out, dx, dy
+
+
+def detect_tissue(
+    slide,
+    mpp: float = 8.0,
+    max_px: int = 8192,
+    progress: bool = True,
+    *,
+    max_read_px: int = MAX_READ_PX,
+    sample_rows: int = 2,
+    **kwargs,
+) -> TissueMask:
     """Read ``slide``'s thumbnail at ``mpp`` um/px and find the tissue (see the module docstring).
 
-    ``kwargs`` go to :func:`tissue_mask`.
+    When the pyramid level the thumbnail needs holds more than ``max_read_px`` pixels (a flat
+    slide), the thumbnail is sampled from ``sample_rows`` rows per thumbnail row
+    (:func:`sampled_thumbnail`), with a warning naming the cost. ``kwargs`` go to :func:`tissue_mask`.
     """
-    thumb, dx, dy = slide.thumbnail(mpp, max_px=max_px, progress=progress)
+    tw, th, dx, dy, level = _thumbnail_geometry(slide, mpp, max_px)
+    lw, lh = slide.level_dimensions[level]
+    if lw * lh > max_read_px:
+        d = float(slide.level_downsamples[level])
+        k_rows = max(1, min(int(sample_rows), int(dy / d)))
+        read = th * k_rows * lw
+        warnings.warn(
+            f"{slide.path}: no pyramid level near {slide.mpp * min(dx, dy):.3g} um/px (level {level} is "
+            f"{lw}x{lh} px = {lw * lh / 1e9:.3g} Gpx); tissue detection samples {k_rows} of every "
+            f"{dy / d:.0f} rows of it ({read / 1e9:.3g} Gpx to read, every tile crossed decoded: about "
+            f"{read / _SAMPLED_PX_PER_S:.0f} s plus the decoding of the tissue tiles). Saving the slide "
+            "with a pyramid (e.g. vips tiffsave IN OUT --tile --pyramid --compression jpeg) makes this seconds",
+            stacklevel=2,
+        )
+        thumb, dx, dy = sampled_thumbnail(
+            slide, mpp=mpp, max_px=max_px, sample_rows=sample_rows, progress=progress
+        )
+    else:
+        thumb, dx, dy = slide.thumbnail(mpp, max_px=max_px, progress=progress)
     actual_mpp = slide.mpp * (dx + dy) / 2
     mask, threshold = tissue_mask(thumb, actual_mpp, **kwargs)
     return TissueMask(
