@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
+import yaml
 
 from zoomfeat.options import (
     ENTRY_POINTS,
     REGENERATE,
+    _format,
     docs_path,
     field_help,
     markdown,
@@ -26,6 +29,7 @@ from zoomfeat.options import (
 )
 
 ENTRIES = {e.name: e for e in ENTRY_POINTS}
+_ABSENT = object()
 
 
 @pytest.mark.parametrize("name", list(ENTRIES))
@@ -60,6 +64,29 @@ def test_every_yaml_key_is_an_option(name):
     keys |= {".".join(k.split(".")[:n]) for k in list(keys) for n in range(1, k.count(".") + 1)}  # sections
     unknown = [k for k in yaml_keys(entry) if k not in keys]
     assert not unknown, f"zoomfeat/conf/{name}.yaml sets keys that {entry.schema} does not have: {unknown}"
+
+
+@pytest.mark.parametrize("name", list(ENTRIES))
+def test_yaml_defaults_are_the_dataclass_defaults(name):
+    # The command line gets the YAML's value, Python callers the dataclass's: they must agree
+    # (interpolations such as ${demo} excepted: the help text says what they resolve to).
+    entry = ENTRIES[name]
+    data = yaml.safe_load(entry.yaml.read_text())
+    differ = []
+    for option in options(entry):
+        value: Any = data
+        for part in option.key.split("."):
+            value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+        if option.section or value is _ABSENT or (isinstance(value, str) and "${" in value):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+            same = option.default not in ("null", "true", "false") and float(option.default) == value
+        else:
+            same = _format(value) == option.default
+        if not same:
+            differ.append(f"{option.key}: YAML {_format(value)} vs dataclass {option.default}")
+    assert not differ, f"zoomfeat/conf/{name}.yaml and {entry.schema} disagree on defaults: {differ}"
 
 
 def test_a_stale_yaml_comment_is_rewritten_and_the_header_kept():

@@ -163,7 +163,7 @@ class ExtractConfig:
     overwrite: bool = False
     #: build models without weights (seeded random; smoke tests only)
     allow_random_weights: bool = False
-    #: write {out_dir}/previews/{slide_id}.png
+    #: write {out_dir}/previews/{slide_id}.png (on the command line the default is the value of demo)
     preview: bool = False
     #: tqdm progress bars
     progress: bool = True
