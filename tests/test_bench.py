@@ -207,7 +207,7 @@ def write_bad_sets(root, labels):
             t = 300 if name == "mixed" and k == 3 else 200
             attrs = {"config_hash": f"h{int(t == 300)}", "recipe": f'{{"timestep": {t}}}', "timestep": t}
             path = write_bag(
-                root / f"features_{name}" / f"{slide}.h5", x, np.zeros((5, 2)), COORDS_ATTRS, attrs
+                root / f"features_{name}" / f"{slide}.h5", x, np.zeros((5, 2)), COORDS_ATTRS, attrs=attrs
             )
             if k == 3 and name == "truncated":
                 path.write_bytes(path.read_bytes()[:1000])

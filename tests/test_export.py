@@ -31,7 +31,7 @@ def out_dir(tmp_path_factory):
              "target_magnification": 20.0, "overlap": 0, "name": "s1", "level0_width": 2220,
              "level0_height": 2967}  # fmt: skip
     features = np.arange(6, dtype=np.float32).reshape(2, 3)
-    write_bag(bag_path(out, "uni_fused", "s1"), features, [[0, 0], [257, 0]], attrs, {"mpp": 0.499})
+    write_bag(bag_path(out, "uni_fused", "s1"), features, [[0, 0], [257, 0]], attrs, attrs={"mpp": 0.499})
     return out
 
 

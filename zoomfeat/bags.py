@@ -13,6 +13,11 @@ file. TRIDENT, Patho-Bench and torchmil's ``TridentWSIDataset`` read these files
 Every write goes to a temporary name in the same directory and is fsync-ed and renamed when
 complete (:func:`zoomfeat.runtime.atomic.atomic_path`), so a killed run never leaves a truncated
 bag under the final name. See docs/ARCHITECTURE.md, "Bag format".
+
+Every file written here carries ``format_version`` (:data:`FORMAT_VERSION`); a file without it is
+version 0 (the layout before the attribute existed). :func:`read_header` reads what a file is
+(intact or not, its attributes, its format version) in one open; the extraction reads older
+formats through one function on top of it (``zoomfeat.features.outputs.read_output``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import h5py
 import numpy as np
@@ -30,6 +35,35 @@ import numpy as np
 from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import BagError
 from zoomfeat.runtime.units import TILE_PX
+
+#: the bag format written by this version (file attribute ``format_version``; absent: version 0)
+FORMAT_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PerMag(Generic[T]):
+    """One value per bag magnification: ``x20`` for the 20x tiles, ``x5`` for their 5x parents.
+
+    Named fields instead of parallel ``*20`` / ``*5`` arguments, so the two cannot be swapped;
+    ``per_mag[20]`` and ``per_mag[5]`` index it by magnification.
+    """
+
+    x20: T
+    x5: T
+
+    def __getitem__(self, mag: int) -> T:
+        if mag == 20:
+            return self.x20
+        if mag == 5:
+            return self.x5
+        raise KeyError(f"no bag magnification {mag!r}; bags are written at 20 and 5")
+
+    def items(self) -> tuple[tuple[int, T], tuple[int, T]]:
+        """``((20, x20), (5, x5))``."""
+        return ((20, self.x20), (5, self.x5))
+
 
 #: magnification of the bag directory each feature set is written to
 FEATURE_SET_MAG: dict[str, int] = {
@@ -78,7 +112,7 @@ def mag_dir(out_dir: str | Path, mag: int | float, tile_px: int = TILE_PX, overl
 
 
 def bag_path(
-    out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = TILE_PX, mag: int | None = None
+    out_dir: str | Path, feature_set: str, slide_id: str, tile_px: int = TILE_PX, *, mag: int | None = None
 ) -> Path:
     """Path of one slide's bag for ``feature_set`` (mag from its name: :func:`set_magnification`)."""
     if mag is None:
@@ -130,13 +164,15 @@ def write_bag(
     features: np.ndarray,
     coords: np.ndarray,
     coords_attrs: Mapping[str, Any],
+    *,
     attrs: Mapping[str, Any] | None = None,
     parent_idx: np.ndarray | None = None,
     chunk_rows: int = 1024,
 ) -> Path:
     """Write one bag atomically (temporary file, then rename) and return its path.
 
-    ``features`` (N, D) is stored as float32 chunked by rows; an empty bag is (0, D).
+    ``features`` (N, D) is stored as float32 chunked by rows; an empty bag is (0, D). The file
+    carries ``format_version`` (:data:`FORMAT_VERSION`) besides ``attrs``.
     """
     path = Path(path)
     features = np.asarray(features, dtype=np.float32)
@@ -154,10 +190,25 @@ def write_bag(
         _write_coords(f, coords, coords_attrs)
         if parent_idx is not None:
             f.create_dataset("parent_idx", data=np.asarray(parent_idx, dtype=np.int64))
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = _attr_value(value)
+        write_file_attrs(f, attrs or {})
         f.attrs["complete"] = True
     return path
+
+
+def write_file_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
+    """The file attributes of a bag or coords file: ``attrs`` and ``format_version``."""
+    for key, value in attrs.items():
+        f.attrs[key] = _attr_value(value)
+    f.attrs["format_version"] = FORMAT_VERSION
+
+
+def fill_patches(
+    f: h5py.File, coords: np.ndarray, coords_attrs: Mapping[str, Any], attrs: Mapping[str, Any]
+) -> None:
+    """Fill an open, empty HDF5 file as TRIDENT's coords file (``coords``, attributes, completeness mark)."""
+    _write_coords(f, coords, coords_attrs)
+    write_file_attrs(f, attrs)
+    f.attrs["complete"] = True
 
 
 def write_patches(
@@ -169,10 +220,7 @@ def write_patches(
     """Write TRIDENT's ``{slide_id}_patches.h5`` coords file atomically."""
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        _write_coords(f, coords, coords_attrs)
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = _attr_value(value)
-        f.attrs["complete"] = True
+        fill_patches(f, coords, coords_attrs, attrs or {})
     return path
 
 
@@ -227,29 +275,61 @@ def read_attrs(path: str | Path) -> dict[str, Any]:
         return {k: _decode_attr(v) for k, v in f.attrs.items()}
 
 
-def file_problem(path: str | Path, datasets: tuple[str, ...] = ("coords",)) -> str:
-    """What is wrong with a finished bag or coords file at ``path``; ``""`` when it is intact.
+@dataclass
+class FileHeader:
+    """What one open of a finished bag or coords file tells (:func:`read_header`).
+
+    Attributes:
+        problem: what is wrong with it (``""``: intact); attrs: its file attributes (those of an
+            intact file; ``{}`` otherwise); format_version: :func:`format_version` of ``attrs``.
+    """
+
+    problem: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def format_version(self) -> int:
+        return format_version(self.attrs)
+
+
+def format_version(attrs: Mapping[str, Any]) -> int:
+    """The ``format_version`` of a file's attributes; 0 for files written before it existed."""
+    try:
+        return int(attrs.get("format_version", 0))
+    except (TypeError, ValueError):
+        return -1  # not ours: no version reads it
+
+
+def read_header(path: str | Path, datasets: tuple[str, ...] = ("coords",)) -> FileHeader:
+    """Check a finished bag or coords file and read its attributes, in one open.
 
     Intact: it opens as HDF5, carries ``complete = True`` (set last, just before the atomic
     rename) and its ``datasets`` exist and read to their last row (a file truncated by a failed
-    copy fails one of these). A missing file is not checked here (``""`` is never returned for it).
+    copy fails one of these). A missing file gives the problem ``"missing"``.
     """
     path = Path(path)
     if not path.is_file():
-        return "missing"
+        return FileHeader("missing")
     try:
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False):
-                return "no completeness mark (an unfinished or foreign file)"
+                return FileHeader("no completeness mark (an unfinished or foreign file)")
             for name in datasets:
                 if name not in f:
-                    return f"no {name!r} dataset"
+                    return FileHeader(f"no {name!r} dataset")
                 ds = f[name]
                 if ds.shape and ds.shape[0]:
                     ds[ds.shape[0] - 1]  # the last row: a truncated file fails here
+            attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
     except (OSError, KeyError, ValueError, RuntimeError) as err:
-        return f"cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-    return ""
+        return FileHeader(f"cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+    return FileHeader("", attrs)
+
+
+def file_problem(path: str | Path, datasets: tuple[str, ...] = ("coords",)) -> str:
+    """What is wrong with a finished bag or coords file at ``path``; ``""`` when it is intact
+    (:func:`read_header`'s ``problem``; ``"missing"`` for a missing file)."""
+    return read_header(path, datasets).problem
 
 
 def bag_is_complete(path: str | Path, config_hash: str | None = None) -> bool:
@@ -297,6 +377,7 @@ class BagDataset:
         self,
         bag_dir: str | Path,
         labels: Any = None,
+        *,
         slide_col: str = "slide_id",
         label_col: str = "label",
         preload: bool = False,

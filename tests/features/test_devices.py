@@ -141,6 +141,7 @@ def test_hand_out_order_and_every_worker_stopped_when_the_list_is_empty():
     from pathlib import Path
 
     from zoomfeat.features.devices import DevicePool, _Worker
+    from zoomfeat.features.families import SlidePlan
     from zoomfeat.features.pipeline import SlideResult
     from zoomfeat.slide.manifest import SlideSpec
 
@@ -159,12 +160,13 @@ def test_hand_out_order_and_every_worker_stopped_when_the_list_is_empty():
     pool.pending = [2, 1, 0]
     w0, w1 = (_Worker(i, "cpu", None, Conn(i)) for i in range(2))
     pool.workers = [w0, w1]
-    pool._handle(w1, ("ready", 1, []))
+    pool._handle(w1, ("ready", 1, None))
     pool._hand_out()
-    assert sent == {0: [], 1: []}  # worker 0 has not checked the bags yet
-    pool._handle(w0, ("ready", 0, []))
+    assert sent == {0: [], 1: []}  # worker 0 has not planned the slides yet
+    plans = [SlidePlan(f"s{k}", Path("/out")) for k in range(3)]
+    pool._handle(w0, ("ready", 0, plans))
     pool._hand_out()
-    assert sent == {0: [("slide", 0)], 1: [("slide", 1)]}
+    assert sent == {0: [("slide", 0, plans[0])], 1: [("slide", 1, plans[1])]}  # each slide with its plan
 
     def done(w, k):
         pool._handle(w, ("result", w.index, k, SlideResult(f"/x/s{k}.svs", f"s{k}", "done")))
@@ -172,7 +174,7 @@ def test_hand_out_order_and_every_worker_stopped_when_the_list_is_empty():
 
     done(w0, 0)
     done(w0, 2)
-    assert sent[0][-1] == ("stop",) and sent[1] == [("slide", 1)]  # worker 1 still busy
+    assert sent[0][-1] == ("stop",) and sent[1] == [("slide", 1, plans[1])]  # worker 1 still busy
     done(w1, 1)
     assert sent[1][-1] == ("stop",)
     assert [r.slide_id for r in pool.outcome.results] == ["s0", "s1", "s2"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from zoomfeat.bags import write_bag, write_patches
-from zoomfeat.features.outputs import inspect_files, recipe_diff, set_attrs
+from zoomfeat.features.outputs import inspect_files, read_output, recipe_diff, set_attrs
 from zoomfeat.features.writer import slide_outputs
 
 COORDS = {"patch_size": 256, "patch_size_level0": 512, "level0_magnification": 40.0, "target_magnification": 20,
@@ -16,18 +16,23 @@ RECIPE = {"timestep": 200, "taps": ["middle_block"], "seed": 0}
 
 
 def _write(path, config_hash, recipe=RECIPE):
-    attrs = {"config_hash": config_hash, "recipe": json.dumps(recipe)}
+    # coords files carry the grid's hash (grid_hash), bags their family's (config_hash)
+    attrs = {"config_hash": config_hash, "grid_hash": config_hash, "recipe": json.dumps(recipe)}
     if path.name.endswith("_patches.h5"):
         write_patches(path, np.zeros((1, 2)), COORDS, attrs)
     else:
-        write_bag(path, np.ones((1, 4)), np.zeros((1, 2)), COORDS, attrs)
+        write_bag(path, np.ones((1, 4)), np.zeros((1, 2)), COORDS, attrs=attrs)
 
 
 def test_states_of_a_group_of_output_files(tmp_path):
     paths = slide_outputs(tmp_path, "s")
 
     def state(h):
-        return inspect_files(paths, lambda a: a.get("config_hash") == h)
+        files = {}
+        for name, p in paths.items():
+            kind = "coords" if name.startswith("patches") else "recipe"
+            files[name] = (p, read_output(p, kind=kind) if p.exists() else None)
+        return inspect_files(files, h)
 
     assert state("h1").state == "absent"
     names = list(paths)

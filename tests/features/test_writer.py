@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoomfeat.bags import FEATURE_SET_MAG, bag_is_complete, open_bag
+from zoomfeat.bags import FEATURE_SET_MAG, PerMag, bag_is_complete, open_bag
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries, slide_outputs
 from zoomfeat.runtime.atomic import tmp_name
 
@@ -18,8 +18,10 @@ DIMS = {"zoomldm_20x": 4, "zoomldm_5x": 4, "zoomldm_fused": 8, "uni_20x": 3, "un
 def _writer(tmp_path):
     coords20 = np.array([[0, 0], [512, 0], [2048, 0]])
     coords5 = np.array([[0, 0], [2048, 0]])
-    return SlideBagWriter(tmp_path, "s", DIMS, coords20, coords5, ATTRS20, ATTRS5, np.array([0, 0, 1]),
-                          {"config_hash": "abc", "timestep": 200}, {"uni_20x": {"encoder": "uni"}}, chunk_rows=2)  # fmt: skip
+    return SlideBagWriter(tmp_path, "s", dims=DIMS, coords=PerMag(x20=coords20, x5=coords5),
+                          coords_attrs=PerMag(x20=ATTRS20, x5=ATTRS5), parent_idx=np.array([0, 0, 1]),
+                          attrs={"config_hash": "abc", "timestep": 200}, set_attrs={"uni_20x": {"encoder": "uni"}},
+                          chunk_rows=2)  # fmt: skip
 
 
 def test_rows_stream_in_and_files_appear_only_when_finished(tmp_path):
@@ -86,8 +88,9 @@ def test_non_finite_rows_are_refused_naming_slide_and_set(tmp_path, precision, a
     from zoomfeat.runtime.errors import ZoomfeatError
 
     coords20, coords5 = np.array([[0, 0], [512, 0], [2048, 0]]), np.array([[0, 0], [2048, 0]])
-    w = SlideBagWriter(tmp_path, "s", DIMS, coords20, coords5, ATTRS20, ATTRS5, np.array([0, 0, 1]),
-                       {"config_hash": "abc", "precision": precision})  # fmt: skip
+    w = SlideBagWriter(tmp_path, "s", dims=DIMS, coords=PerMag(x20=coords20, x5=coords5),
+                       coords_attrs=PerMag(x20=ATTRS20, x5=ATTRS5), parent_idx=np.array([0, 0, 1]),
+                       attrs={"config_hash": "abc", "precision": precision})  # fmt: skip
     rows = np.ones((2, 4), np.float32)
     rows[1, 2] = np.nan
     with pytest.raises(NonFiniteFeaturesError) as err:

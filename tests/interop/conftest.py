@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from zoomfeat.bags import FEATURE_SET_MAG
+from zoomfeat.bags import FEATURE_SET_MAG, PerMag
 
 SLIDE_ID = "CMU-1-Small-Region"
 EMPTY_ID = "no-tissue"
@@ -24,9 +24,10 @@ def write_slide_bags(out_dir, slide, grid, slide_id, seed=0):
     attrs = {"mpp": float(slide.mpp), "config_hash": "test", "slide_id": slide_id}
     set_attrs = {s: {"encoder": s.split("_")[0]} for s in FEATURE_SET_MAG}
     writer = SlideBagWriter(
-        out_dir, slide_id, DIMS, coords20, grid.parents,
-        grid.coords_attrs(slide, "child", slide_id), grid.coords_attrs(slide, "parent", slide_id),
-        parent_idx, attrs, set_attrs,
+        out_dir, slide_id, dims=DIMS, coords=PerMag(x20=coords20, x5=grid.parents),
+        coords_attrs=PerMag(x20=grid.coords_attrs(slide, "child", slide_id),
+                            x5=grid.coords_attrs(slide, "parent", slide_id)),
+        parent_idx=parent_idx, attrs=attrs, set_attrs=set_attrs,
     )  # fmt: skip
     with writer:
         for name, mag in FEATURE_SET_MAG.items():

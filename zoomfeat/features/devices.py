@@ -7,7 +7,11 @@ process sends it, one at a time, as it becomes free. Nothing is shared but the `
 per-slide locks (:mod:`zoomfeat.features.locks`) keep other processes (other shards, machines) out,
 and a slide another process holds is skipped as in a single-process run.
 
-The main process owns the one progress display and the one run summary: workers send it messages
+Worker 0 plans every slide (one look at each slide's existing outputs, before any work) and sends
+the plans to the main process, which refuses the run on bags of another config and hands each
+slide out with its plan: each worker runs it through the same per-slide executor as a
+single-process run (:func:`zoomfeat.features.slide_extraction.execute_slide`), observed through
+its hooks. The main process owns the one progress display and the one run summary: workers send it messages
 (model loaded, slide started, tiles done, slide result) over their own pipe; no lock is shared
 between workers, so a worker killed at any moment cannot block the others. A worker that dies
 (SIGKILL, out of memory, a crashed driver) takes down only the slide it was extracting: that slide
@@ -31,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.runtime.errors import ConfigError, ConfigMismatchError
+from zoomfeat.features.families import SlidePlan
+from zoomfeat.features.slide_extraction import SlideHooks, SlideResult, config_clash_error
+from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.slide.manifest import SlideSpec
 
 #: seconds between two progress messages of one worker
@@ -100,9 +106,10 @@ def worker_loaders(cfg: ExtractConfig, devices: Sequence[str], cpus: int | None 
 # ------------------------------------------------------------------------------------------ worker
 
 
-def _worker_main(index: int, device: str, cfg: ExtractConfig, out_dir: str, slides: list[SlideSpec],
-                 threads: int, check: bool, conn) -> None:  # fmt: skip
-    """A worker process: load the models on ``device``, then extract the slides it is sent."""
+def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_dir: str,
+                 slides: list[SlideSpec], threads: int, plan_all: bool) -> None:  # fmt: skip
+    """A worker process: load the models on ``device`` (worker 0 with ``plan_all``: plan every
+    slide), then extract the slides it is sent, each with its plan."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
@@ -111,39 +118,43 @@ def _worker_main(index: int, device: str, cfg: ExtractConfig, out_dir: str, slid
         torch.set_num_interop_threads(1)
     except RuntimeError:  # pragma: no cover - already set
         pass
-    from zoomfeat.features.pipeline import Extractor, SlideResult
+    from zoomfeat.features.pipeline import Extractor
 
     try:
         ex = Extractor(cfg)
-        clashes = []
-        if check and not cfg.overwrite:
-            for spec in slides:
-                state, detail = ex.output_state(out_dir, spec.slide_id)
-                if state == "mismatch":
-                    clashes.append(f"{spec.slide_id} ({detail})")
-        conn.send(("ready", index, clashes))
+        plans = ex.plan_slides(slides, out_dir) if plan_all else None
+        conn.send(("ready", index, plans))
     except BaseException as err:  # noqa: BLE001 - reported to the main process, which raises it
         conn.send(("fatal", index, _picklable(err), traceback.format_exc()))
         return
-    Extraction = _reporting_extraction(conn, index)
+    hooks = _reporting_hooks(conn, index)
     while True:
         msg = conn.recv()
         if msg[0] != "slide":
             break
-        k = msg[1]
+        k, plan = msg[1], msg[2]
         spec = slides[k]
         conn.send(("start", index, k))
-        try:
-            result = Extraction(ex, spec.path, out_dir, spec.mpp).run()
-        except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
-            result = SlideResult(
-                str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}"
-            )
+        result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks)
         conn.send(("result", index, k, result))
         if result.status == "failed" and not _device_ok(ex.device):
             conn.send(("retire", index, f"device {device} stopped working after {spec.slide_id}"))
             break
     conn.close()
+
+
+def _reporting_hooks(conn: Any, index: int) -> SlideHooks:
+    """Hooks that send ``("progress", worker, tiles done, tiles in all)`` to the main process, at
+    most every :data:`PROGRESS_EVERY_S` seconds and when a slide's last parent is written."""
+    last = [0.0]
+
+    def on_batch(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S or done == total:
+            last[0] = now
+            conn.send(("progress", index, done, total))
+
+    return SlideHooks(on_batch=on_batch)
 
 
 def _picklable(err: BaseException) -> BaseException:
@@ -164,27 +175,6 @@ def _device_ok(device) -> bool:
         return float(torch.ones(4, device=device).sum().item()) == 4.0
     except Exception:  # noqa: BLE001
         return False
-
-
-def _reporting_extraction(conn, index: int):
-    """:class:`SlideExtraction` that also sends (tiles done, tiles in all) as parents complete."""
-    from zoomfeat.features.slide_extraction import SlideExtraction
-
-    class ReportingExtraction(SlideExtraction):
-        _last = 0.0
-        _done = 0
-
-        def fuse_parent(self, i: int) -> None:
-            tiles = int(self.kept[i].sum()) + 1
-            super().fuse_parent(i)
-            self._done += tiles
-            now = time.monotonic()
-            if now - self._last >= PROGRESS_EVERY_S or i == self.n_parents - 1:
-                self._last = now
-                total = int(self.kept.sum()) + self.n_parents
-                conn.send(("progress", index, self._done, total))
-
-    return ReportingExtraction
 
 
 # ------------------------------------------------------------------------------------------ pool
@@ -226,6 +216,7 @@ class DevicePool:
         self,
         devices: Sequence[str],
         config: ExtractConfig,
+        *,
         on_result: Callable[[Any, str], None] | None = None,
         on_progress: Callable[[str], None] | None = None,
         startup_timeout_s: float = 1800.0,
@@ -239,8 +230,10 @@ class DevicePool:
         self.slides: list[SlideSpec] = []
         self.pending: list[int] = []
         self.outcome = PoolOutcome()
-        self.clashes: list[str] = []
-        self.checked = False  # worker 0 has checked the existing bags
+        self.out_dir: str | Path = ""
+        #: every slide's plan, from worker 0 (None until then, or when it died before planning)
+        self.plans: list[SlidePlan] | None = None
+        self.checked = False  # worker 0 has planned the slides (or died trying)
 
     def run(self, slides: Sequence[SlideSpec], out_dir: str | Path) -> PoolOutcome:
         """Extract ``slides`` into ``out_dir``; returns the results in the order of ``slides``.
@@ -250,6 +243,7 @@ class DevicePool:
             the worker's exception: a worker could not load the models (no weights, bad device).
         """
         self.slides = list(slides)
+        self.out_dir = out_dir
         self.outcome = PoolOutcome(results=[None] * len(self.slides))
         self.pending = list(range(len(self.slides)))[::-1]  # pop() from the end: the given order
         try:
@@ -273,7 +267,15 @@ class DevicePool:
             parent, child = ctx.Pipe(duplex=True)
             p = ctx.Process(
                 target=_worker_main,
-                args=(i, dev, cfg, str(out_dir), self.slides, threads, i == 0, child),
+                args=(i, child),
+                kwargs={
+                    "device": dev,
+                    "cfg": cfg,
+                    "out_dir": str(out_dir),
+                    "slides": self.slides,
+                    "threads": threads,
+                    "plan_all": i == 0,
+                },  # fmt: skip
                 name=f"zoomfeat-extract-{i}",
                 daemon=False,  # its DataLoader workers are its children
             )
@@ -305,21 +307,18 @@ class DevicePool:
                     self._handle(w, msg)
                 elif w.process.sentinel in ready and not w.conn.poll():
                     self._died(w)
-            if self.clashes:
-                raise ConfigMismatchError(
-                    f"{len(self.clashes)} slide(s) already have bags written with a different config: "
-                    + "; ".join(self.clashes[:5])
-                    + (" ..." if len(self.clashes) > 5 else "")
-                    + ". Pass overwrite=true to recompute them, or choose another out_dir."
-                )
             self._hand_out()
             self._status()
 
     def _handle(self, w: _Worker, msg: tuple) -> None:
         kind = msg[0]
         if kind == "ready":
-            w.ready, self.clashes = True, self.clashes + list(msg[2])
-            self.checked = self.checked or w.index == 0
+            w.ready = True
+            if w.index == 0:
+                self.plans, self.checked = msg[2], True
+                clash = None if self.config.overwrite else config_clash_error(self.plans or [], self.out_dir)
+                if clash is not None:
+                    raise clash
         elif kind == "fatal":
             err, trace = msg[2], msg[3]
             if not isinstance(err, Exception):
@@ -348,15 +347,16 @@ class DevicePool:
             w.slide = None
 
     def _hand_out(self) -> None:
-        # worker 0 checks the existing bags before the first slide is handed out
-        if self.clashes or not self.checked:
+        # worker 0 plans the slides before the first one is handed out
+        if not self.checked:
             return
         for w in self.workers:
             if w.alive and w.ready and w.slide is None:
                 if self.pending:
                     w.slide = self.pending.pop()
                     w.tiles = (0, 0)
-                    w.conn.send(("slide", w.slide))
+                    plan = self.plans[w.slide] if self.plans else None
+                    w.conn.send(("slide", w.slide, plan))
                 else:
                     w.conn.send(("stop",))
                     w.ready = False  # nothing more to send it; its exit ends it
@@ -370,11 +370,9 @@ class DevicePool:
             ]
             self.on_progress(" | ".join(busy))
 
-    def _failed(self, k: int, why: str):
-        from zoomfeat.features.pipeline import SlideResult
-
+    def _failed(self, k: int, why: str) -> SlideResult:
         spec = self.slides[k]
-        return SlideResult(str(spec.path), spec.slide_id, "failed", error=why)
+        return SlideResult.failure(spec.path, spec.slide_id, why)
 
     def _finish(self, k: int, result, w: _Worker | None) -> None:
         self.outcome.results[k] = result

@@ -1,11 +1,17 @@
-"""A slide's outputs: whether existing bags can be reused, and the provenance written into new ones.
+"""A slide's outputs: what an existing file holds, and the provenance written into new ones.
 
 (docs/ARCHITECTURE.md, "Bag format".) Every bag carries ``config_hash``, the short SHA-256 of the
 canonical JSON of its family's *recipe* (:mod:`zoomfeat.features.families`: for the default
 family :meth:`~zoomfeat.features.config.ExtractConfig.recipe` with the weights' identities in
-place of the checkpoint settings), and the recipe itself. Existing bags with
-the same hash and ``complete=True`` are reused; bags with another hash are a mismatch, reported as
-the list of recipe keys that differ (``timestep: 200 -> 300``).
+place of the checkpoint settings), and the recipe itself; the coords files carry ``grid_hash``
+of the tiling settings. Existing files with the same hash and ``complete=True`` are reused;
+files with another hash are a mismatch, reported as the list of recipe keys that differ
+(``timestep: 200 -> 300``).
+
+:func:`read_output` is the one function that reads an existing output file (one open), whatever
+its ``format_version`` (:data:`zoomfeat.bags.FORMAT_VERSION`): files of format 0 (written before
+the attribute existed) are read into today's attributes there, and nowhere else; every hash is
+then compared one way.
 
 Every file also records the identity of its slide (openslide's quickhash, the file size and the
 resolved path; not in the hash, so moving a slide folder keeps its bags valid): outputs of
@@ -17,18 +23,22 @@ A file that cannot be read or lacks its completeness mark is *damaged*: its fami
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from zoomfeat.bags import file_problem, read_attrs
+from zoomfeat.bags import FORMAT_VERSION, read_header
+from zoomfeat.features.recipes import ENCODER_RECIPE_KEYS, GRID_RECIPE_KEYS
 from zoomfeat.runtime.errors import InputError
-from zoomfeat.runtime.provenance import canonical_json
+from zoomfeat.runtime.provenance import canonical_json, config_hash
 
 #: file attributes that record where a bag's slide came from (not part of the config hash)
 IDENTITY_ATTRS = ("slide_quickhash", "slide_size", "slide_path")
+
+#: what an output file holds: a recipe family's bag, an encoder family's bag, a coords file
+OutputKind = Literal["recipe", "encoder", "coords"]
 
 
 class SlideIdentityError(InputError):
@@ -36,14 +46,85 @@ class SlideIdentityError(InputError):
 
 
 @dataclass
+class OutputFile:
+    """One existing output file as :func:`read_output` reads it.
+
+    Attributes:
+        problem: what is wrong with it (``""``: intact); a damaged file is recomputed.
+        attrs: its attributes in today's format (those of an intact file).
+        content_hash: the hash of the settings it was written with, by today's rules
+            (``config_hash`` of a bag, ``grid_hash`` of a coords file).
+        stale: intact and readable, but its stored attributes are those of an older format that
+            the files written today must not be mixed with: it is rewritten when its hash matches.
+        foreign: why no rule of this version reads its format (a newer ``format_version``); such
+            a file is never matched, reused or overwritten.
+    """
+
+    problem: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    content_hash: str | None = None
+    stale: bool = False
+    foreign: str = ""
+
+
+def stored_recipe(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe dict stored in a file's ``recipe`` attribute (``{}`` when none or unreadable)."""
+    try:
+        old = json.loads(attrs.get("recipe", "{}"))
+    except (TypeError, ValueError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def read_output(path: Path, *, kind: OutputKind) -> OutputFile:
+    """Read one existing output file (a single open): intact or damaged, its attributes, its hash.
+
+    Formats: ``format_version`` 1 files carry today's attributes. Format 0 (no ``format_version``)
+    is today's layout, written by earlier versions, and two older shapes of it are read here:
+
+    - a coords file without ``grid_hash`` stored the full recipe: its grid is that recipe's
+      :data:`GRID_RECIPE_KEYS`, and ``grid_hash = config_hash(grid)``;
+    - an encoder bag whose stored recipe is a full ZoomLDM recipe (it has ``timestep``) carries
+      that recipe's hash: its content hash is ``config_hash`` of the recipe's
+      :data:`ENCODER_RECIPE_KEYS` (what the encoder family hashes today), and it is ``stale``:
+      recomputed rather than kept, since one set's bags must share one stored hash.
+
+    A file of a newer format is ``foreign``: never matched, reused nor overwritten.
+    """
+    datasets = ("coords",) if kind == "coords" else ("features", "coords")
+    header = read_header(path, datasets)
+    if header.problem:
+        return OutputFile(header.problem)
+    attrs, version = dict(header.attrs), header.format_version
+    if not 0 <= version <= FORMAT_VERSION:
+        why = (
+            f"written by a newer zoomfeat (bag format_version {version}; this version reads up to {FORMAT_VERSION}): "
+            "upgrade zoomfeat or use another out_dir"
+        )
+        return OutputFile("", attrs, foreign=why)
+    key = "grid_hash" if kind == "coords" else "config_hash"
+    out = OutputFile("", attrs, attrs.get(key))
+    if version == 0:  # the older shapes of format 0
+        old = stored_recipe(attrs)
+        if kind == "coords" and "grid_hash" not in attrs:
+            grid = {k: old.get(k) for k in GRID_RECIPE_KEYS}
+            attrs.setdefault("grid", canonical_json(grid))
+            out.content_hash = config_hash(grid) if "timestep" in old else None
+        elif kind == "encoder" and "timestep" in old:
+            out.content_hash = config_hash({k: old.get(k) for k in ENCODER_RECIPE_KEYS})
+            out.stale = True
+    return out
+
+
+@dataclass
 class OutputsState:
-    """What exists of one slide's outputs.
+    """What exists of a group of output files (one family's bags, a coords file).
 
     ``state``: ``"complete"`` (every file intact with this config), ``"absent"``, ``"partial"``
     (some intact files with this config, none damaged), ``"damaged"`` (some file cannot be read or
-    lacks its completeness mark: recompute), ``"mismatch"`` (an intact file from another config) or
-    ``"outdated"`` (files of the previous version with this config: recompute, see
-    :mod:`zoomfeat.features.families`).
+    lacks its completeness mark: recompute), ``"mismatch"`` (an intact file from another config, or
+    of a format this version does not read) or ``"outdated"`` (intact files of this config in an
+    older format that must not be kept: recompute, see :func:`read_output`).
     """
 
     state: str
@@ -52,45 +133,41 @@ class OutputsState:
     damaged: list[tuple[Path, str]] = field(default_factory=list)
     #: attributes of the intact files, by output name
     attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the intact files that do not match (another config or format), by output name
+    foreign: dict[str, OutputFile] = field(default_factory=dict)
 
 
-def inspect_files(
-    paths: Mapping[str, Path],
-    matches: Callable[[Mapping[str, Any]], bool],
-    datasets: tuple[str, ...] | None = None,
-) -> OutputsState:
-    """The :class:`OutputsState` of a group of output files (one family's bags, a coords file, ...).
+def inspect_files(files: Mapping[str, tuple[Path, OutputFile | None]], want_hash: str) -> OutputsState:
+    """The :class:`OutputsState` of a group of output files.
 
     Args:
-        paths: ``{output name: final path}``.
-        matches: whether an intact file's attributes belong to this run (same hash, or a legacy rule).
-        datasets: the datasets a file must hold to be intact (None: by name, ``coords`` for the
-            ``patches_*`` coords files, ``features`` and ``coords`` for bags).
+        files: ``{output name: (final path, its read_output, or None when the file does not exist)}``.
+        want_hash: the hash of this run's settings for the group.
     """
-    present, mismatched, damaged, intact = 0, False, [], {}
-    for name, path in paths.items():
-        if not path.is_file():
+    present, stale, damaged, intact, foreign = 0, False, [], {}, {}
+    for name, (path, f) in files.items():
+        if f is None:
             continue
-        need = datasets or (("coords",) if name.startswith("patches") else ("features", "coords"))
-        problem = file_problem(path, need)
-        if problem:
-            damaged.append((path, problem))
+        if f.problem:
+            damaged.append((path, f.problem))
             continue
-        attrs = read_attrs(path)
-        intact[name] = attrs
-        if matches(attrs):
+        intact[name] = f.attrs
+        if not f.foreign and f.content_hash == want_hash:
             present += 1
+            stale = stale or f.stale
         else:
-            mismatched = True
-    if mismatched:
+            foreign[name] = f
+    if foreign:
         state = OutputsState("mismatch")
+    elif stale:
+        state = OutputsState("outdated", "written in an older bag format (same settings): recomputed")
     elif damaged:
         state = OutputsState("damaged", "; ".join(f"{p}: {why}" for p, why in damaged))
-    elif present == len(paths):
+    elif present == len(files):
         state = OutputsState("complete")
     else:
         state = OutputsState("partial" if present else "absent")
-    state.damaged, state.attrs = damaged, intact
+    state.damaged, state.attrs, state.foreign = damaged, intact, foreign
     return state
 
 
@@ -128,37 +205,33 @@ def identity_clash(
 
 
 def recipe_diff(
-    attrs: Mapping[str, Any], config_hash: str, recipe: Mapping[str, Any], keys: Any = None
+    attrs: Mapping[str, Any], want_hash: str, recipe: Mapping[str, Any], *, keys: Any = None
 ) -> str:
     """``"key: old -> new; ..."`` between the recipe stored in a bag's ``attrs`` and ``recipe``
     (only ``keys`` when given: an encoder family's keys in a bag storing a full recipe)."""
-    try:
-        old = json.loads(attrs.get("recipe", "{}"))
-    except (TypeError, ValueError):
-        old = {}
+    old = stored_recipe(attrs)
     if not old:
-        return f"written by another tool or version (config hash {attrs.get('config_hash', 'none')} vs {config_hash})"
+        return f"written by another tool or version (config hash {attrs.get('config_hash', 'none')} vs {want_hash})"
     keys = sorted(set(old) | set(recipe)) if keys is None else list(keys)
     diffs = [
         f"{k}: {old.get(k)!r} -> {recipe.get(k)!r}"
         for k in keys
         if canonical_json(old.get(k)) != canonical_json(recipe.get(k))
     ]
-    return "; ".join(diffs) or f"config hash {attrs.get('config_hash')} vs {config_hash}"
+    return "; ".join(diffs) or f"config hash {attrs.get('config_hash')} vs {want_hash}"
 
 
-def bag_attrs(extractor: Any, slide: Any) -> dict[str, Any]:
-    """File attributes every file of ``slide`` written by ``extractor`` (a
-    :class:`~zoomfeat.features.pipeline.Extractor`) carries: identity and provenance. The
-    family-specific ones (config hash, recipe) come from :func:`family_attrs`."""
+def bag_attrs(slide: Any, *, cfg: Any, device: Any) -> dict[str, Any]:
+    """File attributes every file of ``slide`` written with ``cfg`` (an
+    :class:`~zoomfeat.features.config.ExtractConfig`) on ``device`` carries: identity and
+    provenance. The family-specific ones (config hash, recipe) come from :func:`family_attrs`."""
     from zoomfeat.runtime.version import __version__
 
-    cfg = extractor.cfg
     config = cfg.to_dict()
     del config["inputs"]  # the run's slide list, not this slide's settings
     return {
         "zoomfeat_version": __version__,
-        "config": canonical_json({**config, "resolved_device": str(extractor.device)}),
+        "config": canonical_json({**config, "resolved_device": str(device)}),
         "slide_id": slide.slide_id,
         **slide_identity_attrs(slide.identity()),
         "mpp": float(slide.mpp),

@@ -22,32 +22,39 @@ The modules of the pipeline, by job:
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from zoomfeat.features.config import ExtractConfig
-from zoomfeat.features.families import SlidePlan, grid_spec, pass_families, plan_slide
+from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.models import FeatureModels
-from zoomfeat.features.outputs import SlideIdentityError, identity_clash
-from zoomfeat.features.slide_extraction import SlideExtraction, SlideResult
-from zoomfeat.features.writer import slide_outputs
+from zoomfeat.features.outputs import SlideIdentityError
+from zoomfeat.features.slide_extraction import (
+    DamagedOutputWarning,
+    SlideCancelled,
+    SlideExtraction,
+    SlideHooks,
+    SlideResult,
+    TileBar,
+    config_clash_error,
+    execute_slide,
+)
 from zoomfeat.runtime.device import resolve_device
 from zoomfeat.runtime.errors import ConfigMismatchError
-from zoomfeat.runtime.provenance import config_hash
+from zoomfeat.slide.manifest import SlideSpec
 
 __all__ = [
     "ConfigMismatchError",
     "DamagedOutputWarning",
     "Extractor",
+    "SlideCancelled",
+    "SlideHooks",
     "SlideIdentityError",
+    "SlidePlan",
     "SlideResult",
     "extract_slide",
 ]
-
-
-class DamagedOutputWarning(UserWarning):
-    """An existing bag or coords file is damaged (unreadable, truncated, unfinished): recomputed."""
 
 
 class Extractor:
@@ -58,12 +65,14 @@ class Extractor:
 
     Attributes:
         cfg: the configuration; device: the resolved device; models: :class:`FeatureModels`.
+        pass_: the :class:`~zoomfeat.features.families.ExtractionPass` the slides' steps take
+            (config, device, models, families, grid settings).
         families: ``{family: Family}`` of the pass (:mod:`zoomfeat.features.families`), each with
             its recipe dict (``spec``) and config hash (``hash``), stored in its bags.
         recipe, config_hash: the main family's (the default recipe ``zoomldm``; the first encoder
             family with ``zoomldm=false``).
         grid, grid_hash: the tiling settings and their hash (the coords files').
-        timings: model and loader seconds of the last slide (for benchmarks).
+        timings: model and loader seconds of the last slide extracted (for benchmarks).
     """
 
     def __init__(self, config: ExtractConfig | None = None, **kwargs: Any) -> None:
@@ -74,22 +83,26 @@ class Extractor:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.models = FeatureModels(cfg, self.device, cfg.recipes(), cfg.encoder_families())
-        self.families = pass_families(cfg, self.models)
+        self.pass_ = ExtractionPass.build(cfg, device=self.device, models=self.models)
+        self.families = self.pass_.families
         main = self.families[next(iter(self.families))]
         self.recipe, self.config_hash = main.spec, main.hash
-        self.grid = grid_spec(cfg)
-        self.grid_hash = config_hash(self.grid)
+        self.grid, self.grid_hash = self.pass_.grid, self.pass_.grid_hash
         self.timings: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- outputs
     def outputs(self, out_dir: str | Path, slide_id: str) -> dict[str, Path]:
         """Final paths of one slide's bags (every family's three sets) and two coords files."""
-        sets = [s for fam in self.families.values() for s in fam.sets]
-        return slide_outputs(out_dir, slide_id, self.cfg.tile_px, sets=sets)
+        return self.pass_.outputs(out_dir, slide_id)
 
     def plan(self, out_dir: str | Path, slide_id: str) -> SlidePlan:
-        """A slide's existing outputs, family by family (:func:`~zoomfeat.features.families.plan_slide`)."""
-        return plan_slide(out_dir, slide_id, self.cfg.tile_px, self.families, self.grid)
+        """A slide's :class:`SlidePlan`: one look at its existing outputs, family by family
+        (:func:`~zoomfeat.features.families.plan_slide`)."""
+        return self.pass_.plan(out_dir, slide_id)
+
+    def plan_slides(self, slides: Sequence[SlideSpec], out_dir: str | Path) -> list[SlidePlan]:
+        """Every slide's plan, in order (one look at the disk each); they are carried into the slides' runs."""
+        return [self.pass_.plan(out_dir, s.slide_id, source=str(s.path)) for s in slides]
 
     def output_state(self, out_dir: str | Path, slide_id: str) -> tuple[str, str]:
         """("complete" | "absent" | "partial" | "damaged" | "mismatch", detail) of a slide's
@@ -97,55 +110,53 @@ class Extractor:
         plan = self.plan(out_dir, slide_id)
         return plan.state, plan.detail
 
-    def check_reusable(
-        self, out_dir: str | Path, slide_id: str, slide: Any = None, warn: bool = True
-    ) -> SlidePlan:
-        """The :class:`SlidePlan` of a slide's outputs (what to write: :meth:`SlidePlan.to_write`);
-        damaged files are reported (one warning naming the files, with ``warn``) and their
-        families recomputed.
-
-        Args:
-            slide: the open :class:`~zoomfeat.slide.Slide`; with it, existing outputs must come
-                from this very slide (same openslide quickhash and file size).
-
-        Raises:
-            SlideIdentityError: existing outputs came from another slide with this slide id
-                (whatever ``overwrite`` says).
-            ConfigMismatchError: bags from another config exist (unless ``overwrite``).
-        """
-        st = self.plan(out_dir, slide_id)
-        if slide is not None:
-            identity = slide.identity()
-            clash = identity_clash(st.attrs, identity)
-            if clash is not None:
-                old_path, why = clash
-                raise SlideIdentityError(
-                    f"slide id '{slide_id}': the outputs in {out_dir} came from {old_path}, but {identity['path']} "
-                    f"is a different slide with the same file name ({why}); not reusing or overwriting them: "
-                    "rename one of the two files (the slide id is the file name), use another out_dir, or delete "
-                    f"the old outputs ({out_dir}/*/*/{slide_id}.h5 and {slide_id}_patches.h5) if the slide was "
-                    "replaced on purpose"
-                )
-        if st.state == "mismatch" and not self.cfg.overwrite:
-            raise ConfigMismatchError(
-                f"bags for slide '{slide_id}' in {out_dir} were written with a different config ({st.detail}); "
-                "refusing to mix them: pass overwrite=true to recompute those bags, or use another out_dir"
-            )
-        damaged = [f"{f}: {s.detail}" for f, s in st.families.items() if s.state == "damaged"]
-        if st.coords_detail and any(s == "damaged" for s in st.coords.values()):
-            damaged.append(st.coords_detail)
-        if damaged and warn:
-            warnings.warn(
-                f"{slide_id}: damaged output file(s), recomputing them: {'; '.join(damaged)}",
-                DamagedOutputWarning,
-                stacklevel=3,
-            )
-        return st
-
     # ----------------------------------------------------------------------------- one slide
-    def extract(self, slide_path: str | Path, out_dir: str | Path, mpp: float | None = None) -> SlideResult:
-        """Extract one slide into ``out_dir``; returns a :class:`SlideResult` (raises on errors)."""
-        return SlideExtraction(self, slide_path, out_dir, mpp).run()
+    def extract(
+        self,
+        slide_path: str | Path,
+        out_dir: str | Path,
+        mpp: float | None = None,
+        *,
+        plan: SlidePlan | None = None,
+        hooks: SlideHooks | None = None,
+    ) -> SlideResult:
+        """Extract one slide into ``out_dir``; returns a :class:`SlideResult` (raises on errors).
+
+        ``plan``: the slide's plan if made already (:meth:`plan_slides`); ``hooks``: observers
+        (default: a tile progress bar when ``cfg.progress``).
+        """
+        if hooks is None and self.cfg.progress:
+            hooks = TileBar().hooks()
+        job = SlideExtraction(self.pass_, slide_path, out_dir, mpp=mpp, plan=plan, hooks=hooks)
+        try:
+            return job.run()
+        finally:
+            self.timings = job.timings
+
+    def run_slide(
+        self,
+        spec: SlideSpec,
+        out_dir: str | Path,
+        *,
+        plan: SlidePlan | None = None,
+        hooks: SlideHooks | None = None,
+    ) -> SlideResult:
+        """One slide of a run (:func:`~zoomfeat.features.slide_extraction.execute_slide`): a failure
+        of the slide is a ``failed`` :class:`SlideResult`, not an exception."""
+        result = execute_slide(self.pass_, spec, out_dir, plan=plan, hooks=hooks)
+        self.timings = dict(result.timings)
+        return result
+
+
+def refuse_config_clashes(plans: Sequence[SlidePlan], out_dir: str | Path) -> None:
+    """Raise the run's :class:`ConfigMismatchError` when a slide has bags of another config.
+
+    Raises:
+        ConfigMismatchError: naming up to five slides and what differs.
+    """
+    err = config_clash_error(plans, out_dir)
+    if err is not None:
+        raise err
 
 
 def extract_slide(

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from zoomfeat.bags import open_bag
 from zoomfeat.runtime.atomic import atomic_path
 
 
@@ -36,12 +36,15 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
 def _paint(
     thumb: np.ndarray,
     coords: np.ndarray,
+    *,
     size_level0: float,
     colours: np.ndarray,
     dx: float,
     dy: float,
     alpha: float = 0.8,
 ) -> np.ndarray:
+    """Paint each tile (level-0 ``coords``, ``size_level0`` px wide) in its colour on the thumbnail
+    (``dx``, ``dy``: level-0 px per thumbnail px): ``out = (1 - alpha) thumb + alpha colour``."""
     out = thumb.astype(np.float32) / 255.0
     h, w = out.shape[:2]
     for (x, y), c in zip(coords, colours):
@@ -55,8 +58,17 @@ def _paint(
     return (out * 255).astype(np.uint8)
 
 
-def save_preview(slide, grid, paths: Mapping[str, Path], png_path: str | Path, max_px: int = 1024) -> Path:
-    """Write the three-panel preview of ``slide`` (grid + bags at ``paths``) to ``png_path``."""
+def save_preview(
+    slide: Any,
+    grid: Any,
+    png_path: str | Path,
+    *,
+    features: Mapping[str, np.ndarray],
+    max_px: int = 1024,
+) -> Path:
+    """Write the three-panel preview of ``slide`` to ``png_path``: the ``grid``, then the kept 20x
+    tiles painted with ``features`` (``{"zoomldm_20x" | "uni_20x": (N20, D)}``, rows in the
+    grid's kept-children order, as in the bags)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -75,10 +87,14 @@ def save_preview(slide, grid, paths: Mapping[str, Path], png_path: str | Path, m
         ("zoomldm_20x", "ZoomLDM 20x features, PCA -> RGB"),
         ("uni_20x", "UNI 20x features, PCA -> RGB"),
     ):
-        if name in paths and Path(paths[name]).is_file():
-            bag = open_bag(paths[name])
+        if name in features:
+            coords = grid.children.xy[grid.children.kept]
+            colours = pca_rgb(features[name])
             panels.append(
-                (title, _paint(thumb, bag.coords, grid.child_size_level0, pca_rgb(bag.features), dx, dy))
+                (
+                    title,
+                    _paint(thumb, coords, size_level0=grid.child_size_level0, colours=colours, dx=dx, dy=dy),
+                )
             )
     fig, axes = plt.subplots(
         1, len(panels), figsize=(5.2 * len(panels), 5.6 * H / max(W, 1) + 0.6), squeeze=False

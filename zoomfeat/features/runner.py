@@ -13,16 +13,15 @@ from __future__ import annotations
 import csv
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.devices import DevicePool, resolve_devices
-from zoomfeat.features.pipeline import Extractor, SlideResult
+from zoomfeat.features.pipeline import Extractor, SlideHooks, SlideResult, TileBar, refuse_config_clashes
 from zoomfeat.runtime.atomic import atomic_path, ensure_dir
-from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.slide.manifest import SlideSpec, shard
 
 
@@ -93,10 +92,12 @@ def extract_slides(
     slides: Sequence[SlideSpec],
     out_dir: str | Path,
     config: ExtractConfig,
+    *,
     shard_index: int = 0,
     shard_count: int = 1,
     extractor: Extractor | None = None,
-    echo=print,
+    echo: Callable[[str], None] = print,
+    hooks: SlideHooks | None = None,
 ) -> RunSummary:
     """Extract ``slides`` (this shard's part of them) into ``out_dir`` with ``config``.
 
@@ -106,6 +107,11 @@ def extract_slides(
     With ``config.devices`` (``all``, ``[0,1,2,3]``, ``[cpu,cpu]``) the shard's slides are shared
     out among one worker process per device (:mod:`zoomfeat.features.devices`); a worker that dies
     takes only its current slide down (recorded as failed; a rerun redoes it).
+
+    Every slide is planned once (:meth:`Extractor.plan_slides`: one look at its existing outputs),
+    before any work, and its plan carried into its run (:func:`zoomfeat.features.slide_extraction.execute_slide`).
+    ``hooks``: observers of each slide in this process (default: a tile progress bar with
+    ``config.progress``); device workers report to the one display here instead.
     """
     t0 = time.perf_counter()
     mine = shard(sorted(slides, key=lambda s: str(s.path)), shard_index, shard_count)
@@ -119,9 +125,12 @@ def extract_slides(
     if devices is not None and len(devices) == 1:  # one device: this process, no pool
         config, devices = config.replace(device=devices[0], devices=None), None
     if devices is not None:
-        summary.results = _extract_with_pool(mine, out_dir, config, devices, echo, summary)
+        summary.results = _extract_with_pool(
+            mine, out_dir, config, devices=devices, echo=echo, summary=summary
+        )
     else:
-        _extract_here(mine, out_dir, config, extractor, echo, summary)
+        ex = extractor or Extractor(config)
+        _extract_here(mine, out_dir, ex, echo=echo, summary=summary, hooks=hooks)
     summary.seconds = time.perf_counter() - t0
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = (
@@ -137,8 +146,9 @@ def _extract_with_pool(
     mine: list[SlideSpec],
     out_dir: str | Path,
     config: ExtractConfig,
+    *,
     devices: list[str],
-    echo,
+    echo: Callable[[str], None],
     summary: RunSummary,
 ) -> list[SlideResult]:
     """``devices=``: one worker process per device (zoomfeat.features.devices), one display here."""
@@ -165,38 +175,34 @@ def _extract_with_pool(
 
 
 def _extract_here(
-    mine: list[SlideSpec], out_dir: str | Path, config: ExtractConfig, extractor, echo, summary: RunSummary
+    mine: list[SlideSpec],
+    out_dir: str | Path,
+    ex: Extractor,
+    *,
+    echo: Callable[[str], None],
+    summary: RunSummary,
+    hooks: SlideHooks | None,
 ) -> None:
-    """One process, one device: the slides one after the other."""
+    """One process, one device: every slide planned, then the slides one after the other."""
     from tqdm.auto import tqdm
 
-    ex = extractor or Extractor(config)
+    config = ex.cfg
+    plans = ex.plan_slides(mine, out_dir)
     if not config.overwrite:
-        clashes = []
-        for spec in mine:
-            state, detail = ex.output_state(out_dir, spec.slide_id)
-            if state == "mismatch":
-                clashes.append(f"{spec.slide_id} ({detail})")
-        if clashes:
-            raise ConfigMismatchError(
-                f"{len(clashes)} slide(s) already have bags in {out_dir} written with a different config: "
-                + "; ".join(clashes[:5])
-                + (" ..." if len(clashes) > 5 else "")
-                + ". Pass overwrite=true to recompute them, or choose another out_dir."
-            )
+        refuse_config_clashes(plans, out_dir)
+    if hooks is None and config.progress:
+        hooks = TileBar().hooks()
     with tqdm(
-        mine, desc="slides", unit="slide", position=0, **({} if config.progress else {"disable": True})
+        total=len(mine),
+        desc="slides",
+        unit="slide",
+        position=0,
+        **({} if config.progress else {"disable": True}),
     ) as bar:
-        for spec in bar:
+        for spec, plan in zip(mine, plans):
             bar.set_postfix_str(spec.slide_id)
-            try:
-                result = ex.extract(spec.path, out_dir, mpp=spec.mpp)
-            except KeyboardInterrupt:
-                raise
-            except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
-                result = SlideResult(
-                    str(spec.path), spec.slide_id, "failed", error=f"{type(err).__name__}: {err}"
-                )
+            result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks)
+            bar.update(1)
             summary.results.append(result)
             msg = result.line()
             if config.progress:

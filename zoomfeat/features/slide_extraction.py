@@ -4,11 +4,14 @@
 
 1. :meth:`~SlideExtraction.open_slide` -- open the slide (its MPP from the file, a manifest or the
    ``mpp`` override).
-2. :meth:`~SlideExtraction.claim` -- check the existing bags family by family
-   (:mod:`zoomfeat.features.families`): every family complete with its own config hash: skip; a
-   family from another config: :class:`ConfigMismatchError` unless ``overwrite``; outputs of
-   another slide file with the same name: :class:`SlideIdentityError`; damaged: a warning, that
-   family recomputed. Take the lock. Only the families not complete are computed and written.
+2. :meth:`~SlideExtraction.claim` -- the slide's :class:`~zoomfeat.features.families.SlidePlan`
+   (given by the runner, which planned every slide up front, or made here: one look at the disk)
+   decides family by family: every family complete with its own config hash: skip; a family from
+   another config: :class:`ConfigMismatchError` unless ``overwrite``; outputs of another slide
+   file with the same name: :class:`SlideIdentityError`; damaged: a warning, that family
+   recomputed. Take the lock; if a ``stat`` shows the outputs changed since the plan was made
+   (another process finished the slide meanwhile), plan again. Only the families not complete
+   are computed and written.
 3. :meth:`~SlideExtraction.lay_grid` -- find the tissue, lay the 20x/5x tile grid, open the bag
    writer (every bag to write at its final size, under a temporary name).
 4. :meth:`~SlideExtraction.read_parents` -- stream the kept 5x parents: DataLoader workers read each
@@ -23,8 +26,16 @@
    and noise draw serve every recipe to write.
 7. :meth:`~SlideExtraction.fuse_parent` -- as each parent completes (in order), its rows of every
    family's three bags are appended, fused rows being ``concat(f20_i, f5_parent(i))``.
-8. :meth:`~SlideExtraction.publish` -- check every row was written, publish the files atomically
-   (and the preview PNG).
+8. :meth:`~SlideExtraction.publish` -- check every row was written, write the coords files, run
+   the plan's ``before_publish`` checks (the one point right before anything is renamed into
+   place), publish the files atomically (and the preview PNG).
+
+:func:`execute_slide` is the one per-slide executor of the single-process runner and of the
+device workers: it runs these steps and turns a slide's failure into a ``failed``
+:class:`SlideResult`. Progress, tests and other observers follow a slide through
+:class:`SlideHooks` (``on_slide_start``, ``on_batch``, ``on_slide_end``, ``cancelled``); the steps
+never reach back into the :class:`~zoomfeat.features.pipeline.Extractor`: they take the pass
+(:class:`~zoomfeat.features.families.ExtractionPass`), the plan and the hooks.
 
 Both queues are FIFO and every tile's inputs (pixels, grid, noise) depend only on the tile, so
 features do not depend on batch size, worker count, order, shard or the other recipes and
@@ -37,6 +48,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,15 +56,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoomfeat.bags import PerMag
 from zoomfeat.features.batching import ParentState, Piece, RowBuffer, queued, take
 from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_loader
+from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.locks import SlideLock
-from zoomfeat.features.outputs import bag_attrs, sets_to_write
+from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_write
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
+from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.runtime.provenance import canonical_json
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
+from zoomfeat.slide.manifest import SlideSpec
 
 
 @dataclass
@@ -72,6 +88,14 @@ class SlideResult:
     paths: dict[str, Path] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    #: model and loader seconds ("uni": every embedding job, "zoomldm", "wait": for the loader)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def failure(cls, path: str | Path, slide_id: str, err: BaseException | str) -> SlideResult:
+        """A ``failed`` result naming the error (``Type: message``)."""
+        error = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
+        return cls(str(path), slide_id, "failed", error=error)
 
     @property
     def tiles(self) -> int:
@@ -94,65 +118,174 @@ class SlideResult:
         return f"{self.slide_id}: FAILED: {self.error}"
 
 
+class DamagedOutputWarning(UserWarning):
+    """An existing bag or coords file is damaged (unreadable, truncated, unfinished): recomputed."""
+
+
+class SlideCancelled(Exception):
+    """The ``cancelled`` hook stopped a slide: nothing of it was published (the run decides what next)."""
+
+
+@dataclass
+class SlideHooks:
+    """Callbacks through which a slide's run is observed (progress bars, device workers, tests).
+
+    Attributes:
+        on_slide_start: ``(plan)`` once the slide is claimed (lock held, plan settled), before any work.
+        on_batch: ``(tiles done, tiles in all)`` each time a parent's rows are written.
+        on_slide_end: ``(result)`` when the slide ends, whatever the outcome (a failure: ``failed``).
+        cancelled: polled between batches and right before publishing; ``True`` stops the slide
+            (:class:`SlideCancelled`, nothing published).
+    """
+
+    on_slide_start: Callable[[SlidePlan], None] | None = None
+    on_batch: Callable[[int, int], None] | None = None
+    on_slide_end: Callable[[SlideResult], None] | None = None
+    cancelled: Callable[[], bool] | None = None
+
+
+class TileBar:
+    """A tqdm bar of one slide's tiles at a time, driven by :class:`SlideHooks` (``hooks()``)."""
+
+    def __init__(self, position: int = 1) -> None:
+        self.position = position
+        self.desc = ""
+        self.bar: Any = None
+
+    def hooks(self) -> SlideHooks:
+        return SlideHooks(on_slide_start=self.start, on_batch=self.batch, on_slide_end=self.end)
+
+    def start(self, plan: SlidePlan) -> None:
+        self.desc = plan.slide_id
+
+    def batch(self, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="tile", leave=False, position=self.position)
+        self.bar.update(done - self.bar.n)
+
+    def end(self, result: SlideResult) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def config_clash_error(plans: Sequence[SlidePlan], out_dir: str | Path) -> ConfigMismatchError | None:
+    """The one error for a run whose slides have bags of another config (``None``: no clash)."""
+    clashes = [f"{p.slide_id} ({p.detail})" for p in plans if p.state == "mismatch"]
+    if not clashes:
+        return None
+    return ConfigMismatchError(
+        f"{len(clashes)} slide(s) already have bags in {out_dir} written with a different config: "
+        + "; ".join(clashes[:5])
+        + (" ..." if len(clashes) > 5 else "")
+        + ". Pass overwrite=true to recompute them, or choose another out_dir."
+    )
+
+
+def execute_slide(
+    pass_: ExtractionPass,
+    spec: SlideSpec,
+    out_dir: str | Path,
+    *,
+    plan: SlidePlan | None = None,
+    hooks: SlideHooks | None = None,
+) -> SlideResult:
+    """Extract one slide of a run: the steps of :class:`SlideExtraction`, a failure of this slide
+    (corrupt file, no resolution, bags of another slide, a model error ...) recorded as a ``failed``
+    :class:`SlideResult` so that the run goes on. ``KeyboardInterrupt`` and :class:`SlideCancelled`
+    end the run."""
+    try:
+        return SlideExtraction(pass_, spec.path, out_dir, mpp=spec.mpp, plan=plan, hooks=hooks).run()
+    except (KeyboardInterrupt, SlideCancelled):
+        raise
+    except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
+        return SlideResult.failure(spec.path, spec.slide_id, err)
+
+
 class SlideExtraction:
-    """Extract one slide into ``out_dir`` with an :class:`~zoomfeat.features.pipeline.Extractor`.
+    """Extract one slide into ``out_dir`` (the steps of the module header).
 
     Args:
-        extractor: the :class:`~zoomfeat.features.pipeline.Extractor` (config, models, families;
-            not imported here: the pipeline module imports this one).
-        slide_path: the slide file; mpp: its resolution override (``None``: the config's, or the file's).
-        out_dir: the output root.
+        pass_: the pass (:class:`~zoomfeat.features.families.ExtractionPass`: config, models, families).
+        slide_path: the slide file; out_dir: the output root.
+        mpp: the slide's resolution override (``None``: the config's, or the file's).
+        plan: the slide's plan when the runner made it already (``None``: made in step 2).
+        hooks: observers (:class:`SlideHooks`).
     """
 
     #: ZoomLDM's magnification indices of the 20x children and the 5x parents
     MAG20, MAG5 = mag_index(BASE_MAG), PARENT_MAG_INDEX
 
     def __init__(
-        self, extractor: Any, slide_path: str | Path, out_dir: str | Path, mpp: float | None = None
+        self,
+        pass_: ExtractionPass,
+        slide_path: str | Path,
+        out_dir: str | Path,
+        *,
+        mpp: float | None = None,
+        plan: SlidePlan | None = None,
+        hooks: SlideHooks | None = None,
     ) -> None:
-        self.ex = extractor
-        self.cfg = extractor.cfg
-        self.models = extractor.models
-        self.device = extractor.device
+        self.pass_ = pass_
+        self.cfg = pass_.cfg
+        self.models = pass_.models
+        self.device = pass_.device
         self.slide_path = slide_path
         self.mpp = mpp if mpp is not None else self.cfg.mpp
         self.out_dir = out_dir
+        self.plan = plan
+        self.hooks = hooks or SlideHooks()
         self.result: SlideResult | None = None  # made by step 1
         # model timings (seconds) of this slide, for benchmarks ("uni": every embedding job)
         self.timings = {"uni": 0.0, "zoomldm": 0.0, "wait": 0.0}
         # the state the steps share, set by the step named
-        self.slide = None  # 1: the open Slide
+        self.slide: Any = None  # 1: the open Slide
         self.write: list[str] = []  # 2: the families to compute and write, in the pass's order
-        self.write_coords: list[int] = []  # 2: the coords files to write (20, 5)
         self.recipes: list = []  # 2: the recipes among them
         self.jobs: list[str] = []  # 2: the embedding jobs they need
-        self.grid = None  # 3: the TileGrid
+        self.grid: Any = None  # 3: the TileGrid
         self.n_parents = 0  # 3: kept 5x parents P
-        self.kept: np.ndarray | None = None  # 4: bool (P, 16), kept children of each parent
+        self.kept: np.ndarray = np.zeros((0, CHILDREN), bool)  # 4: bool (P, 16), kept children of each parent
         self.items: dict[int, dict] = {}  # 4: loader items (tiles, noise) of parents in flight
         self.states: dict[int, ParentState] = {}  # 4-7: results of parents in flight
         self.queue_uni: deque[Piece] = deque()  # 4 -> 5
         self.queue_zoomldm: deque[Piece] = deque()  # 5 -> 6
         self.next_parent = 0  # 7: parents are fused and written strictly in order
         self.rows: RowBuffer | None = None  # 7
-        self.pbar = None  # 4-7: tiles done
+        self.tiles_done = 0  # 7: tiles written (on_batch)
+        self.tiles_total = 0  # 3
 
     def run(self) -> SlideResult:
-        """Steps 1 to 8; returns the :class:`SlideResult` (``done``, ``skipped`` or ``locked``)."""
+        """Steps 1 to 8; returns the :class:`SlideResult` (``done``, ``skipped`` or ``locked``);
+        raises on a failure (after ``on_slide_end`` saw it as ``failed``)."""
         t0 = time.perf_counter()
-        self.open_slide()  # 1
-        lock = SlideLock(self.out_dir, self.slide.slide_id)
         try:
-            if not self.claim(lock):  # 2
-                return self.result
-            with self.lay_grid() as writer:  # 3
-                if self.n_parents and self.write:
-                    self.stream(writer)  # 4-7
-                self.publish(writer)  # 8
-        finally:
-            lock.release()
-            self.slide.close()
-        self.result.seconds = time.perf_counter() - t0
+            self.open_slide()  # 1
+            lock = SlideLock(self.out_dir, self.slide.slide_id)
+            try:
+                if self.claim(lock):  # 2
+                    with self.lay_grid() as writer:  # 3
+                        if self.n_parents and self.write:
+                            self.stream(writer)  # 4-7
+                        self.publish(writer)  # 8
+            finally:
+                lock.release()
+                self.slide.close()
+        except BaseException as err:
+            if self.hooks.on_slide_end is not None:
+                from zoomfeat.slide.naming import slide_id_from_path
+
+                sid = self.slide.slide_id if self.slide is not None else slide_id_from_path(self.slide_path)
+                self.hooks.on_slide_end(SlideResult.failure(self.slide_path, sid, err))
+            raise
+        assert self.result is not None
+        if self.result.status == "done":
+            self.result.seconds = time.perf_counter() - t0
+            self.result.timings = dict(self.timings)
+        if self.hooks.on_slide_end is not None:
+            self.hooks.on_slide_end(self.result)
         return self.result
 
     # ---------------------------------------------------------------- 1. open the slide
@@ -162,38 +295,80 @@ class SlideExtraction:
         self.slide = Slide.open(self.slide_path, mpp=self.mpp)
         self.result = SlideResult(str(self.slide_path), self.slide.slide_id, "done")
 
-    # ---------------------------------------------------------------- 2. existing bags, lock
+    # ---------------------------------------------------------------- 2. plan, lock
     def claim(self, lock: SlideLock) -> bool:
         """Whether this process extracts the slide (False: ``skipped`` or ``locked``, in the result);
-        sets the families, recipes, embedding jobs and coords files to write.
+        settles the plan and sets the families, recipes and embedding jobs to compute.
 
         Complete families with this very config and slide are always reused (delete them to force
         a recomputation); families from another config raise unless ``overwrite=true`` (then only
         they are replaced); outputs of another slide file under the same slide id always raise
         (:class:`SlideIdentityError`); damaged families are reported and recomputed.
         """
+        assert self.result is not None
         sid = self.slide.slide_id
         ensure_dir(self.out_dir)  # an OutputError naming it when it cannot be written
-        if self.ex.check_reusable(self.out_dir, sid, self.slide).complete:
-            self.result.status, self.result.paths = "skipped", self.ex.outputs(self.out_dir, sid)
+        plan = self.plan
+        if plan is None or plan.slide_id != sid or Path(plan.out_dir) != Path(self.out_dir):
+            plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
+        identity = self.slide.identity()
+        self.check(plan, identity, warn=True)
+        if plan.complete:
+            self.result.status, self.result.paths = "skipped", plan.paths()
             return False
         if not lock.acquire():
             self.result.status = "locked"
             return False
-        # another worker may have finished it while we were getting here
-        plan = self.ex.check_reusable(self.out_dir, sid, self.slide, warn=False)
-        if plan.complete:
-            self.result.status, self.result.paths = "skipped", self.ex.outputs(self.out_dir, sid)
-            return False
-        remove_stale_temporaries(self.ex.outputs(self.out_dir, sid))
-        self.write, self.write_coords = plan.to_write(), plan.coords_to_write()
+        if not plan.still_current():  # another process may have written it while we were getting here
+            plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
+            self.check(plan, identity, warn=False)
+            if plan.complete:
+                self.result.status, self.result.paths = "skipped", plan.paths()
+                return False
+        self.plan = plan
+        remove_stale_temporaries(plan.paths())
+        self.write = plan.to_write()
         self.result.written = list(self.write)
-        self.result.reused = [f for f in self.ex.families if f not in self.write]
+        self.result.reused = plan.reused()
         m = self.models
         self.recipes = [r for r in m.recipes if r.name in self.write]
         cond = {m.cond_job(r.cond_px) for r in self.recipes}
         self.jobs = [j for j in m.jobs if j in self.write or j in cond]
+        if self.hooks.on_slide_start is not None:
+            self.hooks.on_slide_start(plan)
         return True
+
+    def check(self, plan: SlidePlan, identity: dict[str, Any], *, warn: bool) -> None:
+        """Refuse outputs of another slide (always) or config (unless ``overwrite``); warn (with
+        ``warn``) about damaged files, whose families the plan recomputes.
+
+        Raises:
+            SlideIdentityError: existing outputs came from another slide with this slide id.
+            ConfigMismatchError: bags from another config exist (unless ``overwrite``).
+        """
+        sid, out_dir = plan.slide_id, self.out_dir
+        clash = plan.identity_clash(identity)
+        if clash is not None:
+            old_path, why = clash
+            raise SlideIdentityError(
+                f"slide id '{sid}': the outputs in {out_dir} came from {old_path}, but {identity['path']} "
+                f"is a different slide with the same file name ({why}); not reusing or overwriting them: "
+                "rename one of the two files (the slide id is the file name), use another out_dir, or delete "
+                f"the old outputs ({out_dir}/*/*/{sid}.h5 and {sid}_patches.h5) if the slide was "
+                "replaced on purpose"
+            )
+        if plan.state == "mismatch" and not self.cfg.overwrite:
+            raise ConfigMismatchError(
+                f"bags for slide '{sid}' in {out_dir} were written with a different config ({plan.detail}); "
+                "refusing to mix them: pass overwrite=true to recompute those bags, or use another out_dir"
+            )
+        damaged = plan.damage()
+        if damaged and warn:
+            warnings.warn(
+                f"{sid}: damaged output file(s), recomputing them: {'; '.join(damaged)}",
+                DamagedOutputWarning,
+                stacklevel=2,
+            )
 
     # ---------------------------------------------------------------- 3. tissue, grid, writer
     def lay_grid(self) -> SlideBagWriter:
@@ -218,36 +393,37 @@ class SlideExtraction:
         self.grid = grid
         kept = grid.children.kept
         self.n_parents = P = len(grid.parents)
+        assert self.result is not None
         self.result.n20, self.result.n5 = int(kept.sum()), P
         if P == 0:
             warnings.warn(f"{slide.path}: no tissue tiles; writing empty (0, D) bags", stacklevel=4)
-        dims, per_set = sets_to_write([self.ex.families[f] for f in self.write], cfg, models)
-        return SlideBagWriter(
+        xp, plan = self.pass_, self.plan
+        assert plan is not None and self.result is not None
+        self.tiles_total = int(kept.sum()) + P
+        dims, per_set = sets_to_write([xp.families[f] for f in self.write], cfg, models)
+        writer = SlideBagWriter(
             self.out_dir,
             slide.slide_id,
-            dims,
-            grid.children.xy[kept],
-            grid.parents,
-            grid.coords_attrs(slide, "child"),
-            grid.coords_attrs(slide, "parent"),
-            grid.children.parent[kept],
-            bag_attrs(self.ex, slide),
-            per_set,
+            dims=dims,
+            coords=PerMag(x20=grid.children.xy[kept], x5=grid.parents),
+            coords_attrs=PerMag(x20=grid.coords_attrs(slide, "child"), x5=grid.coords_attrs(slide, "parent")),
+            parent_idx=grid.children.parent[kept],
+            attrs=bag_attrs(slide, cfg=cfg, device=self.device),
+            set_attrs=per_set,
             tile_px=cfg.tile_px,
-            write_coords=self.write_coords,
-            patches_attrs={"grid_hash": self.ex.grid_hash, "grid": canonical_json(self.ex.grid)},
+            write_coords=plan.coords_to_write(),
+            patches_attrs={"grid_hash": xp.grid_hash, "grid": canonical_json(xp.grid)},
         )
+        plan.expected_bytes = writer.expected_bytes
+        return writer
 
     # ---------------------------------------------------------------- 4-7. the stream
     def stream(self, writer: SlideBagWriter) -> None:
         """Read parents (4) and run both model stages (5, 6) as their queues fill; fuse and write
         complete parents in order (7)."""
-        from tqdm.auto import tqdm
-
         cfg, dev, P = self.cfg, self.device, self.n_parents
         self.kept = self.grid.children.kept.reshape(P, CHILDREN)
         self.rows = RowBuffer(writer)
-        self.ex.timings = self.timings
         # every draw a pass's recipe may use; draw j is the same whatever the count (a prefix)
         draws = self.models.max_draws if self.recipes else 0
         noise = NoiseSpec(cfg.seed, self.slide.slide_id, self.models.latent_shape, draws)
@@ -257,27 +433,29 @@ class SlideExtraction:
             pin_memory=dev.type == "cuda",
         )
         bs = cfg.batch_size
-        total = int(self.kept.sum()) + P
-        bar = {} if cfg.progress else {"disable": True}
-        with tqdm(total=total, desc=self.slide.slide_id, unit="tile", leave=False, position=1, **bar) as pbar:
-            self.pbar = pbar
-            it = iter(loader)
-            while True:
-                t = time.perf_counter()
-                batch = next(it, None)
-                self.timings["wait"] += time.perf_counter() - t
-                if batch is not None:
-                    self.read_parents(batch)
-                # full batches while there are enough tiles; everything left once input ends
-                while queued(self.queue_uni) >= bs or (batch is None and self.queue_uni):
-                    self.run_encoders(take(self.queue_uni, bs))
-                while queued(self.queue_zoomldm) >= bs or (batch is None and self.queue_zoomldm):
-                    self.run_zoomldm(take(self.queue_zoomldm, bs))
-                if batch is None:
-                    break
-            self.rows.flush()
+        it = iter(loader)
+        while True:
+            self.check_cancelled()
+            t = time.perf_counter()
+            batch = next(it, None)
+            self.timings["wait"] += time.perf_counter() - t
+            if batch is not None:
+                self.read_parents(batch)
+            # full batches while there are enough tiles; everything left once input ends
+            while queued(self.queue_uni) >= bs or (batch is None and self.queue_uni):
+                self.run_encoders(take(self.queue_uni, bs))
+            while queued(self.queue_zoomldm) >= bs or (batch is None and self.queue_zoomldm):
+                self.run_zoomldm(take(self.queue_zoomldm, bs))
+            if batch is None:
+                break
+        self.rows.flush()
         if self.states or self.next_parent != P:
             raise RuntimeError(f"{self.slide.path}: internal error, {len(self.states)} parent(s) unfinished")
+
+    def check_cancelled(self) -> None:
+        """Stop the slide (:class:`SlideCancelled`) when the ``cancelled`` hook says so."""
+        if self.hooks.cancelled is not None and self.hooks.cancelled():
+            raise SlideCancelled(f"{self.slide.slide_id}: cancelled; nothing of this slide was published")
 
     # ---------------------------------------------------------------- 4. parents in
     def read_parents(self, batch: dict) -> None:
@@ -334,11 +512,12 @@ class SlideExtraction:
         fused and written."""
         t = time.perf_counter()
         mags = [p.mag for p in pieces]
-        ctx = {px: self.models.contexts([p.grids[px] for p in pieces], mags) for px in pieces[0].grids}
+        grids = [p.grids or {} for p in pieces]  # every ZoomLDM piece has its grids and noise
+        ctx = {px: self.models.contexts([g[px] for g in grids], mags) for px in grids[0]}
         feats = self.models.zoomldm_features(
             torch.cat([p.images for p in pieces]),
             ctx,
-            torch.cat([p.noise for p in pieces]),
+            torch.cat([p.noise for p in pieces if p.noise is not None]),
             recipes=self.recipes,
         )
         synchronize(self.device)
@@ -377,23 +556,49 @@ class SlideExtraction:
             else:
                 d = self.models.dims[f"{name}_20x"]
                 f20 = st.f20[name].cpu().numpy() if st.n_kept else np.zeros((0, d), np.float32)
+                assert st.f5 is not None  # complete: the parent tile's row is in
                 rows[name] = (f20, st.f5[name].cpu().numpy())
+        assert self.rows is not None
         self.rows.add(rows)
-        self.pbar.update(st.n_kept + 1)
+        self.tiles_done += st.n_kept + 1
+        if self.hooks.on_batch is not None:
+            self.hooks.on_batch(self.tiles_done, self.tiles_total)
 
     # ---------------------------------------------------------------- 8. publish
     def publish(self, writer: SlideBagWriter) -> None:
         """Publish the bags atomically (``paths`` in the result: every family's, reused ones too),
-        then the optional preview."""
-        writer.finish()
-        paths = self.ex.outputs(self.out_dir, self.slide.slide_id)
+        then the optional preview.
+
+        The one point right before anything is renamed into place: every file is complete under
+        its temporary name, then the ``cancelled`` hook and the plan's ``before_publish`` checks
+        run (any that raises publishes nothing).
+        """
+        assert self.plan is not None and self.result is not None
+        preview = self.preview_features(writer) if self.cfg.preview else {}
+        writer.finish(before_publish=[self.check_cancelled, *self.plan.before_publish])
+        paths = self.plan.paths()
         if self.cfg.preview:
             from zoomfeat.features.preview import save_preview
 
             paths["preview"] = save_preview(
                 self.slide,
                 self.grid,
-                paths,
                 Path(self.out_dir) / "previews" / f"{self.slide.slide_id}.png",
+                features=preview,
             )
         self.result.paths = paths
+
+    def preview_features(self, writer: SlideBagWriter) -> dict[str, np.ndarray]:
+        """The 20x features the preview paints: ``zoomldm_20x`` and ``uni_20x`` when the pass has
+        them, read back from the open temporary files (written now) or from the kept bags."""
+        from zoomfeat.bags import open_bag
+
+        assert self.plan is not None
+        out: dict[str, np.ndarray] = {}
+        paths = self.plan.paths()
+        for name in ("zoomldm_20x", "uni_20x"):
+            if name in writer.rows_written:
+                out[name] = writer.read_back(name)
+            elif name in paths and paths[name].is_file():
+                out[name] = open_bag(paths[name]).features
+        return out

@@ -18,9 +18,10 @@ The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import h5py
@@ -28,16 +29,20 @@ import numpy as np
 
 from zoomfeat.bags import (
     FEATURE_SETS,
-    _attr_value,
+    PerMag,
     _write_coords,
     bag_path,
+    fill_patches,
     patches_path,
     set_magnification,
-    write_patches,
+    write_file_attrs,
 )
 from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import ZoomfeatError
-from zoomfeat.runtime.units import TILE_PX
+from zoomfeat.runtime.units import TILE_PX, TilePx
+
+#: a check run right before the temporaries are renamed into place; raising stops the publication
+PublishCheck = Callable[[], None]
 
 
 class NonFiniteFeaturesError(ZoomfeatError, ValueError):
@@ -51,8 +56,9 @@ class _Aborted(Exception):
 def slide_outputs(
     out_dir: str | Path,
     slide_id: str,
+    *,
     tile_px: int = TILE_PX,
-    sets: Any = FEATURE_SETS,
+    sets: Iterable[str] = FEATURE_SETS,
     coords: bool = True,
 ) -> dict[str, Path]:
     """Final paths of one slide's outputs: ``sets`` (default the six classic ones) and, with
@@ -81,12 +87,15 @@ def remove_stale_temporaries(paths: Mapping[str, Path]) -> list[Path]:
 class SlideBagWriter:
     """Write one slide's bags row block by row block; ``finish()`` publishes them atomically.
 
+    Every file is opened once, for writing, under its temporary name: the bags here, the coords
+    files in :meth:`finish`.
+
     Args:
         out_dir: the output root.
         slide_id: file stem used for every file name.
         dims: ``{feature_set: D}`` of the sets to write (any names ending in _20x, _5x, _fused).
-        coords20, coords5: int64 (N20, 2) kept-children and (N5, 2) parent coordinates.
-        coords_attrs20, coords_attrs5: TRIDENT attributes of the two ``coords`` datasets.
+        coords: int64 (N20, 2) kept-children and (N5, 2) parent coordinates, level-0 px.
+        coords_attrs: TRIDENT attributes of the ``coords`` datasets of each magnification.
         parent_idx: int64 (N20,) row of each 20x tile's parent in the 5x bags.
         attrs: file attributes for every file; ``set_attrs`` adds per-set ones (a family's
             config hash and recipe among them).
@@ -100,17 +109,16 @@ class SlideBagWriter:
         self,
         out_dir: str | Path,
         slide_id: str,
+        *,
         dims: Mapping[str, int],
-        coords20: np.ndarray,
-        coords5: np.ndarray,
-        coords_attrs20: Mapping[str, Any],
-        coords_attrs5: Mapping[str, Any],
+        coords: PerMag[np.ndarray],
+        coords_attrs: PerMag[Mapping[str, Any]],
         parent_idx: np.ndarray,
         attrs: Mapping[str, Any],
         set_attrs: Mapping[str, Mapping[str, Any]] | None = None,
-        tile_px: int = TILE_PX,
+        tile_px: TilePx = TILE_PX,
         chunk_rows: int = 1024,
-        write_coords: Any = (20, 5),
+        write_coords: Sequence[int] = (20, 5),
         patches_attrs: Mapping[str, Any] | None = None,
     ) -> None:
         mags = {name: set_magnification(name) for name in dims}
@@ -118,14 +126,11 @@ class SlideBagWriter:
         if unknown:
             raise ValueError(f"feature sets {unknown} do not end in _20x, _5x or _fused")
         self.slide_id = slide_id
-        self.paths = slide_outputs(out_dir, slide_id, tile_px, sets=dims)
+        self.paths = slide_outputs(out_dir, slide_id, tile_px=tile_px, sets=dims)
         self.write_coords = tuple(write_coords)
         self.patches_attrs = dict(patches_attrs or {})
-        self.coords = {
-            20: np.asarray(coords20, np.int64).reshape(-1, 2),
-            5: np.asarray(coords5, np.int64).reshape(-1, 2),
-        }
-        self.coords_attrs = {20: dict(coords_attrs20), 5: dict(coords_attrs5)}
+        self.coords = {mag: np.asarray(xy, np.int64).reshape(-1, 2) for mag, xy in coords.items()}
+        self.coords_attrs = {mag: dict(a) for mag, a in coords_attrs.items()}
         self.attrs = dict(attrs)
         self.parent_idx = np.asarray(parent_idx, np.int64)
         if len(self.parent_idx) != len(self.coords[20]):
@@ -133,11 +138,17 @@ class SlideBagWriter:
                 f"{len(self.coords[20])} 20x coords but {len(self.parent_idx)} parent_idx entries"
             )
         self.rows_written = {name: 0 for name in dims}
+        #: bytes of array data this writer publishes (features, coords, parent_idx; HDF5 overhead not counted)
+        self.expected_bytes = sum(16 * len(self.coords[m]) for m in self.write_coords)
+        for name, m in mags.items():
+            rows = len(self.coords[int(m or 0)])
+            self.expected_bytes += rows * (4 * int(dims[name]) + 16 + (8 if m == 20 else 0))
         self._files: dict[str, h5py.File] = {}
-        # one atomic_path per bag: closing the stack normally publishes them, with an error removes them
+        # one atomic_path per file: closing the stack normally publishes them, with an error removes them
         self._temporaries = ExitStack()
         try:
             for name, mag in mags.items():
+                assert mag is not None
                 tmp = self._temporaries.enter_context(atomic_path(self.paths[name]))
                 f = h5py.File(tmp, "w")
                 self._files[name] = f
@@ -149,12 +160,9 @@ class SlideBagWriter:
                 _write_coords(f, self.coords[mag], self.coords_attrs[mag])
                 if mag == 20:  # the 20x-based sets carry parent_idx
                     f.create_dataset("parent_idx", data=self.parent_idx)
-                for key, value in {
-                    **self.attrs,
-                    **dict((set_attrs or {}).get(name, {})),
-                    "feature_set": name,
-                }.items():
-                    f.attrs[key] = _attr_value(value)
+                write_file_attrs(
+                    f, {**self.attrs, **dict((set_attrs or {}).get(name, {})), "feature_set": name}
+                )
         except BaseException:
             self.abort()
             raise
@@ -174,6 +182,10 @@ class SlideBagWriter:
             ds[start : start + len(rows)] = rows
         self.rows_written[name] += len(rows)
 
+    def read_back(self, name: str) -> np.ndarray:
+        """The ``features`` of set ``name`` as written so far, from the open temporary file (no new open)."""
+        return np.asarray(self._files[name]["features"][()])
+
     def _non_finite_message(self, name: str, start: int, rows: np.ndarray, finite: np.ndarray) -> str:
         bad_rows = np.flatnonzero(~finite.all(axis=1))
         kinds = ", ".join(k for k, m in (("NaN", np.isnan(rows)), ("inf", np.isinf(rows))) if m.any())
@@ -189,8 +201,15 @@ class SlideBagWriter:
             f"not publishing the bags: {advice}"
         )
 
-    def finish(self) -> dict[str, Path]:
-        """Check every row was written, mark complete, rename to the final names; returns the paths."""
+    def finish(self, *, before_publish: Sequence[PublishCheck] = ()) -> dict[str, Path]:
+        """Check every row was written, mark complete, write the coords files, run ``before_publish``
+        and rename everything to the final names; returns the paths.
+
+        ``before_publish``: checks run when every file is complete under its temporary name and
+        nothing is renamed yet; one that raises publishes nothing (the temporaries are removed).
+        Publication order: the coords files first, the bags last (a family counts as done only
+        when its bags exist).
+        """
         for name, f in self._files.items():
             n = f["features"].shape[0]
             if self.rows_written[name] != n:
@@ -201,15 +220,19 @@ class SlideBagWriter:
             f.attrs["complete"] = True
             f.close()
         self._files.clear()
-        # coords files first, the bags last: a family counts as done only when its bags exist.
-        for mag in self.write_coords:
-            write_patches(
-                self.paths[f"patches_{mag}x"],
-                self.coords[mag],
-                self.coords_attrs[mag],
-                {**self.attrs, **self.patches_attrs, "feature_set": "patches"},
-            )
-        self._temporaries.close()  # fsync, rename, fsync the directory: each bag appears complete
+        try:
+            # entered last, renamed first (the stack unwinds in reverse): 20x coords, 5x coords, bags
+            for mag in reversed(self.write_coords):
+                tmp = self._temporaries.enter_context(atomic_path(self.paths[f"patches_{mag}x"]))
+                with h5py.File(tmp, "w") as f:
+                    fill_patches(f, self.coords[mag], self.coords_attrs[mag],
+                                 {**self.attrs, **self.patches_attrs, "feature_set": "patches"})  # fmt: skip
+            for check in before_publish:
+                check()
+        except BaseException:
+            self.abort()
+            raise
+        self._temporaries.close()  # fsync, rename, fsync the directory: each file appears complete
         return dict(self.paths)
 
     def abort(self) -> None:
@@ -225,6 +248,8 @@ class SlideBagWriter:
     def __enter__(self) -> SlideBagWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None or self._files:
             self.abort()
