@@ -1,4 +1,4 @@
-"""torchmil's ``TridentWSIDataset`` (the installed 1.0.2) on zoomfeat's bags: the README's call,
+"""torchmil's ``TridentWSIDataset`` (the installed 1.0.2) on zoomfeat's bags: docs/bags.md's call,
 and its adjacency equal to the true lattice adjacency (issue 10)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def lattice_edges(cells: np.ndarray) -> set[tuple[int, int]]:
 
 
 def torchmil_items(out_dir, feature_set: str, labels):
-    """The README's torchmil 1.0.2 call: base_path = the magnification folder, patch_size = p."""
+    """docs/bags.md's torchmil 1.0.2 call: base_path = the magnification folder, patch_size = p."""
     from torchmil.datasets import TridentWSIDataset
 
     base = f"{mag_dir(out_dir, FEATURE_SET_MAG[feature_set])}/"
