@@ -358,6 +358,149 @@ def list_bags(bag_dir: str | Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(bag_dir.glob("*.h5")) if not p.name.startswith(".")}
 
 
+def _preview(items: list[Any], n: int = 20) -> str:
+    return ", ".join(map(str, items[:n])) + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+#: what to do about a damaged, unfinished or non-finite bag (the end of :func:`open_checked_bag`'s errors)
+BAG_FIX = "delete it and re-extract the slide (or leave the slide out)"
+
+
+def bag_problem(bag: Bag) -> str:
+    """What makes a readable bag unusable, ``""`` when nothing does.
+
+    Unfinished: zoomfeat wrote it (it carries ``config_hash`` or ``zoomfeat_version``) but it
+    lacks ``complete = True`` (other tools' bags carry no such mark). Non-finite: any NaN or inf
+    feature value (an fp16 overflow, an interrupted writer).
+    """
+    zoomfeat_made = any(k in bag.attrs for k in ("config_hash", "zoomfeat_version"))
+    if zoomfeat_made and not bag.attrs.get("complete", False):
+        return "is unfinished (written by zoomfeat but not marked complete)"
+    finite = np.isfinite(bag.features)
+    if not finite.all():
+        rows = int((~finite).any(axis=1).sum()) if finite.ndim == 2 else int((~finite).sum())
+        return (
+            f"holds {int((~finite).sum())} non-finite feature value(s) (NaN/inf) in {rows} of {len(bag)} "
+            "tile(s) (fp16 overflows to inf: extract with precision=fp32 or bf16)"
+        )
+    return ""
+
+
+def open_checked_bag(path: str | Path, dtype: np.dtype | type = np.float32, *, context: str = "") -> Bag:
+    """:func:`open_bag`, refusing a damaged, unfinished or non-finite bag with one line.
+
+    The same check for every reader of bags: the benchmark, :class:`BagDataset` and the exports.
+
+    Args:
+        path: the bag file.
+        dtype: the features' dtype once read.
+        context: the start of the error message (e.g. ``"feature set 'uni_20x': "``).
+
+    Returns:
+        The bag.
+
+    Raises:
+        BagError: ``{context}damaged bag {path} (why); ...`` (unreadable, truncated, no features),
+            ``{context}bag {path} is unfinished ...`` or ``{context}bag {path} holds N non-finite ...``.
+    """
+    path = Path(path)
+    try:
+        bag = open_bag(path, dtype)
+    except (OSError, KeyError, ValueError) as err:  # BagError is a ValueError
+        reason = str(err).replace(str(path), "").strip(" :;") or type(err).__name__
+        raise BagError(f"{context}damaged bag {path} ({reason}); {BAG_FIX}") from err
+    problem = bag_problem(bag)
+    if problem:
+        raise BagError(f"{context}bag {path} {problem}; {BAG_FIX}")
+    return bag
+
+
+def read_labels_table(
+    labels: Any,
+    *,
+    columns: list[str],
+    id_columns: list[str] = [],  # noqa: B006 - never mutated
+    key: str = "labels",
+    columns_fix: str = "name the columns to use",
+) -> tuple[Any, str]:
+    """A labels table (CSV; TSV for ``.tsv``/``.txt``; or a DataFrame) with ``columns`` checked
+    and the ``id_columns`` as strings without surrounding spaces.
+
+    The one reader of labels files: the benchmark (:mod:`zoomfeat.mil.labels`),
+    :class:`BagDataset` and anything else that pairs slides with labels.
+
+    Args:
+        labels: a path or a ``pandas.DataFrame``.
+        columns: the columns it must have.
+        id_columns: slide/patient id columns (read as text, stripped).
+        key: the setting that named the file (``task.labels``), for messages.
+        columns_fix: what a table without ``columns`` is told to do.
+
+    Returns:
+        ``(table, source)``: the DataFrame and how messages name it (the path, or ``labels table``).
+    """
+    import pandas as pd
+
+    if isinstance(labels, pd.DataFrame):
+        table, source = labels.copy(), "labels table"
+    else:
+        path = Path(str(labels)).expanduser()
+        source = str(path)
+        if not path.is_file():
+            from zoomfeat.runtime.errors import InputNotFoundError
+
+            raise InputNotFoundError(f"no labels file at {path} ({key}=): check the path")
+        sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+        try:
+            table = pd.read_csv(path, sep=sep, dtype={c: str for c in id_columns})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            from zoomfeat.runtime.errors import InputError
+
+            raise InputError(f"{path}: not a readable labels CSV ({err}) ({key}=)") from err
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        from zoomfeat.runtime.errors import InputError
+
+        raise InputError(f"{source}: no column(s) {missing} (columns: {list(table.columns)}); {columns_fix}")
+    for c in id_columns:
+        table[c] = table[c].map(lambda v: v if pd.isna(v) else str(v).strip())
+    return table, source
+
+
+def labelled_rows(table: Any, *, slide_col: str, label_col: str, source: str, warn: Any = None) -> Any:
+    """The rows of a labels table that have a label value; the others are left out with a warning
+    naming their slides (``warn(message)``, default ``warnings.warn``)."""
+    no_label = table[label_col].isna()
+    if no_label.any():
+        message = (
+            f"{source}: {int(no_label.sum())} row(s) have no {label_col!r} value and are left out: "
+            f"{_preview(table.loc[no_label, slide_col].tolist())}"
+        )
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, UserWarning, stacklevel=3)
+    return table[~no_label]
+
+
+def one_label_per_slide(table: Any, *, slide_col: str, label_col: str, source: str) -> Any:
+    """One row per slide: a slide listed with two different labels is refused, repeated rows of
+    one slide collapse to the first (file order kept).
+
+    Raises:
+        InputError: ``{source}: slide(s) listed with different labels: ...``.
+    """
+    from zoomfeat.runtime.errors import InputError
+
+    counts = table.groupby(slide_col)[label_col].nunique()
+    conflicts = counts[counts > 1].index.tolist()
+    if conflicts:
+        raise InputError(
+            f"{source}: slide(s) listed with different labels: {_preview(conflicts)}; keep one row per slide"
+        )
+    return table.drop_duplicates(slide_col).reset_index(drop=True)
+
+
 class BagDataset:
     """A torch ``Dataset`` over a bag directory and a labels CSV.
 
@@ -383,23 +526,28 @@ class BagDataset:
         preload: bool = False,
         dtype: Any = np.float32,
     ) -> None:
-        import pandas as pd
-
         bags = list_bags(bag_dir)
         if labels is None:
             self.slide_ids = list(bags)
             self.labels = [-1] * len(self.slide_ids)
         else:
-            table = labels if isinstance(labels, pd.DataFrame) else pd.read_csv(labels)
-            for col in (slide_col, label_col):
-                if col not in table.columns:
-                    raise BagError(f"labels table has no column {col!r} (columns: {list(table.columns)})")
-            table = table.assign(**{slide_col: table[slide_col].astype(str)})
+            # the benchmark's checks (zoomfeat.mil.labels): ids stripped, rows without a label
+            # left out, a slide with two labels refused, repeated rows collapsed
+            table, source = read_labels_table(
+                labels,
+                columns=[slide_col, label_col],
+                id_columns=[slide_col],
+                columns_fix="pass slide_col= / label_col=",
+            )
+            table = labelled_rows(table, slide_col=slide_col, label_col=label_col, source=source)
+            table = one_label_per_slide(table, slide_col=slide_col, label_col=label_col, source=source)
             missing = [s for s in table[slide_col] if s not in bags]
             if missing:
-                raise FileNotFoundError(
-                    f"{len(missing)} labelled slide(s) have no bag in {bag_dir}: {missing[:20]}"
-                    + (" ..." if len(missing) > 20 else "")
+                from zoomfeat.runtime.errors import InputNotFoundError
+
+                raise InputNotFoundError(
+                    f"{source}: {len(missing)} labelled slide(s) have no bag in {bag_dir}: {_preview(missing)}; "
+                    "extract them or leave them out of the labels"
                 )
             unlabelled = sorted(set(bags) - set(table[slide_col]))
             if unlabelled:
@@ -411,7 +559,7 @@ class BagDataset:
             self.labels = list(table[label_col])
         self.paths = [bags[s] for s in self.slide_ids]
         self.dtype = dtype
-        self._cache = [open_bag(p, dtype) for p in self.paths] if preload else None
+        self._cache = [open_checked_bag(p, dtype) for p in self.paths] if preload else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -419,7 +567,7 @@ class BagDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        bag = self._cache[i] if self._cache is not None else open_bag(self.paths[i], self.dtype)
+        bag = self._cache[i] if self._cache is not None else open_checked_bag(self.paths[i], self.dtype)
         return {
             "X": torch.from_numpy(np.asarray(bag.features, dtype=np.float32)),
             "Y": torch.as_tensor(self.labels[i]),

@@ -19,6 +19,9 @@ instead of copying it:
   ``DatasetFeatures.to_torch`` does.
 
 Links are relative, so a directory holding both the bags and the mirror can be moved as a whole.
+Every bag is read through :func:`zoomfeat.bags.open_checked_bag`, the benchmark's check: a damaged,
+unfinished (zoomfeat's without its ``complete`` mark) or non-finite bag stops the export with one
+line naming the file (the mirror files written before it are complete).
 Every file is written atomically (:mod:`zoomfeat.runtime.atomic`): a mirror file exists complete or
 not at all, and rerunning an export rewrites it from the current bags.
 """
@@ -37,7 +40,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoomfeat.bags import list_bags, open_bag
+from zoomfeat.bags import list_bags, open_checked_bag
 from zoomfeat.runtime.atomic import atomic_path, atomic_write_text, ensure_dir, fsync_dir, tmp_name
 from zoomfeat.runtime.errors import BagError, ConfigError, InputError, InputNotFoundError
 from zoomfeat.runtime.units import MPP_20X
@@ -195,7 +198,7 @@ def write_clam(fs: FeatureSet, dest: Path) -> tuple[list[str], list[str], int | 
     """``{dest}/pt_files/{slide}.pt`` + ``{dest}/h5_files/{slide}.h5`` (symlink) for every bag of ``fs``."""
     written, dim = [], None
     for slide_id, path in fs.bags.items():
-        features = open_bag(path).features
+        features = open_checked_bag(path, context=f"export of {fs.name!r}: ").features
         dim = features.shape[1]
         _save_tensor(dest / "pt_files" / f"{slide_id}.pt", features)
         _symlink(dest / "h5_files" / f"{slide_id}.h5", path)
@@ -209,6 +212,7 @@ def write_stamp(
     """``{dest}/{slide}.h5`` (``feats`` external link, coords in um) + ``{dest}/slide_table.csv``."""
     written, dim = [], None
     for slide_id, path in fs.bags.items():
+        open_checked_bag(path, context=f"export of {fs.name!r}: ")  # feats links to it: finished and finite
         coords, cattrs, attrs, shape = _read_geometry(path)
         dim = shape[1]
         slide_mpp = mpp if mpp is not None else attrs.get("mpp")
@@ -244,7 +248,7 @@ def write_slideflow(fs: FeatureSet, dest: Path) -> tuple[list[str], list[str], i
     written, skipped, dim = [], [], None
     encoder = None
     for slide_id, path in fs.bags.items():
-        bag = open_bag(path)
+        bag = open_checked_bag(path, context=f"export of {fs.name!r}: ")
         dim = bag.features.shape[1]
         encoder = encoder or bag.attrs.get("encoder")
         if not len(bag):

@@ -20,15 +20,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoomfeat.bags import list_bags, open_bag
+from zoomfeat.bags import list_bags, open_checked_bag
 from zoomfeat.mil.bagset import BagSet, as_dtype, preview, warn
-from zoomfeat.mil.provenance import bag_provenance, check_one_recipe, is_zoomfeat_bag
+from zoomfeat.mil.provenance import bag_provenance, check_one_recipe
 from zoomfeat.runtime.errors import BagError
 
 
 def read_checked_bag(path: Path, feature_set: str) -> Any:
     """Read one bag, refusing a damaged or non-finite one with a :class:`BagError` naming the
-    file and its feature set.
+    file and its feature set (:func:`zoomfeat.bags.open_checked_bag`, the check every reader of
+    bags shares: :class:`zoomfeat.BagDataset` and the exports too).
 
     Damaged: the file cannot be opened or read as a bag (a truncated copy), or zoomfeat wrote it
     (it carries ``config_hash``) but it lacks ``complete = True``. Other tools' bags carry no
@@ -41,25 +42,7 @@ def read_checked_bag(path: Path, feature_set: str) -> Any:
     Returns:
         The :func:`zoomfeat.bags.open_bag` bag: features (N, D) float32, coords (N, 2), attrs.
     """
-    fix = "delete it and re-extract the slide (or delete it and pass task.missing_bags=drop)"
-    try:
-        bag = open_bag(path, np.float32)
-    except (OSError, KeyError, ValueError) as err:  # BagError is a ValueError
-        reason = str(err).replace(str(path), "").strip(" :;") or type(err).__name__
-        raise BagError(f"feature set {feature_set!r}: damaged bag {path} ({reason}); {fix}") from err
-    if is_zoomfeat_bag(bag.attrs) and not bag.attrs.get("complete", False):
-        raise BagError(
-            f"feature set {feature_set!r}: damaged bag {path} (written by zoomfeat but not marked complete); {fix}"
-        )
-    finite = np.isfinite(bag.features)
-    if not finite.all():
-        bad_rows = int((~finite).any(axis=1).sum())
-        raise BagError(
-            f"feature set {feature_set!r}: bag {path} holds {int((~finite).sum())} non-finite feature value(s) "
-            f"(NaN/inf) in {bad_rows} of {len(bag)} tile(s); re-extract the slide with precision=fp32 or bf16 "
-            f"(fp16 overflows to inf), or leave it out"
-        )
-    return bag
+    return open_checked_bag(path, np.float32, context=f"feature set {feature_set!r}: ")
 
 
 def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:

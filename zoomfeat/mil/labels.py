@@ -12,7 +12,10 @@ class index 0..k-1 (k = 2 for a binary task) in one of four ways:
 
 Rows without a label are left out with a :class:`~zoomfeat.mil.bagset.BenchWarning`; a missing
 file or column, a slide listed with two labels, or nothing left is an
-:class:`~zoomfeat.runtime.errors.InputError` naming the file. See ``docs/ARCHITECTURE.md``
+:class:`~zoomfeat.runtime.errors.InputError` naming the file. Ids are read as text without
+surrounding spaces. The file is read and checked by :func:`zoomfeat.bags.read_labels_table`,
+:func:`~zoomfeat.bags.labelled_rows` and :func:`~zoomfeat.bags.one_label_per_slide`, which
+:class:`zoomfeat.BagDataset` uses too, so both accept and refuse the same files. See ``docs/ARCHITECTURE.md``
 (MIL benchmark).
 """
 
@@ -25,8 +28,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from zoomfeat.bags import labelled_rows, one_label_per_slide, read_labels_table
 from zoomfeat.mil.bagset import preview, resolve_path, warn
 from zoomfeat.runtime.errors import ConfigError, InputError
+
+#: what a labels CSV without the expected columns is told to set
+COLUMN_KEYS = "set task.slide_col / task.case_col / task.label_col"
 
 
 def _label_strings(values: pd.Series) -> pd.Series:
@@ -131,41 +138,24 @@ def read_labels(
     are dropped with a warning; duplicated slides must agree on the label.
     """
     path = resolve_path(path)
-    if not path.is_file():
-        raise InputError(f"no labels file at {path} (task.labels=): check the path")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    try:
-        table = pd.read_csv(path, sep=sep, dtype={slide_col: str, **({case_col: str} if case_col else {})})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not a readable labels CSV ({err}) (task.labels=)") from err
     wanted = [c for c in (slide_col, case_col, label_col) if c is not None]
-    missing = [c for c in wanted if c not in table.columns]
-    if missing:
-        raise InputError(
-            f"{path}: no column(s) {missing} (columns: {list(table.columns)}); set task.slide_col / task.case_col / task.label_col"
-        )
-    labels, names = map_labels(table[label_col], label_map, threshold, str(path), label_col, auto_classes)
+    ids = [c for c in (slide_col, case_col) if c is not None]
+    table, source = read_labels_table(
+        path, columns=wanted, id_columns=ids, key="task.labels", columns_fix=COLUMN_KEYS
+    )
+    # the rows without a label go first (with a warning), so map_labels sees only labelled rows
+    table = labelled_rows(table, slide_col=slide_col, label_col=label_col, source=source, warn=warn)
+    labels, names = map_labels(table[label_col], label_map, threshold, source, label_col, auto_classes)
     cohort = pd.DataFrame(
         {
-            "slide_id": table[slide_col].astype(str).str.strip(),
-            "case_id": table[case_col].astype(str).str.strip()
-            if case_col
-            else table[slide_col].astype(str).str.strip(),
+            "slide_id": table[slide_col],
+            "case_id": table[case_col] if case_col else table[slide_col],
             "label": labels,
             "label_name": names,
         }
     )
-    no_label = cohort["label"].isna() & cohort["label_name"].isna()
-    if no_label.any():
-        warn(
-            f"{path}: {int(no_label.sum())} row(s) have no {label_col!r} value and are left out: {preview(cohort.loc[no_label, 'slide_id'])}"
-        )
-    cohort = cohort[cohort["label"].notna()]
-    conflicts = cohort.groupby("slide_id")["label"].nunique()
-    conflicts = conflicts[conflicts > 1].index.tolist()
-    if conflicts:
-        raise InputError(f"{path}: slide(s) listed with different labels: {preview(conflicts)}")
-    cohort = cohort.drop_duplicates("slide_id").reset_index(drop=True)
+    cohort = cohort[cohort["label"].notna()]  # values label_map leaves out (map_labels warned)
+    cohort = one_label_per_slide(cohort, slide_col="slide_id", label_col="label", source=source)
     cohort["label"] = cohort["label"].astype(np.int64)
     if cohort.empty:
         raise InputError(
