@@ -30,10 +30,12 @@ def run(cfg) -> dict:
         path = export_official(source, tc.export)
         print(f"exported {source} -> {path} (+ config.yaml beside it)")
         return {"export": str(path)}
+    from zoomfeat.runtime.stopping import run_stoppable
     from zoomfeat.training.trainer import train
 
     tc.require_data()
-    summary = train(tc)
+    # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, one line, exit 128 + signal (docs/long-runs.md)
+    summary = run_stoppable("train", lambda: train(tc))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"train": summary}, default=str))
     return summary

@@ -23,6 +23,7 @@ import torch
 
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime.seeding import mix_seed
+from zoomfeat.runtime.stopping import ignore_stop_signals
 from zoomfeat.training.shards import MAG_NAMES, ShardIndex, ShardReader, parse_mag
 
 
@@ -82,7 +83,7 @@ class MultiScaleDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.p_uncond = float(p_uncond)
         self.num_timesteps = int(num_timesteps)
-        probs = mag_probabilities(index.mags.keys(), mag_weights)
+        probs = mag_probabilities(list(index.mags), mag_weights)
         self.mags = sorted(probs)
         self.probs = torch.tensor([probs[m] for m in self.mags], dtype=torch.float64)
         self.sizes = [len(index.mags[m]) for m in self.mags]
@@ -192,7 +193,8 @@ def make_loader(
     """DataLoader over ``dataset`` driven by ``sampler`` (order-preserving, any worker count)."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=4, persistent_workers=False)
+        # workers ignore SIGTERM/SIGINT: the trainer finishes its step and ends them (runtime.stopping)
+        kwargs.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=ignore_stop_signals)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from zoomfeat.runtime import checkpoints as ckpt_io
+from zoomfeat.runtime import stopping
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import autocast, resolve_precision
 from zoomfeat.runtime.distributed import (
@@ -272,9 +273,33 @@ class Trainer:
                     self.log_step(loss_sum, lr, time.perf_counter() - t0, bar)
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                     self.checkpoint()
+                if done < cfg.steps and self.stop_signal() is not None:
+                    self.stop(done)
         finally:
             bar.close()
             del batches
+
+    def stop_signal(self) -> int | None:
+        """6d. The stop signal received (:mod:`zoomfeat.runtime.stopping`), agreed over ranks (any
+        rank's counts: every rank stops after the same step, or the collectives would hang)."""
+        signum = stopping.requested()
+        if not self.info.distributed:
+            return signum
+        flag = torch.tensor([float(signum or 0)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def stop(self, done: int) -> None:
+        """6e. Stop after step ``done`` on a signal: a checkpoint of it (unless just written;
+        no sample grids: SLURM allows ``KillWait`` seconds), then :class:`StopRequested`."""
+        signum = self.stop_signal() or 15
+        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt_io.step_dir_name(done):
+            self.checkpoint(samples=False)
+        raise stopping.StopRequested(
+            signum,
+            f"stopped after step {done} of {self.cfg.steps}, checkpoint {self.last_checkpoint or self.root} "
+            f"written; rerun the same command to resume from it (out_dir={self.out_dir}, resume=auto)",
+        )
 
     def log_step(self, loss_sum: torch.Tensor, lr: float, elapsed: float, bar) -> None:
         """6b. Mean loss over ranks (synchronises), progress bar, one ``train_log.jsonl`` line (rank 0)."""
@@ -300,8 +325,8 @@ class Trainer:
             with open(self.out_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
-    def checkpoint(self) -> None:
-        """6c. Write a checkpoint (rank 0; with sample grids) and wait for every rank."""
+    def checkpoint(self, samples: bool = True) -> None:
+        """6c. Write a checkpoint (rank 0; with sample grids unless ``samples`` is false) and wait for every rank."""
         if self.info.is_main:
             state = {
                 **self.run_state,
@@ -310,8 +335,10 @@ class Trainer:
                 "loss": self.loss,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             }
-            samples = (
-                (self.conditions, self.cfg.samples, self.device, self.precision) if self.conditions else None
+            grids = (
+                (self.conditions, self.cfg.samples, self.device, self.precision)
+                if self.conditions and samples
+                else None
             )
             p = self.parts
             self.last_checkpoint = save_training_checkpoint(
@@ -323,7 +350,7 @@ class Trainer:
                 scaler=p.scaler,
                 state=state,
                 keep=self.cfg.keep_checkpoints,
-                samples=samples,
+                samples=grids,
             )
             log.info("checkpoint %s", self.last_checkpoint)
         barrier(self.info)
