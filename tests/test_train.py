@@ -14,7 +14,7 @@ import torch
 
 from zoomfeat.cli import hydra_main
 from zoomfeat.train import run
-from zoomfeat.training import checkpoint as ck
+from zoomfeat.runtime import checkpoints as ck
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = [

@@ -1,8 +1,8 @@
 """The trainers' shared machinery in ``runtime/``: resume semantics, the ``trainer/`` directory
 round trip (AdamW, EMA, RNG restored so the next step is bitwise the same), one-process DDP helpers.
 
-(The checkpoint directories' atomicity and kills are tested in tests/training/test_checkpoint.py
-through the re-exporting ``training.checkpoint``; the EMA maths in tests/training/test_ema.py.)
+(The checkpoint directories' atomicity and kills are tested in tests/training/test_checkpoint.py;
+the EMA maths in tests/training/test_ema.py.)
 """
 
 from __future__ import annotations

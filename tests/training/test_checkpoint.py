@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from zoomfeat.training import checkpoint as ck
+from zoomfeat.runtime import checkpoints as ck
 
 
 def _writer(payload: str):
@@ -64,7 +64,7 @@ def test_kill_mid_checkpoint_never_corrupts_latest(tmp_path, files_before_kill):
         f"""
         import os, signal, sys, json
         sys.path.insert(0, {os.getcwd()!r})
-        from zoomfeat.training import checkpoint as ck
+        from zoomfeat.runtime import checkpoints as ck
         def write(tmp):
             names = ["weights.bin", "more.bin", "trainer/state.json"]
             (tmp / "trainer").mkdir()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zoomfeat.runtime.errors import ConfigError
-from zoomfeat.training.distributed import barrier, init_distributed, mean_over_ranks, shutdown
+from zoomfeat.runtime.distributed import barrier, init_distributed, mean_over_ranks, shutdown
 
 
 def test_single_process(monkeypatch):

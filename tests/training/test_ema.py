@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from zoomfeat.training.ema import EMA
+from zoomfeat.runtime.ema import EMA
 
 
 def test_litema_schedule_and_swap():

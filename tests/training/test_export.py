@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from zoomfeat.training import checkpoint as ck
+from zoomfeat.runtime import checkpoints as ck
 from zoomfeat.training.config import SampleConfig, TrainConfig
 from zoomfeat.training.export import export_official, load_checkpoint_model
 from zoomfeat.training.model_init import load_init

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from zoomfeat.runtime.errors import ConfigError, OutputError, ShardError
-from zoomfeat.training import checkpoint as ck
+from zoomfeat.runtime import checkpoints as ck
 from zoomfeat.training.config import SampleConfig, TrainConfig
 from zoomfeat.training.shards import ShardsNotFoundError
 from zoomfeat.training.trainer import train

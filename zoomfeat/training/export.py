@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zoomfeat.runtime.errors import ConfigError
-from zoomfeat.training import checkpoint as ckpt_io
+from zoomfeat.runtime import checkpoints as ckpt_io
 
 
 def load_checkpoint_model(checkpoint: str | Path, weights: str = "ema"):

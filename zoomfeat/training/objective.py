@@ -25,7 +25,7 @@ from torch import nn
 
 from zoomfeat.runtime.distributed import DistInfo, wrap_ddp
 from zoomfeat.training.config import TrainConfig
-from zoomfeat.training.ema import EMA
+from zoomfeat.runtime.ema import EMA
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
