@@ -63,23 +63,95 @@ def test_existing_paths_with_equals_signs_are_inputs(tmp_path):
     assert hydra_args == ["out_dir=o", f"mpp={slide}", "seed=1"]  # a known key stays a setting
 
 
-def test_precheck_turns_hydra_failures_into_one_line(tmp_path):
-    from zoomfeat.cli import config_keys, precheck
-    from zoomfeat.runtime.errors import ConfigError, OutputError
+def _never(cfg):
+    raise AssertionError("the task must not run")
 
-    known = config_keys("extract")
+
+def _one_line(capsys, entry, argv, task=_never):
+    """Run ``hydra_main`` in this process; it must stop with exit status 2 and one stderr line."""
+    from zoomfeat.cli import hydra_main
+
+    with pytest.raises(SystemExit) as exc:
+        hydra_main(entry, task, argv=argv)
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"zoomfeat {entry}: error: "), lines
+    return lines[0]
+
+
+def test_hydra_failures_are_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("ZOOMFEAT_DEBUG", raising=False)
+    monkeypatch.delenv("ZOOMFEAT_UNSET_FOR_TEST", raising=False)
+    out = f"out_dir={tmp_path / 'o'}"
     cases = {
         "features.timestp=3": "unknown setting 'features.timestp'; known keys under features: timestep, taps, ensemble",
         "foo=1": "unknown setting 'foo'; known keys: allow_random_weights",
         "model=nonexistent": "no config 'model/nonexistent'; available options for model: tiny, zoomldm_brca",
         f"{tmp_path}/a=b.svs": "no such file or directory",
+        "features.timestep=[1": "cannot parse 'features.timestep=[1'",
+        "--bogus": "unknown option(s) --bogus",
     }
     for arg, text in cases.items():
-        with pytest.raises(ConfigError) as err:
-            precheck("extract", [arg], known)
-        assert text in str(err.value) and "\n" not in str(err.value), arg
+        assert text in _one_line(capsys, "extract", [out, arg]), arg
+    # an interpolation that only Hydra resolves (its run directory): the key and the variable
+    line = _one_line(capsys, "extract", ["out_dir=${oc.env:ZOOMFEAT_UNSET_FOR_TEST}"])
+    assert "out_dir: environment variable 'ZOOMFEAT_UNSET_FOR_TEST' is not set" in line
+    # what the task validates or resolves (the real entry point's task; it stops before any work)
+    from zoomfeat.extract import run
+
+    assert "seed: Value 'abc'" in _one_line(capsys, "extract", [out, "seed=abc"], run)
+    line = _one_line(capsys, "extract", [out, "seed=${oc.env:ZOOMFEAT_UNSET_FOR_TEST}"], run)
+    assert "seed: environment variable 'ZOOMFEAT_UNSET_FOR_TEST' is not set" in line
+
+
+def test_hydra_write_failures_are_one_line(tmp_path, capsys, monkeypatch):
+    """Hydra writes its run record (out_dir/.hydra/<time>/...) before the task runs."""
+    monkeypatch.delenv("ZOOMFEAT_DEBUG", raising=False)
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(OutputError, match="afile: the output directory is a file"):
-        precheck("extract", [f"out_dir={tmp_path / 'afile'}"], known)
-    precheck("extract", [f"out_dir={tmp_path / 'new'}", "seed=2"], known)  # fine: no error
-    precheck("extract", ["-m", "seed=1,2"], known)  # sweeps are left to Hydra
+    line = _one_line(capsys, "extract", [f"out_dir={tmp_path / 'afile'}"])
+    assert f"{tmp_path / 'afile'}: is a file, not a directory" in line
+    line = _one_line(capsys, "extract", ["out_dir=/proc/zoomfeat_out"])
+    assert "/proc/zoomfeat_out: cannot create the output directory" in line
+    # a full disk: Hydra's config.yaml is /dev/full, whose writes fail with ENOSPC
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").symlink_to("/dev/full")
+    line = _one_line(capsys, "extract", [f"out_dir={tmp_path / 'o'}", f"hydra.run.dir={run}"])
+    assert f"{run}: no space left on the device" in line and "choose another out_dir" in line
+
+
+def test_hydra_permission_failure_is_one_line(tmp_path, capsys, monkeypatch):
+    """out_dir/.hydra not writable: chmod for a normal user; root ignores modes, so an immutable
+    directory (chattr +i, which root cannot write either) there."""
+    import os
+    import subprocess
+
+    monkeypatch.delenv("ZOOMFEAT_DEBUG", raising=False)
+    locked = tmp_path / "o" / ".hydra"
+    locked.mkdir(parents=True)
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+            pytest.skip("root without chattr +i here: no way to make a directory unwritable")
+    else:
+        locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError):  # the premise: this directory really is unwritable
+            (locked / "probe").mkdir()
+        line = _one_line(capsys, "extract", [f"out_dir={tmp_path / 'o'}"])
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(locked)], check=True)
+        locked.chmod(0o700)
+    assert f"{locked}: not writable" in line and "choose another out_dir" in line
+
+
+def test_flags_after_overrides_and_multirun(tmp_path, capsys):
+    from zoomfeat.cli import hydra_main
+
+    seeds = []
+    hydra_main("extract", lambda cfg: seeds.append(cfg.seed), argv=[f"out_dir={tmp_path}", "seed=1,2", "-m"])
+    assert sorted(seeds) == [1, 2]  # -m after the overrides: a multirun of two jobs
+    seeds.clear()
+    hydra_main("extract", lambda cfg: seeds.append(cfg.seed), argv=[f"out_dir={tmp_path}", "seed=7"])
+    assert seeds == [7]
+    assert sorted(p.name for p in (tmp_path / ".hydra").iterdir())  # Hydra's run records are there

@@ -2,22 +2,32 @@
 
 Entry points take bare arguments (slides, directories, manifest CSVs) mixed with Hydra
 overrides (``key=value``). :func:`hydra_main` turns the bare ones into the override
-``inputs=[...]`` (quoted, so any path survives Hydra's grammar), then runs the task function
-under ``hydra.main`` with zoomfeat's ``conf/`` directory, so ``--multirun``, sweeps and
-launchers (joblib, submitit) all work.
+``inputs=[...]`` (quoted, so any path survives Hydra's grammar), then runs the task function as
+a Hydra app on zoomfeat's ``conf/`` directory, as ``hydra.main`` would, so ``--multirun``, sweeps
+and launchers (joblib, submitit) all work.
+
+Errors come out as one line ``zoomfeat {entry}: error: ...`` (exit status 2), never a trace:
+Hydra's and OmegaConf's exceptions are mapped by type (:func:`config_error`: an unknown key or
+group option, an unparsable override, an unset environment variable), and Hydra's own writes of
+its run record under ``out_dir/.hydra`` that fail (a file in the way, no permission, a full disk)
+by :func:`output_error`. Hydra composes the config once per job; nothing here composes it.
+``hydra.main`` itself is not used because it prints these failures as traces; the app is driven
+through ``hydra._internal.hydra.Hydra``, as ``hydra.main`` drives it (Hydra 1.3).
 """
 
 from __future__ import annotations
 
+import argparse
+import errno
 import os
 import re
 import sys
 import warnings
 from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
 from typing import Any
 
-from zoomfeat.runtime.atomic import ensure_dir
-from zoomfeat.runtime.errors import ConfigError, ZoomfeatError
+from zoomfeat.runtime.errors import ConfigError, OutputError, ZoomfeatError
 from zoomfeat.runtime.resources import config_dir
 
 #: file name endings that mark an argument as a slide path (openslide's formats and manifests)
@@ -104,13 +114,14 @@ def config_keys(config_name: str) -> set[str]:
     return keys
 
 
-def _yaml(config_name: str) -> dict:
+def _yaml(config_name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     path = config_dir() / f"{config_name}.yaml"
     if not path.is_file():
         return {}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
 
 
 def _path_like(arg: str) -> bool:
@@ -118,83 +129,53 @@ def _path_like(arg: str) -> bool:
     return bool(re.search(r"[/\\ ]", key)) or arg.lower().endswith(SLIDE_SUFFIXES)
 
 
-def precheck(config_name: str, hydra_args: Sequence[str], known_keys: Collection[str]) -> None:
-    """Catch what Hydra would report with several lines (or a trace) as one :class:`ConfigError`
-    or :class:`OutputError`: an argument that is neither a setting nor an existing path, an
-    unknown key or group option, an unparsable override, and an ``out_dir`` that cannot be a
-    directory (Hydra creates its run directory there before any zoomfeat code runs).
-
-    Skipped for command lines with flags (``-m``, ``--cfg`` ...) or ``hydra.*`` overrides.
-    """
-    if any(a.startswith("-") for a in hydra_args) or any(_key_root(a) == "hydra" for a in hydra_args):
-        return
+def check_arguments(hydra_args: Sequence[str], known_keys: Collection[str]) -> None:
+    """An argument that looks like a path (a ``/`` in its key, a slide suffix) but neither exists
+    nor names a setting: a :class:`ConfigError` saying so (Hydra would call it a bad override)."""
     for arg in hydra_args:
-        if "=" not in arg:
+        if "=" not in arg or arg.startswith("-") or _key_root(arg) in known_keys:
             continue
-        root = _key_root(arg)
-        if root in known_keys:
-            continue
-        if _path_like(arg) or not _KEY_RE.match(arg.split("=", 1)[0]):
+        key = arg.split("=", 1)[0]
+        if _path_like(arg) or not _KEY_RE.match(key):
             raise ConfigError(
-                f"{arg!r}: no such file or directory, and {arg.split('=', 1)[0]!r} is not a setting. "
+                f"{arg!r}: no such file or directory, and {key!r} is not a setting. "
                 "A path containing '=' is read as an input only when it exists; check the path, or list "
                 "the slides in a manifest CSV (a 'path' column, one slide per row) and pass the CSV"
             )
-        if not arg.startswith("+"):
-            raise ConfigError(
-                f"{config_name}: unknown setting {arg.split('=', 1)[0]!r}; known keys: "
-                f"{', '.join(sorted(k for k in known_keys if k != 'hydra' and '/' not in k))}"
-            )
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
+
+def _flags_first(hydra_args: Sequence[str]) -> list[str]:
+    """Hydra's flags (with their values) before the overrides, so ``key=v -m`` parses like
+    ``-m key=v`` (argparse takes no flag after the overrides' positional list)."""
+    flags: list[str] = []
+    overrides: list[str] = []
+    expect_value = False
+    for arg in hydra_args:
+        if expect_value or arg.startswith("-"):
+            flags.append(arg)
+            expect_value = not expect_value and arg in _HYDRA_FLAGS_WITH_VALUE
+        else:
+            overrides.append(arg)
+    return flags + overrides
+
+
+def parse_hydra_args(config_name: str, hydra_args: Sequence[str]) -> argparse.Namespace:
+    """Hydra's own command line (``-m``, ``--cfg job``, ``--info``, ``--help``, overrides) in any
+    order; a flag Hydra does not know is a :class:`ConfigError`, not argparse's usage block."""
+    parser = hydra_parser(config_name)
+    parser.exit_on_error = False
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name=config_name):
-            cfg = compose(config_name, overrides=list(hydra_args))
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"{config_name}: {_hydra_message(err, config_name)}") from None
-    try:
-        out_dir = OmegaConf.select(cfg, "out_dir", default=None, throw_on_resolution_failure=False)
-    except Exception:  # noqa: BLE001 - an interpolation only the run can resolve: Hydra decides
-        out_dir = None
-    if isinstance(out_dir, str) and out_dir and "${" not in out_dir:
-        ensure_dir(out_dir)
-
-
-def _hydra_message(err: Exception, config_name: str = "") -> str:
-    """Hydra's multi-line message as one line (unknown keys get the usual 'known keys' hint)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    cut = next((i for i, ln in enumerate(lines) if ln.startswith("Config search path")), len(lines))
-    lines = [ln for ln in lines[:cut] if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
-    text = " ".join(lines)
-    m = re.search(r"Could not override '([^']+)'", text)
-    if m and ("not in struct" in text or "To append" in text):
-        key = m.group(1)
-        parent, _, _ = key.rpartition(".")
-        node: Any = _yaml(config_name)
-        for part in parent.split(".") if parent else []:
-            node = node.get(part) if isinstance(node, dict) else None
-        known = (
-            f"; known keys{' under ' + parent if parent else ''}: {', '.join(node)}"
-            if isinstance(node, dict)
-            else ""
+        args, unknown = parser.parse_known_args(_flags_first(hydra_args))
+    except argparse.ArgumentError as err:
+        raise ConfigError(f"{config_name}: {err}; see --hydra-help") from None
+    if unknown:
+        raise ConfigError(
+            f"{config_name}: unknown option(s) {' '.join(unknown)}; Hydra's flags are -m/--multirun, "
+            "--cfg job|hydra|all, --info, --help, --hydra-help, --config-dir DIR, --config-name NAME"
         )
-        return f"unknown setting {key!r}{known}"
-    m = re.search(r"Could not find '([^']+)'", text)
-    if m:
-        group = m.group(1).rsplit("/", 1)[0]
-        options = [
-            ln for ln in lines if ln and not ln.startswith(("In '", "Could not find", "Available options"))
-        ]
-        return f"no config {m.group(1)!r}; available options for {group}: {', '.join(options)}"
-    if "Error parsing override" in text:
-        return (
-            f"{text}. Quote values with special characters (key='a,b'); a slide path containing '=' "
-            "must exist, or be listed in a manifest CSV (a 'path' column) passed instead"
-        )
-    return text
+    if args.experimental_rerun is not None:
+        raise ConfigError(f"{config_name}: --experimental-rerun is not supported; rerun the command line")
+    return args
 
 
 def inputs_override(inputs: Sequence[str], key: str = "inputs") -> str:
@@ -206,36 +187,298 @@ def hydra_main(
     config_name: str,
     task: Callable[[Any], Any],
     argv: Sequence[str] | None = None,
+    *,
     inputs_key: str | None = "inputs",
 ) -> Any:
-    """Run ``task(cfg)`` under ``hydra.main`` with ``conf/{config_name}.yaml``.
+    """Run ``task(cfg)`` as a Hydra app on ``conf/{config_name}.yaml`` (what ``hydra.main`` does,
+    with every failure before the task as one line).
 
     With ``inputs_key`` set, bare arguments become ``{inputs_key}=[...]`` (the primary config
-    must define that key, e.g. ``inputs: []``).
+    must define that key, e.g. ``inputs: []``). Hydra composes the config once per job; its
+    errors are caught by type (:func:`config_error`), and its own writes (the run record under
+    ``out_dir/.hydra``) that fail become one line naming the directory (:func:`output_error`).
     """
-    import hydra
-
     argv = list(sys.argv[1:] if argv is None else argv)
     known = config_keys(config_name)
     inputs, hydra_args = split_argv(argv, known) if inputs_key else ([], argv)
-    report_errors(config_name, precheck, config_name, hydra_args, known)
-    if inputs:
-        hydra_args.append(inputs_override(inputs, inputs_key))
-    result: dict[str, Any] = {}
+    return report_errors(
+        config_name,
+        lambda: _run_hydra(
+            config_name, task, hydra_args=hydra_args, known=known, inputs=inputs, inputs_key=inputs_key
+        ),
+    )
 
-    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)
-    def _run(cfg):
-        result["value"] = report_errors(config_name, task, cfg)
+
+def _run_hydra(
+    config_name: str,
+    task: Callable[[Any], Any],
+    *,
+    hydra_args: list[str],
+    known: Collection[str],
+    inputs: list[str],
+    inputs_key: str | None,
+) -> Any:
+    """Parse Hydra's flags, then help / --cfg / --info, or the run or multirun of ``task``."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    check_arguments(hydra_args, known)
+    args = parse_hydra_args(config_name, hydra_args)
+    overrides = list(args.overrides)
+    if inputs and inputs_key:
+        overrides.append(inputs_override(inputs, inputs_key))
+    name = args.config_name or config_name
+    primary = Path(args.config_path).resolve() if args.config_path else config_dir()
+    search_path = create_config_search_path(f"file://{primary}")
+    if args.config_dir is not None:
+        extra = Path(args.config_dir).resolve()
+        if not extra.is_dir():
+            raise ConfigError(f"--config-dir {extra}: no such directory")
+        search_path.prepend("command-line", f"file://{extra}")
+    if args.cfg is None and args.resolve:
+        raise ConfigError(f"{config_name}: --resolve goes with --cfg job|hydra|all")
+    result: dict[str, Any] = {}
+    composed: list[Any] = []  # the job's config, once Hydra has composed it
+
+    def task_with_config_errors(cfg: Any) -> Any:
+        try:
+            return task(cfg)
+        except OmegaConfBaseException as err:  # e.g. an interpolation resolved by the task
+            raise config_error(err, config_name, overrides=overrides) from err
+
+    def job(cfg: Any) -> Any:
+        try:
+            result["value"] = report_errors(config_name, task_with_config_errors, cfg)
+        except BaseException as err:  # the task's own failure: never taken for one of Hydra's
+            result["task_error"] = err
+            raise
         return result["value"]
 
-    saved, saved_format = sys.argv, warnings.formatwarning
-    sys.argv = [saved[0] if saved else config_name, *hydra_args]
+    GlobalHydra.instance().clear()
+    saved_argv, saved_format = sys.argv, warnings.formatwarning
+    sys.argv = [saved_argv[0] if saved_argv else config_name, *hydra_args]  # read by bench's sweeps
     warnings.formatwarning = _one_line_warnings(config_name, saved_format)
     try:
-        _run()
+        hydra = Hydra.create_main_hydra2(task_name=config_name, config_search_path=search_path)
+        if args.help or args.hydra_help:
+            show = hydra.app_help if args.help else hydra.hydra_help
+            show(config_name=name, args_parser=hydra_parser(config_name), args=args)
+        elif args.cfg is not None:
+            hydra.show_cfg(
+                config_name=name, overrides=overrides, cfg_type=args.cfg, package=args.package,
+                resolve=args.resolve,
+            )  # fmt: skip
+        elif args.info is not None:
+            hydra.show_info(args.info, config_name=name, overrides=overrides)
+        elif args.shell_completion:
+            hydra.shell_completion(config_name=name, overrides=overrides)
+        else:
+            mode = _mode(overrides, multirun=args.multirun)
+            if not any(o.split("=", 1)[0] == "hydra.mode" for o in overrides):
+                overrides.append(f"hydra.mode={mode.name}")
+            if mode == RunMode.MULTIRUN:
+                hydra.multirun(config_name=name, task_function=job, overrides=overrides)
+            else:
+                _run_once(hydra, name, job=job, overrides=overrides, composed=composed)
+    except (HydraException, OmegaConfBaseException) as err:
+        if result.get("task_error") is err:
+            raise
+        raise config_error(err, config_name, overrides=overrides) from err
+    except (OSError, ValueError) as err:
+        written = _os_error(err)
+        if result.get("task_error") is err or written is None:
+            raise
+        raise output_error(written, _output_dir(composed)) from err
     finally:
-        sys.argv, warnings.formatwarning = saved, saved_format
+        sys.argv, warnings.formatwarning = saved_argv, saved_format
+        GlobalHydra.instance().clear()
     return result.get("value")
+
+
+def hydra_parser(config_name: str) -> argparse.ArgumentParser:
+    """Hydra's argument parser, named after the entry point (for ``--help``)."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.prog = f"python -m zoomfeat.{config_name}"
+    return parser
+
+
+def _mode(overrides: Sequence[str], *, multirun: bool) -> Any:
+    """RUN or MULTIRUN: ``-m``, else a ``hydra.mode=`` override, else RUN."""
+    from hydra.types import RunMode
+
+    if multirun:
+        return RunMode.MULTIRUN
+    given = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "hydra.mode"]
+    return RunMode.MULTIRUN if given and given[-1].strip().upper() == "MULTIRUN" else RunMode.RUN
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err`` (logging wraps a log file it cannot open into a ValueError)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _run_once(
+    hydra: Any, config_name: str, *, job: Callable[[Any], Any], overrides: list[str], composed: list[Any]
+) -> Any:
+    """``Hydra.run``: compose the config (once), then Hydra's ``run_job`` (the output directory,
+    the run record, logging, the task). The composed config goes into ``composed``, so a failed
+    write can name the directory Hydra chose (``hydra.runtime.output_dir``)."""
+    from hydra._internal.callbacks import Callbacks
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    cfg = hydra.compose_config(
+        config_name=config_name, overrides=overrides, with_log_configuration=True, run_mode=RunMode.RUN
+    )
+    composed.append(cfg)
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name=config_name)
+    ret = run_job(
+        hydra_context=HydraContext(config_loader=hydra.config_loader, callbacks=callbacks),
+        task_function=job,
+        config=cfg,
+        job_dir_key="hydra.run.dir",
+        job_subdir_key=None,
+    )
+    callbacks.on_run_end(config=cfg, config_name=config_name, job_return=ret)
+    return ret.return_value  # raises the task's exception, as Hydra.run does
+
+
+def _output_dir(composed: list[Any]) -> Path | None:
+    """The job's output directory Hydra was writing (set in the config before its first write)."""
+    from omegaconf import OmegaConf
+
+    if not composed:
+        return None
+    out = OmegaConf.select(
+        composed[0], "hydra.runtime.output_dir", default=None, throw_on_resolution_failure=False
+    )
+    return Path(str(out)) if out else None
+
+
+def output_error(err: OSError, run_dir: Path | None) -> OutputError:
+    """One line for a failed write of Hydra's run record (``out_dir/.hydra/...``): the directory,
+    why (a file in the way, no space, no permission) and what to do."""
+    target = Path(err.filename) if err.filename else run_dir
+    why = err.strerror or str(err)
+    if target is None:
+        return OutputError(f"cannot write Hydra's run record ({why}); choose a writable out_dir")
+    where = run_dir or target
+    blocker = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        return OutputError(
+            f"{blocker}: is a file, not a directory (Hydra writes its run record to {where}); "
+            "choose another out_dir or move the file"
+        )
+    if err.errno == errno.ENOSPC:
+        return OutputError(
+            f"{where}: no space left on the device while Hydra wrote its run record; "
+            "free space there or choose another out_dir"
+        )
+    if isinstance(err, PermissionError) or err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(
+            f"{blocker or target}: not writable ({why}), and Hydra writes its run record to {where}; "
+            "make it writable or choose another out_dir"
+        )
+    return OutputError(f"{target}: cannot create the output directory ({why}); choose a writable out_dir")
+
+
+def config_error(err: Exception, config_name: str, *, overrides: Sequence[str] = ()) -> ConfigError:
+    """One line for a Hydra or OmegaConf error, from the exception's type and fields
+    (``overrides``: the command line's, to name the key whose interpolation failed)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        InterpolationResolutionError,
+        OmegaConfBaseException,
+    )
+
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    if isinstance(err, MissingConfigException):
+        missing = err.missing_cfg_file or ""
+        group = missing.rsplit("/", 1)[0] if "/" in missing else ""
+        options = ", ".join(err.options or [])
+        if group:
+            return ConfigError(
+                f"{config_name}: no config {missing!r}; available options for {group}: {options}"
+            )
+        return ConfigError(f"{config_name}: {_first_line(err)}")
+    if isinstance(err, OverrideParseException):
+        return ConfigError(
+            f"{config_name}: cannot parse {err.override!r} ({_first_line(err)}). Quote values with special "
+            "characters (key='a,b'); a slide path containing '=' must exist, or be listed in a manifest CSV "
+            "(a 'path' column) passed instead"
+        )
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and cause.full_key:
+        return ConfigError(f"{config_name}: {_unknown_key(str(cause.full_key), config_name)}")
+    if isinstance(cause, InterpolationResolutionError):
+        variable = _missing_env_variable(cause)
+        if variable is not None:
+            key = _override_using(f"oc.env:{variable}", overrides) or str(cause.full_key or "a setting")
+            return ConfigError(
+                f"{config_name}: {key}: environment variable {variable!r} is not set (its value "
+                f"interpolates ${{oc.env:{variable}}}); set the variable, or give {key} a plain value"
+            )
+        key = f"{cause.full_key}: " if cause.full_key else ""
+        return ConfigError(
+            f"{config_name}: {key}{_first_line(cause)}; fix the interpolation or give a plain value"
+        )
+    return ConfigError(f"{config_name}: {_first_line(err)}")
+
+
+def _missing_env_variable(err: BaseException) -> str | None:
+    """The variable whose lookup failed under ``err`` (``os.environ``'s KeyError carries its name)."""
+    name = None
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, KeyError) and seen.args and isinstance(seen.args[0], str):
+            name = seen.args[0]  # the deepest one is os.environ's own (its argument: the name)
+        seen = seen.__cause__ or seen.__context__
+    return name
+
+
+def _override_using(text: str, overrides: Sequence[str]) -> str | None:
+    """The key of the command-line override whose value contains ``text``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - unparsable: Hydra reported that first
+        return None
+    return next((o.key_or_group for o in parsed if text in (o.input_line or "")), None)
+
+
+def _first_line(err: BaseException) -> str:
+    """The message of ``err`` without OmegaConf's ``full_key:``/``object_type=`` detail lines."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if not ln.startswith(("full_key:", "object_type=", "reference_type="))]
+    return " ".join(keep[:2]) or type(err).__name__
+
+
+def _unknown_key(key: str, config_name: str) -> str:
+    """``unknown setting 'a.b'; known keys under a: ...`` from the primary config's YAML."""
+    parent, _, _ = key.rpartition(".")
+    node: Any = _yaml(config_name)
+    for part in parent.split(".") if parent else []:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not parent:  # the top level: its keys and the groups of its defaults list, sorted
+        keys = sorted(k for k in config_keys(config_name) if k != "hydra" and "/" not in k)
+        return f"unknown setting {key!r}; known keys: {', '.join(keys)}"
+    if isinstance(node, dict):
+        return f"unknown setting {key!r}; known keys under {parent}: {', '.join(str(k) for k in node)}"
+    return f"unknown setting {key!r}"
 
 
 def _one_line_warnings(entry: str, default: Callable[..., str]) -> Callable[..., str]:

@@ -1,7 +1,7 @@
 """One error family for everything a user can get wrong.
 
 Every error that a user's input, files or settings can cause is a :class:`ZoomfeatError`. The
-entry points (:func:`zoomfeat.cli.run_entry`) catch the family and print it as one line --
+entry points (:func:`zoomfeat.cli.report_errors`) catch the family and print it as one line --
 ``zoomfeat extract: error: <what file, what is wrong, what to do>`` -- and show a stack trace only
 with ``ZOOMFEAT_DEBUG=1``. Anything else escaping an entry point is a bug in zoomfeat and keeps
 its trace.
