@@ -83,3 +83,41 @@ def test_fused_sets_record_their_split():
         and json.loads(attrs[f"{r.name}_fused"]["split"]) == [256, 256]
         and attrs[f"{r.name}_fused"]["target_magnification"] == 20
     )
+
+
+def test_files_carry_a_format_version_and_format_0_is_read_by_one_function(tmp_path):
+    """Files written today carry format_version 1. Format 0 (no format_version) is read by
+    read_output alone: a coords file of the version before grid_hash gets the grid_hash of its
+    stored recipe's tiling keys; an encoder bag storing a full ZoomLDM recipe gets the hash of its
+    encoder keys and is stale (recomputed, never kept); a file of a newer format is foreign."""
+    import h5py
+
+    from zoomfeat.bags import FORMAT_VERSION, read_attrs
+    from zoomfeat.features.recipes import ENCODER_RECIPE_KEYS, GRID_RECIPE_KEYS
+    from zoomfeat.runtime.provenance import config_hash
+
+    full = {"encoder": "tiny", "encoder_checkpoint": "abc", "tile_px": 256, "mag": 20.0, "parent_mag": 5.0,
+            "min_tissue": 0.5, "mpp": None, "precision": "fp32", "lattice": "integer", "timestep": 200,
+            "taps": ["middle_block"], "seed": 0}  # fmt: skip
+    paths = slide_outputs(tmp_path, "s")
+    coords, bag = paths["patches_20x"], paths["uni_20x"]
+    _write(coords, "ignored", recipe=full)
+    _write(bag, "0" * 16, recipe=full)
+    assert read_attrs(coords)["format_version"] == read_attrs(bag)["format_version"] == FORMAT_VERSION == 1
+    assert read_output(coords, kind="coords").content_hash == "ignored"  # format 1: the stored grid_hash
+    for p in (coords, bag):  # as the version before issue 12 wrote them: no format_version, no grid_hash
+        with h5py.File(p, "a") as f:
+            del f.attrs["format_version"], f.attrs["grid_hash"]
+    grid = {k: full[k] for k in GRID_RECIPE_KEYS}
+    c = read_output(coords, kind="coords")
+    assert c.content_hash == config_hash(grid) and json.loads(c.attrs["grid"]) == grid and not c.stale
+    b = read_output(bag, kind="encoder")
+    assert b.content_hash == config_hash({k: full[k] for k in ENCODER_RECIPE_KEYS}) and b.stale
+    assert read_output(bag, kind="recipe").content_hash == "0" * 16  # a recipe bag's hash is its own
+    state = inspect_files({"uni_20x": (bag, b)}, b.content_hash)
+    assert state.state == "outdated"  # same settings, older format: recomputed, not kept
+    with h5py.File(bag, "a") as f:
+        f.attrs["format_version"] = 2
+    newer = read_output(bag, kind="encoder")
+    assert "newer zoomfeat (bag format_version 2" in newer.foreign
+    assert inspect_files({"uni_20x": (bag, newer)}, b.content_hash).state == "mismatch"  # never overwritten

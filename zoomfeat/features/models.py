@@ -81,6 +81,7 @@ def build_zoomldm(cfg: ExtractConfig, device: torch.device) -> Any:
 
 def build_tile_encoder(
     name: str,
+    *,
     checkpoint: str | None,
     allow_random_weights: bool,
     device: torch.device,
@@ -229,7 +230,14 @@ class FeatureModels:
             ckpt = (getattr(cfg, "encoder_checkpoints", None) or {}).get(name)
         key = ("encoder", name, ckpt, cfg.allow_random_weights, str(self.device), cfg.compile)
         return self._load(
-            key, lambda: build_tile_encoder(name, ckpt, cfg.allow_random_weights, self.device, cfg.compile)
+            key,
+            lambda: build_tile_encoder(
+                name,
+                checkpoint=ckpt,
+                allow_random_weights=cfg.allow_random_weights,
+                device=self.device,
+                compile_=cfg.compile,
+            ),
         )
 
     def _cond_job_for(self, px: int) -> str:
