@@ -40,15 +40,17 @@ from zoomfeat.mil.bagset import BagSet
 from zoomfeat.mil.config import BenchmarkConfig
 from zoomfeat.mil.coverage import check_coverage
 from zoomfeat.mil.fold_loop import FoldLoop
+from zoomfeat.mil.html_report import write_html_report_safely
 from zoomfeat.mil.labels import class_names, read_labels
 from zoomfeat.mil.pathobench import write_pathobench_splits
 from zoomfeat.mil.presets import preset_feature_sets, write_paper_table
 from zoomfeat.mil.provenance import provenance_table
 from zoomfeat.mil.report import PREDICTION_COLUMNS, write_report
+from zoomfeat.mil.run_dir import RunDirectory
 from zoomfeat.mil.selection import NestedSelection
 from zoomfeat.mil.sources import expand_feature_sets, is_instance_csv, load_feature_set, resolve_source
 from zoomfeat.mil.splits import fold_keys, load_splits, make_splits, save_splits
-from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
+from zoomfeat.runtime.atomic import atomic_write_text
 from zoomfeat.runtime.config import to_dict
 from zoomfeat.runtime.device import resolve_device
 from zoomfeat.runtime.errors import ConfigError, InputError, InputNotFoundError
@@ -105,16 +107,24 @@ class Benchmark:
         self.provenance: dict[str, dict[str, Any]] = {}
 
     def run(self) -> dict[str, Any]:
-        """Steps 1-5; returns ``{"folds": DataFrame, "paths": {name: Path}, "out_dir": Path}``."""
+        """Steps 1-5; returns ``{"folds": DataFrame, "paths": {name: Path}, "out_dir": Path}``.
+
+        The run writes into a staging directory and replaces ``out_dir`` as a whole when it has
+        finished (:class:`~zoomfeat.mil.run_dir.RunDirectory`): a concurrent run into the same
+        ``out_dir`` is refused, and a failed or stopped run leaves ``out_dir`` as it was.
+        """
         self.start = time.perf_counter()
-        with torch_threads(self.cfg.threads):
-            ensure_dir(self.out_dir, "benchmark output directory")
+        with torch_threads(self.cfg.threads), RunDirectory(self.out_dir) as run_dir:
+            self.work_dir = run_dir.work
             self.device = resolve_device(self.cfg.device)
             self.load_inputs()
             self.check_inputs()
             self.make_splits()
             self.train_and_evaluate()
-            return self.report()
+            result = self.report()
+            run_dir.publish()
+            result["paths"] = {k: run_dir.final_path(p) for k, p in result["paths"].items()}
+            return result
 
     # ------------------------------------------------------------------ step 1
     def load_inputs(self) -> None:
@@ -215,10 +225,10 @@ class Benchmark:
                 cfg.cv.val_fraction,
                 source=self.cohort_source,
             )
-        save_splits(self.splits, self.out_dir / "splits.csv")
+        save_splits(self.splits, self.work_dir / "splits.csv")
         self.selection.check_splits(self.splits)
         # the same folds in Patho-Bench's format, so both tools can be run on identical splits
-        write_pathobench_splits(self.splits, self.out_dir, self.task.name, self.class_names)
+        write_pathobench_splits(self.splits, self.work_dir, self.task.name, self.class_names)
         self.keys = fold_keys(self.splits)
         self.n_cases = cohort["case_id"].nunique()
         self.counts = cohort["label"].value_counts().sort_index().to_dict()
@@ -247,7 +257,7 @@ class Benchmark:
             self.n_classes,
             self.pred_columns,
             self.selection,
-            self.out_dir,
+            self.work_dir,
         )
         self.loop.run(self.feature_sets, self.load_set, self.cohort_source)
         self.records, self.predictions = self.loop.records, self.loop.predictions
@@ -284,16 +294,13 @@ class Benchmark:
         predictions = pd.DataFrame(self.predictions, columns=self.pred_columns)
         folds, predictions = self.selection.add_rows(folds, predictions)  # the selected row, when asked
         sets, notes = self.selection.report_sets(self.feature_sets), notes + self.selection.notes()
-        paths = write_report(
-            self.out_dir, folds, self.baseline, title, notes, sets, predictions, self.class_names
-        )
-        paths.update(self.selection.write(self.out_dir, folds, predictions, self.sources, title))
+        work = self.work_dir
+        paths = write_report(work, folds, self.baseline, title, notes, sets, predictions, self.class_names)
+        paths.update(self.selection.write(work, folds, predictions, self.sources, title))
         if cfg.preset:  # the published table's layout: paper_table.md/.csv
-            paths.update(
-                write_paper_table(self.out_dir, folds, cfg.preset, self.task.name, title, self.task.bags)
-            )
+            paths.update(write_paper_table(work, folds, cfg.preset, self.task.name, title, self.task.bags))
         paths["predictions"] = self.loop.pred_path
-        paths["splits"] = self.out_dir / "splits.csv"
+        paths["splits"] = work / "splits.csv"
         run_info = {
             "task": self.task.name,
             "config": {**to_dict(cfg), "out_dir": str(self.out_dir)},
@@ -310,10 +317,9 @@ class Benchmark:
             "versions": _versions(),
             "seconds": round(time.perf_counter() - self.start, 1),
         }
-        paths["run"] = atomic_write_text(
-            self.out_dir / "run.json", json.dumps(run_info, indent=2, default=str)
-        )
-        log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+        paths["run"] = atomic_write_text(work / "run.json", json.dumps(run_info, indent=2, default=str))
+        paths.update(write_html_report_safely(work))
+        log.info("wrote %s into %s", ", ".join(p.name for p in paths.values()), self.out_dir)
         return {"folds": folds, "paths": paths, "out_dir": self.out_dir}
 
 
