@@ -5,7 +5,7 @@ Layout under an output directory (``mag`` is 20 for the 20x-based sets, 5 for th
     {out}/{mag}x_{tile_px}px_0px_overlap/features_{set}/{slide_id}.h5
     {out}/{mag}x_{tile_px}px_0px_overlap/patches/{slide_id}_patches.h5
 
-A feature file holds ``features`` float32 (N, D) chunked by rows, ``coords`` int64 (N, 2)
+A feature file holds ``features`` float32 or float16 (N, D; :data:`FEATURE_DTYPES`) chunked by rows, ``coords`` int64 (N, 2)
 (top-left [x, y] in level-0 pixels, with TRIDENT's attributes), optionally ``parent_idx``
 int64 (N,) (row of each 20x tile's parent in the 5x file) and provenance attributes on the
 file. TRIDENT, Patho-Bench and torchmil's ``TridentWSIDataset`` read these files unchanged.
@@ -38,6 +38,40 @@ from zoomfeat.runtime.units import TILE_PX
 
 #: the bag format written by this version (file attribute ``format_version``; absent: version 0)
 FORMAT_VERSION = 1
+
+#: storage dtypes of ``features`` (``bags.dtype``): float16 halves the files (STAMP's choice);
+#: readers cast to what they ask for (:func:`open_bag`)
+FEATURE_DTYPES = ("float16", "float32")
+#: the largest finite float16 (2^15 (2 - 2^-10)); larger magnitudes would be stored as inf
+FLOAT16_MAX = 65504.0
+
+
+class FeatureRangeError(BagError):
+    """Features that the storage dtype cannot hold (a value beyond float16's range): nothing is written."""
+
+
+def storage_rows(rows: np.ndarray, dtype: str, *, where: str) -> np.ndarray:
+    """``rows`` as stored with ``dtype`` (one of :data:`FEATURE_DTYPES`), refused when float16 cannot hold them.
+
+    float16 rounds each value to the nearest of its 11 significant bits: a relative error of at
+    most ``2^-11`` (about 4.9e-4) for ``|x| >= 2^-14``, an absolute one of at most ``2^-25`` below
+    (subnormals). A value with ``|x| > FLOAT16_MAX`` would become inf: :class:`FeatureRangeError`
+    naming ``where`` (the slide and the set), never an inf in a bag.
+    """
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"bag dtype must be one of {', '.join(FEATURE_DTYPES)}, got {dtype!r}")
+    if dtype == "float32":
+        return np.asarray(rows, dtype=np.float32)
+    rows = np.asarray(rows)
+    big = np.abs(rows) > FLOAT16_MAX
+    if big.any():
+        worst = float(np.abs(rows[big]).max())
+        raise FeatureRangeError(
+            f"{where}: {int(big.sum())} feature value(s) beyond float16's range (|x| up to {worst:.4g} > "
+            f"{FLOAT16_MAX:g}); store them as float32: rerun with bags.dtype=float32"
+        )
+    return rows.astype(np.float16)
+
 
 T = TypeVar("T")
 
@@ -168,14 +202,16 @@ def write_bag(
     attrs: Mapping[str, Any] | None = None,
     parent_idx: np.ndarray | None = None,
     chunk_rows: int = 1024,
+    dtype: str = "float32",
 ) -> Path:
     """Write one bag atomically (temporary file, then rename) and return its path.
 
-    ``features`` (N, D) is stored as float32 chunked by rows; an empty bag is (0, D). The file
+    ``features`` (N, D) is stored as ``dtype`` (:data:`FEATURE_DTYPES`; float16 beyond its range
+    raises :class:`FeatureRangeError`) chunked by rows; an empty bag is (0, D). The file
     carries ``format_version`` (:data:`FORMAT_VERSION`) besides ``attrs``.
     """
     path = Path(path)
-    features = np.asarray(features, dtype=np.float32)
+    features = storage_rows(np.asarray(features, dtype=np.float32), dtype, where=str(path))
     if features.ndim != 2:
         raise ValueError(f"{path}: features must be 2-D (N, D), got shape {features.shape}")
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)

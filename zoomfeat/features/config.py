@@ -100,6 +100,22 @@ class TissueSection:
 
 
 @dataclass
+class BagsSection:
+    """How bags are stored (docs/cohorts.md); the features are the same, so it is not in the config hash."""
+
+    #: storage dtype of the features: float16 (half the bytes, ~5e-4 relative rounding; a value beyond +-65504 fails the slide) | float32
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        from zoomfeat.bags import FEATURE_DTYPES
+
+        check(
+            self.dtype in FEATURE_DTYPES,
+            f"bags.dtype must be one of {' | '.join(FEATURE_DTYPES)}, got {self.dtype!r}",
+        )
+
+
+@dataclass
 class ShardSection:
     """This job's part of the sorted slide list: every ``count``-th slide from ``index``."""
 
@@ -136,6 +152,7 @@ class ExtractConfig:
     #: weights of listed encoders: {name: path or hub id}; unlisted = the registry's hub repo
     encoder_checkpoints: dict[str, Any] = field(default_factory=dict)
     tissue: TissueSection = field(default_factory=TissueSection)
+    bags: BagsSection = field(default_factory=BagsSection)
     shard: ShardSection = field(default_factory=ShardSection)
     #: per-tile noise seed (with slide id, magnification, x, y)
     seed: int = 0

@@ -309,12 +309,7 @@ class SlideExtraction:
         sid = self.slide.slide_id
         ensure_dir(self.out_dir)  # an OutputError naming it when it cannot be written
         plan = self.plan
-        if (
-            plan is None
-            or plan.slide_id != sid
-            or Path(plan.out_dir) != Path(self.out_dir)
-            or not plan.still_current()  # made up front: the outputs may have changed since (a stat each)
-        ):
+        if plan is None or plan.slide_id != sid or Path(plan.out_dir) != Path(self.out_dir):
             plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
         identity = self.slide.identity()
         self.check(plan, identity, warn=True)
@@ -418,6 +413,7 @@ class SlideExtraction:
             tile_px=cfg.tile_px,
             write_coords=plan.coords_to_write(),
             patches_attrs={"grid_hash": xp.grid_hash, "grid": canonical_json(xp.grid)},
+            dtype=cfg.bags.dtype,
         )
         plan.expected_bytes = writer.expected_bytes
         return writer

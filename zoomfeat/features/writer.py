@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from zoomfeat.bags import (
+    FEATURE_DTYPES,
     FEATURE_SETS,
     PerMag,
     _write_coords,
@@ -35,6 +36,7 @@ from zoomfeat.bags import (
     fill_patches,
     patches_path,
     set_magnification,
+    storage_rows,
     write_file_attrs,
 )
 from zoomfeat.runtime.atomic import atomic_path
@@ -103,6 +105,8 @@ class SlideBagWriter:
         chunk_rows: HDF5 chunk height of ``features``.
         write_coords: magnifications (20, 5) whose coords file is written; patches_attrs: the
             coords files' own attributes (added to ``attrs``: the grid hash).
+        dtype: storage dtype of ``features`` (``bags.dtype``: float16 | float32); a float16 value
+            beyond its range fails the slide (:class:`~zoomfeat.bags.FeatureRangeError`).
     """
 
     def __init__(
@@ -120,7 +124,11 @@ class SlideBagWriter:
         chunk_rows: int = 1024,
         write_coords: Sequence[int] = (20, 5),
         patches_attrs: Mapping[str, Any] | None = None,
+        dtype: str = "float32",
     ) -> None:
+        if dtype not in FEATURE_DTYPES:
+            raise ValueError(f"bag dtype must be one of {', '.join(FEATURE_DTYPES)}, got {dtype!r}")
+        self.dtype = dtype
         mags = {name: set_magnification(name) for name in dims}
         unknown = [name for name, m in mags.items() if m is None]
         if unknown:
@@ -142,7 +150,8 @@ class SlideBagWriter:
         self.expected_bytes = sum(16 * len(self.coords[m]) for m in self.write_coords)
         for name, m in mags.items():
             rows = len(self.coords[int(m or 0)])
-            self.expected_bytes += rows * (4 * int(dims[name]) + 16 + (8 if m == 20 else 0))
+            itemsize = np.dtype(dtype).itemsize
+            self.expected_bytes += rows * (itemsize * int(dims[name]) + 16 + (8 if m == 20 else 0))
         self._files: dict[str, h5py.File] = {}
         # one atomic_path per file: closing the stack normally publishes them, with an error removes them
         self._temporaries = ExitStack()
@@ -155,7 +164,7 @@ class SlideBagWriter:
                 n, d = len(self.coords[mag]), int(dims[name])
                 chunks = (max(1, min(chunk_rows, n)), d) if n and d else True
                 f.create_dataset(
-                    "features", shape=(n, d), dtype=np.float32, chunks=chunks, maxshape=(None, d)
+                    "features", shape=(n, d), dtype=np.dtype(dtype), chunks=chunks, maxshape=(None, d)
                 )
                 _write_coords(f, self.coords[mag], self.coords_attrs[mag])
                 if mag == 20:  # the 20x-based sets carry parent_idx
@@ -179,12 +188,14 @@ class SlideBagWriter:
             finite = np.isfinite(rows)
             if not finite.all():
                 raise NonFiniteFeaturesError(self._non_finite_message(name, start, rows, finite))
-            ds[start : start + len(rows)] = rows
+            where = f"slide '{self.slide_id}', feature set {name}, rows {start}..{start + len(rows)}"
+            ds[start : start + len(rows)] = storage_rows(rows, self.dtype, where=where)
         self.rows_written[name] += len(rows)
 
     def read_back(self, name: str) -> np.ndarray:
-        """The ``features`` of set ``name`` as written so far, from the open temporary file (no new open)."""
-        return np.asarray(self._files[name]["features"][()])
+        """The ``features`` of set ``name`` as written so far (float32, as stored), from the open
+        temporary file (no new open)."""
+        return np.asarray(self._files[name]["features"][()], dtype=np.float32)
 
     def _non_finite_message(self, name: str, start: int, rows: np.ndarray, finite: np.ndarray) -> str:
         bad_rows = np.flatnonzero(~finite.all(axis=1))
