@@ -309,7 +309,12 @@ class SlideExtraction:
         sid = self.slide.slide_id
         ensure_dir(self.out_dir)  # an OutputError naming it when it cannot be written
         plan = self.plan
-        if plan is None or plan.slide_id != sid or Path(plan.out_dir) != Path(self.out_dir):
+        if (
+            plan is None
+            or plan.slide_id != sid
+            or Path(plan.out_dir) != Path(self.out_dir)
+            or not plan.still_current()  # made up front: the outputs may have changed since (a stat each)
+        ):
             plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
         identity = self.slide.identity()
         self.check(plan, identity, warn=True)
