@@ -19,6 +19,7 @@ Without chromium the test is skipped with the reason, except in CI (``CI`` set),
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -215,3 +216,92 @@ def test_the_console_check_catches_a_page_that_throws(run_dir, tmp_path):
     broken.write_text(text.replace("</body>", "<script>window.reportNumbers.check();</script></body>"))
     _, console = chromium(broken.as_uri(), tmp_path, "--dump-dom")
     assert len(console) == 1 and "Uncaught TypeError" in console[0], console
+
+
+def survival_cohort(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Planted survival data: hazard exp(z), exponential event times, independent censoring; two
+    feature sets' out-of-fold risks (``good`` sees z with noise, ``noise`` sees nothing), 4 folds."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=n)
+    event_time = rng.exponential(np.exp(-z))
+    censor = rng.exponential(1.5, size=n)
+    time, event = np.minimum(event_time, censor), (event_time <= censor).astype(int)
+    rows = []
+    for fs, risk in (("noise", rng.normal(size=n)), ("good", z + 0.3 * rng.normal(size=n))):
+        for i in range(n):
+            rows.append({"feature_set": fs, "repeat": 0, "fold": i % 4, "slide_id": f"s{i:03d}",
+                         "case_id": f"c{i:03d}", "time": time[i], "event": event[i], "risk": risk[i]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
+    """Harrell's C by its definition: over comparable pairs (the earlier time is an event), the
+    share where the earlier one has the higher risk (ties in risk count 1/2)."""
+    num = den = 0.0
+    for i in range(len(time)):
+        for j in range(len(time)):
+            if event[i] and time[i] < time[j]:
+                den += 1
+                num += 1.0 if risk[i] > risk[j] else 0.5 if risk[i] == risk[j] else 0.0
+    return num / den
+
+
+def test_kaplan_meier_and_logrank_agree_with_scipy():
+    from scipy import stats
+
+    from zoomfeat.mil.html_report import kaplan_meier, logrank_p
+
+    pred = survival_cohort()
+    good = pred[pred["feature_set"] == "good"]
+    t, e = good["time"].to_numpy(), good["event"].to_numpy().astype(bool)
+    high = (good["risk"] > good["risk"].median()).to_numpy()
+
+    def censored(mask):
+        return stats.CensoredData(uncensored=t[mask & e], right=t[mask & ~e])
+
+    # both sum ~100 float64 terms of size <= 1: agreement to 1e-9 relative leaves 6 orders of margin
+    assert logrank_p(t, e, high) == pytest.approx(
+        stats.logrank(censored(high), censored(~high)).pvalue, rel=1e-9
+    )
+    xs, ys = kaplan_meier(t[high], e[high])
+    reference = stats.ecdf(censored(high)).sf.evaluate(xs[1:-1])
+    np.testing.assert_allclose(ys[1:-1], reference, rtol=1e-12)
+    assert logrank_p(t, e, high) < 1e-3  # the planted risk separates the groups
+
+
+def test_a_survival_run_gets_kaplan_meier_curves(tmp_path):
+    from zoomfeat.mil.metrics import summarize
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pred = survival_cohort()
+    pred.to_csv(run / "predictions.csv", index=False)
+    rows = []
+    for fs, frame in pred.groupby("feature_set", sort=False):
+        per_fold = [harrell_c(f["time"].to_numpy(), f["event"].to_numpy(), f["risk"].to_numpy())
+                    for _, f in frame.groupby("fold")]  # fmt: skip
+        rows.append({"feature_set": fs, "metric": "c_index", **summarize(per_fold)})
+    summary = pd.DataFrame(rows)
+    summary.to_csv(run / "summary.csv", index=False)
+    summary = pd.read_csv(run / "summary.csv")
+    path = write_html_report(run)
+    dom, console = chromium(path.as_uri(), tmp_path, "--dump-dom")
+    assert console == [], console
+    assert "task type survival" in dom and "Kaplan-Meier curves" in dom and "ROC" not in dom
+    page = Numbers()
+    page.feed(dom)
+    for _, row in summary.iterrows():
+        for col in ("mean", "std", "ci_low", "ci_high"):
+            assert page.values[f"summary|{row['feature_set']}|c_index|{col}"] == [expected(row[col], col)]
+    assert summary.set_index("feature_set").loc["good", "mean"] > 0.65  # the planted signal is found
+    # the page's log-rank p: high vs low risk split at each fold's median risk, as scipy computes it
+    from scipy import stats
+
+    for fs, frame in pred.groupby("feature_set"):
+        high = (frame["risk"] > frame.groupby("fold")["risk"].transform("median")).to_numpy()
+        t, e = frame["time"].to_numpy(), frame["event"].to_numpy().astype(bool)
+        p = stats.logrank(
+            stats.CensoredData(uncensored=t[high & e], right=t[high & ~e]),
+            stats.CensoredData(uncensored=t[~high & e], right=t[~high & ~e]),
+        ).pvalue
+        assert f"{fs}: log-rank p {html.escape(expected(p, 'p_logrank'))}" in dom  # "<" serialised as &lt;

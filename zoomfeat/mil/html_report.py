@@ -7,10 +7,13 @@ PNGs (``summary.png``, ``roc.png``, ``recipes_heatmap.png``, any other) and the 
 under ``heatmaps/`` -- and writes one HTML file that needs no server and no network: CSS and a
 few lines of JavaScript inline, images as ``data:`` URIs, curves as inline SVG.
 
-Whatever columns the CSVs hold are shown (a table per file, every column); the summary is also
-laid out as ``mean ± std [95% CI]`` per feature set and metric, grouped by aggregator when the
-summary has an ``aggregator`` column. The curves follow the task type (``run.json``'s
-``config.task.type``, else the prediction columns):
+Whatever columns the CSVs hold are shown (a table per file, every column; any other CSV of the
+run, e.g. ``seeds.csv``, ``bootstrap.csv``, ``logrank.csv``, under "More results"); the summary is
+also laid out as ``mean ± std [95% CI]`` per feature set and metric, one table per aggregator when
+the summary has an ``aggregator`` column or names its cells ``{set} · {aggregator}``. The curves
+follow the task type (``run.json``'s ``config.task.type``, else the prediction columns); a run
+that drew its own ``km.png`` / ``scatter.png`` gets those instead of the page's own, so the page
+quotes one log-rank p-value, the run's:
 
 * classification (``label``, ``prob``): ROC curves of the pooled out-of-fold predictions (binary:
   one curve per set; k classes: one-vs-rest per class), ``TPR(t) = P(s >= t | y = 1)`` against
@@ -49,8 +52,14 @@ from zoomfeat.runtime.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
+#: metrics where a smaller mean is better (the summary's bold marks the best mean)
+LOWER_IS_BETTER = frozenset({"mae", "mse", "rmse", "brier", "ibs"})
 #: the summary's statistics shown as ``mean ± std [ci_low, ci_high]``
 STAT_COLUMNS = ("mean", "std", "ci_low", "ci_high")
+#: CSVs of a run not shown as tables (the splits; curve points drawn as figures)
+SKIPPED_CSV = frozenset({"splits", "km"})
+#: rows shown of any other CSV
+MAX_ROWS = 300
 #: at most this many per-slide heatmaps are embedded (the rest are listed)
 MAX_HEATMAPS = 120
 THUMB_PX = 220
@@ -180,14 +189,26 @@ def summary_section(summary: pd.DataFrame) -> str:
     all_keys = key_columns(summary)
     keys = [k for k in all_keys if k != "metric"]
     group = next((c for c in ("aggregator", "mil") if c in keys), None)
+    shown = summary
+    names = summary["feature_set"].astype(str) if "feature_set" in summary else None
+    if group is None and names is not None and len(names) and names.str.contains(" · ", regex=False).all():
+        # cells named "{set} · {aggregator}" (several aggregators): one table per aggregator
+        parts_ = names.str.rsplit(" · ", n=1)
+        shown = summary.assign(feature_set=parts_.str[0], aggregator=parts_.str[1])
+        group = "aggregator"
     row_keys = [k for k in keys if k != group]
     metrics = list(dict.fromkeys(summary["metric"]))
     parts = []
-    groups = [(None, summary)] if group is None else list(summary.groupby(group, sort=False))
+    groups = [(None, shown)] if group is None else list(shown.groupby(group, sort=False))
     for name, frame in groups:
         if name is not None:
             parts.append(f"<h3>Aggregator: {_e(name)}</h3>")
-        best = {m: frame.loc[frame["metric"] == m, "mean"].max() for m in metrics}
+        best = {
+            m: (min if m in LOWER_IS_BETTER else max)(
+                frame.loc[frame["metric"] == m, "mean"].dropna(), default=None
+            )
+            for m in metrics
+        }
         head = "".join(f'<th class="k">{_e(k)}</th>' for k in row_keys) + "".join(
             f"<th>{_e(m)}</th>" for m in metrics
         )
@@ -201,7 +222,7 @@ def summary_section(summary: pd.DataFrame) -> str:
                     cells += "<td>–</td>"
                     continue
                 r = hit.iloc[0]
-                rk = f"summary|{row_key(r, all_keys)}"
+                rk = f"summary|{row_key(summary.loc[hit.index[0]], all_keys)}"  # the CSV's own key
                 stats = {c: _num(r[c], f"{rk}|{c}", c) for c in STAT_COLUMNS if c in r}
                 bold = len(sub) and len(frame) > len(sub) and r["mean"] == best[m]
                 text = (
@@ -594,10 +615,12 @@ def render_html(run_dir: str | Path) -> str:
         )  # fmt: skip
     plots: list[str] = []
     if predictions is not None and len(predictions):
+        # the run's own km.png (+ logrank.csv) / scatter.png, when the benchmark drew them, are shown
+        # under Figures instead, so the page quotes one log-rank p-value: the CSV's
         if kind == "survival" and {"risk", "time", "event"} <= set(predictions.columns):
-            plots = km_svgs(predictions)
+            plots = [] if (run_dir / "km.png").is_file() else km_svgs(predictions)
         elif kind == "regression" and "target" in predictions:
-            plots = scatter_svgs(predictions)
+            plots = [] if (run_dir / "scatter.png").is_file() else scatter_svgs(predictions)
         elif {"label", "prob"} <= set(predictions.columns):
             plots = roc_svgs(predictions, ((run_info.get("cohort") or {}).get("classes")))
     heading = {
@@ -635,6 +658,18 @@ def render_html(run_dir: str | Path) -> str:
         sections.append(("recipes", "Recipe heatmap and selection", recipe))
     if csv["paper_table"] is not None and len(csv["paper_table"]):
         sections.append(("paper", "Paper table", table_html(csv["paper_table"], "paper_table")))
+    more = ""
+    for path in sorted(run_dir.glob("*.csv")):
+        frame = _read_csv(path) if path.stem not in csv and path.stem not in SKIPPED_CSV else None
+        if frame is None or not len(frame):
+            continue
+        note = f'<p class="note">first {MAX_ROWS} of {len(frame)} rows</p>' if len(frame) > MAX_ROWS else ""
+        more += (
+            f"<details{' open' if len(frame) <= 30 else ''}><summary>{_e(path.name)} ({len(frame)} rows)</summary>"
+            f"{table_html(frame.head(MAX_ROWS), path.stem)}{note}</details>"
+        )
+    if more:
+        sections.append(("more", "More results", more))
     sections.append(("heatmaps", "Per-slide heatmaps", gallery_html(run_dir)))
     if csv["folds"] is not None and len(csv["folds"]):
         sections.append(("folds", "Per fold", "<details><summary>folds.csv (every fold)</summary>"

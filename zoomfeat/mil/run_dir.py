@@ -86,7 +86,7 @@ class RunDirectory:
     """
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.final = Path(out_dir).expanduser().absolute()
+        self.final = Path(out_dir).expanduser().resolve()  # a symlinked out_dir: its target is swapped
         self.parent = self.final.parent
         self.lock_path = self.parent / f".{self.final.name}.lock"
         self.work = self.parent / f".{self.final.name}.run-{os.getpid()}"
