@@ -110,7 +110,7 @@ def run(cfg) -> Any:
         inputs = [str(demo_slide())]
     if not inputs:
         raise SystemExit(USAGE)
-    slides = discover(inputs)
+    slides = discover(inputs, storage_options=config.storage_options)
     if not slides:
         raise InputError(no_slides_message(inputs))
     from zoomfeat.features.runner import extract_slides  # torch: only once there are slides

@@ -160,6 +160,14 @@ class ExtractConfig:
     tile_px: int = TILE_PX
     #: override the slides' level-0 um/px
     mpp: float | None = None
+    #: slide reader: auto (chosen by what the path is) | openslide | dicom | tiffslide | image (docs/slides.md)
+    reader: str = "auto"
+    #: fsspec options of remote slides (s3://, gs://, https://), e.g. {endpoint_url: ..., anon: true};
+    #: credentials also come from the usual environment
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    #: copy each remote slide into this directory before reading it (the next one downloads meanwhile;
+    #: removed when done; costs disk for two slides); null: read remote slides straight from storage
+    cache_dir: str | None = None
     #: tile on TRIDENT's nominal magnification (256/1024 level-0 px on any 0.3-0.6 um/px scan) instead of
     #: round(256 * 0.5 / mpp) (docs/ARCHITECTURE.md, "Slides and tiles")
     trident_compat: bool = False
@@ -204,6 +212,9 @@ class ExtractConfig:
             f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
         )
         check(self.mpp is None or self.mpp > 0, f"mpp must be positive, got {self.mpp}")
+        from zoomfeat.slide.backends import check_reader
+
+        check_reader(self.reader)  # a ConfigError naming the readers
         check(self.tile_px > 0, f"tile_px must be a positive integer, got {self.tile_px}")
         # ConfigError for a bad recipe, sweep, name or encoder list, at load time
         check(

@@ -128,6 +128,10 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
         conn.send(("fatal", index, _picklable(err), traceback.format_exc()))
         return
     hooks = _reporting_hooks(conn, index)
+    from zoomfeat.slide.remote import SlideCache
+
+    # cache_dir: each slide staged when handed out (no prefetch: the next slide is not known yet)
+    cache = SlideCache(cfg.cache_dir, storage_options=cfg.storage_options) if cfg.cache_dir else None
     while True:
         msg = conn.recv()
         if msg[0] != "slide":
@@ -135,11 +139,13 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
         k, plan = msg[1], msg[2]
         spec = slides[k]
         conn.send(("start", index, k))
-        result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks)
+        result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks, cache=cache)
         conn.send(("result", index, k, result))
         if result.status == "failed" and not _device_ok(ex.device):
             conn.send(("retire", index, f"device {device} stopped working after {spec.slide_id}"))
             break
+    if cache is not None:
+        cache.close()
     conn.close()
 
 

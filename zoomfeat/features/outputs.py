@@ -195,8 +195,9 @@ def identity_clash(
             continue
         old_q, old_size = str(a.get("slide_quickhash", "")), int(a.get("slide_size", -1))
         why = []
-        if old_q and new_q and old_q != new_q:
-            why.append(f"openslide quickhash {old_q[:12]} vs {new_q[:12]}")
+        # openslide's quickhash and zoomfeat's zf1: content hash (other readers) are compared only with their own kind
+        if old_q and new_q and old_q != new_q and old_q.startswith("zf1:") == new_q.startswith("zf1:"):
+            why.append(f"quickhash {old_q[:12]} vs {new_q[:12]}")
         if old_size != new_size:
             why.append(f"file size {old_size} vs {new_size} bytes")
         if why:

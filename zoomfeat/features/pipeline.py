@@ -43,6 +43,7 @@ from zoomfeat.features.slide_extraction import (
 from zoomfeat.runtime.device import resolve_device
 from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.slide.manifest import SlideSpec
+from zoomfeat.slide.remote import SlideCache
 
 __all__ = [
     "ConfigMismatchError",
@@ -140,10 +141,12 @@ class Extractor:
         *,
         plan: SlidePlan | None = None,
         hooks: SlideHooks | None = None,
+        cache: SlideCache | None = None,
     ) -> SlideResult:
         """One slide of a run (:func:`~zoomfeat.features.slide_extraction.execute_slide`): a failure
-        of the slide is a ``failed`` :class:`SlideResult`, not an exception."""
-        result = execute_slide(self.pass_, spec, out_dir, plan=plan, hooks=hooks)
+        of the slide is a ``failed`` :class:`SlideResult`, not an exception. ``cache``: where a
+        remote slide is staged (``cache_dir``)."""
+        result = execute_slide(self.pass_, spec, out_dir, plan=plan, hooks=hooks, cache=cache)
         self.timings = dict(result.timings)
         return result
 

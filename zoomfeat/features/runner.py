@@ -10,10 +10,11 @@ mixes old bags.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from zoomfeat.features.devices import DevicePool, resolve_devices
 from zoomfeat.features.pipeline import Extractor, SlideHooks, SlideResult, TileBar, refuse_config_clashes
 from zoomfeat.runtime.atomic import atomic_path, ensure_dir
 from zoomfeat.slide.manifest import SlideSpec, shard
+from zoomfeat.slide.remote import SlideCache
 
 
 @dataclass
@@ -174,6 +176,16 @@ def _extract_with_pool(
     return outcome.results
 
 
+@contextlib.contextmanager
+def slide_cache(config: ExtractConfig) -> Iterator[SlideCache | None]:
+    """The run's :class:`~zoomfeat.slide.remote.SlideCache` with ``cache_dir`` (emptied at the end), else None."""
+    if not config.cache_dir:
+        yield None
+        return
+    with SlideCache(config.cache_dir, storage_options=config.storage_options) as cache:
+        yield cache
+
+
 def _extract_here(
     mine: list[SlideSpec],
     out_dir: str | Path,
@@ -192,16 +204,23 @@ def _extract_here(
         refuse_config_clashes(plans, out_dir)
     if hooks is None and config.progress:
         hooks = TileBar().hooks()
-    with tqdm(
-        total=len(mine),
-        desc="slides",
-        unit="slide",
-        position=0,
-        **({} if config.progress else {"disable": True}),
-    ) as bar:
-        for spec, plan in zip(mine, plans):
+    with (
+        tqdm(
+            total=len(mine),
+            desc="slides",
+            unit="slide",
+            position=0,
+            **({} if config.progress else {"disable": True}),
+        ) as bar,
+        slide_cache(config) as cache,
+    ):
+        for k, (spec, plan) in enumerate(zip(mine, plans)):
             bar.set_postfix_str(spec.slide_id)
-            result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks)
+            if cache is not None:  # cache_dir: this slide's download first, then the next one's
+                cache.prefetch(spec.location)
+                if k + 1 < len(mine):
+                    cache.prefetch(mine[k + 1].location)
+            result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks, cache=cache)
             bar.update(1)
             summary.results.append(result)
             msg = result.line()

@@ -69,6 +69,7 @@ from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.runtime.provenance import canonical_json
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
 from zoomfeat.slide.manifest import SlideSpec
+from zoomfeat.slide.remote import SlideCache
 
 
 @dataclass
@@ -191,17 +192,32 @@ def execute_slide(
     *,
     plan: SlidePlan | None = None,
     hooks: SlideHooks | None = None,
+    cache: SlideCache | None = None,
 ) -> SlideResult:
     """Extract one slide of a run: the steps of :class:`SlideExtraction`, a failure of this slide
     (corrupt file, no resolution, bags of another slide, a model error ...) recorded as a ``failed``
     :class:`SlideResult` so that the run goes on. ``KeyboardInterrupt`` and :class:`SlideCancelled`
-    end the run."""
+    end the run. ``cache`` (``cache_dir``): the slide is read from its local copy, removed after."""
     try:
-        return SlideExtraction(pass_, spec.path, out_dir, mpp=spec.mpp, plan=plan, hooks=hooks).run()
+        # cache_dir: the slide's local copy (made now, or by the prefetch of the previous slide)
+        local = cache.stage(spec.location) if cache is not None else None
+        return SlideExtraction(
+            pass_,
+            spec.path,
+            out_dir,
+            mpp=spec.mpp,
+            plan=plan,
+            hooks=hooks,
+            slide_id=spec.name,
+            local_copy=local,
+        ).run()
     except (KeyboardInterrupt, SlideCancelled):
         raise
     except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
         return SlideResult.failure(spec.path, spec.slide_id, err)
+    finally:
+        if cache is not None:
+            cache.release(spec.location)
 
 
 class SlideExtraction:
@@ -213,6 +229,8 @@ class SlideExtraction:
         mpp: the slide's resolution override (``None``: the config's, or the file's).
         plan: the slide's plan when the runner made it already (``None``: made in step 2).
         hooks: observers (:class:`SlideHooks`).
+        slide_id: the slide's id when a manifest names it (``None``: the name it is listed under).
+        local_copy: the local copy of a remote ``slide_path`` staged in ``cache_dir`` (read instead).
     """
 
     #: ZoomLDM's magnification indices of the 20x children and the 5x parents
@@ -227,12 +245,16 @@ class SlideExtraction:
         mpp: float | None = None,
         plan: SlidePlan | None = None,
         hooks: SlideHooks | None = None,
+        slide_id: str | None = None,
+        local_copy: Path | None = None,
     ) -> None:
         self.pass_ = pass_
         self.cfg = pass_.cfg
         self.models = pass_.models
         self.device = pass_.device
         self.slide_path = slide_path
+        self.slide_id = slide_id
+        self.local_copy = local_copy
         self.mpp = mpp if mpp is not None else self.cfg.mpp
         self.out_dir = out_dir
         self.plan = plan
@@ -277,7 +299,11 @@ class SlideExtraction:
             if self.hooks.on_slide_end is not None:
                 from zoomfeat.slide.naming import slide_id_from_path
 
-                sid = self.slide.slide_id if self.slide is not None else slide_id_from_path(self.slide_path)
+                sid = (
+                    self.slide.slide_id
+                    if self.slide is not None
+                    else self.slide_id or slide_id_from_path(self.slide_path)
+                )
                 self.hooks.on_slide_end(SlideResult.failure(self.slide_path, sid, err))
             raise
         assert self.result is not None
@@ -292,7 +318,15 @@ class SlideExtraction:
     def open_slide(self) -> None:
         from zoomfeat.slide import Slide
 
-        self.slide = Slide.open(self.slide_path, mpp=self.mpp)
+        cfg = self.cfg
+        self.slide = Slide.open(
+            self.local_copy or self.slide_path,
+            mpp=self.mpp,
+            reader=cfg.reader,
+            slide_id=self.slide_id,
+            storage_options=cfg.storage_options,
+            origin=str(self.slide_path) if self.local_copy is not None else None,
+        )
         self.result = SlideResult(str(self.slide_path), self.slide.slide_id, "done")
 
     # ---------------------------------------------------------------- 2. plan, lock
@@ -331,6 +365,8 @@ class SlideExtraction:
                 self.result.status, self.result.paths = "skipped", plan.paths()
                 return False
         self.plan = plan
+        # a slide changed while it was read publishes nothing (zoomfeat.slide.identity)
+        plan.before_publish.append(self.slide.check_unchanged)
         remove_stale_temporaries(plan.paths())
         self.write = plan.to_write()
         self.result.written = list(self.write)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from zoomfeat.runtime.errors import SlideError
+from zoomfeat.slide.backends.common import is_url
 
 #: bytes hashed at each end of the file by :func:`content_hash`
 HASH_SPAN = 64 * 1024
@@ -64,7 +65,6 @@ def fingerprint(
 ) -> tuple[Any, ...]:
     """The state of a slide's file(s) now (see the module docstring); ``files`` lists the files of a
     local slide made of several (a DICOM series), else ``location`` is the file."""
-    from zoomfeat.slide.backends import is_url
 
     if is_url(location):
         info = remote_info(location, storage_options)
@@ -103,7 +103,6 @@ def content_hash(
     location: str, *, files: Sequence[Path] = (), storage_options: Mapping[str, Any] | None = None
 ) -> str:
     """``zf1:`` + SHA-256 over each file's size and its first and last :data:`HASH_SPAN` bytes."""
-    from zoomfeat.slide.backends import is_url
 
     digest = hashlib.sha256()
     if is_url(location):

@@ -218,6 +218,7 @@ class Slide:
         reader: str = "openslide",
         slide_id: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        origin: str | None = None,
     ) -> None:
         location = str(path)
         self.remote = is_url(location)
@@ -227,6 +228,8 @@ class Slide:
         self.slide_id = slide_id or slide_id_from_location(location, is_dir=bool(meta.get("files")))
         self.reader = reader
         self.storage_options = dict(storage_options or {})
+        #: where the slide really lives when ``path`` is a staged copy (its URL); None: ``path``
+        self.origin = origin
         self.mpp = float(mpp_info.mpp)
         self.mpp_source = mpp_info.source
         self.mpp_x, self.mpp_y = float(mpp_info.mpp_x), float(mpp_info.mpp_y)
@@ -256,6 +259,7 @@ class Slide:
         reader: str = "auto",
         slide_id: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        origin: str | None = None,
     ) -> Slide:
         """Open the slide at ``path`` (a file, a DICOM series directory or an fsspec URL) and resolve
         its MPP (``mpp=`` overrides the file).
@@ -266,6 +270,8 @@ class Slide:
             slide_id: the name the slide's bags get (default: the name it is listed under, without
                 its extension).
             storage_options: fsspec options of a remote slide (endpoint, credentials ...).
+            origin: the URL of which ``path`` is a local copy (``cache_dir``): named by
+                :meth:`identity` and by the slide id, which defaults to the URL's name.
 
         Raises ``InputNotFoundError`` for a missing path and :class:`SlideError` (naming the slide)
         for anything that cannot be opened or lacks a usable resolution.
@@ -313,7 +319,17 @@ class Slide:
             "files": files,
             "fingerprint": fingerprint(location, files=files, storage_options=storage_options),
         }
-        slide = cls(location, info, meta, reader=chosen, slide_id=slide_id, storage_options=storage_options)
+        if origin is not None and slide_id is None:
+            slide_id = slide_id_from_location(origin, is_dir=bool(files))
+        slide = cls(
+            location,
+            info,
+            meta,
+            reader=chosen,
+            slide_id=slide_id,
+            storage_options=storage_options,
+            origin=origin,
+        )
         slide._backend, slide._pid = backend, os.getpid()
         if min(slide.dimensions) <= 0:
             raise SlideError(f"{location}: empty image ({slide.dimensions[0]}x{slide.dimensions[1]} px)")
@@ -345,7 +361,8 @@ class Slide:
     def identity(self) -> dict[str, Any]:
         """Where this slide came from: ``quickhash`` (openslide's; for the other readers the
         ``zf1:`` content hash of :func:`~zoomfeat.slide.identity.content_hash`), ``size`` in bytes
-        (all files of a DICOM series together) and the resolved ``path`` (or URL). Two slides are the
+        (all files of a DICOM series together) and the resolved ``path`` (the URL of a remote slide or
+        of a staged copy's ``origin``). Two slides are the
         same when quickhash and size agree; the path only informs (a moved slide folder is the same
         slide)."""
         fp = self.opened_fingerprint
@@ -365,7 +382,7 @@ class Slide:
                 except Exception:  # identity informs; reading it must not fail a slide that reads
                     self._hash = ""
             quick = self._hash
-        return {"quickhash": quick, "size": size, "path": where}
+        return {"quickhash": quick, "size": size, "path": self.origin or where}
 
     def fingerprint(self) -> tuple[Any, ...]:
         """The state of the slide's file(s) now (:func:`~zoomfeat.slide.identity.fingerprint`)."""

@@ -32,6 +32,21 @@ from typing import Any, Protocol
 from PIL import Image
 
 from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.slide.backends.common import is_url, lower_name
+
+__all__ = [
+    "DICOM_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "OME_EXTENSIONS",
+    "READERS",
+    "SlideBackend",
+    "check_reader",
+    "choose_reader",
+    "fallbacks",
+    "is_url",
+    "lower_name",
+    "open_backend",
+]
 
 #: the readers, in the order the docs list them
 READERS = ("openslide", "dicom", "tiffslide", "image")
@@ -61,19 +76,6 @@ class SlideBackend(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def is_url(location: str) -> bool:
-    """Whether ``location`` is a URL for fsspec (``s3://``, ``gs://``, ``https://``, ``memory://``...);
-    ``file://`` counts as local."""
-    text = str(location)
-    head, sep, _ = text.partition("://")
-    return bool(sep) and head.isidentifier() and head.lower() not in ("file",)
-
-
-def lower_name(location: str) -> str:
-    """The lower-case last part of a path or URL (query strings dropped)."""
-    return str(location).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def choose_reader(location: str, is_dir: bool = False) -> str:

@@ -38,3 +38,16 @@ def clipped_rgba(
         dst[..., :3] = px[..., :3]
         dst[..., 3] = px[..., 3] if px.shape[2] == 4 else 255
     return Image.fromarray(out, "RGBA")
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` is a URL for fsspec (``s3://``, ``gs://``, ``https://``, ``memory://``...);
+    ``file://`` counts as local."""
+    text = str(location)
+    head, sep, _ = text.partition("://")
+    return bool(sep) and head.isidentifier() and head.lower() not in ("file",)
+
+
+def lower_name(location: str) -> str:
+    """The lower-case last part of a path or URL (query strings dropped)."""
+    return str(location).split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].lower()

@@ -16,8 +16,7 @@ import numpy as np
 from PIL import Image
 
 from zoomfeat.runtime.errors import SlideError
-from zoomfeat.slide.backends import is_url, lower_name
-from zoomfeat.slide.backends.common import clipped_rgba, level_box
+from zoomfeat.slide.backends.common import clipped_rgba, is_url, level_box, lower_name
 
 
 def _decode(location: str, storage_options: Mapping[str, Any] | None) -> np.ndarray:
