@@ -52,9 +52,9 @@ def load_extract_config(cfg) -> Any:
     With ``demo=true`` the model and encoder groups are ``tiny`` unless the command line names others.
     """
     from zoomfeat.features.config import ExtractConfig, group_section
-    from zoomfeat.runtime.config import load_config
+    from zoomfeat.runtime.config import load_config, plain_dict
 
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = plain_dict(cfg)
     if data.get("demo"):
         for group in ("model", "encoder"):
             if not _overridden(group):

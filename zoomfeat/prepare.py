@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from zoomfeat.cli import hydra_main
 
@@ -23,9 +24,10 @@ def run(cfg) -> dict:
     pc = load_config(PrepareConfig, cfg, "prepare")
     if not pc.inputs:
         raise InputError("no slides given: `python -m zoomfeat.prepare SLIDE_OR_DIR_OR_CSV... out_dir=DIR`")
-    find_slides(pc.inputs, pc)  # a bad slide list fails before any model is built
+    inputs: list[str | Path] = list(pc.inputs)
+    find_slides(inputs, pc)  # a bad slide list fails before any model is built
     model, encoder = load_models(pc)
-    summary = prepare(pc.inputs, pc, model, encoder)
+    summary = prepare(inputs, pc, model, encoder)
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
     failed = summary["failed"]
     if failed:

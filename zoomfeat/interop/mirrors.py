@@ -71,7 +71,7 @@ class ExportResult:
     dest: Path
     written: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
-    dims: dict[str, int] = field(default_factory=dict)
+    dims: dict[str, int | None] = field(default_factory=dict)  # feature width (None: no bag written)
 
     def report(self) -> str:
         lines = []
@@ -182,7 +182,9 @@ def _read_geometry(path: Path) -> tuple[np.ndarray, dict[str, Any], dict[str, An
             shape = tuple(int(n) for n in f["features"].shape)
     except OSError as err:
         raise BagError(f"{path}: not a readable HDF5 bag ({err}); re-extract the slide") from err
-    return coords, cattrs, attrs, shape
+    if len(shape) != 2:
+        raise BagError(f"{path}: features of shape {shape}, not [tiles, dim]; re-extract the slide")
+    return coords, cattrs, attrs, (shape[0], shape[1])
 
 
 def _tile_extent_level0(path: Path, cattrs: dict[str, Any]) -> float:

@@ -56,7 +56,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 def fsync_tree(root: str | os.PathLike) -> None:
     """``fsync`` every file and directory under ``root``."""
-    for dirpath, _, files in os.walk(root):
+    for dirpath, _, files in os.walk(os.fspath(root)):
         for name in files:
             fsync_file(os.path.join(dirpath, name))
         fsync_dir(dirpath)

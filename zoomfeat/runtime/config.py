@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections.abc import Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from zoomfeat.runtime.errors import ConfigError
 
@@ -37,11 +37,12 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _schema_at(cls: type, path: list[str]) -> type | None:
     """The dataclass found by following ``path`` (field names) from ``cls``; None if not a dataclass."""
+    node: Any = cls
     for name in path:
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
             return None
-        cls = _field_types(cls).get(name)
-    return cls if dataclasses.is_dataclass(cls) else None
+        node = _field_types(node).get(name)
+    return node if isinstance(node, type) and dataclasses.is_dataclass(node) else None
 
 
 def known_keys(cls: type) -> list[str]:
@@ -54,10 +55,20 @@ def iter_keys(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Fi
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
         sub = types.get(f.name)
-        if dataclasses.is_dataclass(sub):
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
             yield from iter_keys(sub, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f
+
+
+def plain_dict(cfg: Any) -> dict[str, Any]:
+    """A composed config (an OmegaConf ``DictConfig`` or a mapping) as a plain dict, resolved."""
+    from omegaconf import DictConfig, OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping of settings, got {type(data).__name__}")
+    return {str(k): v for k, v in data.items()}
 
 
 def load_config(schema: type[T], data: Any, where: str = "config") -> T:
@@ -83,7 +94,7 @@ def load_config(schema: type[T], data: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), dict(data))
-        return OmegaConf.to_object(merged)
+        return cast(T, OmegaConf.to_object(merged))
     except ConfigKeyError as err:
         full = str(getattr(err, "full_key", "") or getattr(err, "key", ""))
         parts = full.split(".")
