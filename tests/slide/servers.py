@@ -24,6 +24,14 @@ from typing import Any
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     latency_s = 0.0
+    server_state: dict[str, int]  # {"fail_next": n}: the next n requests get 503
+
+    def _failing(self) -> bool:
+        if self.server_state["fail_next"] > 0:
+            self.server_state["fail_next"] -= 1
+            self.send_error(503, "Service Unavailable (FileServer.fail_next)")
+            return True
+        return False
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
@@ -34,10 +42,13 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         time.sleep(self.latency_s)
-        super().do_HEAD()
+        if not self._failing():
+            super().do_HEAD()
 
     def do_GET(self) -> None:
         time.sleep(self.latency_s)
+        if self._failing():
+            return
         path = self._file()
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
         if path is None or match is None:
@@ -63,10 +74,14 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class FileServer:
-    """``with FileServer(directory, latency_s=0.02) as srv: srv.url("a.svs")``."""
+    """``with FileServer(directory, latency_s=0.02) as srv: srv.url("a.svs")``; ``srv.fail_next(n)``
+    answers the next ``n`` requests with 503 (a flaky store)."""
 
     def __init__(self, directory: str | Path, *, latency_s: float = 0.0) -> None:
-        handler = type("Handler", (_RangeHandler,), {"latency_s": float(latency_s)})
+        self._state = {"fail_next": 0}
+        handler = type(
+            "Handler", (_RangeHandler,), {"latency_s": float(latency_s), "server_state": self._state}
+        )
         self._httpd = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), functools.partial(handler, directory=str(directory))
         )
@@ -76,6 +91,13 @@ class FileServer:
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"
+
+    def fail_next(self, n: int) -> None:
+        self._state["fail_next"] = int(n)
+
+    @property
+    def failures_left(self) -> int:
+        return self._state["fail_next"]
 
     def __enter__(self) -> FileServer:
         self._thread.start()

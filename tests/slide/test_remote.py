@@ -163,3 +163,20 @@ def test_a_remote_slide_changed_while_read_is_caught(cmu_slide, s3):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s.close()
+
+
+def test_a_failed_read_is_retried_then_reported(http):
+    """Small fsspec blocks, so each region needs requests; the server then fails some of them."""
+    url = http.url("CMU-1.svs")
+    s = Slide.open(url, storage_options={"block_size": 64 * 1024})
+    ref = s.read_region(*BOXES[0])
+    fresh = Slide.open(url).read_region(1200.0, 1500.0, 512, 0.5)
+    http.fail_next(1)  # one failure: the retry (reopening the slide) reads it
+    assert np.array_equal(s.read_region(1200.0, 1500.0, 512, 0.5), fresh)
+    assert http.failures_left == 0  # the failure was met (and retried)
+    http.fail_next(1000)  # a store that is down: tried REMOTE_TRIES times, then one line
+    with pytest.raises(SlideError) as err:
+        s.read_region(600.0, 2000.0, 512, 0.5)
+    _one_line(err, url, "after 3 tries")
+    http.fail_next(0)  # back: the next read works again
+    assert np.array_equal(s.read_region(*BOXES[0]), ref)
