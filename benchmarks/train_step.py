@@ -41,7 +41,7 @@ def make_shards(path: Path, channels: int, tiles_per_mag: int = 64, mags=(0, 1, 
                 rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
                 rng.standard_normal((n, channels, g, g)).astype(np.float16),
                 np.zeros((n, 2), np.int64),
-                256 * 2**m,
+                tile_size_level0=256 * 2**m,
             )
     return path
 
@@ -90,12 +90,12 @@ def bench_config(
         synchronize(device)
 
     for _ in range(warmup):
-        float(train_step(parts, [next(it)], 2e-5, amp))
+        float(train_step(parts, [next(it)], lr=2e-5, amp=amp))
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    losses = [float(train_step(parts, [next(it)], 2e-5, amp)) for _ in range(steps)]
+    losses = [float(train_step(parts, [next(it)], lr=2e-5, amp=amp)) for _ in range(steps)]
     sync()
     dt = time.perf_counter() - t0
     # the data stream alone: 32 batches of 32 after the first (worker start-up not counted)

@@ -18,6 +18,7 @@ from zoomfeat.cli import hydra_main
 def run(cfg) -> dict:
     from zoomfeat.runtime.config import load_config
     from zoomfeat.runtime.errors import InputError
+    from zoomfeat.runtime.stopping import run_stoppable
     from zoomfeat.training.config import PrepareConfig
     from zoomfeat.training.prepare import find_slides, load_models, prepare
 
@@ -27,7 +28,8 @@ def run(cfg) -> dict:
     inputs: list[str | Path] = list(pc.inputs)
     find_slides(inputs, pc)  # a bad slide list fails before any model is built
     model, encoder = load_models(pc)
-    summary = prepare(inputs, pc, model, encoder)
+    # SIGTERM / SIGINT: the slide in hand is abandoned (temporaries removed), one line, exit 128 + signal
+    summary = run_stoppable("prepare", lambda: prepare(inputs, pc, model, encoder))
     print(json.dumps({"prepare": {k: v for k, v in summary.items() if k != "settings"}}, default=str))
     failed = summary["failed"]
     if failed:

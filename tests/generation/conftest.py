@@ -126,7 +126,7 @@ def write_cdm_shards(path: Path, seed: int = 0) -> Path:
                 rng.standard_normal((n, 3, 64, 64)).astype(np.float16),
                 rng.standard_normal((n, 32, g, g)).astype(np.float16),
                 rng.integers(0, 5000, (n, 2)),
-                256 * 2**m,
+                tile_size_level0=256 * 2**m,
             )
     return path
 

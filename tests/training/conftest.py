@@ -42,7 +42,7 @@ def make_data(path: Path, channels: int = 32, counts=None, seed: int = 0) -> Pat
                     lat,
                     rng.standard_normal((n, channels, g, g)).astype(np.float16),
                     rng.integers(0, 5000, (n, 2)),
-                    256 * 2**m,
+                    tile_size_level0=256 * 2**m,
                 )
     return path
 

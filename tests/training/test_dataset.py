@@ -37,7 +37,7 @@ def data_dir(tmp_path_factory):
                     latent,
                     rng.standard_normal((n, C, g, g)).astype(np.float16),
                     rng.integers(0, 999, (n, 2)),
-                    256 * 2**m,
+                    tile_size_level0=256 * 2**m,
                 )
     return d
 
@@ -84,7 +84,7 @@ def test_batch_layout_is_independent_of_ranks_and_accumulation():
     def numbers(bs, world, accum, steps=3, start=0):
         out = {}
         for r in range(world):
-            smp = StepBatchSampler(bs, steps, start, world, r, accum)
+            smp = StepBatchSampler(bs, steps, start_step=start, world_size=world, rank=r, grad_accum=accum)
             it = iter(smp)
             for s in range(start, steps):
                 out.setdefault(s, []).extend(n for _ in range(accum) for n in next(it))
@@ -96,9 +96,12 @@ def test_batch_layout_is_independent_of_ranks_and_accumulation():
     # resuming at step 2 yields exactly the uninterrupted run's tail
     assert numbers(2, 2, 1, start=2)[2] == ref[2]
     # ranks are disjoint
-    r0 = [n for b in StepBatchSampler(2, 3, 0, 2, 0) for n in b]
-    r1 = [n for b in StepBatchSampler(2, 3, 0, 2, 1) for n in b]
-    assert not set(r0) & set(r1) and len(StepBatchSampler(2, 3, 1, 2, 0, 2)) == 4
+    r0 = [n for b in StepBatchSampler(2, 3, world_size=2, rank=0) for n in b]
+    r1 = [n for b in StepBatchSampler(2, 3, world_size=2, rank=1) for n in b]
+    assert (
+        not set(r0) & set(r1)
+        and len(StepBatchSampler(2, 3, start_step=1, world_size=2, rank=0, grad_accum=2)) == 4
+    )
     fixed = StepBatchSampler(2, 3, repeat_first_step=True)
     assert [b for b in fixed] == [[0, 1]] * 3
 

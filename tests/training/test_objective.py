@@ -21,13 +21,14 @@ def test_objective_checkpointing_and_bf16(data):
     model = ZoomLDM.from_config("tiny", seed=0)
     ds = MultiScaleDataset(ShardIndex.load(data), seed=0, p_uncond=0.5)
     batch = collate_multiscale([ds[n] for n in range(3)])
-    args = (batch["latent"], batch["noise"], batch["t"], batch["keep"], batch["ssl_groups"])
+    args = (batch["latent"], batch["noise"])
+    kw = {"t": batch["t"], "keep": batch["keep"], "ssl_groups": batch["ssl_groups"]}
     obj = DiffusionObjective(model).train()
     assert {n.split(".")[0] for n, _ in obj.named_parameters()} == {"unet", "summarizer"}  # VQ outside
 
     def grads():
         obj.zero_grad()
-        loss = obj(*args)
+        loss = obj(*args, **kw)
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in obj.named_parameters() if p.grad is not None}
 
@@ -43,7 +44,7 @@ def test_objective_checkpointing_and_bf16(data):
         torch.testing.assert_close(g2[n], g[n], rtol=1e-4, atol=1e-6)
     # dropped contexts are zeros: a fully dropped batch gives no gradient to the summarizer
     obj.zero_grad()
-    obj(*args[:3], torch.zeros_like(batch["keep"]), args[4]).backward()
+    obj(*args, **{**kw, "keep": torch.zeros_like(batch["keep"])}).backward()
     assert all(p.grad is None or not p.grad.any() for p in model.summarizer.parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.isfinite(obj(*args))
+        assert torch.isfinite(obj(*args, **kw))

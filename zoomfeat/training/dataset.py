@@ -72,6 +72,7 @@ class MultiScaleDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         index: ShardIndex,
+        *,
         seed: int = 0,
         mag_weights: Any = None,
         p_uncond: float = 0.1,
@@ -148,6 +149,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
         self,
         batch_size: int,
         steps: int,
+        *,
         start_step: int = 0,
         world_size: int = 1,
         rank: int = 0,

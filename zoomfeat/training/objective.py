@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoomfeat.runtime.distributed import DistInfo, wrap_ddp
-from zoomfeat.training.config import TrainConfig
 from zoomfeat.runtime.ema import EMA
+from zoomfeat.training.config import TrainConfig
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
@@ -59,7 +59,13 @@ class DiffusionObjective(nn.Module):
         return ctx
 
     def forward(
-        self, latent: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, ssl_groups: list
+        self,
+        latent: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        t: torch.Tensor,
+        keep: torch.Tensor,
+        ssl_groups: list,
     ) -> torch.Tensor:
         """Scalar loss.
 
@@ -124,6 +130,7 @@ def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, pre
 def train_step(
     parts: TrainingParts,
     batches: list[dict[str, Any]],
+    *,
     lr: float,
     amp: AbstractContextManager | None = None,
     max_grad_norm: float | None = None,
@@ -149,9 +156,9 @@ def train_step(
                 loss = parts.objective(
                     batch["latent"].to(device, non_blocking=True),
                     batch["noise"].to(device, non_blocking=True),
-                    batch["t"].to(device, non_blocking=True),
-                    batch["keep"].to(device, non_blocking=True),
-                    batch["ssl_groups"],
+                    t=batch["t"].to(device, non_blocking=True),
+                    keep=batch["keep"].to(device, non_blocking=True),
+                    ssl_groups=batch["ssl_groups"],
                 )
             parts.scaler.scale(loss / n).backward()
         loss_sum += loss.detach() / n

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from zoomfeat.runtime import stopping
 from zoomfeat.runtime.device import resolve_device, resolve_precision
 from zoomfeat.runtime.errors import ConfigError, InputError, ZoomfeatError
 from zoomfeat.runtime.provenance import config_hash
@@ -133,18 +134,34 @@ def prepare(
         info=_dataset_info(settings, model, encoder),
         pack_rows=cfg.pack_rows,
     )
-    encoders = TileEncoders(model, encoder, device, precision, cfg.batch_size)
+    encoders = TileEncoders(model, encoder, device=device, precision=precision, batch_size=cfg.batch_size)
     summary: dict[str, Any] = {"done": [], "skipped": [], "failed": {}, "tiles": {}, "config_hash": chash}
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
-    with writer:
-        for spec in tqdm(specs, desc="prepare", unit="slide", disable=not cfg.progress):
-            todo = _missing_mags(cfg, spec.path.stem, chash)
-            if not todo:
-                summary["skipped"].append(spec.path.stem)
-                continue
-            _prepare_one(SlidePreparer(spec.path, encoders, cfg, todo, mpp=spec.mpp), writer, summary)
+    current = None
+    try:
+        with writer:
+            for spec in tqdm(specs, desc="prepare", unit="slide", disable=not cfg.progress):
+                current = None
+                stopping.check("")  # a stop signal: take no new slide
+                todo = _missing_mags(cfg, spec.path.stem, chash)
+                if not todo:
+                    summary["skipped"].append(spec.path.stem)
+                    continue
+                current = spec.path.stem
+                _prepare_one(
+                    SlidePreparer(spec.path, encoders, cfg=cfg, mags=todo, mpp=spec.mpp), writer, summary
+                )
+    except stopping.StopRequested as stop:
+        n_done, n_left = len(summary["done"]), len(specs) - len(summary["done"]) - len(summary["skipped"])
+        raise stopping.StopRequested(
+            stop.signum,
+            f"{n_done} slide(s) prepared in this run"
+            + (f", {current} abandoned (its temporary shards removed)" if current else "")
+            + f", {n_left} left; shards are in {cfg.out_dir}. Rerun the same command to prepare the rest "
+            "(finished slides are kept)",
+        ) from None
     summary["seconds"] = time.perf_counter() - t0
     summary["settings"] = settings
     return summary
@@ -170,6 +187,8 @@ def _prepare_one(preparer: SlidePreparer, writer: ShardWriter, summary: dict[str
     path = preparer.path
     try:
         res = preparer.run(writer)
+    except stopping.StopRequested:
+        raise  # not the slide's failure: the run stops (its temporaries were removed on the way out)
     except (ZoomfeatError, FileNotFoundError) as err:
         log.error("%s: %s", path, err)
         summary["failed"][path.stem] = str(err)

@@ -69,6 +69,7 @@ def save_grid_png(path: Path, rows: list[tuple[str, np.ndarray]], title: str) ->
 def write_sample_grids(
     model: nn.Module,
     conditions: Mapping[int, Mapping[str, torch.Tensor]],
+    *,
     out_dir: Path,
     cfg: SampleConfig,
     step: int,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from zoomfeat.runtime import stopping
 from zoomfeat.runtime.device import autocast
 from zoomfeat.runtime.units import MPP_20X, TILE_PX, magnification
 from zoomfeat.training.config import PrepareConfig
@@ -37,7 +38,7 @@ class TileEncoders:
     """UNI and the VQ encoder on uint8 tiles, batched, on one device (inference, no gradients)."""
 
     def __init__(
-        self, model: nn.Module, encoder: nn.Module, device: torch.device, precision: str, batch_size: int
+        self, model: nn.Module, encoder: nn.Module, *, device: torch.device, precision: str, batch_size: int
     ) -> None:
         self.model = model
         self.encoder = encoder
@@ -85,6 +86,7 @@ class SlidePreparer:
         self,
         path: Path,
         encoders: TileEncoders,
+        *,
         cfg: PrepareConfig,
         mags: list[int],
         mpp: float | None = None,
@@ -221,6 +223,7 @@ class SlidePreparer:
             disable=not cfg.progress,
             leave=False,
         ):
+            stopping.check(f"{self.slide.slide_id} abandoned")  # a signal: the slide's temporaries go
             pending.append(item)
             pending_cells += int(self.need[item["i"]].sum())
             if pending_cells >= cfg.batch_size:
@@ -255,7 +258,7 @@ class SlidePreparer:
     def _append(self, out, m: int, latents: np.ndarray, ts: list[int]) -> None:
         ssl = np.stack([self.grid_of(m, t) for t in ts])
         xy = self.grids[m].children.xy[self.kept_rows[m][ts]]
-        out.append(m, latents, ssl, xy, self.grids[m].patch_size_level0)
+        out.append(m, latents, ssl, xy, tile_size_level0=self.grids[m].patch_size_level0)
 
     # -- 5. ---------------------------------------------------------------------------------------
 
@@ -276,6 +279,7 @@ class SlidePreparer:
             for imgs in tqdm(
                 batches, desc=f"{self.slide.slide_id} {MAG_NAMES[m]}", disable=not cfg.progress, leave=False
             ):
+                stopping.check(f"{self.slide.slide_id} abandoned")
                 ts = list(range(done, done + len(imgs)))
                 self._append(out, m, self.encoders.vq(imgs), ts)
                 done += len(imgs)

@@ -81,7 +81,15 @@ def save_training_checkpoint(
             model.save_pretrained(tmp)
             if samples is not None:
                 conditions, sample_cfg, device, precision = samples
-                write_sample_grids(model, conditions, tmp / "samples", sample_cfg, step, device, precision)
+                write_sample_grids(
+                    model,
+                    conditions,
+                    out_dir=tmp / "samples",
+                    cfg=sample_cfg,
+                    step=step,
+                    device=device,
+                    precision=precision,
+                )
         weights = {"unet_live": live, "unet_ema": ema.state_dict()}
         write_trainer_dir(
             tmp / TRAINER_DIR, weights, optimizer=optimizer, scaler=scaler, ema=ema, state=state

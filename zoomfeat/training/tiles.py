@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zoomfeat.runtime.stopping import ignore_stop_signals
 from zoomfeat.runtime.units import CHILDREN_PER_SIDE, TILE_PX
 
 #: 20x tiles per 5x tile side (a block is RATIO x RATIO cells)
@@ -71,7 +72,8 @@ def loader(ds, num_workers: int, batch_size: int | None = None) -> torch.utils.d
     """Items one by one (``batch_size=None``) or stacked in batches, read by ``num_workers`` processes."""
     kwargs: dict[str, Any] = {"num_workers": num_workers}
     if num_workers > 0:
-        kwargs["prefetch_factor"] = 4
+        # workers ignore SIGTERM/SIGINT: the parent abandons its slide and ends them (runtime.stopping)
+        kwargs.update(prefetch_factor=4, worker_init_fn=ignore_stop_signals)
     if batch_size is None:
         return torch.utils.data.DataLoader(ds, batch_size=None, collate_fn=_identity, **kwargs)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=_stack, **kwargs)

@@ -220,11 +220,11 @@ class Trainer:
         sampler = StepBatchSampler(
             cfg.batch_size,
             cfg.steps,
-            self.start_step,
-            info.world_size,
-            info.rank,
-            cfg.grad_accum,
-            cfg.overfit_batch,
+            start_step=self.start_step,
+            world_size=info.world_size,
+            rank=info.rank,
+            grad_accum=cfg.grad_accum,
+            repeat_first_step=cfg.overfit_batch,
         )
         self.loader = make_loader(
             self.dataset, sampler, num_workers=cfg.num_workers, pin_memory=self.device.type == "cuda"
@@ -265,7 +265,11 @@ class Trainer:
             for step in range(self.start_step, cfg.steps):
                 lr = lr_at(step, cfg.lr, cfg.warmup_steps)
                 loss_sum = train_step(
-                    self.parts, [next(batches) for _ in range(cfg.grad_accum)], lr, amp, cfg.max_grad_norm
+                    self.parts,
+                    [next(batches) for _ in range(cfg.grad_accum)],
+                    lr=lr,
+                    amp=amp,
+                    max_grad_norm=cfg.max_grad_norm,
                 )
                 self.step = done = step + 1
                 bar.update(1)

@@ -169,7 +169,7 @@ def _norm(value: Any) -> Any:
 # HDF5 helpers shared by the writer and the packer
 
 
-def create_shard(path: Path, m: int, ssl_channels: int, max_grid: int, chunk_rows: int = 1) -> h5py.File:
+def create_shard(path: Path, m: int, *, ssl_channels: int, max_grid: int, chunk_rows: int = 1) -> h5py.File:
     """An empty, appendable shard for magnification index ``m`` (open for writing)."""
     g = grid_side(m, max_grid)
     f = h5py.File(path, "w")

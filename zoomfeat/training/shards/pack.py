@@ -31,7 +31,7 @@ def record_rows(data_dir: Path, m: int, slide_id: str) -> int:
 
 
 def pack_slides(
-    data_dir: Path, m: int, slide_ids: Sequence[str], ssl_channels: int, max_grid: int
+    data_dir: Path, m: int, *, slide_ids: Sequence[str], ssl_channels: int, max_grid: int
 ) -> Path | None:
     """Pack the slides' current files at magnification index ``m`` into one new shard.
 
@@ -53,7 +53,7 @@ def pack_slides(
     sizes = []
     # 1. copy every slide's rows into the pack (published complete, or not at all)
     with atomic_path(final) as tmp:
-        with create_shard(tmp, m, ssl_channels, max_grid) as out:
+        with create_shard(tmp, m, ssl_channels=ssl_channels, max_grid=max_grid) as out:
             for k, sid in enumerate(slide_ids):
                 entry = read_record(data_dir, sid)["mags"][str(m)]
                 start = out["latent"].shape[0]

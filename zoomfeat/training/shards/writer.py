@@ -41,7 +41,7 @@ class SlideShardWriter:
     Use through :meth:`ShardWriter.slide`::
 
         with writer.slide(slide_id, source=path) as s:
-            s.append(m, latents, ssl_grids, coords, tile_size_level0)
+            s.append(m, latents, ssl_grids, coords, tile_size_level0=tile_size_level0)
         # committed here (files renamed, record written) unless an exception escaped
     """
 
@@ -64,12 +64,12 @@ class SlideShardWriter:
         d = ensure_dir(self.parent.data_dir / f"m{m}", "shard directory")
         final = d / f"{self.slide_id}.h5"
         tmp = tmp_name(final)
-        f = create_shard(tmp, m, self.parent.ssl_channels, self.parent.max_grid)
+        f = create_shard(tmp, m, ssl_channels=self.parent.ssl_channels, max_grid=self.parent.max_grid)
         self._files[m] = (tmp, final, f)
         self._size0[m] = int(tile_size_level0)
 
     def append(
-        self, m: int, latent: np.ndarray, ssl: np.ndarray, coords: np.ndarray, tile_size_level0: int
+        self, m: int, latent: np.ndarray, ssl: np.ndarray, coords: np.ndarray, *, tile_size_level0: int
     ) -> None:
         """Append tiles at magnification index ``m``.
 
@@ -175,6 +175,7 @@ class ShardWriter:
     def __init__(
         self,
         data_dir: str | Path,
+        *,
         ssl_channels: int,
         config_hash: str,
         info: Mapping[str, Any] | None = None,
@@ -222,7 +223,9 @@ class ShardWriter:
     def pack(self, m: int) -> Path | None:
         """Pack this writer's pending per-slide files at mag ``m`` into one ``pack-*.h5`` shard."""
         slide_ids, self._pending[m] = self._pending.get(m, []), []
-        return pack_slides(self.data_dir, m, slide_ids, self.ssl_channels, self.max_grid)
+        return pack_slides(
+            self.data_dir, m, slide_ids=slide_ids, ssl_channels=self.ssl_channels, max_grid=self.max_grid
+        )
 
     def close(self) -> None:
         """Pack what is pending (at least two slides per magnification)."""

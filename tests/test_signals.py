@@ -1,0 +1,133 @@
+"""SIGTERM and Ctrl-C (SIGINT to the process group) to real ``prepare`` runs: the slide in hand is
+abandoned and its temporary shards removed, the DataLoader worker ends, one line says what was
+finished and how to resume, the exit status is 128 + signal; a plain rerun completes and its shards
+equal an uninterrupted run's. (``train``'s stops: tests/training/test_stop.py.)
+
+Every process runs with one OpenMP/MKL/torch thread and a bounded timeout; leftovers are killed in
+a finally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from zoomfeat.training.shards import ShardIndex, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _temporaries(out: Path) -> list[Path]:
+    return [p for p in out.rglob(".*") if ".tmp-" in p.name] if out.is_dir() else []
+
+
+def _prepare_args(slides: list[Path], out: Path, workers: int) -> list[str]:
+    return [sys.executable, "-m", "zoomfeat.prepare", *map(str, slides), f"out_dir={out}", "model=tiny",
+            "encoder=tiny", "mags=[20x,5x]", f"num_workers={workers}", "batch_size=4", "progress=false",
+            "device=cpu"]  # fmt: skip
+
+
+def _slide_rows(out: Path, slide_id: str) -> dict[str, np.ndarray]:
+    """Every array of a prepared slide, magnification by magnification, read from its shard."""
+    rows = {}
+    for m, entry in sorted(read_record(out, slide_id)["mags"].items()):
+        with h5py.File(out / entry["file"], "r") as f:
+            sl = slice(entry["start"], entry["start"] + entry["count"])
+            for key in ("latent", "ssl", "coords"):
+                rows[f"{m}/{key}"] = f[key][sl]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def slides(synthetic_slide_factory):
+    return [
+        synthetic_slide_factory(
+            f"sig{k}", width=1024, height=1024, mpp=0.5, levels=2, seed=k, tissue_fraction=0.6
+        )
+        for k in range(2)
+    ]
+
+
+def _interrupt(args: list[str], out: Path, signum: int) -> tuple[int, str, list[int]]:
+    """Start ``args`` in its own process group, wait until a slide is half written (a temporary
+    shard exists) and the DataLoader worker runs, send ``signum`` (SIGINT to the whole group, as a
+    terminal's Ctrl-C; SIGTERM to the main process, as ``kill``); (exit status, stderr, workers)."""
+    run = subprocess.Popen(args, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)  # fmt: skip
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            workers = _descendants(run.pid) or workers
+            if _temporaries(out) and workers:
+                break
+            time.sleep(0.02)
+        assert run.poll() is None, run.communicate()[1][-3000:]
+        os.killpg(run.pid, signum) if signum == signal.SIGINT else run.send_signal(signum)
+        _, err = run.communicate(timeout=120)
+        return run.returncode, err, workers
+    finally:
+        for pid in [run.pid, *_descendants(run.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        run.wait(timeout=30)
+
+
+def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    env = {**os.environ, **ENV}
+    proc = subprocess.run(_prepare_args(slides, ref, 0), env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        rc, err, workers = _interrupt(_prepare_args(slides, out, 1), out, signum)
+        name = signal.Signals(signum).name
+        assert rc == 128 + signum, err[-3000:]
+        assert "Traceback" not in err
+        lines = [ln for ln in err.splitlines() if ln.strip() and ": warning:" not in ln]
+        assert len(lines) == 1 and lines[0].startswith(f"zoomfeat prepare: stopped by {name}: "), err
+        assert "abandoned (its temporary shards removed)" in lines[0] and "Rerun the same command" in lines[0]
+        assert not _temporaries(out)  # the abandoned slide left nothing behind
+        assert workers and not [p for p in workers if _alive(p)]  # nor a worker process
+        assert len([s for s in slides if read_record(out, s.stem)]) < len(slides)
+
+    proc = subprocess.run(_prepare_args(slides, out, 0), env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ShardIndex.load(out).counts() == ShardIndex.load(ref).counts()
+    for s in slides:
+        a, b = _slide_rows(ref, s.stem), _slide_rows(out, s.stem)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), s.stem
