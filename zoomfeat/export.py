@@ -26,7 +26,7 @@ def run(cfg: Any) -> Any:
         raise ConfigError(
             f"export: give exactly one bag directory, got {list(config.inputs)}. Usage: {USAGE}"
         )
-    result = export_bags(config.inputs[0], config.to, config.sets, config.dest, config.mpp)
+    result = export_bags(config.inputs[0], config.to, sets=config.sets, dest=config.dest, mpp=config.mpp)
     print(result.report(), flush=True)
     return result
 

@@ -30,7 +30,7 @@ from .readers import (
 
 
 def test_clam_reads_pt_files_and_h5_files(bag_dir, tmp_path):
-    result = export_bags(bag_dir, "clam", ["zoomldm_fused", "uni_5x"], dest=tmp_path / "clam")
+    result = export_bags(bag_dir, "clam", sets=["zoomldm_fused", "uni_5x"], dest=tmp_path / "clam")
     assert sorted(result.written) == ["uni_5x", "zoomldm_fused"]
     for name in result.written:
         data_dir = tmp_path / "clam" / name
@@ -51,7 +51,7 @@ def test_clam_reads_pt_files_and_h5_files(bag_dir, tmp_path):
 
 
 def test_stamp_reads_feats_through_the_external_link_with_micrometre_coords(bag_dir, tmp_path, monkeypatch):
-    result = export_bags(bag_dir, "stamp", "uni_*", dest=tmp_path / "stamp")
+    result = export_bags(bag_dir, "stamp", sets="uni_*", dest=tmp_path / "stamp")
     assert sorted(result.written) == ["uni_20x", "uni_5x", "uni_fused"]
     monkeypatch.chdir(tmp_path)  # the external link is relative to the mirror file, not the cwd
     for name in result.written:
@@ -81,7 +81,7 @@ def test_stamp_reads_feats_through_the_external_link_with_micrometre_coords(bag_
 
 
 def test_slideflow_reads_pt_index_and_bags_config(bag_dir, tmp_path):
-    result = export_bags(bag_dir, "slideflow", ["zoomldm_20x", "zoomldm_5x"], dest=tmp_path / "sf")
+    result = export_bags(bag_dir, "slideflow", sets=["zoomldm_20x", "zoomldm_5x"], dest=tmp_path / "sf")
     for name, tile_um in (("zoomldm_20x", 128), ("zoomldm_5x", 512)):
         bags_dir = str(tmp_path / "sf" / name)
         bags = slideflow_find_bags(bags_dir)

@@ -182,7 +182,7 @@ def download_from_hub(hub_id: str, what: str, local_hint: str, gated: bool = Tru
     return hub_file(
         repo_id,
         HUB_WEIGHT_FILES,
-        subfolder,
+        subfolder=subfolder,
         what=f"{what} weights",
         local_hint=local_hint,
         gated=gated,

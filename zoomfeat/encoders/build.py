@@ -276,7 +276,7 @@ def _locate(spec: EncoderSpec, checkpoint: str | None) -> tuple[Path, str]:
             path = hub_file(
                 repo_id,
                 spec.weight_files,
-                subfolder,
+                subfolder=subfolder,
                 what=f"{spec.name} weights",
                 local_hint=hint,
                 gated=spec.gated,

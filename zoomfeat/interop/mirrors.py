@@ -277,6 +277,7 @@ def write_slideflow(fs: FeatureSet, dest: Path) -> tuple[list[str], list[str], i
 def export_bags(
     bag_dir: str | Path,
     to: str,
+    *,
     sets: str | Sequence[str] = (),
     dest: str | Path | None = None,
     mpp: float | None = None,

@@ -83,7 +83,13 @@ def hub_file(
         f"({CONFIG_NAME} beside it), or on the command line model.checkpoint=/path/to/{OFFICIAL_WEIGHTS}."
     )
     return rw.hub_file(
-        repo_id, filename, subfolder, revision, cache_dir, what=f"ZoomLDM {filename}", local_hint=hint
+        repo_id,
+        filename,
+        subfolder=subfolder,
+        revision=revision,
+        cache_dir=cache_dir,
+        what=f"ZoomLDM {filename}",
+        local_hint=hint,
     )
 
 

@@ -41,7 +41,7 @@ class EMA:
     """
 
     def __init__(
-        self, module: nn.Module, decay: float = 0.9999, warmup: bool = True, num_updates: int = 0
+        self, module: nn.Module, decay: float = 0.9999, *, warmup: bool = True, num_updates: int = 0
     ) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"ema decay must be in [0, 1], got {decay}")

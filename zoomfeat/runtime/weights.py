@@ -186,6 +186,7 @@ def _first_line(err: Exception) -> str:
 def hub_file(
     repo_id: str,
     filenames: str | Sequence[str],
+    *,
     subfolder: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,

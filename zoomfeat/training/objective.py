@@ -120,7 +120,7 @@ def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, pre
     model.summarizer.train()
     if cfg.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
-    ema = EMA(model.unet, cfg.ema.decay, cfg.ema.warmup)
+    ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
