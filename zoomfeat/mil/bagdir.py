@@ -7,8 +7,9 @@ different feature widths is a :class:`~zoomfeat.runtime.errors.BagError` naming 
 feature set; empty bags (no tissue) are skipped with a :class:`~zoomfeat.mil.bagset.BenchWarning`.
 
 Memory: bags are held in memory as ``dtype`` (float16 by default) when they fit, else read on
-each access. Bags on disk are float32, so the estimate is ``file bytes * itemsize / 4`` and must
-fit in ``memory_fraction`` of the available RAM (``in_memory=auto``).
+each access. Bags on disk are float32 or float16 (``bags.dtype``), so the estimate is ``file bytes *
+itemsize / disk itemsize`` (the disk dtype read from the first bag) and must fit in
+``memory_fraction`` of the available RAM (``in_memory=auto``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,19 @@ from zoomfeat.bags import list_bags, open_checked_bag
 from zoomfeat.mil.bagset import BagSet, as_dtype, preview, warn
 from zoomfeat.mil.provenance import bag_provenance, check_one_recipe
 from zoomfeat.runtime.errors import BagError
+
+
+def _disk_itemsize(paths: list[Path]) -> int:
+    """Bytes per stored feature value of the first readable bag (4 when none is readable: float32)."""
+    import h5py
+
+    for path in paths[:1]:
+        try:
+            with h5py.File(path, "r") as f:
+                return int(f["features"].dtype.itemsize)
+        except (OSError, KeyError):
+            pass  # the check of each bag names it
+    return 4
 
 
 def read_checked_bag(path: Path, feature_set: str) -> Any:
@@ -102,7 +116,7 @@ def load_bag_dir(
         raise BagError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {preview(lacking)}")
     paths = [have[s] for s in cohort["slide_id"]]
     if in_memory == "auto":
-        estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // 4
+        estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // _disk_itemsize(paths)
         in_memory = _fits_in_memory(estimate, memory_fraction)
         if not in_memory:
             warn(

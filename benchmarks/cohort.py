@@ -1,0 +1,412 @@
+"""Cost over a cohort: many small slides in one process, the benchmark over their bags, one huge slide.
+
+    python benchmarks/cohort.py extract --slides 500 --dir /tmp/cohort              # one process
+    python benchmarks/cohort.py extract --slides 500 --dir /tmp/cohort --devices cpu,cpu
+    python benchmarks/cohort.py bench --dir /tmp/cohort                              # MIL over the bags
+    python benchmarks/cohort.py large --width 150000 --height 100000 --dir /tmp/large
+    python benchmarks/cohort.py extract --slides 20 --dir /tmp/c20                  # a quick run
+
+``extract`` writes ``--slides`` synthetic 20x slides (``--side`` px square, 0.5 um/px, one seed
+each; written once into ``DIR/slides``) and extracts them with the tiny models (``encoder=tiny``;
+``zoomldm=false`` unless ``--zoomldm``, since the tiny ZoomLDM costs ~1 s per tile on a shared
+CPU and the point is the cost *outside* the models) into ``DIR/out_{mode}``. It prints:
+
+- per-slide overhead outside the models: the slide's wall seconds (``SlideResult.seconds``) minus
+  its model seconds (``SlideResult.timings``: every encoder and ZoomLDM forward call), and the
+  run's wall seconds per slide minus model seconds per slide (planning, locks, logs included);
+- HDF5 opens per slide (every ``h5py.File`` opened in this process, attributed by file name;
+  one-process mode only);
+- resident memory against slides done: the RSS of this process (with ``--devices``: of this
+  process and its workers together) after each slide, and the least-squares slope in MB per 100
+  slides over the slides after the first ``--warmup`` (allocator and caches settling).
+
+``bench`` writes a labels CSV for the extracted bags (``DIR/labels.csv``: slide id, case id,
+a label that depends on the slide's tissue fraction, so the task is learnable) and runs
+``python -m zoomfeat.bench task=custom`` on one feature set in a child process: the child's peak
+RSS (``ru_maxrss`` of the children), its wall seconds per fold, and the bench's own estimate of the
+memory the in-memory bags take (:mod:`zoomfeat.mil.bagdir`: file bytes x dtype size / stored size), next to
+the RSS of a bench over ``--small`` bags (the fixed cost of torch and the code), so the bags' part
+of the peak is the difference.
+
+``large`` writes (once) a ``--width x --height`` px pyramidal BigTIFF (Aperio description,
+0.25 um/px, levels at downsample 1, 4, 16, 64; tissue in a few rectangles, every other tile
+absent, which openslide shows as background) and times tissue detection + ``TileGrid.build``
+(integer lattice, as extraction lays it) in a fresh process: wall seconds and peak RSS.
+
+Every mode prints one JSON line at the end (the figures) after its table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SIDE_PX = 1024  # at 0.5 um/px: one 5x parent of 4 x 4 20x tiles
+
+
+# ----------------------------------------------------------------------------- slides
+def write_cohort(slide_dir: Path, *, n: int, side: int) -> list[Path]:
+    """``n`` synthetic 20x slides (0.5 um/px, 2 levels), seeds 0..n-1, tissue fraction 0.25..0.65."""
+    from zoomfeat.slide.synthetic import write_synthetic_slide
+
+    slide_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = slide_dir / f"c{i:05d}.svs"
+        if not path.is_file():
+            tmp = slide_dir / f".c{i:05d}.tmp.svs"
+            write_synthetic_slide(
+                tmp, width=side, height=side, mpp=0.5, levels=2, seed=i, tissue_fraction=tissue_fraction(i)
+            )
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def tissue_fraction(i: int) -> float:
+    """Slide ``i``'s tissue fraction (the label of ``bench`` depends on it)."""
+    return 0.25 + 0.4 * ((i * 7919) % 100) / 100
+
+
+def tree_rss(proc: Any) -> int:
+    """Resident bytes of ``proc`` and its live children."""
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except Exception:  # noqa: BLE001 - a worker that just ended
+            pass
+    return total
+
+
+def slope_mb_per_100(rss: list[float], warmup: int) -> float:
+    """Least-squares slope of RSS (MB) over slide count, x 100, after the first ``warmup`` slides."""
+    import numpy as np
+
+    y = np.asarray(rss[warmup:], float)
+    if len(y) < 3:
+        return float("nan")
+    x = np.arange(warmup + 1, warmup + 1 + len(y), dtype=float)
+    return float(np.polyfit(x, y, 1)[0] * 100)
+
+
+def extract(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import psutil
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from hdf5_opens import count_h5_opens, slide_of
+
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.runner import extract_slides
+    from zoomfeat.features.slide_extraction import SlideHooks, SlideResult
+    from zoomfeat.slide.manifest import discover
+
+    t0 = time.perf_counter()
+    write_cohort(args.dir / "slides", n=args.slides, side=args.side)
+    print(
+        f"{args.slides} slides in {args.dir / 'slides'} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr
+    )
+    slides = discover([args.dir / "slides"])[: args.slides]
+    mode = "devices" if args.devices else "one_process"
+    out = args.out or args.dir / f"out_{mode}"
+    kwargs: dict[str, Any] = {"model": "tiny", "encoder": "tiny", "progress": False, "num_workers": 0}
+    kwargs["zoomldm"] = bool(args.zoomldm)
+    kwargs.update(dict(kv.split("=", 1) for kv in args.set))
+    if args.devices:
+        kwargs["devices"] = args.devices.split(",")
+    config = ExtractConfig.from_kwargs(**kwargs)
+    me = psutil.Process()
+    rss: list[float] = []
+    results: list[SlideResult] = []
+
+    def sample(result: SlideResult) -> None:
+        results.append(result)
+        rss.append(tree_rss(me) / 2**20)
+        if len(results) % 50 == 0:
+            print(f"  {len(results)} slides, RSS {rss[-1]:.0f} MB", file=sys.stderr)
+
+    hooks = SlideHooks(on_slide_end=sample)
+    lines: list[str] = []
+
+    def echo(msg: str) -> None:  # devices=: one line per slide, here
+        lines.append(msg)
+        if args.devices:
+            rss.append(tree_rss(me) / 2**20)
+            if len(rss) % 50 == 0:
+                print(f"  {len(rss)} slides, RSS {rss[-1]:.0f} MB", file=sys.stderr)
+
+    rss0 = tree_rss(me) / 2**20
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(), count_h5_opens() as opened:
+        warnings.simplefilter("ignore")
+        summary = extract_slides(slides, out, config, echo=echo, hooks=hooks)
+    wall = time.perf_counter() - t0
+    if not summary.ok:
+        raise SystemExit(summary.report())
+    results = results or list(summary.results)
+    done = [r for r in summary.results if r.status == "done"]
+    model = np.array([r.timings.get("uni", 0.0) + r.timings.get("zoomldm", 0.0) for r in done])
+    seconds = np.array([r.seconds for r in done])
+    overhead_ms = (seconds - model) * 1e3
+    opens = Counter(slide_of(p) for p in opened)
+    per_slide_opens = [opens[s.slide_id] for s in slides]
+    tiles = np.array([r.n20 for r in done])
+    figures = {
+        "mode": mode,
+        "devices": args.devices or None,
+        "slides": len(slides),
+        "done": len(done),
+        "kept_20x_tiles_mean": round(float(tiles.mean()), 1) if len(tiles) else 0,
+        "wall_s": round(wall, 1),
+        "model_ms_per_slide_median": round(float(np.median(model) * 1e3), 1) if len(done) else None,
+        "overhead_ms_per_slide_median": round(float(np.median(overhead_ms)), 1) if len(done) else None,
+        "overhead_ms_per_slide_p90": round(float(np.percentile(overhead_ms, 90)), 1) if len(done) else None,
+        # the run's wall per slide minus model time per slide (planning, locks, the log included);
+        # with devices= the workers run side by side: wall x workers per slide
+        "run_overhead_ms_per_slide": round(
+            (wall * (len(args.devices.split(",")) if args.devices else 1) - float(model.sum()))
+            / len(slides)
+            * 1e3,
+            1,
+        ),
+        "hdf5_opens_per_slide": (
+            round(float(np.mean(per_slide_opens)), 2)
+            if not args.devices
+            else "not counted (worker processes)"
+        ),
+        "rss_mb_start": round(rss0, 1),
+        "rss_mb_first": round(rss[0], 1) if rss else None,
+        "rss_mb_last": round(rss[-1], 1) if rss else None,
+        "rss_mb_peak": round(max(rss), 1) if rss else None,
+        "rss_slope_mb_per_100_slides": round(slope_mb_per_100(rss, args.warmup), 2),
+        "warmup_slides": args.warmup,
+        "out": str(out),
+    }
+    step = max(1, len(rss) // 10)
+    print(f"{'slides done':>11} {'RSS MB':>8}")
+    for k in range(0, len(rss), step):
+        print(f"{k + 1:>11} {rss[k]:>8.1f}")
+    print(f"{len(rss):>11} {rss[-1]:>8.1f}")
+    (args.dir / f"rss_{mode}.json").write_text(
+        json.dumps({"rss_mb": rss, "overhead_ms": overhead_ms.tolist()})
+    )
+    return figures
+
+
+# ----------------------------------------------------------------------------- bench
+def write_labels(bag_dir: Path, path: Path) -> int:
+    """A labels CSV for the bags in ``bag_dir``: label 1 when the slide's tissue fraction is above the median."""
+    import csv
+
+    ids = sorted(p.stem for p in bag_dir.glob("*.h5") if not p.name.startswith("."))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["slide_id", "case_id", "label"])
+        for sid in ids:
+            w.writerow([sid, f"case_{sid}", int(tissue_fraction(int(sid[1:])) >= 0.45)])
+    return len(ids)
+
+
+def run_bench(job: Path, labels: Path, feature_set: str, out: Path, *, folds: int, extra: list[str]) -> dict:
+    """``python -m zoomfeat.bench`` in a child process: wall seconds and peak RSS (MB)."""
+    cmd = [
+        sys.executable, "-m", "zoomfeat.bench", "task=custom", f"task.labels={labels}", f"task.bags={job}",
+        f"feature_sets=[{feature_set}]", "baseline=null", f"cv.folds={folds}", f"out_dir={out}",
+        "progress=false", "save_attention=false", "save_models=false", "bootstrap=0", "threads=1", *extra,
+    ]  # fmt: skip
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    text, _ = proc.communicate()
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
+    if proc.returncode:
+        raise SystemExit(f"bench failed ({' '.join(cmd)}):\n{text[-3000:]}")
+    return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1), "tail": text.strip().splitlines()[-3:]}
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    mode = "devices" if args.devices else "one_process"
+    job = args.out or args.dir / f"out_{mode}"
+    job20 = job / "20x_256px_0px_overlap"
+    bag_dir = job20 / f"features_{args.feature_set}"
+    if not bag_dir.is_dir():
+        raise SystemExit(f"no bags at {bag_dir}: run `extract` first")
+    labels = args.dir / "labels.csv"
+    n = write_labels(bag_dir, labels)
+    # the bench's own estimate of its in-memory bags (zoomfeat.mil.bagdir): file bytes x itemsize
+    # (data.dtype=float16, the default: 2) / the stored itemsize
+    import h5py
+
+    files = sorted(p for p in bag_dir.glob("*.h5") if not p.name.startswith("."))
+    file_bytes = sum(p.stat().st_size for p in files)
+    with h5py.File(files[0]) as f:
+        disk_itemsize = f["features"].dtype.itemsize
+    estimate_mb = file_bytes * 2 / disk_itemsize / 2**20
+    extra = list(args.bench_set)
+    # the fixed cost: the same bench over --small bags
+    small_dir = args.dir / f"bench_small_{args.small}"
+    small_labels = args.dir / f"labels_small_{args.small}.csv"
+    import pandas as pd
+
+    pd.read_csv(labels).head(args.small).to_csv(small_labels, index=False)
+    small = run_bench(job, small_labels, args.feature_set, small_dir, folds=args.folds, extra=extra)
+    big = run_bench(job, labels, args.feature_set, args.dir / "bench_all", folds=args.folds, extra=extra)
+    # the child peak: RUSAGE_CHILDREN keeps the largest child, so run the small one first
+    return {
+        "bags": n,
+        "feature_set": args.feature_set,
+        "folds": args.folds,
+        "bag_file_mb": round(file_bytes / 2**20, 1),
+        "bench_estimate_mb": round(estimate_mb, 1),
+        f"small_{args.small}_bags": small,
+        "all_bags": big,
+        "seconds_per_fold": round(big["wall_s"] / args.folds, 1),
+        "peak_rss_above_small_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1),
+        "within_estimate": big["peak_rss_mb"] - small["peak_rss_mb"] <= max(estimate_mb, 1.0),
+    }
+
+
+# ----------------------------------------------------------------------------- one large slide
+def blobs(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Tissue rectangles ``(x0, y0, x1, y1)`` in level-0 px: four, about 2% of the slide."""
+    out = []
+    for fx, fy, fw, fh in (
+        (0.2, 0.3, 0.08, 0.1),
+        (0.55, 0.2, 0.06, 0.07),
+        (0.7, 0.6, 0.1, 0.06),
+        (0.3, 0.7, 0.04, 0.05),
+    ):
+        out.append((int(width * fx), int(height * fy), int(width * (fx + fw)), int(height * (fy + fh))))
+    return out
+
+
+def write_large(path: Path, *, width: int, height: int, tile: int = 256, mpp: float = 0.25) -> None:
+    """A pyramidal BigTIFF, Aperio description, levels at downsample 1, 4, 16, 64: tissue tiles
+    (pink with texture) inside :func:`blobs`, every other tile absent (zero byte count)."""
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    pink = np.empty((tile, tile, 3), np.uint8)
+    noise = rng.integers(-12, 13, (tile, tile))
+    for ch, v in enumerate((215, 140, 185)):
+        pink[..., ch] = np.clip(v + noise, 0, 255)
+    white = np.full((tile, tile, 3), 245, np.uint8)
+    rects = blobs(width, height)
+    tmp = path.with_name(path.name + ".tmp")
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for k, down in enumerate((1, 4, 16, 64)):
+            w, h = -(-width // down), -(-height // down)
+            rows, cols = -(-h // tile), -(-w // tile)
+
+            def tiles(down: int = down, rows: int = rows, cols: int = cols):  # noqa: ANN202
+                for i in range(rows):
+                    for j in range(cols):
+                        cx, cy = (j + 0.5) * tile * down, (i + 0.5) * tile * down
+                        inside = any(x0 <= cx < x1 and y0 <= cy < y1 for x0, y0, x1, y1 in rects)
+                        yield pink if inside else (white if i == j == 0 else None)
+
+            if k == 0:
+                desc = (
+                    f"Aperio Image Library v12.0.0\r\n{width}x{height} [0,0 {width}x{height}] ({tile}x{tile}) "
+                    f"JPEG/RGB Q=90|AppMag = {10 / mpp:g}|MPP = {mpp:g}"
+                )
+            else:
+                desc = f"Aperio Image Library v12.0.0\r\n{width}x{height} -> {w}x{h} - "
+            tif.write(
+                tiles(), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile), photometric="rgb",
+                compression="jpeg", description=desc, subfiletype=0 if k == 0 else 1, metadata=None,
+            )  # fmt: skip
+    os.replace(tmp, path)
+
+
+def large_child(path: Path) -> dict[str, Any]:
+    from zoomfeat.slide import Slide
+    from zoomfeat.slide.grid import TileGrid
+
+    t0 = time.perf_counter()
+    slide = Slide.open(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grid = TileGrid.build(slide, lattice="integer", progress=False)
+    return {
+        "slide": str(path),
+        "level0_px": list(slide.dimensions),
+        "levels": slide.level_count,
+        "mask_px": list(grid.mask.shape),
+        "tissue_fraction": round(float(grid.tissue_mask.tissue_fraction), 4),
+        "parents": len(grid),
+        "kept_children": int(grid.n_kept_children),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(sum(os.times()[:2]), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "warnings": [str(w.message)[:200] for w in caught],
+    }
+
+
+def large(args: argparse.Namespace) -> dict[str, Any]:
+    args.dir.mkdir(parents=True, exist_ok=True)
+    path = args.dir / f"large_{args.width}x{args.height}.svs"
+    if not path.is_file():
+        t0 = time.perf_counter()
+        write_large(path, width=args.width, height=args.height)
+        print(
+            f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s",
+            file=sys.stderr,
+        )
+    proc = subprocess.run(
+        [sys.executable, __file__, "large-child", str(path)], stdout=subprocess.PIPE, text=True, check=True
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("extract", help="extract a synthetic cohort in one process (or --devices)")
+    b = sub.add_parser("bench", help="python -m zoomfeat.bench over the extracted bags")
+    for p in (e, b):
+        p.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "zoomfeat_cohort")
+        p.add_argument("--out", type=Path, default=None, help="extraction out_dir (default DIR/out_{mode})")
+        p.add_argument("--devices", default="", help="e.g. cpu,cpu: one worker process per device")
+    e.add_argument("--slides", type=int, default=500)
+    e.add_argument("--side", type=int, default=SIDE_PX, help="slide side in level-0 px (0.5 um/px)")
+    e.add_argument("--zoomldm", action="store_true", help="also the tiny ZoomLDM (default zoomldm=false)")
+    e.add_argument("--warmup", type=int, default=20, help="slides left out of the RSS slope fit")
+    e.add_argument("--set", action="append", default=[], help="more extraction options KEY=VALUE")
+    b.add_argument("--feature-set", default="uni_20x")
+    b.add_argument("--folds", type=int, default=5)
+    b.add_argument("--small", type=int, default=40, help="bags of the fixed-cost run")
+    b.add_argument("--bench-set", action="append", default=[], help="more bench overrides KEY=VALUE")
+    g = sub.add_parser("large", help="tissue + grid on one huge pyramidal slide")
+    g.add_argument("--width", type=int, default=150_000)
+    g.add_argument("--height", type=int, default=100_000)
+    g.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "zoomfeat_large")
+    c = sub.add_parser("large-child", help=argparse.SUPPRESS)
+    c.add_argument("path", type=Path)
+    args = ap.parse_args(argv)
+    if args.cmd == "large-child":
+        print(json.dumps(large_child(args.path)))
+        return 0
+    figures = {"extract": extract, "bench": bench, "large": large}[args.cmd](args)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
