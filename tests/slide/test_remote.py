@@ -180,3 +180,20 @@ def test_a_failed_read_is_retried_then_reported(http):
     _one_line(err, url, "after 3 tries")
     http.fail_next(0)  # back: the next read works again
     assert np.array_equal(s.read_region(*BOXES[0]), ref)
+
+
+def _read_in_child(slide: Slide) -> np.ndarray:
+    return slide.read_region(*BOXES[0])
+
+
+def test_a_remote_slide_reopens_in_a_worker_process(s3, cmu_slide):
+    """A DataLoader worker gets the pickled slide (URL, reader, storage_options) and reopens it."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    s = Slide.open("s3://slides/cohort/CMU-1.svs", storage_options=s3.storage_options)
+    with ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("fork")
+    ) as pool:  # as DataLoader on Linux
+        pixels = pool.submit(_read_in_child, s).result(timeout=120)
+    assert np.array_equal(pixels, Slide.open(cmu_slide).read_region(*BOXES[0]))
