@@ -93,11 +93,11 @@ img.figure{max-width:min(100%,880px);border:1px solid #d5dde8}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
 .thumb{display:block;width:226px;text-decoration:none;color:#1d232a;font-size:12px;text-align:center}
 .thumb img{width:220px;height:auto;border:3px solid #d5dde8}.thumb:hover img{border-color:#20334d}
-.lightbox{display:none;position:fixed;inset:0;background:rgba(10,14,20,.88);z-index:10;align-items:center;justify-content:center}
+.lightbox{display:none;position:fixed;inset:0;background:rgba(10,14,20,.92);z-index:10;align-items:center;justify-content:center}
 .lightbox:target{display:flex}
 .lightbox .close{position:absolute;inset:0}
 .lightbox figure{position:relative;max-width:94vw;max-height:94vh;text-align:center}
-.lightbox img{max-width:94vw;max-height:86vh;background:#fff}
+.lightbox img{width:90vw;height:84vh;object-fit:contain}
 .lightbox figcaption{color:#fff;max-width:none;font-size:14px}
 details{margin:8px 0}summary{cursor:pointer;color:#20334d}
 pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
