@@ -65,8 +65,11 @@ def test_cli_on_bag_dirs_then_reuse_splits(bag_root, tmp_path):
         "predictions.csv",
         "splits.csv",
         "run.json",
+        "report.html",
     ):
         assert (out / name).is_file(), name
+    assert not list(out.parent.glob(f".{out.name}.run-*"))  # the staging directory was swapped in
+    assert "data-key=" in (out / "report.html").read_text()  # the page (tests/mil/test_html_report.py)
     folds = pd.read_csv(out / "folds.csv")
     assert len(folds) == 6 and folds["n_test"].sum() == 2 * 48
     assert "Paired comparison with uni_20x" in (out / "summary.md").read_text()
