@@ -131,7 +131,7 @@ def test_one_run_over_every_kind_names_fails_and_publishes_as_promised(
     assert np.array_equal(_bag(out, "uni", "patient42", "5x")[0], _bag(out, "uni", "patient-dicom", "5x")[0])
 
 
-def test_cache_dir_stages_remote_slides_for_the_run(cmu_slide, tmp_path):
+def test_cache_dir_stages_remote_slides_for_the_run(cmu_slide, synthetic_slide_factory, tmp_path):
     from servers import FileServer
 
     www = tmp_path / "www"
@@ -147,4 +147,14 @@ def test_cache_dir_stages_remote_slides_for_the_run(cmu_slide, tmp_path):
             # the bag names the URL it came from, not the cache copy; openslide read it (its quickhash)
             assert f.attrs["slide_path"] == http.url("remote-1.svs")
             assert not str(f.attrs["slide_quickhash"]).startswith("zf1:")
-    assert cache.is_dir() and not any(cache.iterdir())  # staged copies removed
+        assert cache.is_dir() and not any(cache.iterdir())  # staged copies removed
+        # resume: the same remote slide again is complete (its identity matches), read or not from the bucket
+        for again in (cfg, ExtractConfig.from_kwargs(**TINY)):
+            summary = extract_slides(discover([http.url("remote-1.svs")]), tmp_path / "out", again)
+            assert [r.status for r in summary.results] == ["skipped"], summary.report()
+        # another file under the same name in the bucket: refused, in one line, bags untouched
+        other = synthetic_slide_factory("other_remote", width=1024, height=1024, mpp=0.5, levels=1)
+        shutil.copy(other, www / "remote-1.svs")
+        summary = extract_slides(discover([http.url("remote-1.svs")]), tmp_path / "out", cfg)
+        (result,) = summary.results
+        assert result.status == "failed" and "different slide with the same file name" in result.error
