@@ -313,3 +313,22 @@ def test_a_survival_run_gets_kaplan_meier_curves(tmp_path):
             stats.CensoredData(uncensored=t[~high & e], right=t[~high & ~e]),
         ).pvalue
         assert f"{fs}: log-rank p {html.escape(expected(p, 'p_logrank'))}" in dom  # "<" serialised as &lt;
+
+
+def test_a_regression_run_gets_predicted_against_true_plots(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    rng = np.random.default_rng(1)
+    target = rng.normal(40, 15, size=60)  # e.g. an HRD score
+    rows = [
+        {"feature_set": fs, "aggregator": agg, "repeat": 0, "fold": i % 5, "slide_id": f"s{i:02d}",
+         "target": target[i], "pred": target[i] + rng.normal(0, 5 if fs == "good" else 30)}
+        for agg in ("abmil", "meanpool") for fs in ("noise", "good") for i in range(60)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(run / "predictions.csv", index=False)
+    dom, console = chromium(write_html_report(run).as_uri(), tmp_path, "--dump-dom")
+    assert console == [], console
+    assert "task type regression" in dom and "Predicted vs true" in dom and "ROC" not in dom
+    # one panel per aggregator, one point per prediction row
+    assert dom.count("<svg") == 2 and dom.count("<circle") == len(rows)
+    assert "Predicted vs true (aggregator abmil)" in dom and "Predicted vs true (aggregator meanpool)" in dom
