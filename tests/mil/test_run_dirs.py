@@ -42,13 +42,14 @@ SMALL = [
     "progress=false",
     "threads=1",
 ]
-FAST = MILConfig(hidden=[16], att_dim=8, epochs=3, min_epochs=1, patience=2, warmup=0)
+FAST = MILConfig(hidden=[16], att_dim=8, epochs=2, min_epochs=1, patience=2, warmup=0)
+N_SLIDES = 16  # small: the tests time processes and signals, not learning
 
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
     root = tmp_path_factory.mktemp("run_dir_bags")
-    table, feats = planted_bags(n_cases=24, slides_per_case=1, dim=8, seed=3)
+    table, feats = planted_bags(n_cases=N_SLIDES, slides_per_case=1, dim=8, seed=3)
     write_bags(root, "good", feats)
     rng = np.random.default_rng(0)
     write_bags(root, "noise", {s: rng.normal(size=x.shape).astype(np.float32) for s, x in feats.items()})
@@ -59,12 +60,12 @@ def bags(tmp_path_factory):
 def bench_cmd(bags: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "zoomfeat.bench", "task=brca", f"task.labels={bags / 'labels.csv'}", f"task.bags={bags}",
-        "feature_sets=[noise,good]", "baseline=noise", "cv.folds=3", *SMALL, f"out_dir={out}", *extra,
+        "feature_sets=[noise,good]", "baseline=noise", "cv.folds=2", *SMALL, f"out_dir={out}", *extra,
     ]  # fmt: skip
 
 
 def config(bags: Path, out: Path, **kw) -> BenchmarkConfig:
-    kw = {"feature_sets": ["noise", "good"], "baseline": "noise", "cv": CVSection(folds=3), **kw}
+    kw = {"feature_sets": ["noise", "good"], "baseline": "noise", "cv": CVSection(folds=2), **kw}
     task = TaskSection(
         name="brca", labels=str(bags / "labels.csv"), bags=str(bags), label_map={"IDC": 0, "ILC": 1}
     )
@@ -101,7 +102,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
 def test_a_concurrent_run_is_refused_and_the_first_keeps_its_outputs(bags, tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen(
-        bench_cmd(bags, out, "mil.epochs=3", "seed=0"), cwd=REPO, env=ENV, text=True,
+        bench_cmd(bags, out, "mil.epochs=2", "seed=0"), cwd=REPO, env=ENV, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -110,7 +111,7 @@ def test_a_concurrent_run_is_refused_and_the_first_keeps_its_outputs(bags, tmp_p
         wait_for(out.parent / f".{out.name}.run-{first.pid}", first)
         os.kill(first.pid, signal.SIGSTOP)
         second = subprocess.run(
-            bench_cmd(bags, out, "mil.epochs=3", "seed=1"),
+            bench_cmd(bags, out, "mil.epochs=2", "seed=1"),
             cwd=REPO,
             env=ENV,
             capture_output=True,
@@ -133,8 +134,8 @@ def test_a_concurrent_run_is_refused_and_the_first_keeps_its_outputs(bags, tmp_p
     splits = pd.read_csv(out / "splits.csv")
     preds = pd.read_csv(out / "predictions.csv")
     folds = pd.read_csv(out / "folds.csv")
-    assert len(preds) == 2 * 24 and len(folds) == 2 * 3
-    assert folds["n_test"].sum() == 2 * 24
+    assert len(preds) == 2 * N_SLIDES and len(folds) == 2 * 2
+    assert folds["n_test"].sum() == 2 * N_SLIDES
     assert set(preds["slide_id"]) == set(splits["slide_id"])
     assert staging_dirs(out) == []
 
@@ -169,7 +170,7 @@ def test_sigterm_mid_run_leaves_the_previous_outputs_untouched(bags, tmp_path):
     run_benchmark(config(bags, out))
     before = snapshot(out)
     proc = subprocess.Popen(
-        bench_cmd(bags, out, "mil.epochs=3", "seed=5", "cv.folds=4"), cwd=REPO, env=ENV, text=True,
+        bench_cmd(bags, out, "mil.epochs=2", "seed=5", "cv.folds=4"), cwd=REPO, env=ENV, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     # the rerun's first fold is done when its predictions.csv appears in its staging directory
