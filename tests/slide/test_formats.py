@@ -32,6 +32,7 @@ def forms(cmu_slide, cmu_dicom, cmu_ome, cmu_png):
         "ome": Slide.open(cmu_ome),
         "png": Slide.open(cmu_png, mpp=0.499),
         "svs-tiffslide": Slide.open(cmu_slide, reader="tiffslide"),
+        "dicom-wsidicom": Slide.open(cmu_dicom, reader="wsidicom"),
     }
 
 
@@ -42,6 +43,7 @@ def test_readers_are_chosen_by_what_the_path_is(forms):
         "ome": "tiffslide",
         "png": "image",
         "svs-tiffslide": "tiffslide",
+        "dicom-wsidicom": "wsidicom",
     }
     assert forms["dicom"].slide_id == "CMU-1-dicom"  # the directory's name
     assert forms["ome"].slide_id == "CMU-1"  # .ome.tiff stripped whole
@@ -74,6 +76,23 @@ def test_every_form_keeps_the_svs_coordinates_tiles_and_pixels(forms):
     # a 5x read of the OME-TIFF comes from its own level 2 (downsample 4.002): the same place, other resampling
     a, b = ref.read_region(0, 0, 256, 2.0).astype(int), forms["ome"].read_region(0, 0, 256, 2.0).astype(int)
     assert forms["ome"].best_level(4.0 * 0.5 / 0.499) == 2 and np.abs(a - b).mean() < 2.0
+
+
+def test_fallback_readers():
+    from zoomfeat.slide.backends import choose_reader, fallbacks
+
+    assert choose_reader("/x/case-1", is_dir=True) == "dicom" and fallbacks("/x/case-1", "dicom") == (
+        "wsidicom",
+    )
+    assert choose_reader("/x/a.tif") == "openslide" and fallbacks("/x/a.tif", "openslide") == (
+        "tiffslide",
+        "image",
+    )
+    assert (
+        choose_reader("https://h/a.svs?sig=1") == "tiffslide"
+        and choose_reader("/x/a.OME.TIFF") == "tiffslide"
+    )
+    assert choose_reader("/x/a.svs") == "openslide" and fallbacks("/x/a.svs", "openslide") == ()
 
 
 def test_reader_can_be_forced_and_is_checked(cmu_slide, cmu_ome, tmp_path):

@@ -160,7 +160,8 @@ class ExtractConfig:
     tile_px: int = TILE_PX
     #: override the slides' level-0 um/px
     mpp: float | None = None
-    #: slide reader: auto (chosen by what the path is) | openslide | dicom | tiffslide | image (docs/slides.md)
+    #: slide reader: auto (chosen by what the path is) | openslide | dicom | wsidicom | tiffslide | image
+    #: (docs/slides.md)
     reader: str = "auto"
     #: fsspec options of remote slides (s3://, gs://, https://), e.g. {endpoint_url: ..., anon: true};
     #: credentials also come from the usual environment

@@ -286,7 +286,7 @@ class Slide:
             if not local.exists():
                 raise InputNotFoundError(f"no slide file at {local}")
             is_dir = local.is_dir()
-            if is_dir and (reader not in ("auto", "dicom") or not is_dicom_dir(local)):
+            if is_dir and (reader not in ("auto", "dicom", "wsidicom") or not is_dicom_dir(local)):
                 raise SlideError(
                     f"{local}: is a directory, not a slide file (a directory is a slide only when it holds "
                     "one DICOM series: .dcm files)"

@@ -13,6 +13,8 @@ reader         what it opens                                           extra ins
 ``dicom``      a DICOM WSI series: a directory of ``.dcm`` instances   none to read (openslide 4);
                (or one of its files), read by openslide 4              ``zoomfeat[dicom]`` checks
                                                                        the series with pydicom
+``wsidicom``   a DICOM WSI series openslide cannot read (tried after   ``zoomfeat[dicom]``
+               ``dicom``), or forced
 ``tiffslide``  OME-TIFF pyramids (SubIFDs), SVS and generic TIFF, and  ``tiffslide`` (a dependency)
                any of them at an fsspec URL (``s3://``, ``gs://``,     + ``zoomfeat[remote]`` for
                ``https://``)                                           s3/gcs
@@ -49,7 +51,7 @@ __all__ = [
 ]
 
 #: the readers, in the order the docs list them
-READERS = ("openslide", "dicom", "tiffslide", "image")
+READERS = ("openslide", "dicom", "wsidicom", "tiffslide", "image")
 #: extensions of plain (single-level) images, read whole by the ``image`` reader
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 #: extensions of OME-TIFF files (read by tiffslide: openslide ignores their SubIFD pyramid)
@@ -86,7 +88,8 @@ def choose_reader(location: str, is_dir: bool = False) -> str:
     - ``.png``/``.jpg``/``.jpeg``/``.bmp``: ``image``;
     - a URL: ``tiffslide`` (reads TIFF-based slides, SVS included, through fsspec);
     - anything else: ``openslide``; a ``.tif``/``.tiff`` openslide refuses is retried with
-      tiffslide, then as a plain image (:func:`fallbacks`).
+      tiffslide, then as a plain image, and a DICOM series openslide refuses with wsidicom
+      (:func:`fallbacks`).
     """
     name = lower_name(location)
     if is_dir or name.endswith(DICOM_EXTENSIONS):
@@ -107,6 +110,8 @@ def fallbacks(location: str, reader: str) -> tuple[str, ...]:
         return ("tiffslide", "image")
     if reader == "tiffslide" and name.endswith((".tif", ".tiff")):
         return ("image",)
+    if reader == "dicom":
+        return ("wsidicom",)
     return ()
 
 
@@ -129,6 +134,10 @@ def open_backend(
         from zoomfeat.slide.backends.dicom import DicomBackend
 
         return DicomBackend(location)
+    if reader == "wsidicom":
+        from zoomfeat.slide.backends.dicom import WsidicomBackend
+
+        return WsidicomBackend(location)
     if reader == "tiffslide":
         from zoomfeat.slide.backends.tiff import TiffslideBackend
 
