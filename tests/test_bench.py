@@ -166,7 +166,7 @@ def test_cli_bad_input_messages(bag_root, tmp_path, capsys):
     )
     assert "no bags for feature set 'uni_fused'" in err
     err = bench_error(capsys, "task=musk1", "+mil.bogus=1", f"out_dir={tmp_path / 'd'}", *SMALL)
-    assert "unknown setting 'mil.bogus'; known keys under mil: name, gated" in err
+    assert "unknown setting 'mil.bogus'; known keys under mil: name, arch, gated" in err
 
 
 BAD_INPUTS = {

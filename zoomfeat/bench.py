@@ -53,6 +53,42 @@ def _job_out_dir(out_dir: str) -> Path:
     return path / name
 
 
+def _listed_aggregators() -> list[str]:
+    """The names of ``mil=[a,b,...]`` on the command line (Hydra merges a list of group options
+    into one node, so the list is read back from the overrides); [] without one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    for o in HydraConfig.get().overrides.task:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") == "mil" and value.strip().startswith("["):
+            return [v.strip() for v in value.strip()[1:-1].split(",") if v.strip()]
+    return []
+
+
+def _compose_aggregators(names: list[str]) -> list[dict[str, Any]]:
+    """``mil`` of each listed aggregator, composed with the run's other overrides (``mil.lr=...``
+    and the task's ``mil.*`` apply to each)."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    others = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") != "mil"]
+    out = []
+    for name in names:
+        composed = compose(config_name="bench", overrides=[*others, f"mil={name}"])
+        out.append(OmegaConf.to_container(composed.mil, resolve=True))
+    return out
+
+
+def to_container(cfg: Any) -> dict[str, Any]:
+    """A composed config as a plain dict (resolved)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
 def run(cfg: Any) -> dict[str, Any]:
     """Hydra task function: ``conf/bench.yaml`` -> :class:`~zoomfeat.mil.config.BenchmarkConfig` -> the run.
 
@@ -63,6 +99,9 @@ def run(cfg: Any) -> dict[str, Any]:
     from zoomfeat.mil.config import load_bench_config
 
     bench = load_bench_config(cfg)
+    names = _listed_aggregators()
+    if len(names) > 1:  # mil=[abmil,transmil]: each aggregator composed on its own, one run
+        bench = load_bench_config({**to_container(cfg), "aggregators": _compose_aggregators(names)})
     bench.out_dir = str(_job_out_dir(bench.out_dir))
     result = run_benchmark(bench)
     if "paper_table" in result["paths"]:  # preset=...: the published table's layout, printed last

@@ -1,8 +1,17 @@
-"""``python -m zoomfeat.heatmap SLIDE... bench_dir=DIR``: attention heatmaps of test slides.
+"""``python -m zoomfeat.heatmap SLIDE... bench_dir=DIR``: instance-score heatmaps of test slides.
 
-Reads the attention a benchmark run saved (``{bench_dir}/attention/{set}/repeat{r}_fold{f}.h5``,
-one group per test slide: ``attention``, ``coords``) and the slide's thumbnail (openslide, via
-:class:`zoomfeat.slide.reader.Slide`), and writes one PNG per slide, as CLAM users know them:
+Reads the instance scores a benchmark run saved (``{bench_dir}/attention/{set}/repeat{r}_fold{f}.h5``,
+or ``attention/{set}/{aggregator}/...`` for a run of several aggregators; one group per test slide:
+``attention``, ``coords``), or, with ``source=model``, recomputes them from the saved fold model
+(``models/{aggregator}/{set}/seed{s}_repeat{r}_fold{f}.safetensors``) and the slide's bag (the
+run's ``run.json`` names the bag directories), and the slide's thumbnail (openslide, via
+:class:`zoomfeat.slide.reader.Slide`), and writes one PNG per slide, as CLAM users know them.
+
+Every aggregator that scores instances is drawn (:mod:`zoomfeat.mil.aggregators`): attention for
+ABMIL, CLAM-SB and DSMIL, gradient x input ``s_i = sum_d z_{i,d} dy/dz_{i,d}`` (on the
+standardised instances) for TransMIL, mean and max pooling; for classification (y = the logit),
+regression (y = the prediction) and survival (y = the log-risk) alike. The panel titles name the
+score.
 
 * top row: the thumbnail, then each feature set's attention over it side by side (by default
   ``zoomldm_20x`` and ``zoomldm_5x``: 20x and 5x attention), as percentile ranks within the
@@ -14,6 +23,7 @@ directories are in the run's ``run.json``), else from the spacing of the coords.
 
     python -m zoomfeat.heatmap slides/TCGA-A1-A0SK.svs bench_dir=bench_results/brca/abmil
     python -m zoomfeat.heatmap s.svs bench_dir=runs/brca 'feature_sets=[uni_20x,uni_5x]' top_k=8
+    python -m zoomfeat.heatmap s.svs bench_dir=runs/brca aggregator=transmil source=model seed=1
 
 A slide that is not a test slide of the run, a missing run directory or a slide openslide cannot
 open is one line ``zoomfeat heatmap: error: ...`` (exit status 2).
@@ -48,16 +58,36 @@ class HeatmapConfig:
     max_px: int = 2048  # longest thumbnail side
     tile_px: int = 192  # size of each top tile in the figure
     out_dir: str | None = None  # default {bench_dir}/heatmaps
+    #: which aggregator's scores (a run of several keeps attention/{set}/{aggregator}/); null: the only one
+    aggregator: str | None = None
+    #: attention (the saved scores) | model (recomputed from the saved fold model and the bag)
+    source: str = "attention"
+    seed: int | None = None  # source=model: which seed's fold model (null: the run's first seed)
 
     def __post_init__(self) -> None:
         check(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
+        check(
+            self.source in ("attention", "model"), f"source must be attention or model, got {self.source!r}"
+        )
         check(bool(self.feature_sets), "feature_sets is empty: name the sets whose attention to show")
 
 
-def _find_attention(bench_dir: Path, feature_set: str, slide_id: str, repeat: int) -> dict[str, Any]:
+SCORE_NAMES = {"attention": "attention", "gradient_x_input": "gradient x input"}
+
+
+def _find_attention(
+    bench_dir: Path, feature_set: str, slide_id: str, repeat: int, aggregator: str | None = None
+) -> dict[str, Any]:
     """The attention entry of ``slide_id`` in the fold file of ``feature_set`` that tested it."""
     folder = bench_dir / "attention" / feature_set
+    if aggregator and (folder / aggregator).is_dir():
+        folder = folder / aggregator
     files = sorted(folder.glob(f"repeat{repeat}_fold*.h5"))
+    subdirs = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not files and subdirs:
+        raise InputError(
+            f"{folder} holds the scores of several aggregators ({', '.join(subdirs)}): choose one with aggregator="
+        )
     if not files:
         raise InputError(
             f"no attention files at {folder}/repeat{repeat}_fold*.h5: run the benchmark with "
@@ -68,16 +98,71 @@ def _find_attention(bench_dir: Path, feature_set: str, slide_id: str, repeat: in
             key = slide_id.replace("/", "_")
             if key in f:
                 g = f[key]
+                kind = f.attrs.get("score_kind", "attention")
                 return {
-                    "attention": g["attention"][()],
+                    "attention": g["attention_logits"][()] if kind != "attention" else g["attention"][()],
                     "coords": g["coords"][()] if "coords" in g else None,
                     "file": path,
+                    "score_kind": kind.decode() if isinstance(kind, bytes) else str(kind),
                     **{k: g.attrs[k] for k in ("label", "prob") if k in g.attrs},
                 }
     raise InputError(
         f"slide {slide_id!r} is not a test slide of feature set {feature_set!r} in {folder} "
         f"(repeat {repeat}); check the slide file name or bench_dir"
     )
+
+
+def _model_scores(bench_dir: Path, feature_set: str, slide_id: str, cfg: HeatmapConfig) -> dict[str, Any]:
+    """``source=model``: the slide's instance scores recomputed from the fold model that tested it
+    (``predictions.csv`` names the fold) and its bag (``run.json`` names the bag directory)."""
+    import pandas as pd
+    import torch
+
+    from zoomfeat.bags import open_bag
+    from zoomfeat.mil.fold_loop import load_fold_model
+
+    pred_path, run_path = bench_dir / "predictions.csv", bench_dir / "run.json"
+    if not pred_path.is_file() or not run_path.is_file():
+        raise InputError(f"{bench_dir}: source=model needs the run's predictions.csv and run.json")
+    pred = pd.read_csv(pred_path, dtype={"slide_id": str})
+    rows = pred[
+        (pred["slide_id"] == slide_id) & (pred["feature_set"] == feature_set) & (pred["repeat"] == cfg.repeat)
+    ]
+    if "aggregator" in rows and cfg.aggregator:
+        rows = rows[rows["aggregator"] == cfg.aggregator]
+    if "seed" in rows and len(rows):
+        rows = rows[rows["seed"] == (cfg.seed if cfg.seed is not None else rows["seed"].min())]
+    if rows.empty:
+        raise InputError(
+            f"slide {slide_id!r} is not a test slide of feature set {feature_set!r} in {pred_path} "
+            f"(repeat {cfg.repeat}, aggregator {cfg.aggregator}, seed {cfg.seed})"
+        )
+    row = rows.iloc[0]
+    agg = (
+        str(row["aggregator"])
+        if "aggregator" in row and isinstance(row["aggregator"], str)
+        else (cfg.aggregator or "")
+    )
+    seed = int(row["seed"]) if "seed" in row else 0
+    model_path = (
+        bench_dir
+        / "models"
+        / agg
+        / feature_set
+        / f"seed{seed}_repeat{cfg.repeat}_fold{int(row['fold'])}.safetensors"
+    )
+    if not model_path.is_file():
+        raise InputError(f"no fold model at {model_path}: run the benchmark with save_models=true")
+    source = json.loads(run_path.read_text()).get("sources", {}).get(feature_set)
+    bag_path = Path(source) / f"{slide_id}.h5" if source else None
+    if bag_path is None or not bag_path.is_file():
+        raise InputError(f"no bag of slide {slide_id!r} for {feature_set!r} (run.json sources: {source})")
+    model, _ = load_fold_model(model_path)
+    bag = open_bag(bag_path)
+    feats, coords = np.asarray(bag.features, dtype=np.float32), np.asarray(bag.coords)
+    scores = model.instance_scores(torch.from_numpy(feats).unsqueeze(0)).squeeze(0).numpy()
+    return {"attention": scores, "coords": coords, "file": model_path, "score_kind": model.score_kind,
+            "label": row.get("label", row.get("target", row.get("event"))), "prob": row.get("prob", row.get("pred", row.get("risk")))}  # fmt: skip
 
 
 def _tile_size(bench_dir: Path, feature_set: str, slide_id: str, coords: np.ndarray) -> float:
@@ -132,7 +217,13 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
 
     bench_dir = Path(cfg.bench_dir)
     slide_id = slide_id_from_path(slide_path)
-    entries = {fs: _find_attention(bench_dir, fs, slide_id, cfg.repeat) for fs in cfg.feature_sets}
+    if cfg.source == "model":
+        entries = {fs: _model_scores(bench_dir, fs, slide_id, cfg) for fs in cfg.feature_sets}
+    else:
+        entries = {
+            fs: _find_attention(bench_dir, fs, slide_id, cfg.repeat, cfg.aggregator)
+            for fs in cfg.feature_sets
+        }
     for e in entries.values():
         if e["coords"] is None:
             raise InputError(
@@ -162,7 +253,8 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
         im = ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
         prob = e.get("prob")
         extra = f", p={float(np.max(prob)):.2f}" if prob is not None else ""
-        ax.set_title(f"{fs} attention ({len(att)} tiles{extra})", fontsize=8)
+        score = SCORE_NAMES.get(e.get("score_kind", "attention"), "attention")
+        ax.set_title(f"{fs} {score} ({len(att)} tiles{extra})", fontsize=8)
         ax.axis("off")
         order = np.argsort(-att, kind="stable")[:k]
         top[fs] = [(int(coords[i, 0]), int(coords[i, 1]), float(att[i])) for i in order]
@@ -172,7 +264,7 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
             tax.imshow(slide.read_box(float(x), float(y), size0, size0, cfg.tile_px, cfg.tile_px))
             tax.set_title(f"{fs} #{j + 1}: {att[i]:.3f}\n({int(x)}, {int(y)})", fontsize=7)
             tax.axis("off")
-    fig.colorbar(im, ax=fig.axes[1 : 1 + len(sets)], fraction=0.02, label="attention percentile")
+    fig.colorbar(im, ax=fig.axes[1 : 1 + len(sets)], fraction=0.02, label="score percentile")
     out_dir = ensure_dir(
         Path(cfg.out_dir) if cfg.out_dir else bench_dir / "heatmaps", "heatmap output directory"
     )

@@ -30,6 +30,9 @@ MISSING_BAGS = ("error", "drop")
 IN_MEMORY = (True, False, "auto")
 DTYPES = ("float16", "float32")
 ATT_ACTS = ("tanh", "relu", "gelu")
+TASK_TYPES = ("classification", "regression", "survival")
+REG_LOSSES = ("mse", "huber")
+MIL_ARCHS = ("abmil", "clam_sb", "transmil", "dsmil", "meanpool", "maxpool")
 
 
 @dataclass
@@ -68,24 +71,53 @@ class TaskSection:
     auto_classes: bool = False
     missing_bags: str = "error"  # error | drop (labelled slides with no bag)
     csv: CSVSection = field(default_factory=CSVSection)
+    #: classification | regression (task.label_col is a numeric target) | survival (time_col, event_col)
+    type: str = "classification"
+    time_col: str | None = None  # survival: follow-up time column (> 0, any unit)
+    event_col: str | None = None  # survival: 1 = event observed, 0 = censored
+    loss: str = "mse"  # regression loss on the standardised target: mse | huber
+    risk_groups: int = 2  # survival: Kaplan-Meier curves of this many predicted-risk groups (quantiles)
 
     def __post_init__(self) -> None:
         check(
             self.missing_bags in MISSING_BAGS,
             f"task.missing_bags must be one of {', '.join(MISSING_BAGS)}, got {self.missing_bags!r}",
         )
+        check(
+            self.type in TASK_TYPES,
+            f"task.type must be one of {', '.join(TASK_TYPES)}, got {self.type!r}",
+        )
+        check(self.loss in REG_LOSSES, f"task.loss must be one of {', '.join(REG_LOSSES)}, got {self.loss!r}")
+        if self.type == "survival":
+            check(
+                bool(self.time_col) and bool(self.event_col),
+                "task.type=survival needs task.time_col and task.event_col (the labels CSV's follow-up "
+                "time and event columns)",
+            )
+        check(self.risk_groups >= 2, f"task.risk_groups must be >= 2, got {self.risk_groups}")
 
 
 @dataclass
 class MILConfig:
-    """Attention MIL (Ilse et al. 2018) via torchmil.models.ABMIL (``conf/mil/*.yaml``)."""
+    """One MIL aggregator and its training (``conf/mil/*.yaml``; :mod:`zoomfeat.mil.aggregators`)."""
 
     #: the aggregator's name (conf/mil/{name}.yaml; reports and the default out_dir)
     name: str = "abmil"
-    gated: bool = False  # gated attention (mil=gated_abmil)
-    att_dim: int = 128
+    arch: str = "abmil"  # abmil | clam_sb | transmil | dsmil | meanpool | maxpool
+    gated: bool = False  # gated attention (mil=gated_abmil, clam_sb)
+    att_dim: int = 128  # attention width (transmil: the transformer width)
     #: attention activation: tanh | relu | gelu
     att_act: str = "tanh"
+    k_sample: int = 8  # clam_sb: most/least attended instances in the clustering loss
+    inst_loss: str = "SmoothTop1SVM"  # clam_sb: SmoothTop1SVM | CrossEntropy
+    inst_weight: float = 0.3  # clam_sb: weight of the instance loss (bag loss 1 - inst_weight)
+    heads: int = 8  # transmil: attention heads
+    layers: int = 2  # transmil: Nystrom transformer layers (>= 2)
+    att_dropout: float = 0.0  # transmil: attention dropout; dsmil: dropout before the value layer
+    nonlinear_q: bool = True  # dsmil: two-layer query network
+    nonlinear_v: bool = False  # dsmil: a Linear-ReLU value network
+    head_hidden: int = 0  # meanpool/maxpool: hidden width of the head MLP (0: one linear layer)
+    survival_batch_size: int = 32  # survival: bags per step (the Cox loss ranks the bags of a step)
     # Linear-ReLU-Dropout layers before the attention pooling
     hidden: list[int] = field(default_factory=lambda: [512])
     #: dropout after each hidden layer
@@ -108,6 +140,21 @@ class MILConfig:
         check(
             self.att_act in ATT_ACTS,
             f"mil.att_act must be one of {', '.join(ATT_ACTS)}, got {self.att_act!r}",
+        )
+        check(self.arch in MIL_ARCHS, f"mil.arch must be one of {', '.join(MIL_ARCHS)}, got {self.arch!r}")
+        check(self.layers >= 2, f"mil.layers must be >= 2 (TransMIL), got {self.layers}")
+        check(
+            self.att_dim % max(self.heads, 1) == 0 or self.arch != "transmil",
+            f"mil.att_dim ({self.att_dim}) must be divisible by mil.heads ({self.heads}) for transmil",
+        )
+        check(
+            self.inst_loss in ("SmoothTop1SVM", "CrossEntropy"),
+            f"mil.inst_loss must be SmoothTop1SVM or CrossEntropy, got {self.inst_loss!r}",
+        )
+        check(0 <= self.inst_weight < 1, f"mil.inst_weight must be in [0, 1), got {self.inst_weight}")
+        check(
+            self.survival_batch_size >= 2,
+            f"mil.survival_batch_size must be >= 2, got {self.survival_batch_size}",
         )
         check(self.epochs >= 1, f"mil.epochs must be >= 1, got {self.epochs}")
         check(self.batch_size >= 1, f"mil.batch_size must be >= 1, got {self.batch_size}")
@@ -200,11 +247,17 @@ class BenchmarkConfig:
     out_dir: str = "bench_results/${task.name}/${mil.name}"
     #: seed of the splits and of training
     seed: int = 0
+    #: train every fold once per seed (null: [seed]); the report gives the spread across seeds
+    seeds: list[int] | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     threads: int | None = None  # torch CPU threads (null: torch's default)
     progress: bool = True  # tqdm progress bars
     save_attention: bool = True  # attention/{set}/repeat{r}_fold{f}.h5 for heatmaps
+    save_models: bool = True  # models/{aggregator}/{set}/seed{s}_repeat{r}_fold{f}.safetensors (heatmaps)
+    bootstrap: int = 1000  # patient-level bootstrap resamples of the pooled out-of-fold predictions (0: none)
     selection: SelectionSection = field(default_factory=SelectionSection)
+    #: several aggregators in one run (mil=[abmil,transmil]; set by the entry point): empty = [mil]
+    aggregators: list[MILConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         sets = list(self.feature_sets)
@@ -215,6 +268,21 @@ class BenchmarkConfig:
 
             check_preset(self.preset, sets != _default_feature_sets(), self.baseline)
         check(self.threads is None or self.threads >= 1, f"threads must be >= 1 or null, got {self.threads}")
+        check(
+            self.seeds is None or len(self.seeds) > 0, "seeds is empty: give seeds=[0,1,2] or leave it null"
+        )
+        check(
+            self.seeds is None or len(set(self.seeds)) == len(self.seeds),
+            f"seeds lists a seed twice: {self.seeds}",
+        )
+        check(self.bootstrap >= 0, f"bootstrap must be >= 0, got {self.bootstrap}")
+        names = [m.name for m in self.aggregators]
+        check(len(set(names)) == len(names), f"mil lists an aggregator twice: {names}")
+        if self.task.type != "classification":  # binary vs k classes is known once the labels are read
+            from zoomfeat.mil.aggregators import check_support
+
+            for m in self.mil_list:
+                check_support(m, self.task.type)
         check(
             not self.selection.candidates or self.cv.val_fraction > 0 or bool(self.cv.splits),
             "selection.candidates needs an inner validation part to choose on: set cv.val_fraction > 0 (e.g. 0.2)",
@@ -227,6 +295,16 @@ class BenchmarkConfig:
 
             names = {"task": {"name": self.task.name}, "mil": {"name": self.mil.name}}
             self.out_dir = str(OmegaConf.create({**names, "out_dir": str(self.out_dir)}).out_dir)
+
+    @property
+    def run_seeds(self) -> list[int]:
+        """The seeds every fold is trained with (``seeds``, else ``[seed]``)."""
+        return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
+
+    @property
+    def mil_list(self) -> list[MILConfig]:
+        """The aggregators of this run (``aggregators``, else ``[mil]``)."""
+        return list(self.aggregators) or [self.mil]
 
     @property
     def paired_baseline(self) -> str | None:

@@ -44,14 +44,32 @@ class BagFeeder:
         self.bags = bags
         self.device = device
         self._gpu: dict[int, torch.Tensor] | None = None
+        self._ready: dict[int, torch.Tensor] = {}
+        self._ready_bytes = 0
         if device.type == "cuda" and bags.in_memory:
             free, _ = torch.cuda.mem_get_info(device)
             if bags.nbytes < gpu_cache_fraction * free:
                 self._gpu = {}
 
+    def preload(self, idx: Sequence[int], max_bytes: float = 2**30) -> None:
+        """Hold bags ``idx`` as ready float32 tensors on the device (one conversion per fold instead
+        of one per step) when they are in memory and their float32 bytes stay under ``max_bytes``."""
+        if not self.bags.in_memory:
+            return
+        idx = [int(i) for i in idx if int(i) not in self._ready]
+        need = sum(4 * int(self.bags.n_instances[i]) * self.bags.dim for i in idx)
+        if need + self._ready_bytes > max_bytes:
+            return
+        for i in idx:
+            self._ready[i] = torch.from_numpy(np.asarray(self.bags.bags[i])).to(self.device).float()
+        self._ready_bytes += need
+
     def get(self, i: int) -> torch.Tensor:
         """Bag ``i`` (a position in the bag set) as a float32 (N, D) tensor on the device."""
         i = int(i)
+        ready = self._ready.get(i)
+        if ready is not None:
+            return ready
         if self._gpu is not None:
             if i not in self._gpu:
                 self._gpu[i] = torch.from_numpy(self.bags.bags[i]).to(self.device)
@@ -69,12 +87,15 @@ def pad_batch(xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None
         xs: B bags, each (N_b, D).
 
     Returns:
-        ``(X, mask)``: one bag gives (1, N, D) and None (no padding); several give X
-        (B, N_max, D) zero-padded and mask (B, N_max), 1 on real instances, 0 on padding.
+        ``(X, mask)``: one bag, or several of one size, give (B, N, D) and None (no padding);
+        several sizes give X (B, N_max, D) zero-padded and mask (B, N_max), 1 on real instances,
+        0 on padding.
     """
     if len(xs) == 1:
         return xs[0].unsqueeze(0), None
     n = max(x.shape[0] for x in xs)
+    if all(x.shape[0] == n for x in xs):  # one size: stacked, nothing to mask
+        return torch.stack(xs), None
     X = xs[0].new_zeros((len(xs), n, xs[0].shape[1]))
     mask = torch.zeros((len(xs), n), device=xs[0].device)
     for k, x in enumerate(xs):
@@ -104,6 +125,28 @@ def amp_precision(device: torch.device, amp: bool) -> str:
     return "bf16" if amp and native else "fp32"
 
 
+def eval_batches(
+    sizes: Sequence[int], max_rows: int = 1 << 16, same_size_only: bool = False
+) -> list[list[int]]:
+    """Group bag positions ``0..n-1`` into forward passes for evaluation: consecutive bags while the
+    padded batch ``B * N_max`` stays within ``max_rows`` instance rows (a bag larger than that runs
+    alone); ``same_size_only``: a batch holds bags of one size (models without a padding mask)."""
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    n_max = 0
+    for k, n in enumerate(sizes):
+        n = int(n)
+        fits = cur and (len(cur) + 1) * max(n_max, n) <= max_rows and (not same_size_only or n == n_max)
+        if cur and not fits:
+            groups.append(cur)
+            cur, n_max = [], 0
+        cur.append(k)
+        n_max = max(n_max, n)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -112,30 +155,50 @@ def predict_logits(
     attention: bool = False,
     amp: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Bag logits for bags ``idx``, one bag per forward pass, model in eval mode.
+    """Raw outputs (logits, regression values, log-risks) for bags ``idx``, model in eval mode.
+
+    Bags are evaluated in batches (:func:`eval_batches`; padded and masked, so each bag's output
+    equals its single-bag output up to float32 summation order); instance scores run one bag at
+    a time.
 
     Args:
-        model: an :func:`~zoomfeat.mil.abmil.build_model` network.
+        model: a :class:`~zoomfeat.mil.aggregators.MILNet` (or an
+            :func:`~zoomfeat.mil.abmil.build_model` network).
         feeder: the bags.
         idx: positions of the bags to predict.
-        attention: also return each bag's attention logits.
+        attention: also return each bag's instance scores (attention logits, or gradient x input
+            for aggregators without attention: :meth:`~zoomfeat.mil.aggregators.MILNet.instance_scores`).
         amp: bf16 autocast where native (:func:`amp_precision`).
 
     Returns:
-        ``(logits, atts)``: logits (n,) binary or (n, k) float64; atts a list of (N_b,) float32
-        raw attention logits (empty unless ``attention``).
+        ``(outputs, scores)``: outputs (n,) for one output or (n, k) float64; scores a list of
+        (N_b,) float32 arrays (empty unless ``attention``).
     """
     model.eval()
     device = feeder.device
-    logits, atts = [], []
-    for i in idx:
-        X = feeder.get(i).unsqueeze(0)
-        with autocast(device, amp_precision(device, amp)):
-            logit, att = model(X, return_att=True)
-        logits.append(logit.float().item() if logit.numel() == 1 else logit.float().reshape(-1).cpu().numpy())
-        if attention:
+    precision = amp_precision(device, amp)
+    idx = [int(i) for i in idx]
+    sizes = [int(feeder.bags.n_instances[i]) for i in idx]
+    same_only = not getattr(model, "supports_mask", True)
+    outs: list[torch.Tensor] = []
+    for group in eval_batches(sizes, same_size_only=same_only):
+        X, mask = pad_batch([feeder.get(idx[k]) for k in group])
+        with autocast(device, precision):
+            out = model(X, mask)
+        outs.append(out.float().reshape(len(group), -1))
+    logits = torch.cat(outs).cpu().numpy().astype(np.float64) if outs else np.zeros((0, 1))
+    logits = logits[:, 0] if logits.shape[1] == 1 else logits
+    atts: list[np.ndarray] = []
+    if attention:
+        for i in idx:
+            X = feeder.get(i).unsqueeze(0)
+            with autocast(device, precision):
+                if hasattr(model, "instance_scores"):
+                    att = model.instance_scores(X)
+                else:
+                    att = model(X, return_att=True)[1]
             atts.append(att.float().squeeze(0).cpu().numpy())
-    return np.asarray(logits, dtype=np.float64), atts
+    return logits, atts
 
 
 def predict(

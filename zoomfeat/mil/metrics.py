@@ -17,12 +17,121 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-#: metric names in the order they appear in every table
+#: metric names in the order they appear in every table (classification)
 METRICS = ("auc", "balanced_accuracy", "f1", "accuracy")
-METRIC_LABELS = {"auc": "AUC", "balanced_accuracy": "Balanced accuracy", "f1": "F1", "accuracy": "Accuracy"}
+#: the metrics of each task type (``task.type``), in table order
+TASK_METRICS = {
+    "classification": METRICS,
+    "regression": ("r2", "pearson_r", "mae"),
+    "survival": ("c_index", "c_index_uno"),
+}
+METRIC_LABELS = {
+    "auc": "AUC",
+    "balanced_accuracy": "Balanced accuracy",
+    "f1": "F1",
+    "accuracy": "Accuracy",
+    "r2": "R²",
+    "pearson_r": "Pearson r",
+    "mae": "MAE",
+    "c_index": "C-index (Harrell)",
+    "c_index_uno": "C-index (Uno)",
+}
+#: the range of each metric (confidence intervals are clipped to it); None: unbounded
+METRIC_BOUNDS: dict[str, tuple[float, float] | None] = {
+    "auc": (0.0, 1.0),
+    "balanced_accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "accuracy": (0.0, 1.0),
+    "r2": (-math.inf, 1.0),
+    "pearson_r": (-1.0, 1.0),
+    "mae": (0.0, math.inf),
+    "c_index": (0.0, 1.0),
+    "c_index_uno": (0.0, 1.0),
+}
+#: metrics where lower is better
+LOWER_IS_BETTER = ("mae",)
+
+
+def metric_columns(frame: Any) -> list[str]:
+    """The metrics present as columns of ``frame`` (a folds table), in table order."""
+    known = [m for ms in TASK_METRICS.values() for m in ms]
+    return [m for m in known if m in frame.columns]
+
+
+def r2_score(y: Sequence[float], pred: Sequence[float]) -> float:
+    """Coefficient of determination ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` (NaN for < 2
+    values or a constant target)."""
+    y = np.asarray(y, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ss_tot = float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else 0.0
+    return float(1.0 - ((y - pred) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
+
+
+def regression_metrics(y: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
+    """R^2, Pearson's r and the mean absolute error ``mean |y - yhat|`` of one set of predictions."""
+    y = np.asarray(y, dtype=np.float64).ravel()
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    if y.shape != pred.shape or len(y) == 0:
+        raise ValueError(f"{len(y)} targets but {len(pred)} predictions")
+    r = float("nan")
+    if len(y) > 2 and y.std() > 0 and pred.std() > 0:
+        r = float(np.corrcoef(y, pred)[0, 1])
+    return {"r2": r2_score(y, pred), "pearson_r": r, "mae": float(np.abs(y - pred).mean())}
+
+
+def harrell_c(time: Sequence[float], event: Sequence[float], risk: Sequence[float]) -> float:
+    """Harrell's C-index (scikit-survival's ``concordance_index_censored``): the share of comparable
+    pairs (``t_i < t_j``, ``i`` had the event) with ``risk_i > risk_j``, ties in risk counting 1/2.
+    NaN without a comparable pair."""
+    from sksurv.metrics import concordance_index_censored
+
+    e = np.asarray(event, dtype=bool)
+    if not e.any() or len(e) < 2:
+        return float("nan")
+    try:
+        return float(
+            concordance_index_censored(
+                e, np.asarray(time, dtype=np.float64), np.asarray(risk, dtype=np.float64)
+            )[0]
+        )
+    except (ValueError, ZeroDivisionError):
+        return float("nan")
+
+
+def survival_metrics(
+    time: Sequence[float],
+    event: Sequence[float],
+    risk: Sequence[float],
+    train_time: Sequence[float] | None = None,
+    train_event: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """Harrell's C-index and Uno's IPCW C-index (``concordance_index_ipcw``; the censoring
+    distribution is the Kaplan-Meier estimate of the training bags, truncated at the largest
+    training time; NaN when it cannot be estimated) of one test fold."""
+    from sksurv.metrics import concordance_index_ipcw
+    from sksurv.util import Surv
+
+    t = np.asarray(time, dtype=np.float64)
+    e = np.asarray(event, dtype=bool)
+    r = np.asarray(risk, dtype=np.float64)
+    uno = float("nan")
+    tt = t if train_time is None else np.asarray(train_time, dtype=np.float64)
+    te = e if train_event is None else np.asarray(train_event, dtype=bool)
+    if e.any() and te.any():
+        keep = t < tt.max()
+        try:
+            uno = float(
+                concordance_index_ipcw(Surv.from_arrays(te, tt), Surv.from_arrays(e[keep], t[keep]), r[keep])[
+                    0
+                ]
+            )
+        except (ValueError, ZeroDivisionError):
+            uno = float("nan")
+    return {"c_index": harrell_c(t, e, r), "c_index_uno": uno}
 
 
 def binary_metrics(

@@ -31,7 +31,7 @@ import pandas as pd
 
 # tests/test_heatmap.py imports write_attention from here
 from zoomfeat.mil.attention import write_attention as write_attention
-from zoomfeat.mil.metrics import METRIC_LABELS, METRICS
+from zoomfeat.mil.metrics import METRIC_BOUNDS, METRIC_LABELS, METRICS, metric_columns
 from zoomfeat.mil.tables import class_probabilities, class_tables, ordered_sets, paired_table, summary_table
 from zoomfeat.runtime.atomic import atomic_path, atomic_write_text, ensure_dir
 
@@ -79,14 +79,15 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame, title: str, notes: Seq
         The Markdown text (the best mean per metric in bold when there are several sets).
     """
     sets = list(dict.fromkeys(summary["feature_set"]))
-    best = {m: summary[summary["metric"] == m]["mean"].max() for m in METRICS}
+    metrics = list(dict.fromkeys(summary["metric"])) or list(METRICS)  # the task's metrics
+    best = {m: summary[summary["metric"] == m]["mean"].max() for m in metrics}
     lines = [f"# {title}", ""]
-    lines.append("| Feature set | " + " | ".join(METRIC_LABELS[m] for m in METRICS) + " |")
-    lines.append("|:--|" + "--:|" * len(METRICS))
+    lines.append("| Feature set | " + " | ".join(METRIC_LABELS[m] for m in metrics) + " |")
+    lines.append("|:--|" + "--:|" * len(metrics))
     n_folds = 0
     for fs in sets:
         cells = []
-        for m in METRICS:
+        for m in metrics:
             row = summary[(summary["feature_set"] == fs) & (summary["metric"] == m)].iloc[0]
             n_folds = max(n_folds, int(row["n"]))
             text = f"{_fmt(row['mean'])} ± {_fmt(row['std'])} ({_fmt(row['ci_low'])}–{_fmt(row['ci_high'])})"
@@ -139,9 +140,10 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
     import matplotlib.pyplot as plt
 
     sets = list(dict.fromkeys(summary["feature_set"]))
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), squeeze=False)
+    metrics = list(dict.fromkeys(summary["metric"])) or list(METRICS)  # the task's metrics
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.6), squeeze=False)
     rng = np.random.default_rng(0)
-    for ax, metric in zip(axes[0], METRICS):
+    for ax, metric in zip(axes[0], metrics):
         sub = summary[summary["metric"] == metric].set_index("feature_set").loc[sets]
         x = np.arange(len(sets))
         mean = sub["mean"].to_numpy(dtype=float)
@@ -158,7 +160,8 @@ def plot_summary(summary: pd.DataFrame, folds: pd.DataFrame, path: str | Path, t
             )
         ax.set_xticks(x, sets, rotation=35, ha="right", fontsize=8)
         ax.set_title(METRIC_LABELS[metric], fontsize=10)
-        ax.set_ylim(0, 1.05)
+        if METRIC_BOUNDS[metric] == (0.0, 1.0):
+            ax.set_ylim(0, 1.05)
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -282,8 +285,9 @@ def write_report(
         ``{name: path}`` of the files written.
     """
     out_dir = ensure_dir(out_dir, "benchmark output directory")
-    extra = [c for c in folds.columns if c not in FOLD_COLUMNS]
-    folds = folds[list(FOLD_COLUMNS) + extra]
+    lead = ["feature_set", "repeat", "fold", *metric_columns(folds)]  # FOLD_COLUMNS for classification
+    extra = [c for c in folds.columns if c not in lead]
+    folds = folds[lead + extra]
     paths = {
         "folds": out_dir / "folds.csv",
         "summary": out_dir / "summary.csv",

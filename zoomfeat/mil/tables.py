@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from zoomfeat.mil.metrics import METRICS, paired_comparison, summarize
+from zoomfeat.mil.metrics import METRIC_BOUNDS, metric_columns, paired_comparison, summarize
 
 SUMMARY_COLUMNS = ("feature_set", "metric", "mean", "std", "ci_low", "ci_high", "n")
 
@@ -51,8 +51,11 @@ def summary_table(folds: pd.DataFrame, feature_sets: Sequence[str] | None = None
     rows = []
     for fs in ordered_sets(folds, feature_sets):
         frame = folds[folds["feature_set"] == fs]
-        for metric in METRICS:
-            rows.append({"feature_set": fs, "metric": metric, **summarize(frame[metric].to_numpy())})
+        for metric in metric_columns(folds):  # the task's metrics (classification: METRICS)
+            values = frame[metric].to_numpy()
+            rows.append(
+                {"feature_set": fs, "metric": metric, **summarize(values, bounds=METRIC_BOUNDS[metric])}
+            )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
@@ -101,7 +104,7 @@ def paired_table(
             if len(common)
             else float("nan")
         )
-        for metric in METRICS:
+        for metric in metric_columns(folds):
             stats = paired_comparison(
                 other.loc[common, metric].to_numpy(), base.loc[common, metric].to_numpy(), ratio
             )
