@@ -194,3 +194,17 @@ def test_an_out_dir_holding_other_files_is_refused_not_deleted(bags, tmp_path):
     ):
         run_benchmark(config(bags, tmp_path))
     assert (tmp_path / "my_notes.txt").read_text() == "not a benchmark output\n"
+
+
+def test_inputs_inside_out_dir_are_refused_not_deleted(bags, tmp_path):
+    out = tmp_path / "out"
+    run_benchmark(config(bags, out))
+    labels = out / "my_labels.csv"  # a labels file kept in the previous run's directory
+    labels.write_bytes((bags / "labels.csv").read_bytes())
+    cfg = config(bags, out)
+    cfg.task.labels = str(labels)
+    with pytest.raises(
+        OutputError, match=r"my_labels.csv \(task.labels=\) lies inside out_dir .*replaces as a whole"
+    ):
+        run_benchmark(cfg)
+    assert labels.read_bytes() == (bags / "labels.csv").read_bytes()

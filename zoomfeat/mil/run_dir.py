@@ -34,6 +34,7 @@ import os
 import shutil
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
@@ -83,10 +84,18 @@ class RunDirectory:
 
     Args:
         out_dir: the run's output directory (replaced as a whole by :meth:`publish`).
+        inputs: ``{setting: path}`` of the run's inputs (``task.labels``, ``task.bags``); one inside
+            ``out_dir`` is refused, since the swap would delete it.
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        inputs: Mapping[str, str | os.PathLike[str] | None] | None = None,
+    ) -> None:
         self.final = Path(out_dir).expanduser().resolve()  # a symlinked out_dir: its target is swapped
+        self.inputs = dict(inputs or {})
         self.parent = self.final.parent
         self.lock_path = self.parent / f".{self.final.name}.lock"
         self.work = self.parent / f".{self.final.name}.run-{os.getpid()}"
@@ -100,6 +109,7 @@ class RunDirectory:
         self._acquire()
         try:
             self._check_replaceable()
+            self._check_inputs()
             for stale in self.parent.glob(f".{self.final.name}.run-*"):  # SIGKILL-ed runs' (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             self.work.mkdir()
@@ -147,6 +157,18 @@ class RunDirectory:
                 f"{self.final}: out_dir holds files that are not a benchmark run's ({shown}); a run replaces "
                 "its out_dir as a whole, so choose a new or empty out_dir="
             )
+
+    def _check_inputs(self) -> None:
+        """The run's inputs must not lie inside ``out_dir``: the swap would delete them."""
+        for key, value in self.inputs.items():
+            if not value or str(value).startswith("pkg:"):
+                continue
+            path = Path(str(value)).expanduser().resolve()
+            if path == self.final or self.final in path.parents:
+                raise OutputError(
+                    f"{value} ({key}=) lies inside out_dir {self.final}, which each run replaces as a whole; "
+                    "move it out of out_dir or choose another out_dir="
+                )
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
