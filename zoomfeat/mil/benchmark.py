@@ -36,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from zoomfeat.mil.aggregators import check_support
 from zoomfeat.mil.bagset import BagSet
 from zoomfeat.mil.config import BenchmarkConfig
 from zoomfeat.mil.coverage import check_coverage
@@ -50,6 +51,8 @@ from zoomfeat.mil.run_dir import RunDirectory
 from zoomfeat.mil.selection import NestedSelection
 from zoomfeat.mil.sources import expand_feature_sets, is_instance_csv, load_feature_set, resolve_source
 from zoomfeat.mil.splits import fold_keys, load_splits, make_splits, save_splits
+from zoomfeat.mil.stats import report_view, write_statistics
+from zoomfeat.mil.targets import check_event_count, check_fold_events, read_targets
 from zoomfeat.runtime.atomic import atomic_write_text
 from zoomfeat.runtime.config import to_dict
 from zoomfeat.runtime.device import resolve_device
@@ -158,6 +161,11 @@ class Benchmark:
         baseline = self.cfg.baseline
         self.baseline = baseline if baseline in self.feature_sets and len(self.feature_sets) > 1 else None
         self.sources = {fs: resolve_source(task.bags, fs) for fs in self.feature_sets}
+        if task.labels and task.type != "classification":  # regression / survival targets
+            self.cohort_source = str(task.labels)
+            self.cohort = read_targets(task.labels, task)
+            self.class_names = []
+            return
         if task.labels:
             self.cohort_source = str(task.labels)
             self.cohort = read_labels(
@@ -172,6 +180,10 @@ class Benchmark:
             self.class_names = class_names(self.cohort)
             return
         first = self.feature_sets[0]
+        if task.type != "classification":
+            raise ConfigError(
+                f"task.type={task.type} needs a labels CSV with the target columns (task.labels=)"
+            )
         self.cohort_source = str(self.sources[first])
         if not is_instance_csv(self.sources[first]):
             raise InputError(
@@ -210,12 +222,16 @@ class Benchmark:
                 f"drop them from task.label_map or label some slides with them"
             )
         self.n_classes = k
+        for mil in self.cfg.mil_list:  # an aggregator that cannot do this task: one line, before training
+            check_support(mil, self.task.type, k)
         self.pred_columns = list(PREDICTION_COLUMNS) + ([f"prob_{c}" for c in range(k)] if k > 2 else [])
 
     # ------------------------------------------------------------------ step 3
     def make_splits(self) -> None:
         """Step 3: one patient-level split for every feature set, saved as ``splits.csv``."""
         cfg, cohort = self.cfg, self.cohort
+        if self.task.type == "survival" and not cfg.cv.splits:  # every test fold needs an event
+            check_event_count(cohort, cfg.cv.folds, self.cohort_source, str(self.task.event_col))
         if cfg.cv.splits:
             self.splits = load_splits(cfg.cv.splits, cohort)
         else:
@@ -229,6 +245,8 @@ class Benchmark:
                 cfg.cv.val_fraction,
                 source=self.cohort_source,
             )
+        if self.task.type == "survival":  # every training and test part needs an event
+            check_fold_events(self.splits, cohort, self.cohort_source, str(self.task.event_col))
         save_splits(self.splits, self.work_dir / "splits.csv")
         self.selection.check_splits(self.splits)
         # the same folds in Patho-Bench's format, so both tools can be run on identical splits
@@ -262,6 +280,7 @@ class Benchmark:
             self.pred_columns,
             self.selection,
             self.work_dir,
+            cohort=self.cohort,
         )
         self.loop.run(self.feature_sets, self.load_set, self.cohort_source)
         self.records, self.predictions = self.loop.records, self.loop.predictions
@@ -279,12 +298,12 @@ class Benchmark:
         cfg, mil = self.cfg, self.cfg.mil
         folds = pd.DataFrame(self.records)
         title = (
-            f"{self.task.name}: {mil.name}, {self.n_folds}-fold patient-level CV x {self.n_repeats} repeat(s), "
-            f"seed {cfg.seed}"
+            f"{self.task.name}: {', '.join(m.name for m in cfg.mil_list)}, {self.n_folds}-fold patient-level CV "
+            f"x {self.n_repeats} repeat(s), seed(s) {', '.join(map(str, cfg.run_seeds))}"
         )
         notes = [
             f"Cohort: {len(self.cohort)} bags (slides) from {self.n_cases} patients; label counts {self.counts}.",
-            f"Model: torchmil ABMIL (gated={mil.gated}), hidden {list(mil.hidden)}, attention dim {mil.att_dim}, "
+            f"Model: {' + '.join(m.name for m in cfg.mil_list)} (first: mil.arch {mil.arch}, gated={mil.gated}), hidden {list(mil.hidden)}, attention dim {mil.att_dim}, "
             f"AdamW lr {mil.lr:g} wd {mil.weight_decay:g}, up to {mil.epochs} epochs, early stopping on validation AUC "
             f"(patience {mil.patience}), class-balanced loss, instance standardisation={mil.standardize}.",
             "Decision threshold 0.5 on the predicted probability (balanced accuracy, F1, accuracy)."
@@ -295,11 +314,20 @@ class Benchmark:
             "validation macro AUC.",
             *[f"Bags of {line}." for line in provenance_table(self.provenance, self.feature_sets)],
         ]
-        predictions = pd.DataFrame(self.predictions, columns=self.pred_columns)
+        predictions = pd.DataFrame(self.predictions, columns=self.loop.pred_columns)
         folds, predictions = self.selection.add_rows(folds, predictions)  # the selected row, when asked
         sets, notes = self.selection.report_sets(self.feature_sets), notes + self.selection.notes()
         work = self.work_dir
-        paths = write_report(work, folds, self.baseline, title, notes, sets, predictions, self.class_names)
+        by_seed, all_predictions = folds, predictions  # every seed and aggregator (zoomfeat.mil.stats)
+        folds, predictions, view_sets, view_baseline = report_view(folds, predictions, sets, self.baseline)
+        classes = self.class_names if self.task.type == "classification" else None
+        paths = write_report(work, folds, view_baseline, title, notes, view_sets, predictions, classes)
+        stat_paths, stat_text = write_statistics(
+            work, by_seed, all_predictions, self.baseline, self.task.type, n_boot=cfg.bootstrap,
+            risk_groups=self.task.risk_groups, feature_sets=sets, title=title,
+        )  # fmt: skip
+        paths.update(stat_paths)
+        atomic_write_text(paths["markdown"], paths["markdown"].read_text() + stat_text)
         paths.update(self.selection.write(work, folds, predictions, self.sources, title))
         if cfg.preset:  # the published table's layout: paper_table.md/.csv
             paths.update(write_paper_table(work, folds, cfg.preset, self.task.name, title, self.task.bags))
