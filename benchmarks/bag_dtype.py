@@ -77,16 +77,16 @@ def paired_ci(diffs: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def run(task: str, root: Path, *, folds: int, repeats: int) -> dict:
+def run(task: str, root: Path, *, folds: int, repeats: int, pairs: list[str]) -> dict:
     import pandas as pd
 
     job = root / task
     labels = write_sets(task, job)
     out = root / f"bench_{task}"
-    sets = ["raw32", "raw16", "z32", "z16"]
+    sets = [f"{p}{bits}" for p in pairs for bits in ("32", "16")]
     cmd = [
         sys.executable, "-m", "zoomfeat.bench", f"task={task}", f"task.labels={labels}", f"task.bags={job}",
-        f"feature_sets=[{','.join(s + '_20x' for s in sets)}]", "baseline=raw32_20x", f"cv.folds={folds}",
+        f"feature_sets=[{','.join(s + '_20x' for s in sets)}]", f"baseline={sets[0]}_20x", f"cv.folds={folds}",
         f"cv.repeats={repeats}", "data.dtype=float32", f"out_dir={out}", "progress=false",
         "save_attention=false", "save_models=false", "bootstrap=0", "threads=1",
     ]  # fmt: skip
@@ -100,11 +100,11 @@ def run(task: str, root: Path, *, folds: int, repeats: int) -> dict:
     result: dict = {"task": task, "bench_s": round(time.perf_counter() - t0, 1), "cells": len(auc)}
     for name in sets:
         result[f"auc_{name}"] = round(float(auc[f"{name}_20x"].mean()), 4)
-    for a, b in (("raw16", "raw32"), ("z16", "z32")):
+    for a, b in ((f"{p}16", f"{p}32") for p in pairs):
         diffs = (auc[f"{a}_20x"] - auc[f"{b}_20x"]).tolist()
         mean, lo, hi = paired_ci(diffs)
         result[f"auc_{a}_minus_{b}"] = {"mean": round(mean, 4), "ci95": [round(lo, 4), round(hi, 4)]}
-    for name in ("z32", "z16"):
+    for name in sets:
         d = job / "20x_256px_0px_overlap" / f"features_{name}_20x"
         import h5py
 
@@ -123,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--task", choices=["musk1", "musk2", "both"], default="both")
     ap.add_argument("--folds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--pairs", default="raw,z", help="raw (as shipped: exact in float16) and/or z (standardised)"
+    )
     args = ap.parse_args(argv)
     for task in ("musk1", "musk2") if args.task == "both" else (args.task,):
-        print(json.dumps(run(task, args.dir, folds=args.folds, repeats=args.repeats)), flush=True)
+        print(
+            json.dumps(
+                run(task, args.dir, folds=args.folds, repeats=args.repeats, pairs=args.pairs.split(","))
+            ),
+            flush=True,
+        )
     return 0
 
 

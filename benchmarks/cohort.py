@@ -28,6 +28,10 @@ memory the in-memory bags take (:mod:`zoomfeat.mil.bagdir`: file bytes x dtype s
 the RSS of a bench over ``--small`` bags (the fixed cost of torch and the code), so the bags' part
 of the peak is the difference.
 
+``bytes OUT`` prints the bytes per kept 20x tile of an extraction's output directory (every bag
+and coords file), with the fused sets as files and without them (``derived``: they can be rebuilt
+from the 20x bag, the 5x bag and ``parent_idx``), and the feature bytes alone.
+
 ``large`` writes (once) a ``--width x --height`` px pyramidal BigTIFF (Aperio description,
 0.25 um/px, levels at downsample 1, 4, 16, 64; tissue in a few rectangles, every other tile
 absent, which openslide shows as background) and times tissue detection + ``TileGrid.build``
@@ -151,11 +155,14 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"  {len(rss)} slides, RSS {rss[-1]:.0f} MB", file=sys.stderr)
 
     rss0 = tree_rss(me) / 2**20
+    cpu0 = os.times()
     t0 = time.perf_counter()
     with warnings.catch_warnings(), count_h5_opens() as opened:
         warnings.simplefilter("ignore")
         summary = extract_slides(slides, out, config, echo=echo, hooks=hooks)
     wall = time.perf_counter() - t0
+    cpu1 = os.times()  # the workers' CPU counts once they are joined (children_*)
+    cpu = sum(cpu1[:4]) - sum(cpu0[:4])
     if not summary.ok:
         raise SystemExit(summary.report())
     results = results or list(summary.results)
@@ -184,6 +191,14 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
             * 1e3,
             1,
         ),
+        # CPU seconds (this process and its joined workers) per slide, and the part outside the
+        # models estimated by the models' share of the slides' wall time: a figure that a machine
+        # shared with other jobs inflates less than wall time
+        "cpu_ms_per_slide": round(cpu / len(slides) * 1e3, 1),
+        "overhead_cpu_ms_per_slide_est": round(
+            cpu / len(slides) * 1e3 * (1 - float(model.sum()) / max(float(seconds.sum()), 1e-9)), 1
+        ),
+        "load_average": [round(x, 1) for x in os.getloadavg()],
         "hdf5_opens_per_slide": (
             round(float(np.mean(per_slide_opens)), 2)
             if not args.devices
@@ -279,6 +294,51 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_above_small_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1),
         "within_estimate": big["peak_rss_mb"] - small["peak_rss_mb"] <= max(estimate_mb, 1.0),
     }
+
+
+# ----------------------------------------------------------------------------- bytes per tile
+def bag_bytes(out: Path) -> dict[str, Any]:
+    """Bytes per kept 20x tile of an extraction's ``out`` directory, fused sets as files and left
+    out (``derived``: rebuilt from the 20x bag, the 5x bag and ``parent_idx``), in all and by set."""
+    import h5py
+
+    by_set: dict[str, int] = {}
+    feature_bytes: dict[str, int] = {}
+    patches = tiles = 0
+    dtypes = set()
+    for path in out.rglob("*.h5"):
+        if path.name.startswith("."):
+            continue
+        size = path.stat().st_size
+        if path.parent.name == "patches":
+            patches += size
+            continue
+        name = path.parent.name.removeprefix("features_")
+        by_set[name] = by_set.get(name, 0) + size
+        with h5py.File(path) as f:
+            feature_bytes[name] = feature_bytes.get(name, 0) + f["features"].id.get_storage_size()
+            dtypes.add(str(f["features"].dtype))
+            if path.parent.parent.name.startswith("20x") and name.endswith("_20x") and name.startswith("uni"):
+                tiles += f["features"].shape[0]
+    total = sum(by_set.values()) + patches
+    fused = sum(v for k, v in by_set.items() if k.endswith("_fused"))
+    return {
+        "out": str(out),
+        "dtypes": sorted(dtypes),
+        "kept_20x_tiles": tiles,
+        "bytes_per_tile_fused_file": round(total / tiles, 1),
+        "bytes_per_tile_fused_derived": round((total - fused) / tiles, 1),
+        "feature_bytes_per_tile_fused_file": round(sum(feature_bytes.values()) / tiles, 1),
+        "feature_bytes_per_tile_fused_derived": round(
+            sum(v for k, v in feature_bytes.items() if not k.endswith("_fused")) / tiles, 1
+        ),
+        "file_bytes_per_tile_by_set": {k: round(v / tiles, 1) for k, v in sorted(by_set.items())},
+        "patches_bytes_per_tile": round(patches / tiles, 1),
+    }
+
+
+def bytes_cmd(args: argparse.Namespace) -> dict[str, Any]:
+    return bag_bytes(args.out)
 
 
 # ----------------------------------------------------------------------------- one large slide
@@ -397,13 +457,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--width", type=int, default=150_000)
     g.add_argument("--height", type=int, default=100_000)
     g.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "zoomfeat_large")
+    y = sub.add_parser(
+        "bytes", help="bytes per kept 20x tile of an extraction out_dir (fused: file / derived)"
+    )
+    y.add_argument("out", type=Path)
     c = sub.add_parser("large-child", help=argparse.SUPPRESS)
     c.add_argument("path", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "large-child":
         print(json.dumps(large_child(args.path)))
         return 0
-    figures = {"extract": extract, "bench": bench, "large": large}[args.cmd](args)
+    figures = {"extract": extract, "bench": bench, "large": large, "bytes": bytes_cmd}[args.cmd](args)
     print(json.dumps(figures))
     return 0
 
