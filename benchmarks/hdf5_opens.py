@@ -15,7 +15,8 @@ targets of issue 19:
 - a fresh run opens each file it writes once, and each existing file once:
   ``opens <= written + existing``.
 
-Scenarios (tiny ZoomLDM model, ``num_workers=0`` so every open happens in this process):
+Scenarios (the demo's settings: tiny ZoomLDM model and encoder, a preview PNG; ``num_workers=0``
+so every open happens in this process):
 
 - ``default``: the default recipe and the tiny encoder (families ``zoomldm``, ``uni``: 8 files);
 - ``sweep``: ``features.sweep`` 3 timesteps x 3 taps (9 recipes, plus the default recipe) and
@@ -49,7 +50,8 @@ SCENARIOS: dict[str, dict] = {
         "allow_random_weights": True,
     },
 }
-BASE = {"model": "tiny", "encoder": "tiny", "progress": False, "num_workers": 0}
+#: the demo's settings (``demo=true``: tiny model and encoder, a preview PNG); no DataLoader workers
+BASE = {"model": "tiny", "encoder": "tiny", "preview": True, "progress": False, "num_workers": 0}
 
 _TMP = re.compile(r"^\.(?P<name>.+\.h5)\.tmp-\d+$")
 
