@@ -155,3 +155,16 @@ def test_flags_after_overrides_and_multirun(tmp_path, capsys):
     hydra_main("extract", lambda cfg: seeds.append(cfg.seed), argv=[f"out_dir={tmp_path}", "seed=7"])
     assert seeds == [7]
     assert sorted(p.name for p in (tmp_path / ".hydra").iterdir())  # Hydra's run records are there
+
+
+def test_hydra_flags_in_any_order():
+    from zoomfeat.cli import parse_hydra_args
+
+    args = parse_hydra_args("bench", ["task=musk1", "-m", "mil.lr=1,2", "--cfg", "job"])
+    assert args.multirun and args.cfg == "job" and args.overrides == ["task=musk1", "mil.lr=1,2"]
+    args = parse_hydra_args("bench", ["--info", "cv.folds=3"])  # --info alone: all
+    assert args.info == "all" and args.overrides == ["cv.folds=3"]
+    args = parse_hydra_args("bench", ["cv.folds=3", "-i", "defaults"])
+    assert args.info == "defaults" and args.overrides == ["cv.folds=3"]
+    # split_argv keeps a flag's value with it (not taken for a slide)
+    assert split_argv(["a.svs", "--cfg", "job", "seed=1"]) == (["a.svs"], ["--cfg", "job", "seed=1"])

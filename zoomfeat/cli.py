@@ -45,9 +45,23 @@ _HYDRA_FLAGS_WITH_VALUE = {
     "--config-dir",
     "-cd",
     "--experimental-rerun",
-    "--info",
-    "-i",
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
 }
+#: Hydra's flags whose value is optional (``--info`` alone means ``--info all``)
+_HYDRA_OPTIONAL_VALUES = {
+    "--info": {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"},
+    "-i": {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"},
+}
+
+
+def _value_follows(flag: str, following: str | None) -> bool:
+    """Whether the argument after Hydra flag ``flag`` is its value (``--cfg job``, ``--info defaults``)."""
+    if flag in _HYDRA_FLAGS_WITH_VALUE:
+        return True
+    return following is not None and following in _HYDRA_OPTIONAL_VALUES.get(flag, ())
 
 
 def _quote(value: str) -> str:
@@ -89,13 +103,13 @@ def split_argv(argv: Sequence[str], known_keys: Collection[str] | None = None) -
     inputs: list[str] = []
     hydra_args: list[str] = []
     expect_value = False
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if expect_value:
             hydra_args.append(arg)
             expect_value = False
         elif arg.startswith("-"):
             hydra_args.append(arg)
-            expect_value = arg in _HYDRA_FLAGS_WITH_VALUE
+            expect_value = _value_follows(arg, argv[i + 1] if i + 1 < len(argv) else None)
         elif "=" in arg and not _is_existing_path(arg, known_keys):
             hydra_args.append(arg)
         else:
@@ -150,10 +164,14 @@ def _flags_first(hydra_args: Sequence[str]) -> list[str]:
     flags: list[str] = []
     overrides: list[str] = []
     expect_value = False
-    for arg in hydra_args:
+    for i, arg in enumerate(hydra_args):
         if expect_value or arg.startswith("-"):
+            following = hydra_args[i + 1] if i + 1 < len(hydra_args) else None
+            takes = not expect_value and _value_follows(arg, following)
             flags.append(arg)
-            expect_value = not expect_value and arg in _HYDRA_FLAGS_WITH_VALUE
+            if not expect_value and not takes and arg in _HYDRA_OPTIONAL_VALUES:
+                flags.append("all")  # its default, written out: an override must not become its value
+            expect_value = takes
         else:
             overrides.append(arg)
     return flags + overrides
