@@ -194,7 +194,7 @@ def tap_gain(model_name: str, batch: int, repeats: int) -> dict:
 
     from zoomfeat.model import ZoomLDM
 
-    model = ZoomLDM.load(None, model_name, allow_random_weights=True).eval()
+    model = ZoomLDM.load(None, config=model_name, allow_random_weights=True).eval()
     taps = ["middle_block", "output_blocks.4"]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, model.latent_channels, model.latent_size, model.latent_size, generator=g)

@@ -10,6 +10,7 @@ from zoomfeat.generation.cdm import DiT, load_cdm, sincos_1d
 from zoomfeat.generation.cdm_diffusion import CDMDiffusion, cosine_betas, space_timesteps
 from zoomfeat.generation.cdm_training import sample_contexts
 from zoomfeat.generation.costs import Tracker
+from zoomfeat.model.callbacks import Recorder
 from zoomfeat.runtime.errors import ConfigError, WeightsError
 
 TINY = dict(in_channels=64, hidden_size=64, depth=2, num_heads=4, num_classes=8)
@@ -41,7 +42,7 @@ def test_architecture_and_init(tiny_dit):
 def test_variant_parameter_counts(variant, params):
     with torch.device("meta"):
         m = DiT.variant(variant)
-    assert sum(p.numel() for p in m.parameters()) == params  # spec 5.2 (pos_embed included)
+    assert sum(p.numel() for p in m.parameters()) == params  # docs/generation.md "CDM" (pos_embed included)
 
 
 def test_schedule_and_respacing(gen_golden):
@@ -65,9 +66,9 @@ def test_dit_forward_and_training_losses(gen_golden, tiny_dit):
             o = d.training_losses(
                 model,
                 gen_golden["g7_x0"],
-                gen_golden[f"g7_train_t_{s}"],
-                gen_golden["g7_y"],
-                gen_golden[f"g7_train_noise_{s}"],
+                t=gen_golden[f"g7_train_t_{s}"],
+                y=gen_golden["g7_y"],
+                noise=gen_golden[f"g7_train_noise_{s}"],
             )
             assert (o["x_t"] - gen_golden[f"g7_train_xt_{s}"]).abs().max() <= 1e-5
             assert (o["model_output"] - gen_golden[f"g7_train_dit_out_{s}"]).abs().max() <= 1e-5
@@ -79,14 +80,16 @@ def test_dit_forward_and_training_losses(gen_golden, tiny_dit):
 
 def test_ddim_sample(gen_golden, tiny_dit):
     model, _ = tiny_dit
-    rec: dict = {}
+    rec = Recorder()
     tr = Tracker()
     x = CDMDiffusion(respacing=5).ddim_sample(
-        model, gen_golden["g7_ddim5_z"], gen_golden["g7_ddim5_y"], tr, rec
+        model, gen_golden["g7_ddim5_z"], y=gen_golden["g7_ddim5_y"], tracker=tr, callback=rec
     )
     assert tr.counts.dit == 2 * 5  # one DiT call per respaced step and sample
-    assert (torch.stack(rec["x_in"]) - gen_golden["g7_ddim5_x_in"]).abs().max() <= 1e-5
-    assert (torch.stack(rec["out"]) - gen_golden["g7_ddim5_dit_out"]).abs().max() <= 1e-5
+    assert [(r.step, r.t) for r in rec.records] == [(0, 4), (1, 3), (2, 2), (3, 1), (4, 0)]
+    assert (torch.stack(rec.get("cdm", "x_in")) - gen_golden["g7_ddim5_x_in"]).abs().max() <= 1e-5
+    assert (torch.stack(rec.get("cdm", "model_output")) - gen_golden["g7_ddim5_dit_out"]).abs().max() <= 1e-5
+    assert rec.records[-1].state.latents is x
     assert (x - gen_golden["g7_ddim5_sample"]).abs().max() <= 1e-5
 
 
@@ -129,9 +132,9 @@ def test_loading_never_runs_pickled_code(tmp_path):
 
 def test_sample_contexts_shape_and_errors(tiny_dit):
     model, _ = tiny_dit
-    ctx = sample_contexts(model, 3, 2, respacing=4, generator=torch.Generator().manual_seed(0))
+    ctx = sample_contexts(model, mag=3, n=2, respacing=4, generator=torch.Generator().manual_seed(0))
     assert ctx.shape == (2, 65, 64)
     with pytest.raises(ConfigError):
-        sample_contexts(model, 9, 1)
+        sample_contexts(model, mag=9, n=1)
     with pytest.raises(ConfigError):
         DiT.variant("XXL")

@@ -51,7 +51,7 @@ def _run(ldm, data, out: Path, steps: int, facts=FACTS, **kw) -> dict:
     opts = CDMTrainOptions(
         **{"steps": steps, "batch_size": 4, "lr": 1e-3, "ema_decay": 0.5, "log_every": 1, **kw}
     )
-    return train_cdm(_fresh(), CDMStream(ldm, data, seed=0), opts, out, run_facts=facts)
+    return train_cdm(_fresh(), CDMStream(ldm, data, seed=0), opts=opts, out_dir=out, run_facts=facts)
 
 
 def _log(out: Path) -> list[dict]:
@@ -170,7 +170,9 @@ def test_refusals_are_one_line_errors(tmp_path, tiny_ema, data):
     errors.append(ex.value)
     opts = CDMTrainOptions(steps=1, batch_size=4)
     with pytest.raises(ConfigError, match="batch_size=4 .* multiple of the 3 processes") as ex:
-        CDMTrainer(_fresh(), CDMStream(tiny_ema, data), opts, out, DistInfo(rank=0, world_size=3))
+        CDMTrainer(
+            _fresh(), CDMStream(tiny_ema, data), opts=opts, out_dir=out, info=DistInfo(rank=0, world_size=3)
+        )
     errors.append(ex.value)
     with pytest.raises(ConfigError, match="the data hold no tiles") as ex:
         CDMStream(tiny_ema, CDMData({0: 0}, data.read, 32))

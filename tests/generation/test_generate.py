@@ -3,7 +3,7 @@
 The tiny model is random: its images show the machinery (tiling, constraint, blending, TIFF),
 not biology. Steps are cut to the minimum (S = 1, K = 1) and the large decode uses a window
 stride of 64 so the tests stay within the CPU budget; the full defaults are what ``dry_run``
-reports (the spec's table).
+reports (docs/generation.md, "Costs").
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_dry_run_4096_matches_spec(capsys, tmp_path):
         and c["vq_decode"] == 51_220 + 2 * 3_721 + 1
         and c["vq_encode"] == 102_400
     )
-    assert abs(summary["flops"] - 1.30e17) / 1.30e17 < 0.01  # spec 2.8: ~1.30e17
+    assert abs(summary["flops"] - 1.30e17) / 1.30e17 < 0.01  # docs/generation.md "Costs": ~1.30e17
 
 
 @pytest.mark.parametrize(
@@ -137,7 +137,7 @@ def test_superres_of_a_cmu_5x_tile(cmu_slide, tiny_args, tmp_path):
     files = summary["outputs"]
     assert np.asarray(Image.open(files["png"])).shape == (1024, 1024, 3)
     assert Image.open(files["input"]).size == (256, 256)
-    # S = 1, K = 1 (one constraint iteration per tile, as spec 3.3, cut from K = 5): 16 tiles x
+    # S = 1, K = 1 (one constraint iteration per tile, as super-resolution, cut from K = 5): 16 tiles x
     # (1 + 2K) model_pred, each a guided pair of UNet calls, + 1 inversion step (forward and
     # backward); decodes: one per tile and iteration + 16 windows (stride 64); encodes: the
     # finite-difference pair per tile and iteration + the input image

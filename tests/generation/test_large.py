@@ -3,7 +3,7 @@
 Golden G3 (``decode_large_image``), G4 (the joint loop, [C] glue over official helpers) and G5
 (``postprocess_image``) on the tiny checkpoint, reduced to what a CPU test affords: every
 operation is per sample and per window, so a subset (one tile, the corner window, a sub-canvas)
-is compared with the corresponding part of the golden run. Properties (call counts = the spec's
+is compared with the corresponding part of the golden run. Properties (call counts = the cost
 formulas, chunk-size invariance, tile order, window counts) use a cheap fake model.
 """
 
@@ -32,7 +32,8 @@ from zoomfeat.generation.large import (
     window_positions,
     x0hat,
 )
-from zoomfeat.generation.postprocess import PostOptions, postprocess, window_contexts
+from zoomfeat.generation.postprocess import PostOptions, postprocess, window_contexts, window_vectors
+from zoomfeat.model.callbacks import Recorder
 from zoomfeat.runtime.errors import ConfigError
 
 
@@ -90,10 +91,10 @@ def test_g4_schedule_and_conditions(gen_golden, g4_setup):
         # float32 buffers indexed at t-1 and one float32 formula: bound 1e-6 (observed 0.0)
         assert (torch.stack([getattr(c, name) for c in coefs]) - gen_golden[key]).abs().max() <= 1e-6
     raw = gen_golden["g4_ssl_raw"].float()
-    assert (tile_contexts(model, raw, "raw") - gen_golden["g4_cond_20x_all"]).abs().max() <= 2e-5
+    assert (tile_contexts(model, raw, norm="raw") - gen_golden["g4_cond_20x_all"]).abs().max() <= 2e-5
     from zoomfeat.generation.guidance import summarize
 
-    assert (summarize(model, raw[None], 1, "raw") - gen_golden["g4_cond_guide"]).abs().max() <= 2e-5
+    assert (summarize(model, raw[None], mag=1, norm="raw") - gen_golden["g4_cond_guide"]).abs().max() <= 2e-5
 
 
 @pytest.mark.parametrize("s", [0, 3])
@@ -102,63 +103,65 @@ def test_g4_guide_step(gen_golden, g4_setup, s):
     model, coefs = g4_setup
     c = coefs[s]
     xg = gen_golden["g4_x_Tg"] if s == 0 else gen_golden[f"g4_xg_next_s{s - 1}"]
-    eps = model_pred(model, xg, c.t, gen_golden["g4_cond_guide"], 2.0)
+    eps = model_pred(model, xg, t=c.t, context=gen_golden["g4_cond_guide"], w=2.0)
     assert (eps - gen_golden[f"g4_eps_g_s{s}"]).abs().max() <= 5e-5  # as G2 (|eps| ~ 2)
     x0 = x0hat(xg, eps, c.at)
     # x0hat = x/sqrt(a) - eps sqrt((1-a)/a): the eps error is amplified by sqrt((1-a)/a) (157 at
     # t = 1000, 1.6 at t = 250) and x/sqrt(a) rounds at |x0| ~ 400 (ulp 3e-5): bound
     # 157 * 5e-5 + 1e-4 ~ 8e-3 absolute, i.e. ~2e-5 of max|x0| (observed 1e-6 relative).
     assert rel_err(x0, gen_golden[f"g4_x0_g_s{s}"]) <= 2e-5
-    nxt = noise_step(x0, eps, gen_golden[f"g4_zg_s{s}"], c, "c")
+    nxt = noise_step(x0, eps, z=gen_golden[f"g4_zg_s{s}"], coefs=c, noise_term="c")
     assert rel_err(nxt, gen_golden[f"g4_xg_next_s{s}"]) <= 2e-5
-    alt = noise_step(x0, eps, gen_golden[f"g4_zg_s{s}"], c, "r")
+    alt = noise_step(x0, eps, z=gen_golden[f"g4_zg_s{s}"], coefs=c, noise_term="r")
     assert rel_err(alt, gen_golden[f"g4_xg_next_ALTNOISE_s{s}"]) <= 2e-5
 
 
 def test_g4_tile0_first_iteration(gen_golden, g4_setup):
-    """Step 0, tile 0, inner iteration k = 0: r, dz, d and the updated x (spec 2.3)."""
+    """Step 0, tile 0, inner iteration k = 0: r, dz, d and the updated x ("Joint multi-scale sampling")."""
     model, coefs = g4_setup
     c = coefs[0]
     guide = torch.clamp(decode(model, gen_golden["g4_x0_g_s0"]), -1, 1)
     target = canvas_to_tiles(guide, 2)[:1]
     down, up = Resizer((1, 3, 256, 256), 0.5), Resizer((1, 3, 128, 128), 2)
-    rec: dict = {}
+    rec = Recorder()
     tr = Tracker()
     constrained_tiles(
         model,
         gen_golden["g4_x_T20x"][:1],
-        gen_golden["g4_cond_20x_all"][:1],
-        target,
-        c,
-        JointOptions(n_steps=1),
-        down,
-        up,
-        tr,
-        rec,
+        conds=gen_golden["g4_cond_20x_all"][:1],
+        targets=target,
+        coefs=c,
+        opts=JointOptions(n_steps=1),
+        down=down,
+        up=up,
+        tracker=tr,
+        callback=rec,
     )
     assert (tr.counts.model_pred, tr.counts.vq_decode, tr.counts.vq_encode) == (3, 1, 2)  # 1 + 2K, K, 2K
-    x0_err = (rec["x0_init"][0] - gen_golden["g4_x0_init_s0_k0"][:1]).abs().max()
+    assert [(r.step, r.t) for r in rec.records] == [(0, 1000)]
+    it = rec.states("constraint")[0]  # iteration k = 0
+    x0_err = (it.tensors["x0hat_in"] - gen_golden["g4_x0_init_s0_k0"][:1]).abs().max()
     assert x0_err / gen_golden["g4_x0_init_s0_k0"][:1].abs().max() <= 2e-5  # as the guide's x0hat
     # r: decode -> MATLAB down/up -> normalised by its max (1.9): decoder rounding ~1e-6 (bound 1e-4)
-    assert (rec["r_k0"][0] - gen_golden["g4_r_s0_k0_tile0"]).abs().max() <= 1e-4
+    assert (it.tensors["r"] - gen_golden["g4_r_s0_k0_tile0"]).abs().max() <= 1e-4
     for name in ("r", "dz", "d"):
         ref = gen_golden[f"g4_maxabs_{name}_s0_k0"][:1]
-        assert rel_err(rec[f"maxabs_{name}_k0"][0].flatten(), ref) <= 2e-3, name
-    # Finite differences amplify float noise (spec 7, README "Float noise in d"):
+        assert rel_err(it.tensors[f"maxabs_{name}"].flatten(), ref) <= 2e-3, name
+    # Finite differences amplify float noise (tests/data/golden/generation/README.md, "Float noise in d"):
     # - dz = E(I + h r) - E(I) is ~5e-3 while E(I) is max|z|: two encodes each off by ~1.5e-6
     #   relative (diffusers vs taming; measured on G6's latent: 2.4e-6 at 1.67) give a
     #   normalised error up to 2 * 1.5e-6 * max|z| / max|dz_raw|; bound twice that.
-    z_max = float(rec["z_k0"][0].abs().max())
+    z_max = float(it.tensors["z"].abs().max())
     dz_raw_max = float(gen_golden["g4_maxabs_dz_s0_k0"][0])
     bound_dz = 2 * (2 * 1.5e-6 * z_max / dz_raw_max)
-    assert (rec["dz_k0"][0] - gen_golden["g4_dz_s0_k0"][:1]).abs().max() <= bound_dz
+    assert (it.tensors["dz"] - gen_golden["g4_dz_s0_k0"][:1]).abs().max() <= bound_dz
     # - d = (x0hat(x + h dz) - x0hat(x)) / h, normalised by max|d_raw| (~90): the dz error carries
     #   over (d ~ J dz) plus 2 x0hat errors / h.
     d_raw_max = float(gen_golden["g4_maxabs_d_s0_k0"][0])
     bound_d = 2 * (bound_dz + 2 * float(x0_err) / (0.005 * d_raw_max))
-    assert (rec["d_k0"][0] - gen_golden["g4_d_s0_k0"][:1]).abs().max() <= bound_d
+    assert (it.tensors["d"] - gen_golden["g4_d_s0_k0"][:1]).abs().max() <= bound_d
     # - x <- x + lr d
-    assert (rec["x_k0"][0] - gen_golden["g4_x_s0_k0"][:1]).abs().max() <= 0.5 * bound_d + 1e-5
+    assert (it.latents - gen_golden["g4_x_s0_k0"][:1]).abs().max() <= 0.5 * bound_d + 1e-5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,10 +172,9 @@ def test_g5_window_conditions(gen_golden, tiny_ema):
     raw = gen_golden["g4_ssl_raw"].float()
     pos = window_positions(128, 128)
     assert len(pos) == 25
-    rec: dict = {}
-    ctx = window_contexts(tiny_ema, raw, pos, record=rec)
+    ctx = window_contexts(tiny_ema, raw, pos)
     # slerp in NumPy float32 in both codes; the same formula: bound 1e-6 (observed 2.4e-7)
-    assert (rec["interp_pre_norm"] - gen_golden["g5_interp_pre_norm"]).abs().max() <= 1e-6
+    assert (window_vectors(raw, pos) - gen_golden["g5_interp_pre_norm"]).abs().max() <= 1e-6
     assert (ctx - gen_golden["g5_contexts"]).abs().max() <= 2e-5  # summarizer, as G2
 
 
@@ -186,7 +188,7 @@ def test_g5_corner_window_live_weights(gen_golden, tiny_live):
     x = tiles_to_canvas(
         a0.sqrt() * gen_golden["g4_x20x_next_s3"] + (1 - a0).sqrt() * gen_golden["g5_noise_init_tiles"], 2
     )
-    eps = model_pred(model, x[:, :, :64, :64], 150, gen_golden["g5_contexts"][:1], 2.0)
+    eps = model_pred(model, x[:, :, :64, :64], t=150, context=gen_golden["g5_contexts"][:1], w=2.0)
     x0 = x0hat(x[:, :, :64, :64], eps, coefs[0].at)
     ref = gen_golden["g5_live_step_x0_canvas"][0][:, :16, :16]
     # |x| ~ 463: x/sqrt(a) rounds at ulp(480) = 3e-5 per op, eps (bound 5e-5) enters times
@@ -214,13 +216,54 @@ def test_joint_call_counts_and_chunk_invariance(fake_model, guidance):
     for bs in (1, 3):
         tr = Tracker()
         opts = JointOptions(t0=1000, stride=500, n_steps=2, guidance=guidance, batch_size=bs)
-        res = joint_sample(fake_model, grid, 1, opts, Noise(torch.Generator().manual_seed(0)), "raw", tr)
+        res = joint_sample(
+            fake_model,
+            grid,
+            guide_mag=1,
+            opts=opts,
+            noise=Noise(torch.Generator().manual_seed(0)),
+            ssl_norm="raw",
+            tracker=tr,
+        )
         assert tr.counts == costs.joint_counts(2, 2, 2, guidance)  # S(1+N(1+2K)), S(1+NK), 2SNK
         runs.append(res.tiles)
     # Per-sample maths, but kernels block batches differently (~1e-7 relative), and the loop
     # amplifies that: finite differences divide by h (200x) and x0hat by sqrt(abar_1000) (157x)
     # -> bound 1e-4 of max|x| (observed 2e-5); a chunking bug would be O(1).
     assert rel_err(runs[0], runs[1]) <= 1e-4
+
+
+def test_joint_step_callback_shows_each_step(fake_model):
+    """The "joint" and "constraint" states carry what the step computed; an observer derives the
+    other noise term ("r") from a state without the sampler computing it."""
+    rec = Recorder()
+    opts = JointOptions(t0=1000, stride=500, n_steps=2, batch_size=3)
+    res = joint_sample(
+        fake_model,
+        torch.randn(8, 2, 2),
+        guide_mag=1,
+        opts=opts,
+        noise=Noise(torch.Generator().manual_seed(0)),
+        ssl_norm="raw",
+        callback=rec,
+    )
+    coefs = step_coefs(fake_model, 1000, 500)
+    steps = rec.states("joint")
+    assert [(r.step, r.t) for r in rec.records if r.state.stage == "joint"] == [(0, 1000), (1, 500)]
+    assert steps[-1].latents is res.tiles and steps[-1].tensors["guide"] is res.guide
+    for s, st in enumerate(steps):
+        assert st.x0hat is not None and st.eps is not None and st.noise is not None
+        # the state is the step: same tensors, same operations -> bitwise equal
+        assert torch.equal(
+            noise_step(st.x0hat, st.eps, z=st.noise, coefs=coefs[s], noise_term="c"), st.latents
+        )
+        alt = noise_step(st.x0hat, st.eps, z=st.noise, coefs=coefs[s], noise_term="r")
+        assert alt.shape == st.latents.shape and not torch.equal(alt, st.latents)
+        # K = 2 iterations on each of the chunks starting at tiles 0 and 3
+        inner = [(r.step, r.state.outer["first_tile"]) for r in rec.records if r.state.outer.get("step") == s]
+        assert inner == [(0, 0), (1, 0), (0, 3), (1, 3)]
+        last = rec.states("constraint", step=s, first_tile=3)[-1]
+        assert torch.equal(last.x0hat, st.x0hat[3:])  # the tile chunk's last x0hat enters the noise step
 
 
 @pytest.mark.parametrize("e", [2, 4])
@@ -243,9 +286,9 @@ def test_postprocess_counts_and_chunks(fake_model):
             fake_model,
             tiles,
             grid,
-            PostOptions(t0=150, stride=50, batch_size=bs),
-            Noise(torch.Generator().manual_seed(1)),
-            tr,
+            opts=PostOptions(t0=150, stride=50, batch_size=bs),
+            noise=Noise(torch.Generator().manual_seed(1)),
+            tracker=tr,
         )
         assert tr.counts == costs.post_counts(2, 3)  # 2 P W UNet evals, W summarizer calls
         outs.append(out)
@@ -259,9 +302,9 @@ def test_uint8_truncates():
 
 def test_bad_requests(fake_model):
     with pytest.raises(ConfigError):
-        joint_sample(fake_model, torch.randn(8, 3, 3), 1)
+        joint_sample(fake_model, torch.randn(8, 3, 3), guide_mag=1)
     with pytest.raises(ConfigError):
-        joint_sample(fake_model, torch.randn(8, 2, 2), 0)
+        joint_sample(fake_model, torch.randn(8, 2, 2), guide_mag=0)
     with pytest.raises(ConfigError):
         window_positions(40, 64)
     with pytest.raises(ConfigError):

@@ -17,6 +17,7 @@ from zoomfeat.generation.superres import (
     inversion_timesteps,
     invert_condition,
 )
+from zoomfeat.model.callbacks import Recorder
 from zoomfeat.runtime.errors import ConfigError, InputError
 
 
@@ -36,10 +37,19 @@ def test_inversion_matches_official(gen_golden, tiny_live, tiny_ema, weights):
     # the encoded LR latent: |z| <= 1.7, encoder rounding ~1e-6 relative (observed 2.4e-6)
     assert (tiny_ema.encode(img) - gen_golden["g6_img_latent"]).abs().max() <= 2e-5
     tr = Tracker()
+    rec = Recorder()
     res = invert_condition(
-        model, img, 1, opts, RecordedNoise(gen_golden, lambda r: "g6_" + r), tr, record=True
+        model,
+        img,
+        mag=1,
+        opts=opts,
+        noise=RecordedNoise(gen_golden, lambda r: "g6_" + r),
+        tracker=tr,
+        callback=rec,
     )
-    h = res.history
+    assert [(r.step, r.t) for r in rec.records] == [(0, 950), (1, 725), (2, 500)]
+    h = {k: rec.get("inversion", k) for k in ("loss", "loss_mse", "loss_sim", "grad", "abar_t")}
+    h["F_after"] = rec.get("inversion", "latents")
     assert tr.counts.unet == tr.counts.unet_backward == 3 and tr.counts.vq_encode == 1
     g = f"g6_{weights}_"
     # Losses, gradients and F: relative 1e-3 of each tensor's max (README; Adam divides the
@@ -47,13 +57,13 @@ def test_inversion_matches_official(gen_golden, tiny_live, tiny_ema, weights):
     # UNet forward/backward differ from the official by ~1e-6 relative; observed <= 2e-7).
     for k in ("loss", "loss_mse", "loss_sim", "grad", "F_after"):
         assert rel_err(torch.stack(h[k]), gen_golden[g + k][:3]) <= 1e-3, k
-    assert (torch.stack(h["at"]) - gen_golden[g + "at"][:3]).abs().max() <= 1e-7
+    assert (torch.stack(h["abar_t"]) - gen_golden[g + "at"][:3]).abs().max() <= 1e-7
     # final contexts: from the golden final F (standardise, split row-major, summarize at mag 0)
     from zoomfeat.generation.guidance import tile_contexts
 
     final = gen_golden[g + "F_after"][-1]
     assert rel_err(standardise(final[None], "noeps")[0], gen_golden[g + "F_final_normalised"]) <= 1e-5
-    ctx = tile_contexts(model, final, "noeps")
+    ctx = tile_contexts(model, final, norm="noeps")
     assert (ctx - gen_golden[g + "cond_20x_all"]).abs().max() <= 2e-5  # summarizer, as G2
     assert res.contexts.shape == ctx.shape
 
@@ -62,19 +72,29 @@ def test_superres_counts_and_chunks(fake_model):
     img = torch.rand(1, 3, 256, 256) * 2 - 1
     tr = Tracker()
     inv = invert_condition(
-        fake_model, img, 1, InversionOptions(steps=3), Noise(torch.Generator().manual_seed(0)), tr
+        fake_model,
+        img,
+        mag=1,
+        opts=InversionOptions(steps=3),
+        noise=Noise(torch.Generator().manual_seed(0)),
+        tracker=tr,
     )
     outs = []
     for bs in (1, 4):
         opts = JointOptions(t0=1000, stride=500, n_steps=1, batch_size=bs)
         outs.append(
             constrained_superres(
-                fake_model, img, inv.contexts, opts, Noise(torch.Generator().manual_seed(1)), tr
+                fake_model,
+                img,
+                contexts=inv.contexts,
+                opts=opts,
+                noise=Noise(torch.Generator().manual_seed(1)),
+                tracker=tr,
             )
         )
     assert outs[0].shape == (4, 3, 64, 64)
     assert rel_err(outs[0], outs[1]) <= 1e-4  # chunk invariance up to amplified rounding (see test_large)
-    one = costs.superres_counts(2, 2, 1, 3)
+    one = costs.superres_counts(2, steps=2, k=1, inversion_steps=3)
     # inversion once + sampling twice
     assert tr.counts.model_pred == 2 * one.model_pred
     assert tr.counts.vq_decode == 2 * one.vq_decode and tr.counts.vq_encode == 2 * (one.vq_encode - 1) + 1
@@ -85,6 +105,6 @@ def test_bad_inputs(fake_model):
     with pytest.raises(InputError):
         image_to_tensor(np.zeros((256, 256), np.uint8))
     with pytest.raises(ConfigError):
-        invert_condition(fake_model, torch.zeros(1, 3, 256, 256), 4)  # 1.25x: 16x16 grid > 8x8
+        invert_condition(fake_model, torch.zeros(1, 3, 256, 256), mag=4)  # 1.25x: 16x16 grid > 8x8
     with pytest.raises(InputError):
-        constrained_superres(fake_model, torch.zeros(1, 3, 128, 128), torch.zeros(4, 65, 8))
+        constrained_superres(fake_model, torch.zeros(1, 3, 128, 128), contexts=torch.zeros(4, 65, 8))

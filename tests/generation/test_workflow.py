@@ -17,7 +17,7 @@ def test_plans():
     assert p["joint sampling (e=4, S=20, K=10)"] == costs.joint_counts(4, 20, 10)
     assert p["large decode"].vq_decode == 169
     s = plan(_gc(mode="superres", region={"mag": "5x"}))[0][1]
-    assert s == costs.superres_counts(4, 20, 5, 200)
+    assert s == costs.superres_counts(4, steps=20, k=5, inversion_steps=200)
     q = plan(_gc(mode="patch", patch={"count": 3}))[0][1]
     assert q.unet == 2 * 3 * 51 and q.vq_decode == 3
     c = plan(_gc(mode="cdm_train", cdm_train={"steps": 10, "batch_size": 4}))[0][1]

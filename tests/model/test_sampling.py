@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from zoomfeat.model import sampling
+from zoomfeat.model.callbacks import ProgressBar, Recorder, chain
 
 from .conftest import UNET_DEPTH, unet_fan_in
 from .tolerances import f32_tol, max_abs
@@ -35,21 +36,25 @@ def test_ddim_schedule_matches_official(golden_io):
 
 
 def test_ddim_5_steps(golden_model, golden_io):
-    x, inter = golden_model.sample(
+    rec = Recorder()
+    x = golden_model.sample(
         golden_io["sampler_cond"],
         steps=5,
         guidance=2.0,
         sampler="ddim",
         x_T=golden_io["sampler_x_T"],
-        return_intermediates=True,
+        callback=rec,
     )
+    # one callback per step, high to low timesteps, the last state is the sample
+    assert [(r.step, r.t) for r in rec.records] == [(0, 801), (1, 601), (2, 401), (3, 201), (4, 1)]
+    assert rec.records[-1].state.latents is x
     ref = golden_io["ddim_sample"]
     assert x.shape == (1, 3, 64, 64) and ref.abs().max() > 60  # random weights: large values expected
     assert max_abs(x, ref) <= sample_tol(golden_model, ref, 5)  # 5 guided calls
     # after step s only s calls have run: the 5-call bound covers every intermediate
     x_inter, pred_x0 = golden_io["ddim_x_inter"], golden_io["ddim_pred_x0"]
-    assert max_abs(torch.cat(inter["x_inter"]), x_inter) <= sample_tol(golden_model, x_inter, 5)
-    assert max_abs(torch.cat(inter["pred_x0"]), pred_x0) <= sample_tol(golden_model, pred_x0, 5)
+    assert max_abs(torch.cat(rec.get("ddim", "latents")), x_inter) <= sample_tol(golden_model, x_inter, 5)
+    assert max_abs(torch.cat(rec.get("ddim", "x0hat")), pred_x0) <= sample_tol(golden_model, pred_x0, 5)
 
 
 def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
@@ -63,6 +68,20 @@ def test_plms_5_steps_and_unet_calls(golden_model, golden_io):
         h.remove()
     assert max_abs(x, golden_io["plms_sample"]) <= sample_tol(golden_model, golden_io["plms_sample"], 6)
     assert calls == [2] * 6  # 6 guided calls on [uncond; cond] for S=5
+
+
+def test_progress_bar_and_recorder_share_the_step_hook(golden_model, golden_io):
+    rec = Recorder(stages=["plms"])
+    with ProgressBar(5, "PLMS", stage="plms", disable=True) as bar:
+        golden_model.sample(
+            golden_io["sampler_cond"],
+            steps=5,
+            sampler="plms",
+            x_T=golden_io["sampler_x_T"],
+            callback=chain(rec, bar),
+        )
+        assert bar.n == 5 == len(rec.states("plms"))
+    assert all(s.x0hat is not None and s.eps is not None for s in rec.states("plms"))
 
 
 def test_guidance_one_is_a_single_conditional_call(golden_model, golden_io):

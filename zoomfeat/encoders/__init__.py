@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 def build_encoder(
     name: str,
     checkpoint: str | None = None,
+    *,
     allow_random_weights: bool = False,
     seed: int = 0,
     device: str | torch.device | None = None,

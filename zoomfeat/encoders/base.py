@@ -17,8 +17,9 @@ that names them; a file that cannot be found or fetched a ``WeightsNotFoundError
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -60,19 +61,33 @@ __all__ = [
 ]
 
 
+def int_attr(module: nn.Module, name: str) -> int:
+    """An integer attribute of a third-party module (timm ViTs keep ``num_features``,
+    ``num_prefix_tokens`` as plain ints, which ``nn.Module``'s typing cannot know)."""
+    return int(getattr(module, name))
+
+
 class TileEncoder(nn.Module):
-    """A ViT tile encoder with its own preprocessing (resize to ``input_px``, mean/std)."""
+    """A ViT tile encoder with its own preprocessing (resize to ``input_px``, mean/std).
+
+    ``preprocess``: ``x = (resize_crop(tile) / 255 - mean) / std``; ``forward``: ``vit(x)``, or
+    ``pool(vit.forward_features(x))`` for encoders whose published output is not timm's head.
+    """
+
+    # non-persistent buffers registered in __init__ (declared for the type checker)
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
         vit: nn.Module,
         name: str,
+        *,
         input_px: int = 224,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         checkpoint_id: str = "random-init",
         checkpoint_hash: str = "",
-        *,
         pool: nn.Module | None = None,
         embed_dim: int | None = None,
         resize_px: int | None = None,
@@ -83,7 +98,7 @@ class TileEncoder(nn.Module):
         #: output rule applied to ``vit.forward_features`` (None: ``vit(x)`` is the output)
         self.pool = pool
         self.name = name
-        self.embed_dim = int(vit.num_features if embed_dim is None else embed_dim)
+        self.embed_dim = int_attr(vit, "num_features") if embed_dim is None else int(embed_dim)
         self.input_px = int(input_px)
         self.resize_px = int(input_px if resize_px is None else resize_px)
         if interpolation not in ("bilinear", "bicubic"):
@@ -136,7 +151,8 @@ class TileEncoder(nn.Module):
         """(B, 3, input_px, input_px) -> (B, embed_dim): the published output of the encoder."""
         if self.pool is None:
             return self.vit(x)
-        return self.pool(self.vit.forward_features(x))
+        forward_features = cast(Callable[[torch.Tensor], torch.Tensor], self.vit.forward_features)
+        return self.pool(forward_features(x))
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, embed_dim={self.embed_dim}, checkpoint_id={self.checkpoint_id!r}"

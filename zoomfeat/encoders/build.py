@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoomfeat.encoders.base import TileEncoder, load_encoder_state, resolve_weight_file
+from zoomfeat.encoders.base import TileEncoder, int_attr, load_encoder_state, resolve_weight_file
 from zoomfeat.encoders.convert import convert
 from zoomfeat.encoders.registry import EncoderSpec, get_spec
 from zoomfeat.runtime.errors import WeightsError, WeightsNotFoundError
@@ -48,6 +48,7 @@ class ConvStem(nn.Module):
 
     def __init__(
         self,
+        *,
         img_size: Any = 224,
         patch_size: int = 4,
         in_chans: int = 3,
@@ -173,9 +174,9 @@ def _pool(spec: EncoderSpec, vit: nn.Module) -> nn.Module | None:
     if spec.output in ("cls", "avg"):
         return None  # timm's own head (global_pool token / avg, num_classes 0) is the output
     if spec.output == "cls+mean":
-        return ClassMeanPatchPool(vit.num_prefix_tokens)
+        return ClassMeanPatchPool(int_attr(vit, "num_prefix_tokens"))
     if spec.output == "attn_pool":
-        return AttentionalPool(context_dim=int(vit.num_features))
+        return AttentionalPool(context_dim=int_attr(vit, "num_features"))
     raise AssertionError(f"unknown output rule {spec.output!r}")
 
 
@@ -225,6 +226,7 @@ def expected_state(vit: nn.Module, pool: nn.Module | None) -> dict[str, torch.Te
 def load_published_state(
     spec: EncoderSpec,
     vit: nn.Module,
+    *,
     pool: nn.Module | None,
     state: Mapping[str, torch.Tensor],
     source: str,
@@ -263,12 +265,15 @@ def load_published_state(
 def _locate(spec: EncoderSpec, checkpoint: str | None) -> tuple[Path, str]:
     """(weight file, checkpoint id) for ``checkpoint`` (local file/dir, hub id, or None: the default hub)."""
     hint = f"checkpoint=/path/to/{spec.weight_files[0] if spec.weight_files else 'weights'} (or a directory holding it)"
-    if checkpoint is None and spec.hub_id is None:
+    if checkpoint is not None:
+        target = str(checkpoint)
+    elif spec.hub_id is not None:
+        target = spec.hub_id
+    else:
         raise WeightsNotFoundError(
             f"{spec.name} ({spec.title}) weights are not on a model hub: download {spec.weights_hint} "
             f"and pass its path: {hint}.\nFor a smoke test without weights, pass allow_random_weights=true."
         )
-    target = spec.hub_id if checkpoint is None else str(checkpoint)
     parsed = parse_hub_id(target)
     if parsed is not None:
         repo_id, subfolder = parsed
@@ -299,6 +304,7 @@ def _locate(spec: EncoderSpec, checkpoint: str | None) -> tuple[Path, str]:
 def build_registry_encoder(
     name: str | EncoderSpec,
     checkpoint: str | None = None,
+    *,
     allow_random_weights: bool = False,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -336,9 +342,11 @@ def build_registry_encoder(
         # no random init: every tensor comes from the file. Swin's recomputed buffers
         # (relative_position_index, attn_mask) are not in any file: CTransPath (28M) is built on CPU.
         vit, pool = build_architecture(spec, "cpu" if spec.name == "ctranspath" else "meta")
-        load_published_state(spec, vit, pool, state, f"{spec.name} checkpoint {weight_file}")
+        load_published_state(
+            spec, vit, pool=pool, state=state, source=f"{spec.name} checkpoint {weight_file}"
+        )
         checkpoint_hash = file_hash(weight_file)
-    enc = wrap(spec, vit, pool, checkpoint_id, checkpoint_hash)
+    enc = wrap(spec, vit, pool, checkpoint_id=checkpoint_id, checkpoint_hash=checkpoint_hash)
     if device is not None:
         enc = enc.to(device)
     return enc
@@ -348,6 +356,7 @@ def wrap(
     spec: EncoderSpec,
     vit: nn.Module,
     pool: nn.Module | None,
+    *,
     checkpoint_id: str = "random-init",
     checkpoint_hash: str = "",
 ) -> TileEncoder:
@@ -355,9 +364,9 @@ def wrap(
     return TileEncoder(
         vit,
         spec.name,
-        spec.input_px,
-        spec.mean,
-        spec.std,
+        input_px=spec.input_px,
+        mean=spec.mean,
+        std=spec.std,
         checkpoint_id=checkpoint_id,
         checkpoint_hash=checkpoint_hash,
         pool=pool,

@@ -6,6 +6,8 @@ are a seeded random init, identical on every machine for the same seed.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from zoomfeat.encoders.base import (
@@ -19,7 +21,7 @@ from zoomfeat.encoders.base import (
 from zoomfeat.runtime.provenance import file_hash
 from zoomfeat.runtime.seeding import seeded
 
-TINY_KWARGS = {
+TINY_KWARGS: dict[str, Any] = {
     "img_size": 224,
     "patch_size": 16,
     "embed_dim": 32,
@@ -52,9 +54,9 @@ def build_tiny(
         return TileEncoder(
             vit,
             "tiny",
-            224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
+            input_px=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
             checkpoint_id=f"random-init(seed={seed})",
             checkpoint_hash="",
         )
@@ -64,9 +66,9 @@ def build_tiny(
     return TileEncoder(
         vit,
         "tiny",
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
+        input_px=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         checkpoint_id=str(weight_file),
         checkpoint_hash=file_hash(weight_file),
     )

@@ -9,6 +9,7 @@ smoke tests and benchmarks; its features mean nothing).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ from zoomfeat.runtime.provenance import file_hash
 from zoomfeat.runtime.seeding import seeded
 
 HUB_ID = "MahmoodLab/UNI"
-UNI_KWARGS = {"init_values": 1e-5, "dynamic_img_size": True, "num_classes": 0}
+UNI_KWARGS: dict[str, Any] = {"init_values": 1e-5, "dynamic_img_size": True, "num_classes": 0}
 
 
 def uni_vit(device: str | torch.device | None = None) -> torch.nn.Module:
@@ -58,9 +59,9 @@ def build_uni(
         return TileEncoder(
             vit,
             "uni",
-            224,
-            IMAGENET_MEAN,
-            IMAGENET_STD,
+            input_px=224,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
             checkpoint_id=f"random-init(seed={seed})",
             checkpoint_hash="",
         )
@@ -82,9 +83,9 @@ def build_uni(
     return TileEncoder(
         vit,
         "uni",
-        224,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
+        input_px=224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         checkpoint_id=checkpoint_id,
         checkpoint_hash=file_hash(weight_file),
     )

@@ -1,6 +1,6 @@
 """The Conditioning Diffusion Model (CDM): a DiT that samples ZoomLDM's 65x512 summarizer output.
 
-Spec section 5 ([R] ``cdm_dit/models.py``, ``cdm_dit/diffusion/*``, ``train_cdm.py``,
+docs/generation.md, "CDM" ([R] ``cdm_dit/models.py``, ``cdm_dit/diffusion/*``, ``train_cdm.py``,
 ``cdm_measure_fid.py``); golden G7.
 
 **What it generates** [R]: the summarizer output ``c = Summarizer(grid, mag)`` transposed to
@@ -68,11 +68,15 @@ NUM_TOKENS = 65
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of tokens x [B, N, D]: ``x (1 + scale) + shift`` (scale, shift [B, D])."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 def sincos_1d(dim: int, n: int) -> np.ndarray:
-    """[n, dim] fixed 1-D position embedding, [sin | cos], float64 frequencies [R]."""
+    """[n, dim] fixed 1-D position embedding, [sin | cos], float64 frequencies [R]::
+
+    pe[p] = [sin(p omega_0) .. sin(p omega_{dim/2-1}) | cos(p omega_0) .. ],  omega_i = 10000^(-i / (dim/2))
+    """
     omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
     omega = 1.0 / 10000**omega
     out = np.einsum("m,d->md", np.arange(n, dtype=np.float64), omega)
@@ -80,6 +84,9 @@ def sincos_1d(dim: int, n: int) -> np.ndarray:
 
 
 class TimestepEmbedder(nn.Module):
+    """``MLP(freq(t))``: Linear-SiLU-Linear over ``freq(t) = [cos(t f_i) | sin(t f_i)]``,
+    f_i = max_period^(-i / half), i < half (cos first, as the official DiT)."""
+
     def __init__(self, hidden: int, freq_dim: int = 256):
         super().__init__()
         self.freq_dim = freq_dim
@@ -100,6 +107,8 @@ class TimestepEmbedder(nn.Module):
 
 
 class LabelEmbedder(nn.Module):
+    """``Embedding(num_classes, D)[y]``: y is the magnification index (no null class: no CFG)."""
+
     def __init__(self, num_classes: int, hidden: int):
         super().__init__()
         self.embedding_table = nn.Embedding(num_classes, hidden)
@@ -137,6 +146,12 @@ class Mlp(nn.Module):
 
 
 class DiTBlock(nn.Module):
+    """adaLN-Zero block (docs/generation.md, "CDM")::
+
+    (sh1, sc1, g1, sh2, sc2, g2) = Linear(SiLU(c), 6D)
+    x += g1 Attn(LN(x) (1 + sc1) + sh1);   x += g2 MLP(LN(x) (1 + sc2) + sh2)
+    """
+
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -152,6 +167,8 @@ class DiTBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
+    """``Linear(LN(x) (1 + scale) + shift)`` with ``(shift, scale) = Linear(SiLU(c), 2D)``."""
+
     def __init__(self, hidden: int, out_channels: int):
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -163,11 +180,25 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
+def _last_linear(seq: nn.Sequential) -> nn.Linear:
+    """The final ``Linear`` of an adaLN modulation ``Sequential(SiLU, Linear)``."""
+    lin = seq[-1]
+    if not isinstance(lin, nn.Linear):
+        raise TypeError(f"expected a Linear at the end of {seq}")
+    return lin
+
+
 class DiT(nn.Module):
-    """CDM DiT: x [B, C, 65] (C = context width), t [B], y [B] (mag index) -> [B, 2C, 65]."""
+    """CDM DiT: x [B, C, 65] (C = context width), t [B], y [B] (mag index) -> [B, 2C, 65].
+
+    docs/generation.md, "CDM": tokens ``h = Linear(x^T) + pe``, conditioning
+    ``c = MLP(freq(t)) + Embedding[y]``, ``depth`` :class:`DiTBlock` s, then :class:`FinalLayer`
+    to [x0hat | v] (2C channels, learned sigma), transposed back to [B, 2C, 65].
+    """
 
     def __init__(
         self,
+        *,
         in_channels: int = 512,
         hidden_size: int = 768,
         depth: int = 12,
@@ -195,7 +226,7 @@ class DiT(nn.Module):
 
     @classmethod
     def variant(cls, name: str, in_channels: int = 512, **kwargs: Any) -> DiT:
-        """``DiT.variant("B")`` (also ``"DiT-B"``): the official sizes (spec 5.2)."""
+        """``DiT.variant("B")`` (also ``"DiT-B"``): the official sizes (docs/generation.md, "CDM")."""
         key = name.upper().removeprefix("DIT-")
         if key not in VARIANTS:
             raise ConfigError(
@@ -217,12 +248,12 @@ class DiT(nn.Module):
         pe = sincos_1d(self.pos_embed.shape[-1], self.num_tokens)
         self.pos_embed.data.copy_(torch.from_numpy(pe).float().unsqueeze(0))
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
-            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
-        for lin in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
+        for layer in self.t_embedder.mlp:  # its two Linear layers, in order
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.02)
+        zero = [_last_linear(b.adaLN_modulation) for b in self.blocks if isinstance(b, DiTBlock)]
+        zero += [_last_linear(self.final_layer.adaLN_modulation), self.final_layer.linear]
+        for lin in zero:
             nn.init.constant_(lin.weight, 0)
             nn.init.constant_(lin.bias, 0)
 

@@ -1,6 +1,6 @@
 """The CDM's training data: sample number -> (target, magnification, timestep, noise).
 
-Spec section 5.4 ([R] ``train_cdm.py``). As the ZoomLDM trainer's stream
+docs/generation.md, "CDM" (training; [R] ``train_cdm.py``). As the ZoomLDM trainer's stream
 (:mod:`zoomfeat.training.dataset`), sample number ``n`` (0, 1, 2, ... over the whole run) fully
 determines a training sample: a generator seeded with ``mix_seed(seed, n)`` draws
 
@@ -22,15 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from zoomfeat.generation.cdm import NUM_TOKENS
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime.seeding import mix_seed
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
 
 
 def cdm_targets(ldm, grids: torch.Tensor, mags: torch.Tensor) -> torch.Tensor:
@@ -63,7 +65,7 @@ class CDMData:
 class CDMStream:
     """Sample number -> (target, magnification, timestep, noise), keyed by (seed, number)."""
 
-    def __init__(self, ldm: nn.Module, data: CDMData, seed: int = 0, num_timesteps: int = 1000) -> None:
+    def __init__(self, ldm: ZoomLDM, data: CDMData, seed: int = 0, num_timesteps: int = 1000) -> None:
         self.ldm, self.data, self.seed, self.num_timesteps = ldm, data, int(seed), int(num_timesteps)
         self.mags = sorted(int(m) for m, n in data.counts.items() if n > 0)
         if not self.mags:

@@ -1,6 +1,6 @@
 """The CDM's diffusion: cosine schedule, respacing, x0-prediction with learned variance, DDIM.
 
-The maths is in :mod:`zoomfeat.generation.cdm` ("Diffusion"); spec section 5, golden G7.
+The maths is in :mod:`zoomfeat.generation.cdm` ("Diffusion") and docs/generation.md, "CDM"; golden G7.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from zoomfeat.generation.costs import Tracker
+from zoomfeat.model.callbacks import StepCallback, StepState
 from zoomfeat.runtime.errors import ConfigError
 
 # diffusion (float64 NumPy arrays, as the official code)
@@ -114,11 +116,18 @@ class CDMDiffusion:
         self,
         model: Callable[..., torch.Tensor],
         x0: torch.Tensor,
+        *,
         t: torch.Tensor,
         y: torch.Tensor,
         noise: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        """loss = mse + vb (official MSE loss with learned-range variance; one model call)."""
+        """The official loss, one model call: loss = mse + vb (docs/generation.md, "CDM")::
+
+        x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise;   (x0hat, v) = f(x_t, t, y)
+        mse = mean((x0 - x0hat)^2)
+        vb  = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) / log 2  (t > 0), decoder NLL (t = 0)
+        log sigma^2 = (v + 1)/2 log beta_t + (1 - (v + 1)/2) log btilde_t   (x0hat detached in vb)
+        """
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self.model_t(t), y)
         c = xt.shape[1]
@@ -142,26 +151,35 @@ class CDMDiffusion:
         self,
         model: Callable[..., torch.Tensor],
         z: torch.Tensor,
+        *,
         y: torch.Tensor,
-        tracker=None,
-        record: dict[str, list] | None = None,
+        tracker: Tracker | None = None,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
-        """DDIM (eta 0, no clipping) from noise ``z`` over all (respaced) steps, high to low."""
+        """DDIM (eta 0, no clipping) from noise ``z`` over all (respaced) steps, high to low::
+
+            x0hat = f(x_t, t, y)[:C];   eps = (sqrt(1/abar_t) x_t - x0hat) / sqrt(1/abar_t - 1)
+            x_{t-1} = sqrt(abar_{t-1}) x0hat + sqrt(1 - abar_{t-1}) eps       (abar_{-1} = 1)
+
+        ``callback(step, i, state)`` after each step (i: the respaced index): stage ``"cdm"``,
+        ``latents`` = x_{t-1}, ``x0hat``, ``eps``; ``tensors``: ``x_in`` (x_t) and
+        ``model_output`` (the model's [x0hat; v]).
+        """
         x = z
-        for i in reversed(range(self.num_timesteps)):
+        for step, i in enumerate(reversed(range(self.num_timesteps))):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
             out = model(x, self.model_t(t), y)
             if tracker is not None:
                 tracker.dit(x.shape[0])
-            if record is not None:
-                record.setdefault("x_in", []).append(x)
-                record.setdefault("out", []).append(out)
             x0 = torch.split(out, x.shape[1], dim=1)[0]
             eps = (_extract(self.sqrt_recip_alphas_cumprod, t, x.shape) * x - x0) / _extract(
                 self.sqrt_recipm1_alphas_cumprod, t, x.shape
             )
             ap = _extract(self.alphas_cumprod_prev, t, x.shape)
-            x = x0 * torch.sqrt(ap) + torch.sqrt(1 - ap) * eps
+            x_in, x = x, x0 * torch.sqrt(ap) + torch.sqrt(1 - ap) * eps
+            if callback is not None:
+                named = {"x_in": x_in, "model_output": out}
+                callback(step, i, StepState("cdm", x, x0hat=x0, eps=eps, tensors=named))
         return x
 
 

@@ -1,6 +1,6 @@
 """Sampling contexts with the CDM, and training it on ``prepare``'s shards with the trainers' machinery.
 
-The maths is in :mod:`zoomfeat.generation.cdm` ("Training"); spec section 5, golden G7.
+The maths is in :mod:`zoomfeat.generation.cdm` ("Training") and docs/generation.md, "CDM"; golden G7.
 
 **The training stream**: :mod:`zoomfeat.generation.cdm_data` (sample number ``n`` -> its draws,
 keyed by (seed, n)); step ``s`` with global batch ``G`` uses numbers ``s*G .. s*G+G-1``, rank
@@ -35,14 +35,15 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from zoomfeat.generation.cdm import DiT
 from zoomfeat.generation.cdm_data import CDMData, CDMStream
 from zoomfeat.generation.cdm_diffusion import CDMDiffusion
+from zoomfeat.generation.costs import Tracker
+from zoomfeat.model.callbacks import StepCallback
 from zoomfeat.runtime import checkpoints as ckpt_io
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.distributed import DistInfo, barrier, mean_over_ranks, wrap_ddp
@@ -55,6 +56,11 @@ from zoomfeat.runtime.train_state import (
     restore_optimisation,
     write_trainer_dir,
 )
+from zoomfeat.runtime.units import MagIndex
+
+if TYPE_CHECKING:
+    from zoomfeat.generation.config import GenerateConfig
+    from zoomfeat.model.zoomldm import ZoomLDM
 
 #: the EMA DiT in a checkpoint directory (a bare state_dict: ``cdm.checkpoint`` loads it)
 EMA_FILE = "cdm_ema.safetensors"
@@ -63,17 +69,23 @@ CDM_TRAINER_FORMAT = 1
 
 def sample_contexts(
     cdm: DiT,
-    mag: int,
+    *,
+    mag: MagIndex,
     n: int,
     respacing: int = 200,
     generator: torch.Generator | None = None,
     z: torch.Tensor | None = None,
-    tracker=None,
+    tracker: Tracker | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """``n`` CDM samples at magnification index ``mag``, as UNet contexts (spec 5.5).
+    """``n`` CDM samples at magnification index ``mag``, as UNet contexts.
+
+    docs/generation.md, "CDM": DDIM with ``respacing`` steps from z (:meth:`CDMDiffusion.ddim_sample`),
+    y = ``mag``; the sample x0 [n, C, 65] is the summarizer output, transposed to [n, 65, C].
 
     Args:
         z: the starting noise [n, C, 65] (drawn from ``generator`` when None).
+        callback: observes every DDIM step (stage ``"cdm"``).
 
     Returns:
         [n, 65, C] contexts.
@@ -86,13 +98,13 @@ def sample_contexts(
         z = torch.randn((n, cdm.in_channels, cdm.num_tokens), generator=generator, device=g_dev)
     z = z.to(dev).float()
     y = torch.full((z.shape[0],), int(mag), dtype=torch.long, device=dev)
-    x = CDMDiffusion(respacing=respacing).ddim_sample(cdm, z, y, tracker)
+    x = CDMDiffusion(respacing=respacing).ddim_sample(cdm, z, y=y, tracker=tracker, callback=callback)
     return x.transpose(1, 2).contiguous()
 
 
 @dataclass
 class CDMTrainOptions:
-    """The official recipe (spec 5.4) with the sizes of a run.
+    """The official recipe (docs/generation.md, "CDM") with the sizes of a run.
 
     ``batch_size`` is the global batch (the official 256), split evenly over DDP ranks.
     ``resume``: auto (continue from ``out_dir/checkpoints/latest``), false (refuse an ``out_dir``
@@ -120,6 +132,7 @@ class CDMTrainer:
         self,
         cdm: DiT,
         stream: CDMStream,
+        *,
         opts: CDMTrainOptions,
         out_dir: str | Path,
         info: DistInfo | None = None,
@@ -219,7 +232,7 @@ class CDMTrainer:
         """One optimiser step; returns this rank's mean loss (a 0-d device tensor)."""
         dev = self.info.device
         x0, y, t, noise = (v.to(dev) for v in self.stream.batch(self.numbers(step)))
-        loss = self.diffusion.training_losses(self.module, x0, t, y, noise)["loss"].mean()
+        loss = self.diffusion.training_losses(self.module, x0, t=t, y=y, noise=noise)["loss"].mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -236,6 +249,34 @@ class CDMTrainer:
                 self.log_step(loss, time.perf_counter() - t0)
             if done % opts.checkpoint_every == 0 or done == opts.steps:
                 self.checkpoint()
+            if done < opts.steps and self.stop_signal() is not None:
+                self.stop(done)
+
+    def stop_signal(self) -> int | None:
+        """3d. The stop signal received (SIGTERM/SIGINT/SIGUSR1, :mod:`zoomfeat.runtime.stopping`),
+        agreed over ranks (all stop after the same step, or the collectives would hang)."""
+        from zoomfeat.runtime import stopping
+
+        signum = stopping.requested()
+        if not self.info.distributed:
+            return signum
+        flag = torch.tensor([float(signum or 0)], device=self.info.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def stop(self, done: int) -> None:
+        """3e. Stop after step ``done`` on a signal: a checkpoint of it (unless just written), then
+        :class:`~zoomfeat.runtime.stopping.StopRequested` (one line, exit 128 + signal)."""
+        from zoomfeat.runtime import stopping
+
+        signum = self.stop_signal() or 15
+        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt_io.step_dir_name(done):
+            self.checkpoint()
+        raise stopping.StopRequested(
+            signum,
+            f"stopped after step {done} of {self.opts.steps}, checkpoint {self.last_checkpoint or self.root} "
+            f"written; rerun the same command to resume from it (out_dir={self.out_dir}, cdm_train.resume=auto)",
+        )
 
     def log_step(self, loss: torch.Tensor, elapsed: float) -> None:
         """3b. Mean loss over ranks (every rank calls it), one ``train_log.jsonl`` line (rank 0)."""
@@ -316,6 +357,7 @@ def cdm_weights_file(path: str | Path) -> Path:
 def train_cdm(
     cdm: DiT,
     stream: CDMStream,
+    *,
     opts: CDMTrainOptions,
     out_dir: str | Path,
     info: DistInfo | None = None,
@@ -327,10 +369,10 @@ def train_cdm(
     See :class:`CDMTrainer`; ``info`` is this process's DDP place (None: one process on the
     DiT's device).
     """
-    return CDMTrainer(cdm, stream, opts, out_dir, info, run_facts, log).run()
+    return CDMTrainer(cdm, stream, opts=opts, out_dir=out_dir, info=info, run_facts=run_facts, log=log).run()
 
 
-def train_cdm_from_config(gc, data: CDMData, ldm: nn.Module) -> dict[str, Any]:
+def train_cdm_from_config(gc: GenerateConfig, data: CDMData, ldm: ZoomLDM) -> dict[str, Any]:
     """``mode=cdm_train``: the CDM (``cdm.variant``) trained on ``data`` with ``gc.cdm_train``.
 
     One process, or one rank of a ``torchrun`` run (DDP: gloo on the CPU, nccl on CUDA); the
@@ -381,6 +423,6 @@ def train_cdm_from_config(gc, data: CDMData, ldm: nn.Module) -> dict[str, Any]:
         }
         stream = CDMStream(ldm, data, gc.seed)
         log = print if info.is_main else None
-        return train_cdm(cdm, stream, opts, gc.out_dir, info, facts, log)
+        return train_cdm(cdm, stream, opts=opts, out_dir=gc.out_dir, info=info, run_facts=facts, log=log)
     finally:
         shutdown(info)

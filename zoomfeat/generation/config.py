@@ -2,8 +2,8 @@
 
 Sections: ``model`` (the Hydra group ``conf/model/*.yaml``), ``encoder`` (``conf/encoder/*.yaml``),
 ``region`` (where on the slide the reference/guide comes from), ``patch``, ``large``, ``post``
-(seam post-processing), ``superres``, ``cdm``. Defaults are the official notebooks' (spec 2.4,
-3.3, 5.5).
+(seam post-processing), ``superres``, ``cdm``. Defaults are the official notebooks'
+(docs/generation.md, "Joint multi-scale sampling", "Super-resolution", "CDM").
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from zoomfeat.generation.large import JointOptions
 from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.config import check
 from zoomfeat.runtime.device import PRECISIONS
-from zoomfeat.runtime.units import mag_index
+from zoomfeat.runtime.units import MagIndex, mag_index
 
 MODES = ("patch", "large", "superres", "cdm_train")
 
@@ -30,9 +30,9 @@ class RegionSection:
     #: magnification of the reference patch (patch mode) or of the guide (large mode): 10x, 5x, 2.5x, 1.25x ...
     mag: str = "5x"
 
-    def index(self) -> int:
+    def index(self) -> MagIndex:
         try:
-            return int(mag_index(float(str(self.mag).lower().rstrip("x"))))
+            return mag_index(float(str(self.mag).lower().rstrip("x")))
         except ValueError as err:
             from zoomfeat.runtime.errors import ConfigError
 
@@ -55,7 +55,7 @@ class PatchSection:
 
 @dataclass
 class LargeSection:
-    # the joint-sampling defaults live once, in JointOptions (spec 2.4)
+    # the joint-sampling defaults live once, in JointOptions (docs/generation.md, "Joint multi-scale sampling")
     #: timestep the joint sampling starts from
     t0: int = JointOptions.t0
     #: S = t0 / stride sampling steps
@@ -92,9 +92,16 @@ class LargeSection:
     def joint_options(self) -> JointOptions:
         """The joint-sampling options these settings describe."""
         return JointOptions(
-            self.t0, self.stride, self.n_steps, self.h, self.lr, self.guidance, self.batch_size,
-            self.noise_term, self.t_offset,
-        )  # fmt: skip
+            t0=self.t0,
+            stride=self.stride,
+            n_steps=self.n_steps,
+            h=self.h,
+            lr=self.lr,
+            guidance=self.guidance,
+            batch_size=self.batch_size,
+            noise_term=self.noise_term,
+            t_offset=self.t_offset,
+        )
 
 
 @dataclass
@@ -153,7 +160,7 @@ class CDMSection:
 
 @dataclass
 class CDMTrainSection:
-    """``mode=cdm_train``: train the CDM on ``prepare``'s shards (official recipe, spec 5.4)."""
+    """``mode=cdm_train``: train the CDM on ``prepare``'s shards (official recipe, docs/generation.md "CDM")."""
 
     #: prepared data directory (python -m zoomfeat.prepare)
     data: str | None = None

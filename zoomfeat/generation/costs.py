@@ -1,16 +1,16 @@
 """Call counts and FLOPs of a generation request (``dry_run``), and the live call tracker.
 
-Spec sections 2.8, 3.4, 5.5 and 6. Symbols: N = e^2 tiles, S = t0/stride steps, K inner
+docs/generation.md, "Costs". Symbols: N = e^2 tiles, S = t0/stride steps, K inner
 iterations, W = (4e - 3)^2 large-decode windows (window 16 latent px), P = t0_post/stride_post
 post-processing steps; one guided ``model_pred`` is 2 UNet sample-evaluations (1 when w = 0).
 
-    joint model_pred calls      S (1 + N (1 + 2K))         [C] loop structure (spec 2.3)
+    joint model_pred calls      S (1 + N (1 + 2K))         [C] loop structure ("Joint multi-scale sampling")
     joint UNet evaluations      2 x the above
     joint VQ decodes            S (1 + N K)
     joint VQ encodes            S N 2K
     large decode                W decodes
     post-processing             2 P W UNet evals, W summarizer calls, W more decodes
-    super-resolution sampling   S N (1 + 2K) model_pred, S N K decodes, S N 2K encodes  [I] (spec 3.3)
+    super-resolution sampling   S N (1 + 2K) model_pred, S N K decodes, S N 2K encodes  [I] ("Super-resolution")
     inversion                   I UNet forward + backward (~3 UNet evals each), 1 encode
     patch (PLMS S)              (S + 1) x B UNet calls on 2B (cfg), 1 decode per sample   [R]
     patch (DDIM S)              S x 2B
@@ -18,7 +18,7 @@ post-processing steps; one guided ``model_pred`` is 2 UNet sample-evaluations (1
 
 FLOPs per sample-evaluation of the full-size model ([G], measured by the golden harness):
 UNet 210.6 GF, VQ decode (256 px) 670.8 GF, VQ encode 345.2 GF; DiT-B 11.4 GF per sample
-([I], spec 5.2); the summarizer (12 layers, width 512, 65 tokens) ~5 GF ([I], 2 x params x tokens).
+([I], "CDM"); the summarizer (12 layers, width 512, 65 tokens) ~5 GF ([I], 2 x params x tokens).
 They describe the released (full-size) architecture; for any other model the FLOPs are reported as
 the full-size figures scaled by nothing -- the counts are exact, the FLOPs are the full model's.
 """
@@ -26,8 +26,9 @@ the full-size figures scaled by nothing -- the counts are exact, the FLOPs are t
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-#: GFLOPs per sample of the full-size model (spec 2.8 [G]; DiT-B and summarizer [I])
+#: GFLOPs per sample of the full-size model ([G]; DiT-B and summarizer [I])
 GFLOPS = {"unet": 210.6, "vq_decode": 670.8, "vq_encode": 345.2, "dit_b": 11.4, "summarizer": 5.0}
 
 
@@ -86,7 +87,7 @@ def post_counts(e: int, steps: int, guidance: float = 2.0, window_stride: int = 
     return Counts(unet=per * steps * w, model_pred=steps * w, summarizer=w)
 
 
-def superres_counts(e: int, steps: int, k: int, inversion_steps: int, guidance: float = 2.0) -> Counts:
+def superres_counts(e: int, *, steps: int, k: int, inversion_steps: int, guidance: float = 2.0) -> Counts:
     n = e * e
     calls = steps * n * (1 + 2 * k)
     per = 1 if guidance == 0 else 2
@@ -122,7 +123,7 @@ class Tracker:
     desc: str = "UNet evals"
     progress: bool = False
     counts: Counts = field(default_factory=Counts)
-    _bar: object = None
+    _bar: Any = None  # a tqdm bar when ``progress``
 
     def __post_init__(self):
         if self.progress:

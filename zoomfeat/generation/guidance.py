@@ -1,6 +1,6 @@
 """The two classifier-free-guidance conventions, the official timestep offset, and context helpers.
 
-Spec sections 1 and 2.2; golden G2 (``large_image_gen/utils.py`` ``model_pred``).
+docs/generation.md, "Classifier-free guidance"; golden G2 (``large_image_gen/utils.py`` ``model_pred``).
 
 Two conventions, named so they are never confused:
 
@@ -31,10 +31,14 @@ magnification index; how it is standardised differs per stage, so :func:`summari
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from zoomfeat.generation.costs import Tracker
 from zoomfeat.runtime.errors import ConfigError
+from zoomfeat.runtime.units import MagIndex
 
 #: standardisation modes of :func:`summarize`
 NORMALISATIONS = ("dataloader", "noeps", "raw")
@@ -68,13 +72,14 @@ def unet_eps(model, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> 
 
 
 def model_pred(
-    model,
+    model: Any,
     x: torch.Tensor,
+    *,
     t: int,
     context: torch.Tensor,
     w: float = 2.0,
     t_offset: int = 0,
-    tracker=None,
+    tracker: Tracker | None = None,
 ) -> torch.Tensor:
     """Official ``model_pred``: guided eps ``(w+1) e_c - w e_u`` at timestep ``t`` (float, not t-1).
 
@@ -107,7 +112,10 @@ def model_pred(
 
 
 def standardise(grid: torch.Tensor, mode: str) -> torch.Tensor:
-    """Per-position standardisation of a grid [B, C, h, w] over channels (see module docstring)."""
+    """Per-position standardisation of a grid [B, C, h, w] over channels (see module docstring)::
+
+    dataloader: pool8(g) -> (g - mean_c g) / (std_c g + 1e-8);  noeps: (g - mean_c g) / std_c g;  raw: g
+    """
     if mode not in NORMALISATIONS:
         raise ConfigError(f"SSL normalisation {mode!r}: use one of {', '.join(NORMALISATIONS)}")
     x = grid.float()
@@ -127,7 +135,14 @@ def pool_grid(grid: torch.Tensor, max_side: int = 8) -> torch.Tensor:
     return grid
 
 
-def summarize(model, grid: torch.Tensor, mag: int | torch.Tensor, norm: str = "dataloader", tracker=None):
+def summarize(
+    model: Any,
+    grid: torch.Tensor,
+    *,
+    mag: MagIndex | int | torch.Tensor,
+    norm: str = "dataloader",
+    tracker: Tracker | None = None,
+) -> torch.Tensor:
     """Summarizer context [B, 65, D] of grid [B, C, h, w] at magnification index ``mag``."""
     if grid.ndim == 3:
         grid = grid[None]
@@ -144,10 +159,18 @@ def summarize(model, grid: torch.Tensor, mag: int | torch.Tensor, norm: str = "d
 
 
 def tile_contexts(
-    model, grid: torch.Tensor, norm: str = "dataloader", chunk: int = 64, tracker=None
+    model: Any,
+    grid: torch.Tensor,
+    *,
+    norm: str = "dataloader",
+    chunk: int = 64,
+    tracker: Tracker | None = None,
 ) -> torch.Tensor:
     """One 20x context per grid cell: [C, e, e] -> [e*e, 65, D], row-major (n = r*e + c), mag 0."""
     c, e1, e2 = grid.shape
     cells = grid.reshape(c, e1 * e2).T[:, :, None, None]  # [N, C, 1, 1], n = r*e + c
-    out = [summarize(model, cells[i : i + chunk], 0, norm, tracker) for i in range(0, cells.shape[0], chunk)]
+    out = [
+        summarize(model, cells[i : i + chunk], mag=0, norm=norm, tracker=tracker)
+        for i in range(0, cells.shape[0], chunk)
+    ]
     return torch.cat(out)

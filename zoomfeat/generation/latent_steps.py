@@ -1,7 +1,7 @@
 """The steps the large-image samplers share: injected noise, tile/canvas layout, VQ round trips,
 the strided schedule, x0hat and the noise step.
 
-Spec sections 2.1-2.3 and 2.7; golden G4 (joint loop), G5 (post-processing). Used by the joint
+docs/generation.md, "x0-hat and the noise step"; golden G4 (joint loop), G5 (post-processing). Used by the joint
 sampler and the large decode (``large.py``), super-resolution (``superres.py``), the seam
 post-processing (``postprocess.py``) and patch sampling (``patch.py``); their maths is in
 ``large.py``'s header.
@@ -14,7 +14,7 @@ fed t while the schedule is indexed at t-1, as the official code::
     next x   = sqrt(abar_p) x0hat + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z
 
 The bracketed btilde is the noise-term choice: ``"c"`` drops it ([C]'s joint notebook),
-``"r"`` keeps it ([R]/[F]; open point 2.9-1). Coefficients are float32 on the CPU, moved to the
+``"r"`` keeps it ([R]/[F]; "Open points and deviations" 1). Coefficients are float32 on the CPU, moved to the
 tensor's device when used.
 
 **Layout**: N = e^2 tiles in row-major order (n = r e + c) form an e x e canvas,
@@ -104,7 +104,7 @@ def window_positions(h: int, w: int, window: int = LATENT, stride: int = 16) -> 
 
 
 def per_sample_maxabs(x: torch.Tensor) -> torch.Tensor:
-    """The per-sample infinity norm [B, 1, 1, 1] (no epsilon, as the official code)."""
+    """The per-sample infinity norm ``max_i |x_b,i|`` [B, 1, 1, 1] (no epsilon, as the official code)."""
     return x.abs().amax(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
@@ -140,7 +140,8 @@ def encode(model, img: torch.Tensor, tracker: Tracker | None = None) -> torch.Te
 
 
 def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] by truncation, as the official code."""
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] by truncation, as the official code:
+    ``uint8(floor(clamp((x + 1) / 2, 0, 1) 255))``."""
     x = torch.clamp((img.float() + 1.0) / 2.0, 0.0, 1.0)
     return (x * 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
@@ -160,7 +161,10 @@ class StepCoefs:
 
 
 def step_coefs(model, t0: int, stride: int) -> list[StepCoefs]:
-    """The large-image schedule t = t0, t0 - stride, ..., > 0 with the official t-1 indexing."""
+    """The large-image schedule t = t0, t0 - stride, ..., > 0 with the official t-1 indexing::
+
+    abar_t = abar[t-1],  abar_p = abar[max(t-1-stride, 0)],  btilde = beta[t-1] (1-abar_p)/(1-abar_t)
+    """
     if not (0 < stride <= t0 <= model.schedule.timesteps):
         raise ConfigError(f"need 0 < stride <= t0 <= {model.schedule.timesteps}, got t0={t0} stride={stride}")
     ac = model.schedule.alphas_cumprod.detach().cpu().float()
@@ -173,15 +177,23 @@ def step_coefs(model, t0: int, stride: int) -> list[StepCoefs]:
 
 
 def x0hat(x: torch.Tensor, eps: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """x / sqrt(abar_t) - eps sqrt((1 - abar_t) / abar_t) (float32)."""
+    """The clean-latent estimate (docs/generation.md, "x0-hat and the noise step")::
+
+    x0hat = x / sqrt(abar_t) - eps sqrt((1 - abar_t) / abar_t)        (float32)
+    """
     at = at.to(x.device)
     return x / at.sqrt() - eps * ((1 - at) / at).sqrt()
 
 
 def noise_step(
-    x0: torch.Tensor, eps: torch.Tensor, z: torch.Tensor, c: StepCoefs, noise_term: str
+    x0: torch.Tensor, eps: torch.Tensor, *, z: torch.Tensor, coefs: StepCoefs, noise_term: str
 ) -> torch.Tensor:
-    """sqrt(abar_p) x0 + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z."""
-    ap, bt = c.ap.to(x0.device), c.bt.to(x0.device)
+    """The stochastic step to t - stride (docs/generation.md, "The noise step")::
+
+        x' = sqrt(abar_p) x0 + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z
+
+    ``noise_term="c"`` leaves the bracket out ([C]), ``"r"`` keeps it ([R]/[F]).
+    """
+    ap, bt = coefs.ap.to(x0.device), coefs.bt.to(x0.device)
     dir_coef = (1 - ap).sqrt() if noise_term == "c" else (1 - ap - bt).sqrt()
     return ap.sqrt() * x0 + dir_coef * eps + bt.sqrt() * z

@@ -1,6 +1,6 @@
 """Patch sampling at any magnification, conditioned on a slide region's UNI grid or on CDM samples.
 
-Spec section 1 ([R] ``notebooks/sample_patches_brca.ipynb``, ``ldm/data/brca.py``).
+docs/generation.md, "Patch sampling" ([R] ``notebooks/sample_patches_brca.ipynb``, ``ldm/data/brca.py``).
 
 A 256^2 patch at magnification index m (20 / 2^m x) covers 2^m x 2^m 20x tiles. Its conditioning
 is the 2^m x 2^m grid of 20x SSL (UNI) embeddings of those tiles, average-pooled to 8x8 when
@@ -11,7 +11,7 @@ Sampling [R]: PLMS with S = 50 (S + 1 = 51 UNet calls on a batch of 2B), guidanc
 convention ``e_u + s (e_c - e_u)`` with s = 2 (``guidance.cfg_sampler``), eta 0, x_T ~ N(0, 1)
 (injectable), the EMA UNet; decode quantises; output ``uint8(clamp((x + 1)/2, 0, 1) 255)``
 (truncation). Without a reference region, a CDM (``cdm.py``) samples the context instead
-(spec 5.5: 200 respaced DDIM steps; the official FID script uses s = 1.75).
+("CDM": 200 respaced DDIM steps; the official FID script uses s = 1.75).
 
 Reading a region [I]: the level-0 box at (x0, y0) of ``256 2^m`` 20x pixels (0.5 um/px) is read
 once at 20x (``Slide.read_region``), cut into its 2^m x 2^m tiles (row-major) for the encoder, and
@@ -21,6 +21,7 @@ the reference patch at m is the same box read at ``0.5 2^m`` um/px.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,8 +87,9 @@ def reference_patch(slide, region: Region) -> np.ndarray:
 
 
 def sample_patches(
-    model,
+    model: Any,
     contexts: torch.Tensor,
+    *,
     steps: int = 50,
     guidance: float = 2.0,
     sampler: str = "plms",
@@ -95,7 +97,7 @@ def sample_patches(
     generator: torch.Generator | None = None,
     tracker: Tracker | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(latents [B, 3, 64, 64], uint8 images [B, 256, 256, 3]) from contexts [B, 65, D] (spec 1)."""
+    """(latents [B, 3, 64, 64], uint8 images [B, 256, 256, 3]) from contexts [B, 65, D] ("Patch sampling")."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}")
     if steps < 1:

@@ -1,4 +1,6 @@
-"""Seam post-processing of a large image: re-noise, then denoise overlapping windows (spec 2.7).
+"""Seam post-processing of a large image: re-noise, then denoise overlapping windows.
+
+docs/generation.md, "Seam post-processing".
 
 The maths and the tags are in :mod:`zoomfeat.generation.large` ("seam post-processing").
 """
@@ -24,6 +26,7 @@ from zoomfeat.generation.latent_steps import (
     window_positions,
     x0hat,
 )
+from zoomfeat.model.callbacks import StepCallback, StepState
 from zoomfeat.runtime.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------
@@ -31,7 +34,12 @@ from zoomfeat.runtime.errors import ConfigError
 
 
 def slerp(t: float, v0: np.ndarray, v1: np.ndarray, dot_threshold: float = 0.9995) -> np.ndarray:
-    """Spherical interpolation on the raw vectors (NumPy, float32 as NumPy 2 computes it) [R]."""
+    """Spherical interpolation on the raw vectors (NumPy, float32 as NumPy 2 computes it) [R]::
+
+    cos(theta) = <v0/|v0|, v1/|v1|>
+    slerp = sin((1 - t) theta) / sin(theta) v0 + sin(t theta) / sin(theta) v1
+          = (1 - t) v0 + t v1                  when |cos(theta)| > dot_threshold
+    """
     v0n = v0 / np.linalg.norm(v0)
     v1n = v1 / np.linalg.norm(v1)
     dot = np.sum(v0n * v1n)
@@ -46,7 +54,11 @@ def slerp(t: float, v0: np.ndarray, v1: np.ndarray, dot_threshold: float = 0.999
 
 
 def window_embedding(grid: np.ndarray, i: int, j: int) -> np.ndarray:
-    """The slerp-interpolated raw embedding of window (i, j) from the replicate-padded grid [C, e, e]."""
+    """The slerp-interpolated raw embedding of window (i, j) from the replicate-padded grid [C, e, e]::
+
+    (r, c) = (i // 64, j // 64),  t1 = j/64 - c,  t2 = i/64 - r
+    v = slerp(t2, slerp(t1, E[r, c], E[r, c+1]), slerp(t1, E[r+1, c], E[r+1, c+1]))
+    """
     padded = np.pad(grid, ((0, 0), (0, 1), (0, 1)), mode="edge")
     r, c = i // LATENT, j // LATENT
     t1 = j / LATENT - j // LATENT
@@ -56,9 +68,9 @@ def window_embedding(grid: np.ndarray, i: int, j: int) -> np.ndarray:
     return slerp(t2, top, bottom)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PostOptions:
-    """Seam post-processing defaults (spec 2.4: t0 300, stride 50, w 2, window stride 16)."""
+    """Seam post-processing defaults (official: t0 300, stride 50, w 2, window stride 16)."""
 
     t0: int = 300
     stride: int = 50
@@ -68,40 +80,58 @@ class PostOptions:
     t_offset: int = 0
 
 
-def window_contexts(
-    model,
-    ssl_grid: torch.Tensor,
-    positions: list[tuple[int, int]],
-    chunk: int = 64,
-    tracker=None,
-    record=None,
-) -> torch.Tensor:
-    """Per-window contexts [W, 65, D]: slerp-interpolated raw embedding, standardised (no eps), mag 0."""
+def window_vectors(ssl_grid: torch.Tensor, positions: list[tuple[int, int]]) -> torch.Tensor:
+    """The raw interpolated embedding of every window [W, C] (:func:`window_embedding`), float32."""
     grid = ssl_grid.detach().float().cpu().numpy()
     vecs = np.stack([window_embedding(grid, i, j) for i, j in positions]).astype(np.float32)
-    v = torch.from_numpy(vecs)
-    if record is not None:
-        record["interp_pre_norm"] = v
+    return torch.from_numpy(vecs)
+
+
+def window_contexts(
+    model: Any,
+    ssl_grid: torch.Tensor,
+    positions: list[tuple[int, int]],
+    *,
+    chunk: int = 64,
+    tracker: Tracker | None = None,
+) -> torch.Tensor:
+    """Per-window contexts [W, 65, D]: c_w = S(std(v_w), m = 0), v_w = :func:`window_vectors`.
+
+    ``std`` standardises over channels without eps: (v - mean_c v) / std_c v (unbiased).
+    """
+    v = window_vectors(ssl_grid, positions)
     out = []
     for s in range(0, len(positions), chunk):
-        out.append(summarize(model, v[s : s + chunk, :, None, None], 0, "noeps", tracker))
+        out.append(summarize(model, v[s : s + chunk, :, None, None], mag=0, norm="noeps", tracker=tracker))
     return torch.cat(out)
 
 
 def postprocess(
-    model,
+    model: Any,
     tiles: torch.Tensor,
     ssl_grid: torch.Tensor,
+    *,
     opts: PostOptions | None = None,
     noise: Noise | None = None,
     tracker: Tracker | None = None,
-    record: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Official ``postprocess_image`` (spec 2.7): SDEdit re-noising + window-averaged denoising.
+    """Official ``postprocess_image``: SDEdit re-noising + window-averaged denoising.
+
+    docs/generation.md, "Seam post-processing"::
+
+        x = canvas(sqrt(abar[t0-1]) tiles + sqrt(1 - abar[t0-1]) z0)
+        per step t = t0, t0 - stride, ... > 0:
+            x0 = mean over the windows w covering a pixel of x0hat_w(x_w; c_w)
+            eps = (x - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+            x  <- sqrt(abar_p) x0 + sqrt(1 - abar_p - btilde) eps + sqrt(btilde) z
 
     Args:
         tiles: the 20x state in tile layout [N, 3, 64, 64]; ssl_grid: the raw grid [C, e, e].
         noise: source of ``noise_init_tiles`` (tile layout) then ``noise_s{k}_canvas`` (canvas).
+        callback: ``callback(s, t, state)`` after every step: stage ``"post"``, ``latents`` = the
+            canvas x, ``x0hat`` = the window-averaged x0 canvas, ``eps``, ``noise`` = z;
+            ``tensors``: ``contexts`` (the window contexts [W, 65, D]).
     Returns the result in tile layout.
     """
     opts = opts or PostOptions()
@@ -118,9 +148,7 @@ def postprocess(
     x = tiles_to_canvas(a0.sqrt() * tiles.to(dev) + (1 - a0).sqrt() * z0, e)
     _, _, hh, ww = x.shape
     pos = window_positions(hh, ww, LATENT, opts.window_stride)
-    ctx = window_contexts(model, ssl_grid, pos, tracker=tracker, record=record).to(dev)
-    if record is not None:
-        record["contexts"] = ctx
+    ctx = window_contexts(model, ssl_grid, pos, tracker=tracker).to(dev)
     for s, c in enumerate(step_coefs(model, opts.t0, opts.stride)):
         x0_map = torch.zeros_like(x)
         count = torch.zeros_like(x)
@@ -128,7 +156,13 @@ def postprocess(
             chunk = pos[start : start + opts.batch_size]
             xw = torch.cat([x[:, :, i : i + LATENT, j : j + LATENT] for i, j in chunk])
             eps = model_pred(
-                model, xw, c.t, ctx[start : start + len(chunk)], opts.guidance, opts.t_offset, tracker
+                model,
+                xw,
+                t=c.t,
+                context=ctx[start : start + len(chunk)],
+                w=opts.guidance,
+                t_offset=opts.t_offset,
+                tracker=tracker,
             )
             x0w = x0hat(xw, eps, c.at)
             for n, (i, j) in enumerate(chunk):
@@ -138,10 +172,11 @@ def postprocess(
         at = c.at.to(dev)
         eps = (x - at.sqrt() * x0) / (1 - at).sqrt()
         z = noise(f"noise_s{s}_canvas", tuple(x.shape)).to(dev)
-        if record is not None:
-            record.setdefault("step_x0_canvas", []).append(x0)
-        x = noise_step(x0, eps, z, c, "r")
+        x = noise_step(x0, eps, z=z, coefs=c, noise_term="r")
+        if callback is not None:
+            state = StepState("post", x, x0hat=x0, eps=eps, noise=z, tensors={"contexts": ctx})
+            callback(s, c.t, state)
     return canvas_to_tiles(x, e)
 
 
-__all__ = ["PostOptions", "postprocess", "slerp", "window_contexts", "window_embedding"]
+__all__ = ["PostOptions", "postprocess", "slerp", "window_contexts", "window_embedding", "window_vectors"]

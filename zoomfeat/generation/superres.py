@@ -1,10 +1,10 @@
 """Super-resolution of a real low-magnification image: condition inversion + constrained sampling.
 
-Spec section 3; golden G6 (inversion). The input is one real 256^2 RGB patch at magnification
+docs/generation.md, "Condition inversion" and "Super-resolution"; golden G6 (inversion). The input is one real 256^2 RGB patch at magnification
 index m (5x: e = 4, a 4x super-resolution to 1024^2), mapped to 2 (x/255 - 0.5); no SSL features
 are needed, they are inferred.
 
-**Condition inversion** (3.2, [C] glue over [R] functions). Optimise an e x e grid F [C, e, e]
+**Condition inversion** ([C] glue over [R] functions). Optimise an e x e grid F [C, e, e]
 (F_0 ~ N(0, 1)) with Adam (lr 0.1) so that the LDM explains the LR latent z = E(lr) (pre-quant)::
 
     t_i = int(linspace(950, 50, I)_i);   abar = abar[t - 1];   eps ~ N(0, 1)
@@ -19,7 +19,7 @@ lets them reach the unfrozen UNet too, which changes nothing but memory). The [C
 the *live* weights; pass a model loaded with ``ema=False`` for parity, EMA is the default [I].
 The 20x conditions: standardise F, split it into e^2 1x1 grids (row-major), summarize at mag 0.
 
-**Constrained sampling** (3.3, [I]: [C]'s own loop cannot run, its shapes are wrong). The joint
+**Constrained sampling** ([I]: [C]'s own loop cannot run, its shapes are wrong). The joint
 tile loop of ``large.py`` with the guide replaced by the fixed LR image: g_n = the n-th
 (256/e)^2 patch of the LR image; defaults t0 = 1000, stride 50, w = 2, K = 5, lr = 0.5, h = 0.005,
 batch 2; noise sqrt(1 - abar_p) + sqrt(btilde) z; x_T ~ N(0, 1) drawn after the inversion. Then the
@@ -31,7 +31,7 @@ e <= 8 (10x, 5x, 2.5x) is accepted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,13 +42,15 @@ from zoomfeat.generation.costs import Tracker
 from zoomfeat.generation.guidance import standardise, tile_contexts, unet_eps
 from zoomfeat.generation.large import JointOptions, constrained_tiles, guide_grid_side
 from zoomfeat.generation.latent_steps import Noise, canvas_to_tiles, encode, noise_step, step_coefs
+from zoomfeat.model.callbacks import StepCallback, StepState, within
 from zoomfeat.runtime.errors import ConfigError, InputError
+from zoomfeat.runtime.units import MagIndex
 
 #: magnification indices super-resolution accepts (e <= 8)
 SUPERRES_MAGS = (1, 2, 3)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InversionOptions:
     steps: int = 200
     lr: float = 0.1
@@ -64,7 +66,6 @@ class InversionOptions:
 class InversionResult:
     F: torch.Tensor  # the raw optimised grid [C, e, e]
     contexts: torch.Tensor  # per-tile 20x contexts [N, 65, D]
-    history: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -82,18 +83,29 @@ def inversion_timesteps(opts: InversionOptions) -> list[int]:
 
 
 def invert_condition(
-    model,
+    model: Any,
     lr_image: torch.Tensor,
-    mag: int,
+    *,
+    mag: MagIndex,
     opts: InversionOptions | None = None,
     noise: Noise | None = None,
     tracker: Tracker | None = None,
-    record: bool = False,
+    callback: StepCallback | None = None,
 ) -> InversionResult:
-    """Condition inversion (spec 3.2): the SSL grid F [C, e, e] that explains ``lr_image``.
+    """Condition inversion: the SSL grid F [C, e, e] that explains ``lr_image``.
+
+    docs/generation.md, "Condition inversion". Adam (lr ``opts.lr``) on F from F_0 ~ N(0, I),
+    one step per t_i = int(linspace(t_max, t_min, I)_i)::
+
+        x_t = sqrt(abar) z + sqrt(1 - abar) eps,   z = E(lr_image),  abar = abar[t - 1]
+        L   = mean(sqrt(abar) (1 - abar) (eps_theta(x_t, t, S(std(F), m)) - eps)^2)
+              - 0.05 mean_{p,q} cos(F_p, F_q)
 
     ``lr_image``: [1, 3, 256, 256] in [-1, 1]. ``noise``: source of ``F0`` [C, e, e] then
-    ``eps_s{i}`` [1, 3, 64, 64].
+    ``eps_s{i}`` [1, 3, 64, 64]. ``callback(i, t, state)`` after each Adam step: stage
+    ``"inversion"``, ``latents`` = F after the step (a copy), ``eps`` = the UNet's prediction,
+    ``noise`` = the eps drawn; ``tensors``: ``loss``, ``loss_mse``, ``loss_sim``, ``grad``
+    (dL/dF), ``abar_t``.
     """
     opts = opts or InversionOptions()
     if int(mag) not in SUPERRES_MAGS:
@@ -110,7 +122,6 @@ def invert_condition(
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
-    hist: dict[str, list[torch.Tensor]] = {}
     try:
         for i, t in enumerate(inversion_timesteps(opts)[: opts.stop_after]):
             at = ac[t - 1].to(dev)
@@ -130,39 +141,45 @@ def invert_condition(
             loss = mse + sim
             optim.zero_grad()
             loss.backward()
-            if record:
-                for k, v in (
-                    ("loss", loss),
-                    ("loss_mse", mse),
-                    ("loss_sim", sim),
-                    ("grad", F.grad),
-                    ("pred_eps", pred),
-                    ("at", at),
-                ):
-                    hist.setdefault(k, []).append(v.detach().clone())
             optim.step()
-            if record:
-                hist.setdefault("F_after", []).append(F.detach().clone())
+            if callback is not None:
+                assert F.grad is not None
+                named = {"loss": loss.detach(), "loss_mse": mse.detach(), "loss_sim": sim.detach()}
+                named.update(grad=F.grad.detach().clone(), abar_t=at)
+                state = StepState(
+                    "inversion", F.detach().clone(), eps=pred.detach(), noise=eps, tensors=named
+                )
+                callback(i, t, state)
     finally:
         for p in frozen:
             p.requires_grad_(True)
     Fd = F.detach()
-    ctx = tile_contexts(model, Fd, "noeps", tracker=tracker)
-    return InversionResult(F=Fd, contexts=ctx, history=hist)
+    ctx = tile_contexts(model, Fd, norm="noeps", tracker=tracker)
+    return InversionResult(F=Fd, contexts=ctx)
 
 
 def constrained_superres(
-    model,
+    model: Any,
     lr_image: torch.Tensor,
+    *,
     contexts: torch.Tensor,
     opts: JointOptions | None = None,
     noise: Noise | None = None,
     tracker: Tracker | None = None,
-    record: dict[str, Any] | None = None,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Constrained sampling (spec 3.3 [I]): N = e^2 20x tiles whose downsampling matches the LR image.
+    """Constrained sampling [I]: N = e^2 20x tiles whose downsampling matches the LR image.
 
-    ``noise``: source of ``x_T20x`` [N, 3, 64, 64] then ``z20x_s{k}``. Returns the tiles [N, 3, 64, 64].
+    docs/generation.md, "Super-resolution": the joint sampler's tile loop
+    (:func:`~zoomfeat.generation.large.constrained_tiles`) with the guide patches g_n replaced by
+    the patches of the fixed LR image, then the noise step
+    x <- sqrt(abar_p) x0 + sqrt(1 - abar_p [- btilde]) eps + sqrt(btilde) z.
+
+    ``noise``: source of ``x_T20x`` [N, 3, 64, 64] then ``z20x_s{k}``. ``callback(s, t, state)``
+    after every step: stage ``"superres"``, ``latents`` = the tiles after the noise step,
+    ``x0hat``/``eps`` before it, ``noise`` = z; the constraint iterations report as stage
+    ``"constraint"`` with ``outer = {"step": s, "first_tile": n0}``. Returns the tiles
+    [N, 3, 64, 64].
     """
     opts = opts or JointOptions(n_steps=5, batch_size=2)
     n = contexts.shape[0]
@@ -182,10 +199,22 @@ def constrained_superres(
         for start in range(0, n, opts.batch_size):
             sl = slice(start, start + opts.batch_size)
             _, x0c, epsc = constrained_tiles(
-                model, x[sl], contexts[sl].to(dev), targets[sl], c, opts, down, up, tracker
+                model,
+                x[sl],
+                conds=contexts[sl].to(dev),
+                targets=targets[sl],
+                coefs=c,
+                opts=opts,
+                down=down,
+                up=up,
+                tracker=tracker,
+                callback=within(callback, step=s, first_tile=start),
             )
             x0s.append(x0c)
             epss.append(epsc)
         z = noise(f"z20x_s{s}", tuple(x.shape)).to(dev)
-        x = noise_step(torch.cat(x0s), torch.cat(epss), z, c, opts.noise_term)
+        x0_t, eps_t = torch.cat(x0s), torch.cat(epss)
+        x = noise_step(x0_t, eps_t, z=z, coefs=c, noise_term=opts.noise_term)
+        if callback is not None:
+            callback(s, c.t, StepState("superres", x, x0hat=x0_t, eps=eps_t, noise=z))
     return x

@@ -36,7 +36,7 @@ def pyramid(image: np.ndarray, tile: int = TILE) -> list[np.ndarray]:
 
 
 def write_pyramidal_tiff(
-    path: str | Path, image: np.ndarray, mpp: float = 0.5, compression: str = "deflate", tile: int = TILE
+    path: str | Path, image: np.ndarray, *, mpp: float = 0.5, compression: str = "deflate", tile: int = TILE
 ) -> Path:
     """Write ``image`` (H, W, 3) uint8 as a tiled pyramidal TIFF at ``mpp`` microns per pixel."""
     import tifffile

@@ -19,15 +19,16 @@ import torch
 from zoomfeat.generation import costs
 from zoomfeat.generation.config import GenerateConfig
 from zoomfeat.generation.large import GUIDE_MAGS
+from zoomfeat.generation.latent_steps import Noise
 from zoomfeat.runtime.errors import ConfigError, InputError
-from zoomfeat.runtime.units import mag_index, mag_name
+from zoomfeat.runtime.units import MagIndex, mag_index, mag_name
 
 
-def _cdm_mag(gc: GenerateConfig) -> int:
+def _cdm_mag(gc: GenerateConfig) -> MagIndex:
     if gc.cdm.mag is None:
         return gc.region.index()
     try:
-        return int(mag_index(float(str(gc.cdm.mag).lower().rstrip("x"))))
+        return mag_index(float(str(gc.cdm.mag).lower().rstrip("x")))
     except ValueError as err:
         raise ConfigError(f"cdm.mag={gc.cdm.mag!r}: {err}") from None
 
@@ -44,7 +45,7 @@ def _grid_side(gc: GenerateConfig) -> int:
 
 
 def plan(gc: GenerateConfig) -> list[tuple[str, costs.Counts]]:
-    """Per-stage counts of the request (spec 2.8, 3.4, 5.5, 6)."""
+    """Per-stage counts of the request (docs/generation.md, "Costs")."""
     stages: list[tuple[str, costs.Counts]] = []
     if gc.mode == "cdm_train":
         n = gc.cdm_train.steps * gc.cdm_train.batch_size
@@ -81,7 +82,13 @@ def plan(gc: GenerateConfig) -> list[tuple[str, costs.Counts]]:
         stages.append(
             (
                 f"super-resolution (inversion {sr.inversion_steps}, S={sr.t0 // sr.stride}, K={sr.n_steps})",
-                costs.superres_counts(e, sr.t0 // sr.stride, sr.n_steps, sr.inversion_steps, sr.guidance),
+                costs.superres_counts(
+                    e,
+                    steps=sr.t0 // sr.stride,
+                    k=sr.n_steps,
+                    inversion_steps=sr.inversion_steps,
+                    guidance=sr.guidance,
+                ),
             )
         )
     ws = gc.large.decode_window_stride
@@ -197,8 +204,6 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     planned = sum(c.unet for _, c in stages) + sum(c.dit for _, c in stages)
     tracker = costs.Tracker(total=planned, progress=gc.progress, desc=f"{gc.mode}: model evals")
     gen = torch.Generator().manual_seed(int(gc.seed))
-    from zoomfeat.generation.latent_steps import Noise
-
     noise = Noise(gen, device)
     model = _load_models(gc, device)
     written: dict[str, str] = {}
@@ -206,15 +211,21 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     try:
         with autocast(device, precision):
             if gc.mode == "patch":
-                from_slide = gc.patch.source == "slide" and _slide_path(gc)
-                stem = stem or (Path(_slide_path(gc)).stem if from_slide else "cdm") + "_patch"
-                written.update(_run_patch(gc, model, device, gen, tracker, out, stem))
+                slide_path = _slide_path(gc) if gc.patch.source == "slide" else None
+                stem = stem or (Path(slide_path).stem if slide_path else "cdm") + "_patch"
+                written.update(
+                    _run_patch(gc, model, device=device, gen=gen, tracker=tracker, out=out, stem=stem)
+                )
             elif gc.mode == "large":
                 stem = stem or Path(_slide_path(gc) or "large").stem + "_large"
-                written.update(_run_large(gc, model, device, noise, tracker, out, stem))
+                written.update(
+                    _run_large(gc, model, device=device, noise=noise, tracker=tracker, out=out, stem=stem)
+                )
             else:
                 stem = stem or Path(gc.superres.image or _slide_path(gc) or "superres").stem + "_superres"
-                written.update(_run_superres(gc, model, device, noise, tracker, out, stem))
+                written.update(
+                    _run_superres(gc, model, device=device, noise=noise, tracker=tracker, out=out, stem=stem)
+                )
     finally:
         tracker.close()
     summary = {
@@ -234,7 +245,16 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     return summary
 
 
-def _run_patch(gc, model, device, gen, tracker, out, stem) -> dict[str, str]:
+def _run_patch(
+    gc: GenerateConfig,
+    model: Any,
+    *,
+    device: torch.device,
+    gen: torch.Generator,
+    tracker: costs.Tracker,
+    out: Path,
+    stem: str,
+) -> dict[str, str]:
     from zoomfeat.generation.patch import (
         Region,
         condition_region,
@@ -256,7 +276,9 @@ def _run_patch(gc, model, device, gen, tracker, out, stem) -> dict[str, str]:
         weights = cdm_weights_file(gc.cdm.checkpoint)
         cdm = load_cdm(weights, gc.cdm.variant, in_channels=model.context_dim).to(device)
         mag = _cdm_mag(gc)
-        ctx = sample_contexts(cdm, mag, p.count, gc.cdm.respacing, gen, tracker=tracker)
+        ctx = sample_contexts(
+            cdm, mag=mag, n=p.count, respacing=gc.cdm.respacing, generator=gen, tracker=tracker
+        )
         guidance = gc.cdm.guidance
     else:
         slide = _open_slide(gc)
@@ -269,7 +291,9 @@ def _run_patch(gc, model, device, gen, tracker, out, stem) -> dict[str, str]:
         )
         guidance = p.guidance
     x_T = torch.randn((p.count, model.latent_channels, model.latent_size, model.latent_size), generator=gen)
-    _, imgs = sample_patches(model, ctx, p.steps, guidance, p.sampler, x_T=x_T, tracker=tracker)
+    _, imgs = sample_patches(
+        model, ctx, steps=p.steps, guidance=guidance, sampler=p.sampler, x_T=x_T, tracker=tracker
+    )
     for i, img in enumerate(imgs):
         written[f"patch{i}"] = str(_save_png(out / f"{stem}_{i}.png", img))
     return written
@@ -280,19 +304,46 @@ def _save_large(gc, img: np.ndarray, out: Path, stem: str) -> dict[str, str]:
 
     written = {"png": str(_save_png(out / f"{stem}.png", img))}
     if gc.large.tiff:
-        written["tiff"] = str(write_pyramidal_tiff(out / f"{stem}.tif", img, 0.5, gc.large.tiff_compression))
+        written["tiff"] = str(
+            write_pyramidal_tiff(out / f"{stem}.tif", img, mpp=0.5, compression=gc.large.tiff_compression)
+        )
     return written
 
 
-def _post(gc, model, device, tiles, grid, noise, tracker):
+def _post(
+    gc: GenerateConfig,
+    model: Any,
+    *,
+    device: torch.device,
+    tiles: torch.Tensor,
+    grid: torch.Tensor,
+    noise: Noise,
+    tracker: costs.Tracker,
+) -> torch.Tensor:
     from zoomfeat.generation.postprocess import PostOptions, postprocess
 
     pm = _load_models(gc, device, live=True) if gc.post.live_weights else model
-    po = PostOptions(gc.post.t0, gc.post.stride, gc.post.guidance, 16, gc.post.batch_size, gc.large.t_offset)
-    return postprocess(pm, tiles, grid, po, noise, tracker)
+    po = PostOptions(
+        t0=gc.post.t0,
+        stride=gc.post.stride,
+        guidance=gc.post.guidance,
+        window_stride=16,
+        batch_size=gc.post.batch_size,
+        t_offset=gc.large.t_offset,
+    )
+    return postprocess(pm, tiles, grid, opts=po, noise=noise, tracker=tracker)
 
 
-def _run_large(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
+def _run_large(
+    gc: GenerateConfig,
+    model: Any,
+    *,
+    device: torch.device,
+    noise: Noise,
+    tracker: costs.Tracker,
+    out: Path,
+    stem: str,
+) -> dict[str, str]:
     from zoomfeat.generation.large import decode_large, joint_sample
     from zoomfeat.generation.latent_steps import decode, tiles_to_canvas, to_uint8
     from zoomfeat.generation.patch import Region, reference_patch, region_ssl_grid
@@ -303,17 +354,19 @@ def _run_large(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
     region = Region(gc.region.x0, gc.region.y0, e)
     grid, region_20x = region_ssl_grid(slide, region, _encoder(gc, device))
     lg = gc.large
-    res = joint_sample(model, grid, m, lg.joint_options(), noise, lg.ssl_norm, tracker)
+    res = joint_sample(
+        model, grid, guide_mag=m, opts=lg.joint_options(), noise=noise, ssl_norm=lg.ssl_norm, tracker=tracker
+    )
     tiles = res.tiles
     if lg.postprocess:
-        tiles = _post(gc, model, device, tiles, grid, noise, tracker)
+        tiles = _post(gc, model, device=device, tiles=tiles, grid=grid, noise=noise, tracker=tracker)
     img = decode_large(
         model,
         tiles_to_canvas(tiles, e),
-        lg.decode_window_stride,
-        lg.decode_sigma,
-        lg.decode_batch_size,
-        tracker,
+        window_stride=lg.decode_window_stride,
+        sigma=lg.decode_sigma,
+        batch_size=lg.decode_batch_size,
+        tracker=tracker,
     )[0]
     written = _save_large(gc, img, out, stem)
     written["guide_generated"] = str(
@@ -343,7 +396,16 @@ def _load_image(path: str, size: int) -> np.ndarray:
     return img
 
 
-def _run_superres(gc, model, device, noise, tracker, out, stem) -> dict[str, str]:
+def _run_superres(
+    gc: GenerateConfig,
+    model: Any,
+    *,
+    device: torch.device,
+    noise: Noise,
+    tracker: costs.Tracker,
+    out: Path,
+    stem: str,
+) -> dict[str, str]:
     from zoomfeat.generation.large import JointOptions, decode_large
     from zoomfeat.generation.latent_steps import tiles_to_canvas
     from zoomfeat.generation.patch import Region, reference_patch
@@ -367,30 +429,35 @@ def _run_superres(gc, model, device, noise, tracker, out, stem) -> dict[str, str
     x = image_to_tensor(lr_img)
     inv_model = _load_models(gc, device, live=True) if sr.live_weights else model
     inv = invert_condition(
-        inv_model, x, m, InversionOptions(sr.inversion_steps, sr.inversion_lr), noise, tracker
+        inv_model,
+        x,
+        mag=m,
+        opts=InversionOptions(steps=sr.inversion_steps, lr=sr.inversion_lr),
+        noise=noise,
+        tracker=tracker,
     )
     opts = JointOptions(
-        sr.t0,
-        sr.stride,
-        sr.n_steps,
-        sr.h,
-        sr.lr,
-        sr.guidance,
-        sr.batch_size,
-        gc.large.noise_term,
-        gc.large.t_offset,
+        t0=sr.t0,
+        stride=sr.stride,
+        n_steps=sr.n_steps,
+        h=sr.h,
+        lr=sr.lr,
+        guidance=sr.guidance,
+        batch_size=sr.batch_size,
+        noise_term=gc.large.noise_term,
+        t_offset=gc.large.t_offset,
     )
-    tiles = constrained_superres(model, x, inv.contexts, opts, noise, tracker)
+    tiles = constrained_superres(model, x, contexts=inv.contexts, opts=opts, noise=noise, tracker=tracker)
     if gc.large.postprocess:
-        tiles = _post(gc, model, device, tiles, inv.F, noise, tracker)
+        tiles = _post(gc, model, device=device, tiles=tiles, grid=inv.F, noise=noise, tracker=tracker)
     lg = gc.large
     img = decode_large(
         model,
         tiles_to_canvas(tiles, e),
-        lg.decode_window_stride,
-        lg.decode_sigma,
-        lg.decode_batch_size,
-        tracker,
+        window_stride=lg.decode_window_stride,
+        sigma=lg.decode_sigma,
+        batch_size=lg.decode_batch_size,
+        tracker=tracker,
     )[0]
     written.update(_save_large(gc, img, out, stem))
     return written

@@ -12,7 +12,7 @@ parameter, ``first_stage_model.*`` (VQ) and ``cond_stage_model.*`` (summarizer, 
   (:func:`unet_key_to_official`, :func:`vq_key_to_official`), in the official registration order;
   the tests check it against the converters and the full-size key list.
 
-The functions take the model as a plain ``nn.Module`` with ``config`` (the architecture dict),
+The functions take the model (:class:`LayoutModel`, e.g. a ``ZoomLDM``) with ``config`` (the architecture dict),
 ``unet``, ``vq``, ``summarizer`` and ``schedule`` attributes: this module knows nothing of the
 ``ZoomLDM`` class (which imports it).
 """
@@ -23,15 +23,15 @@ import contextlib
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from zoomfeat.model import unet as unet_mod
 from zoomfeat.model import vq as vq_mod
-from zoomfeat.model.schedule import OFFICIAL_BUFFERS
+from zoomfeat.model.schedule import OFFICIAL_BUFFERS, Schedule
 from zoomfeat.runtime.errors import WeightsError
 from zoomfeat.runtime.weights import key_mismatch_lines
 
@@ -45,6 +45,7 @@ EMA_EXTRA = ("model_ema.decay", "model_ema.num_updates")
 def check_keys(
     found: Mapping[str, Any],
     expected: Mapping[str, Any],
+    *,
     source: str,
     what: str,
     optional: tuple[str, ...] = (),
@@ -58,7 +59,7 @@ def check_keys(
         source: the file (or object) named first in the message. what: what ``expected`` is.
         hint: a last line saying what to do.
     """
-    mismatch = key_mismatch_lines(found, expected, optional)
+    mismatch = key_mismatch_lines(found, expected, optional=optional)
     if not mismatch:
         return
     lines = [f"{source}: the weights do not match the {what}:", *mismatch]
@@ -196,8 +197,8 @@ ln_2 mlp in_proj_weight in_proj_bias out_proj weight bias
 _RANK = {name: i for i, name in enumerate(_ORDER)}
 
 
-def _sort_key(key: str) -> tuple:
-    parts = []
+def _sort_key(key: str) -> tuple[tuple[int, int, int | str], ...]:
+    parts: list[tuple[int, int, int | str]] = []
     for comp in key.split("."):
         if comp.isdigit():
             parts.append((0, int(comp), 0))
@@ -214,21 +215,37 @@ def _sort_key(key: str) -> tuple:
 # official <-> native
 
 
-def official_unet_names(model: nn.Module) -> OrderedDict[str, str]:
+class LayoutModel(Protocol):
+    """What the layout functions read of a model (``ZoomLDM`` has it)."""
+
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def unet(self) -> Any: ...  # diffusers UNet2DConditionModel
+    @property
+    def vq(self) -> Any: ...  # diffusers VQModel
+    @property
+    def summarizer(self) -> nn.Module: ...
+    @property
+    def schedule(self) -> Schedule: ...
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
+def official_unet_names(model: LayoutModel) -> OrderedDict[str, str]:
     """{native unet key: official key (with ``model.diffusion_model.``)} in official order."""
     cfg = model.config["unet"]
     pairs = [(k, UNET_PREFIX + unet_key_to_official(k, cfg)) for k in model.unet.state_dict()]
     return OrderedDict(sorted(pairs, key=lambda kv: _sort_key(kv[1])))
 
 
-def official_vq_names(model: nn.Module) -> OrderedDict[str, str]:
+def official_vq_names(model: LayoutModel) -> OrderedDict[str, str]:
     cfg = model.config["vq"]
     pairs = [(k, VQ_PREFIX + vq_key_to_official(k, cfg)) for k in model.vq.state_dict()]
     return OrderedDict(sorted(pairs, key=lambda kv: _sort_key(kv[1])))
 
 
 def to_official_state_dict(
-    model: nn.Module,
+    model: LayoutModel,
     ema_unet_state: Mapping[str, torch.Tensor] | None = None,
     ema_decay: float = 0.9999,
     ema_num_updates: int = 0,
@@ -247,7 +264,7 @@ def to_official_state_dict(
     """
     unet_sd = model.unet.state_dict()
     if ema_unet_state is not None:
-        check_keys(ema_unet_state, unet_sd, "ema_unet_state", "UNet (diffusers names)")
+        check_keys(ema_unet_state, unet_sd, source="ema_unet_state", what="UNet (diffusers names)")
     device = next(model.parameters()).device
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for name, t in model.schedule.official_buffers().items():
@@ -269,7 +286,7 @@ def to_official_state_dict(
     return out
 
 
-def official_layout(model: nn.Module) -> OrderedDict[str, tuple[int, ...]]:
+def official_layout(model: LayoutModel) -> OrderedDict[str, tuple[int, ...]]:
     """{official key: shape} the model expects, in official order (works on the meta device)."""
     return OrderedDict((k, tuple(v.shape)) for k, v in to_official_state_dict(model).items())
 
@@ -286,7 +303,7 @@ def _quiet_diffusers():
 
 
 def convert_official_state_dict(
-    sd: Mapping[str, torch.Tensor], model: nn.Module, ema: bool = True, source: str = "checkpoint"
+    sd: Mapping[str, torch.Tensor], model: LayoutModel, ema: bool = True, source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
     """Official flat state_dict -> native ZoomLDM state_dict (``unet.*``, ``vq.*``, ``summarizer.*``).
 
@@ -313,7 +330,14 @@ def convert_official_state_dict(
     )
     if ema and not any(k.startswith(EMA_PREFIX) for k in sd):
         hint += " This checkpoint has no EMA weights: load it with ema=False to use the live weights."
-    check_keys(sd, expected, source, "official ZoomLDM layout for this config", optional=optional, hint=hint)
+    check_keys(
+        sd,
+        expected,
+        source=source,
+        what="official ZoomLDM layout for this config",
+        optional=optional,
+        hint=hint,
+    )
 
     ref = model.schedule.official_buffers()
     for name in OFFICIAL_BUFFERS:
@@ -335,9 +359,9 @@ def convert_official_state_dict(
         # convert_ldm_unet_checkpoint only extracts EMA weights when > 100 model_ema.* keys exist;
         # make sure every tensor really came from the EMA copy.
         names = official_unet_names(model)
-        for native, official in names.items():
-            if unet_sd.get(native) is not sd[ema_key(official)]:
-                unet_sd[native] = sd[ema_key(official)]
+        for key, official in names.items():
+            if unet_sd.get(key) is not sd[ema_key(official)]:
+                unet_sd[key] = sd[ema_key(official)]
     native: dict[str, torch.Tensor] = {}
     for prefix, part in (("unet.", unet_sd), ("vq.", vq_sd)):
         for k, v in part.items():

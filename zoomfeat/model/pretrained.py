@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from torch import nn
 
 from zoomfeat.model import official
 from zoomfeat.model.config import (
@@ -40,6 +41,10 @@ from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import ConfigError, WeightsError, WeightsNotFoundError
 from zoomfeat.runtime.provenance import config_hash, file_hash
 from zoomfeat.runtime.seeding import seeded
+
+if TYPE_CHECKING:
+    from zoomfeat.model.schedule import Schedule
+    from zoomfeat.model.summarizer import Summarizer
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,7 @@ def parse_hub_id(s: str) -> tuple[str, str | None] | None:
 def hub_file(
     repo_id: str,
     filename: str,
+    *,
     subfolder: str | None = None,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
@@ -97,7 +103,14 @@ def hub_file(
 # constructors and writers
 
 
-class PretrainedMixin:
+if TYPE_CHECKING:
+    # what the mixin relies on, for the type checker: an nn.Module built as cls(arch, name=name)
+    _MixinBase = nn.Module
+else:
+    _MixinBase = object
+
+
+class PretrainedMixin(_MixinBase):
     """Constructors (:meth:`from_config`, :meth:`from_official`, :meth:`from_pretrained`,
     :meth:`load`) and writers (:meth:`save_pretrained`, :meth:`save_official`) of ``ZoomLDM``.
 
@@ -105,6 +118,16 @@ class PretrainedMixin:
     attributes :mod:`zoomfeat.model.official` reads (``config``, ``unet``, ``vq``, ``summarizer``,
     ``schedule``) and ``checkpoint_id`` / ``checkpoint_hash`` (provenance written into bags).
     """
+
+    # the attributes of the class mixed into (declared for the type checker)
+    name: str
+    config: dict[str, Any]
+    unet: Any  # diffusers UNet2DConditionModel
+    vq: Any  # diffusers VQModel
+    summarizer: Summarizer
+    schedule: Schedule
+    checkpoint_id: str
+    checkpoint_hash: str
 
     # ---- build ---------------------------------------------------------------------------------
 
@@ -148,8 +171,8 @@ class PretrainedMixin:
         official.check_keys(
             state,
             expected,
-            source,
-            f"ZoomLDM '{self.name}' architecture",
+            source=source,
+            what=f"ZoomLDM '{self.name}' architecture",
             hint="  Is the config right? (the config.yaml saved with these weights)",
         )
         tensors = {}
@@ -196,6 +219,7 @@ class PretrainedMixin:
     def from_pretrained(
         cls,
         dir_or_hub_id: str | Path,
+        *,
         subfolder: str | None = None,
         revision: str | None = None,
         cache_dir: str | Path | None = None,
@@ -226,15 +250,15 @@ class PretrainedMixin:
         repo, sub = hub
         if subfolder is not None:
             sub = subfolder or None
-        cfg_path = hub_file(repo, CONFIG_NAME, sub, revision, cache_dir)
+        cfg_path = hub_file(repo, CONFIG_NAME, subfolder=sub, revision=revision, cache_dir=cache_dir)
         with open(cfg_path) as f:
             doc = yaml.safe_load(f) or {}
         hub_id = f"{repo}/{sub}" if sub else repo
         if isinstance(doc, Mapping) and isinstance(doc.get("model"), Mapping):
-            weights = hub_file(repo, OFFICIAL_WEIGHTS, sub, revision, cache_dir)
+            weights = hub_file(repo, OFFICIAL_WEIGHTS, subfolder=sub, revision=revision, cache_dir=cache_dir)
             model = cls.from_official(weights, config=cfg_path, ema=ema)
         else:
-            weights = hub_file(repo, NATIVE_WEIGHTS, sub, revision, cache_dir)
+            weights = hub_file(repo, NATIVE_WEIGHTS, subfolder=sub, revision=revision, cache_dir=cache_dir)
             model = cls._from_native(cfg_path, weights, hub_id)
         model.checkpoint_id = hub_id
         return model
@@ -257,6 +281,7 @@ class PretrainedMixin:
     def load(
         cls,
         checkpoint: str | Path | None,
+        *,
         config: str | Path | Mapping[str, Any] | None = DEFAULT_CONFIG,
         allow_random_weights: bool = False,
         seed: int = 0,

@@ -10,6 +10,10 @@
   sqrt(1 - a_prev - sigma^2) e + sigma z; no clipping;
 * PLMS: pseudo improved Euler on the first step (2 UNet calls), then Adams-Bashforth of order
   2, 3, 4 on the stored eps values.
+
+Both samplers call ``callback(step, t, state)`` after every step (:mod:`zoomfeat.model.callbacks`;
+stage ``"ddim"`` / ``"plms"``, ``latents`` = x_prev, ``x0hat`` = pred_x0, ``eps`` = the eps the
+update used). docs/generation.md, "DDIM and PLMS", has the equations.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
+
+from zoomfeat.model.callbacks import StepCallback, StepState
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -42,8 +47,18 @@ def ddim_parameters(
 
 
 def guided_eps(
-    eps_fn: EpsFn, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor, guidance: float
+    eps_fn: EpsFn,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
 ) -> torch.Tensor:
+    """Classifier-free guidance in one UNet call on [uncond; cond]::
+
+    eps = eps_u + s (eps_c - eps_u)        (s = ``guidance``; s = 1: one conditional call)
+    """
     if guidance == 1.0:
         return eps_fn(x, t, cond).float()
     e = eps_fn(torch.cat([x, x]), torch.cat([t, t]), torch.cat([uncond, cond])).float()
@@ -54,11 +69,18 @@ def guided_eps(
 def _step(
     x: torch.Tensor,
     e: torch.Tensor,
+    *,
     a_t: float,
     a_prev: float,
     sigma: float,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update; returns (x_prev, pred_x0)::
+
+    pred_x0 = (x - sqrt(1 - a_t) e) / sqrt(a_t)
+    x_prev  = sqrt(a_prev) pred_x0 + sqrt(1 - a_prev - sigma^2) e + sigma z,   z ~ N(0, I)
+    """
+
     def full(v: float) -> torch.Tensor:
         return torch.full((x.shape[0], 1, 1, 1), v, device=x.device, dtype=torch.float32)
 
@@ -81,6 +103,7 @@ def _step(
 def sample_ddim(
     eps_fn: EpsFn,
     x_T: torch.Tensor,
+    *,
     cond: torch.Tensor,
     uncond: torch.Tensor,
     alphas_cumprod: torch.Tensor,
@@ -88,55 +111,85 @@ def sample_ddim(
     guidance: float = 2.0,
     eta: float = 0.0,
     generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-    """Official DDIM sampling; returns (x_0 sample, {"x_inter": [...], "pred_x0": [...]} per step)."""
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Official DDIM sampling from ``x_T``; returns the x_0 sample.
+
+    Steps t_S > ... > t_1 (:func:`ddim_timesteps`); per step, with the guided eps of
+    :func:`guided_eps` and a_t = abar[t_i], a_prev = abar[t_{i-1}] (abar[0] after the last)::
+
+        pred_x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t)
+        x      <- sqrt(a_prev) pred_x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z
+        sigma   = eta sqrt((1 - a_prev) / (1 - a_t) (1 - a_t / a_prev))
+
+    ``callback(step, t, state)`` after each step: stage ``"ddim"``, ``latents`` = x,
+    ``x0hat`` = pred_x0, ``eps``.
+    """
     ts = ddim_timesteps(steps, alphas_cumprod.shape[0])
     alphas, alphas_prev, sigmas = ddim_parameters(alphas_cumprod, ts, eta)
     x = x_T.float()
-    inter: dict[str, list[torch.Tensor]] = {"x_inter": [], "pred_x0": []}
     n = len(ts)
-    for i, step in enumerate(tqdm(ts.flip(0).tolist(), desc="DDIM", disable=not progress)):
+    for i, step in enumerate(ts.flip(0).tolist()):
         index = n - i - 1
         t = torch.full((x.shape[0],), step, device=x.device, dtype=torch.long)
-        e = guided_eps(eps_fn, x, t, cond, uncond, guidance)
+        e = guided_eps(eps_fn, x, t, cond=cond, uncond=uncond, guidance=guidance)
         x, pred_x0 = _step(
-            x, e, float(alphas[index]), float(alphas_prev[index]), float(sigmas[index]), generator
+            x,
+            e,
+            a_t=float(alphas[index]),
+            a_prev=float(alphas_prev[index]),
+            sigma=float(sigmas[index]),
+            generator=generator,
         )
-        inter["x_inter"].append(x)
-        inter["pred_x0"].append(pred_x0)
-    return x, inter
+        if callback is not None:
+            callback(i, int(step), StepState("ddim", x, x0hat=pred_x0, eps=e))
+    return x
 
 
 def sample_plms(
     eps_fn: EpsFn,
     x_T: torch.Tensor,
+    *,
     cond: torch.Tensor,
     uncond: torch.Tensor,
     alphas_cumprod: torch.Tensor,
     steps: int = 50,
     guidance: float = 2.0,
-    progress: bool = False,
-) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
-    """Official PLMS sampling (eta must be 0); returns (sample, intermediates)."""
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Official PLMS sampling (eta 0) from ``x_T``; returns the x_0 sample.
+
+    The DDIM update (:func:`sample_ddim`, sigma = 0) with eps replaced by the linear multistep
+    combination e' of the current guided eps e_t and the stored ones (e_{t+1}, ...)::
+
+        first step: e' = (e_t + e(x~, t_next)) / 2,  x~ = the DDIM update of x with e_t (2 UNet calls)
+        then        e' = (3 e_t - e_1) / 2
+                    e' = (23 e_t - 16 e_1 + 5 e_2) / 12
+                    e' = (55 e_t - 59 e_1 + 37 e_2 - 9 e_3) / 24
+
+    ``callback(step, t, state)`` after each step: stage ``"plms"``, ``latents`` = x,
+    ``x0hat`` = pred_x0, ``eps`` = e'.
+    """
     ts = ddim_timesteps(steps, alphas_cumprod.shape[0])
     alphas, alphas_prev, _ = ddim_parameters(alphas_cumprod, ts, 0.0)
     time_range = ts.flip(0).tolist()
     n = len(ts)
     x = x_T.float()
     old_eps: list[torch.Tensor] = []
-    inter: dict[str, list[torch.Tensor]] = {"x_inter": [], "pred_x0": []}
 
-    for i, step in enumerate(tqdm(time_range, desc="PLMS", disable=not progress)):
+    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return guided_eps(eps_fn, x, t, cond=cond, uncond=uncond, guidance=guidance)
+
+    for i, step in enumerate(time_range):
         index = n - i - 1
         b = x.shape[0]
         t = torch.full((b,), step, device=x.device, dtype=torch.long)
         t_next = torch.full((b,), time_range[min(i + 1, n - 1)], device=x.device, dtype=torch.long)
         a_t, a_prev = float(alphas[index]), float(alphas_prev[index])
-        e_t = guided_eps(eps_fn, x, t, cond, uncond, guidance)
+        e_t = guided(x, t)
         if not old_eps:
-            x_prov, _ = _step(x, e_t, a_t, a_prev, 0.0, None)
-            e_next = guided_eps(eps_fn, x_prov, t_next, cond, uncond, guidance)
+            x_prov, _ = _step(x, e_t, a_t=a_t, a_prev=a_prev, sigma=0.0, generator=None)
+            e_next = guided(x_prov, t_next)
             e_prime = (e_t + e_next) / 2
         elif len(old_eps) == 1:
             e_prime = (3 * e_t - old_eps[-1]) / 2
@@ -144,10 +197,10 @@ def sample_plms(
             e_prime = (23 * e_t - 16 * old_eps[-1] + 5 * old_eps[-2]) / 12
         else:
             e_prime = (55 * e_t - 59 * old_eps[-1] + 37 * old_eps[-2] - 9 * old_eps[-3]) / 24
-        x, pred_x0 = _step(x, e_prime, a_t, a_prev, 0.0, None)
+        x, pred_x0 = _step(x, e_prime, a_t=a_t, a_prev=a_prev, sigma=0.0, generator=None)
         old_eps.append(e_t)
         if len(old_eps) >= 4:
             old_eps.pop(0)
-        inter["x_inter"].append(x)
-        inter["pred_x0"].append(pred_x0)
-    return x, inter
+        if callback is not None:
+            callback(i, int(step), StepState("plms", x, x0hat=pred_x0, eps=e_prime))
+    return x

@@ -73,10 +73,21 @@ def official_buffers(
 
 
 class Schedule(nn.Module):
-    """Holds the schedule as non-persistent float32 buffers (they move with ``.to(device)``)."""
+    """Holds the schedule as non-persistent float32 buffers (they move with ``.to(device)``).
+
+    ``beta_i = linspace(sqrt(linear_start), sqrt(linear_end), T)_i^2``,
+    ``abar_i = prod_{j <= i} (1 - beta_j)`` (docs/generation.md, "Schedule and notation").
+    """
+
+    # the buffers registered by reset_buffers (declared for the type checker)
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    sqrt_alphas_cumprod: torch.Tensor
+    sqrt_one_minus_alphas_cumprod: torch.Tensor
 
     def __init__(
         self,
+        *,
         timesteps: int = 1000,
         linear_start: float = 0.0015,
         linear_end: float = 0.0195,

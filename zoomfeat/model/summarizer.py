@@ -66,6 +66,7 @@ class EncoderBlock(nn.Module):
 
     def __init__(
         self,
+        *,
         num_heads: int,
         hidden_dim: int,
         mlp_dim: int,
@@ -93,6 +94,7 @@ class Encoder(nn.Module):
 
     def __init__(
         self,
+        *,
         seq_length: int,
         num_layers: int,
         num_heads: int,
@@ -108,7 +110,13 @@ class Encoder(nn.Module):
             OrderedDict(
                 (
                     f"encoder_layer_{i}",
-                    EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout, attention_dropout),
+                    EncoderBlock(
+                        num_heads=num_heads,
+                        hidden_dim=hidden_dim,
+                        mlp_dim=mlp_dim,
+                        dropout=dropout,
+                        attention_dropout=attention_dropout,
+                    ),
                 )
                 for i in range(num_layers)
             )
@@ -124,6 +132,7 @@ class Summarizer(nn.Module):
 
     def __init__(
         self,
+        *,
         input_channels: int = 1024,
         hidden_channels: int = 512,
         output_channels: int = 512,
@@ -151,7 +160,13 @@ class Summarizer(nn.Module):
         self.pad_token = nn.Parameter(torch.empty(1, 1, hidden_channels).normal_(std=0.02))
         self.mag_embedding = nn.Embedding(num_mags, hidden_channels)
         self.dim_reduce = nn.Linear(input_channels, hidden_channels)
-        self.encoder = Encoder(NUM_SLOTS + 1, num_layers, num_heads, hidden_channels, vit_mlp_dim)
+        self.encoder = Encoder(
+            seq_length=NUM_SLOTS + 1,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_channels,
+            mlp_dim=vit_mlp_dim,
+        )
         self.final_proj = nn.Linear(hidden_channels, output_channels)
         self.layer_norm = nn.LayerNorm(hidden_channels)
 

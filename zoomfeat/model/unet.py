@@ -17,7 +17,7 @@ block has run: the rest of the network is never computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -157,7 +157,7 @@ def block_channels(cfg: dict[str, Any]) -> dict[str, int]:
     return out
 
 
-def check_tap_names(cfg: dict[str, Any], names: list[str] | tuple[str, ...] | str) -> list[str]:
+def check_tap_names(cfg: dict[str, Any], names: Sequence[str] | str) -> list[str]:
     if isinstance(names, str):
         names = [names]
     names = list(names)
@@ -252,6 +252,7 @@ def iter_blocks(
 def forward_taps(
     unet: UNet2DConditionModel,
     sample: torch.Tensor,
+    *,
     timestep: int | torch.Tensor,
     context: torch.Tensor,
     names: list[str],

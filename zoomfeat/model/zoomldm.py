@@ -30,6 +30,7 @@ from torch import nn
 from zoomfeat.model import sampling
 from zoomfeat.model import unet as unet_mod
 from zoomfeat.model import vq as vq_mod
+from zoomfeat.model.callbacks import ProgressBar, StepCallback, chain
 from zoomfeat.model.config import normalize_arch
 from zoomfeat.model.pretrained import PretrainedMixin
 from zoomfeat.model.schedule import Schedule
@@ -48,7 +49,7 @@ class ZoomLDM(PretrainedMixin, nn.Module):
     """
 
     def __init__(self, config: Mapping[str, Any], name: str = "custom"):
-        super().__init__()
+        nn.Module.__init__(self)  # PretrainedMixin has no state of its own
         arch = normalize_arch(config)
         self.name = name
         self.config: dict[str, Any] = arch
@@ -262,7 +263,11 @@ class ZoomLDM(PretrainedMixin, nn.Module):
         self._check_latent(x_t, "x_t")
         x = self._like(x_t, self.unet.conv_in.weight)
         return unet_mod.forward_taps(
-            self.unet, x, self._timesteps(t, x.shape[0]), self._context(context, x.shape[0]), names
+            self.unet,
+            x,
+            timestep=self._timesteps(t, x.shape[0]),
+            context=self._context(context, x.shape[0]),
+            names=names,
         )
 
     def tap_channels(self, names: Sequence[str] | str = DEFAULT_TAPS) -> dict[str, int]:
@@ -275,6 +280,7 @@ class ZoomLDM(PretrainedMixin, nn.Module):
     def sample(
         self,
         context: torch.Tensor,
+        *,
         steps: int = 50,
         guidance: float = 2.0,
         sampler: str = "ddim",
@@ -282,14 +288,18 @@ class ZoomLDM(PretrainedMixin, nn.Module):
         generator: torch.Generator | None = None,
         eta: float = 0.0,
         uncond: torch.Tensor | None = None,
-        return_intermediates: bool = False,
+        callback: StepCallback | None = None,
         progress: bool = False,
-    ):
+    ) -> torch.Tensor:
         """Sample latents with the official DDIM or PLMS sampler and classifier-free guidance.
 
-        ``uncond`` defaults to zeros (the official unconditional context).  Returns the latent
-        [B, C, h, w] (decode it with :meth:`decode`), or (latent, intermediates) when
-        ``return_intermediates``.
+        ``eps = eps_theta(x_t, t, uncond) + s (eps_theta(x_t, t, context) - eps_theta(x_t, t, uncond))``
+        with s = ``guidance``; the updates are :func:`~zoomfeat.model.sampling.sample_ddim` /
+        :func:`~zoomfeat.model.sampling.sample_plms` (docs/generation.md, "DDIM and PLMS").
+        ``uncond`` defaults to zeros (the official unconditional context). ``callback(step, t,
+        state)`` observes every step (:mod:`zoomfeat.model.callbacks`); ``progress`` shows a tqdm
+        bar driven by the same hook. Returns the latent [B, C, h, w] (decode it with
+        :meth:`decode`).
         """
         w = self.unet.conv_in.weight
         b = context.shape[0]
@@ -301,20 +311,39 @@ class ZoomLDM(PretrainedMixin, nn.Module):
             x_T = torch.randn(shape, generator=generator, device=dev, dtype=torch.float32)
         self._check_latent(x_T, "x_T")
         x_T = x_T.to(w.device, torch.float32)
+        if sampler not in ("ddim", "plms"):
+            raise ValueError(f"unknown sampler {sampler!r}: use 'ddim' or 'plms'")
+        if sampler == "plms" and eta != 0.0:
+            raise ValueError("the PLMS sampler requires eta=0")
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             x = self._like(x, w)
             return self.unet(x, t, encoder_hidden_states=c).sample
 
         ac = self.schedule.alphas_cumprod
-        if sampler == "ddim":
-            out, inter = sampling.sample_ddim(
-                eps_fn, x_T, context, uncond, ac, steps, guidance, eta, generator, progress
+        n_steps = len(sampling.ddim_timesteps(steps, ac.shape[0]))
+        with ProgressBar(n_steps, sampler.upper(), disable=not progress) as bar:
+            cb = chain(callback, bar if progress else None)
+            if sampler == "ddim":
+                return sampling.sample_ddim(
+                    eps_fn,
+                    x_T,
+                    cond=context,
+                    uncond=uncond,
+                    alphas_cumprod=ac,
+                    steps=steps,
+                    guidance=guidance,
+                    eta=eta,
+                    generator=generator,
+                    callback=cb,
+                )
+            return sampling.sample_plms(
+                eps_fn,
+                x_T,
+                cond=context,
+                uncond=uncond,
+                alphas_cumprod=ac,
+                steps=steps,
+                guidance=guidance,
+                callback=cb,
             )
-        elif sampler == "plms":
-            if eta != 0.0:
-                raise ValueError("the PLMS sampler requires eta=0")
-            out, inter = sampling.sample_plms(eps_fn, x_T, context, uncond, ac, steps, guidance, progress)
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}: use 'ddim' or 'plms'")
-        return (out, inter) if return_intermediates else out
