@@ -209,7 +209,7 @@ def write_clam(fs: FeatureSet, dest: Path) -> tuple[list[str], list[str], int | 
 
 
 def write_stamp(
-    fs: FeatureSet, dest: Path, mpp: float | None = None
+    fs: FeatureSet, dest: Path, *, mpp: float | None = None
 ) -> tuple[list[str], list[str], int | None]:
     """``{dest}/{slide}.h5`` (``feats`` external link, coords in um) + ``{dest}/slide_table.csv``."""
     written, dim = [], None
@@ -302,7 +302,7 @@ def export_bags(
     for fs in feature_sets:
         target = ensure_dir(root / fs.name, "export directory")
         if to == "stamp":
-            written, skipped, dim = write_stamp(fs, target, mpp)
+            written, skipped, dim = write_stamp(fs, target, mpp=mpp)
         else:
             written, skipped, dim = writers[to](fs, target)
         result.written[fs.name] = written

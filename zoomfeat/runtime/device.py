@@ -61,7 +61,7 @@ def resolve_device(spec: str | torch.device | None = "auto", local_rank: int | N
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device, training: bool = False) -> str:
+def resolve_precision(precision: str, device: torch.device, *, training: bool = False) -> str:
     """``fp32`` | ``bf16`` | ``fp16`` for ``device`` (``auto`` resolved, impossible choices refused)."""
     p = str(precision).lower()
     if p == "auto":

@@ -112,7 +112,7 @@ def mean_over_ranks(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return value
 
 
-def wrap_ddp(module: nn.Module, info: DistInfo, find_unused_parameters: bool = False) -> nn.Module:
+def wrap_ddp(module: nn.Module, info: DistInfo, *, find_unused_parameters: bool = False) -> nn.Module:
     """``module`` wrapped in DistributedDataParallel on this rank's device (unchanged in one process).
 
     Buffers are not broadcast (both trainers' buffers are constants or per-rank statistics).

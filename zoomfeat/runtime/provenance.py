@@ -18,7 +18,7 @@ def config_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def file_hash(path: str | Path, length: int = 16, chunk: int = 1 << 20) -> str:
+def file_hash(path: str | Path, *, length: int = 16, chunk: int = 1 << 20) -> str:
     """Short sha256 of a file's bytes (streamed, so multi-GB checkpoints are fine)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

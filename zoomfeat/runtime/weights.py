@@ -38,7 +38,7 @@ def _shape(v: Any) -> tuple[int, ...]:
 
 
 def key_mismatch_lines(
-    found: Mapping[str, Any], expected: Mapping[str, Any], optional: tuple[str, ...] = ()
+    found: Mapping[str, Any], expected: Mapping[str, Any], *, optional: tuple[str, ...] = ()
 ) -> list[str]:
     """Lines naming missing / unexpected / misshapen keys (values: tensors or shapes); [] when they fit.
 
@@ -103,7 +103,7 @@ def _torch_load(path: Path) -> Any:
 
 
 def load_state_dict_file(
-    path: str | os.PathLike, wrappers: Sequence[str] = ("state_dict",), tensors_only: bool = False
+    path: str | os.PathLike, *, wrappers: Sequence[str] = ("state_dict",), tensors_only: bool = False
 ) -> dict[str, torch.Tensor]:
     """A flat ``{name: tensor}`` from ``.ckpt``/``.pt``/``.pth``/``.bin`` (weights_only) or ``.safetensors``.
 

@@ -107,7 +107,7 @@ class TrainingParts:
             find_unused_parameters: DDP's option; True by default here (unlike the shared helper)
                 because a batch of 8x8 grids leaves the summarizer's pad token without a gradient.
         """
-        self.objective = wrap_ddp(self.objective, info, find_unused_parameters)
+        self.objective = wrap_ddp(self.objective, info, find_unused_parameters=find_unused_parameters)
         self.distributed = info.distributed
 
 
