@@ -12,14 +12,16 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from zoomfeat.model.config import ModelSection
 from zoomfeat.runtime.errors import ShardError, WeightsError
 from zoomfeat.training.shards import ShardIndex
 from zoomfeat.training.vq import vq_fingerprint
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
+
 
 log = logging.getLogger("zoomfeat.train")
 
@@ -44,7 +46,7 @@ def _as_section(model: ModelSection | str | Mapping[str, Any]) -> ModelSection:
     return ModelSection(**{k: v for k, v in dict(model).items() if k in ModelSection.__dataclass_fields__})
 
 
-def architecture(model: nn.Module) -> dict[str, Any]:
+def architecture(model: ZoomLDM) -> dict[str, Any]:
     """The (normalised) architecture of a model: ``model.config`` (unet, vq, summarizer, diffusion)."""
     return dict(getattr(model, "config", {}) or {})
 
@@ -71,7 +73,7 @@ def _arch_summary(arch: Mapping[str, Any]) -> str:
     return ", ".join(parts) or json.dumps(arch, sort_keys=True, default=str)[:300]
 
 
-def check_architecture(model: nn.Module, section: ModelSection | str, source: str) -> None:
+def check_architecture(model: ZoomLDM, section: ModelSection | str, source: str) -> None:
     """A clear :class:`WeightsError` when ``model`` (loaded from ``source``) is not ``section``'s architecture."""
     section = _as_section(section)
     want = expected_architecture(section)
@@ -84,7 +86,7 @@ def check_architecture(model: nn.Module, section: ModelSection | str, source: st
         )
 
 
-def load_init(init: str, section: ModelSection | str) -> nn.Module:
+def load_init(init: str, section: ModelSection | str) -> ZoomLDM:
     """A model to start training from: official ``.ckpt`` (config beside it, or the section's),
     pretrained directory, or hub id; the architecture must be the section's.
 
@@ -104,7 +106,7 @@ def load_init(init: str, section: ModelSection | str) -> nn.Module:
     return model
 
 
-def build_model(section: ModelSection, init: str | None, seed: int) -> nn.Module:
+def build_model(section: ModelSection, init: str | None, seed: int) -> ZoomLDM:
     """``load_init(init)`` when given, else the section's architecture with a seeded random init."""
     from zoomfeat.model import ZoomLDM
 
@@ -113,7 +115,7 @@ def build_model(section: ModelSection, init: str | None, seed: int) -> nn.Module
     return ZoomLDM.from_config(section.source(), seed=seed)
 
 
-def align_vq(model: nn.Module, index: ShardIndex, section: ModelSection, init: str | None) -> None:
+def align_vq(model: ZoomLDM, index: ShardIndex, section: ModelSection, init: str | None) -> None:
     """Make sure the model's (frozen) VQ is the one that encoded the data.
 
     The shards' latents only mean something to the VQ that made them: sample grids decode with

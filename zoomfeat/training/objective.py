@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from torch import nn
 from zoomfeat.runtime.distributed import DistInfo, wrap_ddp
 from zoomfeat.runtime.ema import EMA
 from zoomfeat.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
 
 
 def lr_at(step: int, lr: float, warmup_steps: int) -> float:
@@ -36,7 +39,9 @@ def lr_at(step: int, lr: float, warmup_steps: int) -> float:
 class DiffusionObjective(nn.Module):
     """eps-prediction MSE of one batch; the module DDP wraps (UNet + summarizer parameters)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    _model: ZoomLDM
+
+    def __init__(self, model: ZoomLDM) -> None:
         super().__init__()
         self.unet = model.unet
         self.summarizer = model.summarizer
@@ -56,6 +61,7 @@ class DiffusionObjective(nn.Module):
             if ctx is None:
                 ctx = c.new_zeros((batch, *c.shape[1:]))
             ctx = ctx.index_copy(0, rows, c.to(ctx.dtype))
+        assert ctx is not None, "a batch has at least one magnification group"
         return ctx
 
     def forward(
@@ -80,7 +86,7 @@ class DiffusionObjective(nn.Module):
         return F.mse_loss(eps.float(), noise.float())
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+def trainable_parameters(model: ZoomLDM) -> list[nn.Parameter]:
     """UNet + summarizer parameters that require gradients (the VQ is frozen)."""
     return [p for p in list(model.unet.parameters()) + list(model.summarizer.parameters()) if p.requires_grad]
 
@@ -90,7 +96,7 @@ class TrainingParts:
     """What one optimiser step needs: the model, its objective (DDP-wrapped or not), AdamW,
     the GradScaler (fp16 only) and the EMA."""
 
-    model: nn.Module
+    model: ZoomLDM
     objective: nn.Module
     params: list
     optimizer: torch.optim.Optimizer
@@ -111,7 +117,7 @@ class TrainingParts:
         self.distributed = info.distributed
 
 
-def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, precision: str) -> TrainingParts:
+def setup_training(model: ZoomLDM, cfg: TrainConfig, device: torch.device, precision: str) -> TrainingParts:
     """Model on ``device`` in training mode (VQ frozen, optional gradient checkpointing), EMA of
     the UNet, AdamW over UNet + summarizer, GradScaler (enabled for fp16)."""
     model.to(device)
@@ -122,7 +128,9 @@ def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device, pre
         model.unet.enable_gradient_checkpointing()
     ema = EMA(model.unet, cfg.ema.decay, warmup=cfg.ema.warmup)
     params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=(float(cfg.betas[0]), float(cfg.betas[1])), weight_decay=cfg.weight_decay
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     return TrainingParts(model, DiffusionObjective(model), params, optimizer, scaler, ema)
 
@@ -151,7 +159,7 @@ def train_step(
     n = len(batches)
     for micro, batch in enumerate(batches):
         sync = parts.distributed and micro < n - 1
-        with parts.objective.no_sync() if sync else nullcontext():
+        with cast(Any, parts.objective).no_sync() if sync else nullcontext():  # DDP's no_sync
             with amp if amp is not None else nullcontext():
                 loss = parts.objective(
                     batch["latent"].to(device, non_blocking=True),

@@ -18,9 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from zoomfeat.runtime import stopping
 from zoomfeat.runtime.device import resolve_device, resolve_precision
@@ -32,12 +30,17 @@ from zoomfeat.training.shards import FORMAT_VERSION, ShardWriter, read_record
 from zoomfeat.training.slide_prep import SlidePreparer, TileEncoders
 from zoomfeat.training.vq import vq_fingerprint
 
+if TYPE_CHECKING:
+    from zoomfeat.encoders.base import TileEncoder
+    from zoomfeat.model.zoomldm import ZoomLDM
+
+
 log = logging.getLogger("zoomfeat.prepare")
 
 __all__ = ["PrepareConfig", "prepare", "find_slides", "load_models", "data_settings", "vq_fingerprint"]
 
 
-def load_models(cfg: PrepareConfig) -> tuple[nn.Module, nn.Module]:
+def load_models(cfg: PrepareConfig) -> tuple[ZoomLDM, TileEncoder]:
     """(ZoomLDM, encoder) of the config's ``model`` and ``encoder`` sections.
 
     The SSL widths are checked before anything big is built. The tiny model and encoder get a
@@ -77,7 +80,7 @@ def load_models(cfg: PrepareConfig) -> tuple[nn.Module, nn.Module]:
     return model, encoder
 
 
-def data_settings(cfg: PrepareConfig, model: nn.Module, encoder: nn.Module) -> dict[str, Any]:
+def data_settings(cfg: PrepareConfig, model: ZoomLDM, encoder: TileEncoder) -> dict[str, Any]:
     """What shapes the data (its hash decides whether a slide's record is still valid)."""
     return {
         "format": FORMAT_VERSION,
@@ -108,7 +111,7 @@ def find_slides(inputs: list[str | Path], cfg: PrepareConfig) -> list:
 
 
 def prepare(
-    inputs: list[str | Path], cfg: PrepareConfig, model: nn.Module, encoder: nn.Module
+    inputs: list[str | Path], cfg: PrepareConfig, model: ZoomLDM, encoder: TileEncoder
 ) -> dict[str, Any]:
     """Prepare every slide of ``inputs`` (this job's share) into ``cfg.out_dir``.
 
@@ -167,7 +170,7 @@ def prepare(
     return summary
 
 
-def _dataset_info(settings: dict[str, Any], model: nn.Module, encoder: nn.Module) -> dict[str, Any]:
+def _dataset_info(settings: dict[str, Any], model: ZoomLDM, encoder: TileEncoder) -> dict[str, Any]:
     """``dataset.json``'s content: the encoder and VQ (with their weights), the tile size."""
     config = getattr(model, "config", None)
     return {
@@ -212,5 +215,7 @@ def _missing_mags(cfg: PrepareConfig, slide_id: str, chash: str) -> list[int]:
     return [
         m
         for m in cfg.mags
-        if str(m) not in have or not (Path(cfg.out_dir) / rec["mags"][str(m)]["file"]).is_file()
+        if str(m) not in have
+        or rec is None
+        or not (Path(cfg.out_dir) / rec["mags"][str(m)]["file"]).is_file()
     ]

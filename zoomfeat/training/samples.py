@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from zoomfeat.runtime.device import autocast
 from zoomfeat.training.config import SampleConfig
 from zoomfeat.training.dataset import MultiScaleDataset
 from zoomfeat.training.shards import MAG_NAMES
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
 
 
 def pick_conditions(dataset: MultiScaleDataset, n: int) -> dict[int, dict[str, torch.Tensor]]:
@@ -67,7 +70,7 @@ def save_grid_png(path: Path, rows: list[tuple[str, np.ndarray]], title: str) ->
 
 @torch.no_grad()
 def write_sample_grids(
-    model: nn.Module,
+    model: ZoomLDM,
     conditions: Mapping[int, Mapping[str, torch.Tensor]],
     *,
     out_dir: Path,

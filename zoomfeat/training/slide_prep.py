@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from zoomfeat.runtime import stopping
 from zoomfeat.runtime.device import autocast
@@ -29,6 +28,11 @@ from zoomfeat.runtime.units import MPP_20X, TILE_PX, magnification
 from zoomfeat.training.config import PrepareConfig
 from zoomfeat.training.shards import MAG_NAMES, ShardWriter, pool_grid
 from zoomfeat.training.tiles import RATIO, BlockDataset, TileDataset, cell_offsets, lattice, loader
+
+if TYPE_CHECKING:
+    from zoomfeat.encoders.base import TileEncoder
+    from zoomfeat.model.zoomldm import ZoomLDM
+
 
 #: magnification indices that come out of the block reads (20x children, 5x parent)
 DIRECT_MAGS = (0, 2)
@@ -38,7 +42,7 @@ class TileEncoders:
     """UNI and the VQ encoder on uint8 tiles, batched, on one device (inference, no gradients)."""
 
     def __init__(
-        self, model: nn.Module, encoder: nn.Module, *, device: torch.device, precision: str, batch_size: int
+        self, model: ZoomLDM, encoder: TileEncoder, *, device: torch.device, precision: str, batch_size: int
     ) -> None:
         self.model = model
         self.encoder = encoder

@@ -22,10 +22,9 @@ the same thread count (docs/ARCHITECTURE.md, "Training").
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from zoomfeat.runtime import checkpoints as ckpt_io
 from zoomfeat.runtime.ema import EMA
@@ -39,6 +38,10 @@ from zoomfeat.runtime.train_state import (
     write_trainer_dir,
 )
 from zoomfeat.training.samples import write_sample_grids
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
+
 
 __all__ = [
     "TRAINER_FORMAT",
@@ -56,7 +59,7 @@ def save_training_checkpoint(
     root: Path,
     step: int,
     *,
-    model: nn.Module,
+    model: ZoomLDM,
     ema: EMA,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,

@@ -28,10 +28,9 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from zoomfeat.runtime import checkpoints as ckpt_io
 from zoomfeat.runtime import stopping
@@ -60,6 +59,10 @@ from zoomfeat.training.state import (
     set_rng_state,
 )
 
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
+
+
 log = logging.getLogger("zoomfeat.train")
 
 
@@ -73,7 +76,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         shutdown(info)
 
 
-def _num_timesteps(model: nn.Module) -> int:
+def _num_timesteps(model: ZoomLDM) -> int:
     for owner in (model, getattr(model, "schedule", None)):
         for attr in ("num_timesteps", "timesteps"):
             v = getattr(owner, attr, None)

@@ -8,12 +8,15 @@ this module (it sits below them: no import cycle between prepare and the trainer
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    from zoomfeat.model.zoomldm import ZoomLDM
 
 
-def vq_fingerprint(model: nn.Module) -> str:
+def vq_fingerprint(model: ZoomLDM) -> str:
     """sha256 (16 hex) of ``model.vq``'s weights (float32 bytes, sorted by name)."""
     h = hashlib.sha256()
     for name, t in sorted(model.vq.state_dict().items()):

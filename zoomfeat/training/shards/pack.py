@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from zoomfeat.runtime.atomic import atomic_path
+from zoomfeat.runtime.errors import ShardError
 from zoomfeat.training.shards.format import append_rows, create_shard, write_slide_table
 from zoomfeat.training.shards.records import read_record, write_record
 
@@ -28,6 +29,14 @@ def record_rows(data_dir: Path, m: int, slide_id: str) -> int:
     """Rows the slide's record lists at magnification index ``m`` (0 when none)."""
     rec = read_record(data_dir, slide_id)
     return int(rec["mags"][str(m)]["count"]) if rec and str(m) in rec.get("mags", {}) else 0
+
+
+def _record(data_dir: Path, slide_id: str) -> dict[str, Any]:
+    """The slide's record (ShardError when it has none: a slide being packed was just written)."""
+    rec = read_record(data_dir, slide_id)
+    if rec is None:
+        raise ShardError(f"{data_dir}: slide {slide_id} has no record to pack; rerun prepare to rewrite it")
+    return rec
 
 
 def pack_slides(
@@ -55,7 +64,7 @@ def pack_slides(
     with atomic_path(final) as tmp:
         with create_shard(tmp, m, ssl_channels=ssl_channels, max_grid=max_grid) as out:
             for k, sid in enumerate(slide_ids):
-                entry = read_record(data_dir, sid)["mags"][str(m)]
+                entry = _record(data_dir, sid)["mags"][str(m)]
                 start = out["latent"].shape[0]
                 n = int(entry["count"])
                 with h5py.File(data_dir / entry["file"], "r") as src:
@@ -75,7 +84,7 @@ def pack_slides(
             out.attrs["complete"] = True
     # 2. re-point the records, 3. then drop the small files
     for sid, entry in entries.items():
-        rec = read_record(data_dir, sid)
+        rec = _record(data_dir, sid)
         old_file = rec["mags"][str(m)]["file"]
         rec["mags"][str(m)] = entry
         write_record(data_dir, rec)

@@ -114,7 +114,7 @@ class ShardIndex:
             wanted = None if mags is None else {parse_mag(m) for m in mags}
         except ValueError as err:
             raise ShardError(f"mags: {err}") from None
-        per_mag: dict[int, dict[str, list]] = {}
+        per_mag: dict[int, dict[str, Any]] = {}
         for sid, rec in sorted(records.items()):
             for m_str, entry in rec.get("mags", {}).items():
                 m = int(m_str)
