@@ -22,7 +22,10 @@ def run(cfg) -> dict:
 
     gc = load_config(GenerateConfig, cfg, "generate")
     if gc.mode == "cdm_train" and not gc.dry_run:
-        summary = train_cdm_on_shards(gc)
+        from zoomfeat.runtime.stopping import run_stoppable
+
+        # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, one line, exit 128 + signal
+        summary = run_stoppable("generate", lambda: train_cdm_on_shards(gc))
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({"cdm_train": summary}, default=str))
         return summary
