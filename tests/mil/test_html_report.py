@@ -176,6 +176,11 @@ def test_report_html_renders_the_csv_numbers_without_errors(run_dir, tmp_path):
             compared += 1
     assert compared == len(summary) * (4 + len(numbers)) + len(paired) * len(p_numbers)
     assert len([k for k in page.values if k.startswith("summary|")]) == len(summary) * 4
+    # the run's sentences about seeds and tests (statistics.md), each on the page
+    sentences = [ln[2:] for ln in (run_dir / "statistics.md").read_text().splitlines() if ln.startswith("- ")]
+    assert sentences and all(
+        f"<li>{html.escape(x, quote=False)}</li>" in dom for x in sentences
+    )  # text as serialised
     # self-contained: nothing from a server or the network
     assert page.links and all(link.startswith(("data:", "#")) for link in page.links), page.links
     assert page.scripts_with_src == 0 and "<link" not in dom

@@ -7,7 +7,8 @@ PNGs (``summary.png``, ``roc.png``, ``recipes_heatmap.png``, any other) and the 
 under ``heatmaps/`` -- and writes one HTML file that needs no server and no network: CSS and a
 few lines of JavaScript inline, images as ``data:`` URIs, curves as inline SVG.
 
-Whatever columns the CSVs hold are shown (a table per file, every column; any other CSV of the
+The sentences of ``statistics.md`` (seed noise, bootstrap, Holm-adjusted tests) are listed under "In
+plain words". Whatever columns the CSVs hold are shown (a table per file, every column; any other CSV of the
 run, e.g. ``seeds.csv``, ``bootstrap.csv``, ``logrank.csv``, under "More results"); the summary is
 also laid out as ``mean ± std [95% CI]`` per feature set and metric, one table per aggregator when
 the summary has an ``aggregator`` column or names its cells ``{set} · {aggregator}``. The curves
@@ -612,6 +613,14 @@ def render_html(run_dir: str | Path) -> str:
              table_html(csv["paired"], "paired", keys=key_columns(csv["paired"]))
              + '<p class="note">diff = feature set minus baseline over the same folds; p_* columns are the '
              "tests' two-sided p-values as paired.csv holds them (see summary.md for each test).</p>")
+        )  # fmt: skip
+    stats_md = run_dir / "statistics.md"
+    if stats_md.is_file():  # the run's sentences on seeds, bootstrap and tests (zoomfeat.mil.stats)
+        text = stats_md.read_text(encoding="utf-8")
+        words = "".join(f"<li>{_e(ln[2:])}</li>" for ln in text.splitlines() if ln.startswith("- "))
+        sections.append(
+            ("words", "In plain words", f"<ul class='note'>{words}</ul><details><summary>statistics.md</summary>"
+             f"<pre>{_e(text)}</pre></details>")
         )  # fmt: skip
     plots: list[str] = []
     if predictions is not None and len(predictions):
