@@ -158,3 +158,13 @@ def test_cache_dir_stages_remote_slides_for_the_run(cmu_slide, synthetic_slide_f
         summary = extract_slides(discover([http.url("remote-1.svs")]), tmp_path / "out", cfg)
         (result,) = summary.results
         assert result.status == "failed" and "different slide with the same file name" in result.error
+
+
+def test_reader_key_is_checked_when_the_config_loads():
+    from zoomfeat.runtime.errors import ConfigError
+
+    assert ExtractConfig.from_kwargs(**TINY, reader="wsidicom").reader == "wsidicom"
+    with pytest.raises(
+        ConfigError, match="reader='bioformats' is not a slide reader; use one of auto, openslide"
+    ):
+        ExtractConfig.from_kwargs(**TINY, reader="bioformats")
