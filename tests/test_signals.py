@@ -80,7 +80,9 @@ def slides(synthetic_slide_factory):
     ]
 
 
-def _interrupt(args: list[str], out: Path, signum: int) -> tuple[int, str, list[int]]:
+def _interrupt(
+    args: list[str], out: Path, signum: int, *, need_workers: bool = True
+) -> tuple[int, str, list[int]]:
     """Start ``args`` in its own process group, wait until a slide is half written (a temporary
     shard exists) and the DataLoader worker runs, send ``signum`` (SIGINT to the whole group, as a
     terminal's Ctrl-C; SIGTERM to the main process, as ``kill``); (exit status, stderr, workers)."""
@@ -91,7 +93,7 @@ def _interrupt(args: list[str], out: Path, signum: int) -> tuple[int, str, list[
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
             workers = _descendants(run.pid) or workers
-            if _temporaries(out) and workers:
+            if _temporaries(out) and (workers or not need_workers):
                 break
             time.sleep(0.02)
         assert run.poll() is None, run.communicate()[1][-3000:]
@@ -131,3 +133,82 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
     for s in slides:
         a, b = _slide_rows(ref, s.stem), _slide_rows(out, s.stem)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), s.stem
+
+
+# ------------------------------------------------------------------------------------ extraction
+
+EXTRACT = [
+    "model=tiny",
+    "encoder=tiny",
+    "tissue.min_tissue=0.5",
+    "progress=false",
+    "batch_size=8",
+    "num_workers=0",
+]
+
+
+def _extract_args(slides_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "zoomfeat.extract", str(slides_dir), f"out_dir={out}", *EXTRACT, *extra]
+
+
+def _bags(out: Path) -> dict[str, np.ndarray]:
+    """Every feature bag's features and coords under ``out`` (by relative path)."""
+    got = {}
+    for p in sorted(out.rglob("*.h5")):
+        if "features_" in p.parent.name:
+            with h5py.File(p, "r") as f:
+                got[f"{p.relative_to(out)}:features"] = f["features"][()]
+                got[f"{p.relative_to(out)}:coords"] = f["coords"][()]
+    return got
+
+
+@pytest.fixture(scope="module")
+def extract_slides_dir(synthetic_slide_factory, tmp_path_factory):
+    d = tmp_path_factory.mktemp("signal_slides")
+    for k in range(3):
+        p = synthetic_slide_factory(
+            f"ext{k}", width=2048, height=1024, mpp=0.5, levels=2, seed=10 + k, tissue_fraction=0.5
+        )
+        (d / p.name).symlink_to(p)
+    return d
+
+
+@pytest.mark.parametrize(
+    ("signum", "devices"),
+    [(signal.SIGINT, None), (signal.SIGTERM, "devices=[cpu,cpu]")],
+    ids=["sigint-one-process", "sigterm-devices-cpu-cpu"],
+)
+def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
+    tmp_path, extract_slides_dir, signum, devices
+):
+    """Ctrl-C (SIGINT to the process group) to a one-process run, SIGTERM to the main process of a
+    ``devices=[cpu,cpu]`` run, each while a slide is half written (a temporary bag exists): one line,
+    exit 128 + signal, no temporary and no lock left, every worker process gone; the plain rerun's
+    bags equal those of an uninterrupted run bit for bit (same batch size, one thread everywhere)."""
+    env = {**os.environ, **ENV}
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    extra = [devices] if devices else []
+    proc = subprocess.run(_extract_args(extract_slides_dir, ref), env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    rc, err, workers = _interrupt(
+        _extract_args(extract_slides_dir, out, *extra), out, signum, need_workers=bool(devices)
+    )
+    name = signal.Signals(signum).name
+    assert rc == 128 + signum, err[-3000:]
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip() and ": warning:" not in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"zoomfeat extract: stopped by {name}: "), err
+    assert "abandoned (nothing of it published" in lines[0] and "Rerun the same command" in lines[0], lines[0]
+    assert not _temporaries(out) and not list(out.rglob("*.lock"))
+    if devices:
+        assert workers and not [p for p in workers if _alive(p)]  # both device workers ended
+    assert list((out / "logs").glob("extract_*.csv"))  # the run's log is written
+
+    proc = subprocess.run(_extract_args(extract_slides_dir, out, *extra), env=env, capture_output=True, text=True,
+                          timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want, got = _bags(ref), _bags(out)
+    assert want.keys() == got.keys() and want
+    assert all(np.array_equal(want[k], got[k]) for k in want)

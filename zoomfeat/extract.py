@@ -116,7 +116,15 @@ def run(cfg) -> Any:
     from zoomfeat.features.runner import extract_slides  # torch: only once there are slides
 
     shard = config.shard
-    summary = extract_slides(slides, config.out_dir, config, shard_index=shard.index, shard_count=shard.count)
+    from zoomfeat.runtime.stopping import run_stoppable
+
+    # SIGTERM / SIGINT: the slides in hand abandoned (nothing published), workers ended, one line, exit 128 + signal
+    summary = run_stoppable(
+        "extract",
+        lambda: extract_slides(
+            slides, config.out_dir, config, shard_index=shard.index, shard_count=shard.count
+        ),
+    )
     print(summary.report(), flush=True)
     if not summary.ok and in_multirun():
         # a multirun job's return value never reaches main(): fail the job so the sweep fails

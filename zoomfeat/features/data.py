@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from zoomfeat.features.noise import tile_noise
+from zoomfeat.runtime.stopping import ignore_stop_signals
 from zoomfeat.runtime.units import CHILDREN_PER_SIDE
 from zoomfeat.slide import Slide, TileGrid, split_parent
 
@@ -93,6 +94,8 @@ class ParentRegions(Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    # SIGTERM / Ctrl-C reach the loader's workers too; the extraction cancels its slide and ends them
+    ignore_stop_signals()
 
 
 def worker_context():

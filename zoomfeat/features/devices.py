@@ -26,6 +26,7 @@ slide, magnification, x, y), every model call is per tile, and rows are written 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import traceback
@@ -36,7 +37,9 @@ from typing import Any
 
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.families import SlidePlan
-from zoomfeat.features.slide_extraction import SlideHooks, SlideResult, config_clash_error
+from zoomfeat.features.slide_extraction import SlideCancelled, SlideHooks, SlideResult, config_clash_error
+from zoomfeat.runtime import stopping
+from zoomfeat.runtime.disk import DiskFullError
 from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.slide.manifest import SlideSpec
 
@@ -111,6 +114,9 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
     """A worker process: load the models on ``device`` (worker 0 with ``plan_all``: plan every
     slide), then extract the slides it is sent, each with its plan."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
+    # a terminal's Ctrl-C and a scheduler's SIGTERM reach the workers too: the main process decides
+    # (it cancels the slides in hand through the pipe, below, and ends the workers)
+    stopping.ignore_stop_signals()
     import torch
 
     torch.set_num_threads(threads)
@@ -127,7 +133,9 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
     except BaseException as err:  # noqa: BLE001 - reported to the main process, which raises it
         conn.send(("fatal", index, _picklable(err), traceback.format_exc()))
         return
-    hooks = _reporting_hooks(conn, index)
+    # a message from the main process while a slide runs means "stop": the slide is cancelled
+    # between batches (nothing of it published, its temporaries removed)
+    hooks = dataclasses.replace(_reporting_hooks(conn, index), cancelled=conn.poll)
     from zoomfeat.slide.remote import SlideCache
 
     # cache_dir: each slide staged when handed out (no prefetch: the next slide is not known yet)
@@ -139,7 +147,13 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
         k, plan = msg[1], msg[2]
         spec = slides[k]
         conn.send(("start", index, k))
-        result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks, cache=cache)
+        try:
+            result = ex.run_slide(spec, out_dir, plan=plan, hooks=hooks, cache=cache)
+        except SlideCancelled:
+            break  # the main process is stopping the run
+        except DiskFullError as err:  # the run stops: the main process raises it
+            conn.send(("fatal", index, err, ""))
+            break
         conn.send(("result", index, k, result))
         if result.status == "failed" and not _device_ok(ex.device):
             conn.send(("retire", index, f"device {device} stopped working after {spec.slide_id}"))
@@ -295,7 +309,12 @@ class DevicePool:
         t0 = time.monotonic()
         while any(w.alive for w in self.workers):
             live = [w for w in self.workers if w.alive]
-            ready = wait([w.conn for w in live] + [w.process.sentinel for w in live], timeout=5.0)
+            ready = wait([w.conn for w in live] + [w.process.sentinel for w in live], timeout=1.0)
+            if stopping.requested() is not None:  # a stop signal: no new slide, the busy ones cancelled
+                busy = [self.slides[w.slide].slide_id for w in live if w.slide is not None]
+                raise SlideCancelled(
+                    f"{', '.join(busy)}: cancelled" if busy else "stop requested before the next slide"
+                )
             if (
                 not all(w.ready or w.slide is not None for w in live)
                 and time.monotonic() - t0 > self.startup_timeout_s
@@ -395,8 +414,9 @@ class DevicePool:
                 except (OSError, ValueError):
                     pass
         for w in self.workers:
-            w.process.join(timeout=10)
+            # a busy worker cancels its slide at its next batch (the "stop" above) and exits
+            w.process.join(timeout=60)
             if w.process.is_alive():
-                w.process.terminate()
+                w.process.kill()  # it ignores SIGTERM (stopping.ignore_stop_signals)
                 w.process.join(timeout=10)
             w.conn.close()

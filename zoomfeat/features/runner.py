@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +24,10 @@ from pathlib import Path
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.devices import DevicePool, resolve_devices
 from zoomfeat.features.pipeline import Extractor, SlideHooks, SlideResult, TileBar, refuse_config_clashes
+from zoomfeat.features.slide_extraction import SlideCancelled
+from zoomfeat.runtime import stopping
 from zoomfeat.runtime.atomic import atomic_path, ensure_dir
+from zoomfeat.runtime.disk import DiskFullError, is_disk_full
 from zoomfeat.slide.manifest import SlideSpec, shard
 from zoomfeat.slide.remote import SlideCache
 
@@ -126,22 +131,61 @@ def extract_slides(
     devices = resolve_devices(config.devices) if extractor is None else None
     if devices is not None and len(devices) == 1:  # one device: this process, no pool
         config, devices = config.replace(device=devices[0], devices=None), None
-    if devices is not None:
-        summary.results = _extract_with_pool(
-            mine, out_dir, config, devices=devices, echo=echo, summary=summary
-        )
-    else:
-        ex = extractor or Extractor(config)
-        _extract_here(mine, out_dir, ex, echo=echo, summary=summary, hooks=hooks)
+    try:
+        if devices is not None:
+            summary.results = _extract_with_pool(
+                mine, out_dir, config, devices=devices, echo=echo, summary=summary
+            )
+        else:
+            ex = extractor or Extractor(config)
+            _extract_here(mine, out_dir, ex, echo=echo, summary=summary, hooks=hooks)
+    except SlideCancelled as cancelled:  # a stop signal (runtime.stopping): the one line says what is done
+        summary.seconds = time.perf_counter() - t0
+        _write_log(summary, out_dir, shard_index=shard_index, shard_count=shard_count)
+        signum = stopping.requested() or 15
+        raise stopping.StopRequested(signum, _stopped(summary, mine, out_dir, str(cancelled))) from None
+    except DiskFullError:
+        summary.seconds = time.perf_counter() - t0
+        _write_log(summary, out_dir, shard_index=shard_index, shard_count=shard_count)
+        raise
     summary.seconds = time.perf_counter() - t0
+    _write_log(summary, out_dir, shard_index=shard_index, shard_count=shard_count)
+    return summary
+
+
+def _stopped(summary: RunSummary, mine: list[SlideSpec], out_dir: str | Path, why: str) -> str:
+    """The stop line: slides finished in this run, those abandoned, how many left, what to do.
+
+    ``why``: the :class:`SlideCancelled` message, ``"{ids}: cancelled; ..."`` when slides were cut short.
+    """
+    done = [r for r in summary.results if r is not None]
+    abandoned = why.split(": cancelled", 1)[0] if ": cancelled" in why else ""
+    n_abandoned = len(abandoned.split(", ")) if abandoned else 0
+    left = len(mine) - len(done) - n_abandoned
+    return (
+        f"{len(done)} slide(s) finished in this run"
+        + (f", {abandoned} abandoned (nothing of it published, temporary files removed)" if abandoned else "")
+        + f", {left} not started; bags are in {out_dir}. Rerun the same command to continue (finished slides are kept)"
+    )
+
+
+def _write_log(summary: RunSummary, out_dir: str | Path, *, shard_index: int, shard_count: int) -> None:
+    """The run's per-slide CSV in ``out_dir/logs`` (also for a run that stopped; skipped with a
+    warning when the disk is full)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = (
         f"extract_{stamp}_pid{os.getpid()}"
         + (f"_shard{shard_index}of{shard_count}" if shard_count > 1 else "")
         + ".csv"
     )
-    summary.write_csv(Path(out_dir) / "logs" / name)
-    return summary
+    try:
+        summary.write_csv(Path(out_dir) / "logs" / name)
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        warnings.warn(
+            f"{out_dir}/logs: the disk is full, the per-slide log {name} was not written", stacklevel=2
+        )
 
 
 def _extract_with_pool(
@@ -171,7 +215,11 @@ def _extract_with_pool(
                 echo(msg)
 
         pool = DevicePool(devices, config, on_result=on_result, on_progress=bar.set_postfix_str)
-        outcome = pool.run(mine, out_dir)
+        try:
+            outcome = pool.run(mine, out_dir)
+        except (SlideCancelled, DiskFullError):
+            summary.results = [r for r in pool.outcome.results if r is not None]  # what finished
+            raise
     summary.worker_of = outcome.worker_of
     return outcome.results
 
@@ -184,6 +232,11 @@ def slide_cache(config: ExtractConfig) -> Iterator[SlideCache | None]:
         return
     with SlideCache(config.cache_dir, storage_options=config.storage_options) as cache:
         yield cache
+
+
+def _or_stop(cancelled: Callable[[], bool] | None) -> Callable[[], bool]:
+    """A ``cancelled`` hook that is also true once a stop signal arrived."""
+    return lambda: stopping.requested() is not None or bool(cancelled is not None and cancelled())
 
 
 def _extract_here(
@@ -204,6 +257,8 @@ def _extract_here(
         refuse_config_clashes(plans, out_dir)
     if hooks is None and config.progress:
         hooks = TileBar().hooks()
+    # a stop signal (runtime.stopping) cancels the slide in hand between batches (nothing published)
+    hooks = dataclasses.replace(hooks or SlideHooks(), cancelled=_or_stop((hooks or SlideHooks()).cancelled))
     with (
         tqdm(
             total=len(mine),
@@ -215,6 +270,8 @@ def _extract_here(
         slide_cache(config) as cache,
     ):
         for k, (spec, plan) in enumerate(zip(mine, plans)):
+            if stopping.requested() is not None:
+                raise SlideCancelled("stop requested before the next slide")
             bar.set_postfix_str(spec.slide_id)
             if cache is not None:  # cache_dir: this slide's download first, then the next one's
                 cache.prefetch(spec.location)

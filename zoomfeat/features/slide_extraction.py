@@ -65,7 +65,9 @@ from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_wri
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
+from zoomfeat.runtime.disk import DiskFullError, check_free_space, disk_full_error, is_disk_full
 from zoomfeat.runtime.errors import ConfigMismatchError
+from zoomfeat.runtime.heap import release_freed_memory
 from zoomfeat.runtime.provenance import canonical_json
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
 from zoomfeat.slide.manifest import SlideSpec
@@ -211,13 +213,19 @@ def execute_slide(
             slide_id=spec.name,
             local_copy=local,
         ).run()
-    except (KeyboardInterrupt, SlideCancelled):
-        raise
+    except (KeyboardInterrupt, SlideCancelled, DiskFullError):
+        raise  # end the run: a full disk fails every later slide too
     except Exception as err:  # noqa: BLE001 - one bad slide must not stop the others
+        # a write refused mid-slide (HDF5's raw error): one line, the run stops
+        if is_disk_full(err, out_dir):
+            raise disk_full_error(out_dir, what=f"{spec.slide_id}'s bags") from err
         return SlideResult.failure(spec.path, spec.slide_id, err)
     finally:
         if cache is not None:
             cache.release(spec.location)
+        # the slide's freed buffers back to the OS: resident memory stays flat over a cohort
+        # (benchmarks/cohort.py; glibc keeps them otherwise, and RSS creeps up in steps)
+        release_freed_memory()
 
 
 class SlideExtraction:
@@ -289,6 +297,9 @@ class SlideExtraction:
             try:
                 if self.claim(lock):  # 2
                     with self.lay_grid() as writer:  # 3
+                        # the slide's bytes must fit before any is computed (runtime/disk.py)
+                        need = self.plan.expected_bytes if self.plan is not None else 0
+                        check_free_space(self.out_dir, need, what=f"{self.slide.slide_id}'s bags")
                         if self.n_parents and self.write:
                             self.stream(writer)  # 4-7
                         self.publish(writer)  # 8
