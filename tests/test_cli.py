@@ -109,7 +109,11 @@ def test_hydra_write_failures_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("ZOOMFEAT_DEBUG", raising=False)
     (tmp_path / "afile").write_text("x")
     line = _one_line(capsys, "extract", [f"out_dir={tmp_path / 'afile'}"])
-    assert f"{tmp_path / 'afile'}: is a file, not a directory" in line
+    assert f"{tmp_path / 'afile'}: the output directory is a file, not a directory" in line
+    (tmp_path / "o2").mkdir()
+    (tmp_path / "o2" / ".hydra").write_text("x")
+    line = _one_line(capsys, "extract", [f"out_dir={tmp_path / 'o2'}"])
+    assert f"{tmp_path / 'o2' / '.hydra'}: is a file, not a directory (Hydra writes its run record to" in line
     line = _one_line(capsys, "extract", ["out_dir=/proc/zoomfeat_out"])
     assert "/proc/zoomfeat_out: cannot create the output directory" in line
     # a full disk: Hydra's config.yaml is /dev/full, whose writes fail with ENOSPC

@@ -58,6 +58,10 @@ def _cases() -> list[Case]:
                                                  "model.checkpoint={t}/nope.ckpt"), ("nope.ckpt",)),
         Case("extract", "missing path containing '='", ("{t}/a=b.svs", "out_dir={t}/o"),
              ("a=b.svs", "manifest CSV")),
+        Case("extract", "out_dir from an unset variable", ("demo=true", "out_dir=${oc.env:ZOOMFEAT_NO_SUCH_VAR}"),
+             ("out_dir", "'ZOOMFEAT_NO_SUCH_VAR' is not set")),
+        Case("extract", "a file where Hydra's run record goes", ("demo=true", "out_dir={t}/hydrafile"),
+             ("hydrafile/.hydra", "is a file")),
     ]  # fmt: skip
     bench = [
         Case("bench", "missing labels file", ("task=brca", "task.labels={t}/nope.csv", "task.bags={t}/bags",
@@ -67,6 +71,7 @@ def _cases() -> list[Case]:
         Case("bench", "unknown key", ("task=musk1", "cv.foldz=3", "out_dir={t}/b"), ("cv.foldz",)),
         Case("bench", "bad value type", ("task=musk1", "cv.folds=abc", "out_dir={t}/b"), ("folds", "abc")),
         Case("bench", "out_dir is a file", ("task=musk1", "out_dir={t}/afile"), ("afile", "is a file")),
+        Case("bench", "unknown flag", ("task=musk1", "--bogus", "out_dir={t}/b"), ("--bogus", "-m/--multirun")),
     ]  # fmt: skip
     prep = [
         Case("prepare", "missing slide", ("{t}/nope.svs", "out_dir={t}/p"), ("nope.svs",)),
@@ -136,6 +141,8 @@ def scratch(tmp_path_factory) -> Path:
     (t / "empty").mkdir()
     (t / "bags").mkdir()
     (t / "afile").write_text("a file, not a directory\n")
+    (t / "hydrafile").mkdir()
+    (t / "hydrafile" / ".hydra").write_text("a file where Hydra keeps its run record\n")
     (t / "notes.svs").write_text("meeting notes, not a slide\n")
     (t / "labels.csv").write_text("slide_id,case_id,label\ns1,c1,0\ns2,c2,1\n")
     write_synthetic_slide(t / "nompp.tif", width=512, height=512, mpp=0.5, levels=1, vendor="none")

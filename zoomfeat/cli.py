@@ -310,7 +310,9 @@ def _run_hydra(
         written = _os_error(err)
         if result.get("task_error") is err or written is None:
             raise
-        raise output_error(written, _output_dir(composed)) from err
+        raise output_error(
+            written, _selected(composed, "hydra.runtime.output_dir"), out_dir=_selected(composed, "out_dir")
+        ) from err
     finally:
         sys.argv, warnings.formatwarning = saved_argv, saved_format
         GlobalHydra.instance().clear()
@@ -373,27 +375,30 @@ def _run_once(
     return ret.return_value  # raises the task's exception, as Hydra.run does
 
 
-def _output_dir(composed: list[Any]) -> Path | None:
-    """The job's output directory Hydra was writing (set in the config before its first write)."""
+def _selected(composed: list[Any], key: str) -> Path | None:
+    """A directory of the job's composed config (``hydra.runtime.output_dir``, set before Hydra's
+    first write; ``out_dir``), if there is one and it resolves."""
     from omegaconf import OmegaConf
 
     if not composed:
         return None
-    out = OmegaConf.select(
-        composed[0], "hydra.runtime.output_dir", default=None, throw_on_resolution_failure=False
-    )
-    return Path(str(out)) if out else None
+    out = OmegaConf.select(composed[0], key, default=None, throw_on_resolution_failure=False)
+    return Path(str(out)) if isinstance(out, str) and out else None
 
 
-def output_error(err: OSError, run_dir: Path | None) -> OutputError:
-    """One line for a failed write of Hydra's run record (``out_dir/.hydra/...``): the directory,
-    why (a file in the way, no space, no permission) and what to do."""
+def output_error(err: OSError, run_dir: Path | None, *, out_dir: Path | None = None) -> OutputError:
+    """One line for a failed write of Hydra's run record (``run_dir``, ``out_dir/.hydra/...``): the
+    directory, why (a file in the way, no space, no permission) and what to do."""
     target = Path(err.filename) if err.filename else run_dir
     why = err.strerror or str(err)
     if target is None:
         return OutputError(f"cannot write Hydra's run record ({why}); choose a writable out_dir")
     where = run_dir or target
     blocker = next((p for p in (target, *target.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir() and blocker == out_dir:
+        return OutputError(
+            f"{out_dir}: the output directory is a file, not a directory; choose another path or move the file"
+        )
     if blocker is not None and not blocker.is_dir():
         return OutputError(
             f"{blocker}: is a file, not a directory (Hydra writes its run record to {where}); "
@@ -409,7 +414,7 @@ def output_error(err: OSError, run_dir: Path | None) -> OutputError:
             f"{blocker or target}: not writable ({why}), and Hydra writes its run record to {where}; "
             "make it writable or choose another out_dir"
         )
-    return OutputError(f"{target}: cannot create the output directory ({why}); choose a writable out_dir")
+    return OutputError(f"{target}: cannot create the output directory ({why}); choose a writable location")
 
 
 def config_error(err: Exception, config_name: str, *, overrides: Sequence[str] = ()) -> ConfigError:
