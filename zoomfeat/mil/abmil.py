@@ -104,7 +104,7 @@ def build_model(
     return model
 
 
-def instance_stats(bags: BagSet, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def instance_stats(bags: BagSet, idx: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-feature mean and std over every instance of the bags ``idx``.
 
     Sums of x and x^2 are taken in float64 (so a fold of millions of float16 instances loses

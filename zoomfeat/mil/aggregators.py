@@ -150,7 +150,7 @@ def smooth_top1_svm(
 
 
 def clam_instance_loss(
-    net: nn.Module,
+    net: Any,
     att: torch.Tensor,
     emb: torch.Tensor,
     y: torch.Tensor,

@@ -51,17 +51,18 @@ class BagFeeder:
             if bags.nbytes < gpu_cache_fraction * free:
                 self._gpu = {}
 
-    def preload(self, idx: Sequence[int], max_bytes: float = 2**30) -> None:
+    def preload(self, idx: Sequence[int] | np.ndarray, max_bytes: float = 2**30) -> None:
         """Hold bags ``idx`` as ready float32 tensors on the device (one conversion per fold instead
         of one per step) when they are in memory and their float32 bytes stay under ``max_bytes``."""
-        if not self.bags.in_memory:
+        held = self.bags.bags
+        if not self.bags.in_memory or held is None:
             return
         idx = [int(i) for i in idx if int(i) not in self._ready]
         need = sum(4 * int(self.bags.n_instances[i]) * self.bags.dim for i in idx)
         if need + self._ready_bytes > max_bytes:
             return
         for i in idx:
-            self._ready[i] = torch.from_numpy(np.asarray(self.bags.bags[i])).to(self.device).float()
+            self._ready[i] = torch.from_numpy(np.asarray(held[i])).to(self.device).float()
         self._ready_bytes += need
 
     def get(self, i: int) -> torch.Tensor:
@@ -72,7 +73,7 @@ class BagFeeder:
             return ready
         if self._gpu is not None:
             if i not in self._gpu:
-                self._gpu[i] = torch.from_numpy(self.bags.bags[i]).to(self.device)
+                self._gpu[i] = torch.from_numpy(self.bags.bags[i]).to(self.device)  # type: ignore[index]
             return self._gpu[i].float()
         x = torch.from_numpy(np.asarray(self.bags.features(i)))
         if self.device.type == "cuda":
@@ -151,7 +152,7 @@ def eval_batches(
 def predict_logits(
     model: nn.Module,
     feeder: BagFeeder,
-    idx: Sequence[int],
+    idx: Sequence[int] | np.ndarray,
     attention: bool = False,
     amp: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -193,8 +194,9 @@ def predict_logits(
         for i in idx:
             X = feeder.get(i).unsqueeze(0)
             with autocast(device, precision):
-                if hasattr(model, "instance_scores"):
-                    att = model.instance_scores(X)
+                scores = getattr(model, "instance_scores", None)
+                if callable(scores):
+                    att = scores(X)
                 else:
                     att = model(X, return_att=True)[1]
             atts.append(att.float().squeeze(0).cpu().numpy())

@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -448,7 +448,7 @@ class FoldLoop:
                 task.update(target_mean=objective.mean, target_std=objective.std)
             save_fold_model(
                 self.out_dir / "models" / mil.name / fs / f"seed{seed}_repeat{repeat}_fold{fold}.safetensors",
-                result.model,
+                cast(MILNet, result.model),
                 mil,
                 bags.dim,
                 task,

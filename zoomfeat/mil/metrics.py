@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: metric names in the order they appear in every table (classification)
 METRICS = ("auc", "balanced_accuracy", "f1", "accuracy")
@@ -62,28 +63,28 @@ def metric_columns(frame: Any) -> list[str]:
     return [m for m in known if m in frame.columns]
 
 
-def r2_score(y: Sequence[float], pred: Sequence[float]) -> float:
+def r2_score(y: ArrayLike, pred: ArrayLike) -> float:
     """Coefficient of determination ``R^2 = 1 - sum (y - yhat)^2 / sum (y - mean y)^2`` (NaN for < 2
     values or a constant target)."""
-    y = np.asarray(y, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    ss_tot = float(((y - y.mean()) ** 2).sum()) if len(y) > 1 else 0.0
-    return float(1.0 - ((y - pred) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
+    ya = np.asarray(y, dtype=np.float64)
+    pa = np.asarray(pred, dtype=np.float64)
+    ss_tot = float(((ya - ya.mean()) ** 2).sum()) if len(ya) > 1 else 0.0
+    return float(1.0 - ((ya - pa) ** 2).sum() / ss_tot) if ss_tot > 0 else float("nan")
 
 
-def regression_metrics(y: Sequence[float], pred: Sequence[float]) -> dict[str, float]:
+def regression_metrics(y: ArrayLike, pred: ArrayLike) -> dict[str, float]:
     """R^2, Pearson's r and the mean absolute error ``mean |y - yhat|`` of one set of predictions."""
-    y = np.asarray(y, dtype=np.float64).ravel()
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    if y.shape != pred.shape or len(y) == 0:
-        raise ValueError(f"{len(y)} targets but {len(pred)} predictions")
+    ya = np.asarray(y, dtype=np.float64).ravel()
+    pa = np.asarray(pred, dtype=np.float64).ravel()
+    if ya.shape != pa.shape or len(ya) == 0:
+        raise ValueError(f"{len(ya)} targets but {len(pa)} predictions")
     r = float("nan")
-    if len(y) > 2 and y.std() > 0 and pred.std() > 0:
-        r = float(np.corrcoef(y, pred)[0, 1])
-    return {"r2": r2_score(y, pred), "pearson_r": r, "mae": float(np.abs(y - pred).mean())}
+    if len(ya) > 2 and ya.std() > 0 and pa.std() > 0:
+        r = float(np.corrcoef(ya, pa)[0, 1])
+    return {"r2": r2_score(ya, pa), "pearson_r": r, "mae": float(np.abs(ya - pa).mean())}
 
 
-def harrell_c(time: Sequence[float], event: Sequence[float], risk: Sequence[float]) -> float:
+def harrell_c(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> float:
     """Harrell's C-index (scikit-survival's ``concordance_index_censored``): the share of comparable
     pairs (``t_i < t_j``, ``i`` had the event) with ``risk_i > risk_j``, ties in risk counting 1/2.
     NaN without a comparable pair."""
@@ -103,11 +104,11 @@ def harrell_c(time: Sequence[float], event: Sequence[float], risk: Sequence[floa
 
 
 def survival_metrics(
-    time: Sequence[float],
-    event: Sequence[float],
-    risk: Sequence[float],
-    train_time: Sequence[float] | None = None,
-    train_event: Sequence[float] | None = None,
+    time: ArrayLike,
+    event: ArrayLike,
+    risk: ArrayLike,
+    train_time: ArrayLike | None = None,
+    train_event: ArrayLike | None = None,
 ) -> dict[str, float]:
     """Harrell's C-index and Uno's IPCW C-index (``concordance_index_ipcw``; the censoring
     distribution is the Kaplan-Meier estimate of the training bags, truncated at the largest
@@ -134,9 +135,7 @@ def survival_metrics(
     return {"c_index": harrell_c(t, e, r), "c_index_uno": uno}
 
 
-def binary_metrics(
-    y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5
-) -> dict[str, float]:
+def binary_metrics(y_true: ArrayLike, y_prob: ArrayLike, threshold: float = 0.5) -> dict[str, float]:
     """AUC, balanced accuracy, F1 (positive class 1) and accuracy of one set of predictions.
 
     AUC is NaN when ``y_true`` holds a single class (it is undefined there).
@@ -165,7 +164,7 @@ def binary_metrics(
     }
 
 
-def macro_ovr_auc(y_true: Sequence[int], probs: np.ndarray) -> float:
+def macro_ovr_auc(y_true: ArrayLike, probs: np.ndarray) -> float:
     """Macro one-vs-rest AUC of (n, k) class probabilities: the mean over classes ``c`` of the AUC
     of ``probs[:, c]`` for "class c vs the rest", over the classes that are present *and* absent
     somewhere in ``y_true`` (with every class present this is scikit-learn's
@@ -180,7 +179,7 @@ def macro_ovr_auc(y_true: Sequence[int], probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def multiclass_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
+def multiclass_metrics(y_true: ArrayLike, probs: np.ndarray) -> dict[str, float]:
     """k-class scores of one test fold under the binary names (:data:`METRICS`): ``auc`` = macro
     one-vs-rest AUC (:func:`macro_ovr_auc`), ``balanced_accuracy`` = mean recall over the classes
     in ``y_true``, ``f1`` = macro F1 over all k classes, ``accuracy``; the prediction is the argmax."""

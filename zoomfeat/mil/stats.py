@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from zoomfeat.mil.metrics import LOWER_IS_BETTER, METRIC_LABELS, TASK_METRICS, metric_columns, r2_score
 from zoomfeat.mil.tables import ordered_sets, paired_table
@@ -59,7 +60,7 @@ def _midranks(x: np.ndarray) -> np.ndarray:
     return rankdata(x, method="average")
 
 
-def delong_test(y: Sequence[int], score_a: Sequence[float], score_b: Sequence[float]) -> dict[str, float]:
+def delong_test(y: ArrayLike, score_a: ArrayLike, score_b: ArrayLike) -> dict[str, float]:
     """DeLong's test that two correlated AUCs on the same bags are equal (fast DeLong, Sun & Xu 2014).
 
     With m positives ``X`` and n negatives ``Y`` and a classifier's scores, the AUC is the
@@ -85,11 +86,11 @@ def delong_test(y: Sequence[int], score_a: Sequence[float], score_b: Sequence[fl
     """
     from scipy.stats import norm
 
-    y = np.asarray(y, dtype=np.int64).ravel()
+    yv = np.asarray(y, dtype=np.int64).ravel()
     scores = np.vstack(
         [np.asarray(score_a, dtype=np.float64).ravel(), np.asarray(score_b, dtype=np.float64).ravel()]
     )
-    pos, neg = y == 1, y == 0
+    pos, neg = yv == 1, yv == 0
     m, n = int(pos.sum()), int(neg.sum())
     nan = float("nan")
     if m == 0 or n == 0:

@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -141,8 +142,8 @@ class FoldTrainer:
     def __init__(
         self,
         bags: BagSet,
-        train_idx: Sequence[int],
-        val_idx: Sequence[int],
+        train_idx: Sequence[int] | np.ndarray,
+        val_idx: Sequence[int] | np.ndarray,
         cfg: MILConfig,
         seed: int = 0,
         device: str | torch.device = "auto",
@@ -168,7 +169,8 @@ class FoldTrainer:
         self.callback = callback_on_epoch_end
         self.history: list[dict[str, float]] = []
         self.best_key = (-math.inf, -math.inf)
-        self.best_epoch, self.best_state = -1, None
+        self.best_epoch: int = -1
+        self.best_state: dict[str, Any] | None = None
         self.steps = 0
         survival = type(self.objective).__name__ == "Survival"
         self.batch_size = max(cfg.batch_size, cfg.survival_batch_size) if survival else cfg.batch_size
@@ -282,14 +284,14 @@ class FoldTrainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         else:
-            self.best_epoch = self.history[-1]["epoch"]
+            self.best_epoch = int(self.history[-1]["epoch"])
         self.model.eval()
 
 
 def train_fold(
     bags: BagSet,
-    train_idx: Sequence[int],
-    val_idx: Sequence[int],
+    train_idx: Sequence[int] | np.ndarray,
+    val_idx: Sequence[int] | np.ndarray,
     cfg: MILConfig,
     seed: int = 0,
     device: str | torch.device = "auto",
