@@ -72,21 +72,13 @@ def _compose_aggregators(names: list[str]) -> list[dict[str, Any]]:
     and the task's ``mil.*`` apply to each)."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+
+    from zoomfeat.runtime.config import plain_dict
 
     others = [o for o in HydraConfig.get().overrides.task if o.partition("=")[0].lstrip("+~") != "mil"]
-    out = []
-    for name in names:
-        composed = compose(config_name="bench", overrides=[*others, f"mil={name}"])
-        out.append(OmegaConf.to_container(composed.mil, resolve=True))
-    return out
-
-
-def to_container(cfg: Any) -> dict[str, Any]:
-    """A composed config as a plain dict (resolved)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return [
+        plain_dict(compose(config_name="bench", overrides=[*others, f"mil={name}"]).mil) for name in names
+    ]
 
 
 def run(cfg: Any) -> dict[str, Any]:
@@ -97,11 +89,12 @@ def run(cfg: Any) -> dict[str, Any]:
     """
     from zoomfeat.mil.benchmark import run_benchmark
     from zoomfeat.mil.config import load_bench_config
+    from zoomfeat.runtime.config import plain_dict
 
     bench = load_bench_config(cfg)
     names = _listed_aggregators()
     if len(names) > 1:  # mil=[abmil,transmil]: each aggregator composed on its own, one run
-        bench = load_bench_config({**to_container(cfg), "aggregators": _compose_aggregators(names)})
+        bench = load_bench_config({**plain_dict(cfg), "aggregators": _compose_aggregators(names)})
     bench.out_dir = str(_job_out_dir(bench.out_dir))
     result = run_benchmark(bench)
     if "paper_table" in result["paths"]:  # preset=...: the published table's layout, printed last
