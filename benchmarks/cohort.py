@@ -246,9 +246,12 @@ def run_bench(job: Path, labels: Path, feature_set: str, out: Path, *, folds: in
     ]  # fmt: skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    text, _ = proc.communicate()
+    assert proc.stdout is not None
+    text = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS (not the largest child so far)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest child so far
+    peak = usage.ru_maxrss / 1024
     if proc.returncode:
         raise SystemExit(f"bench failed ({' '.join(cmd)}):\n{text[-3000:]}")
     return {"wall_s": round(wall, 1), "peak_rss_mb": round(peak, 1), "tail": text.strip().splitlines()[-3:]}
@@ -281,7 +284,6 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     pd.read_csv(labels).head(args.small).to_csv(small_labels, index=False)
     small = run_bench(job, small_labels, args.feature_set, small_dir, folds=args.folds, extra=extra)
     big = run_bench(job, labels, args.feature_set, args.dir / "bench_all", folds=args.folds, extra=extra)
-    # the child peak: RUSAGE_CHILDREN keeps the largest child, so run the small one first
     return {
         "bags": n,
         "feature_set": args.feature_set,
