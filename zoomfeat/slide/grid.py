@@ -112,7 +112,7 @@ class Children:
         return len(self.xy)
 
 
-def _snap(v: np.ndarray) -> np.ndarray:
+def _snap(v: np.ndarray | float) -> np.ndarray:
     return np.floor(np.asarray(v, np.float64) + 0.5).astype(np.int64)
 
 
@@ -133,7 +133,7 @@ def split_parent(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     t = region.shape[0] // RATIO
     children = region.reshape(RATIO, t, RATIO, t, 3).transpose(0, 2, 1, 3, 4).reshape(RATIO * RATIO, t, t, 3)
     parent = np.array(
-        Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.LANCZOS)
+        Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8)).resize((t, t), Image.Resampling.LANCZOS)
     )
     return np.ascontiguousarray(children), parent
 
@@ -307,7 +307,7 @@ class TileGrid:
             if tissue_mpp is None:
                 tissue_mpp = min(8.0, s * slide.mpp / 16)
             tissue = detect_tissue(slide, mpp=tissue_mpp, progress=progress, **tissue_kwargs)
-        common = {
+        common: dict[str, Any] = {
             "child_size_level0": s,
             "tile_px": tile_px,
             "mag": float(mag),
@@ -382,7 +382,7 @@ class TileGrid:
         rgb, dx, dy = slide.thumbnail(slide.mpp * max(1.0, max(W, H) / max_px), max_px=max_px, progress=False)
         h, w = rgb.shape[:2]
         mask = (
-            np.asarray(Image.fromarray(self.mask).resize((w, h), Image.NEAREST))
+            np.asarray(Image.fromarray(self.mask).resize((w, h), Image.Resampling.NEAREST))
             if self.mask.size
             else np.zeros((h, w), bool)
         )
@@ -400,8 +400,8 @@ class TileGrid:
             x, y, _ = self.child_box_level0(k)
             if not self.children.kept[k]:
                 rect(x, y, s, (220, 40, 40), 1)
-        for k in np.flatnonzero(self.children.kept):
-            x, y, _ = self.child_box_level0(int(k))
+        for k in np.flatnonzero(self.children.kept).tolist():
+            x, y, _ = self.child_box_level0(k)
             rect(x, y, s, (0, 190, 220), 1)
         for i in range(len(self.parents)):
             x, y, size = self.parent_box_level0(i)

@@ -14,6 +14,7 @@ background, reproducible from ``seed``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,9 @@ def synthetic_he_image(
     field = rng.random((gh, gw))
     from PIL import Image
 
-    field_img = Image.fromarray((field * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    field_img = Image.fromarray((field * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
     smooth = np.asarray(field_img, dtype=np.float32) / 255.0
     threshold = np.quantile(smooth, 1.0 - tissue_fraction) if tissue_fraction > 0 else 2.0
     tissue = smooth >= threshold
@@ -96,7 +99,9 @@ def _pyramid(base: np.ndarray, levels: int) -> list[np.ndarray]:
         h, w = prev.shape[:2]
         if min(h, w) < 2:
             break
-        out.append(np.asarray(Image.fromarray(prev).resize((max(1, w // 2), max(1, h // 2)), Image.BOX)))
+        out.append(
+            np.asarray(Image.fromarray(prev).resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BOX))
+        )
     return out
 
 
@@ -134,7 +139,7 @@ def write_synthetic_slide(
     height, width = base.shape[:2]
     pyramid = _pyramid(base, levels)
     comp = None if compression == "none" else compression
-    kwargs = {"compression": comp, "photometric": "rgb"}
+    kwargs: dict[str, Any] = {"compression": comp, "photometric": "rgb"}
     if comp == "jpeg":
         kwargs["compressionargs"] = {"level": 90}
     with tifffile.TiffWriter(path, bigtiff=False) as tif:
