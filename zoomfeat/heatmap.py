@@ -175,8 +175,8 @@ def _tile_size(bench_dir: Path, feature_set: str, slide_id: str, coords: np.ndar
             with h5py.File(bag, "r") as f:
                 if "coords" in f and "patch_size_level0" in f["coords"].attrs:
                     return float(f["coords"].attrs["patch_size_level0"])
-    steps = [np.diff(np.unique(coords[:, k])) for k in (0, 1)]
-    steps = np.concatenate([s[s > 0] for s in steps]) if len(coords) > 1 else np.array([])
+    diffs = [np.diff(np.unique(coords[:, k])) for k in (0, 1)]
+    steps = np.concatenate([s[s > 0] for s in diffs]) if len(coords) > 1 else np.array([])
     if not len(steps):
         raise InputError(
             f"{bench_dir}: cannot tell the tile size of {slide_id!r} ({feature_set}): no bag with "
@@ -215,6 +215,8 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
     from zoomfeat.slide.naming import slide_id_from_path
     from zoomfeat.slide.reader import Slide
 
+    if not cfg.bench_dir:
+        raise InputError("bench_dir= is needed: the out_dir of a zoomfeat.bench run (it holds attention/)")
     bench_dir = Path(cfg.bench_dir)
     slide_id = slide_id_from_path(slide_path)
     if cfg.source == "model":

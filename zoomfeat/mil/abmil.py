@@ -36,6 +36,9 @@ class Standardize(nn.Module):
         mean, std: (D,) statistics; None gives zeros / ones (the identity).
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
+
     def __init__(self, dim: int, mean: torch.Tensor | None = None, std: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer(

@@ -95,6 +95,7 @@ class BagSet:
         """Bag ``i``'s features (N, D): the stored array (float16/float32) or read from disk."""
         if self.bags is not None:
             return self.bags[i]
+        assert self.paths is not None  # a BagSet holds its bags or their paths
         return open_bag(self.paths[i], np.float32).features
 
     def get_coords(self, i: int) -> np.ndarray | None:

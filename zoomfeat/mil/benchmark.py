@@ -194,7 +194,7 @@ class Benchmark:
             self.sources[first], first, None, **{**self._load_options(), "csv_options": csv_options}
         )
         self.cohort = self.preloaded[first].cohort()
-        self.class_names = self.preloaded[first].class_names
+        self.class_names = self.preloaded[first].class_names or class_names(self.cohort)
 
     def _load_options(self) -> dict[str, Any]:
         data = self.cfg.data

@@ -293,8 +293,8 @@ class BenchmarkConfig:
         if "${" in str(self.out_dir):  # built in Python: resolve the YAML's default the way Hydra does
             from omegaconf import OmegaConf
 
-            names = {"task": {"name": self.task.name}, "mil": {"name": self.mil.name}}
-            self.out_dir = str(OmegaConf.create({**names, "out_dir": str(self.out_dir)}).out_dir)
+            named = {"task": {"name": self.task.name}, "mil": {"name": self.mil.name}}
+            self.out_dir = str(OmegaConf.create({**named, "out_dir": str(self.out_dir)}).out_dir)
 
     @property
     def run_seeds(self) -> list[int]:

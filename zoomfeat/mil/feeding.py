@@ -204,7 +204,11 @@ def predict_logits(
 
 
 def predict(
-    model: nn.Module, feeder: BagFeeder, idx: Sequence[int], attention: bool = False, amp: bool = False
+    model: nn.Module,
+    feeder: BagFeeder,
+    idx: Sequence[int] | np.ndarray,
+    attention: bool = False,
+    amp: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Class probabilities for bags ``idx`` (arguments as :func:`predict_logits`).
 

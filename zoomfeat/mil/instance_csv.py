@@ -109,12 +109,11 @@ def load_instance_csv(
     if not path.is_file():
         raise BagError(f"no instance CSV at {path} (task.bags=)")
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    if header == "auto":
-        header = _csv_has_header(path, sep)
-    table = _read_csv(path, sep=sep, header=0 if header else None)
+    has_header = _csv_has_header(path, sep) if header == "auto" else bool(header)
+    table = _read_csv(path, sep=sep, header=0 if has_header else None)
     columns = list(table.columns)
-    lab = _csv_column(columns, label_col, header, path, "bag label")
-    bag = _csv_column(columns, bag_col, header, path, "bag id")
+    lab = _csv_column(columns, label_col, has_header, path, "bag label")
+    bag = _csv_column(columns, bag_col, has_header, path, "bag id")
     feat_cols = [c for c in columns if c not in (lab, bag)]
     non_numeric = [c for c in feat_cols if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:

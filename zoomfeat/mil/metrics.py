@@ -236,7 +236,9 @@ def summarize(
     return {"mean": mean, "std": std, "ci_low": low, "ci_high": high, "n": n}
 
 
-def corrected_paired_ttest(diffs: Sequence[float], test_train_ratio: float) -> tuple[float, float]:
+def corrected_paired_ttest(
+    diffs: Sequence[float] | np.ndarray, test_train_ratio: float
+) -> tuple[float, float]:
     """Nadeau & Bengio (2003) corrected resampled t-test on paired fold differences.
 
     ``t = mean(d) / sqrt((1/n + n_test/n_train) * var(d))`` with n-1 degrees of freedom.

@@ -35,6 +35,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -260,7 +261,7 @@ def paper_table(folds: pd.DataFrame, name: str, task: str) -> pd.DataFrame:
         run = row.feature_set in ran
         if not run and row.group != PAPER_GROUP:
             continue
-        rec = {"group": row.group, "label": row.label, "feature_set": row.feature_set}
+        rec: dict[str, Any] = {"group": row.group, "label": row.label, "feature_set": row.feature_set}
         rec["status"] = "run" if run else "no bags"
         n = _stat(summary, row.feature_set, "auc", "n")
         rec["n_folds"] = int(n) if not math.isnan(n) else 0

@@ -150,6 +150,7 @@ def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "")
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
     from matplotlib.patches import Rectangle
 
     groups = list(table.groupby(["suffix", "pooling", "ensemble", "cond_px"], sort=True))
@@ -195,7 +196,9 @@ def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "")
         ax.set_title(f"{suffix or 'set'} · pooling {pooling} · ensemble {ensemble}{cond}", fontsize=9)
     if image is not None:
         fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="test AUC (mean over folds)")
-    fig.get_layout_engine().set(h_pad=0.15)
+    engine = fig.get_layout_engine()
+    if isinstance(engine, ConstrainedLayoutEngine):  # the figure is made with layout="constrained"
+        engine.set(h_pad=0.15)
     head = "Test AUC, mean [95% CI] over outer folds; outlined: chosen by nested selection (n/N folds)"
     fig.suptitle(f"{title}\n{head}" if title else head, fontsize=9)
     path = Path(path)
