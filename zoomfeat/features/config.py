@@ -325,12 +325,13 @@ def group_section(group: str, name: str) -> dict[str, Any]:
     """
     from omegaconf import OmegaConf
 
+    from zoomfeat.runtime.config import plain_dict
     from zoomfeat.runtime.resources import config_dir
 
     path = config_dir() / group / f"{name}.yaml"
     if not path.is_file():
         return {"name": name}
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return plain_dict(OmegaConf.load(path))
 
 
 __all__ = [

@@ -212,8 +212,20 @@ class FeatureModels:
             _MODEL_CACHE[key] = build()
         return _MODEL_CACHE[key]
 
+    def _zoomldm(self) -> Any:
+        """The ZoomLDM of this pass (a pass without recipes has none: asking for it is a bug)."""
+        if self.model is None:
+            raise RuntimeError("this extraction pass has no ZoomLDM recipe, hence no ZoomLDM")
+        return self.model
+
+    def _cond_encoder(self) -> Any:
+        """The conditioning encoder (present exactly when the pass has recipes)."""
+        if self.encoder is None:
+            raise RuntimeError("this extraction pass has no ZoomLDM recipe, hence no conditioning encoder")
+        return self.encoder
+
     def _refuse_pairing(self, embed_dim: int) -> None:
-        cfg, ssl = self.cfg, int(self.model.ssl_channels)
+        cfg, ssl = self.cfg, int(self._zoomldm().ssl_channels)
         if ssl != int(embed_dim):
             raise ConfigError(
                 f"model '{cfg.model.name}' is conditioned on {ssl}-channel SSL grids but "
@@ -243,7 +255,7 @@ class FeatureModels:
     def _cond_job_for(self, px: int) -> str:
         """The job whose embeddings condition recipes at ``px``: a family running the conditioning
         encoder with exactly that preprocessing, else a new ``cond@{px}`` job."""
-        enc = self.encoder
+        enc = self._cond_encoder()
         native = enc.input_px == px and enc.resize_px == px
         for family, e in self.encoders.items():
             if e is enc and native:
@@ -267,7 +279,7 @@ class FeatureModels:
 
     def checkpoint_identity(self, what: str) -> str:
         """The weights' identity (content hash, else id) of ``"zoomldm"`` or an embedding job."""
-        m = self.model if what == "zoomldm" else self.encoders[what]
+        m = self._zoomldm() if what == "zoomldm" else self.encoders[what]
         return str(m.checkpoint_hash or m.checkpoint_id)
 
     # ------------------------------------------------------------------ calls
@@ -303,10 +315,11 @@ class FeatureModels:
         order: dict[tuple, list[int]] = {}
         for i, (g, m) in enumerate(zip(grids, mags)):
             order.setdefault((tuple(g.shape[1:]), m), []).append(i)
-        out: list[torch.Tensor | None] = [None] * len(grids)
+        model = self._zoomldm()
+        out: list[torch.Tensor] = [torch.empty(0)] * len(grids)  # every piece is filled below
         with autocast(self.device, self.precision):
             for (_, mag), idx in order.items():
-                ctx = self.model.condition(torch.cat([grids[i] for i in idx]), mag).float()
+                ctx = model.condition(torch.cat([grids[i] for i in idx]), mag).float()
                 pos = 0
                 for i in idx:
                     out[i] = ctx[pos : pos + len(grids[i])]
@@ -348,15 +361,16 @@ class FeatureModels:
         x = x.contiguous(memory_format=fmt)
         out: dict[str, torch.Tensor] = {}
         with autocast(self.device, self.precision):
-            z0 = self.model.encode(x).float()
+            model = self._zoomldm()
+            z0 = model.encode(x).float()
             for (timestep, px), group in forward_groups(recipes).items():
                 ctx = contexts if torch.is_tensor(contexts) else contexts[px]
                 t = torch.full((len(x),), timestep, dtype=torch.long, device=self.device)
                 taps = list(dict.fromkeys(tap for r in group for tap in r.taps))
                 total: dict[str, torch.Tensor] = {}
                 for j in range(max(r.ensemble for r in group)):
-                    x_t = self.model.q_sample(z0, t, noise[:, j].to(z0.dtype))
-                    acts = self.model.taps(x_t, t, ctx, taps)
+                    x_t = model.q_sample(z0, t, noise[:, j].to(z0.dtype))
+                    acts = model.taps(x_t, t, ctx, taps)
                     pooled: dict[tuple[str, str], torch.Tensor] = {}
                     for r in group:
                         if j >= r.ensemble:
