@@ -46,8 +46,10 @@ import torch
 from torch import nn
 
 from zoomfeat.mil.abmil import Standardize
-from zoomfeat.mil.config import MILConfig
+from zoomfeat.mil.config import SUPPORT, MILConfig, check_support, task_kind
 from zoomfeat.runtime.errors import ConfigError
+
+__all__ = ["ARCHS", "SCORE_KIND", "SUPPORT", "MILNet", "build_net", "check_support", "task_kind"]
 
 #: every aggregator, by ``mil.arch``
 ARCHS = ("abmil", "clam_sb", "transmil", "dsmil", "meanpool", "maxpool")
@@ -60,42 +62,6 @@ SCORE_KIND = {
     "meanpool": "gradient_x_input",
     "maxpool": "gradient_x_input",
 }
-#: task types (``task.type``) each aggregator supports; multiclass is "classification" with k > 2
-SUPPORT = {
-    "abmil": ("binary", "multiclass", "regression", "survival"),
-    "clam_sb": ("binary",),
-    "transmil": ("binary", "multiclass", "regression", "survival"),
-    "dsmil": ("binary", "regression", "survival"),
-    "meanpool": ("binary", "multiclass", "regression", "survival"),
-    "maxpool": ("binary", "multiclass", "regression", "survival"),
-}
-_WHY = {
-    "clam_sb": "its instance clustering loss needs a binary bag label (positive / negative instances)",
-    "dsmil": "torchmil's DSMIL has a single-output head (its max-instance branch has one score per instance)",
-}
-
-
-def task_kind(task_type: str, n_classes: int) -> str:
-    """``binary``, ``multiclass``, ``regression`` or ``survival``."""
-    if task_type == "classification":
-        return "binary" if n_classes <= 2 else "multiclass"
-    return task_type
-
-
-def check_support(cfg: MILConfig, task_type: str, n_classes: int = 2) -> None:
-    """Refuse an aggregator that does not fit the task, in one line naming the key.
-
-    Raises:
-        ConfigError: e.g. ``mil=clam_sb`` with ``task.type=regression``.
-    """
-    kind = task_kind(task_type, n_classes)
-    if kind not in SUPPORT[cfg.arch]:
-        raise ConfigError(
-            f"mil={cfg.name} (mil.arch={cfg.arch}) does not support {kind} tasks: {_WHY.get(cfg.arch, '')}; "
-            f"use one of {', '.join(a for a, s in SUPPORT.items() if kind in s)} for task.type={task_type}"
-        )
-
-
 def _extractor(in_dim: int, cfg: MILConfig) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     width = in_dim

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zoomfeat.runtime.config import check, load_config
+from zoomfeat.runtime.errors import ConfigError
 
 MISSING_BAGS = ("error", "drop")
 IN_MEMORY = (True, False, "auto")
@@ -33,6 +34,42 @@ ATT_ACTS = ("tanh", "relu", "gelu")
 TASK_TYPES = ("classification", "regression", "survival")
 REG_LOSSES = ("mse", "huber")
 MIL_ARCHS = ("abmil", "clam_sb", "transmil", "dsmil", "meanpool", "maxpool")
+
+
+#: task types (``task.type``) each aggregator supports; multiclass is "classification" with k > 2
+SUPPORT = {
+    "abmil": ("binary", "multiclass", "regression", "survival"),
+    "clam_sb": ("binary",),
+    "transmil": ("binary", "multiclass", "regression", "survival"),
+    "dsmil": ("binary", "regression", "survival"),
+    "meanpool": ("binary", "multiclass", "regression", "survival"),
+    "maxpool": ("binary", "multiclass", "regression", "survival"),
+}
+_WHY = {
+    "clam_sb": "its instance clustering loss needs a binary bag label (positive / negative instances)",
+    "dsmil": "torchmil's DSMIL has a single-output head (its max-instance branch has one score per instance)",
+}
+
+
+def task_kind(task_type: str, n_classes: int) -> str:
+    """``binary``, ``multiclass``, ``regression`` or ``survival``."""
+    if task_type == "classification":
+        return "binary" if n_classes <= 2 else "multiclass"
+    return task_type
+
+
+def check_support(cfg: MILConfig, task_type: str, n_classes: int = 2) -> None:
+    """Refuse an aggregator that does not fit the task, in one line naming the key.
+
+    Raises:
+        ConfigError: e.g. ``mil=clam_sb`` with ``task.type=regression``.
+    """
+    kind = task_kind(task_type, n_classes)
+    if kind not in SUPPORT[cfg.arch]:
+        raise ConfigError(
+            f"mil={cfg.name} (mil.arch={cfg.arch}) does not support {kind} tasks: {_WHY.get(cfg.arch, '')}; "
+            f"use one of {', '.join(a for a, s in SUPPORT.items() if kind in s)} for task.type={task_type}"
+        )
 
 
 @dataclass
@@ -279,8 +316,6 @@ class BenchmarkConfig:
         names = [m.name for m in self.aggregators]
         check(len(set(names)) == len(names), f"mil lists an aggregator twice: {names}")
         if self.task.type != "classification":  # binary vs k classes is known once the labels are read
-            from zoomfeat.mil.aggregators import check_support
-
             for m in self.mil_list:
                 check_support(m, self.task.type)
         check(

@@ -31,6 +31,43 @@ import torch
 from torch import nn
 
 
+def class_weights(labels: np.ndarray, balanced: bool = True, n_classes: int = 2) -> np.ndarray:
+    """Per-class loss weights: ``n / (k n_c)`` (each of the k classes contributes 1/k), or ones.
+
+    Binary: ones when a class is absent. ``n_classes > 2``: the k present classes share the loss
+    equally; an absent class keeps weight 1 (no bag uses it).
+
+    Args:
+        labels: (n,) integer labels of the training bags.
+        balanced: ``mil.class_balanced``; False gives ones.
+        n_classes: k.
+
+    Returns:
+        (k,) float64 weights ``w_c``.
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    if n_classes == 2:
+        if not balanced or (counts == 0).any():
+            return np.ones(2)
+        return counts.sum() / (2 * counts)
+    weights = np.ones(n_classes)
+    present = counts > 0
+    if balanced:
+        weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def auc_of_outputs(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if np.ndim(p) == 2:  # (n, k) logits: macro one-vs-rest AUC of the softmax
+        from zoomfeat.mil.feeding import softmax_rows
+        from zoomfeat.mil.metrics import macro_ovr_auc
+
+        return macro_ovr_auc(y, softmax_rows(p))
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
 class Objective:
     """Interface: targets, loss, validation score, predictions (see the module docstring)."""
 
@@ -76,8 +113,6 @@ class Classification(Objective):
         self.weights: torch.Tensor | None = None
 
     def fit(self, targets: np.ndarray, train_idx: np.ndarray) -> None:
-        from zoomfeat.mil.train import class_weights
-
         self._w = class_weights(np.asarray(targets)[train_idx], self.balanced, self.n_classes)
 
     def tensor(self, targets: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -94,9 +129,7 @@ class Classification(Objective):
         return (loss * w).sum() / w.sum()
 
     def score(self, y: np.ndarray, out: np.ndarray) -> float:
-        from zoomfeat.mil.train import _auc
-
-        return _auc(np.asarray(y, dtype=np.int64), out)
+        return auc_of_outputs(np.asarray(y, dtype=np.int64), out)
 
 
 class Regression(Objective):

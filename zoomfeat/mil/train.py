@@ -42,6 +42,7 @@ from zoomfeat.mil.config import MILConfig
 from zoomfeat.mil.feeding import BagFeeder, amp_precision, pad_batch, predict_logits, softmax_rows
 from zoomfeat.mil.feeding import predict as predict  # re-exported (see above)
 from zoomfeat.mil.objectives import Classification, Objective
+from zoomfeat.mil.objectives import class_weights as class_weights  # re-exported (tests, callers)
 
 __all__ = [
     "BagFeeder",
@@ -55,32 +56,6 @@ __all__ = [
 from zoomfeat.runtime.device import autocast, resolve_device
 from zoomfeat.runtime.errors import InputError
 from zoomfeat.runtime.seeding import seed_everything
-
-
-def class_weights(labels: np.ndarray, balanced: bool = True, n_classes: int = 2) -> np.ndarray:
-    """Per-class loss weights: ``n / (k n_c)`` (each of the k classes contributes 1/k), or ones.
-
-    Binary: ones when a class is absent. ``n_classes > 2``: the k present classes share the loss
-    equally; an absent class keeps weight 1 (no bag uses it).
-
-    Args:
-        labels: (n,) integer labels of the training bags.
-        balanced: ``mil.class_balanced``; False gives ones.
-        n_classes: k.
-
-    Returns:
-        (k,) float64 weights ``w_c``.
-    """
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
-    if n_classes == 2:
-        if not balanced or (counts == 0).any():
-            return np.ones(2)
-        return counts.sum() / (2 * counts)
-    weights = np.ones(n_classes)
-    present = counts > 0
-    if balanced:
-        weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights
 
 
 def _weighted_bce(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -108,16 +83,6 @@ class FoldResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0  # optimiser steps taken
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if np.ndim(p) == 2:  # (n, k) logits: macro one-vs-rest AUC of the softmax
-        from zoomfeat.mil.metrics import macro_ovr_auc
-
-        return macro_ovr_auc(y, softmax_rows(p))
-    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
 
 
 class FoldTrainer:
