@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +56,23 @@ def bags(tmp_path_factory):
     write_bags(root, "noise", {s: rng.normal(size=x.shape).astype(np.float32) for s, x in feats.items()})
     table.to_csv(root / "labels.csv", index=False)
     return root
+
+
+@pytest.fixture(scope="module")
+def finished_run(bags, tmp_path_factory) -> Path:
+    """One finished run (attention saved), made once: tests that need a previous run in out_dir
+    start from a copy of it (``previous_run``)."""
+    out = tmp_path_factory.mktemp("finished_run") / "out"
+    run_benchmark(config(bags, out, save_attention=True))
+    return out
+
+
+@pytest.fixture
+def previous_run(finished_run, tmp_path) -> Path:
+    """``tmp_path / "out"``: a copy of the finished run, as if it had been run there."""
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    return out
 
 
 def bench_cmd(bags: Path, out: Path, *extra: str) -> list[str]:
@@ -140,9 +158,8 @@ def test_a_concurrent_run_is_refused_and_the_first_keeps_its_outputs(bags, tmp_p
     assert staging_dirs(out) == []
 
 
-def test_a_second_run_leaves_nothing_of_the_first(bags, tmp_path):
-    out = tmp_path / "out"
-    run_benchmark(config(bags, out, save_attention=True))
+def test_a_second_run_leaves_nothing_of_the_first(bags, previous_run, tmp_path):
+    out = previous_run
     assert (out / "paired.csv").is_file() and (out / "attention" / "good").is_dir()
     (out / "heatmaps").mkdir()
     (out / "heatmaps" / "slide.png").write_bytes(b"a heatmap drawn from the first run's attention")
@@ -169,9 +186,8 @@ def test_a_second_run_leaves_nothing_of_the_first(bags, tmp_path):
     assert staging_dirs(out) == [] and not stale.exists()
 
 
-def test_sigterm_mid_run_leaves_the_previous_outputs_untouched(bags, tmp_path):
-    out = tmp_path / "out"
-    run_benchmark(config(bags, out))
+def test_sigterm_mid_run_leaves_the_previous_outputs_untouched(bags, previous_run):
+    out = previous_run
     before = snapshot(out)
     proc = subprocess.Popen(
         bench_cmd(bags, out, "mil.epochs=2", "seed=5", "cv.folds=4"), cwd=REPO, env=ENV, text=True,
@@ -200,9 +216,8 @@ def test_an_out_dir_holding_other_files_is_refused_not_deleted(bags, tmp_path):
     assert (tmp_path / "my_notes.txt").read_text() == "not a benchmark output\n"
 
 
-def test_inputs_inside_out_dir_are_refused_not_deleted(bags, tmp_path):
-    out = tmp_path / "out"
-    run_benchmark(config(bags, out))
+def test_inputs_inside_out_dir_are_refused_not_deleted(bags, previous_run):
+    out = previous_run
     labels = out / "my_labels.csv"  # a labels file kept in the previous run's directory
     labels.write_bytes((bags / "labels.csv").read_bytes())
     cfg = config(bags, out)
