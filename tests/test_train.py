@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from zoomfeat.cli import hydra_main
-from zoomfeat.train import run
 from zoomfeat.runtime import checkpoints as ck
+from zoomfeat.train import run
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime.distributed import barrier, init_distributed, mean_over_ranks, shutdown
+from zoomfeat.runtime.errors import ConfigError
 
 
 def test_single_process(monkeypatch):

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoomfeat.runtime.errors import ConfigError, OutputError, ShardError
 from zoomfeat.runtime import checkpoints as ck
+from zoomfeat.runtime.errors import ConfigError, OutputError, ShardError
 from zoomfeat.training.config import SampleConfig, TrainConfig
 from zoomfeat.training.shards import ShardsNotFoundError
 from zoomfeat.training.trainer import train

@@ -68,7 +68,6 @@ from zoomfeat.runtime.device import synchronize
 from zoomfeat.runtime.disk import DiskFullError, check_free_space, disk_full_error, is_disk_full
 from zoomfeat.runtime.errors import ConfigMismatchError
 from zoomfeat.runtime.heap import release_freed_memory
-from zoomfeat.runtime.heap import release_freed_memory
 from zoomfeat.runtime.provenance import canonical_json
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
 from zoomfeat.slide.manifest import SlideSpec
@@ -224,9 +223,6 @@ def execute_slide(
     finally:
         if cache is not None:
             cache.release(spec.location)
-        # the slide's freed buffers back to the OS: resident memory stays flat over a cohort
-        # (benchmarks/cohort.py; glibc keeps them otherwise, and RSS creeps up in steps)
-        release_freed_memory()
         # the slide's freed buffers back to the OS: resident memory stays flat over a cohort
         # (benchmarks/cohort.py; glibc keeps them otherwise, and RSS creeps up in steps)
         release_freed_memory()

@@ -62,6 +62,8 @@ SCORE_KIND = {
     "meanpool": "gradient_x_input",
     "maxpool": "gradient_x_input",
 }
+
+
 def _extractor(in_dim: int, cfg: MILConfig) -> tuple[nn.Module, int]:
     layers: list[nn.Module] = []
     width = in_dim

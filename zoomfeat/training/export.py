@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from zoomfeat.runtime.errors import ConfigError
 from zoomfeat.runtime import checkpoints as ckpt_io
+from zoomfeat.runtime.errors import ConfigError
 
 
 def load_checkpoint_model(checkpoint: str | Path, weights: str = "ema"):
