@@ -120,7 +120,7 @@ NEWER_ENCODERS = (
 )
 
 #: Published AUCs (%) of the ZoomLDM paper's MIL table as given in issue 13; rows whose figures
-#: are in none of our references (README, /work/shared DESIGN.md and research notes) stay empty.
+#: are in none of our references (the paper and the issue) stay empty.
 PRESETS: dict[str, Preset] = {
     "paper": Preset(
         name="paper",
