@@ -173,25 +173,32 @@ def extract_slides_dir(synthetic_slide_factory, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def extract_reference(extract_slides_dir, tmp_path_factory) -> dict[str, np.ndarray]:
+    """The bags of one uninterrupted one-process run, computed once for both signal cases (the
+    reference does not depend on how the interrupted run is split over devices: determinism)."""
+    ref = tmp_path_factory.mktemp("signal_ref") / "ref"
+    proc = subprocess.run(_extract_args(extract_slides_dir, ref), env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _bags(ref)
+
+
 @pytest.mark.parametrize(
     ("signum", "devices"),
     [(signal.SIGINT, None), (signal.SIGTERM, "devices=[cpu,cpu]")],
     ids=["sigint-one-process", "sigterm-devices-cpu-cpu"],
 )
 def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
-    tmp_path, extract_slides_dir, signum, devices
+    tmp_path, extract_slides_dir, extract_reference, signum, devices
 ):
     """Ctrl-C (SIGINT to the process group) to a one-process run, SIGTERM to the main process of a
     ``devices=[cpu,cpu]`` run, each while a slide is half written (a temporary bag exists): one line,
     exit 128 + signal, no temporary and no lock left, every worker process gone; the plain rerun's
     bags equal those of an uninterrupted run bit for bit (same batch size, one thread everywhere)."""
     env = {**os.environ, **ENV}
-    ref, out = tmp_path / "ref", tmp_path / "out"
+    out = tmp_path / "out"
     extra = [devices] if devices else []
-    proc = subprocess.run(_extract_args(extract_slides_dir, ref), env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
     rc, err, workers = _interrupt(
         _extract_args(extract_slides_dir, out, *extra), out, signum, need_workers=bool(devices)
     )
@@ -209,6 +216,6 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
     proc = subprocess.run(_extract_args(extract_slides_dir, out, *extra), env=env, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    want, got = _bags(ref), _bags(out)
+    want, got = extract_reference, _bags(out)
     assert want.keys() == got.keys() and want
     assert all(np.array_equal(want[k], got[k]) for k in want)
