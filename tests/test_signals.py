@@ -142,7 +142,7 @@ EXTRACT = [
     "encoder=tiny",
     "tissue.min_tissue=0.5",
     "progress=false",
-    "batch_size=8",
+    "batch_size=4",
     "num_workers=0",
 ]
 
@@ -167,7 +167,7 @@ def extract_slides_dir(synthetic_slide_factory, tmp_path_factory):
     d = tmp_path_factory.mktemp("signal_slides")
     for k in range(3):
         p = synthetic_slide_factory(
-            f"ext{k}", width=2048, height=1024, mpp=0.5, levels=2, seed=10 + k, tissue_fraction=0.5
+            f"ext{k}", width=1024, height=1024, mpp=0.5, levels=2, seed=10 + k, tissue_fraction=0.5
         )
         (d / p.name).symlink_to(p)
     return d
