@@ -40,7 +40,9 @@ def bench_dir(synthetic_slide_factory, tmp_path_factory):
 
 def test_ranks_and_overlay():
     assert percentile_ranks(np.array([0.1, 0.5, 0.3])).tolist() == pytest.approx([1 / 3, 1, 2 / 3])
-    heat = attention_overlay((8, 8), np.array([[0, 0], [512, 512]]), np.array([0.5, 1.0]), 512, 128, 128)
+    heat = attention_overlay(
+        (8, 8), np.array([[0, 0], [512, 512]]), np.array([0.5, 1.0]), size0=512, dx=128, dy=128
+    )
     assert (heat[:4, :4] == 0.5).all() and (heat[4:, 4:] == 1.0).all() and np.isnan(heat[0, 5])
 
 

@@ -76,7 +76,7 @@ SCORE_NAMES = {"attention": "attention", "gradient_x_input": "gradient x input"}
 
 
 def _find_attention(
-    bench_dir: Path, feature_set: str, slide_id: str, repeat: int, aggregator: str | None = None
+    bench_dir: Path, feature_set: str, *, slide_id: str, repeat: int, aggregator: str | None = None
 ) -> dict[str, Any]:
     """The attention entry of ``slide_id`` in the fold file of ``feature_set`` that tested it."""
     folder = bench_dir / "attention" / feature_set
@@ -193,7 +193,7 @@ def percentile_ranks(scores: np.ndarray) -> np.ndarray:
     return rankdata(scores) / len(scores) if len(scores) else scores
 
 
-def attention_overlay(shape: tuple[int, int], coords: np.ndarray, ranks: np.ndarray, size0: float,
+def attention_overlay(shape: tuple[int, int], coords: np.ndarray, ranks: np.ndarray, *, size0: float,
                       dx: float, dy: float) -> np.ndarray:  # fmt: skip
     """(h, w) array of percentile ranks on the thumbnail grid (NaN where no tile lies)."""
     heat = np.full(shape, np.nan, dtype=np.float32)
@@ -223,7 +223,9 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
         entries = {fs: _model_scores(bench_dir, fs, slide_id, cfg) for fs in cfg.feature_sets}
     else:
         entries = {
-            fs: _find_attention(bench_dir, fs, slide_id, cfg.repeat, cfg.aggregator)
+            fs: _find_attention(
+                bench_dir, fs, slide_id=slide_id, repeat=cfg.repeat, aggregator=cfg.aggregator
+            )
             for fs in cfg.feature_sets
         }
     for e in entries.values():
@@ -249,7 +251,7 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
         e = entries[fs]
         coords, att = np.asarray(e["coords"]), np.asarray(e["attention"], dtype=np.float64)
         size0 = _tile_size(bench_dir, fs, slide_id, coords)
-        heat = attention_overlay(thumb.shape[:2], coords, percentile_ranks(att), size0, dx, dy)
+        heat = attention_overlay(thumb.shape[:2], coords, percentile_ranks(att), size0=size0, dx=dx, dy=dy)
         ax = fig.add_subplot(grid[0, col])
         ax.imshow(thumb)
         im = ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.5, vmin=0, vmax=1)
@@ -263,7 +265,7 @@ def slide_heatmap(slide_path: str | Path, cfg: HeatmapConfig) -> dict[str, Any]:
         for j, i in enumerate(order):
             tax = fig.add_subplot(grid[col, j])
             x, y = coords[i]
-            tax.imshow(slide.read_box(float(x), float(y), size0, size0, cfg.tile_px, cfg.tile_px))
+            tax.imshow(slide.read_box(float(x), float(y), size0, size0, out_w=cfg.tile_px, out_h=cfg.tile_px))
             tax.set_title(f"{fs} #{j + 1}: {att[i]:.3f}\n({int(x)}, {int(y)})", fontsize=7)
             tax.axis("off")
     fig.colorbar(im, ax=fig.axes[1 : 1 + len(sets)], fraction=0.02, label="score percentile")
