@@ -20,7 +20,7 @@ def test_model_is_torchmil_abmil_with_fold_standardisation_and_gated_option():
     # here); instance_stats then rounds to float32: relative error <= 2^-24. rtol 2^-23 covers both.
     np.testing.assert_allclose(mean, stacked.mean(0), rtol=2**-23, atol=1e-12)
     np.testing.assert_allclose(std, stacked.std(0), rtol=2**-23, atol=1e-12)
-    model = build_model(6, MILConfig(hidden=[8], gated=True), mean, std)
+    model = build_model(6, MILConfig(hidden=[8], gated=True), mean=mean, std=std)
     assert isinstance(model, ABMIL) and model.pool.gated and hasattr(model.pool, "fc_gated")
     assert isinstance(model.feat_ext[0], Standardize)
     np.testing.assert_allclose(model.feat_ext[0].mean.numpy(), mean)

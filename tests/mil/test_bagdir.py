@@ -24,9 +24,9 @@ def test_mixed_dims_error_and_empty_bags_skipped(tmp_path):
     src = write_bags(tmp_path, "x", feats)
     cohort = read_labels(_labels(tmp_path, table), label_map={"IDC": 0, "ILC": 1})
     with pytest.warns(BenchWarning, match=rf"1 empty bag\(s\) \(no tissue\) are skipped: {slides[1]}"):
-        bags = load_bag_dir(src, cohort, "x", progress=False)
+        bags = load_bag_dir(src, cohort, feature_set="x", progress=False)
     assert slides[1] not in bags.slide_ids and bags.skipped == [slides[1]] and len(bags) == 5
     feats[slides[2]] = np.ones((5, 12), np.float32)
     src = write_bags(tmp_path / "mixed", "x", feats)
     with pytest.raises(BagError, match=r"different feature widths \[8, 12\]"):
-        load_bag_dir(src, cohort, "x", progress=False)
+        load_bag_dir(src, cohort, feature_set="x", progress=False)

@@ -20,8 +20,8 @@ def _labels(tmp_path, table, name="labels.csv"):
 def test_bag_dir_in_memory_float16_and_lazy_agree(planted):
     cohort = read_labels(planted["labels"], label_map={"IDC": 0, "ILC": 1})
     src = planted["root"] / "features_good"
-    mem = load_bag_dir(src, cohort, "good", in_memory=True, dtype="float16", progress=False)
-    lazy = load_bag_dir(src, cohort, "good", in_memory=False, progress=False)
+    mem = load_bag_dir(src, cohort, feature_set="good", in_memory=True, dtype="float16", progress=False)
+    lazy = load_bag_dir(src, cohort, feature_set="good", in_memory=False, progress=False)
     assert mem.in_memory and not lazy.in_memory and mem.dim == 16 and len(mem) == 40
     assert mem.bags[0].dtype == np.float16
     for i in (0, 7):
@@ -32,7 +32,7 @@ def test_bag_dir_in_memory_float16_and_lazy_agree(planted):
         np.testing.assert_allclose(mem.features(i).astype(np.float32), ref, rtol=2**-11, atol=2**-25)
         np.testing.assert_array_equal(mem.get_coords(i), lazy.get_coords(i))
     assert mem.labels.tolist() == cohort["label"].tolist()
-    auto = load_bag_dir(src, cohort, "good", in_memory="auto", progress=False)
+    auto = load_bag_dir(src, cohort, feature_set="good", in_memory="auto", progress=False)
     assert auto.in_memory  # tiny bags always fit
 
 
@@ -42,10 +42,9 @@ def test_float16_overflow_is_caught(tmp_path):
     src = write_bags(tmp_path, "big", feats)
     cohort = read_labels(_labels(tmp_path, table), label_map={"IDC": 0, "ILC": 1})
     with pytest.raises(BagError, match="float16 range.*data.dtype=float32"):
-        load_bag_dir(src, cohort, "big", in_memory=True, dtype="float16", progress=False)
-    assert (
-        load_bag_dir(src, cohort, "big", in_memory=True, dtype="float32", progress=False).bags[0][0, 0] == 1e6
-    )
+        load_bag_dir(src, cohort, feature_set="big", in_memory=True, dtype="float16", progress=False)
+    wide = load_bag_dir(src, cohort, feature_set="big", in_memory=True, dtype="float32", progress=False)
+    assert wide.bags[0][0, 0] == 1e6
 
 
 def test_bagset_index_cohort_and_memory():

@@ -30,7 +30,7 @@ def test_labelled_slides_without_bags_are_listed(planted, tmp_path):
         kept = check_coverage(bigger, sources, missing_bags="drop")
     assert len(kept) == len(cohort)
     with pytest.raises(BagError, match="TCGA-QQ-0001"):
-        load_bag_dir(sources["good"], bigger, "good", progress=False)
+        load_bag_dir(sources["good"], bigger, feature_set="good", progress=False)
 
 
 def test_bags_without_labels_warn(planted):

@@ -24,7 +24,9 @@ def test_read_labels_maps_and_drops_unmapped(tmp_path):
     )
     path = _labels(tmp_path, table)
     with pytest.warns(BenchWarning) as record:
-        cohort = read_labels(path, "slide", "patient", "dx", {"IDC": 0, "ILC": 1})
+        cohort = read_labels(
+            path, slide_col="slide", case_col="patient", label_col="dx", label_map={"IDC": 0, "ILC": 1}
+        )
     messages = " ".join(str(w.message) for w in record)
     assert "not in label_map" in messages and "Mixed" in messages and "no 'dx' value" in messages
     assert cohort[["slide_id", "case_id", "label"]].values.tolist() == [

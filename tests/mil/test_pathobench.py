@@ -47,7 +47,9 @@ def splits():
     slides = [f"s{i}" for i in range(18)]
     cases = [f"p{i % 12}" for i in range(18)]
     labels = [int(c[1:]) % 3 for c in cases]
-    return make_splits(pd.Series(slides), pd.Series(cases), pd.Series(labels), 3, 2, 0, 0.3)
+    return make_splits(
+        pd.Series(slides), pd.Series(cases), pd.Series(labels), folds=3, repeats=2, seed=0, val_fraction=0.3
+    )
 
 
 def test_patho_bench_reads_the_same_folds(splits, tmp_path):

@@ -121,12 +121,22 @@ def test_table_means_cis_and_choice_counts(sources):
 
 
 def test_heatmap_files(sources, tmp_path):
-    paths = write_recipes_heatmap(tmp_path, _folds(), sources, {"zoomldm-t50-mid-out4_fused": 4}, 4, "demo")
+    paths = write_recipes_heatmap(
+        tmp_path,
+        _folds(),
+        sources=sources,
+        chosen={"zoomldm-t50-mid-out4_fused": 4},
+        n_choices=4,
+        title="demo",
+    )
     csv = pd.read_csv(paths["recipes_heatmap_csv"])
     assert set(csv["feature_set"]) == set(SETS) - {"uni_fused"}
     with Image.open(paths["recipes_heatmap"]) as im:
         assert im.format == "PNG" and im.width > im.height  # six panels: 3 across, 2 down
     assert (
-        write_recipes_heatmap(tmp_path / "none", _folds(), {"uni_fused": sources["uni_fused"]}, {}, 4) == {}
+        write_recipes_heatmap(
+            tmp_path / "none", _folds(), sources={"uni_fused": sources["uni_fused"]}, chosen={}, n_choices=4
+        )
+        == {}
     )
     assert not (tmp_path / "none").exists()

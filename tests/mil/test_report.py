@@ -35,7 +35,12 @@ def _folds():
 def test_write_report_outputs(tmp_path):
     folds = _folds()
     paths = write_report(
-        tmp_path, folds, "uni_20x", "demo: abmil", notes=["a note"], feature_sets=["uni_20x", "zoomldm_fused"]
+        tmp_path,
+        folds,
+        baseline="uni_20x",
+        title="demo: abmil",
+        notes=["a note"],
+        feature_sets=["uni_20x", "zoomldm_fused"],
     )
     for key in ("folds", "summary", "paired", "markdown", "plot"):
         assert paths[key].is_file(), key
@@ -79,6 +84,6 @@ def test_write_report_outputs(tmp_path):
 def test_single_set_report_has_no_paired_section(tmp_path):
     folds = _folds()
     folds = folds[folds["feature_set"] == "uni_20x"]
-    paths = write_report(tmp_path, folds, None, "single")
+    paths = write_report(tmp_path, folds, baseline=None, title="single")
     assert "paired" not in paths and "Paired" not in paths["markdown"].read_text()
     assert summary_table(folds)["feature_set"].unique().tolist() == ["uni_20x"]

@@ -179,7 +179,7 @@ def test_validation_scores_are_the_retrained_models_own(cohort, run):
     parts = fold_parts(splits, 0, 0)
     table = pd.read_csv(cohort / "labels.csv", dtype={"slide_id": str, "case_id": str})
     with torch_threads(1):
-        bags = load_feature_set(cohort / f"features_{PLANTED}", PLANTED, table, progress=False)
+        bags = load_feature_set(cohort / f"features_{PLANTED}", PLANTED, cohort=table, progress=False)
         train, val = bags.index(parts["train"]), bags.index(parts["val"])
         result = train_fold(bags, train, val, FAST, seed=fold_seed(0, 0, 0), device="cpu", progress=False)
         probs, _ = predict(result.model, BagFeeder(bags, torch.device("cpu")), val)

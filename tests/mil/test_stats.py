@@ -113,11 +113,13 @@ def test_seed_spread_and_plain_verdicts():
     folds = _folds([0.05, 0.052, 0.048], 0.01)
     seeds = seed_table(folds).set_index(["feature_set", "metric"])
     assert seeds.loc[("zoom", "auc"), "n_seeds"] == 3
-    paired = paired_cells(folds, pd.DataFrame(), "uni", "classification")
+    paired = paired_cells(folds, pd.DataFrame(), baseline="uni", task_type="classification")
     row = paired[paired["metric"] == "auc"].iloc[0]
     assert row["diff_mean"] == pytest.approx(0.05, abs=1e-9)
     assert row["diff_seed_sd"] == pytest.approx(0.002, abs=1e-9) and row["beyond_seed_noise"]
-    noisy = paired_cells(_folds([0.05, -0.04, 0.01], 0.01), pd.DataFrame(), "uni", "classification")
+    noisy = paired_cells(
+        _folds([0.05, -0.04, 0.01], 0.01), pd.DataFrame(), baseline="uni", task_type="classification"
+    )
     assert not noisy[noisy["metric"] == "auc"].iloc[0]["beyond_seed_noise"]
 
 

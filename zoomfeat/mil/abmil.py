@@ -56,6 +56,7 @@ class Standardize(nn.Module):
 def build_model(
     in_dim: int,
     cfg: MILConfig,
+    *,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
     n_classes: int = 2,

@@ -77,7 +77,7 @@ class _Pool(nn.Module):
     """meanpool / maxpool: feature extractor, masked mean or max over instances, head."""
 
     def __init__(
-        self, feat_ext: nn.Module, width: int, n_out: int, mode: str, head_hidden: int, dropout: float
+        self, feat_ext: nn.Module, *, width: int, n_out: int, mode: str, head_hidden: int, dropout: float
     ) -> None:
         super().__init__()
         self.feat_ext, self.mode = feat_ext, mode
@@ -120,6 +120,7 @@ def smooth_top1_svm(
 def clam_instance_loss(
     net: Any,
     att: torch.Tensor,
+    *,
     emb: torch.Tensor,
     y: torch.Tensor,
     mask: torch.Tensor | None,
@@ -167,7 +168,9 @@ class MILNet(nn.Module):
         cfg: the settings (``inst_weight`` for CLAM).
     """
 
-    def __init__(self, net: nn.Module, arch: str, n_out: int, standardize: nn.Module, cfg: MILConfig) -> None:
+    def __init__(
+        self, net: nn.Module, *, arch: str, n_out: int, standardize: nn.Module, cfg: MILConfig
+    ) -> None:
         super().__init__()
         self.net, self.arch, self.n_out = net, arch, int(n_out)
         self.standardize = standardize
@@ -227,7 +230,7 @@ class MILNet(nn.Module):
         Z = self.standardize(X)
         if self.arch == "clam_sb":
             logits, att, emb = self.net(Z, mask, return_att=True, return_emb=True)
-            inst = clam_instance_loss(self.net, att, emb, y, mask, self.inst_svm)
+            inst = clam_instance_loss(self.net, att, emb=emb, y=y, mask=mask, svm=self.inst_svm)
             return (1 - self.inst_weight) * loss_fn(self._squeeze(logits), y) + self.inst_weight * inst
         if self.arch == "dsmil":
             b, inst = self.net(Z, mask, return_inst_pred=True)
@@ -254,6 +257,7 @@ class MILNet(nn.Module):
 def build_net(
     in_dim: int,
     cfg: MILConfig,
+    *,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
     n_out: int = 1,
@@ -320,7 +324,14 @@ def build_net(
             feat_ext=feat_ext,
         )
     elif arch in ("meanpool", "maxpool"):
-        net = _Pool(feat_ext, width, n_out, arch[:-4], cfg.head_hidden, cfg.dropout)
+        net = _Pool(
+            feat_ext,
+            width=width,
+            n_out=n_out,
+            mode=arch[:-4],
+            head_hidden=cfg.head_hidden,
+            dropout=cfg.dropout,
+        )
     else:  # pragma: no cover - MILConfig checks arch
         raise ConfigError(f"mil.arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    return MILNet(net, arch, n_out, stand, cfg)
+    return MILNet(net, arch=arch, n_out=n_out, standardize=stand, cfg=cfg)

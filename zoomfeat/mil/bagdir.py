@@ -80,6 +80,7 @@ def _check_dims(dims: Mapping[str, int], source: Path) -> int:
 def load_bag_dir(
     bag_dir: str | Path,
     cohort: pd.DataFrame,
+    *,
     feature_set: str,
     in_memory: bool | str = "auto",
     dtype: str | np.dtype = "float16",

@@ -170,12 +170,12 @@ class Benchmark:
             self.cohort_source = str(task.labels)
             self.cohort = read_labels(
                 task.labels,
-                task.slide_col,
-                task.case_col,
-                task.label_col,
-                task.label_map,
-                task.threshold,
-                task.auto_classes,
+                slide_col=task.slide_col,
+                case_col=task.case_col,
+                label_col=task.label_col,
+                label_map=task.label_map,
+                threshold=task.threshold,
+                auto_classes=task.auto_classes,
             )
             self.class_names = class_names(self.cohort)
             return
@@ -191,7 +191,7 @@ class Benchmark:
             )
         csv_options = {**asdict(task.csv), "label_map": task.label_map, "auto_classes": task.auto_classes}
         self.preloaded[first] = load_feature_set(
-            self.sources[first], first, None, **{**self._load_options(), "csv_options": csv_options}
+            self.sources[first], first, cohort=None, **{**self._load_options(), "csv_options": csv_options}
         )
         self.cohort = self.preloaded[first].cohort()
         self.class_names = self.preloaded[first].class_names or class_names(self.cohort)
@@ -239,10 +239,10 @@ class Benchmark:
                 cohort["slide_id"],
                 cohort["case_id"],
                 cohort["label"],
-                cfg.cv.folds,
-                cfg.cv.repeats,
-                cfg.seed,
-                cfg.cv.val_fraction,
+                folds=cfg.cv.folds,
+                repeats=cfg.cv.repeats,
+                seed=cfg.seed,
+                val_fraction=cfg.cv.val_fraction,
                 source=self.cohort_source,
             )
         if self.task.type == "survival":  # every training and test part needs an event
@@ -273,13 +273,13 @@ class Benchmark:
         (:class:`~zoomfeat.mil.fold_loop.FoldLoop`; one set's bags in memory at a time)."""
         self.loop = FoldLoop(
             self.cfg,
-            self.splits,
-            self.keys,
-            self.device,
-            self.n_classes,
-            self.pred_columns,
-            self.selection,
-            self.work_dir,
+            splits=self.splits,
+            keys=self.keys,
+            device=self.device,
+            n_classes=self.n_classes,
+            pred_columns=self.pred_columns,
+            selection=self.selection,
+            out_dir=self.work_dir,
             cohort=self.cohort,
         )
         self.loop.run(self.feature_sets, self.load_set, self.cohort_source)
@@ -289,7 +289,7 @@ class Benchmark:
     def load_set(self, fs: str) -> BagSet:
         """Feature set ``fs``'s bags: the one read in step 1 (an instance CSV), else from its source."""
         return self.preloaded.pop(fs, None) or load_feature_set(
-            self.sources[fs], fs, self.cohort, **self._load_options()
+            self.sources[fs], fs, cohort=self.cohort, **self._load_options()
         )
 
     # ------------------------------------------------------------------ step 5
@@ -321,16 +321,31 @@ class Benchmark:
         by_seed, all_predictions = folds, predictions  # every seed and aggregator (zoomfeat.mil.stats)
         folds, predictions, view_sets, view_baseline = report_view(folds, predictions, sets, self.baseline)
         classes = self.class_names if self.task.type == "classification" else None
-        paths = write_report(work, folds, view_baseline, title, notes, view_sets, predictions, classes)
+        paths = write_report(
+            work,
+            folds,
+            baseline=view_baseline,
+            title=title,
+            notes=notes,
+            feature_sets=view_sets,
+            predictions=predictions,
+            class_names=classes,
+        )
         stat_paths, stat_text = write_statistics(
-            work, by_seed, all_predictions, self.baseline, self.task.type, n_boot=cfg.bootstrap,
+            work, by_seed, predictions=all_predictions, baseline=self.baseline, task_type=self.task.type, n_boot=cfg.bootstrap,
             risk_groups=self.task.risk_groups, feature_sets=sets, title=title,
         )  # fmt: skip
         paths.update(stat_paths)
         atomic_write_text(paths["markdown"], paths["markdown"].read_text() + stat_text)
-        paths.update(self.selection.write(work, folds, predictions, self.sources, title))
+        paths.update(
+            self.selection.write(work, folds, predictions=predictions, sources=self.sources, title=title)
+        )
         if cfg.preset:  # the published table's layout: paper_table.md/.csv
-            paths.update(write_paper_table(work, folds, cfg.preset, self.task.name, title, self.task.bags))
+            paths.update(
+                write_paper_table(
+                    work, folds, name=cfg.preset, task=self.task.name, title=title, bags=self.task.bags
+                )
+            )
         paths["predictions"] = self.loop.pred_path
         paths["splits"] = work / "splits.csv"
         run_info = {

@@ -153,6 +153,7 @@ def predict_logits(
     model: nn.Module,
     feeder: BagFeeder,
     idx: Sequence[int] | np.ndarray,
+    *,
     attention: bool = False,
     amp: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -207,6 +208,7 @@ def predict(
     model: nn.Module,
     feeder: BagFeeder,
     idx: Sequence[int] | np.ndarray,
+    *,
     attention: bool = False,
     amp: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -216,7 +218,7 @@ def predict(
         ``(probs, atts)``: probs (n,) P(class 1) for a binary model, (n, k) class probabilities
         for k > 2; atts the raw attention logits per bag, (N_b,) each (when ``attention``).
     """
-    logits, atts = predict_logits(model, feeder, idx, attention, amp)
+    logits, atts = predict_logits(model, feeder, idx, attention=attention, amp=amp)
     if logits.ndim == 2:
         return softmax_rows(logits), atts
     return 1.0 / (1.0 + np.exp(-logits)), atts

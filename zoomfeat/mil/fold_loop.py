@@ -97,7 +97,7 @@ def prediction_columns(task_type: str, n_classes: int = 2) -> list[str]:
     ]
 
 
-def save_fold_model(path: Path, model: MILNet, cfg: MILConfig, dim: int, task: dict[str, Any]) -> Path:
+def save_fold_model(path: Path, model: MILNet, *, cfg: MILConfig, dim: int, task: dict[str, Any]) -> Path:
     """A fold's trained network as safetensors (no pickled code), its settings in the metadata:
     ``mil`` (the :class:`MILConfig` as JSON), ``dim``, ``n_out`` and ``task`` (type, target scale)."""
     from safetensors.torch import save_file
@@ -149,6 +149,7 @@ def fold_seed(seed: int, repeat: int, fold: int) -> int:
 
 def fold_outputs(
     bags: BagSet,
+    *,
     repeat: int,
     fold: int,
     test_idx: np.ndarray,
@@ -221,6 +222,7 @@ def fold_outputs(
 
 def fold_record(
     fs: str,
+    *,
     repeat: int,
     fold: int,
     metrics: dict[str, float],
@@ -267,6 +269,7 @@ class FoldLoop:
     def __init__(
         self,
         cfg: BenchmarkConfig,
+        *,
         splits: pd.DataFrame,
         keys: Sequence[tuple[int, int]],
         device: torch.device,
@@ -274,7 +277,6 @@ class FoldLoop:
         pred_columns: Sequence[str],
         selection: NestedSelection,
         out_dir: Path,
-        *,
         cohort: pd.DataFrame | None = None,
     ) -> None:
         self.cfg, self.splits, self.keys, self.device = cfg, splits, list(keys), device
@@ -354,7 +356,9 @@ class FoldLoop:
             pred = objective.predict(out)
             return regression_metrics(y, pred), pred
         if self.task_type == "survival":
-            return survival_metrics(y[:, 0], y[:, 1], out, train_y[:, 0], train_y[:, 1]), out
+            return survival_metrics(
+                y[:, 0], y[:, 1], out, train_time=train_y[:, 0], train_event=train_y[:, 1]
+            ), out
         if out.ndim == 2:
             probs = softmax_rows(out)
             return multiclass_metrics(y, probs), probs
@@ -421,13 +425,31 @@ class FoldLoop:
         out, atts = predict_logits(result.model, feeder, test_idx, attention=want_scores, amp=mil.amp)
         y = targets[test_idx]
         if first and self.task_type == "classification":
-            self.selection.observe(fs, repeat, fold, result.model, feeder, val_idx)
+            self.selection.observe(
+                fs, repeat=repeat, fold=fold, model=result.model, feeder=feeder, val_idx=val_idx
+            )
         metrics, values = self.fold_metrics(objective, y, out, targets[train_idx])
-        record = fold_record(fs, repeat, fold, metrics, result, train_idx, val_idx, test_idx)
+        record = fold_record(
+            fs,
+            repeat=repeat,
+            fold=fold,
+            metrics=metrics,
+            result=result,
+            train_idx=train_idx,
+            val_idx=val_idx,
+            test_idx=test_idx,
+        )
         record.update(aggregator=mil.name, seed=int(seed))
         self.records.append(record)
         rows, slides = fold_outputs(
-            bags, repeat, fold, test_idx, y, values, atts or [np.zeros(0)] * len(test_idx), self.task_type
+            bags,
+            repeat=repeat,
+            fold=fold,
+            test_idx=test_idx,
+            y=y,
+            probs=values,
+            atts=atts or [np.zeros(0)] * len(test_idx),
+            task_type=self.task_type,
         )
         for row in rows:
             row.update(aggregator=mil.name, seed=int(seed))
@@ -449,9 +471,9 @@ class FoldLoop:
             save_fold_model(
                 self.out_dir / "models" / mil.name / fs / f"seed{seed}_repeat{repeat}_fold{fold}.safetensors",
                 cast(MILNet, result.model),
-                mil,
-                bags.dim,
-                task,
+                cfg=mil,
+                dim=bags.dim,
+                task=task,
             )
         names = TASK_METRICS[self.task_type]
         log.info(

@@ -35,7 +35,7 @@ def _csv_has_header(path: Path, sep: str | None) -> bool:
     return not all(pd.api.types.is_number(v) for v in first.iloc[0, 2:].tolist())
 
 
-def _csv_column(columns: list, key: int | str, header: bool, path: Path, what: str) -> Any:
+def _csv_column(columns: list, key: int | str, *, header: bool, path: Path, what: str) -> Any:
     """The column named by ``key``: a position, or a name when the CSV has a header."""
     if isinstance(key, int):
         if key >= len(columns):
@@ -49,6 +49,7 @@ def _csv_column(columns: list, key: int | str, header: bool, path: Path, what: s
 def _cohort_from_csv(
     table: pd.DataFrame,
     bag_ids: pd.Series,
+    *,
     lab: Any,
     label_map: Mapping[Any, int] | None,
     path: Path,
@@ -62,7 +63,14 @@ def _cohort_from_csv(
             f"{path}: bag(s) {preview(mixed, 10)} have instances with different labels; column {lab} must be the bag label"
         )
     first = table.groupby(bag_ids, sort=False)[lab].first()
-    labels, names = map_labels(first, label_map, None, str(path), str(lab), auto_classes)
+    labels, names = map_labels(
+        first,
+        label_map=label_map,
+        threshold=None,
+        source=str(path),
+        column=str(lab),
+        auto_classes=auto_classes,
+    )
     keep = [b for b in dict.fromkeys(bag_ids) if not np.isnan(labels[b])]
     return pd.DataFrame(
         {
@@ -77,6 +85,7 @@ def _cohort_from_csv(
 def load_instance_csv(
     path: str | Path,
     feature_set: str = "instances",
+    *,
     cohort: pd.DataFrame | None = None,
     label_col: int | str = 0,
     bag_col: int | str = 1,
@@ -112,8 +121,8 @@ def load_instance_csv(
     has_header = _csv_has_header(path, sep) if header == "auto" else bool(header)
     table = _read_csv(path, sep=sep, header=0 if has_header else None)
     columns = list(table.columns)
-    lab = _csv_column(columns, label_col, has_header, path, "bag label")
-    bag = _csv_column(columns, bag_col, has_header, path, "bag id")
+    lab = _csv_column(columns, label_col, header=has_header, path=path, what="bag label")
+    bag = _csv_column(columns, bag_col, header=has_header, path=path, what="bag id")
     feat_cols = [c for c in columns if c not in (lab, bag)]
     non_numeric = [c for c in feat_cols if not pd.api.types.is_numeric_dtype(table[c])]
     if non_numeric:
@@ -126,7 +135,9 @@ def load_instance_csv(
     rows = {b: np.flatnonzero((bag_ids == b).to_numpy()) for b in dict.fromkeys(bag_ids)}
     names = None
     if cohort is None:
-        cohort = _cohort_from_csv(table, bag_ids, lab, label_map, path, auto_classes)
+        cohort = _cohort_from_csv(
+            table, bag_ids, lab=lab, label_map=label_map, path=path, auto_classes=auto_classes
+        )
         names = class_names(cohort)
     else:
         lacking = [s for s in cohort["slide_id"] if s not in rows]

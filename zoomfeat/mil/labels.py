@@ -67,6 +67,7 @@ def _numeric_order(values: list[str]) -> list[str]:
 
 def map_labels(
     values: pd.Series,
+    *,
     label_map: Mapping[Any, int] | None = None,
     threshold: float | None = None,
     source: str = "labels",
@@ -125,6 +126,7 @@ def map_labels(
 
 def read_labels(
     path: str | Path,
+    *,
     slide_col: str = "slide_id",
     case_col: str | None = "case_id",
     label_col: str = "label",
@@ -145,7 +147,14 @@ def read_labels(
     )
     # the rows without a label go first (with a warning), so map_labels sees only labelled rows
     table = labelled_rows(table, slide_col=slide_col, label_col=label_col, source=source, warn=warn)
-    labels, names = map_labels(table[label_col], label_map, threshold, source, label_col, auto_classes)
+    labels, names = map_labels(
+        table[label_col],
+        label_map=label_map,
+        threshold=threshold,
+        source=source,
+        column=label_col,
+        auto_classes=auto_classes,
+    )
     cohort = pd.DataFrame(
         {
             "slide_id": table[slide_col],

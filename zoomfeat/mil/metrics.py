@@ -107,6 +107,7 @@ def survival_metrics(
     time: ArrayLike,
     event: ArrayLike,
     risk: ArrayLike,
+    *,
     train_time: ArrayLike | None = None,
     train_event: ArrayLike | None = None,
 ) -> dict[str, float]:

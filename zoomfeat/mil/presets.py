@@ -283,7 +283,7 @@ def _pct(mean: float, low: float, high: float) -> str:
     return f"{100 * mean:.2f}{ci}"
 
 
-def paper_markdown(table: pd.DataFrame, name: str, task: str, title: str, command: str = "") -> str:
+def paper_markdown(table: pd.DataFrame, name: str, *, task: str, title: str, command: str = "") -> str:
     """``paper_table.md``: the table of :func:`paper_table` in percent, grouped as the paper, with notes.
 
     Args:
@@ -341,7 +341,13 @@ def paper_markdown(table: pd.DataFrame, name: str, task: str, title: str, comman
 
 
 def write_paper_table(
-    out_dir: str | Path, folds: pd.DataFrame, name: str, task: str, title: str, bags: str | Path | None = None
+    out_dir: str | Path,
+    folds: pd.DataFrame,
+    *,
+    name: str,
+    task: str,
+    title: str,
+    bags: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write ``paper_table.csv`` and ``paper_table.md`` into ``out_dir``.
 
@@ -359,5 +365,7 @@ def write_paper_table(
     missing = table.loc[table["status"] != "run", "feature_set"].tolist()
     command = extract_command(str(bags or "EXTRACT_OUT_DIR"), missing) if missing else ""
     csv = write_csv(table, out_dir / "paper_table.csv")
-    md = atomic_write_text(out_dir / "paper_table.md", paper_markdown(table, name, task, title, command))
+    md = atomic_write_text(
+        out_dir / "paper_table.md", paper_markdown(table, name, task=task, title=title, command=command)
+    )
     return {"paper_table": Path(md), "paper_table_csv": csv}

@@ -211,6 +211,7 @@ def plot_recipes_heatmap(table: pd.DataFrame, path: str | Path, title: str = "")
 def write_recipes_heatmap(
     out_dir: str | Path,
     folds: pd.DataFrame,
+    *,
     sources: Mapping[str, Path],
     chosen: Mapping[str, int],
     n_choices: int,

@@ -207,6 +207,7 @@ def class_markdown(per_class: pd.DataFrame, confusion: pd.DataFrame) -> str:
 def plot_roc(
     predictions: pd.DataFrame,
     class_names: Sequence[str],
+    *,
     path: str | Path,
     feature_sets: Sequence[str] | None = None,
     title: str = "",
@@ -261,6 +262,7 @@ def plot_roc(
 def write_report(
     out_dir: str | Path,
     folds: pd.DataFrame,
+    *,
     baseline: str | None,
     title: str,
     notes: Sequence[str] = (),
@@ -308,7 +310,9 @@ def write_report(
         per_class, confusion = class_tables(predictions, class_names, feature_sets)
         paths["per_class"] = write_csv(per_class, out_dir / "per_class.csv")
         paths["confusion"] = write_csv(confusion, out_dir / "confusion.csv")
-        paths["roc"] = plot_roc(predictions, class_names, out_dir / "roc.png", feature_sets, title)
+        paths["roc"] = plot_roc(
+            predictions, class_names, path=out_dir / "roc.png", feature_sets=feature_sets, title=title
+        )
         text += "\n" + class_markdown(per_class, confusion) + "\nROC curves: roc.png.\n"
     atomic_write_text(paths["markdown"], text)
     plot_summary(summary, folds, paths["plot"], title)

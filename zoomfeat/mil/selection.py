@@ -137,6 +137,7 @@ class NestedSelection:
     def observe(
         self,
         fs: str,
+        *,
         repeat: int,
         fold: int,
         model: Any,
@@ -233,6 +234,7 @@ class NestedSelection:
         self,
         out_dir: Path,
         folds: pd.DataFrame,
+        *,
         predictions: pd.DataFrame,
         sources: Mapping[str, Path],
         title: str = "",
@@ -248,7 +250,12 @@ class NestedSelection:
         }
         counts = pd.Series(list(self.choices().values()), dtype=object).value_counts().to_dict()
         heat = write_recipes_heatmap(
-            out_dir, folds, {c: sources[c] for c in self.candidates}, counts, len(self.choices()), title
+            out_dir,
+            folds,
+            sources={c: sources[c] for c in self.candidates},
+            chosen=counts,
+            n_choices=len(self.choices()),
+            title=title,
         )
         paths.update(heat)
         return paths

@@ -159,6 +159,7 @@ def is_instance_csv(source: Path) -> bool:
 def load_feature_set(
     source: Path,
     feature_set: str,
+    *,
     cohort: pd.DataFrame | None,
     in_memory: bool | str = "auto",
     dtype: str = "float16",
@@ -179,13 +180,13 @@ def load_feature_set(
         The set's :class:`~zoomfeat.mil.bagset.BagSet`, in the cohort's order.
     """
     if is_instance_csv(source):
-        return load_instance_csv(source, feature_set, cohort, dtype=dtype, **dict(csv_options or {}))
+        return load_instance_csv(source, feature_set, cohort=cohort, dtype=dtype, **dict(csv_options or {}))
     if cohort is None:
         raise InputError(f"{source} is a bag directory: the task needs a labels CSV (task.labels=)")
     return load_bag_dir(
         source,
         cohort,
-        feature_set,
+        feature_set=feature_set,
         in_memory=in_memory,
         dtype=dtype,
         memory_fraction=memory_fraction,

@@ -64,7 +64,7 @@ def _val_n_splits(train: pd.DataFrame, val_fraction: float) -> int:
 
 
 def check_val_split(
-    train: pd.DataFrame, val_fraction: float, folds: int, where: str, source: str = "cohort"
+    train: pd.DataFrame, *, val_fraction: float, folds: int, where: str, source: str = "cohort"
 ) -> None:
     """Refuse a training part whose validation part scikit-learn cannot make (before it tries).
 
@@ -120,6 +120,7 @@ def make_splits(
     slide_ids: Sequence[str],
     case_ids: Sequence[str],
     labels: Sequence[int],
+    *,
     folds: int = 5,
     repeats: int = 1,
     seed: int = 0,
@@ -172,7 +173,13 @@ def make_splits(
         sgkf = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=_random_state(seed, repeat))
         for fold, (train_rows, test_rows) in enumerate(sgkf.split(np.zeros(len(cohort)), y, groups)):
             train = cohort.iloc[train_rows].reset_index(drop=True)
-            check_val_split(train, val_fraction, folds, f"repeat {repeat} fold {fold}", source)
+            check_val_split(
+                train,
+                val_fraction=val_fraction,
+                folds=folds,
+                where=f"repeat {repeat} fold {fold}",
+                source=source,
+            )
             val_mask = _val_split(train, val_fraction, _random_state(seed, repeat, fold, 1))
             parts = [
                 train[~val_mask].assign(part="train"),

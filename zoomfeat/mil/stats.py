@@ -241,6 +241,7 @@ def pooled_predictions(predictions: pd.DataFrame, task_type: str) -> pd.DataFram
 def bootstrap_ci(
     frame: pd.DataFrame,
     metric: Callable[[pd.DataFrame], float],
+    *,
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -314,6 +315,7 @@ def seed_table(folds: pd.DataFrame) -> pd.DataFrame:
 def paired_cells(
     folds: pd.DataFrame,
     predictions: pd.DataFrame,
+    *,
     baseline: str,
     task_type: str,
     feature_sets: Sequence[str] | None = None,
@@ -481,10 +483,10 @@ def _plot_grid(
 def write_statistics(
     out_dir: str | Path,
     folds: pd.DataFrame,
+    *,
     predictions: pd.DataFrame,
     baseline: str | None,
     task_type: str,
-    *,
     n_boot: int = 1000,
     risk_groups: int = 2,
     feature_sets: Sequence[str] | None = None,
@@ -542,7 +544,7 @@ def write_statistics(
         for (agg, fs), f in pooled.groupby(KEYS, sort=False):
             for m, fn in funcs.items():
                 rows.append(
-                    {"aggregator": agg, "feature_set": fs, "metric": m, **bootstrap_ci(f, fn, n_boot)}
+                    {"aggregator": agg, "feature_set": fs, "metric": m, **bootstrap_ci(f, fn, n_boot=n_boot)}
                 )
         boot = pd.DataFrame(rows)
         paths["bootstrap"] = write_csv(boot, out / "bootstrap.csv")
@@ -553,7 +555,9 @@ def write_statistics(
             lines.append(f"| {r['aggregator'] or '–'} | {r['feature_set']} | {METRIC_LABELS[r['metric']]} | "
                          f"{r['estimate']:.3f} | {r['ci_low']:.3f}–{r['ci_high']:.3f} |")  # fmt: skip
     if baseline:
-        paired = paired_cells(folds, predictions, baseline, task_type, feature_sets)
+        paired = paired_cells(
+            folds, predictions, baseline=baseline, task_type=task_type, feature_sets=feature_sets
+        )
         if len(paired):
             paths["paired"] = write_csv(paired, out / "paired.csv")
             lines += ["", "Each feature set against the baseline under the same aggregator (Holm-adjusted over "

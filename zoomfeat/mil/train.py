@@ -110,12 +110,12 @@ class FoldTrainer:
         train_idx: Sequence[int] | np.ndarray,
         val_idx: Sequence[int] | np.ndarray,
         cfg: MILConfig,
+        *,
         seed: int = 0,
         device: str | torch.device = "auto",
         progress: bool = True,
         desc: str = "train",
         n_classes: int = 2,
-        *,
         objective: Objective | None = None,
         targets: np.ndarray | None = None,
         callback_on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
@@ -183,7 +183,7 @@ class FoldTrainer:
         mean = std = None
         if cfg.standardize:
             mean, std = instance_stats(bags, self.train_idx)
-        self.model = build_net(bags.dim, cfg, mean, std, self.objective.n_out).to(device)
+        self.model = build_net(bags.dim, cfg, mean=mean, std=std, n_out=self.objective.n_out).to(device)
         # foreach: one fused update per step instead of one small op per parameter tensor
         self.opt = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
@@ -258,12 +258,12 @@ def train_fold(
     train_idx: Sequence[int] | np.ndarray,
     val_idx: Sequence[int] | np.ndarray,
     cfg: MILConfig,
+    *,
     seed: int = 0,
     device: str | torch.device = "auto",
     progress: bool = True,
     desc: str = "train",
     n_classes: int = 2,
-    *,
     objective: Objective | None = None,
     targets: np.ndarray | None = None,
     callback_on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
@@ -290,11 +290,11 @@ def train_fold(
         train_idx,
         val_idx,
         cfg,
-        seed,
-        device,
-        progress,
-        desc,
-        n_classes,
+        seed=seed,
+        device=device,
+        progress=progress,
+        desc=desc,
+        n_classes=n_classes,
         objective=objective,
         targets=targets,
         callback_on_epoch_end=callback_on_epoch_end,
