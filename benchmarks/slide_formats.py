@@ -57,7 +57,7 @@ def make_forms(tmp: Path) -> dict[str, Path]:
 
     ref = Slide.open(SVS)
     w, h = ref.dimensions
-    pixels = ref.read_box(0, 0, w, h, w, h)
+    pixels = ref.read_box(0, 0, w, h, out_w=w, out_h=h)
     forms = {"svs": tmp / "svs" / "CMU-1.svs"}
     forms["svs"].parent.mkdir()
     shutil.copy(SVS, forms["svs"])

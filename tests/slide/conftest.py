@@ -22,7 +22,7 @@ def cmu_pixels(cmu_slide) -> np.ndarray:
 
     with Slide.open(cmu_slide) as s:
         w, h = s.dimensions
-        return s.read_box(0, 0, w, h, w, h)
+        return s.read_box(0, 0, w, h, out_w=w, out_h=h)
 
 
 @pytest.fixture(scope="session")

@@ -77,7 +77,7 @@ def test_synthetic_slide_contents_match_slide_reads(tmp_path, tiny, small_slide)
             assert f["latent"].dtype == np.float16 and f["latent"].shape[1:] == (3, 64, 64)
             assert (f["mag"][()] == m).all()
         mag = 20 / 2**m
-        grid = TileGrid.build(slide, 256, mag=mag, parent_mag=mag / 4, progress=False)
+        grid = TileGrid.build(slide, tile_px=256, mag=mag, parent_mag=mag / 4, progress=False)
         kept = np.flatnonzero(grid.children.kept)
         assert len(kept) == counts[m]
         tiles = [reader.read(m, i) for i in range(counts[m])]
@@ -124,7 +124,7 @@ def test_coarse_magnification_pools_the_grid(tmp_path, tiny, synthetic_slide_fac
     t = ShardReader(ShardIndex.load(out)).read(4, 0)
     assert t["ssl"].shape == (32, 8, 8)
     slide = Slide.open(path)
-    grid20 = TileGrid.build(slide, 256, mag=20, parent_mag=5, min_tissue=0.0, progress=False)
+    grid20 = TileGrid.build(slide, tile_px=256, mag=20, parent_mag=5, min_tissue=0.0, progress=False)
     assert grid20.child_size_level0 == 256
     cells = [slide.read_region(x * 256, y * 256, 256, 0.5) for y in range(16) for x in range(16)]
     emb = _uni(encoder, cells).astype(np.float16).astype(np.float32).reshape(16, 16, -1).transpose(2, 0, 1)

@@ -264,6 +264,7 @@ class TileGrid:
     def build(
         cls,
         slide: Slide,
+        *,
         tile_px: int = TILE_PX,
         mag: float = BASE_MAG,
         parent_mag: float = magnification(PARENT_MAG_INDEX),
@@ -391,7 +392,7 @@ class TileGrid:
         s = self.child_size_level0
         lw = max(1, round(min(w, h) / 700))
 
-        def rect(x, y, size, color, width):
+        def rect(x, y, size, *, color, width):
             draw.rectangle(
                 [x / dx, y / dy, (x + size) / dx - 1, (y + size) / dy - 1], outline=color, width=width
             )
@@ -399,13 +400,13 @@ class TileGrid:
         for k in range(len(self.children)):
             x, y, _ = self.child_box_level0(k)
             if not self.children.kept[k]:
-                rect(x, y, s, (220, 40, 40), 1)
+                rect(x, y, s, color=(220, 40, 40), width=1)
         for k in np.flatnonzero(self.children.kept).tolist():
             x, y, _ = self.child_box_level0(k)
-            rect(x, y, s, (0, 190, 220), 1)
+            rect(x, y, s, color=(0, 190, 220), width=1)
         for i in range(len(self.parents)):
             x, y, size = self.parent_box_level0(i)
-            rect(x, y, size, (30, 60, 230), lw + 1)
+            rect(x, y, size, color=(30, 60, 230), width=lw + 1)
         text = (
             f"{slide.slide_id}  {slide.mpp:g} um/px ({slide.magnification:.2f}x)  parents {len(self.parents)}  "
             f"children kept {self.n_kept_children}/{len(self.children)}  min_tissue {self.min_tissue:g}"

@@ -508,7 +508,7 @@ class Slide:
         """Raw openslide read: level-0 location, level size; RGB uint8 with transparency on white."""
         return self._on_white(np.asarray(self._read_rgba(level, x0, y0, w, h)))
 
-    def read_box(self, x0: float, y0: float, w0: float, h0: float, out_w: int, out_h: int) -> np.ndarray:
+    def read_box(self, x0: float, y0: float, w0: float, h0: float, *, out_w: int, out_h: int) -> np.ndarray:
         """The level-0 box ``[x0, x0+w0) x [y0, y0+h0)`` (floats allowed) as RGB uint8 (out_h, out_w, 3).
 
         Reads the best pyramid level for the scale and resizes with an antialiased Lanczos filter;
@@ -548,7 +548,7 @@ class Slide:
         if not (mpp and mpp > 0):
             raise ValueError(f"{self.path}: target mpp must be positive, got {mpp!r}")
         extent = size_px * float(mpp) / self.mpp
-        return self.read_box(x0, y0, extent, extent, size_px, size_px)
+        return self.read_box(x0, y0, extent, extent, out_w=size_px, out_h=size_px)
 
     def thumbnail(
         self, mpp: float, max_px: int = 8192, block_px: int = 4096, progress: bool = True
@@ -574,5 +574,7 @@ class Slide:
             blocks, desc=f"thumbnail {self.slide_id}", disable=not progress or len(blocks) < 16, leave=False
         ):
             bw, bh = min(step, tw - bx), min(step, th - by)
-            out[by : by + bh, bx : bx + bw] = self.read_box(bx * dx, by * dy, bw * dx, bh * dy, bw, bh)
+            out[by : by + bh, bx : bx + bw] = self.read_box(
+                bx * dx, by * dy, bw * dx, bh * dy, out_w=bw, out_h=bh
+            )
         return out, dx, dy

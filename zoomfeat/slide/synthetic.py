@@ -20,7 +20,7 @@ import numpy as np
 
 
 def synthetic_he_image(
-    width: int, height: int, seed: int = 0, tissue_fraction: float = 0.4, blob_px: int | None = None
+    width: int, height: int, *, seed: int = 0, tissue_fraction: float = 0.4, blob_px: int | None = None
 ) -> np.ndarray:
     """An RGB uint8 (height, width, 3) H&E-like picture: tissue blobs on white."""
     rng = np.random.default_rng(seed)
@@ -107,6 +107,7 @@ def _pyramid(base: np.ndarray, levels: int) -> list[np.ndarray]:
 
 def write_synthetic_slide(
     path: str | Path,
+    *,
     width: int = 4096,
     height: int = 4096,
     mpp: float | None = 0.25,
@@ -133,7 +134,11 @@ def write_synthetic_slide(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = image if image is not None else synthetic_he_image(width, height, seed, tissue_fraction)
+    base = (
+        image
+        if image is not None
+        else synthetic_he_image(width, height, seed=seed, tissue_fraction=tissue_fraction)
+    )
     if base.dtype != np.uint8 or base.ndim != 3 or base.shape[2] != 3:
         raise ValueError("image must be uint8 (H, W, 3)")
     height, width = base.shape[:2]

@@ -155,6 +155,7 @@ def saturation(rgb: np.ndarray, dark_value: int = 40, min_chroma: int = 10) -> n
 def tissue_mask(
     rgb: np.ndarray,
     mpp: float,
+    *,
     dark_value: int = 40,
     min_chroma: int = 10,
     blur_um: float = 8.0,

@@ -152,7 +152,7 @@ class SlidePreparer:
             mag = magnification(m)
             self.grids[m] = TileGrid.build(
                 slide,
-                TILE_PX,
+                tile_px=TILE_PX,
                 mag=mag,
                 parent_mag=mag / RATIO,
                 min_tissue=cfg.min_tissue,
