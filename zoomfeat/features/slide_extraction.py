@@ -300,6 +300,7 @@ class SlideExtraction:
                         # the slide's bytes must fit before any is computed (runtime/disk.py)
                         need = self.plan.expected_bytes if self.plan is not None else 0
                         check_free_space(self.out_dir, need, what=f"{self.slide.slide_id}'s bags")
+                        writer.reserve()  # a disk filled from now on fails here, not inside HDF5
                         if self.n_parents and self.write:
                             self.stream(writer)  # 4-7
                         self.publish(writer)  # 8

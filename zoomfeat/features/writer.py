@@ -18,6 +18,9 @@ The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -84,6 +87,52 @@ def remove_stale_temporaries(paths: Mapping[str, Path]) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
+
+
+#: room reserved in a new bag beyond its rows (HDF5's superblock, object headers, chunk index, attributes)
+RESERVE_OVERHEAD_BYTES = 1 << 16
+
+
+def _reserve(f: h5py.File, row_bytes: int) -> None:
+    """Reserve the disk blocks a new bag will need, past its current end, before HDF5 writes to it.
+
+    A disk that fills up while a slide is written then fails here, on a file HDF5 has written
+    nothing to yet, with a plain ``OSError`` (ENOSPC): HDF5 never meets a failed write, which it
+    cannot recover from (its file stays open and the interpreter crashes at exit). Linux's
+    ``fallocate(FALLOC_FL_KEEP_SIZE)`` reserves the blocks without changing the file's size, so
+    HDF5 sees the file it made; :func:`_release_reserve` frees what was not used once it is
+    closed. Where ``fallocate`` is missing the free-space check before each slide still applies.
+    """
+    fd = f.id.get_vfd_handle()
+    if _fallocate is None:
+        return
+    if _fallocate(fd, _FALLOC_FL_KEEP_SIZE, 0, row_bytes + RESERVE_OVERHEAD_BYTES) != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return
+        raise OSError(code, os.strerror(code), f.filename)
+
+
+def _release_reserve(path: Path) -> None:
+    """Free the blocks reserved past a closed file's end (truncating to its own size does)."""
+    try:
+        os.truncate(path, path.stat().st_size)
+    except OSError:
+        pass
+
+
+def _libc_fallocate() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate = _libc_fallocate()
 
 
 class SlideBagWriter:
@@ -153,6 +202,8 @@ class SlideBagWriter:
             itemsize = np.dtype(dtype).itemsize
             self.expected_bytes += rows * (itemsize * int(dims[name]) + 16 + (8 if m == 20 else 0))
         self._files: dict[str, h5py.File] = {}
+        self._row_bytes: dict[str, int] = {}  # each bag's bytes of rows (reserve)
+        self._tmp: dict[str, Path] = {}  # each bag's temporary path
         # one atomic_path per file: closing the stack normally publishes them, with an error removes them
         self._temporaries = ExitStack()
         try:
@@ -161,7 +212,9 @@ class SlideBagWriter:
                 tmp = self._temporaries.enter_context(atomic_path(self.paths[name]))
                 f = h5py.File(tmp, "w")
                 self._files[name] = f
+                self._tmp[name] = Path(tmp)
                 n, d = len(self.coords[mag]), int(dims[name])
+                self._row_bytes[name] = n * (np.dtype(dtype).itemsize * d + 16 + (8 if mag == 20 else 0))
                 chunks = (max(1, min(chunk_rows, n)), d) if n and d else True
                 f.create_dataset(
                     "features", shape=(n, d), dtype=np.dtype(dtype), chunks=chunks, maxshape=(None, d)
@@ -227,9 +280,10 @@ class SlideBagWriter:
                 raise RuntimeError(
                     f"{self.paths[name]}: {self.rows_written[name]} of {n} rows written; not publishing an incomplete bag"
                 )
-        for f in self._files.values():
+        for name, f in self._files.items():
             f.attrs["complete"] = True
             f.close()
+            _release_reserve(self._tmp[name])
         self._files.clear()
         try:
             # entered last, renamed first (the stack unwinds in reverse): 20x coords, 5x coords, bags
@@ -245,6 +299,12 @@ class SlideBagWriter:
             raise
         self._temporaries.close()  # fsync, rename, fsync the directory: each file appears complete
         return dict(self.paths)
+
+    def reserve(self) -> None:
+        """Reserve every open bag's disk blocks now (:func:`_reserve`): call it once the free
+        space is known to suffice, before any row is computed."""
+        for name, f in self._files.items():
+            _reserve(f, self._row_bytes[name])
 
     def abort(self) -> None:
         """Close and delete every temporary file (nothing is published)."""
