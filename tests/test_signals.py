@@ -19,44 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.processes import descendants, left_alive
 from zoomfeat.training.shards import ShardIndex, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _left_alive(pids: list[int], *, within_s: float = 5.0) -> list[int]:
-    """The pids still alive ``within_s`` seconds after the main process exited: a process that
-    is ending (the multiprocessing resource tracker notices its parent's exit on its own) gets
-    that long; the issue's leftovers were still alive seconds later and would stay."""
-    deadline = time.monotonic() + within_s
-    while (alive := [p for p in pids if _alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return alive
 
 
 def _temporaries(out: Path) -> list[Path]:
@@ -102,7 +69,7 @@ def _interrupt(
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
-            workers = _descendants(run.pid) or workers
+            workers = descendants(run.pid) or workers
             if _temporaries(out) and (workers or not need_workers):
                 break
             time.sleep(0.02)
@@ -111,7 +78,7 @@ def _interrupt(
         _, err = run.communicate(timeout=120)
         return run.returncode, err, workers
     finally:
-        for pid in [run.pid, *_descendants(run.pid)]:
+        for pid in [run.pid, *descendants(run.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -134,7 +101,7 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
         assert len(lines) == 1 and lines[0].startswith(f"zoomfeat prepare: stopped by {name}: "), err
         assert "abandoned (its temporary shards removed)" in lines[0] and "Rerun the same command" in lines[0]
         assert not _temporaries(out)  # the abandoned slide left nothing behind
-        assert workers and not _left_alive(workers)  # nor a worker process
+        assert workers and not left_alive(workers)  # nor a worker process
         assert len([s for s in slides if read_record(out, s.stem)]) < len(slides)
 
     proc = subprocess.run(_prepare_args(slides, out, 0), env=env, capture_output=True, text=True, timeout=400)
@@ -220,7 +187,7 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
     assert "abandoned (nothing of it published" in lines[0] and "Rerun the same command" in lines[0], lines[0]
     assert not _temporaries(out) and not list(out.rglob("*.lock"))
     if devices:
-        assert workers and not _left_alive(workers)  # both device workers ended
+        assert workers and not left_alive(workers)  # both device workers ended
     assert list((out / "logs").glob("extract_*.csv"))  # the run's log is written
 
     proc = subprocess.run(_extract_args(extract_slides_dir, out, *extra), env=env, capture_output=True, text=True,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from tests.processes import alive, descendants
 from zoomfeat.runtime import checkpoints as ck
 
 from .conftest import ONE_THREAD_ENV
@@ -40,32 +41,6 @@ def _env() -> dict[str, str]:
     return {**os.environ, **ONE_THREAD_ENV, "PYTHONPATH": str(REPO)}
 
 
-def _descendants(pid: int) -> list[int]:
-    """Process ids under ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _interrupt(args: list[str], out: Path, signum: int, after_steps: int) -> tuple[int, str, list[int]]:
     """Start a run in its own process group, wait until it logged ``after_steps`` steps and has its
     DataLoader worker, send ``signum`` (SIGINT to the whole group, as a terminal's Ctrl-C does;
@@ -78,7 +53,7 @@ def _interrupt(args: list[str], out: Path, signum: int, after_steps: int) -> tup
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             n = len(log.read_text().splitlines()) if log.is_file() else 0
-            workers = _descendants(proc.pid) or workers
+            workers = descendants(proc.pid) or workers
             if n >= after_steps and workers:
                 break
             time.sleep(0.05)
@@ -90,7 +65,7 @@ def _interrupt(args: list[str], out: Path, signum: int, after_steps: int) -> tup
         _, err = proc.communicate(timeout=120)
         return proc.returncode, err, workers
     finally:
-        for pid in [proc.pid, *_descendants(proc.pid)]:
+        for pid in [proc.pid, *descendants(proc.pid)]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -120,7 +95,7 @@ def test_signals_stop_train_and_reruns_resume_exactly(tmp_path, data):
     assert 2 <= step < STEPS and f"step-{step:08d}" in line and "rerun the same command" in line
     assert ck.find_latest(b).name == f"step-{step:08d}" and ck.read_state(ck.find_latest(b))["step"] == step
     assert not [p for p in (b / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporaries
-    assert workers and not [p for p in workers if _alive(p)]  # the DataLoader worker is gone too
+    assert workers and not [p for p in workers if alive(p)]  # the DataLoader worker is gone too
     assert len((b / "train_log.jsonl").read_text().splitlines()) == step
 
     # Ctrl-C to the whole process group (worker included) of the resumed run: exit 130
@@ -128,7 +103,7 @@ def test_signals_stop_train_and_reruns_resume_exactly(tmp_path, data):
     assert rc == 130, err[-3000:]
     step2 = int(_stop_line(err, "SIGINT").split("stopped after step ")[1].split()[0])
     assert step < step2 < STEPS and ck.find_latest(b).name == f"step-{step2:08d}"
-    assert workers and not [p for p in workers if _alive(p)]
+    assert workers and not [p for p in workers if alive(p)]
 
     # the plain rerun resumes and ends equal to the uninterrupted run, bit for bit
     proc = subprocess.run(_args(data, b), env=_env(), capture_output=True, text=True, timeout=300)
