@@ -34,6 +34,11 @@ from zoomfeat.runtime.config import check, load_config, to_dict
 from zoomfeat.runtime.device import PRECISIONS
 from zoomfeat.runtime.units import BASE_MAG, PARENT_MAG_INDEX, TILE_PX, magnification
 
+#: the bag sets a family may write (``bags.sets``): its 20x tiles, its 5x parents, each 20x row next to its parent's
+BAG_SETS = ("20x", "5x", "fused")
+#: how a fused set is delivered (``bags.fused``)
+FUSED_MODES = ("file", "derived")
+
 
 @dataclass
 class SweepSection:
@@ -105,6 +110,12 @@ class BagsSection:
 
     #: storage dtype of the features: float16 (half the bytes, ~5e-4 relative rounding; a value beyond +-65504 fails the slide) | float32
     dtype: str = "float32"
+    #: the sets each family writes, any of [20x, 5x, fused]: only their tiles are embedded (20x alone
+    #: embeds no background child and no 5x tile; docs/cohorts.md, "Which sets cost what")
+    sets: list[str] = field(default_factory=lambda: list(BAG_SETS))
+    #: fused set: file (features_{family}_fused, read by TRIDENT/CLAM/STAMP as is) | derived (no file:
+    #: readers build concat(20x row, its parent's 5x row) from the 20x bag's parent_idx; needs 20x and 5x in bags.sets)
+    fused: str = "file"
 
     def __post_init__(self) -> None:
         from zoomfeat.bags import FEATURE_DTYPES
@@ -113,6 +124,26 @@ class BagsSection:
             self.dtype in FEATURE_DTYPES,
             f"bags.dtype must be one of {' | '.join(FEATURE_DTYPES)}, got {self.dtype!r}",
         )
+        sets = [str(s) for s in (self.sets or [])]
+        bad = [s for s in sets if s not in BAG_SETS]
+        check(
+            bool(sets) and not bad and len(set(sets)) == len(sets),
+            f"bags.sets must be a non-empty list of distinct {' | '.join(BAG_SETS)}, got {self.sets!r}",
+        )
+        self.sets = [s for s in BAG_SETS if s in sets]  # canonical order
+        check(
+            self.fused in FUSED_MODES,
+            f"bags.fused must be one of {' | '.join(FUSED_MODES)}, got {self.fused!r}",
+        )
+        check(
+            not (self.fused == "derived" and "fused" in sets and not {"20x", "5x"} <= set(sets)),
+            f"bags.fused=derived builds the fused rows from the 20x and 5x bags, but bags.sets={self.sets}: "
+            "add both (bags.sets=[20x,5x,fused]) or set bags.fused=file",
+        )
+
+    def files(self) -> tuple[str, ...]:
+        """The sets written as files, of ``20x | 5x | fused`` (a derived fused set has none)."""
+        return tuple(s for s in self.sets if not (s == "fused" and self.fused == "derived"))
 
 
 @dataclass

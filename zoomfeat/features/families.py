@@ -31,9 +31,12 @@ conditioning encoder whenever a recipe is missing).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from zoomfeat.features.outputs import (
     IDENTITY_ATTRS,
@@ -75,10 +78,20 @@ class Family:
     hash: str
     recipe: Recipe | None = None
     encoder: str | None = None
+    #: the sets written as files (``bags.sets`` less a derived fused set); empty: all three
+    files: tuple[str, ...] = ()
+    #: the embedding job the family needs: its own (encoder families) or its conditioning job (recipes)
+    job: str | None = None
 
     @property
     def sets(self) -> tuple[str, str, str]:
+        """All three sets of the family (``{name}_20x``, ``_5x``, ``_fused``), written or not."""
         return family_sets(self.name)
+
+    @property
+    def set_files(self) -> tuple[str, ...]:
+        """The family's sets written as files, in the order of :attr:`sets`."""
+        return self.files or self.sets
 
     @property
     def output_kind(self) -> OutputKind:
@@ -96,16 +109,102 @@ def pass_families(cfg: Any, models: Any) -> dict[str, Family]:
         ``{family name: Family}``.
     """
     base = cfg.recipe()
+    kinds = cfg.bags.files()
     out: dict[str, Family] = {}
     for r in models.recipes:
+        job = models.cond_job(r.cond_px)
         b = {**base, "model_checkpoint": models.checkpoint_identity("zoomldm"),
-             "encoder_checkpoint": models.checkpoint_identity(models.cond_job(r.cond_px))}  # fmt: skip
+             "encoder_checkpoint": models.checkpoint_identity(job)}  # fmt: skip
         spec = recipe_dict(b, r)
-        out[r.name] = Family(r.name, "recipe", spec, config_hash(spec), recipe=r)
+        files = tuple(f"{r.name}_{k}" for k in kinds)
+        out[r.name] = Family(r.name, "recipe", spec, config_hash(spec), recipe=r, files=files, job=job)
     for fam, name in models.encoder_families.items():
         spec = encoder_dict(base, name, models.checkpoint_identity(fam))
-        out[fam] = Family(fam, "encoder", spec, config_hash(spec), encoder=name)
+        files = tuple(f"{fam}_{k}" for k in kinds)
+        out[fam] = Family(fam, "encoder", spec, config_hash(spec), encoder=name, files=files, job=fam)
     return out
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one slide's run computes, decided once when the slide is planned ("plan once, then act").
+
+    A kept 5x parent has 17 tiles: its kept 20x children, its background children and the 5x
+    tile itself. Each embedding job embeds only the kinds it is listed under; ZoomLDM runs on the
+    kept children (each with its own 1x1 grid, magnification index 0) and on the 5x tile (the 4x4
+    grid of all 16 children, index 2) only where asked. :func:`plan_work` derives it from the sets
+    a slide writes; :meth:`full` is everything (the work of earlier versions).
+
+    Attributes:
+        kept: jobs run on the kept 20x children (a 20x or fused set, or any recipe's conditioning).
+        background: jobs run on the background children (the conditioning job of a recipe whose
+            5x rows are needed: the 5x grid).
+        parent: jobs run on the 5x tile (an encoder family's 5x or fused set).
+        zoomldm_20x: ZoomLDM on the kept children; zoomldm_5x: ZoomLDM on the 5x tile.
+    """
+
+    kept: frozenset[str] = frozenset()
+    background: frozenset[str] = frozenset()
+    parent: frozenset[str] = frozenset()
+    zoomldm_20x: bool = False
+    zoomldm_5x: bool = False
+
+    @classmethod
+    def full(cls, jobs: Iterable[str], *, zoomldm: bool) -> Work:
+        """Every job on all 17 tiles of every kept parent, and ZoomLDM (with ``zoomldm``) on the kept
+        children and the 5x tile, whatever sets are written (a tile store wants all of it)."""
+        every = frozenset(jobs)
+        return cls(every, every, every, zoomldm, zoomldm)
+
+    @property
+    def jobs(self) -> frozenset[str]:
+        """Every embedding job that runs at all."""
+        return self.kept | self.background | self.parent
+
+    def tiles(self, job: str) -> tuple[bool, bool, bool]:
+        """Which tiles ``job`` embeds: (kept children, background children, the 5x tile)."""
+        return (job in self.kept, job in self.background, job in self.parent)
+
+    def slots(self, job: str, kept: np.ndarray) -> np.ndarray:
+        """The tiles ``job`` embeds of one parent, as positions in its 17 tiles (children 0..15 in
+        grid order, then the 5x tile at 16), given the parent's bool (16,) ``kept`` mask."""
+        k, b, p = self.tiles(job)
+        kept = np.asarray(kept, bool)
+        children = np.flatnonzero((kept & k) | (~kept & b))
+        return np.concatenate([children, [len(kept)] if p else []]).astype(np.int64)
+
+
+def plan_work(write: Mapping[str, Iterable[str]], families: Mapping[str, Family]) -> Work:
+    """The :class:`Work` that writing ``write`` (``{family: its sets to write}``) needs, no more.
+
+    The rows a set needs: ``{f}_20x`` the kept children's, ``{f}_5x`` the 5x tile's, ``{f}_fused``
+    both. An encoder family's job embeds the kept children for 20x rows and the 5x tile for 5x
+    rows; a recipe family's 20x rows need ZoomLDM on the kept children and its conditioning job on
+    them (their own 1x1 grids), its 5x rows ZoomLDM on the 5x tile and its conditioning job on all
+    16 children (the 4x4 grid, background children included). Nothing else is embedded.
+    """
+    kept: set[str] = set()
+    background: set[str] = set()
+    parent: set[str] = set()
+    z20 = z5 = False
+    for name, sets in write.items():
+        fam = families[name]
+        sets = list(sets)
+        rows20 = any(s.endswith(("_20x", "_fused")) for s in sets)
+        rows5 = any(s.endswith(("_5x", "_fused")) for s in sets)
+        job = fam.job or name
+        if fam.kind == "recipe":
+            z20, z5 = z20 or rows20, z5 or rows5
+            if rows20 or rows5:
+                kept.add(job)
+            if rows5:
+                background.add(job)
+        else:
+            if rows20:
+                kept.add(job)
+            if rows5:
+                parent.add(job)
+    return Work(frozenset(kept), frozenset(background), frozenset(parent), z20, z5)
 
 
 def grid_spec(cfg: Any) -> dict[str, Any]:
@@ -138,17 +237,24 @@ class ExtractionPass:
 
     @property
     def sets(self) -> list[str]:
-        """Every bag set of the pass, family by family."""
-        return [s for fam in self.families.values() for s in fam.sets]
+        """Every bag set the pass writes as a file (``bags.sets``, ``bags.fused``), family by family."""
+        return [s for fam in self.families.values() for s in fam.set_files]
 
     def outputs(self, out_dir: str | Path, slide_id: str) -> dict[str, Path]:
-        """Final paths of one slide's bags (every family's three sets) and two coords files."""
+        """Final paths of one slide's bags (every family's sets written as files) and two coords files."""
         return slide_outputs(out_dir, slide_id, tile_px=self.cfg.tile_px, sets=self.sets)
 
     def plan(self, out_dir: str | Path, slide_id: str, *, source: str = "") -> SlidePlan:
-        """:func:`plan_slide` for this pass."""
-        return plan_slide(out_dir, slide_id, tile_px=self.cfg.tile_px, families=self.families,
+        """:func:`plan_slide` for this pass, with its :meth:`work`."""
+        plan = plan_slide(out_dir, slide_id, tile_px=self.cfg.tile_px, families=self.families,
                           grid=self.grid, source=source)  # fmt: skip
+        plan.work = self.work(plan)
+        return plan
+
+    def work(self, plan: SlidePlan) -> Work:
+        """What a slide's run computes: the one decision (:func:`plan_work` of the sets the plan
+        writes). Override it to compute more (:meth:`Work.full`)."""
+        return plan_work(plan.sets_to_write(), self.families)
 
 
 #: what a plan saw of a path: (inode, size, mtime in ns), or None when it did not exist
@@ -172,14 +278,17 @@ class FamilyPlan:
             ``outdated`` (computed and written whole), ``mismatch`` (another config: refused
             unless ``overwrite``, then written whole); see :class:`~zoomfeat.features.outputs.OutputsState`.
         detail: for a mismatch the recipe keys that differ, for damage the files and why.
-        sets: the family's bag sets (all written when the family is).
+        sets: the family's bag sets written as files (``bags.sets``, ``bags.fused``).
         damaged: ``[(path, what is wrong)]``.
+        write: the sets this run writes: none when complete; the missing ones when ``partial``
+            (the family's intact files are kept); else every one of ``sets``.
     """
 
     state: str
     detail: str = ""
     sets: tuple[str, ...] = ()
     damaged: list[tuple[Path, str]] = field(default_factory=list)
+    write: tuple[str, ...] = ()
 
 
 @dataclass
@@ -215,6 +324,8 @@ class SlidePlan:
     seen: dict[str, Fingerprint] = field(default_factory=dict)
     expected_bytes: int = 0
     before_publish: list[PublishCheck] = field(default_factory=list)
+    #: what the run computes (:meth:`ExtractionPass.work`); decided with the plan
+    work: Work = field(default_factory=Work)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "before_publish": []}
@@ -226,6 +337,10 @@ class SlidePlan:
     def to_write(self) -> list[str]:
         """Families to compute and write: every one not complete (mismatches only with overwrite)."""
         return [f for f, st in self.families.items() if st.state != "complete"]
+
+    def sets_to_write(self) -> dict[str, tuple[str, ...]]:
+        """``{family: the sets to write}`` of every family to write (:attr:`FamilyPlan.write`)."""
+        return {f: self.families[f].write for f in self.to_write()}
 
     def reused(self) -> list[str]:
         """Families kept as they are (complete)."""
@@ -321,13 +436,18 @@ def plan_slide(out_dir: str | Path, slide_id: str, *, tile_px: TilePx | int, fam
     ghash = config_hash(grid)
     plan = SlidePlan(slide_id, Path(out_dir), int(tile_px), str(source), grid_hash=ghash)
     for name, fam in families.items():
-        paths = slide_outputs(out_dir, slide_id, tile_px=tile_px, sets=fam.sets, coords=False)
+        paths = slide_outputs(out_dir, slide_id, tile_px=tile_px, sets=fam.set_files, coords=False)
         st = inspect_files(_look(paths, fam.output_kind, plan), fam.hash)
         if st.state == "mismatch":
             bad = next(iter(st.foreign.values()))
             keys = None if fam.kind == "recipe" else ENCODER_RECIPE_KEYS
             st.detail = bad.foreign or recipe_diff(bad.attrs, fam.hash, fam.spec, keys=keys)
-        plan.families[name] = FamilyPlan(st.state, st.detail, fam.sets, st.damaged)
+        write = fam.set_files
+        if st.state == "complete":
+            write = ()
+        elif st.state == "partial":  # the intact files of this config stay; only the others are written
+            write = tuple(s for s in fam.set_files if s not in st.attrs)
+        plan.families[name] = FamilyPlan(st.state, st.detail, fam.set_files, st.damaged, write)
         _identities(st, plan)
     details = []
     coords = slide_outputs(out_dir, slide_id, tile_px=tile_px, sets=())
