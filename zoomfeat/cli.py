@@ -534,13 +534,27 @@ def in_multirun() -> bool:
 
 
 def report_errors(entry: str, task: Callable[..., Any], *args: Any) -> Any:
-    """Run ``task(*args)``; a :class:`ZoomfeatError` becomes one line on stderr and exit status 2.
+    """Run ``task(*args)``; a :class:`ZoomfeatError` becomes one line on stderr and exit status 2,
+    a stop by SIGINT (Ctrl-C), SIGTERM or SIGUSR1 one line and exit status 128 + signal.
 
-    The line reads ``zoomfeat {entry}: error: {message}``. With ``ZOOMFEAT_DEBUG=1``, or inside a
-    multirun job (where Hydra must see the failure), the error is re-raised with its trace.
+    The lines read ``zoomfeat {entry}: error: {message}`` and ``zoomfeat {entry}: stopped by
+    SIGTERM: {message}`` (:mod:`zoomfeat.runtime.stopping`). The task runs with the stop signals
+    raising :class:`~zoomfeat.runtime.stopping.StopRequested` where it is (``at_once``, as Python's
+    own Ctrl-C); a workflow that stops between units installs its own handlers inside (extraction,
+    ``prepare``, ``train``, ``generate``: the unit in hand finished or abandoned; the bench: its
+    staging directory removed). With ``ZOOMFEAT_DEBUG=1``, or inside a multirun job (where Hydra
+    must see the failure), an error is re-raised with its trace.
     """
+    from zoomfeat.runtime.stopping import StopRequested, stop_line, stop_on_signals
+
     try:
-        return task(*args)
+        with stop_on_signals(at_once=True):
+            return task(*args)
+    except StopRequested as stop:
+        if debug_enabled():
+            raise
+        print(stop_line(entry, stop), file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code) from None
     except ZoomfeatError as err:
         if debug_enabled() or in_multirun():
             raise

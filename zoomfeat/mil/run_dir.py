@@ -11,13 +11,14 @@ A run never writes into ``out_dir`` itself. :class:`RunDirectory`:
    directory. Hydra's ``.hydra/`` logs are carried over from the previous directory.
 
 So readers of ``out_dir`` see the previous run's complete outputs until the instant the new run's
-complete outputs replace them: never a mix of two runs, never a partial run. ``SIGTERM`` while the
-run holds the directory removes the staging directory and ends the process at once with status
-143 (the handler does it itself: an exception raised from a signal handler can land in a garbage
-collector callback, where Python ignores it and the run would go on); the swap itself runs with
-``SIGTERM`` blocked, so it is never cut in half. ``Ctrl-C`` (``KeyboardInterrupt``) and errors
-remove the staging directory too. A ``SIGKILL``-ed run's staging directory is removed by the next
-run into that ``out_dir``.
+complete outputs replace them: never a mix of two runs, never a partial run. ``SIGTERM``, ``Ctrl-C``
+(SIGINT) or SIGUSR1 while the run holds the directory removes the staging directory, prints one
+line (``zoomfeat bench: stopped by SIGTERM: ...``) and ends the process at once with status 128 +
+signal (the handler does it itself, :func:`zoomfeat.runtime.stopping.exit_at_once`: an exception
+raised from a signal handler can land in a garbage collector callback, where Python ignores it and
+the run would go on); the swap itself runs with those signals blocked, so it is never cut in half.
+Errors remove the staging directory too. A ``SIGKILL``-ed run's staging directory is removed by the
+next run into that ``out_dir``.
 
 ``out_dir`` is replaced as a whole, so it must hold a benchmark run (``run.json`` or
 ``splits.csv``; Hydra's ``.hydra/`` aside) or nothing: a directory holding other files is refused
@@ -41,6 +42,7 @@ from typing import IO
 
 from zoomfeat.runtime.atomic import ensure_dir, fsync_dir, fsync_tree
 from zoomfeat.runtime.errors import OutputError
+from zoomfeat.runtime.stopping import STOP_SIGNALS, exit_at_once
 
 #: files that mark a directory as a benchmark run's (``run.json``: a finished one; ``splits.csv``:
 #: the first file earlier versions wrote)
@@ -79,8 +81,8 @@ class RunDirectory:
             write outputs under run.work        # the staging directory
             run.publish()                       # now out_dir holds them, and only them
 
-    Leaving the block without :meth:`publish` (an error, ``SIGTERM``, ``Ctrl-C``) removes the
-    staging directory and leaves ``out_dir`` untouched.
+    Leaving the block without :meth:`publish` (an error, ``SIGTERM``, ``Ctrl-C``, SIGUSR1) removes
+    the staging directory and leaves ``out_dir`` untouched.
 
     Args:
         out_dir: the run's output directory (replaced as a whole by :meth:`publish`).
@@ -100,7 +102,7 @@ class RunDirectory:
         self.lock_path = self.parent / f".{self.final.name}.lock"
         self.work = self.parent / f".{self.final.name}.run-{os.getpid()}"
         self._lock: IO[str] | None = None
-        self._saved_handler: signal.Handlers | None | object = None
+        self._saved_handlers: dict[signal.Signals, object] = {}
         self.published = False
 
     # -------------------------------------------------------------------- set-up
@@ -113,7 +115,7 @@ class RunDirectory:
             for stale in self.parent.glob(f".{self.final.name}.run-*"):  # SIGKILL-ed runs' (we hold the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             self.work.mkdir()
-            self._install_sigterm()
+            self._install_stop_handlers()
         except BaseException:
             self._release()
             raise
@@ -170,22 +172,27 @@ class RunDirectory:
                     "move it out of out_dir or choose another out_dir="
                 )
 
-    def _install_sigterm(self) -> None:
+    def _install_stop_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers live in the main thread; elsewhere SIGTERM keeps its default
+            return  # signal handlers live in the main thread; elsewhere the signals keep theirs
 
         def stop(signum: int, frame: FrameType | None) -> None:
-            if not self.published:
-                shutil.rmtree(self.work, ignore_errors=True)
-            os.write(2, f"zoomfeat: stopped by signal {signum}; {self.final} is left as it was\n".encode())
-            os._exit(128 + signum)  # the kernel releases the lock
+            if self.published:  # the swap is done: the outputs are whole
+                exit_at_once("bench", signum, f"the run had finished; {self.final} holds its outputs")
+            shutil.rmtree(self.work, ignore_errors=True)
+            exit_at_once(  # the kernel releases the lock
+                "bench",
+                signum,
+                f"nothing of this run was published (its staging directory removed); {self.final} is left as "
+                "it was; rerun the same command to run the benchmark again",
+            )
 
-        self._saved_handler = signal.signal(signal.SIGTERM, stop)
+        self._saved_handlers = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
 
-    def _restore_sigterm(self) -> None:
-        if self._saved_handler is not None:
-            signal.signal(signal.SIGTERM, self._saved_handler)  # type: ignore[arg-type]
-            self._saved_handler = None
+    def _restore_stop_handlers(self) -> None:
+        for s, handler in self._saved_handlers.items():
+            signal.signal(s, handler)  # type: ignore[arg-type]
+        self._saved_handlers = {}
 
     # -------------------------------------------------------------------- publish
     def final_path(self, path: str | os.PathLike[str]) -> Path:
@@ -205,8 +212,8 @@ class RunDirectory:
         fsync_tree(self.work)
         previous = self.work  # after the exchange: the previous run's directory
         blocked = threading.current_thread() is threading.main_thread()
-        if blocked:  # a SIGTERM now waits until the swap is whole
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        if blocked:  # a stop signal now waits until the swap is whole
+            signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
         try:
             if self.final.exists():
                 if not _exchange(self.work, self.final):
@@ -219,7 +226,7 @@ class RunDirectory:
             self.published = True
         finally:
             if blocked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
         shutil.rmtree(previous, ignore_errors=True)
         return self.final
 
@@ -233,5 +240,5 @@ class RunDirectory:
             if not self.published:
                 shutil.rmtree(self.work, ignore_errors=True)
         finally:
-            self._restore_sigterm()
+            self._restore_stop_handlers()
             self._release()

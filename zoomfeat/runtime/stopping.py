@@ -17,17 +17,26 @@ A second signal while the first is being honoured raises :class:`StopRequested` 
 handler (an impatient Ctrl-C stops without waiting for the unit; atomic writes keep finished files
 intact either way). On leaving the context the previous handlers are restored. Handlers can only be
 installed from the main thread; elsewhere the context does nothing (:func:`requested` stays None).
+
+Every entry point runs its task through ``zoomfeat.cli.report_errors``, which installs the handlers
+with ``at_once=True`` (the first signal raises :class:`StopRequested` where the program is, as
+Python's own Ctrl-C does, for work that polls nothing: reading a config, loading weights) and prints
+any :class:`StopRequested` as the one line (:func:`stop_line`). A workflow that polls (extraction,
+``prepare``, ``train``, ``generate``) opens its own :func:`stop_on_signals` (flag mode) inside; one
+that must end at once on its own terms (the bench's staged output directory) installs its own
+handlers and ends with :func:`exit_at_once`.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -83,10 +92,17 @@ def check(message: str) -> None:
         raise StopRequested(signum, message)
 
 
+#: what a stop raised from the handler says (a second signal, or the first with ``at_once``)
+AT_ONCE = "finished outputs are kept (every file is written whole or not at all); rerun the same command to continue"
+
+
 @contextmanager
-def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Iterator[None]:
+def stop_on_signals(
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS, *, at_once: bool = False
+) -> Iterator[None]:
     """Within the block, ``signals`` only record a stop request (:func:`requested`); a second one
-    raises :class:`StopRequested` from the handler. Previous handlers are restored on exit."""
+    raises :class:`StopRequested` from the handler. With ``at_once`` the first one raises it too
+    (for work that polls nothing). Previous handlers are restored on exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -94,11 +110,11 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
     def handler(signum: int, frame: FrameType | None) -> None:
         first = not _received
         _received.append(signum)
+        if at_once:
+            raise StopRequested(signum, f"stopped at once; {AT_ONCE}")
         if not first:
             raise StopRequested(
-                signum,
-                f"a second signal ({signal_name(signum)}) stopped the run at once; finished outputs are kept, "
-                "rerun the same command to continue",
+                signum, f"a second signal ({signal_name(signum)}) stopped the run at once; {AT_ONCE}"
             )
 
     previous = {s: signal.signal(s, handler) for s in signals}
@@ -112,19 +128,46 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> Itera
         _received[:] = saved
 
 
+def stop_line(entry: str, stop: StopRequested) -> str:
+    """The one line of a stopped run: ``zoomfeat {entry}: stopped by SIGTERM: {message}``."""
+    return f"zoomfeat {entry}: stopped by {stop.signal_name}: {stop.message}"
+
+
 def run_stoppable(entry: str, task: Callable[[], T]) -> T:
-    """``task()`` under :func:`stop_on_signals`; a :class:`StopRequested` becomes one line on stderr,
-    ``zoomfeat {entry}: stopped by SIGTERM: {message}``, and ``SystemExit(128 + signum)``."""
+    """``task()`` under :func:`stop_on_signals` (flag mode: the task polls :func:`requested`, or a
+    step hook of :func:`step_check` does); a :class:`StopRequested` becomes the one line on stderr
+    (:func:`stop_line`) and ``SystemExit(128 + signum)``."""
     with stop_on_signals():
         try:
             return task()
         except StopRequested as stop:
-            print(
-                f"zoomfeat {entry}: stopped by {stop.signal_name}: {stop.message}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(stop_line(entry, stop), file=sys.stderr, flush=True)
             raise SystemExit(stop.exit_code) from None
+
+
+def step_check(message: Callable[[str], str]) -> Callable[..., None]:
+    """A step hook (``callback(step, t, state)``, :mod:`zoomfeat.model.callbacks`) that raises
+    :class:`StopRequested` with ``message(where)`` when a stop was requested, ``where`` naming the
+    step just finished (``"after joint step 3"``; ``"before sampling"`` when called without
+    arguments): a sampler handed it stops at the end of its current step, and the algorithm itself
+    knows nothing of signals."""
+
+    def on_step(step: int | None = None, t: int | None = None, state: object = None) -> None:
+        if requested() is not None:
+            stage = getattr(state, "stage", None)
+            where = "before sampling" if step is None else f"after {stage or 'sampler'} step {step}"
+            check(message(where))
+
+    return on_step
+
+
+def exit_at_once(entry: str, signum: int, message: str) -> NoReturn:
+    """From a signal handler: write the one line (:func:`stop_line`) with a plain ``write(2)`` and
+    end the process with ``128 + signum`` without unwinding (the caller has removed what it must;
+    the kernel closes files and releases locks). For work that keeps nothing of an unfinished run."""
+    line = stop_line(entry, StopRequested(signum, message))
+    os.write(2, (line + "\n").encode())
+    os._exit(128 + signum)
 
 
 def ignore_stop_signals(*_: object) -> None:
