@@ -114,3 +114,35 @@ def test_support_matrix_is_one_clear_line():
     for arch in ("abmil", "transmil", "meanpool", "maxpool"):
         for task, k in (("regression", 2), ("survival", 2), ("classification", 3), ("classification", 2)):
             check_support(MILConfig(name=arch, arch=arch), task, k)
+
+
+def test_transmil_landmarks_fit_short_bags():
+    """TransMIL's Nystrom layers: a bag of T <= m0 tokens uses T landmarks (every token), which is
+    softmax attention up to the 6-step iterative pseudo-inverse; torchmil's zero-padding up to m0
+    landmarks let the padded keys take almost all of the softmax. A bag of T >= m0 tokens keeps m0.
+    Tolerance 0.05 on outputs of magnitude ~0.6: the pseudo-inverse iteration, not float32 rounding
+    (1e-6 here), limits the agreement (measured 0.014)."""
+    from torchmil.nn.attention import NystromAttention
+
+    from zoomfeat.mil.aggregators import fit_landmarks
+
+    torch.manual_seed(0)
+    att = NystromAttention(in_dim=64, att_dim=64, n_heads=4, n_landmarks=256)
+    x = torch.randn(1, 10, 64)
+    with torch.no_grad():
+        q, k, v = (t.view(1, 10, 4, 16).permute(0, 2, 1, 3) for t in att.qkv_nn(x).chunk(3, -1))
+    with torch.no_grad():
+        exact = torch.softmax(q @ k.transpose(-1, -2) * 16**-0.5, -1) @ v
+        exact = att.out_proj(exact.permute(0, 2, 1, 3).reshape(1, 10, 64))
+        padded = att(x)
+        att.n_landmarks = 10
+        fitted = att(x)
+    assert float((padded - exact).abs().max()) > 0.3 * float(exact.abs().max())  # the padding's dilution
+    torch.testing.assert_close(fitted, exact, atol=0.05, rtol=0)
+
+    net = build_net(5, small("transmil", arch="transmil", att_dim=16, heads=2, hidden=[16], dropout=0.0))
+    m0 = net.net.n_landmarks  # att_dim // 2 = 8
+    assert fit_landmarks(net.net, 5) == min(m0, 3 * 3 + 1)
+    assert fit_landmarks(net.net, 2) == 2 * 2 + 1
+    assert fit_landmarks(net.net, 1000) == m0
+    assert all(layer.att_module.n_landmarks == m0 for layer in net.net.layers)
