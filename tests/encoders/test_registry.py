@@ -40,6 +40,7 @@ PUBLISHED_PREPROCESSING = {
     "gigapath": (224, 256, "bicubic", IMNET, 1536),  # Resize(256, BICUBIC) + CenterCrop(224)
     "conch_v15": (448, 448, "bilinear", IMNET, 768),  # Resize(448) + CenterCrop(448); pooler 768
     "dinov2_vitl14_reg": (224, 256, "bicubic", IMNET, 1024),  # Resize(256, BICUBIC) + CenterCrop(224)
+    "kaiko_vits16": (224, 224, "bilinear", ((0.5,) * 3, (0.5,) * 3), 384),  # Resize(224) + CenterCrop(224)
     "tiny": (224, 224, "bilinear", IMNET, 32),
 }
 

@@ -463,6 +463,36 @@ ENCODERS: dict[str, EncoderSpec] = {
             source="TRIDENT model_zoo/conchv1_5/conchv1_5.py; MahmoodLab/conchv1_5 model card",
         ),
         EncoderSpec(
+            name="kaiko_vits16",
+            title="Kaiko ViT-S/16 (kaiko.ai; DINO on TCGA)",
+            architecture="ViT-S/16",
+            timm_model="vit_small_patch16_224",
+            # TRIDENT KaikoS16InferenceEncoder: timm vit_small_patch16_224, num_classes 0,
+            # dynamic_img_size, img_size 224; model(x) = class token after the final norm
+            timm_kwargs={"img_size": 224, "num_classes": 0, "dynamic_img_size": True},
+            input_px=224,
+            resize_px=224,
+            # TRIDENT: Resize(224, BILINEAR, antialias) + CenterCrop(224), kaiko stats (0.5, 0.5)
+            interpolation="bilinear",
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            output="cls",
+            embed_dim=384,
+            published_params="22M",
+            params_source="Aben et al. 2024 (kaiko.ai, arXiv 2404.15217): ViT-S/16, 22M (DeiT-S size)",
+            gflops=9.20,
+            trident_precision="fp32",
+            hub_id="1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms",
+            gated=False,
+            licence="kaiko non-commercial licence (hub card)",
+            weight_files=("model.safetensors",),
+            weights_hint=(
+                "model.safetensors from "
+                "https://huggingface.co/1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms"
+            ),
+            source="TRIDENT load.py (KaikoS16InferenceEncoder); the hub card",
+        ),
+        EncoderSpec(
             name="tiny",
             title="tiny test/demo encoder (seeded random ViT, not a published model)",
             architecture="ViT, width 32, depth 2",
