@@ -18,11 +18,21 @@ Every file written here carries ``format_version`` (:data:`FORMAT_VERSION`); a f
 version 0 (the layout before the attribute existed). :func:`read_header` reads what a file is
 (intact or not, its attributes, its format version) in one open; the extraction reads older
 formats through one function on top of it (``zoomfeat.features.outputs.read_output``).
+
+Fused sets as files or derived: a fused bag ``features_{family}_fused/{slide}.h5`` holds
+``concat(f20[i], f5[parent_idx[i]])``. When that file is absent (extraction with
+``bags.fused=derived``, or the directory deleted) every reader here builds the same rows from the
+family's 20x bag, its 5x bag and the 20x bag's ``parent_idx`` (:func:`derived_fused`):
+:func:`open_bag`, :func:`open_checked_bag`, :func:`list_bags`, :func:`read_attrs` and
+:class:`BagDataset` take the fused path as if the file were there (:func:`fused_parts` names the
+two parts). A part that is missing, damaged or from another slide or config is one
+:class:`FusedPartsError` line naming the files.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -277,15 +287,294 @@ class Bag:
         return len(self.features)
 
 
-def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
-    """Read one bag file: ``features, coords, attrs = open_bag(path)``.
+# ------------------------------------------------------------------ fused sets: file or derived
+#: the suffix of fused sets; their rows are ``concat(20x row i, 5x row parent_idx[i])``
+FUSED_SUFFIX = "_fused"
+#: the ``description`` attribute of fused bags (as extraction writes it)
+FUSED_DESCRIPTION = "concat(20x tile feature, its 5x parent's feature)"
+#: what to do when a fused bag cannot be derived (the end of :class:`FusedPartsError` lines)
+FUSED_FIX = "re-extract the slide (with bags.fused=file to write the fused file itself)"
+_TRIDENT_DIR = re.compile(r"^(?P<mag>\d+(?:\.\d+)?)x_(?P<px>\d+)px_(?P<overlap>\d+)px_overlap$")
 
-    Raises ``FileNotFoundError`` naming the file when it is missing, :class:`BagError` (a
-    ``ValueError``) when it is not a readable bag (no ``features`` dataset).
+
+class FusedPartsError(BagError):
+    """A fused bag with no file whose 20x and 5x parts are missing, damaged or do not belong together."""
+
+
+def fused_part_dirs(bag_dir: str | Path) -> PerMag[Path] | None:
+    """The ``features_{family}_20x`` and ``features_{family}_5x`` directories a fused set
+    directory ``{root}/20x_{px}px_{o}px_overlap/features_{family}_fused`` is built from (the 5x
+    one is ``{root}/5x_{px}px_{o}px_overlap/features_{family}_5x``); ``None`` for any other
+    directory (not a fused set, or not in a 20x TRIDENT directory)."""
+    bag_dir = Path(bag_dir)
+    name = bag_dir.name
+    if not (name.startswith("features_") and name.endswith(FUSED_SUFFIX)):
+        return None
+    family = name[len("features_") : -len(FUSED_SUFFIX)]
+    m = _TRIDENT_DIR.match(bag_dir.parent.name)
+    if not family or m is None or float(m["mag"]) != 20:
+        return None
+    x5 = bag_dir.parent.parent / f"5x_{m['px']}px_{m['overlap']}px_overlap" / f"features_{family}_5x"
+    return PerMag(x20=bag_dir.parent / f"features_{family}_20x", x5=x5)
+
+
+def fused_parts(path: str | Path) -> PerMag[Path] | None:
+    """The 20x and 5x bag files a fused bag file is built from (:func:`fused_part_dirs`, same
+    file name); ``None`` when ``path`` is not in a fused set directory."""
+    path = Path(path)
+    dirs = fused_part_dirs(path.parent)
+    return None if dirs is None else PerMag(x20=dirs.x20 / path.name, x5=dirs.x5 / path.name)
+
+
+def is_derived(path: str | Path) -> bool:
+    """Whether ``path`` (a bag file or a set directory) is a fused set's that has no file or
+    directory but whose 20x part does: its readers derive the rows."""
+    path = Path(path)
+    if path.exists():
+        return False
+    parts = fused_parts(path) if path.suffix == ".h5" else fused_part_dirs(path)
+    return parts is not None and parts.x20.exists()
+
+
+def _carries_parent_idx(dir20: Path) -> bool:
+    """Whether the first bag of a 20x set directory has ``parent_idx`` (zoomfeat's extraction
+    writes it; TRIDENT's own bags and other tools' lack it, so no fused set derives from them)."""
+    for p in sorted(dir20.glob("*.h5")):
+        if p.name.startswith("."):
+            continue
+        try:
+            with h5py.File(p, "r") as f:
+                return "parent_idx" in f
+        except OSError:
+            return True  # unreadable: reading the bag says so in one line
+    return True  # no bags yet: an empty set
+
+
+def is_derived_set_dir(bag_dir: str | Path) -> bool:
+    """Whether ``bag_dir`` is a fused set directory that does not exist but can be derived: its
+    ``_20x`` and ``_5x`` set directories exist (:func:`fused_part_dirs`) and the 20x bags carry
+    ``parent_idx`` (the first one is looked at)."""
+    bag_dir = Path(bag_dir)
+    dirs = fused_part_dirs(bag_dir)
+    if bag_dir.is_dir() or dirs is None or not (dirs.x20.is_dir() and dirs.x5.is_dir()):
+        return False
+    return _carries_parent_idx(dirs.x20)
+
+
+def is_bag_dir(bag_dir: str | Path) -> bool:
+    """A ``features_{set}`` directory that exists, or a fused one that can be derived."""
+    return Path(bag_dir).is_dir() or is_derived_set_dir(bag_dir)
+
+
+def bag_exists(path: str | Path) -> bool:
+    """A bag file that exists, or a fused bag whose 20x and 5x parts do (:func:`fused_parts`)."""
+    path = Path(path)
+    if path.is_file():
+        return True
+    parts = fused_parts(path)
+    return parts is not None and parts.x20.is_file() and parts.x5.is_file()
+
+
+def _features_meta(path: Path) -> tuple[int, int, np.dtype]:
+    """(rows, width, stored dtype) of a bag file's ``features``, data unread."""
+    with h5py.File(path, "r") as f:
+        ds = f["features"]
+        n, d = (tuple(int(x) for x in ds.shape) + (0, 0))[:2]
+        return n, d, np.dtype(ds.dtype)
+
+
+def stored_dtype(path: str | Path) -> np.dtype:
+    """The dtype ``features`` is stored as: the file's, or for a derived fused bag the one its
+    two parts promote to (both float16: float16)."""
+    path = Path(path)
+    parts = None if path.is_file() else fused_parts(path)
+    if parts is None:
+        return _features_meta(path)[2]
+    return np.result_type(_features_meta(parts.x20)[2], _features_meta(parts.x5)[2])
+
+
+def bag_nbytes(path: str | Path) -> int:
+    """Bytes of a bag file; for a derived fused bag, the 20x part's plus the 5x rows it repeats
+    (``N20 * D5 * itemsize``: about what the fused file would take)."""
+    path = Path(path)
+    parts = None if path.is_file() else fused_parts(path)
+    if parts is None:
+        return path.stat().st_size
+    try:
+        n20, _, _ = _features_meta(parts.x20)
+        _, d5, dt5 = _features_meta(parts.x5)
+        return parts.x20.stat().st_size + n20 * d5 * dt5.itemsize
+    except (OSError, KeyError):
+        return 0  # a part missing or damaged: reading the bag says so in one line
+
+
+def _fused_attrs(
+    attrs20: Mapping[str, Any], *, name: str, split: tuple[int, int], parts: PerMag[Path]
+) -> dict[str, Any]:
+    """A derived fused bag's attributes: the 20x bag's (the family's config hash, recipe, slide),
+    with the fused set's name, description and ``split`` (as the fused file carries them), and
+    ``derived_from`` (the two parts)."""
+    return {
+        **attrs20,
+        "feature_set": name,
+        "description": FUSED_DESCRIPTION,
+        "split": json.dumps([int(split[0]), int(split[1])]),
+        "derived_from": json.dumps([str(parts.x20), str(parts.x5)]),
+    }
+
+
+def _fused_set_name(path: Path) -> str:
+    return path.parent.name[len("features_") :]
+
+
+def _check_fused_parts(bags: PerMag[Bag], paths: PerMag[Path], fused: str) -> np.ndarray:
+    """``parent_idx`` of the 20x part once everything :func:`derived_fused` checks holds."""
+    head = f"fused bag {fused} cannot be derived from {paths.x20} and {paths.x5}"
+    for mag, bag in bags.items():
+        problem = bag_problem(bag)
+        if problem:
+            raise FusedPartsError(f"{head}: the {mag}x part {problem}; {FUSED_FIX}")
+    a20, a5 = bags.x20.attrs, bags.x5.attrs
+    for key, what in (("slide_id", "slides"), ("slide_quickhash", "slides"), ("config_hash", "configs")):
+        if key in a20 and key in a5 and a20[key] != a5[key]:
+            raise FusedPartsError(
+                f"{head}: the parts come from different {what} ({key} {a20[key]!r} vs {a5[key]!r}); {FUSED_FIX}"
+            )
+    parent_idx = bags.x20.parent_idx
+    if parent_idx is None:
+        raise FusedPartsError(
+            f"{head}: the 20x part has no parent_idx (not zoomfeat's extraction); {FUSED_FIX}"
+        )
+    parent_idx = np.asarray(parent_idx, np.int64).reshape(-1)
+    n5 = len(bags.x5)
+    if len(parent_idx) != len(bags.x20) or len(bags.x5.coords) != n5:
+        raise FusedPartsError(
+            f"{head}: {len(bags.x20)} 20x rows but {len(parent_idx)} parent_idx entries, "
+            f"{n5} 5x rows and {len(bags.x5.coords)} 5x coords; {FUSED_FIX}"
+        )
+    if len(parent_idx) and (parent_idx.min() < 0 or parent_idx.max() >= n5):
+        raise FusedPartsError(
+            f"{head}: parent_idx spans {int(parent_idx.min())}..{int(parent_idx.max())} but the 5x part has "
+            f"{n5} row(s); {FUSED_FIX}"
+        )
+    extent = bags.x5.coords_attrs.get(
+        "patch_size_level0_exact", bags.x5.coords_attrs.get("patch_size_level0")
+    )
+    if extent is not None and len(parent_idx):
+        # every 20x tile lies inside its 5x parent (1 px of slack for rounded fractional lattices)
+        offset = np.asarray(bags.x20.coords, np.float64) - np.asarray(bags.x5.coords, np.float64)[parent_idx]
+        outside = np.flatnonzero(((offset < -1) | (offset >= float(extent) + 1)).any(axis=1))
+        if len(outside):
+            i = int(outside[0])
+            raise FusedPartsError(
+                f"{head}: {len(outside)} 20x tile(s) lie outside the 5x row parent_idx names (row {i}: "
+                f"{bags.x20.coords[i].tolist()} vs 5x row {int(parent_idx[i])} at "
+                f"{bags.x5.coords[parent_idx[i]].tolist()}); {FUSED_FIX}"
+            )
+    return parent_idx
+
+
+def derived_fused(bags: PerMag[Bag], *, paths: PerMag[Path], name: str | None = None) -> Bag:
+    """A fused bag built from its family's 20x and 5x bags of one slide.
+
+    Row ``i`` is ``concat(f20[i], f5[parent_idx[i]])`` (width ``D20 + D5``), exactly the row the
+    fused file holds: both parts are read in the same dtype and concatenation copies values, so
+    the rows equal the fused file's bitwise when the sets were stored with the same
+    ``bags.dtype``. Coords and ``parent_idx`` are the 20x bag's, attributes its too with the fused
+    set's ``feature_set``, ``description``, ``split`` and ``derived_from``.
+
+    Checked first: both parts finished and finite (:func:`bag_problem`), of the same slide
+    (``slide_id``, ``slide_quickhash``) and config (``config_hash``), ``parent_idx`` present, of
+    one entry per 20x row and within the 5x rows, and every 20x tile inside its 5x parent tile.
+
+    Args:
+        bags: the slide's 20x and 5x bags (features in the dtype wanted).
+        paths: their files, named in errors.
+        name: the fused set's name (default: from ``paths.x20``'s directory).
+
+    Raises:
+        FusedPartsError: one line naming both files, what is wrong and what to do.
+    """
+    fused_name = name or _fused_set_name(paths.x20).removesuffix("_20x") + FUSED_SUFFIX
+    fused_dir = paths.x20.parent.parent / f"features_{fused_name}"
+    parent_idx = _check_fused_parts(bags, paths, str(fused_dir / paths.x20.name))
+    f20, f5 = bags.x20.features, bags.x5.features
+    if f20.ndim != 2 or f5.ndim != 2:
+        raise FusedPartsError(
+            f"fused bag {fused_dir / paths.x20.name} cannot be derived: features of shape {f20.shape} "
+            f"and {f5.shape} are not (N, D); {FUSED_FIX}"
+        )
+    features = np.empty((len(f20), f20.shape[1] + f5.shape[1]), dtype=np.result_type(f20, f5))
+    features[:, : f20.shape[1]] = f20
+    features[:, f20.shape[1] :] = f5[parent_idx]  # one gather, written in place (no concat temporary)
+    return Bag(
+        features=features,
+        coords=bags.x20.coords,
+        attrs=_fused_attrs(bags.x20.attrs, name=fused_name, split=(f20.shape[1], f5.shape[1]), parts=paths),
+        coords_attrs=dict(bags.x20.coords_attrs),
+        parent_idx=bags.x20.parent_idx,
+    )
+
+
+def _missing_fused(path: Path, parts: PerMag[Path]) -> FusedPartsError:
+    lacking = [f"the {mag}x part {p}" for mag, p in parts.items() if not p.is_file()]
+    return FusedPartsError(
+        f"fused bag {path} has no file and cannot be derived: {' and '.join(lacking)} "
+        f"{'is' if len(lacking) == 1 else 'are'} missing; {FUSED_FIX}"
+    )
+
+
+def open_derived_fused(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
+    """The fused bag at ``path`` derived from its parts (:func:`fused_parts`, :func:`derived_fused`).
+
+    Raises:
+        FusedPartsError: ``path`` is not a fused set's, a part is missing, unreadable, unfinished,
+            non-finite or does not match the other.
+    """
+    path = Path(path)
+    parts = fused_parts(path)
+    if parts is None:
+        raise FusedPartsError(
+            f"{path} is not a fused set's bag (features_{{family}}_fused in a 20x directory)"
+        )
+    if not (parts.x20.is_file() and parts.x5.is_file()):
+        raise _missing_fused(path, parts)
+    read = {}
+    for mag, part in parts.items():
+        try:
+            read[mag] = _open_file(part, dtype)
+        except (OSError, KeyError, ValueError) as err:
+            reason = str(err).replace(str(part), "").strip(" :;") or type(err).__name__
+            raise FusedPartsError(
+                f"fused bag {path} has no file and cannot be derived: its {mag}x part {part} is damaged "
+                f"({reason}); {FUSED_FIX}"
+            ) from err
+    return derived_fused(PerMag(x20=read[20], x5=read[5]), paths=parts, name=_fused_set_name(path))
+
+
+def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
+    """Read one bag: ``features, coords, attrs = open_bag(path)``.
+
+    A fused set's bag whose file is absent is derived from its family's 20x and 5x bags
+    (:func:`open_derived_fused`: the same rows, bitwise, as the file would hold).
+
+    Raises ``FileNotFoundError`` naming the file when it is missing (for a fused bag: when its
+    20x and 5x parts are missing too), :class:`FusedPartsError` when one part is missing or the
+    parts do not match, :class:`BagError` (a ``ValueError``) when it is not a readable bag (no
+    ``features`` dataset).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no bag file at {path}")
+        parts = fused_parts(path)
+        if parts is not None and (parts.x20.is_file() or parts.x5.is_file()):
+            return open_derived_fused(path, dtype)
+        also = f" (nor the 20x and 5x bags {parts.x20} and {parts.x5} to derive it from)" if parts else ""
+        raise FileNotFoundError(f"no bag file at {path}{also}")
+    return _open_file(path, dtype)
+
+
+def _open_file(path: Path, dtype: np.dtype | type) -> Bag:
+    """:func:`open_bag` of a file that exists."""
     try:
         f = h5py.File(path, "r")
     except OSError as err:
@@ -306,7 +595,14 @@ def open_bag(path: str | Path, dtype: np.dtype | type = np.float32) -> Bag:
 
 
 def read_attrs(path: str | Path) -> dict[str, Any]:
-    """File-level attributes of a bag without reading its features."""
+    """File-level attributes of a bag without reading its features (a derived fused bag: its 20x
+    part's, with the fused set's ``feature_set``, ``description``, ``split`` and ``derived_from``)."""
+    path = Path(path)
+    parts = None if path.is_file() else fused_parts(path)
+    if parts is not None and parts.x20.is_file() and parts.x5.is_file():
+        attrs20 = read_attrs(parts.x20)
+        split = (_features_meta(parts.x20)[1], _features_meta(parts.x5)[1])
+        return _fused_attrs(attrs20, name=_fused_set_name(path), split=split, parts=parts)
     with h5py.File(path, "r") as f:
         return {k: _decode_attr(v) for k, v in f.attrs.items()}
 
@@ -386,12 +682,27 @@ def bag_is_complete(path: str | Path, config_hash: str | None = None) -> bool:
     return config_hash is None or attrs.get("config_hash") == config_hash
 
 
-def list_bags(bag_dir: str | Path) -> dict[str, Path]:
-    """``{slide_id: path}`` for every ``*.h5`` bag in a ``features_{set}`` directory."""
-    bag_dir = Path(bag_dir)
-    if not bag_dir.is_dir():
-        raise FileNotFoundError(f"no bag directory at {bag_dir}")
+def _bag_files(bag_dir: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted(bag_dir.glob("*.h5")) if not p.name.startswith(".")}
+
+
+def list_bags(bag_dir: str | Path) -> dict[str, Path]:
+    """``{slide_id: path}`` for every ``*.h5`` bag in a ``features_{set}`` directory.
+
+    A fused set's directory also lists the slides whose fused file is absent but whose 20x bag
+    exists (their paths do not exist: :func:`open_bag` derives them), and may itself be absent
+    when its ``_20x`` and ``_5x`` directories exist and the 20x bags carry ``parent_idx``
+    (:func:`is_derived_set_dir`).
+    """
+    bag_dir = Path(bag_dir)
+    found = _bag_files(bag_dir) if bag_dir.is_dir() else None
+    dirs = fused_part_dirs(bag_dir)
+    if dirs is not None and dirs.x20.is_dir() and dirs.x5.is_dir() and _carries_parent_idx(dirs.x20):
+        derivable = {slide: bag_dir / p.name for slide, p in _bag_files(dirs.x20).items()}
+        found = dict(sorted({**derivable, **(found or {})}.items(), key=lambda item: item[1].name))
+    if found is None:
+        raise FileNotFoundError(f"no bag directory at {bag_dir}")
+    return found
 
 
 def _preview(items: list[Any], n: int = 20) -> str:
@@ -426,6 +737,8 @@ def open_checked_bag(path: str | Path, dtype: np.dtype | type = np.float32, *, c
     """:func:`open_bag`, refusing a damaged, unfinished or non-finite bag with one line.
 
     The same check for every reader of bags: the benchmark, :class:`BagDataset` and the exports.
+    A fused bag without a file is derived from its parts, which are checked instead
+    (:func:`derived_fused`; :class:`FusedPartsError`).
 
     Args:
         path: the bag file.
@@ -442,9 +755,13 @@ def open_checked_bag(path: str | Path, dtype: np.dtype | type = np.float32, *, c
     path = Path(path)
     try:
         bag = open_bag(path, dtype)
+    except FusedPartsError as err:  # a derived fused bag: its own line names the parts
+        raise FusedPartsError(f"{context}{err}") from err
     except (OSError, KeyError, ValueError) as err:  # BagError is a ValueError
         reason = str(err).replace(str(path), "").strip(" :;") or type(err).__name__
         raise BagError(f"{context}damaged bag {path} ({reason}); {BAG_FIX}") from err
+    if not path.is_file():
+        return bag  # derived: its two parts were checked (derived_fused)
     problem = bag_problem(bag)
     if problem:
         raise BagError(f"{context}bag {path} {problem}; {BAG_FIX}")

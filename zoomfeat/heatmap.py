@@ -118,7 +118,7 @@ def _model_scores(bench_dir: Path, feature_set: str, slide_id: str, cfg: Heatmap
     import pandas as pd
     import torch
 
-    from zoomfeat.bags import open_bag
+    from zoomfeat.bags import bag_exists, open_bag
     from zoomfeat.mil.fold_loop import load_fold_model
 
     pred_path, run_path = bench_dir / "predictions.csv", bench_dir / "run.json"
@@ -155,7 +155,7 @@ def _model_scores(bench_dir: Path, feature_set: str, slide_id: str, cfg: Heatmap
         raise InputError(f"no fold model at {model_path}: run the benchmark with save_models=true")
     source = json.loads(run_path.read_text()).get("sources", {}).get(feature_set)
     bag_path = Path(source) / f"{slide_id}.h5" if source else None
-    if bag_path is None or not bag_path.is_file():
+    if bag_path is None or not bag_exists(bag_path):  # a fused bag without a file is derived
         raise InputError(f"no bag of slide {slide_id!r} for {feature_set!r} (run.json sources: {source})")
     model, _ = load_fold_model(model_path)
     bag = open_bag(bag_path)

@@ -19,6 +19,11 @@ instead of copying it:
   ``DatasetFeatures.to_torch`` does.
 
 Links are relative, so a directory holding both the bags and the mirror can be moved as a whole.
+A fused set without files (extraction with ``bags.fused=derived``) is exported like the others,
+its rows derived from the family's 20x and 5x bags (:func:`zoomfeat.bags.derived_fused`): there is
+no bag to link to, so CLAM's ``h5_files/{slide}.h5`` and STAMP's ``feats`` are written as HDF5
+files holding the rows (in the parts' storage dtype) instead of links; the report marks the set
+``(derived)``.
 Every bag is read through :func:`zoomfeat.bags.open_checked_bag`, the benchmark's check: a damaged,
 unfinished (zoomfeat's without its ``complete`` mark) or non-finite bag stops the export with one
 line naming the file (the mirror files written before it are complete).
@@ -40,7 +45,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from zoomfeat.bags import list_bags, open_checked_bag
+from zoomfeat.bags import (
+    Bag,
+    fused_part_dirs,
+    is_derived_set_dir,
+    list_bags,
+    open_checked_bag,
+    stored_dtype,
+    write_bag,
+)
 from zoomfeat.runtime.atomic import atomic_path, atomic_write_text, ensure_dir, fsync_dir, tmp_name
 from zoomfeat.runtime.errors import BagError, ConfigError, InputError, InputNotFoundError
 from zoomfeat.runtime.units import MPP_20X
@@ -51,12 +64,14 @@ MAG_DIR_RE = re.compile(r"^(?P<mag>\d+(?:\.\d+)?)x_(?P<px>\d+)px_(?P<overlap>\d+
 
 @dataclass(frozen=True)
 class FeatureSet:
-    """One ``features_{name}`` directory of a TRIDENT-layout bag directory."""
+    """One ``features_{name}`` directory of a TRIDENT-layout bag directory (``derived``: a fused
+    set whose directory is absent; its bags are derived from its 20x and 5x sets)."""
 
     name: str
     directory: Path  # .../{mag}x_{px}px_{overlap}px_overlap/features_{name}
     mag: float
     patch_px: int
+    derived: bool = False
 
     @property
     def bags(self) -> dict[str, Path]:
@@ -72,6 +87,7 @@ class ExportResult:
     written: dict[str, list[str]] = field(default_factory=dict)
     skipped: dict[str, list[str]] = field(default_factory=dict)
     dims: dict[str, int | None] = field(default_factory=dict)  # feature width (None: no bag written)
+    derived: list[str] = field(default_factory=list)  # sets whose rows were derived (no fused files)
 
     def report(self) -> str:
         lines = []
@@ -79,7 +95,8 @@ class ExportResult:
             where = self.dest / name
             skipped = self.skipped.get(name) or []
             extra = f" ({len(skipped)} empty bag(s) skipped)" if skipped else ""
-            lines.append(f"{name}: {len(slides)} slide(s) -> {where}{extra}")
+            how = " (derived from its 20x and 5x bags)" if name in self.derived else ""
+            lines.append(f"{name}{how}: {len(slides)} slide(s) -> {where}{extra}")
             lines.append("  " + usage(self.target, where, self.dims.get(name)))
         return "\n".join(lines)
 
@@ -100,7 +117,9 @@ def find_feature_sets(bag_dir: str | Path, patterns: str | Sequence[str] = ()) -
     """The feature sets under ``bag_dir`` whose name matches one of ``patterns`` (all if empty).
 
     ``bag_dir`` is an extraction ``out_dir`` / TRIDENT job directory (holding
-    ``{mag}x_{px}px_{overlap}px_overlap/features_*``) or one such ``{mag}x_...`` directory.
+    ``{mag}x_{px}px_{overlap}px_overlap/features_*``) or one such ``{mag}x_...`` directory. A fused
+    set without a directory whose ``_20x`` and ``_5x`` directories exist is listed too
+    (``derived``).
     """
     if isinstance(patterns, str):
         patterns = [patterns]
@@ -117,6 +136,10 @@ def find_feature_sets(bag_dir: str | Path, patterns: str | Sequence[str] = ()) -
             if fd.is_dir():
                 name = fd.name[len("features_") :]
                 found.append(FeatureSet(name, fd, float(m["mag"]), int(m["px"])))
+            fused = md / f"{fd.name.removesuffix('_20x')}_fused"
+            if fd.name.endswith("_20x") and fused_part_dirs(fused) is not None and is_derived_set_dir(fused):
+                name = fused.name[len("features_") :]
+                found.append(FeatureSet(name, fused, float(m["mag"]), int(m["px"]), derived=True))
     if not found:
         raise InputError(
             f"{root}: no feature sets found (expected {{mag}}x_{{px}}px_{{overlap}}px_overlap/features_{{set}}/ "
@@ -200,12 +223,24 @@ def write_clam(fs: FeatureSet, dest: Path) -> tuple[list[str], list[str], int | 
     """``{dest}/pt_files/{slide}.pt`` + ``{dest}/h5_files/{slide}.h5`` (symlink) for every bag of ``fs``."""
     written, dim = [], None
     for slide_id, path in fs.bags.items():
-        features = open_checked_bag(path, context=f"export of {fs.name!r}: ").features
-        dim = features.shape[1]
-        _save_tensor(dest / "pt_files" / f"{slide_id}.pt", features)
-        _symlink(dest / "h5_files" / f"{slide_id}.h5", path)
+        bag = open_checked_bag(path, context=f"export of {fs.name!r}: ")
+        dim = bag.features.shape[1]
+        _save_tensor(dest / "pt_files" / f"{slide_id}.pt", bag.features)
+        if path.is_file():
+            _symlink(dest / "h5_files" / f"{slide_id}.h5", path)
+        else:  # derived: no bag to link to, the rows as a bag of their own
+            _write_derived(dest / "h5_files" / f"{slide_id}.h5", bag, path)
         written.append(slide_id)
     return written, [], dim
+
+
+def _write_derived(out: Path, bag: Bag, path: Path) -> None:
+    """A derived fused bag as a file (TRIDENT layout, the parts' storage dtype), replacing a link
+    an earlier export may have left."""
+    if out.is_symlink():
+        out.unlink()
+    write_bag(out, bag.features, bag.coords, bag.coords_attrs, attrs=bag.attrs, parent_idx=bag.parent_idx,
+              dtype=str(stored_dtype(path)))  # fmt: skip
 
 
 def write_stamp(
@@ -214,8 +249,13 @@ def write_stamp(
     """``{dest}/{slide}.h5`` (``feats`` external link, coords in um) + ``{dest}/slide_table.csv``."""
     written, dim = [], None
     for slide_id, path in fs.bags.items():
-        open_checked_bag(path, context=f"export of {fs.name!r}: ")  # feats links to it: finished and finite
-        coords, cattrs, attrs, shape = _read_geometry(path)
+        # feats links to the bag or holds its derived rows: finished and finite either way
+        bag = open_checked_bag(path, context=f"export of {fs.name!r}: ")
+        if path.is_file():
+            coords, cattrs, attrs, shape = _read_geometry(path)
+        else:  # derived: feats holds the rows (stored as its parts are)
+            coords, cattrs, attrs = bag.coords, bag.coords_attrs, bag.attrs
+            shape = (len(bag.features), int(bag.features.shape[1]))
         dim = shape[1]
         slide_mpp = mpp if mpp is not None else attrs.get("mpp")
         if slide_mpp is None:
@@ -227,7 +267,10 @@ def write_stamp(
         extent = _tile_extent_level0(path, cattrs)
         out = dest / f"{slide_id}.h5"
         with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-            f["feats"] = h5py.ExternalLink(os.path.relpath(path, out.parent), "/features")
+            if path.is_file():
+                f["feats"] = h5py.ExternalLink(os.path.relpath(path, out.parent), "/features")
+            else:
+                f.create_dataset("feats", data=bag.features.astype(stored_dtype(path)))
             f.create_dataset("coords", data=np.asarray(coords, np.float64).reshape(-1, 2) * slide_mpp)
             f.attrs["unit"] = "um"
             f.attrs["tile_size_um"] = extent * slide_mpp
@@ -236,7 +279,7 @@ def write_stamp(
             f.attrs["encoder"] = str(attrs.get("encoder", fs.name))
             f.attrs["feature_set"] = fs.name
             f.attrs["mpp"] = slide_mpp
-            f.attrs["source_bag"] = os.path.relpath(path, out.parent)
+            f.attrs["source_bag"] = os.path.relpath(path, out.parent)  # derived: the fused path it stands for
         written.append(slide_id)
     import pandas as pd
 
@@ -308,4 +351,6 @@ def export_bags(
         result.written[fs.name] = written
         result.skipped[fs.name] = skipped
         result.dims[fs.name] = dim
+        if fs.derived:
+            result.derived.append(fs.name)
     return result

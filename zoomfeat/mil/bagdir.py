@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoomfeat.bags import list_bags, open_checked_bag
+from zoomfeat.bags import bag_nbytes, list_bags, open_checked_bag, stored_dtype
 from zoomfeat.mil.bagset import BagSet, as_dtype, preview, warn
 from zoomfeat.mil.provenance import bag_provenance, check_one_recipe
 from zoomfeat.runtime.errors import BagError
@@ -29,12 +29,9 @@ from zoomfeat.runtime.errors import BagError
 
 def _disk_itemsize(paths: list[Path]) -> int:
     """Bytes per stored feature value of the first readable bag (4 when none is readable: float32)."""
-    import h5py
-
     for path in paths[:1]:
         try:
-            with h5py.File(path, "r") as f:
-                return int(f["features"].dtype.itemsize)
+            return int(stored_dtype(path).itemsize)  # a derived fused bag: its parts'
         except (OSError, KeyError):
             pass  # the check of each bag names it
     return 4
@@ -117,7 +114,7 @@ def load_bag_dir(
         raise BagError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {preview(lacking)}")
     paths = [have[s] for s in cohort["slide_id"]]
     if in_memory == "auto":
-        estimate = sum(p.stat().st_size for p in paths) * dtype.itemsize // _disk_itemsize(paths)
+        estimate = sum(bag_nbytes(p) for p in paths) * dtype.itemsize // _disk_itemsize(paths)
         in_memory = _fits_in_memory(estimate, memory_fraction)
         if not in_memory:
             warn(

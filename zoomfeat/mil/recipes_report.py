@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from zoomfeat.bags import list_bags, read_attrs
+from zoomfeat.bags import is_bag_dir, list_bags, read_attrs
 from zoomfeat.mil.metrics import summarize
 from zoomfeat.mil.report import write_csv
 from zoomfeat.runtime.atomic import atomic_path
@@ -73,7 +73,7 @@ def read_recipe(feature_set: str, source: Path) -> dict[str, Any] | None:
         (suffix ``""``) when the bags do not record them.
     """
     source = Path(source)
-    if not source.is_dir():
+    if not is_bag_dir(source):  # a derived fused set has no directory
         return None
     bags = list_bags(source)
     if not bags:
