@@ -861,7 +861,9 @@ class BagDataset:
     "slide_id": str}``, the shape torchmil's models take (batch size 1, or pad yourself).
 
     Args:
-        bag_dir: a ``features_{set}`` directory of ``{slide_id}.h5`` files.
+        bag_dir: a ``features_{set}`` directory of ``{slide_id}.h5`` files; for a fused set it
+            may lack files or be absent: those bags are derived from the family's 20x and 5x
+            bags (:func:`list_bags`, :func:`open_bag`).
         labels: path of a CSV (or a DataFrame) with a slide column and a label column; ``None``
             gives every bag with label -1.
         slide_col, label_col: column names in the labels table.

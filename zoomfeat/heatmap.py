@@ -167,10 +167,14 @@ def _model_scores(bench_dir: Path, feature_set: str, slide_id: str, cfg: Heatmap
 
 def _tile_size(bench_dir: Path, feature_set: str, slide_id: str, coords: np.ndarray) -> float:
     """Level-0 tile footprint: the bag's ``patch_size_level0``, else the coords' grid spacing."""
+    from zoomfeat.bags import fused_parts
+
     run = bench_dir / "run.json"
     if run.is_file():
         source = json.loads(run.read_text()).get("sources", {}).get(feature_set)
         bag = Path(source) / f"{slide_id}.h5" if source else None
+        parts = fused_parts(bag) if bag is not None and not bag.is_file() else None
+        bag = parts.x20 if parts is not None else bag  # a derived fused bag: its 20x part's tiles
         if bag is not None and bag.is_file():
             with h5py.File(bag, "r") as f:
                 if "coords" in f and "patch_size_level0" in f["coords"].attrs:
