@@ -29,6 +29,7 @@ LAYERS = {
     "slide": 1,
     "encoders": 1,
     "bags": 1,
+    "tilestore": 1,  # the tile store (docs/tile-store.md): extraction writes it, training reads it
     "data": 1,
     "features": 2,
     "mil": 2,

@@ -218,13 +218,13 @@ def test_adding_a_recipe_computes_only_it_and_leaves_every_existing_file_untouch
         ExtractConfig.from_kwargs(**tiny, batch_size=3, **{"features.recipes": [{"timestep": 50}]})
     )
     calls = []
-    real = ex.models.zoomldm_features
+    real = ex.models.latent_features  # the UNet part of zoomldm_features (the executor calls it)
 
     def spy(*args, recipes=None, **kwargs):  # records what the pass asked ZoomLDM for, computes it for real
         calls.append([r.name for r in recipes])
         return real(*args, recipes=recipes, **kwargs)
 
-    ex.models.zoomldm_features = spy
+    ex.models.latent_features = spy
     result = _quiet(ex.extract, small_slides / "det_b.svs", out)
     assert result.status == "done" and result.written == ["zoomldm-t50-mid-out4"]
     assert result.reused == ["zoomldm", "uni"] and calls and all(c == ["zoomldm-t50-mid-out4"] for c in calls)

@@ -279,14 +279,14 @@ def test_non_finite_features_fail_the_slide_and_publish_nothing(tiny, small_slid
     from zoomfeat.features.writer import NonFiniteFeaturesError, slide_outputs
 
     ex = Extractor(ExtractConfig.from_kwargs(**tiny))
-    real = ex.models.zoomldm_features
+    real = ex.models.latent_features  # the UNet part of zoomldm_features (the executor calls it)
 
     def overflow(*args, **kwargs):
         f = {name: v.clone() for name, v in real(*args, **kwargs).items()}
         f["zoomldm"][0, 0] = torch.inf
         return f
 
-    ex.models.zoomldm_features = overflow
+    ex.models.latent_features = overflow
     with pytest.raises(NonFiniteFeaturesError, match=r"det_b.*zoomldm_20x.*inf.*precision=fp32"):
         ex.extract(small_slides / "det_b.svs", tmp_path)
     assert not any(p.exists() for p in slide_outputs(tmp_path, "det_b").values())

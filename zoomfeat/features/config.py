@@ -218,6 +218,8 @@ class ExtractConfig:
     compile: bool = False
     #: replace bags written with another config (complete bags with this config are kept)
     overwrite: bool = False
+    #: tile store directory (docs/tile-store.md): each slide's VQ latents and embeddings, so that later recipes read it instead of the slide and run only the UNet; disk: ~58 KB per kept 20x tile at full size (float32 latents 48 KB + UNI embeddings; ~51 KB with the tiny models); null: no store
+    store: str | None = None
     #: build models without weights (seeded random; smoke tests only)
     allow_random_weights: bool = False
     #: write {out_dir}/previews/{slide_id}.png (on the command line the default is the value of demo)

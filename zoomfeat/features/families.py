@@ -56,6 +56,7 @@ from zoomfeat.features.recipes import (
     grid_dict,
     recipe_dict,
 )
+from zoomfeat.features.store import StorePlan, plan_store
 from zoomfeat.features.writer import PublishCheck, slide_outputs
 from zoomfeat.runtime.provenance import canonical_json, config_hash
 from zoomfeat.runtime.units import TILE_PX, TilePx
@@ -248,12 +249,19 @@ class ExtractionPass:
         """:func:`plan_slide` for this pass, with its :meth:`work`."""
         plan = plan_slide(out_dir, slide_id, tile_px=self.cfg.tile_px, families=self.families,
                           grid=self.grid, source=source)  # fmt: skip
+        if self.cfg.store:  # the tile store's use, decided here once (features/store.py)
+            need = plan_work(plan.sets_to_write(), self.families)
+            plan.store = plan_store(self, slide_id, computes=not plan.complete, jobs=set(need.jobs),
+                                    latents=need.zoomldm_20x or need.zoomldm_5x)  # fmt: skip
         plan.work = self.work(plan)
         return plan
 
     def work(self, plan: SlidePlan) -> Work:
         """What a slide's run computes: the one decision (:func:`plan_work` of the sets the plan
-        writes). Override it to compute more (:meth:`Work.full`)."""
+        writes). Override it to compute more (:meth:`Work.full`). A tile-store entry being
+        written holds everything: every job on all 17 tiles, the latents of every kept tile."""
+        if plan.store is not None and plan.store.use == "write":
+            return Work.full(self.models.jobs, zoomldm=self.models.model is not None)
         return plan_work(plan.sets_to_write(), self.families)
 
 
@@ -326,6 +334,8 @@ class SlidePlan:
     before_publish: list[PublishCheck] = field(default_factory=list)
     #: what the run computes (:meth:`ExtractionPass.work`); decided with the plan
     work: Work = field(default_factory=Work)
+    #: the tile store's decision for the slide (``store=DIR``; :mod:`zoomfeat.features.store`), None without one
+    store: StorePlan | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "before_publish": []}

@@ -277,6 +277,10 @@ class FeatureModels:
         """Embedding width of a job."""
         return int(self.encoders[job].embed_dim)
 
+    def job_px(self, job: str) -> int | None:
+        """The input size a job resizes tiles to (None: the encoder's own published preprocessing)."""
+        return self._job_px[job]
+
     def checkpoint_identity(self, what: str) -> str:
         """The weights' identity (content hash, else id) of ``"zoomldm"`` or an embedding job."""
         m = self._zoomldm() if what == "zoomldm" else self.encoders[what]
@@ -334,8 +338,8 @@ class FeatureModels:
         noise: torch.Tensor,
         recipes: Sequence[Recipe] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Every recipe's features of tiles: one VQ encoding, one UNet forward per (timestep, cond_px)
-        group and draw.
+        """Every recipe's features of tiles: one VQ encoding (:meth:`encode_tiles`), one UNet forward
+        per (timestep, cond_px) group and draw (:meth:`latent_features`).
 
         Args:
             images: uint8 (B, H, W, 3) tiles on the device.
@@ -347,10 +351,12 @@ class FeatureModels:
         Returns:
             ``{recipe name: float32 (B, D_r)}``.
         """
-        recipes = self.recipes if recipes is None else list(recipes)
-        need = max(r.ensemble for r in recipes)
-        if noise.shape[1] < need:
-            raise ValueError(f"{noise.shape[1]} noise draw(s) per tile, but a recipe averages {need}")
+        return self.latent_features(self.encode_tiles(images), contexts, noise, recipes)
+
+    @torch.inference_mode()
+    def encode_tiles(self, images: torch.Tensor) -> torch.Tensor:
+        """``z0 = VQ.encode(x)``, the pre-quantisation latents of uint8 (B, H, W, 3) tiles on the
+        device, ``x = image / 127.5 - 1``: float32 (B, *latent_shape) (what the tile store keeps)."""
         # uint8 NHWC -> float NCHW in [-1, 1]. The layout matters on CPU: torch's channels_last
         # GroupNorm CPU kernel is inaccurate (errors up to ~0.3 on the VQ encoder's first
         # GroupNorm for tiles with background, and batch-size dependent), so the CPU path feeds
@@ -359,13 +365,36 @@ class FeatureModels:
         x = images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
         fmt = torch.channels_last if self.device.type == "cuda" else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
+        with autocast(self.device, self.precision):
+            return self._zoomldm().encode(x).float()
+
+    @torch.inference_mode()
+    def latent_features(
+        self,
+        z0: torch.Tensor,
+        contexts: torch.Tensor | dict[int, torch.Tensor],
+        noise: torch.Tensor,
+        recipes: Sequence[Recipe] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Every recipe's features from the tiles' latents ``z0`` (float32 (B, *latent_shape), from
+        :meth:`encode_tiles` or the tile store); the other arguments and the result as
+        :meth:`zoomldm_features`. No recipe: ``{}``."""
+        recipes = self.recipes if recipes is None else list(recipes)
+        if not recipes:
+            return {}
+        need = max(r.ensemble for r in recipes)
+        if noise.shape[1] < need:
+            raise ValueError(f"{noise.shape[1]} noise draw(s) per tile, but a recipe averages {need}")
+        # one memory layout whatever made z0: the VQ encoder's output is channels_last (CPU and CUDA
+        # alike) and the UNet's CPU kernels round differently per layout, so latents read back from
+        # the tile store (contiguous) take the encoder's layout and give the same features bit for bit
+        z0 = z0.contiguous(memory_format=torch.channels_last)
         out: dict[str, torch.Tensor] = {}
         with autocast(self.device, self.precision):
             model = self._zoomldm()
-            z0 = model.encode(x).float()
             for (timestep, px), group in forward_groups(recipes).items():
                 ctx = contexts if torch.is_tensor(contexts) else contexts[px]
-                t = torch.full((len(x),), timestep, dtype=torch.long, device=self.device)
+                t = torch.full((len(z0),), timestep, dtype=torch.long, device=self.device)
                 taps = list(dict.fromkeys(tap for r in group for tap in r.taps))
                 total: dict[str, torch.Tensor] = {}
                 for j in range(max(r.ensemble for r in group)):
