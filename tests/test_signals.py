@@ -19,15 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.processes import descendants, left_alive
+from tests.processes import descendants, left_alive, read_bags, slides_dir, temporaries
 from zoomfeat.training.shards import ShardIndex, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-
-def _temporaries(out: Path) -> list[Path]:
-    return [p for p in out.rglob(".*") if ".tmp-" in p.name] if out.is_dir() else []
 
 
 def _prepare_args(slides: list[Path], out: Path, workers: int) -> list[str]:
@@ -70,7 +66,7 @@ def _interrupt(
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
             workers = descendants(run.pid) or workers
-            if _temporaries(out) and (workers or not need_workers):
+            if temporaries(out) and (workers or not need_workers):
                 break
             time.sleep(0.02)
         assert run.poll() is None, run.communicate()[1][-3000:]
@@ -100,7 +96,7 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
         lines = [ln for ln in err.splitlines() if ln.strip() and ": warning:" not in ln]
         assert len(lines) == 1 and lines[0].startswith(f"zoomfeat prepare: stopped by {name}: "), err
         assert "abandoned (its temporary shards removed)" in lines[0] and "Rerun the same command" in lines[0]
-        assert not _temporaries(out)  # the abandoned slide left nothing behind
+        assert not temporaries(out)  # the abandoned slide left nothing behind
         assert workers and not left_alive(workers)  # nor a worker process
         assert len([s for s in slides if read_record(out, s.stem)]) < len(slides)
 
@@ -128,26 +124,11 @@ def _extract_args(slides_dir: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "zoomfeat.extract", str(slides_dir), f"out_dir={out}", *EXTRACT, *extra]
 
 
-def _bags(out: Path) -> dict[str, np.ndarray]:
-    """Every feature bag's features and coords under ``out`` (by relative path)."""
-    got = {}
-    for p in sorted(out.rglob("*.h5")):
-        if "features_" in p.parent.name:
-            with h5py.File(p, "r") as f:
-                got[f"{p.relative_to(out)}:features"] = f["features"][()]
-                got[f"{p.relative_to(out)}:coords"] = f["coords"][()]
-    return got
-
-
 @pytest.fixture(scope="module")
 def extract_slides_dir(synthetic_slide_factory, tmp_path_factory):
-    d = tmp_path_factory.mktemp("signal_slides")
-    for k in range(3):
-        p = synthetic_slide_factory(
-            f"ext{k}", width=1024, height=1024, mpp=0.5, levels=2, seed=10 + k, tissue_fraction=0.5
-        )
-        (d / p.name).symlink_to(p)
-    return d
+    return slides_dir(
+        synthetic_slide_factory, tmp_path_factory.mktemp("signal_slides"), prefix="ext", seed=10
+    )
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +139,7 @@ def extract_reference(extract_slides_dir, tmp_path_factory) -> dict[str, np.ndar
     proc = subprocess.run(_extract_args(extract_slides_dir, ref), env={**os.environ, **ENV}, capture_output=True,
                           text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return _bags(ref)
+    return read_bags(ref)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +166,7 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
     lines = [ln for ln in err.splitlines() if ln.strip() and ": warning:" not in ln]
     assert len(lines) == 1 and lines[0].startswith(f"zoomfeat extract: stopped by {name}: "), err
     assert "abandoned (nothing of it published" in lines[0] and "Rerun the same command" in lines[0], lines[0]
-    assert not _temporaries(out) and not list(out.rglob("*.lock"))
+    assert not temporaries(out) and not list(out.rglob("*.lock"))
     if devices:
         assert workers and not left_alive(workers)  # both device workers ended
     assert list((out / "logs").glob("extract_*.csv"))  # the run's log is written
@@ -193,6 +174,48 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
     proc = subprocess.run(_extract_args(extract_slides_dir, out, *extra), env=env, capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    want, got = extract_reference, _bags(out)
+    want, got = extract_reference, read_bags(out)
     assert want.keys() == got.keys() and want
     assert all(np.array_equal(want[k], got[k]) for k in want)
+
+
+# ------------------------------------------------------------------------- every entry point
+
+
+def test_every_entry_point_prints_a_stop_as_one_line(capsys):
+    """``cli.report_errors`` (every entry point runs its task through it): a task that polls
+    nothing is stopped at once by the first signal; a workflow under ``run_stoppable`` is only
+    flagged and stops at its next poll with its own message. Either way: one line on stderr,
+    exit status 128 + signal, the previous handlers restored."""
+    from zoomfeat.cli import report_errors
+    from zoomfeat.runtime import stopping
+
+    def busy() -> None:  # work that polls nothing (loading weights, reading a config ...)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises out of the sleep; 30 s only if it did not
+
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stop:
+        report_errors("heatmap", busy)
+    assert stop.value.code == 143 and time.monotonic() - started < 10
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"zoomfeat heatmap: stopped by SIGTERM: stopped at once; {stopping.AT_ONCE}"], err
+
+    polled: list[int] = []
+
+    def workflow() -> None:  # polls between its units, as extraction and training do
+        for unit in range(1000):
+            if unit == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: only flagged, the unit finishes
+            polled.append(unit)
+            stopping.check(f"{unit + 1} unit(s) finished; rerun the same command to continue")
+
+    with pytest.raises(SystemExit) as stop:
+        report_errors("prepare", lambda: stopping.run_stoppable("prepare", workflow))
+    assert stop.value.code == 130 and polled == [0, 1, 2, 3]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "zoomfeat prepare: stopped by SIGINT: 4 unit(s) finished; rerun the same command to continue"
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
