@@ -11,6 +11,7 @@ three sets per bag family being written (``{family}_20x``, ``{family}_5x``, ``{f
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -86,10 +87,12 @@ class ParentState:
     Attributes:
         n_kept: number of kept 20x children.
         emb: ``{job: (17, D_job)}`` embeddings of every embedding job: the 16 children, then the
-            parent tile.
-        n_emb: tiles embedded so far (every job runs on the same batches).
+            parent tile (only the rows of the tiles the job embeds are filled).
+        n_emb: tiles embedded so far, over the slide's embedding queues; n_need: how many in all
+            (17 when every job embeds every tile).
         f20: ``{recipe: (n_kept, D_r)}`` ZoomLDM features of the kept children; n20: rows filled so far.
         f5: ``{recipe: (D_r,)}`` ZoomLDM features of the parent tile (filled together: one piece).
+        need20, need5: whether ZoomLDM runs on the kept children / on the parent tile.
     """
 
     n_kept: int
@@ -98,12 +101,17 @@ class ParentState:
     f20: dict[str, torch.Tensor] = field(default_factory=dict)
     n20: int = 0
     f5: dict[str, torch.Tensor] | None = None
+    n_need: int = CHILDREN_PER_SIDE**2 + 1
+    need20: bool = True
+    need5: bool = True
 
     def complete(self, recipes: bool) -> bool:
-        """All 17 embeddings in and, when ``recipes`` are computed, every ZoomLDM row too."""
-        if self.n_emb != CHILDREN_PER_SIDE**2 + 1:
+        """Every embedding in and, when ``recipes`` are computed, every ZoomLDM row asked for too."""
+        if self.n_emb != self.n_need:
             return False
-        return not recipes or (self.f5 is not None and self.n20 == self.n_kept)
+        done20 = not self.need20 or self.n20 == self.n_kept
+        done5 = not self.need5 or self.f5 is not None
+        return not recipes or (done20 and done5)
 
 
 class RowBuffer:
@@ -112,31 +120,50 @@ class RowBuffer:
     Args:
         writer: the slide's open bag writer.
         block_rows: write once this many rows (20x + 5x) are pending.
+        sets: the sets written (None: all three of every family; ``bags.sets``, ``bags.fused``).
     """
 
-    def __init__(self, writer: SlideBagWriter, block_rows: int = 512) -> None:
+    def __init__(
+        self, writer: SlideBagWriter, block_rows: int = 512, *, sets: Collection[str] | None = None
+    ) -> None:
         self.writer = writer
+        self.sets = None if sets is None else frozenset(sets)
         self.block_rows = block_rows
         self.next = {20: 0, 5: 0}
         self.rows: dict[str, list[np.ndarray]] = {}
         self.mag: dict[str, int] = {}
         self.pending = 0
 
-    def add(self, families: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    def add(self, families: dict[str, tuple[np.ndarray | None, np.ndarray | None]]) -> None:
         """Add one parent: ``{family: (f20 (n, D) rows of its kept children, f5 (D,) of itself)}``.
 
-        The fused rows are ``concat(f20_i, f5)``: every child next to its own parent.
+        Only the sets the writer writes get rows (a part it does not need may be ``None``). The
+        fused rows are ``concat(f20_i, f5)``: every child next to its own parent.
         """
         n = None
         for family, (f20, f5) in families.items():
-            own = np.zeros(len(f20), np.int64)  # each child's parent: row 0 of this parent's 5x rows
             s20, s5, sf = family_sets(family)
-            for name, r, mag in ((s20, f20, 20), (s5, f5[None], 5), (sf, fuse(f20, f5[None], own), 20)):
+            wanted = (s20, s5, sf) if self.sets is None else self.sets
+            parts: list[tuple[str, int, np.ndarray | None]] = [
+                (s20, 20, f20),
+                (s5, 5, None if f5 is None else f5[None]),
+            ]
+            if sf in wanted:
+                if f20 is None or f5 is None:
+                    raise ValueError(f"family {family}: the fused set needs both its 20x and 5x rows")
+                own = np.zeros(len(f20), np.int64)  # each child's parent: row 0 of this parent's 5x rows
+                parts.append((sf, 20, fuse(f20, f5[None], own)))
+            for name, mag, r in parts:
+                if name not in wanted:
+                    continue
+                if r is None:
+                    raise ValueError(f"family {family}: set {name} is written but its rows were not computed")
                 self.rows.setdefault(name, []).append(r)
                 self.mag[name] = mag
-            if n is not None and n != len(f20):
-                raise ValueError(f"family {family}: {len(f20)} 20x rows, another family has {n}")
-            n = len(f20)
+            if f20 is not None:
+                if n is not None and n != len(f20):
+                    raise ValueError(f"family {family}: {len(f20)} 20x rows, another family has {n}")
+                n = len(f20)
         self.pending += (n or 0) + 1
         if self.pending >= self.block_rows:
             self.flush()

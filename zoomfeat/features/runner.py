@@ -47,6 +47,8 @@ class RunSummary:
     worker_of: dict[str, str] = field(default_factory=dict)
     #: the bag families of the run (ZoomLDM recipes, then encoders)
     families: list[str] = field(default_factory=list)
+    #: the sets each family writes as files (``bags.sets`` less a derived fused set)
+    file_sets: list[str] = field(default_factory=lambda: ["20x", "5x", "fused"])
 
     def by_status(self, status: str) -> list[SlideResult]:
         return [r for r in self.results if r.status == status]
@@ -72,7 +74,7 @@ class RunSummary:
             f"{len(locked)} held by another process, {len(failed)} failed",
             f"bags: {self.out_dir}"
             + (
-                f" (families: {', '.join(self.families)}; sets {{family}}_20x, _5x, _fused)"
+                f" (families: {', '.join(self.families)}; sets {{family}}_{', _'.join(self.file_sets)})"
                 if self.families
                 else ""
             ),
@@ -124,6 +126,7 @@ def extract_slides(
     mine = shard(sorted(slides, key=lambda s: str(s.path)), shard_index, shard_count)
     summary = RunSummary(shard_index=shard_index, shard_count=shard_count, out_dir=str(out_dir))
     summary.families = [r.name for r in config.recipes()] + list(config.encoder_families())
+    summary.file_sets = list(config.bags.files())
     if not mine:
         echo(f"zoomfeat extract: no slides in shard {shard_index + 1}/{shard_count} ({len(slides)} in total)")
         return summary

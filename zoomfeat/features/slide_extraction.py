@@ -280,7 +280,10 @@ class SlideExtraction:
         self.kept: np.ndarray = np.zeros((0, CHILDREN), bool)  # 4: bool (P, 16), kept children of each parent
         self.items: dict[int, dict] = {}  # 4: loader items (tiles, noise) of parents in flight
         self.states: dict[int, ParentState] = {}  # 4-7: results of parents in flight
-        self.queue_uni: deque[Piece] = deque()  # 4 -> 5
+        self.queue_uni: deque[Piece] = deque()  # 4 -> 5: tiles every job embeds (all of them by default)
+        # 4 -> 5: one queue per group of jobs embedding the same tiles (plan.work), queue_uni first
+        self.embed_queues: dict[tuple[str, ...], deque[Piece]] = {}
+        self.slots: dict[int, dict[tuple[str, ...], np.ndarray]] = {}  # 4-5: each queue's tiles of a parent
         self.queue_zoomldm: deque[Piece] = deque()  # 5 -> 6
         self.next_parent = 0  # 7: parents are fused and written strictly in order
         self.rows: RowBuffer | None = None  # 7
@@ -383,10 +386,15 @@ class SlideExtraction:
         self.write = plan.to_write()
         self.result.written = list(self.write)
         self.result.reused = plan.reused()
-        m = self.models
+        m, work = self.models, plan.work
         self.recipes = [r for r in m.recipes if r.name in self.write]
-        cond = {m.cond_job(r.cond_px) for r in self.recipes}
-        self.jobs = [j for j in m.jobs if j in self.write or j in cond]
+        self.jobs = [j for j in m.jobs if j in work.jobs]  # the plan's work: each job on its tiles only
+        groups: dict[tuple[bool, bool, bool], list[str]] = {}
+        for j in self.jobs:
+            groups.setdefault(work.tiles(j), []).append(j)
+        self.embed_queues = {}
+        for k, jobs in enumerate(groups.values()):
+            self.embed_queues[tuple(jobs)] = self.queue_uni if k == 0 else deque()
         if self.hooks.on_slide_start is not None:
             self.hooks.on_slide_start(plan)
         return True
@@ -454,6 +462,8 @@ class SlideExtraction:
         assert plan is not None and self.result is not None
         self.tiles_total = int(kept.sum()) + P
         dims, per_set = sets_to_write([xp.families[f] for f in self.write], cfg, models)
+        files = {s for sets in plan.sets_to_write().values() for s in sets}  # bags.sets, bags.fused
+        dims = {s: d for s, d in dims.items() if s in files}
         writer = SlideBagWriter(
             self.out_dir,
             slide.slide_id,
@@ -477,7 +487,7 @@ class SlideExtraction:
         complete parents in order (7)."""
         cfg, dev, P = self.cfg, self.device, self.n_parents
         self.kept = self.grid.children.kept.reshape(P, CHILDREN)
-        self.rows = RowBuffer(writer)
+        self.rows = RowBuffer(writer, sets=list(writer.rows_written))  # the sets of bags.sets to write
         # every draw a pass's recipe may use; draw j is the same whatever the count (a prefix)
         draws = self.models.max_draws if self.recipes else 0
         noise = NoiseSpec(cfg.seed, self.slide.slide_id, self.models.latent_shape, draws)
@@ -496,8 +506,9 @@ class SlideExtraction:
             if batch is not None:
                 self.read_parents(batch)
             # full batches while there are enough tiles; everything left once input ends
-            while queued(self.queue_uni) >= bs or (batch is None and self.queue_uni):
-                self.run_encoders(take(self.queue_uni, bs))
+            for jobs, queue in self.embed_queues.items():
+                while queued(queue) >= bs or (batch is None and queue):
+                    self.run_encoders(take(queue, bs), jobs)
             while queued(self.queue_zoomldm) >= bs or (batch is None and self.queue_zoomldm):
                 self.run_zoomldm(take(self.queue_zoomldm, bs))
             if batch is None:
@@ -513,37 +524,60 @@ class SlideExtraction:
 
     # ---------------------------------------------------------------- 4. parents in
     def read_parents(self, batch: dict) -> None:
-        """Take one parent from the loader: its 17 tiles join the encoder queue."""
+        """Take one parent from the loader: of its 17 tiles, those each group of jobs embeds
+        (``plan.work``) join that group's encoder queue."""
         dev = self.device
         i = int(batch["index"])
         item = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         self.items[i] = item
         emb = {job: torch.empty((CHILDREN + 1, self.models.job_dim(job)), device=dev) for job in self.jobs}
-        self.states[i] = ParentState(int(self.kept[i].sum()), emb)
-        self.queue_uni.append(Piece(i, 0, torch.cat([item["children"], item["parent"][None]])))
+        assert self.plan is not None
+        work = self.plan.work
+        tiles = torch.cat([item["children"], item["parent"][None]])
+        self.slots[i], n_need = {}, 0
+        for jobs, queue in self.embed_queues.items():
+            slots = work.slots(jobs[0], self.kept[i])
+            self.slots[i][jobs], n_need = slots, n_need + len(slots)
+            if len(slots) == CHILDREN + 1:
+                queue.append(Piece(i, 0, tiles))
+            elif len(slots):
+                queue.append(Piece(i, 0, tiles[torch.as_tensor(slots, device=tiles.device)]))
+        self.states[i] = ParentState(int(self.kept[i].sum()), emb, n_need=n_need,
+                                     need20=work.zoomldm_20x, need5=work.zoomldm_5x)  # fmt: skip
+        if n_need == 0:  # nothing to embed of this parent (no job at all)
+            self.parent_embedded(i)
+            self.fuse_complete()
 
     # ---------------------------------------------------------------- 5. encoders
-    def run_encoders(self, pieces: list[Piece]) -> None:
-        """One batch through every embedding job; parents whose 17 embeddings are complete go to the
-        ZoomLDM queue (or, with no recipe to write, straight to step 7)."""
+    def run_encoders(self, pieces: list[Piece], jobs: Sequence[str] | None = None) -> None:
+        """One batch through the embedding ``jobs`` of its queue (None: every job); parents whose
+        embeddings are all in go to the ZoomLDM queue (or, with no recipe to write, straight to step 7)."""
+        jobs = tuple(self.jobs if jobs is None else jobs)
         t = time.perf_counter()
         images = torch.cat([p.images for p in pieces])
-        emb = {job: self.models.embed(images, job) for job in self.jobs}
+        emb = {job: self.models.embed(images, job) for job in jobs}
         synchronize(self.device)
         self.timings["uni"] += time.perf_counter() - t
         pos = 0
         for p in pieces:
             st = self.states[p.parent]
+            slots = self.slots[p.parent].get(jobs, np.arange(CHILDREN + 1))[p.start : p.start + len(p)]
+            at = torch.as_tensor(slots, device=self.device)
             for job, e in emb.items():
-                st.emb[job][p.start : p.start + len(p)] = e[pos : pos + len(p)]
+                st.emb[job][at] = e[pos : pos + len(p)]
             st.n_emb += len(p)
             pos += len(p)
-            if st.n_emb == CHILDREN + 1:
-                if self.recipes:
-                    self.queue_parent_for_zoomldm(p.parent)
-                else:
-                    self.items.pop(p.parent)
+            if st.n_emb == st.n_need:
+                self.parent_embedded(p.parent)
         self.fuse_complete()
+
+    def parent_embedded(self, i: int) -> None:
+        """Parent ``i``'s embeddings are all in: on to ZoomLDM, or (no recipe to write) to step 7."""
+        self.slots.pop(i, None)
+        if self.recipes:
+            self.queue_parent_for_zoomldm(i)
+        else:
+            self.items.pop(i)
 
     def queue_parent_for_zoomldm(self, i: int) -> None:
         """Kept children with their own 1x1 grid (20x), and the parent tile with the 4x4 grid of its
@@ -553,12 +587,13 @@ class SlideExtraction:
         pxs = dict.fromkeys(r.cond_px for r in self.recipes)
         emb = {px: st.emb[self.models.cond_job(px)] for px in pxs}
         rows_i = np.flatnonzero(self.kept[i])
-        if len(rows_i):
+        if len(rows_i) and st.need20:  # the plan's work: 20x rows of a recipe are written
             sel = torch.as_tensor(rows_i, device=dev)
             g20 = {px: e[sel][:, :, None, None] for px, e in emb.items()}
             self.queue_zoomldm.append(Piece(i, 0, item["children"][sel], self.MAG20, g20, item["noise20"]))
-        g5 = {px: e[:CHILDREN].reshape(side, side, -1).permute(2, 0, 1)[None] for px, e in emb.items()}
-        self.queue_zoomldm.append(Piece(i, -1, item["parent"][None], self.MAG5, g5, item["noise5"][None]))
+        if st.need5:  # 5x rows of a recipe: the grid of all 16 children (background ones embedded too)
+            g5 = {px: e[:CHILDREN].reshape(side, side, -1).permute(2, 0, 1)[None] for px, e in emb.items()}
+            self.queue_zoomldm.append(Piece(i, -1, item["parent"][None], self.MAG5, g5, item["noise5"][None]))
 
     # ---------------------------------------------------------------- 6. ZoomLDM
     def run_zoomldm(self, pieces: list[Piece]) -> None:
@@ -602,16 +637,21 @@ class SlideExtraction:
         """Parent ``i``'s rows of every family to write (fused: each child next to its parent) to the buffer."""
         st = self.states.pop(i)
         kept = self.kept[i]
-        rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for name in self.write:
+        assert self.plan is not None
+        work = self.plan.work
+        rows: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
+        for name in self.write:  # only the parts the plan's work computed (RowBuffer takes the sets written)
             if name in st.emb:  # an encoder family: its job has the family's name
                 e = st.emb[name].cpu().numpy()
-                rows[name] = (e[:CHILDREN][kept], e[CHILDREN])
+                k, _, p = work.tiles(name)
+                rows[name] = (e[:CHILDREN][kept] if k else None, e[CHILDREN] if p else None)
             else:
                 d = self.models.dims[f"{name}_20x"]
-                f20 = st.f20[name].cpu().numpy() if st.n_kept else np.zeros((0, d), np.float32)
-                assert st.f5 is not None  # complete: the parent tile's row is in
-                rows[name] = (f20, st.f5[name].cpu().numpy())
+                f20 = None
+                if st.need20:
+                    f20 = st.f20[name].cpu().numpy() if st.n_kept else np.zeros((0, d), np.float32)
+                f5 = st.f5[name].cpu().numpy() if st.f5 is not None else None
+                rows[name] = (f20, f5)
         assert self.rows is not None
         self.rows.add(rows)
         self.tiles_done += st.n_kept + 1
