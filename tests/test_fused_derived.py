@@ -75,17 +75,21 @@ def extracted(synthetic_slide_factory, tmp_path_factory) -> dict[str, dict[str, 
         )
         shutil.copy(p, src / p.name)
     root = tmp_path_factory.mktemp("fused_runs")
-    runs = {}
-    for dtype in ("float16", "float32"):
-        out = root / f"{dtype}_file"
+
+    def extract(out: Path, **bags: str) -> Path:
         cfg = ExtractConfig.from_kwargs(
             model="tiny", encoder="tiny", zoomldm=False, progress=False, num_workers=0,
-            **{"tissue.min_tissue": 0.5, "bags.dtype": dtype},
+            **{"tissue.min_tissue": 0.5, **{f"bags.{k}": v for k, v in bags.items()}},
         )  # fmt: skip
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             summary = extract_slides(discover([src]), out, cfg)
         assert summary.ok, summary.report()
+        return out
+
+    runs = {}
+    for dtype in ("float16", "float32"):
+        out = extract(root / f"{dtype}_file", dtype=dtype)
         runs[dtype] = {"file": out, "derived": _without_fused(out, root / f"{dtype}_derived")}
     return runs
 
@@ -326,6 +330,33 @@ def test_bad_parts_are_one_line_naming_the_files(extracted, tmp_path, case):
     with pytest.raises(FusedPartsError):
         export_bags(root, "clam", sets=[FUSED], dest=tmp_path / "m")
     assert bag_path(root, FUSED, SLIDES[0]).parent.exists() is False  # nothing was written among the bags
+
+
+def test_a_fused_file_older_than_its_parts_is_refused(extracted, tmp_path):
+    """A family re-extracted with ``bags.fused=derived`` (new config hash on its 20x and 5x bags)
+    next to a fused file of the earlier run: the checked readers refuse the stale file in one line;
+    deleting it lets them derive the rows."""
+    root = tmp_path / "bags"
+    shutil.copytree(extracted["float32"]["file"], root)
+    fused = bag_path(root, FUSED, SLIDES[1])
+    parts = fused_parts(fused)
+    assert parts is not None
+    for part in (parts.x20, parts.x5):
+        _edit(part, lambda f: f.attrs.__setitem__("config_hash", "feedfacefeedface"))
+    old = open_bag(fused).attrs["config_hash"]
+    with pytest.raises(FusedPartsError) as err:
+        open_checked_bag(fused, context="feature set 'uni_fused': ")
+    text = _one_line(err.value)
+    assert text.startswith(f"feature set 'uni_fused': fused bag {fused} was written with config_hash {old!r}")
+    assert f"its 20x bag {parts.x20} with 'feedfacefeedface'" in text and "delete it" in text
+    with pytest.raises(FusedPartsError):
+        BagDataset(fused.parent)[1]
+    fused.unlink()
+    derived = open_checked_bag(fused)
+    assert derived.attrs["config_hash"] == "feedfacefeedface"
+    np.testing.assert_array_equal(
+        derived.features, open_bag(bag_path(extracted["float32"]["file"], FUSED, SLIDES[1])).features
+    )
 
 
 def test_the_export_command_prints_one_line_for_a_missing_part(extracted, tmp_path, capsys, monkeypatch):

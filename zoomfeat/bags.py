@@ -738,7 +738,8 @@ def open_checked_bag(path: str | Path, dtype: np.dtype | type = np.float32, *, c
 
     The same check for every reader of bags: the benchmark, :class:`BagDataset` and the exports.
     A fused bag without a file is derived from its parts, which are checked instead
-    (:func:`derived_fused`; :class:`FusedPartsError`).
+    (:func:`derived_fused`; :class:`FusedPartsError`); a fused file whose 20x bag has another
+    ``config_hash`` (stale) is a :class:`FusedPartsError` too.
 
     Args:
         path: the bag file.
@@ -765,7 +766,30 @@ def open_checked_bag(path: str | Path, dtype: np.dtype | type = np.float32, *, c
     problem = bag_problem(bag)
     if problem:
         raise BagError(f"{context}bag {path} {problem}; {BAG_FIX}")
+    stale = _stale_fused(path, bag)
+    if stale:
+        raise FusedPartsError(f"{context}{stale}")
     return bag
+
+
+def _stale_fused(path: Path, bag: Bag) -> str:
+    """The error line for a fused file that disagrees with its family's 20x bag (another
+    ``config_hash``: a file left by an earlier run after the family was re-extracted with
+    ``bags.fused=derived``); ``""`` when they agree or either lacks a hash (other tools' bags)."""
+    parts = fused_parts(path)
+    mine = bag.attrs.get("config_hash")
+    if parts is None or mine is None or not parts.x20.is_file():
+        return ""
+    try:
+        theirs = read_attrs(parts.x20).get("config_hash")
+    except OSError:
+        return ""  # an unreadable 20x bag is that set's problem, said when it is read
+    if theirs is None or theirs == mine:
+        return ""
+    return (
+        f"fused bag {path} was written with config_hash {mine!r} but its 20x bag {parts.x20} with {theirs!r} "
+        f"(a fused file left by an earlier run): delete it, so that readers derive the rows, or {FUSED_FIX}"
+    )
 
 
 def read_labels_table(
