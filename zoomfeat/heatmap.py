@@ -25,6 +25,9 @@ directories are in the run's ``run.json``), else from the spacing of the coords.
     python -m zoomfeat.heatmap s.svs bench_dir=runs/brca 'feature_sets=[uni_20x,uni_5x]' top_k=8
     python -m zoomfeat.heatmap s.svs bench_dir=runs/brca aggregator=transmil source=model seed=1
 
+Drawn into the run's own ``heatmaps/`` (the default ``out_dir``), the run's ``report.html`` is
+redrawn so that its gallery shows them.
+
 A slide that is not a test slide of the run, a missing run directory or a slide openslide cannot
 open is one line ``zoomfeat heatmap: error: ...`` (exit status 2).
 """
@@ -295,7 +298,24 @@ def run(cfg: Any) -> list[dict[str, Any]]:
     results = [slide_heatmap(s, hm) for s in hm.slides]
     for r in results:
         print(r["path"])
+    page = refresh_report(Path(hm.bench_dir), out_dir=Path(hm.out_dir) if hm.out_dir else None)
+    if page is not None:
+        print(f"{page} (redrawn with the heatmaps)")
     return results
+
+
+def refresh_report(bench_dir: Path, *, out_dir: Path | None = None) -> Path | None:
+    """Redraw a finished run's ``report.html`` (it embeds ``heatmaps/``) after heatmaps were drawn
+    into ``{bench_dir}/heatmaps`` (``out_dir`` None, or a directory inside it); returns the page,
+    or None when there is no page to redraw (an unfinished run, or heatmaps drawn elsewhere)."""
+    from zoomfeat.mil.html_report import write_html_report_safely
+
+    if not (bench_dir / "report.html").is_file():
+        return None
+    gallery = (bench_dir / "heatmaps").resolve()
+    if out_dir is not None and gallery not in (out_dir.resolve(), *out_dir.resolve().parents):
+        return None
+    return write_html_report_safely(bench_dir).get("html")
 
 
 def main() -> Any:

@@ -337,3 +337,33 @@ def test_a_regression_run_gets_predicted_against_true_plots(tmp_path):
     # one panel per aggregator, one point per prediction row
     assert dom.count("<svg") == 2 and dom.count("<circle") == len(rows)
     assert "Predicted vs true (aggregator abmil)" in dom and "Predicted vs true (aggregator meanpool)" in dom
+
+
+def test_heatmaps_drawn_into_a_finished_run_redraw_its_report(run_dir, tmp_path, synthetic_slide_factory):
+    """``python -m zoomfeat.heatmap`` drawing into a finished run's ``heatmaps/`` redraws its
+    report.html, so the page's gallery shows the new heatmap (the gallery is in the HTML text: no
+    browser needed); heatmaps drawn elsewhere leave the page as it was."""
+    from dataclasses import asdict
+
+    from zoomfeat.heatmap import HeatmapConfig, run
+
+    bench = tmp_path / "run"
+    shutil.copytree(run_dir, bench)
+    entries = read_attention(sorted((bench / "attention" / "good").glob("*.h5"))[-1])
+    slide_id = next(s for s in entries if not (bench / "heatmaps" / f"{s}.png").exists())
+    slide = synthetic_slide_factory(slide_id, width=4096, height=4096)
+    before = (bench / "report.html").read_text()
+    thumbs = re.compile(r'class="thumb" href="#view-\d+"')
+    assert len(thumbs.findall(before)) == 4 and slide_id not in before
+
+    hm = HeatmapConfig(bench_dir=str(bench), slides=[str(slide)], feature_sets=["good"], top_k=2,
+                       thumbnail_mpp=32.0, out_dir=str(tmp_path / "elsewhere"))  # fmt: skip
+    run(asdict(hm))
+    assert (tmp_path / "elsewhere" / f"{slide_id}.png").is_file()
+    assert (bench / "report.html").read_text() == before
+
+    hm.out_dir = None  # the default: {bench_dir}/heatmaps
+    run(asdict(hm))
+    after = (bench / "report.html").read_text()
+    assert (bench / "heatmaps" / f"{slide_id}.png").is_file()
+    assert len(thumbs.findall(after)) == 5 and slide_id in after
