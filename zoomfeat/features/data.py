@@ -111,7 +111,7 @@ def worker_context():
 
 
 def parent_loader(
-    dataset: ParentRegions, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4
+    dataset: Dataset, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4
 ) -> DataLoader:
     """In-order loader over parents (no batching: the pipeline re-batches tiles itself)."""
     kwargs = {}

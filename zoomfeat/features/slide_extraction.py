@@ -62,6 +62,7 @@ from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_lo
 from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_write
+from zoomfeat.features.store import StoredGrid, StoreParents, check_store, open_writer
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
@@ -72,6 +73,7 @@ from zoomfeat.runtime.provenance import canonical_json
 from zoomfeat.runtime.units import BASE_MAG, CHILDREN_PER_SIDE, PARENT_MAG_INDEX, mag_index, magnification
 from zoomfeat.slide.manifest import SlideSpec
 from zoomfeat.slide.remote import SlideCache
+from zoomfeat.tilestore import StoreReader, StoreWriter
 
 
 @dataclass
@@ -288,6 +290,11 @@ class SlideExtraction:
         self.next_parent = 0  # 7: parents are fused and written strictly in order
         self.rows: RowBuffer | None = None  # 7
         self.tiles_done = 0  # 7: tiles written (on_batch)
+        # the tile store (store=DIR; features/store.py): 2: "read" | "write" | ""; 3: its reader / writer
+        self.store_use = ""
+        self.store_in: StoreReader | None = None
+        self.store_out: StoreWriter | None = None
+        self.latents: dict[int, dict[str, np.ndarray]] = {}  # 6-7 (store written): z0 of parents in flight
         self.tiles_total = 0  # 3
 
     def run(self) -> SlideResult:
@@ -310,6 +317,10 @@ class SlideExtraction:
             finally:
                 lock.release()
                 self.slide.close()
+                if self.store_out is not None:
+                    self.store_out.discard()  # a published entry has nothing left to discard
+                if self.store_in is not None:
+                    self.store_in.close()
         except BaseException as err:
             if self.hooks.on_slide_end is not None:
                 from zoomfeat.slide.naming import slide_id_from_path
@@ -386,6 +397,10 @@ class SlideExtraction:
         self.write = plan.to_write()
         self.result.written = list(self.write)
         self.result.reused = plan.reused()
+        if plan.store is not None:  # the tile store: refuse another slide's entry, warn about damage
+            self.store_use = check_store(plan.store, identity, overwrite=self.cfg.overwrite, warn=True)
+            # an entry to write (another slide's, with overwrite) has everything computed
+            plan.work = self.pass_.work(plan)
         m, work = self.models, plan.work
         self.recipes = [r for r in m.recipes if r.name in self.write]
         self.jobs = [j for j in m.jobs if j in work.jobs]  # the plan's work: each job on its tiles only
@@ -438,16 +453,23 @@ class SlideExtraction:
         from zoomfeat.slide import TileGrid
 
         cfg, slide, models = self.cfg, self.slide, self.models
+        if self.store_use == "read":  # the grid of the tile store: no tissue detection, no pixel read
+            assert self.plan is not None and self.plan.store is not None
+            self.store_in = StoreReader(self.plan.store.entry)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            grid = TileGrid.build(
-                slide,
-                tile_px=cfg.tile_px,
-                mag=BASE_MAG,
-                parent_mag=magnification(PARENT_MAG_INDEX),
-                min_tissue=cfg.tissue.min_tissue,
-                progress=False,
-                lattice="trident" if cfg.trident_compat else "integer",  # issue 10: coords multiples of p
+            grid = (
+                StoredGrid.read(self.store_in)
+                if self.store_in is not None
+                else TileGrid.build(
+                    slide,
+                    tile_px=cfg.tile_px,
+                    mag=BASE_MAG,
+                    parent_mag=magnification(PARENT_MAG_INDEX),
+                    min_tissue=cfg.tissue.min_tissue,
+                    progress=False,
+                    lattice="trident" if cfg.trident_compat else "integer",  # issue 10: coords multiples of p
+                )
             )
         for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -479,6 +501,8 @@ class SlideExtraction:
             dtype=cfg.bags.dtype,
         )
         plan.expected_bytes = writer.expected_bytes
+        if self.store_use == "write":
+            self.store_out = open_writer(xp, slide, grid)
         return writer
 
     # ---------------------------------------------------------------- 4-7. the stream
@@ -491,8 +515,13 @@ class SlideExtraction:
         # every draw a pass's recipe may use; draw j is the same whatever the count (a prefix)
         draws = self.models.max_draws if self.recipes else 0
         noise = NoiseSpec(cfg.seed, self.slide.slide_id, self.models.latent_shape, draws)
+        regions = (
+            StoreParents(self.store_in, self.grid, noise, jobs=self.jobs, latents=bool(self.recipes))
+            if self.store_in is not None
+            else ParentRegions(self.slide, self.grid, noise)
+        )
         loader = parent_loader(
-            ParentRegions(self.slide, self.grid, noise),
+            regions,
             cfg.workers_for(dev.type),
             pin_memory=dev.type == "cuda",
         )
@@ -526,6 +555,9 @@ class SlideExtraction:
     def read_parents(self, batch: dict) -> None:
         """Take one parent from the loader: of its 17 tiles, those each group of jobs embeds
         (``plan.work``) join that group's encoder queue."""
+        if "emb" in batch:  # from the tile store: embeddings and latents, no pixels
+            self.read_stored_parent(batch)
+            return
         dev = self.device
         i = int(batch["index"])
         item = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -547,6 +579,25 @@ class SlideExtraction:
         if n_need == 0:  # nothing to embed of this parent (no job at all)
             self.parent_embedded(i)
             self.fuse_complete()
+
+    def read_stored_parent(self, batch: dict) -> None:
+        """Take one parent from the tile store (:class:`~zoomfeat.features.store.StoreParents`): its
+        embeddings are all in (every job, all 17 tiles), so it goes straight on to ZoomLDM."""
+        dev, i = self.device, int(batch["index"])
+        self.items[i] = {k: v.to(dev, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        emb = {job: batch["emb"][job].to(dev) for job in self.jobs}
+        assert self.plan is not None
+        work = self.plan.work
+        self.states[i] = ParentState(int(self.kept[i].sum()), emb, n_emb=CHILDREN + 1,
+                                     need20=work.zoomldm_20x, need5=work.zoomldm_5x)  # fmt: skip
+        self.parent_embedded(i)
+        self.fuse_complete()
+
+    @property
+    def runs_zoomldm(self) -> bool:
+        """Whether parents go through the ZoomLDM stage: a recipe to write, or latents for the store."""
+        out = self.store_out
+        return bool(self.recipes) or (out is not None and out.latent_shape is not None)
 
     # ---------------------------------------------------------------- 5. encoders
     def run_encoders(self, pieces: list[Piece], jobs: Sequence[str] | None = None) -> None:
@@ -574,7 +625,7 @@ class SlideExtraction:
     def parent_embedded(self, i: int) -> None:
         """Parent ``i``'s embeddings are all in: on to ZoomLDM, or (no recipe to write) to step 7."""
         self.slots.pop(i, None)
-        if self.recipes:
+        if self.runs_zoomldm:
             self.queue_parent_for_zoomldm(i)
         else:
             self.items.pop(i)
@@ -590,10 +641,12 @@ class SlideExtraction:
         if len(rows_i) and st.need20:  # the plan's work: 20x rows of a recipe are written
             sel = torch.as_tensor(rows_i, device=dev)
             g20 = {px: e[sel][:, :, None, None] for px, e in emb.items()}
-            self.queue_zoomldm.append(Piece(i, 0, item["children"][sel], self.MAG20, g20, item["noise20"]))
+            z20 = item["z20"] if "z20" in item else item["children"][sel]  # the store's latents, or the tiles
+            self.queue_zoomldm.append(Piece(i, 0, z20, self.MAG20, g20, item["noise20"]))
         if st.need5:  # 5x rows of a recipe: the grid of all 16 children (background ones embedded too)
             g5 = {px: e[:CHILDREN].reshape(side, side, -1).permute(2, 0, 1)[None] for px, e in emb.items()}
-            self.queue_zoomldm.append(Piece(i, -1, item["parent"][None], self.MAG5, g5, item["noise5"][None]))
+            z5 = item["z5"] if "z5" in item else item["parent"]
+            self.queue_zoomldm.append(Piece(i, -1, z5[None], self.MAG5, g5, item["noise5"][None]))
 
     # ---------------------------------------------------------------- 6. ZoomLDM
     def run_zoomldm(self, pieces: list[Piece]) -> None:
@@ -603,11 +656,13 @@ class SlideExtraction:
         mags = [p.mag for p in pieces]
         grids = [p.grids or {} for p in pieces]  # every ZoomLDM piece has its grids and noise
         ctx = {px: self.models.contexts([g[px] for g in grids], mags) for px in grids[0]}
-        feats = self.models.zoomldm_features(
-            torch.cat([p.images for p in pieces]),
-            ctx,
-            torch.cat([p.noise for p in pieces if p.noise is not None]),
-            recipes=self.recipes,
+        x = torch.cat([p.images for p in pieces])
+        # the latents: read from the tile store, else z0 = VQ.encode(tiles) (kept when writing the store)
+        z0 = x if self.store_in is not None else self.models.encode_tiles(x)
+        if self.store_out is not None:
+            self.keep_latents(pieces, z0)
+        feats = self.models.latent_features(
+            z0, ctx, torch.cat([p.noise for p in pieces if p.noise is not None]), recipes=self.recipes
         )
         synchronize(self.device)
         self.timings["zoomldm"] += time.perf_counter() - t
@@ -626,9 +681,22 @@ class SlideExtraction:
                 st.n20 += len(p)
         self.fuse_complete()
 
+    def keep_latents(self, pieces: list[Piece], z0: torch.Tensor) -> None:
+        """Keep the latents of a ZoomLDM batch's tiles for the tile store, parent by parent."""
+        pos, shape = 0, tuple(z0.shape[1:])
+        for p in pieces:
+            z = z0[pos : pos + len(p)].cpu().numpy()
+            pos += len(p)
+            n_kept = self.states[p.parent].n_kept
+            kept = self.latents.setdefault(p.parent, {"z20": np.zeros((n_kept, *shape), np.float32)})
+            if p.start < 0:
+                kept["z5"] = z[0]
+            else:
+                kept["z20"][p.start : p.start + len(p)] = z
+
     def fuse_complete(self) -> None:
         """Fuse and write every complete parent at the front of the order (step 7)."""
-        while self.next_parent in self.states and self.states[self.next_parent].complete(bool(self.recipes)):
+        while self.next_parent in self.states and self.states[self.next_parent].complete(self.runs_zoomldm):
             self.fuse_parent(self.next_parent)
             self.next_parent += 1
 
@@ -637,6 +705,10 @@ class SlideExtraction:
         """Parent ``i``'s rows of every family to write (fused: each child next to its parent) to the buffer."""
         st = self.states.pop(i)
         kept = self.kept[i]
+        if self.store_out is not None:  # the tile store's rows of this parent (every job, all 17 tiles)
+            z = self.latents.pop(i, {})
+            self.store_out.add_parent(i, emb={j: e.cpu().numpy() for j, e in st.emb.items()},
+                                      z20=z.get("z20"), z5=z.get("z5"))  # fmt: skip
         assert self.plan is not None
         work = self.plan.work
         rows: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
@@ -669,7 +741,9 @@ class SlideExtraction:
         """
         assert self.plan is not None and self.result is not None
         preview = self.preview_features(writer) if self.cfg.preview else {}
-        writer.finish(before_publish=[self.check_cancelled, *self.plan.before_publish])
+        # the tile store's entry is published last of the checks, right before the bags
+        store = [self.publish_store] if self.store_out is not None else []
+        writer.finish(before_publish=[self.check_cancelled, *self.plan.before_publish, *store])
         paths = self.plan.paths()
         if self.cfg.preview:
             from zoomfeat.features.preview import save_preview
@@ -681,6 +755,11 @@ class SlideExtraction:
                 features=preview,
             )
         self.result.paths = paths
+
+    def publish_store(self) -> None:
+        """Publish the slide's tile-store entry (:meth:`~zoomfeat.tilestore.StoreWriter.finish`)."""
+        assert self.store_out is not None
+        self.store_out.finish()
 
     def preview_features(self, writer: SlideBagWriter) -> dict[str, np.ndarray]:
         """The 20x features the preview paints: ``zoomldm_20x`` and ``uni_20x`` when the pass has

@@ -1,0 +1,224 @@
+"""The tile store (``store=DIR``; docs/tile-store.md): a later run with new recipes reads the store
+instead of the slide, equals a fresh run, and a store entry is checked like a bag.
+
+Real slides (the synthetic Aperio files of conftest), the tiny model and encoder, real HDF5 files.
+The calls that must not happen are counted by wrapping the real methods of the real classes
+(slide reads, the VQ encoder, the embedding encoders); the algorithm has no test switch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.features.conftest import TINY
+from zoomfeat.features.config import ExtractConfig
+from zoomfeat.features.runner import extract_slides
+from zoomfeat.slide.manifest import discover
+
+#: three more recipes than the first run's default one: another timestep, another tap and pooling,
+#: and a 2-draw ensemble
+RECIPES = [
+    {"name": "t50", "timestep": 50},
+    {"name": "midmax", "taps": ["middle_block"], "pooling": "max"},
+    {"name": "ens2", "ensemble": 2},
+]
+#: the same batch size in every run: then a feature read from the store equals a fresh run's bit for
+#: bit (the store keeps z0 and the embeddings as the float32 tensors the fresh run computes, and the
+#: UNet sees the same batches in the same memory layout); across batch sizes the bound would be
+#: conftest's batch_atol (oneDNN's blocking by batch size)
+SETTINGS = {**TINY, "batch_size": 3, "num_workers": 0}
+
+
+def _run(slides: Path, out: Path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = ExtractConfig.from_kwargs(**{**SETTINGS, **kw})
+        return extract_slides(discover([slides]), out, cfg, echo=lambda s: None)
+
+
+def _one(slides: Path, name: str, root: Path) -> Path:
+    d = root / f"only_{name}"
+    d.mkdir()
+    src = next(p for p in slides.iterdir() if p.stem == name)
+    shutil.copy(src, d / src.name)
+    return d
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def counted(monkeypatch) -> Counter:
+    """Count every slide pixel read, VQ encoding and encoder call (the real methods, wrapped)."""
+    from zoomfeat.encoders.base import TileEncoder
+    from zoomfeat.model.zoomldm import ZoomLDM
+    from zoomfeat.slide.reader import Slide
+
+    calls: Counter = Counter()
+
+    def wrap(cls, name, key):
+        real = getattr(cls, name)
+
+        def counting(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cls, name, counting)
+
+    for name in ("read_region", "read_box", "read_level_rgb", "thumbnail", "_read_rgba"):
+        wrap(Slide, name, "pixels")
+    wrap(ZoomLDM, "encode", "vq")
+    wrap(TileEncoder, "__call__", "encoder")
+    return calls
+
+
+@pytest.fixture(scope="module")
+def stored(small_slides, tmp_path_factory):
+    """Both small slides extracted with the default recipe and a store: (out_dir, store)."""
+    root = tmp_path_factory.mktemp("store_first")
+    out, store = root / "out", root / "store"
+    summary = _run(small_slides, out, store=str(store))
+    assert summary.ok and [r.status for r in summary.results] == ["done", "done"], summary.report()
+    return out, store
+
+
+def test_second_run_reads_only_the_store(stored, small_slides, reference_run, tmp_path, counted):
+    out0, store0 = stored
+    out, store = tmp_path / "out", tmp_path / "store"
+    shutil.copytree(out0, out)
+    shutil.copytree(store0, store)
+    before = _digest(store)
+    # the first run's default-recipe bags are those of a run without a store
+    for sid in ("det_a", "det_b"):
+        for s in ("zoomldm_20x", "zoomldm_5x", "uni_20x"):
+            rel = f"{'5x' if s.endswith('5x') else '20x'}_256px_0px_overlap/features_{s}/{sid}.h5"
+            np.testing.assert_array_equal(
+                h5py.File(out / rel)["features"][:], h5py.File(reference_run / rel)["features"][:]
+            )
+
+    summary = _run(small_slides, out, store=str(store), **{"features.recipes": RECIPES})
+    assert summary.ok and [r.status for r in summary.results] == ["done", "done"], summary.report()
+    assert all(r.written == ["t50", "midmax", "ens2"] for r in summary.results)
+    assert calls_of(counted) == {"pixels": 0, "vq": 0, "encoder": 0}  # the UNet (+ Summarizer) only
+    assert _digest(store) == before  # read, not rewritten
+
+    # a fresh run of the same recipes (no store, another out_dir), all of it from the pixels
+    fresh = tmp_path / "fresh"
+    assert _run(small_slides, fresh, **{"features.recipes": RECIPES}).ok
+    assert counted["pixels"] > 0 and counted["vq"] > 0 and counted["encoder"] > 0
+    for sid in ("det_a", "det_b"):
+        for fam in ("t50", "midmax", "ens2"):
+            for s, mag in ((f"{fam}_20x", "20x"), (f"{fam}_5x", "5x"), (f"{fam}_fused", "20x")):
+                rel = f"{mag}_256px_0px_overlap/features_{s}/{sid}.h5"
+                with h5py.File(out / rel) as a, h5py.File(fresh / rel) as b:
+                    assert a["features"].shape == b["features"].shape and len(a["features"]) > 0
+                    # bitwise at the same batch size (see SETTINGS)
+                    np.testing.assert_array_equal(a["features"][:], b["features"][:])
+                    np.testing.assert_array_equal(a["coords"][:], b["coords"][:])
+                    assert a.attrs["config_hash"] == b.attrs["config_hash"]
+        for mag in ("20x", "5x"):
+            rel = f"{mag}_256px_0px_overlap/patches/{sid}_patches.h5"
+            np.testing.assert_array_equal(
+                h5py.File(out / rel)["coords"][:], h5py.File(fresh / rel)["coords"][:]
+            )
+
+
+def calls_of(c: Counter) -> dict[str, int]:
+    return {k: c[k] for k in ("pixels", "vq", "encoder")}
+
+
+def test_store_is_a_training_data_directory(stored):
+    """``train data_dir={store}`` reads the store's 20x and 5x tiles as it reads prepare's shards."""
+    from zoomfeat.model.zoomldm import ZoomLDM
+    from zoomfeat.tilestore import weights_fingerprint
+    from zoomfeat.training.shards import ShardIndex, ShardReader
+    from zoomfeat.training.vq import vq_fingerprint
+
+    _, store = stored
+    index = ShardIndex.load(store)
+    assert index.counts() == {0: 6 + 3, 2: 2 + 1}  # kept 20x tiles and 5x parents of det_a + det_b
+    tile = ShardReader(index).read(2, 0)
+    assert tile["latent"].shape == (3, 64, 64) and tile["ssl"].shape == (32, 4, 4)
+    model = ZoomLDM.load(None, config="tiny", allow_random_weights=True, seed=0)
+    assert weights_fingerprint(model.vq.state_dict()) == vq_fingerprint(model) == index.info["vq"]
+
+
+def test_store_of_another_slide_or_tiling_is_one_line(stored, small_slides, tmp_path, counted):
+    _, store0 = stored
+    only_b = _one(small_slides, "det_b", tmp_path)
+    store = tmp_path / "store"
+    store.mkdir()
+    for sub, ext in (("records", "json"), ("m0", "h5"), ("m2", "h5")):  # det_a's entry under det_b's name
+        (store / sub).mkdir()
+        shutil.copy(store0 / sub / f"det_a.{ext}", store / sub / f"det_b.{ext}")
+    before = _digest(store)
+    summary = _run(only_b, tmp_path / "out", store=str(store))
+    (r,) = summary.results
+    assert r.status == "failed" and "\n" not in r.error
+    assert r.error.startswith("StoreMismatchError: ") and str(store / "records" / "det_b.json") in r.error
+    assert "another store dir" in r.error and "overwrite=true" in r.error
+    assert _digest(store) == before and not list(
+        (tmp_path / "out").rglob("*.h5")
+    )  # nothing lost, nothing written
+
+    # another tiling: the store of the first run, a tissue threshold of 0.4
+    store2 = tmp_path / "store2"
+    shutil.copytree(store0, store2)
+    before = _digest(store2)
+    summary = _run(only_b, tmp_path / "out2", store=str(store2), **{"tissue.min_tissue": 0.4})
+    (r,) = summary.results
+    assert r.status == "failed" and r.error.startswith("StoreMismatchError: ") and "min_tissue" in r.error
+    assert _digest(store2) == before
+    # overwrite=true replaces the entry (computed from the slide)
+    counted.clear()
+    assert _run(only_b, tmp_path / "out2", store=str(store2), overwrite=True, **{"tissue.min_tissue": 0.4}).ok
+    assert counted["pixels"] > 0
+    from zoomfeat.tilestore import inspect_entry
+
+    entry = inspect_entry(store2, "det_b")
+    assert entry.state == "complete" and entry.record["grid"]["min_tissue"] == 0.4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "unfinished"])
+def test_damaged_or_partial_entry_is_recomputed(stored, small_slides, tmp_path, counted, damage):
+    out0, store0 = stored
+    only_b = _one(small_slides, "det_b", tmp_path)
+    out, store = tmp_path / "out", tmp_path / "store"
+    shutil.copytree(out0, out)
+    shutil.copytree(store0, store)
+    m0 = store / "m0" / "det_b.h5"
+    if damage == "truncated":  # a file cut short (a full disk, a copy interrupted)
+        with open(m0, "r+b") as f:
+            f.truncate(m0.stat().st_size // 2)
+        ctx = pytest.warns(UserWarning, match=r"damaged tile-store entry, recomputing it: .*det_b\.h5")
+    else:  # a run killed before the entry's record was written: files but no marker
+        (store / "records" / "det_b.json").unlink()
+        ctx = warnings.catch_warnings()
+    with ctx:
+        cfg = ExtractConfig.from_kwargs(**SETTINGS, store=str(store), **{"features.recipes": RECIPES[:1]})
+        summary = extract_slides(discover([only_b]), out, cfg, echo=lambda s: None)
+    assert summary.ok, summary.report()
+    assert counted["pixels"] > 0 and counted["vq"] > 0  # recomputed from the slide
+    from zoomfeat.tilestore import inspect_entry
+
+    entry = inspect_entry(store, "det_b")
+    assert entry.state == "complete"
+    with h5py.File(m0) as a, h5py.File(store0 / "m0" / "det_b.h5") as b:
+        np.testing.assert_array_equal(a["latent"][:], b["latent"][:])  # the same latents again
+    # and read back: the next recipe makes no pixel read
+    counted.clear()
+    assert _run(only_b, out, store=str(store), **{"features.recipes": RECIPES[1:2]}).ok
+    assert calls_of(counted) == {"pixels": 0, "vq": 0, "encoder": 0}
