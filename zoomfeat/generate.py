@@ -19,17 +19,18 @@ def run(cfg) -> dict:
     from zoomfeat.generation.config import GenerateConfig
     from zoomfeat.generation.workflow import generate
     from zoomfeat.runtime.config import load_config
+    from zoomfeat.runtime.stopping import run_stoppable
 
     gc = load_config(GenerateConfig, cfg, "generate")
     if gc.mode == "cdm_train" and not gc.dry_run:
-        from zoomfeat.runtime.stopping import run_stoppable
-
         # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, one line, exit 128 + signal
         summary = run_stoppable("generate", lambda: train_cdm_on_shards(gc))
         if int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps({"cdm_train": summary}, default=str))
         return summary
-    summary = generate(gc)
+    # SIGTERM / SIGINT / SIGUSR1: the request ends after the sampler step in hand, nothing of it
+    # written, one line, exit 128 + signal (zoomfeat.generation.workflow)
+    summary = generate(gc) if gc.dry_run else run_stoppable("generate", lambda: generate(gc))
     if not gc.dry_run:
         print(json.dumps({"generate": summary["outputs"]}, default=str))
     return summary

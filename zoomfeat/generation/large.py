@@ -107,6 +107,7 @@ def decode_large(
     batch_size: int = 16,
     tracker: Tracker | None = None,
     return_canvas: bool = False,
+    callback: StepCallback | None = None,
 ) -> Any:
     """Official ``decode_large_image``: Gaussian-blended 64x64 window decodes of [B, 3, H, W].
 
@@ -117,7 +118,9 @@ def decode_large(
 
     Windows are decoded ``batch_size`` at a time (the result does not depend on it) and
     accumulated in row-major order. Returns uint8 [B, 4H, 4W, 3] (and the float canvas before the
-    clamp when ``return_canvas``).
+    clamp when ``return_canvas``). ``callback(k, 0, state)`` after the k-th batch of windows: stage
+    ``"decode"``, ``latents`` = the batch's windows [n B, 3, 64, 64], ``tensors["decoded"]`` their
+    decodes.
     """
     b, c, h, w = latent.shape
     pos = window_positions(h, w, LATENT, window_stride)
@@ -126,13 +129,15 @@ def decode_large(
     k = gaussian_kernel(win_px, sigma).to(latent.device)
     out = torch.zeros(b, 3, h * f, w * f, device=latent.device)
     avg = torch.zeros(1, 1, h * f, w * f, device=latent.device)
-    for s in range(0, len(pos), batch_size):
+    for step, s in enumerate(range(0, len(pos), batch_size)):
         chunk = pos[s : s + batch_size]
         z = torch.cat([latent[:, :, i : i + LATENT, j : j + LATENT] for i, j in chunk])
         dec = decode(model, z, tracker).to(latent.device).reshape(len(chunk), b, 3, win_px, win_px)
         for n, (i, j) in enumerate(chunk):
             out[:, :, i * f : i * f + win_px, j * f : j * f + win_px] += dec[n] * k
             avg[:, :, i * f : i * f + win_px, j * f : j * f + win_px] += k
+        if callback is not None:
+            callback(step, 0, StepState("decode", z, tensors={"decoded": dec}))
     canvas = out / avg
     img = to_uint8(canvas)
     return (img, canvas) if return_canvas else img

@@ -28,6 +28,7 @@ import torch
 
 from zoomfeat.generation.costs import Tracker
 from zoomfeat.generation.latent_steps import decode, to_uint8
+from zoomfeat.model.callbacks import StepCallback
 from zoomfeat.runtime.errors import ConfigError, InputError
 from zoomfeat.runtime.units import MPP_20X, TILE_PX
 
@@ -96,8 +97,12 @@ def sample_patches(
     x_T: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     tracker: Tracker | None = None,
+    callback: StepCallback | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """(latents [B, 3, 64, 64], uint8 images [B, 256, 256, 3]) from contexts [B, 65, D] ("Patch sampling")."""
+    """(latents [B, 3, 64, 64], uint8 images [B, 256, 256, 3]) from contexts [B, 65, D] ("Patch sampling").
+
+    ``callback(step, t, state)`` observes every sampler step (stage ``"ddim"`` or ``"plms"``,
+    :meth:`zoomfeat.model.zoomldm.ZoomLDM.sample`)."""
     if sampler not in SAMPLERS:
         raise ConfigError(f"sampler={sampler!r}: use one of {', '.join(SAMPLERS)}")
     if steps < 1:
@@ -106,7 +111,15 @@ def sample_patches(
     if tracker is not None:
         calls = steps + 1 if sampler == "plms" else steps
         tracker.unet((b if guidance == 1.0 else 2 * b) * calls)
-    z = model.sample(contexts, steps=steps, guidance=guidance, sampler=sampler, x_T=x_T, generator=generator)
+    z = model.sample(
+        contexts,
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        x_T=x_T,
+        generator=generator,
+        callback=callback,
+    )
     img = decode(model, z, tracker)
     return z, to_uint8(img)
 

@@ -5,6 +5,13 @@ Takes the :class:`~zoomfeat.generation.config.GenerateConfig` dataclass, never H
 anything; ``generate`` loads the models once (EMA weights; live weights only where a parity
 option asks), runs the mode, and writes PNGs, a pyramidal TIFF for large images and a JSON
 summary (all atomically).
+
+Stopping (SIGTERM, Ctrl-C, SIGUSR1; docs/long-runs.md): ``python -m zoomfeat.generate`` runs
+:func:`generate` under :func:`zoomfeat.runtime.stopping.run_stoppable`, and every sampler and the
+large decode get a step hook (:func:`zoomfeat.runtime.stopping.step_check`) that ends the request
+at the end of the step in hand: its images are not written (each file is written whole or not at
+all), the one line says how far it got, and the same command generates it again (same seed, same
+images). A request is one unit: the patches of one batch, or one large image.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from zoomfeat.generation import costs
 from zoomfeat.generation.config import GenerateConfig
 from zoomfeat.generation.large import GUIDE_MAGS
 from zoomfeat.generation.latent_steps import Noise
+from zoomfeat.model.callbacks import StepCallback
 from zoomfeat.runtime.errors import ConfigError, InputError
 from zoomfeat.runtime.units import MagIndex, mag_index, mag_name
 
@@ -188,6 +196,7 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     """Run one request; returns a summary (paths written, counts, settings)."""
     from zoomfeat.runtime.atomic import atomic_write_text, ensure_dir
     from zoomfeat.runtime.device import autocast, resolve_device, resolve_precision
+    from zoomfeat.runtime.stopping import step_check
 
     if gc.dry_run:
         text, total = dry_run_report(gc)
@@ -203,9 +212,12 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     stages = plan(gc)
     planned = sum(c.unet for _, c in stages) + sum(c.dit for _, c in stages)
     tracker = costs.Tracker(total=planned, progress=gc.progress, desc=f"{gc.mode}: model evals")
+    # the step hook of every sampler: a stop signal ends the request at the end of the step in hand
+    stop = step_check(lambda where: _stopped(gc, out=out, where=where))
     gen = torch.Generator().manual_seed(int(gc.seed))
     noise = Noise(gen, device)
     model = _load_models(gc, device)
+    stop()  # a signal while the weights loaded: no sampling started
     written: dict[str, str] = {}
     stem = gc.name
     try:
@@ -214,17 +226,37 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
                 slide_path = _slide_path(gc) if gc.patch.source == "slide" else None
                 stem = stem or (Path(slide_path).stem if slide_path else "cdm") + "_patch"
                 written.update(
-                    _run_patch(gc, model, device=device, gen=gen, tracker=tracker, out=out, stem=stem)
+                    _run_patch(
+                        gc, model, device=device, gen=gen, tracker=tracker, out=out, stem=stem, callback=stop
+                    )
                 )
             elif gc.mode == "large":
                 stem = stem or Path(_slide_path(gc) or "large").stem + "_large"
                 written.update(
-                    _run_large(gc, model, device=device, noise=noise, tracker=tracker, out=out, stem=stem)
+                    _run_large(
+                        gc,
+                        model,
+                        device=device,
+                        noise=noise,
+                        tracker=tracker,
+                        out=out,
+                        stem=stem,
+                        callback=stop,
+                    )
                 )
             else:
                 stem = stem or Path(gc.superres.image or _slide_path(gc) or "superres").stem + "_superres"
                 written.update(
-                    _run_superres(gc, model, device=device, noise=noise, tracker=tracker, out=out, stem=stem)
+                    _run_superres(
+                        gc,
+                        model,
+                        device=device,
+                        noise=noise,
+                        tracker=tracker,
+                        out=out,
+                        stem=stem,
+                        callback=stop,
+                    )
                 )
     finally:
         tracker.close()
@@ -245,6 +277,15 @@ def generate(gc: GenerateConfig) -> dict[str, Any]:
     return summary
 
 
+def _stopped(gc: GenerateConfig, *, out: Path, where: str) -> str:
+    """The stop line's message: how far the request got, what is kept, how to resume."""
+    return (
+        f"mode={gc.mode}: the request was abandoned {where}; none of its generated images was written "
+        f"(files already in {out} are kept); rerun the same command to generate them again (the same seed "
+        "gives the same images)"
+    )
+
+
 def _run_patch(
     gc: GenerateConfig,
     model: Any,
@@ -254,6 +295,7 @@ def _run_patch(
     tracker: costs.Tracker,
     out: Path,
     stem: str,
+    callback: StepCallback | None = None,
 ) -> dict[str, str]:
     from zoomfeat.generation.patch import (
         Region,
@@ -277,7 +319,13 @@ def _run_patch(
         cdm = load_cdm(weights, gc.cdm.variant, in_channels=model.context_dim).to(device)
         mag = _cdm_mag(gc)
         ctx = sample_contexts(
-            cdm, mag=mag, n=p.count, respacing=gc.cdm.respacing, generator=gen, tracker=tracker
+            cdm,
+            mag=mag,
+            n=p.count,
+            respacing=gc.cdm.respacing,
+            generator=gen,
+            tracker=tracker,
+            callback=callback,
         )
         guidance = gc.cdm.guidance
     else:
@@ -292,7 +340,14 @@ def _run_patch(
         guidance = p.guidance
     x_T = torch.randn((p.count, model.latent_channels, model.latent_size, model.latent_size), generator=gen)
     _, imgs = sample_patches(
-        model, ctx, steps=p.steps, guidance=guidance, sampler=p.sampler, x_T=x_T, tracker=tracker
+        model,
+        ctx,
+        steps=p.steps,
+        guidance=guidance,
+        sampler=p.sampler,
+        x_T=x_T,
+        tracker=tracker,
+        callback=callback,
     )
     for i, img in enumerate(imgs):
         written[f"patch{i}"] = str(_save_png(out / f"{stem}_{i}.png", img))
@@ -319,6 +374,7 @@ def _post(
     grid: torch.Tensor,
     noise: Noise,
     tracker: costs.Tracker,
+    callback: StepCallback | None = None,
 ) -> torch.Tensor:
     from zoomfeat.generation.postprocess import PostOptions, postprocess
 
@@ -331,7 +387,7 @@ def _post(
         batch_size=gc.post.batch_size,
         t_offset=gc.large.t_offset,
     )
-    return postprocess(pm, tiles, grid, opts=po, noise=noise, tracker=tracker)
+    return postprocess(pm, tiles, grid, opts=po, noise=noise, tracker=tracker, callback=callback)
 
 
 def _run_large(
@@ -343,6 +399,7 @@ def _run_large(
     tracker: costs.Tracker,
     out: Path,
     stem: str,
+    callback: StepCallback | None = None,
 ) -> dict[str, str]:
     from zoomfeat.generation.large import decode_large, joint_sample
     from zoomfeat.generation.latent_steps import decode, tiles_to_canvas, to_uint8
@@ -355,11 +412,20 @@ def _run_large(
     grid, region_20x = region_ssl_grid(slide, region, _encoder(gc, device))
     lg = gc.large
     res = joint_sample(
-        model, grid, guide_mag=m, opts=lg.joint_options(), noise=noise, ssl_norm=lg.ssl_norm, tracker=tracker
+        model,
+        grid,
+        guide_mag=m,
+        opts=lg.joint_options(),
+        noise=noise,
+        ssl_norm=lg.ssl_norm,
+        tracker=tracker,
+        callback=callback,
     )
     tiles = res.tiles
     if lg.postprocess:
-        tiles = _post(gc, model, device=device, tiles=tiles, grid=grid, noise=noise, tracker=tracker)
+        tiles = _post(
+            gc, model, device=device, tiles=tiles, grid=grid, noise=noise, tracker=tracker, callback=callback
+        )
     img = decode_large(
         model,
         tiles_to_canvas(tiles, e),
@@ -367,6 +433,7 @@ def _run_large(
         sigma=lg.decode_sigma,
         batch_size=lg.decode_batch_size,
         tracker=tracker,
+        callback=callback,
     )[0]
     written = _save_large(gc, img, out, stem)
     written["guide_generated"] = str(
@@ -405,6 +472,7 @@ def _run_superres(
     tracker: costs.Tracker,
     out: Path,
     stem: str,
+    callback: StepCallback | None = None,
 ) -> dict[str, str]:
     from zoomfeat.generation.large import JointOptions, decode_large
     from zoomfeat.generation.latent_steps import tiles_to_canvas
@@ -435,6 +503,7 @@ def _run_superres(
         opts=InversionOptions(steps=sr.inversion_steps, lr=sr.inversion_lr),
         noise=noise,
         tracker=tracker,
+        callback=callback,
     )
     opts = JointOptions(
         t0=sr.t0,
@@ -447,9 +516,13 @@ def _run_superres(
         noise_term=gc.large.noise_term,
         t_offset=gc.large.t_offset,
     )
-    tiles = constrained_superres(model, x, contexts=inv.contexts, opts=opts, noise=noise, tracker=tracker)
+    tiles = constrained_superres(
+        model, x, contexts=inv.contexts, opts=opts, noise=noise, tracker=tracker, callback=callback
+    )
     if gc.large.postprocess:
-        tiles = _post(gc, model, device=device, tiles=tiles, grid=inv.F, noise=noise, tracker=tracker)
+        tiles = _post(
+            gc, model, device=device, tiles=tiles, grid=inv.F, noise=noise, tracker=tracker, callback=callback
+        )
     lg = gc.large
     img = decode_large(
         model,
@@ -458,6 +531,7 @@ def _run_superres(
         sigma=lg.decode_sigma,
         batch_size=lg.decode_batch_size,
         tracker=tracker,
+        callback=callback,
     )[0]
     written.update(_save_large(gc, img, out, stem))
     return written

@@ -30,7 +30,7 @@ class StepState:
 
     Attributes:
         stage: which loop emitted it (``"ddim"``, ``"plms"``, ``"joint"``, ``"constraint"``,
-            ``"superres"``, ``"post"``, ``"inversion"``, ``"cdm"``); each sampler's docstring
+            ``"superres"``, ``"post"``, ``"inversion"``, ``"cdm"``, ``"decode"``); each sampler's docstring
             lists its stages and the ``tensors`` they carry.
         latents: the state after the step (x_{t-1} of a denoising step; the optimised grid of an
             inversion step).
