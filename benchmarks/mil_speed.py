@@ -8,6 +8,9 @@ arithmetic is negligible, so this is the loop's own cost), ABMIL, 20 epochs with
 off; prints milliseconds per bag step (fold seconds / (epochs x training bags), validation
 included). ``--code DIR`` imports zoomfeat from DIR instead of this checkout, to time another
 version on the same machine (e.g. ``git archive COMMIT zoomfeat | tar -x -C /tmp/old``).
+``--compare DIR`` runs tiny mode for DIR and for this checkout in alternating processes
+(``--rounds`` each, ``--repeats`` folds per process) and prints the medians and their ratio, wall
+and CPU (``process_time``) milliseconds per bag step: before/after on one machine in one run.
 ``--batch-size 8`` trains 8 bags per step (stacked when of one size, padded and masked otherwise).
 
 ``--mode grid`` -- every aggregator (``--aggregators``, default all 7 of conf/mil/) x ``--seeds``
@@ -22,6 +25,7 @@ with instance scores, and the projected seconds per fold for 10, 20 and 50 epoch
 
     python benchmarks/mil_speed.py --mode tiny --threads 1
     python benchmarks/mil_speed.py --mode tiny --threads 1 --code /tmp/old   # another version
+    python benchmarks/mil_speed.py --mode tiny --threads 1 --compare /tmp/old --rounds 5   # before/after
     python benchmarks/mil_speed.py --mode grid --threads 1
     python benchmarks/mil_speed.py --mode fold --aggregators abmil,transmil --instances 2000 --dim 1536
     python benchmarks/mil_speed.py --device cuda
@@ -30,6 +34,7 @@ with instance scores, and the projected seconds per fold for 10, 20 and 50 epoch
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -104,21 +109,61 @@ def tiny(args: argparse.Namespace) -> dict[str, float]:
     cfg = MILConfig(hidden=[32], att_dim=16, epochs=20, patience=100, min_epochs=20, warmup=0, amp=False,
                     batch_size=args.batch_size or 1)  # fmt: skip
     train_fold(bags, tr, va, cfg, seed=0, device=args.device, progress=False)  # warm-up (imports, kernels)
-    times = []
+    walls, cpus = [], []
     for rep in range(args.repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         train_fold(bags, tr, va, cfg, seed=rep, device=args.device, progress=False)
-        times.append(time.perf_counter() - t)
-    best = min(times)
-    per_step = best / (cfg.epochs * len(tr))
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    steps = cfg.epochs * len(tr)
+    out = {
+        "ms_per_bag_step": 1e3 * float(np.median(walls)) / steps,
+        "cpu_ms_per_bag_step": 1e3 * float(np.median(cpus)) / steps,
+        "best_ms_per_bag_step": 1e3 * min(walls) / steps,
+        "fold_s": float(np.median(walls)),
+    }
     import zoomfeat
 
     print(
         f"tiny bags 60 x 30 x 16, ABMIL, {cfg.epochs} epochs x {len(tr)} training + {len(va)} validation bags, "
         f"batch_size {cfg.batch_size}, zoomfeat from {Path(zoomfeat.__file__).parent}: "
-        f"{1e3 * per_step:.3f} ms per bag step (fold {best:.2f}s, best of {args.repeats})"
+        f"{out['ms_per_bag_step']:.3f} ms per bag step wall, {out['cpu_ms_per_bag_step']:.3f} ms CPU "
+        f"(median of {args.repeats} folds; best {out['best_ms_per_bag_step']:.3f} ms wall)",
+        flush=True,
     )
-    return {"ms_per_bag_step": 1e3 * per_step, "fold_s": best}
+    print("RESULT " + json.dumps(out), flush=True)
+    return out
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """Tiny mode for this checkout and ``--compare DIR`` in alternating processes, ``--rounds``
+    times each: the medians over rounds and their ratio (DIR / this), wall and CPU."""
+    import subprocess
+
+    runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
+    for _ in range(args.rounds):
+        for which, code in (("old", args.compare), ("new", str(Path(__file__).resolve().parent.parent))):
+            cmd = [sys.executable, __file__, "--mode", "tiny", "--code", code, "--repeats", str(args.repeats)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            if args.batch_size:
+                cmd += ["--batch-size", str(args.batch_size)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            print(
+                "  " + next(ln for ln in proc.stdout.splitlines() if ln.startswith("tiny bags")), flush=True
+            )
+            line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
+            runs[which].append(json.loads(line[len("RESULT ") :]))
+    out: dict[str, Any] = {}
+    for key in ("ms_per_bag_step", "cpu_ms_per_bag_step"):
+        old, new = (float(np.median([r[key] for r in runs[w]])) for w in ("old", "new"))
+        out[key] = {"old": old, "new": new, "ratio": old / new}
+        print(
+            f"{key}: {args.compare} {old:.3f} ms, this checkout {new:.3f} ms, ratio {old / new:.2f} "
+            f"(medians of {args.rounds} alternating processes x {args.repeats} folds each)",
+            flush=True,
+        )
+    return out
 
 
 def grid(args: argparse.Namespace) -> dict[str, float]:
@@ -134,10 +179,10 @@ def grid(args: argparse.Namespace) -> dict[str, float]:
     splits = make_splits(bags.slide_ids, bags.case_ids, bags.labels, folds=args.folds, seed=0)
     feeder = BagFeeder(bags, torch.device(args.device))
     per_agg: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for name in args.aggregators.split(","):
         cfg = fixed_epochs(mil_config(name), args.epochs, args.batch_size, amp=not args.no_amp)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for seed in range(args.seeds):
             for fold in range(args.folds):
                 parts = fold_parts(splits, 0, fold)
@@ -146,14 +191,18 @@ def grid(args: argparse.Namespace) -> dict[str, float]:
                                     progress=False)  # fmt: skip
                 predict_logits(result.model, feeder, te, attention=True, amp=cfg.amp)
         per_agg[name] = time.perf_counter() - t
-        print(f"  {name}: {per_agg[name]:.1f}s for {args.seeds} seeds x {args.folds} folds", flush=True)
-    total = time.perf_counter() - start
+        print(
+            f"  {name}: {per_agg[name]:.1f}s wall, {time.process_time() - c:.1f}s CPU for {args.seeds} seeds x "
+            f"{args.folds} folds",
+            flush=True,
+        )
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     print(
         f"grid: {len(per_agg)} aggregators x {args.seeds} seeds x {args.folds} folds on {args.bags} bags of "
         f"{args.instances} x {args.dim}, {args.epochs} epochs each, batch_size {args.batch_size or 'yaml'}: "
-        f"{total:.1f}s in all"
+        f"{total:.1f}s wall, {cpu:.1f}s CPU in all"
     )
-    return {"total_s": total, **per_agg}
+    return {"total_s": total, "cpu_s": cpu, **per_agg}
 
 
 def fold(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,21 +232,24 @@ def fold(args: argparse.Namespace) -> dict[str, Any]:
     for name in args.aggregators.split(","):
         cfg = fixed_epochs(mil_config(name), args.epochs, args.batch_size, amp=not args.no_amp)
         cfg.max_instances = args.max_instances
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         result = train_fold(bags, tr, va, cfg, seed=0, device=device, progress=False)
         train_s = time.perf_counter() - t - stats_s  # train_fold recomputes the statistics
         t = time.perf_counter()
         predict_logits(result.model, BagFeeder(bags, device), te, attention=True, amp=cfg.amp)
         test_s = time.perf_counter() - t
+        cpu_s = time.process_time() - c  # training + test, CPU seconds of this process
         times = [h["seconds"] for h in result.history]
         per_epoch = float(np.median(times[1:] if len(times) > 1 else times))  # the first has warm-up
         fixed = stats_s + test_s + max(0.0, train_s - sum(times))
         figures = {n: fixed + n * per_epoch for n in (10, 20, 50)}
-        out[name] = {"per_epoch": per_epoch, "fixed": fixed, "figures": figures}
+        out[name] = {"per_epoch": per_epoch, "fixed": fixed, "figures": figures, "cpu_s": cpu_s}
         print(
             f"  {name}: {per_epoch:.1f}s/epoch ({len(tr)} train + {len(va)} val bags, autocast "
             f"{amp_precision(device, cfg.amp)}), statistics {stats_s:.1f}s, test with scores {test_s:.1f}s; "
-            "seconds per fold: " + ", ".join(f"{n} epochs {s:.0f}s" for n, s in figures.items()),
+            "seconds per fold: "
+            + ", ".join(f"{n} epochs {s:.0f}s" for n, s in figures.items())
+            + f"; {cpu_s:.0f} CPU-s for the {args.epochs} epochs and the test",
             flush=True,
         )
     print(f"cpu: {os.cpu_count()} logical cores visible")
@@ -221,12 +273,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument("--aggregators", default=",".join(ALL), help="comma-separated conf/mil/ names")
     ap.add_argument("--batch-size", type=int, default=None, help="bags per step (default: the YAML's)")
-    ap.add_argument("--repeats", type=int, default=3, help="tiny: timed folds (the best is printed)")
+    ap.add_argument("--repeats", type=int, default=3, help="tiny: timed folds per process (median printed)")
+    ap.add_argument(
+        "--compare", default=None, help="tiny: also time the zoomfeat in this directory (old version)"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="--compare: alternating processes per version")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--max-instances", type=int, default=None)
     ap.add_argument("--no-amp", action="store_true", help="float32 only (no bf16 autocast)")
     args = ap.parse_args(argv)
+    if args.mode == "tiny" and args.compare:
+        return compare(args)
     sys.path.insert(
         0, str(Path(args.code).resolve()) if args.code else str(Path(__file__).resolve().parent.parent)
     )
