@@ -10,8 +10,9 @@ so only one set's bags are in memory), each aggregator (``mil=[abmil,transmil]``
 2. predict the test bags (:func:`zoomfeat.mil.feeding.predict_logits`), with instance scores
    (attention, or gradient x input: :mod:`zoomfeat.mil.aggregators`);
 3. record the fold's metrics (:mod:`zoomfeat.mil.metrics`), append its prediction rows to
-   ``predictions.csv``, write its attention file (first seed) and its model as the fold finishes,
-   so a stopped run keeps what it did;
+   ``predictions.csv``, write its attention file (first seed) and its model as the fold finishes
+   (into the run's staging directory, :mod:`zoomfeat.mil.run_dir`: a run stopped before its end
+   publishes none of it, and ``out_dir`` keeps the previous run's outputs);
 4. let the nested selection score its candidates on the validation bags (classification, first
    aggregator and seed; :meth:`zoomfeat.mil.selection.NestedSelection.observe`).
 
