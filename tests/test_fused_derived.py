@@ -63,7 +63,8 @@ def _without_fused(out: Path, dest: Path) -> Path:
 def extracted(synthetic_slide_factory, tmp_path_factory) -> dict[str, dict[str, Path]]:
     """``{dtype: {"file": out_dir, "derived": out_dir}}``: two small slides (3 parents, 9 kept 20x
     tiles) extracted for real (tiny encoder, ``zoomldm=false``) with ``bags.dtype`` float16 and
-    float32; ``derived`` is a copy without the fused directories."""
+    float32; ``derived`` is a copy without the fused directories; ``float16`` also has
+    ``option``: the same slides extracted with ``bags.fused=derived``."""
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.runner import extract_slides
     from zoomfeat.slide.manifest import discover
@@ -91,6 +92,7 @@ def extracted(synthetic_slide_factory, tmp_path_factory) -> dict[str, dict[str, 
     for dtype in ("float16", "float32"):
         out = extract(root / f"{dtype}_file", dtype=dtype)
         runs[dtype] = {"file": out, "derived": _without_fused(out, root / f"{dtype}_derived")}
+    runs["float16"]["option"] = extract(root / "float16_option", dtype="float16", fused="derived")
     return runs
 
 
@@ -117,6 +119,26 @@ def test_open_bag_derives_the_fused_files_rows_bitwise(extracted, dtype):
         assert read_attrs(derived) == got.attrs
         checked = open_checked_bag(derived, context="x: ")
         np.testing.assert_array_equal(checked.features, open_bag(stored).features)
+
+
+def test_extraction_with_bags_fused_derived_reads_as_the_fused_files(extracted):
+    """``bags.fused=derived`` writes no fused file; every reader gives the rows a ``bags.fused=file``
+    run wrote (same slides, config and thread count: the tiny encoder's features are bitwise
+    reproducible across runs), and the set is listed as derived."""
+    file_root, option_root = extracted["float16"]["file"], extracted["float16"]["option"]
+    assert not list(option_root.rglob("features_*_fused")) and list(file_root.rglob("features_*_fused"))
+    assert available_sets(option_root) == ["uni_20x", "uni_5x", "uni_fused"]
+    assert marked_sets(option_root) == ["uni_20x", "uni_5x", "uni_fused (derived)"]
+    for slide in SLIDES:
+        want, got = open_bag(bag_path(file_root, FUSED, slide)), open_bag(bag_path(option_root, FUSED, slide))
+        np.testing.assert_array_equal(_bits(got.features), _bits(want.features))
+        np.testing.assert_array_equal(got.coords, want.coords)
+        assert (
+            got.attrs["config_hash"] == want.attrs["config_hash"]
+            and got.attrs["split"] == want.attrs["split"]
+        )
+    ds = BagDataset(resolve_source(option_root, FUSED))
+    assert ds.slide_ids == list(SLIDES) and ds[0]["X"].shape[1] == 64
 
 
 def test_derived_sets_are_listed_and_marked(extracted):
