@@ -45,13 +45,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,26 +86,37 @@ def tissue_fraction(i: int) -> float:
     return 0.25 + 0.4 * ((i * 7919) % 100) / 100
 
 
-def tree_rss(proc: Any) -> int:
-    """Resident bytes of ``proc`` and its live children."""
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        try:
-            total += child.memory_info().rss
-        except Exception:  # noqa: BLE001 - a worker that just ended
-            pass
-    return total
+@contextmanager
+def model_cpu_seconds() -> Iterator[list[float]]:
+    """CPU seconds of this thread inside the model calls of the extraction (one-process mode):
+    ``FeatureModels.embed`` (encoder preprocessing + forward), ``contexts``, ``encode_tiles`` and
+    ``latent_features`` -- the calls the slides' ``timings`` time with the wall clock -- are
+    wrapped here, in the benchmark process only, and their ``time.thread_time`` summed into
+    ``[seconds]``. With ``OMP_NUM_THREADS=1`` torch runs them in the calling thread, so this is
+    their CPU cost, which other jobs on a shared machine do not inflate as they do wall time."""
+    from zoomfeat.features.models import FeatureModels
 
+    total = [0.0]
+    names = ("embed", "contexts", "encode_tiles", "latent_features")
+    originals = {name: getattr(FeatureModels, name) for name in names if hasattr(FeatureModels, name)}
 
-def slope_mb_per_100(rss: list[float], warmup: int) -> float:
-    """Least-squares slope of RSS (MB) over slide count, x 100, after the first ``warmup`` slides."""
-    import numpy as np
+    def timed(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                total[0] += time.thread_time() - t
 
-    y = np.asarray(rss[warmup:], float)
-    if len(y) < 3:
-        return float("nan")
-    x = np.arange(warmup + 1, warmup + 1 + len(y), dtype=float)
-    return float(np.polyfit(x, y, 1)[0] * 100)
+        return call
+
+    for name, fn in originals.items():
+        setattr(FeatureModels, name, timed(fn))
+    try:
+        yield total
+    finally:
+        for name, fn in originals.items():
+            setattr(FeatureModels, name, fn)
 
 
 def extract(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,6 +125,7 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from _rss import slope_mb_per_100, tree_rss_mb
     from hdf5_opens import count_h5_opens, slide_of
 
     from zoomfeat.features.config import ExtractConfig
@@ -138,26 +151,38 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
     rss: list[float] = []
     results: list[SlideResult] = []
 
+    # one process: each slide's CPU (this thread, from its start hook to its end hook) outside
+    # the model calls (model_cpu_seconds)
+    started: list[tuple[float, float]] = []
+    slide_overhead_cpu: list[float] = []
+
+    def start(_: Any) -> None:
+        started.append((time.thread_time(), model_cpu[0]))
+
     def sample(result: SlideResult) -> None:
         results.append(result)
-        rss.append(tree_rss(me) / 2**20)
+        if started and result.status == "done":
+            t0, m0 = started.pop()
+            slide_overhead_cpu.append((time.thread_time() - t0) - (model_cpu[0] - m0))
+        started.clear()
+        rss.append(tree_rss_mb(me))
         if len(results) % 50 == 0:
             print(f"  {len(results)} slides, RSS {rss[-1]:.0f} MB", file=sys.stderr)
 
-    hooks = SlideHooks(on_slide_end=sample)
+    hooks = SlideHooks(on_slide_start=start, on_slide_end=sample)
     lines: list[str] = []
 
     def echo(msg: str) -> None:  # devices=: one line per slide, here
         lines.append(msg)
         if args.devices:
-            rss.append(tree_rss(me) / 2**20)
+            rss.append(tree_rss_mb(me))
             if len(rss) % 50 == 0:
                 print(f"  {len(rss)} slides, RSS {rss[-1]:.0f} MB", file=sys.stderr)
 
-    rss0 = tree_rss(me) / 2**20
+    rss0 = tree_rss_mb(me)
     cpu0 = os.times()
     t0 = time.perf_counter()
-    with warnings.catch_warnings(), count_h5_opens() as opened:
+    with warnings.catch_warnings(), count_h5_opens() as opened, model_cpu_seconds() as model_cpu:
         warnings.simplefilter("ignore")
         summary = extract_slides(slides, out, config, echo=echo, hooks=hooks)
     wall = time.perf_counter() - t0
@@ -197,6 +222,17 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_slide": round(cpu / len(slides) * 1e3, 1),
         "overhead_cpu_ms_per_slide_est": round(
             cpu / len(slides) * 1e3 * (1 - float(model.sum()) / max(float(seconds.sum()), 1e-9)), 1
+        ),
+        # one process: the CPU of the model calls themselves (thread time, model_cpu_seconds), and
+        # the run's CPU outside them per slide -- the overhead figure to compare between trees
+        "model_cpu_ms_per_slide": None if args.devices else round(model_cpu[0] / len(slides) * 1e3, 1),
+        "overhead_cpu_ms_per_slide": (
+            None if args.devices else round((cpu - model_cpu[0]) / len(slides) * 1e3, 1)
+        ),
+        # the same per slide, from its start to its end hook (planning, imports and model
+        # building before the first slide left out): the median over the slides
+        "slide_overhead_cpu_ms_median": (
+            round(float(np.median(slide_overhead_cpu)) * 1e3, 1) if slide_overhead_cpu else None
         ),
         "load_average": [round(x, 1) for x in os.getloadavg()],
         "hdf5_opens_per_slide": (
@@ -397,30 +433,6 @@ def write_large(path: Path, *, width: int, height: int, tile: int = 256, mpp: fl
     os.replace(tmp, path)
 
 
-def large_child(path: Path) -> dict[str, Any]:
-    from zoomfeat.slide import Slide
-    from zoomfeat.slide.grid import TileGrid
-
-    t0 = time.perf_counter()
-    slide = Slide.open(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        grid = TileGrid.build(slide, lattice="integer", progress=False)
-    return {
-        "slide": str(path),
-        "level0_px": list(slide.dimensions),
-        "levels": slide.level_count,
-        "mask_px": list(grid.mask.shape),
-        "tissue_fraction": round(float(grid.tissue_mask.tissue_fraction), 4),
-        "parents": len(grid),
-        "kept_children": int(grid.n_kept_children),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "cpu_seconds": round(sum(os.times()[:2]), 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "warnings": [str(w.message)[:200] for w in caught],
-    }
-
-
 def large(args: argparse.Namespace) -> dict[str, Any]:
     args.dir.mkdir(parents=True, exist_ok=True)
     path = args.dir / f"large_{args.width}x{args.height}_v3.tif"
@@ -467,7 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("path", type=Path)
     args = ap.parse_args(argv)
     if args.cmd == "large-child":
-        print(json.dumps(large_child(args.path)))
+        from _rss import tissue_grid_figures
+
+        print(json.dumps(tissue_grid_figures(args.path)))
         return 0
     figures = {"extract": extract, "bench": bench, "large": large, "bytes": bytes_cmd}[args.cmd](args)
     print(json.dumps(figures))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -72,31 +71,10 @@ def write_slide(path: Path, *, side: int, tile: int, mpp: float = 0.5) -> None:
 
 
 def run(path: Path) -> dict:
-    """Tissue + grid on ``path`` in this process: seconds and peak RSS."""
-    import warnings
+    """Tissue + grid on ``path`` in this process: seconds and peak RSS (:mod:`_rss`)."""
+    from _rss import tissue_grid_figures
 
-    from zoomfeat.slide import Slide
-    from zoomfeat.slide.grid import TileGrid
-
-    t0 = time.perf_counter()
-    slide = Slide.open(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        grid = TileGrid.build(slide, lattice="integer", progress=True)
-    seconds = time.perf_counter() - t0
-    return {
-        "slide": str(path),
-        "level0_px": list(slide.dimensions),
-        "levels": slide.level_count,
-        "mask_px": list(grid.mask.shape),
-        "tissue_fraction": grid.tissue_mask.tissue_fraction,
-        "parents": len(grid),
-        "kept_children": grid.n_kept_children,
-        "seconds": round(seconds, 1),
-        "cpu_seconds": round(sum(os.times()[:2]), 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "warnings": [str(w.message) for w in caught],
-    }
+    return tissue_grid_figures(path, progress=True)
 
 
 def main() -> None:

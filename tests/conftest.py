@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,40 @@ TESTS = REPO / "tests"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op thread count, or None while torch is not imported (not imported here)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
+def _restore_torch_threads(before: int | None) -> None:
+    """Set torch's thread count back to ``before`` (when torch was not imported yet: the count a
+    fresh import gives, ``OMP_NUM_THREADS``). Float32 reductions are split over threads, so a count
+    left behind by one test changes the rounding of later in-process runs (bitwise comparisons)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    want = before if before is not None else int(os.environ.get("OMP_NUM_THREADS", "2"))
+    if torch.get_num_threads() != want:
+        torch.set_num_threads(want)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_keeps_torch_threads():
+    """What a module's fixtures set (``torch.set_num_threads`` in a module fixture) ends with it."""
+    before = _torch_threads()
+    yield
+    _restore_torch_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _test_keeps_torch_threads():
+    """What a test sets (``torch.set_num_threads`` in its body) ends with it."""
+    before = _torch_threads()
+    yield
+    _restore_torch_threads(before)
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -53,15 +54,24 @@ def small_slides(synthetic_slide_factory, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reference_run(small_slides, tmp_path_factory):
     """Both small slides extracted in-process with batch_size=3, num_workers=0: the reference output dir."""
+    import torch
+
     from zoomfeat.features.config import ExtractConfig
     from zoomfeat.features.runner import extract_slides
     from zoomfeat.slide.manifest import discover
 
     out = tmp_path_factory.mktemp("reference_run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = extract_slides(
-            discover([small_slides]), out, ExtractConfig.from_kwargs(**TINY, batch_size=3, num_workers=0)
-        )
+    # the command-line runs compared with it bitwise inherit OMP_NUM_THREADS (tests/conftest.py):
+    # the same torch thread count here, whatever count the process is at
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = extract_slides(
+                discover([small_slides]), out, ExtractConfig.from_kwargs(**TINY, batch_size=3, num_workers=0)
+            )
+    finally:
+        torch.set_num_threads(threads)
     assert summary.ok and [r.status for r in summary.results] == ["done", "done"], summary.report()
     return out

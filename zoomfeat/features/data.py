@@ -86,7 +86,7 @@ class ParentRegions(Dataset):
         return {
             "index": i,
             "children": torch.from_numpy(children),
-            "parent": torch.from_numpy(np.array(parent, dtype=np.uint8, copy=True)),
+            "parent": torch.from_numpy(parent),  # split_parent returns a fresh uint8 array
             "noise20": noise20,
             "noise5": noise5,
         }

@@ -18,10 +18,12 @@ block has run: the rest of the network is never computed.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DConditionModel
+
+if TYPE_CHECKING:  # diffusers costs seconds to import: only a model build imports it
+    from diffusers import UNet2DConditionModel
 
 # Official UNetModel params we understand; anything else with a non-default value is refused.
 UNET_DEFAULTS: dict[str, Any] = {
@@ -119,6 +121,8 @@ def diffusers_config(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_unet(cfg: dict[str, Any]) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
     return UNet2DConditionModel(**diffusers_config(cfg))
 
 

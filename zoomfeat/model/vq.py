@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import VQModel
+
+if TYPE_CHECKING:  # diffusers costs seconds to import: only a model build imports it
+    from diffusers import VQModel
 
 # Official VQModelInterface params (first_stage_config.params, with ddconfig flattened in).
 VQ_DEFAULTS: dict[str, Any] = {
@@ -86,6 +88,8 @@ def diffusers_config(cfg: dict[str, Any], scale_factor: float = 1.0) -> dict[str
 
 
 def build_vq(cfg: dict[str, Any], scale_factor: float = 1.0) -> VQModel:
+    from diffusers import VQModel
+
     return VQModel(**diffusers_config(cfg, scale_factor))
 
 

@@ -504,9 +504,18 @@ class Slide:
         out = (rgba[..., :3].astype(np.uint16) * a + 255 * (255 - a) + 127) // 255
         return out.astype(np.uint8)
 
+    @classmethod
+    def _rgb(cls, img: Any) -> np.ndarray:
+        """RGB uint8 (writable) of a backend's PIL RGBA image, composited onto white. An opaque image
+        (the usual case) only drops its alpha channel, in PIL: the same values as :meth:`_on_white`,
+        at a quarter of the cost of numpy's strided 4 -> 3 channel copy."""
+        if img.mode == "RGBA" and img.getchannel("A").getextrema()[0] == 255:
+            return np.array(img.convert("RGB"))
+        return cls._on_white(np.asarray(img))
+
     def read_level_rgb(self, level: int, x0: int, y0: int, w: int, h: int) -> np.ndarray:
         """Raw openslide read: level-0 location, level size; RGB uint8 with transparency on white."""
-        return self._on_white(np.asarray(self._read_rgba(level, x0, y0, w, h)))
+        return self._rgb(self._read_rgba(level, x0, y0, w, h))
 
     def read_box(self, x0: float, y0: float, w0: float, h0: float, *, out_w: int, out_h: int) -> np.ndarray:
         """The level-0 box ``[x0, x0+w0) x [y0, y0+h0)`` (floats allowed) as RGB uint8 (out_h, out_w, 3).
@@ -538,7 +547,7 @@ class Slide:
         box = (bx0 - start_x, by0 - start_y, bx1 - start_x, by1 - start_y)
         # PIL resamples RGBA in premultiplied form, so compositing onto white afterwards is exact.
         out = img.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
-        return self._on_white(np.asarray(out))
+        return self._rgb(out)
 
     def read_region(self, x0: float, y0: float, size_px: int, mpp: float) -> np.ndarray:
         """A square RGB uint8 (size_px, size_px, 3) at ``mpp`` um/px, top-left at level-0 (x0, y0).
