@@ -243,9 +243,10 @@ def write_bag(
 
 def write_file_attrs(f: h5py.File, attrs: Mapping[str, Any]) -> None:
     """The file attributes of a bag or coords file: ``attrs`` and ``format_version``."""
+    file_attrs = f.attrs  # one manager: each `f.attrs` opens the root group again (~0.1 ms)
     for key, value in attrs.items():
-        f.attrs[key] = _attr_value(value)
-    f.attrs["format_version"] = FORMAT_VERSION
+        file_attrs[key] = _attr_value(value)
+    file_attrs["format_version"] = FORMAT_VERSION
 
 
 def fill_patches(
