@@ -117,7 +117,7 @@ def synthetic_slides(d: Path, n: int, side: int) -> list[Path]:
             mpp=0.5,
             levels=2,
             seed=i,
-            tissue_fraction=0.3 + 0.1 * i,
+            tissue_fraction=0.15 + 0.05 * i,
         )  # fmt: skip
         for i in range(n)
     ]
