@@ -148,14 +148,17 @@ def run_stoppable(entry: str, task: Callable[[], T]) -> T:
 def step_check(message: Callable[[str], str]) -> Callable[..., None]:
     """A step hook (``callback(step, t, state)``, :mod:`zoomfeat.model.callbacks`) that raises
     :class:`StopRequested` with ``message(where)`` when a stop was requested, ``where`` naming the
-    step just finished (``"after joint step 3"``; ``"before sampling"`` when called without
+    step just finished (``"after joint step 3"``, ``"after constraint step 0 (step=3,
+    first_tile=16)"`` with the state's enclosing loops; ``"before sampling"`` when called without
     arguments): a sampler handed it stops at the end of its current step, and the algorithm itself
     knows nothing of signals."""
 
     def on_step(step: int | None = None, t: int | None = None, state: object = None) -> None:
         if requested() is not None:
             stage = getattr(state, "stage", None)
-            where = "before sampling" if step is None else f"after {stage or 'sampler'} step {step}"
+            outer = dict(getattr(state, "outer", None) or {})
+            within = f" ({', '.join(f'{k}={v}' for k, v in outer.items())})" if outer else ""
+            where = "before sampling" if step is None else f"after {stage or 'sampler'} step {step}{within}"
             check(message(where))
 
     return on_step
