@@ -130,10 +130,14 @@ class StoreEntry:
             if k == "vq" and not (rec.get("vq") and key.get("vq")):
                 continue  # one side holds no latents
             if rec.get(k) != key.get(k):
-                a, b = rec.get(k), key.get(k)
-                if k == "grid_hash":
-                    a, b = rec.get("grid"), key.get("grid")
-                out.append(f"{k}: {a} -> {b}")
+                if k == "grid_hash":  # the tiling settings that differ
+                    old, new = rec.get("grid") or {}, key.get("grid") or {}
+                    keys = sorted(set(old) | set(new), key=str)
+                    out += [
+                        f"tiling {g}: {old.get(g)} -> {new.get(g)}" for g in keys if old.get(g) != new.get(g)
+                    ]
+                    continue
+                out.append(f"{k}: {rec.get(k)} -> {key.get(k)}")
         for job, spec in key.get("jobs", {}).items():
             old = rec.get("jobs", {}).get(job)
             if old is not None and old != spec:
