@@ -30,9 +30,10 @@ What is compared (the tiles, the weights and the thread settings are the same fo
   the process and its children, from ``os.wait4``) and peak RSS are per run; the ratio
   zoomfeat / TRIDENT is taken pair by pair and its median printed;
 - tiles embedded: TRIDENT's is the row count of its features file; zoomfeat's is counted from
-  its bags: the rows of its 20x bag, and when it also wrote a 5x bag, 17 per 5x parent (every
-  child of a kept parent, background included, plus the parent: what zoomfeat embeds when a 5x
-  or fused set is requested);
+  its bags: one embedding per row of its 20x bag (the kept 20x tiles) and of its 5x bag (the kept
+  5x parents, written when a 5x or fused set is requested; fused rows reuse both). An encoder
+  family embeds nothing else (``zoomfeat.features.families.plan_work``: background children are
+  embedded only for a ZoomLDM recipe's 5x conditioning grid);
 - the 20x features: the coords sets of both files, and where they are equal the max abs
   difference of the features row by row (both fp32 on the CPU; they differ by the resize
   implementation, torchvision's PIL resize in TRIDENT and torch's antialiased bilinear in
@@ -240,8 +241,7 @@ def zoomfeat_tiles(out: Path, slide_id: str) -> tuple[int, dict[str, int]]:
     f5 = out / "5x_256px_0px_overlap" / f"features_{ENCODER}_5x" / f"{slide_id}.h5"
     n20 = rows(f20) if f20.exists() else 0
     n5 = rows(f5) if f5.exists() else 0
-    tiles = 17 * n5 if n5 else n20
-    return tiles, {"rows_20x": n20, "rows_5x": n5}
+    return n20 + n5, {"rows_20x": n20, "rows_5x": n5}
 
 
 def compare_features(zf_bag: Path, td_bag: Path) -> dict[str, object]:
