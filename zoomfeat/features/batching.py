@@ -5,7 +5,8 @@ batches of ``batch_size`` tiles. Each model stage has a FIFO queue of :class:`Pi
 tiles of one parent); :func:`take` pops exactly one batch from its front, splitting a piece when
 needed. A :class:`ParentState` collects one parent's results until it is complete; complete parents
 are handed, strictly in order, to the :class:`RowBuffer`, which fuses and writes their rows in blocks:
-three sets per bag family being written (``{family}_20x``, ``{family}_5x``, ``{family}_fused``).
+the sets of each bag family being written (``{family}_20x``, ``{family}_5x``, ``{family}_fused``,
+as ``bags.sets`` and ``bags.fused`` ask).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Bag families of one pass, and the plan of one slide: what each family needs, from one look at the disk.
 
 (Issues 12, 13 and 19; docs/ARCHITECTURE.md, "How a slide is planned".) One extraction pass
-writes several *families* of bags, each as three sets ``{family}_20x``, ``{family}_5x`` and
-``{family}_fused``:
+writes several *families* of bags, each as the sets of ``bags.sets`` among ``{family}_20x``,
+``{family}_5x`` and ``{family}_fused`` (a fused set left to be derived by readers, ``bags.fused=derived``,
+has no file):
 
 - a *recipe family* per ZoomLDM recipe (``zoomldm`` for the default recipe, then
   ``features.recipes`` and ``features.sweep``): its recipe dict is the configuration's
@@ -21,11 +22,13 @@ its family's; files of older bag formats are read into today's attributes by one
 
 :func:`plan_slide` looks at a slide's files once (one open per existing file, a ``stat`` of every
 path) and returns its :class:`SlidePlan`: a complete family (every file intact with its own hash)
-is left alone, byte for byte; a family with a missing, partial, damaged or outdated file is
-recomputed whole; a family written with another config is a *mismatch* (refused unless
-``overwrite``, which replaces that family only). Only the families to write are computed:
-ZoomLDM forwards for the missing recipes, encoders for the missing encoder families (and the
-conditioning encoder whenever a recipe is missing).
+is left alone, byte for byte; a *partial* family (some files intact with its hash, none damaged)
+writes only its missing sets; a family with a damaged or outdated file is recomputed whole; a
+family written with another config is a *mismatch* (refused unless ``overwrite``, which replaces
+that family only). What the sets to write need is decided once, with the plan, as a :class:`Work`
+(:meth:`ExtractionPass.work`, :func:`plan_work`): which embedding job embeds the kept children,
+the background children (only a recipe's conditioning job, for its 5x grid) and the 5x tile, and
+whether ZoomLDM runs on the kept children and on the 5x tile.
 """
 
 from __future__ import annotations

@@ -18,10 +18,13 @@
    parent's 1024 px region at 20x once, split it into 16 children + the 5x tile and draw their
    per-tile noise (:mod:`zoomfeat.features.data`).
 5. :meth:`~SlideExtraction.run_encoders` -- every embedding job (the encoder families to write,
-   and the conditioning encoder when a recipe is to be written) on all 17 tiles of every parent
-   (background children too: the 5x grid needs them), in full batches of ``batch_size``.
-6. :meth:`~SlideExtraction.run_zoomldm` -- once a parent's 17 embeddings exist: ZoomLDM on each kept
-   child (20x, own 1x1 grid, mag 0) and on the parent tile (5x, 4x4 children grid, mag 2), in full
+   and the conditioning encoder when a recipe is to be written) on the tiles the plan's
+   :class:`~zoomfeat.features.families.Work` lists for it (``bags.sets``): the kept children for
+   20x rows, the 5x tile for 5x rows, the background children only for a recipe's 5x grid; one
+   queue per group of jobs embedding the same tiles, in full batches of ``batch_size``.
+6. :meth:`~SlideExtraction.run_zoomldm` -- once a parent's embeddings exist: ZoomLDM on each kept
+   child (20x, own 1x1 grid, mag 0) and on the parent tile (5x, 4x4 children grid, mag 2), as the
+   work asks, in full
    batches of ``batch_size`` tiles; one VQ encoding and one UNet forward per (timestep, cond_px)
    and noise draw serve every recipe to write.
 7. :meth:`~SlideExtraction.fuse_parent` -- as each parent completes (in order), its rows of every
