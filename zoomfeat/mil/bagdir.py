@@ -7,14 +7,25 @@ different feature widths is a :class:`~zoomfeat.runtime.errors.BagError` naming 
 feature set; empty bags (no tissue) are skipped with a :class:`~zoomfeat.mil.bagset.BenchWarning`.
 
 Memory: bags are held in memory as ``dtype`` (float16 by default) when they fit, else read on
-each access. Bags on disk are float32 or float16 (``bags.dtype``), so the estimate is ``file bytes *
-itemsize / disk itemsize`` (the disk dtype read from the first bag) and must fit in
-``memory_fraction`` of the available RAM (``in_memory=auto``).
+each access. The estimate (:func:`memory_estimate`) must fit in ``memory_fraction`` of the
+available RAM (``in_memory=auto``):
+
+    bytes = F + min(PRELOAD_MAX_BYTES, F * 4 / itemsize) + n_bags * BAG_OVERHEAD_BYTES,
+    F = file bytes * itemsize / disk itemsize
+
+``F``: the features as ``dtype`` (bags on disk are float32 or float16, the disk dtype read from the
+first bag; file bytes also count coords and attributes, an upper bound); the second term the
+fold's float32 copy of its training and validation bags (:meth:`~zoomfeat.mil.feeding.BagFeeder.preload`);
+the third what a bag costs beyond its features (coords, Python objects, the fold loop's per-bag
+records). Measured on 500 bags of 6 x 32 features (an extraction's, 20.8 KB files): loading them
+grows the RSS by 1.4 KB a bag beyond their features; a whole bench run over them peaks at the
+RSS of one over 40 of them (1,034 and 1,037 MB, ``benchmarks/cohort.py bench --small 40``): the
+peak is the process's own (torch and the code, ~1 GB), which this estimate does not count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +65,21 @@ def read_checked_bag(path: Path, feature_set: str) -> Any:
         The :func:`zoomfeat.bags.open_bag` bag: features (N, D) float32, coords (N, 2), attrs.
     """
     return open_checked_bag(path, np.float32, context=f"feature set {feature_set!r}: ")
+
+
+#: what a loaded bag costs beyond its features during a benchmark run (1.4 KB measured, rounded
+#: up for the fold loop's per-bag records; see the module docstring)
+BAG_OVERHEAD_BYTES = 4 * 1024
+
+
+def memory_estimate(paths: Sequence[Path], dtype: str | np.dtype) -> int:
+    """Bytes a benchmark run holds for these bags in memory as ``dtype`` (module docstring)."""
+    from zoomfeat.mil.feeding import PRELOAD_MAX_BYTES
+
+    itemsize = np.dtype(dtype).itemsize
+    features = sum(bag_nbytes(p) for p in paths) * itemsize // _disk_itemsize(list(paths))
+    preload = min(PRELOAD_MAX_BYTES, features * 4 // itemsize)
+    return features + preload + len(paths) * BAG_OVERHEAD_BYTES
 
 
 def _fits_in_memory(n_bytes: int, memory_fraction: float) -> bool:
@@ -114,7 +140,7 @@ def load_bag_dir(
         raise BagError(f"{len(lacking)} labelled slide(s) have no bag in {bag_dir}: {preview(lacking)}")
     paths = [have[s] for s in cohort["slide_id"]]
     if in_memory == "auto":
-        estimate = sum(bag_nbytes(p) for p in paths) * dtype.itemsize // _disk_itemsize(paths)
+        estimate = memory_estimate(paths, dtype)
         in_memory = _fits_in_memory(estimate, memory_fraction)
         if not in_memory:
             warn(

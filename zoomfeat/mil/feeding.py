@@ -29,6 +29,9 @@ from torch import nn
 from zoomfeat.mil.bagset import BagSet
 from zoomfeat.runtime.device import autocast, cpu_has_native_bf16
 
+#: float32 bytes of a fold's training and validation bags that :meth:`BagFeeder.preload` holds ready
+PRELOAD_MAX_BYTES = 2**30
+
 
 class BagFeeder:
     """Bags as float32 tensors on ``device``; on CUDA in-memory bags are cached on the GPU.
@@ -51,7 +54,7 @@ class BagFeeder:
             if bags.nbytes < gpu_cache_fraction * free:
                 self._gpu = {}
 
-    def preload(self, idx: Sequence[int] | np.ndarray, max_bytes: float = 2**30) -> None:
+    def preload(self, idx: Sequence[int] | np.ndarray, max_bytes: float = PRELOAD_MAX_BYTES) -> None:
         """Hold bags ``idx`` as ready float32 tensors on the device (one conversion per fold instead
         of one per step) when they are in memory and their float32 bytes stay under ``max_bytes``."""
         held = self.bags.bags
