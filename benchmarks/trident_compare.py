@@ -312,8 +312,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def run_trident(tag: str, *, full: bool = False) -> Run:
         job = td_full_job if full else td_job
-        if full:
+        if full:  # TRIDENT's whole job: nothing of a previous run
             shutil.rmtree(job, ignore_errors=True)
+            job.mkdir(parents=True)
         else:  # keep the coords, drop the features and TRIDENT's logs of them
             shutil.rmtree(td_feats, ignore_errors=True)
             for p in (job / COORDS_DIR).glob("_*feats*"):
