@@ -172,3 +172,23 @@ def test_hydra_flags_in_any_order():
     assert args.info == "defaults" and args.overrides == ["cv.folds=3"]
     # split_argv keeps a flag's value with it (not taken for a slide)
     assert split_argv(["a.svs", "--cfg", "job", "seed=1"]) == (["a.svs"], ["--cfg", "job", "seed=1"])
+
+
+def test_names_under_open_mappings_need_no_plus(tmp_path):
+    """``encoder_checkpoints`` and ``storage_options`` default to ``{}``: the names under them are the
+    user's, so ``encoder_checkpoints.ctranspath=W`` works as the docs write it (Hydra alone refused it
+    as a key not in the config), and the ``+`` form still works."""
+    from zoomfeat.cli import hydra_main
+
+    def task(cfg):
+        return dict(cfg.encoder_checkpoints), dict(cfg.storage_options)
+
+    argv = [
+        f"out_dir={tmp_path / 'o'}",
+        "encoder_checkpoints.ctranspath=/w/ctranspath.pth",
+        "+encoder_checkpoints.phikon=owkin/phikon",
+        "storage_options.anon=true",
+    ]
+    ckpts, storage = hydra_main("extract", task, argv)
+    assert ckpts == {"ctranspath": "/w/ctranspath.pth", "phikon": "owkin/phikon"}
+    assert storage == {"anon": True}

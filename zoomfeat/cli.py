@@ -138,6 +138,27 @@ def _yaml(config_name: str) -> dict[str, Any]:
     return {str(k): v for k, v in data.items()} if isinstance(data, dict) else {}
 
 
+def open_dicts(config_name: str) -> set[str]:
+    """Top-level keys of ``conf/{config_name}.yaml`` whose default is an empty mapping that the user
+    fills with names of their own (``encoder_checkpoints``, ``storage_options``, ``tissue``)."""
+    return {k for k, v in _yaml(config_name).items() if isinstance(v, dict) and not v}
+
+
+def open_dict_overrides(overrides: Sequence[str], keys: Collection[str]) -> list[str]:
+    """``encoder_checkpoints.ctranspath=W`` as Hydra's add-or-set ``++encoder_checkpoints.ctranspath=W``.
+
+    Hydra refuses a new key under a mapping of the config unless the override starts with ``+``;
+    under an open mapping (:func:`open_dicts`) every name is the user's, so the plain form works too.
+    """
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" in o and "." in key and key.split(".", 1)[0] in keys and not key.startswith(("+", "~")):
+            o = "++" + o
+        out.append(o)
+    return out
+
+
 def _path_like(arg: str) -> bool:
     key = arg.split("=", 1)[0]
     return bool(re.search(r"[/\\ ]", key)) or arg.lower().endswith(SLIDE_SUFFIXES)
@@ -246,7 +267,7 @@ def _run_hydra(
 
     check_arguments(hydra_args, known)
     args = parse_hydra_args(config_name, hydra_args)
-    overrides = list(args.overrides)
+    overrides = open_dict_overrides(args.overrides, open_dicts(config_name))
     if inputs and inputs_key:
         overrides.append(inputs_override(inputs, inputs_key))
     name = args.config_name or config_name
