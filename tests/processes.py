@@ -5,6 +5,9 @@ bags and temporaries a run left under its out_dir)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +41,27 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def interrupt(proc: subprocess.Popen, signum: int, *, timeout: float = 120) -> str:
+    """Send ``signum`` as a user would (SIGINT to the whole process group, as a terminal's Ctrl-C
+    does, so ``proc`` must run in its own session; any other signal to the main process, as
+    ``kill`` does) and return its stderr once it has exited."""
+    if signum == signal.SIGINT:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    return proc.communicate(timeout=timeout)[1]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and everything under it (a test's ``finally``: nothing outlives a failed test)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    proc.wait(timeout=30)
 
 
 def left_alive(pids: list[int], *, within_s: float = 5.0) -> list[int]:

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from tests.mil.bagfactory import planted_bags, write_bags
-from tests.processes import descendants, left_alive
+from tests.processes import descendants, interrupt, kill_tree, left_alive
 from zoomfeat.bench import run
 from zoomfeat.cli import hydra_main
 
@@ -80,16 +80,10 @@ def _interrupt(args: list[str], out: Path, signum: int) -> tuple[int, str, list[
             children = descendants(run_.pid) or children
             time.sleep(0.02)
         assert run_.poll() is None and first_fold.exists(), run_.communicate()[1][-3000:]
-        os.killpg(run_.pid, signum) if signum == signal.SIGINT else run_.send_signal(signum)
-        _, err = run_.communicate(timeout=120)
+        err = interrupt(run_, signum)
         return run_.returncode, err, children
     finally:
-        for pid in [run_.pid, *descendants(run_.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        run_.wait(timeout=30)
+        kill_tree(run_)
 
 
 def test_bench_stops_on_signals_and_a_rerun_equals_an_uninterrupted_run(bags, tmp_path):

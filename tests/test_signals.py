@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.processes import descendants, left_alive, read_bags, slides_dir, temporaries
+from tests.processes import descendants, interrupt, kill_tree, left_alive, read_bags, slides_dir, temporaries
 from zoomfeat.training.shards import ShardIndex, read_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,16 +70,10 @@ def _interrupt(
                 break
             time.sleep(0.02)
         assert run.poll() is None, run.communicate()[1][-3000:]
-        os.killpg(run.pid, signum) if signum == signal.SIGINT else run.send_signal(signum)
-        _, err = run.communicate(timeout=120)
+        err = interrupt(run, signum)
         return run.returncode, err, workers
     finally:
-        for pid in [run.pid, *descendants(run.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        run.wait(timeout=30)
+        kill_tree(run)
 
 
 def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
@@ -190,6 +184,9 @@ def test_every_entry_point_prints_a_stop_as_one_line(capsys):
     from zoomfeat.cli import report_errors
     from zoomfeat.runtime import stopping
 
+    # what the test process had (SIGINT is SIG_IGN when pytest runs as a background job, e.g. nohup)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
     def busy() -> None:  # work that polls nothing (loading weights, reading a config ...)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the handler raises out of the sleep; 30 s only if it did not
@@ -217,5 +214,4 @@ def test_every_entry_point_prints_a_stop_as_one_line(capsys):
     assert err == [
         "zoomfeat prepare: stopped by SIGINT: 4 unit(s) finished; rerun the same command to continue"
     ]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.processes import descendants, left_alive
+from tests.processes import descendants, interrupt, kill_tree, left_alive
 from zoomfeat.cli import hydra_main
 from zoomfeat.generate import run
 
@@ -61,15 +61,9 @@ def test_generate_stops_on_ctrl_c_and_a_rerun_equals_an_uninterrupted_run(cmu_sl
             children = descendants(proc.pid) or children
             time.sleep(0.01)
         assert proc.poll() is None and reference.exists(), proc.communicate()[1][-3000:]
-        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
-        _, err = proc.communicate(timeout=120)
+        err = interrupt(proc, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     finally:
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        proc.wait(timeout=30)
+        kill_tree(proc)
     assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     lines = err.splitlines()  # exactly the one line: no trace, no warning
     assert len(lines) == 1 and lines[0].startswith("zoomfeat generate: stopped by SIGINT: mode=patch: "), err

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tests.processes import alive, descendants
+from tests.processes import alive, descendants, interrupt, kill_tree
 from zoomfeat.runtime import checkpoints as ck
 
 from .conftest import ONE_THREAD_ENV
@@ -58,19 +58,10 @@ def _interrupt(args: list[str], out: Path, signum: int, after_steps: int) -> tup
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        if signum == signal.SIGINT:
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        _, err = proc.communicate(timeout=120)
+        err = interrupt(proc, signum)
         return proc.returncode, err, workers
     finally:
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        proc.wait(timeout=30)
+        kill_tree(proc)
 
 
 def _stop_line(err: str, signame: str) -> str:
