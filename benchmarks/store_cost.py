@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from recipes_cost import build, count_flops  # noqa: E402  (the same model set-up and FLOP count)
 
 #: the second run's 3 recipes (features.recipes entries)
 RECIPE_SETS = {
@@ -62,28 +63,6 @@ def recipes_of(name: str) -> list:
     from zoomfeat.features.config import ExtractConfig
 
     return ExtractConfig.from_kwargs(**{"features.recipes": RECIPE_SETS[name]}).recipes()[1:]
-
-
-def build(model: str, device: torch.device, recipes: list):
-    from zoomfeat.features.config import ExtractConfig
-    from zoomfeat.features.models import FeatureModels
-
-    cfg = ExtractConfig.from_kwargs(
-        model=model,
-        encoder="uni" if model == "zoomldm_brca" else "tiny",
-        allow_random_weights=True,
-        progress=False,
-        device=str(device),
-    )
-    return FeatureModels(cfg, device, recipes=recipes, encoder_families={})
-
-
-def count_flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        fn()
-    return float(fc.get_total_flops())
 
 
 def write_entry(store: Path, models, tiles: torch.Tensor) -> None:
