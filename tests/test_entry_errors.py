@@ -1,7 +1,8 @@
 """Every entry point, run as a new user would on bad inputs: one line, no stack trace.
 
-Each case runs ``python -m zoomfeat.{entry} ...`` in a subprocess (all cases at once, a few in
-parallel) and checks that stderr has no ``Traceback``, exactly one ``zoomfeat {entry}: error:``
+Each case runs as ``python -m zoomfeat.{entry} ...`` in a process of its own (all cases at once, two
+at a time, forked from one process that imported torch, diffusers and Hydra once:
+``tests.processes.run_entries``) and checks that stderr has no ``Traceback``, exactly one ``zoomfeat {entry}: error:``
 line, that this line says what is wrong (``expect``), and the exit status (2: a user error stopping
 the run; 1: extract/prepare slides that failed while the others went on).
 
@@ -13,13 +14,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.processes import run_entries
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ def scratch(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(scratch, request) -> dict[Case, tuple[subprocess.CompletedProcess, float]]:
-    """Every selected case (``-k`` works) run once, four at a time."""
+    """Every selected case (``-k`` works) run once, each in a process of its own, two at a time."""
     selected = [
         item.callspec.params["case"]
         for item in request.session.items
@@ -161,16 +161,12 @@ def results(scratch, request) -> dict[Case, tuple[subprocess.CompletedProcess, f
     env.pop("ZOOMFEAT_DEBUG", None)
     env.pop("HYDRA_FULL_ERROR", None)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-
-    def run(case: Case) -> tuple[subprocess.CompletedProcess, float]:
-        args = [a.replace("{t}", str(scratch)) for a in case.args]
-        cmd = [sys.executable, "-m", f"zoomfeat.{case.entry}", *args]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=scratch, env=env, capture_output=True, text=True, timeout=300)
-        return proc, time.perf_counter() - t0
-
-    with ThreadPoolExecutor(4) as pool:
-        out = dict(zip(selected, pool.map(run, selected)))
+    commands = [
+        (f"zoomfeat.{case.entry}", [a.replace("{t}", str(scratch)) for a in case.args]) for case in selected
+    ]
+    out = dict(
+        zip(selected, run_entries(commands, cwd=scratch, env=env, parallel=2, timeout=600), strict=True)
+    )
     table = os.environ.get("ZOOMFEAT_ENTRY_TABLE")
     if table:  # docs/troubleshooting.md's table, from what the user really sees
         _write_table(Path(table), _table(out, scratch))
