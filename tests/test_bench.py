@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mil.bagfactory import planted_bags, write_bags
 
+from tests.processes import run_entries
 from zoomfeat.bench import run
 from zoomfeat.cli import hydra_main
 
@@ -239,7 +240,8 @@ def test_cli_prints_one_line_for_bad_inputs(bag_root, tmp_path):
     )  # 2 + 2 one-slide patients
     two.to_csv(tmp_path / "two.csv", index=False)
     write_bad_sets(tmp_path / "bad", labels)
-    for what, (args, message) in BAD_INPUTS.items():
+    commands = []
+    for what, (args, _) in BAD_INPUTS.items():
         args = [a.format(tmp=tmp_path) for a in args]
         keys = {a.split("=", 1)[0] for a in args}
         defaults = {
@@ -248,10 +250,13 @@ def test_cli_prints_one_line_for_bad_inputs(bag_root, tmp_path):
             "feature_sets": "[uni_20x]",
         }
         args += [f"{k}={v}" for k, v in defaults.items() if k not in keys]
-        cmd = [sys.executable, "-m", "zoomfeat.bench", "task=brca", *SMALL, *args]
-        cmd.append(f"out_dir={tmp_path / what.replace(' ', '_')}")
-        env = {k: v for k, v in os.environ.items() if k != "ZOOMFEAT_DEBUG"}
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        commands.append(
+            ("zoomfeat.bench", ["task=brca", *SMALL, *args, f"out_dir={tmp_path / what.replace(' ', '_')}"])
+        )
+    env = {k: v for k, v in os.environ.items() if k != "ZOOMFEAT_DEBUG"}
+    # each command a process of its own, forked from one that imported torch once
+    finished = run_entries(commands, cwd=REPO, env=env, timeout=300)
+    for (what, (_, message)), (proc, _) in zip(BAD_INPUTS.items(), finished, strict=True):
         assert proc.returncode == 2, (what, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, (what, proc.stderr[-2000:])
         errors = [line for line in proc.stderr.splitlines() if "zoomfeat bench: error:" in line]
