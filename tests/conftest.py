@@ -99,3 +99,42 @@ def synthetic_slide_factory(tmp_path_factory):
         return cache[name]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stop_slides(synthetic_slide_factory, tmp_path_factory) -> Path:
+    """A directory of three 1024 x 1024 px synthetic slides ``stop0.svs ... stop2.svs`` (the
+    stopped-run tests of tests/test_signals.py and tests/test_disk_full.py)."""
+    from tests.processes import slides_dir
+
+    return slides_dir(synthetic_slide_factory, tmp_path_factory.mktemp("stop_slides"), prefix="stop", seed=10)
+
+
+@pytest.fixture(scope="session")
+def stop_reference(stop_slides, tmp_path_factory) -> dict:
+    """The bags of one uninterrupted in-process extraction of ``stop_slides`` with
+    ``tests.processes.STOP_RUN``, one torch thread (what the stopped runs' processes have:
+    OMP_NUM_THREADS=1), by relative path (``tests.processes.read_bags``); computed once for the
+    files that compare a stopped and rerun extraction with it bit for bit."""
+    import warnings
+
+    import torch
+
+    from tests.processes import STOP_RUN, read_bags
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.runner import extract_slides
+    from zoomfeat.slide.manifest import discover
+
+    out = tmp_path_factory.mktemp("stop_reference")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            summary = extract_slides(
+                discover([stop_slides]), out, ExtractConfig.from_kwargs(**STOP_RUN), echo=lambda _: None
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.ok and [r.status for r in summary.results] == ["done"] * 3, summary.report()
+    return read_bags(out)

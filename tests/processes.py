@@ -93,6 +93,17 @@ def slides_dir(
     return root
 
 
+#: the extraction of the stopped-run tests (tests/test_signals.py, tests/test_disk_full.py):
+#: ``ExtractConfig.from_kwargs`` keywords, the command line's names
+STOP_RUN = {"model": "tiny", "encoder": "tiny", "tissue.min_tissue": 0.5, "progress": False, "batch_size": 4,
+            "num_workers": 0}  # fmt: skip
+
+
+def command_line(settings: dict) -> list[str]:
+    """``settings`` (e.g. :data:`STOP_RUN`) as command-line overrides (``progress=false``)."""
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()]
+
+
 def read_bags(out: Path) -> dict[str, np.ndarray]:
     """Every feature bag's features and coords under an extraction's ``out``, by relative path
     (``20x_256px_0px_overlap/features_x/slide.h5:features``)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.processes import read_bags, slides_dir, temporaries
+from tests.processes import STOP_RUN, command_line, read_bags, temporaries
 from zoomfeat.cli import report_errors
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.runner import extract_slides
@@ -34,8 +34,6 @@ from zoomfeat.slide.manifest import discover
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"model": "tiny", "encoder": "tiny", "tissue.min_tissue": 0.5, "progress": False, "batch_size": 8,
-        "num_workers": 0}  # fmt: skip
 
 
 @pytest.fixture
@@ -79,37 +77,30 @@ def _fill_during_second_slide(disk: Path, slides: Path, out: Path) -> None:
 
     warnings.simplefilter("ignore")  # the tiny model's warnings: the run's stderr is its errors only
     hooks = SlideHooks(on_slide_start=on_slide_start, on_batch=on_batch)
-    cfg = ExtractConfig.from_kwargs(**TINY)
+    cfg = ExtractConfig.from_kwargs(**STOP_RUN)
     report_errors(
         "extract", lambda: extract_slides(discover([slides]), out, cfg, echo=lambda _: None, hooks=hooks)
     )
 
 
-@pytest.fixture(scope="module")
-def full_slides(synthetic_slide_factory, tmp_path_factory) -> Path:
-    return slides_dir(synthetic_slide_factory, tmp_path_factory.mktemp("disk_slides"), prefix="full", seed=20)
-
-
-def test_full_disk_before_and_during_a_run(tmp_path, small_disk, full_slides):
-    slides = discover([full_slides])
-    cfg = ExtractConfig.from_kwargs(**TINY)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = tmp_path / "ref"
-        assert extract_slides(slides, ref, cfg, echo=lambda _: None).ok
-    want = read_bags(ref)
+def test_full_disk_before_and_during_a_run(small_disk, stop_slides, stop_reference):
+    """``stop_slides`` (three slides, tests/conftest.py); ``stop_reference``: their bags from an
+    uninterrupted run with the same settings (``STOP_RUN``), shared with tests/test_signals.py."""
+    slides = discover([stop_slides])
+    cfg = ExtractConfig.from_kwargs(**STOP_RUN)
+    want = stop_reference
     out = small_disk / "out"
 
     # before: a disk with less free space than a slide needs -> one line from the command line, exit 2
     filler = _fill(small_disk, leave=200_000)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    args = [f"{k}={v}".replace("True", "true").replace("False", "false") for k, v in TINY.items()]
-    proc = subprocess.run([sys.executable, "-m", "zoomfeat.extract", str(full_slides), f"out_dir={out}", *args],
+    args = command_line(STOP_RUN)
+    proc = subprocess.run([sys.executable, "-m", "zoomfeat.extract", str(stop_slides), f"out_dir={out}", *args],
                           env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and ": warning:" not in ln]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith(
-        f"zoomfeat extract: error: {out}: not enough free space for full0's bags"
+        f"zoomfeat extract: error: {out}: not enough free space for stop0's bags"
     ), lines
     assert "free some space or choose another out_dir, then rerun the same command" in lines[0]
     assert not read_bags(out) and not temporaries(out)
@@ -119,18 +110,18 @@ def test_full_disk_before_and_during_a_run(tmp_path, small_disk, full_slides):
     # takes every free byte. The second slide's blocks were reserved before any row was computed
     # (features/writer.py, _reserve), so it still finishes and HDF5 never meets a failed write; the
     # third slide stops the run with the one line, and stderr holds nothing else.
-    proc = subprocess.run([sys.executable, "-m", "tests.test_disk_full", str(small_disk), str(full_slides), str(out)],
+    proc = subprocess.run([sys.executable, "-m", "tests.test_disk_full", str(small_disk), str(stop_slides), str(out)],
                           env=env, capture_output=True, text=True, timeout=400)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr[-3000:]
-    assert lines[0].startswith(f"zoomfeat extract: error: {out}: not enough free space for full2's bags"), (
+    assert lines[0].startswith(f"zoomfeat extract: error: {out}: not enough free space for stop2's bags"), (
         lines
     )
     assert "free some space or choose another out_dir, then rerun the same command" in lines[0]
     assert not temporaries(out)
     got = read_bags(out)  # the finished slides' bags intact, nothing of the third one published
-    assert {k.split(":")[0].rsplit("/", 1)[1] for k in got} == {"full0.h5", "full1.h5"}
+    assert {k.split(":")[0].rsplit("/", 1)[1] for k in got} == {"stop0.h5", "stop1.h5"}
     assert all(np.array_equal(want[k], got[k]) for k in got)
 
     # space freed: the plain rerun completes, every bag equal to the uninterrupted run's

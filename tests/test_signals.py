@@ -1,7 +1,12 @@
 """SIGTERM and Ctrl-C (SIGINT to the process group) to real ``prepare`` runs: the slide in hand is
 abandoned and its temporary shards removed, the DataLoader worker ends, one line says what was
 finished and how to resume, the exit status is 128 + signal; a plain rerun completes and its shards
-equal an uninterrupted run's. (``train``'s stops: tests/training/test_stop.py.)
+equal an uninterrupted run's. The same for ``extract`` (one process, and ``devices=[cpu,cpu]``).
+(``train``'s stops: tests/training/test_stop.py.)
+
+The runs that are stopped are processes; the uninterrupted runs and the one-process reruns they
+are compared with run the same command through its entry function in this process (one torch
+thread, as the processes have), which spares a torch import each.
 
 Every process runs with one OpenMP/MKL/torch thread and a bounded timeout; leftovers are killed in
 a finally."""
@@ -19,7 +24,17 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.processes import descendants, interrupt, kill_tree, left_alive, read_bags, slides_dir, temporaries
+from tests.processes import (
+    STOP_RUN,
+    command_line,
+    descendants,
+    interrupt,
+    kill_tree,
+    left_alive,
+    read_bags,
+    temporaries,
+)
+from zoomfeat.cli import hydra_main
 from zoomfeat.training.shards import ShardIndex, read_record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +45,16 @@ def _prepare_args(slides: list[Path], out: Path, workers: int) -> list[str]:
     return [sys.executable, "-m", "zoomfeat.prepare", *map(str, slides), f"out_dir={out}", "model=tiny",
             "encoder=tiny", "mags=[20x,5x]", f"num_workers={workers}", "batch_size=4", "progress=false",
             "device=cpu"]  # fmt: skip
+
+
+def _prepare_here(slides: list[Path], out: Path) -> None:
+    """The uninterrupted ``prepare`` command of :func:`_prepare_args`, in this process (its entry
+    function; one torch thread, as the processes have)."""
+    from zoomfeat.prepare import run
+
+    summary = hydra_main("prepare", run, argv=_prepare_args(slides, out, 0)[3:])
+    assert sorted([*summary["done"], *summary["skipped"]]) == sorted(s.stem for s in slides), summary
+    assert not summary["failed"], summary
 
 
 def _slide_rows(out: Path, slide_id: str) -> dict[str, np.ndarray]:
@@ -76,11 +101,9 @@ def _interrupt(
         kill_tree(run)
 
 
-def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
+def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides, one_thread):
     ref, out = tmp_path / "ref", tmp_path / "out"
-    env = {**os.environ, **ENV}
-    proc = subprocess.run(_prepare_args(slides, ref, 0), env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _prepare_here(slides, ref)  # the uninterrupted run
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         rc, err, workers = _interrupt(_prepare_args(slides, out, 1), out, signum)
@@ -94,8 +117,7 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
         assert workers and not left_alive(workers)  # nor a worker process
         assert len([s for s in slides if read_record(out, s.stem)]) < len(slides)
 
-    proc = subprocess.run(_prepare_args(slides, out, 0), env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _prepare_here(slides, out)  # the plain rerun
     assert ShardIndex.load(out).counts() == ShardIndex.load(ref).counts()
     for s in slides:
         a, b = _slide_rows(ref, s.stem), _slide_rows(out, s.stem)
@@ -104,36 +126,17 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides):
 
 # ------------------------------------------------------------------------------------ extraction
 
-EXTRACT = [
-    "model=tiny",
-    "encoder=tiny",
-    "tissue.min_tissue=0.5",
-    "progress=false",
-    "batch_size=4",
-    "num_workers=0",
-]
-
 
 def _extract_args(slides_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "zoomfeat.extract", str(slides_dir), f"out_dir={out}", *EXTRACT, *extra]
-
-
-@pytest.fixture(scope="module")
-def extract_slides_dir(synthetic_slide_factory, tmp_path_factory):
-    return slides_dir(
-        synthetic_slide_factory, tmp_path_factory.mktemp("signal_slides"), prefix="ext", seed=10
-    )
-
-
-@pytest.fixture(scope="module")
-def extract_reference(extract_slides_dir, tmp_path_factory) -> dict[str, np.ndarray]:
-    """The bags of one uninterrupted one-process run, computed once for both signal cases (the
-    reference does not depend on how the interrupted run is split over devices: determinism)."""
-    ref = tmp_path_factory.mktemp("signal_ref") / "ref"
-    proc = subprocess.run(_extract_args(extract_slides_dir, ref), env={**os.environ, **ENV}, capture_output=True,
-                          text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_bags(ref)
+    return [
+        sys.executable,
+        "-m",
+        "zoomfeat.extract",
+        str(slides_dir),
+        f"out_dir={out}",
+        *command_line(STOP_RUN),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -142,18 +145,20 @@ def extract_reference(extract_slides_dir, tmp_path_factory) -> dict[str, np.ndar
     ids=["sigint-one-process", "sigterm-devices-cpu-cpu"],
 )
 def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
-    tmp_path, extract_slides_dir, extract_reference, signum, devices
+    tmp_path, stop_slides, stop_reference, one_thread, signum, devices
 ):
     """Ctrl-C (SIGINT to the process group) to a one-process run, SIGTERM to the main process of a
     ``devices=[cpu,cpu]`` run, each while a slide is half written (a temporary bag exists): one line,
     exit 128 + signal, no temporary and no lock left, every worker process gone; the plain rerun's
-    bags equal those of an uninterrupted run bit for bit (same batch size, one thread everywhere)."""
-    env = {**os.environ, **ENV}
+    bags equal those of an uninterrupted run (``stop_reference``, tests/conftest.py) bit for bit
+    (same batch size, one thread everywhere). The one-process rerun is the same command run by its
+    entry function in this process (one torch thread); the ``devices`` rerun a process again."""
+    from zoomfeat.extract import run
+
     out = tmp_path / "out"
     extra = [devices] if devices else []
-    rc, err, workers = _interrupt(
-        _extract_args(extract_slides_dir, out, *extra), out, signum, need_workers=bool(devices)
-    )
+    args = _extract_args(stop_slides, out, *extra)
+    rc, err, workers = _interrupt(args, out, signum, need_workers=bool(devices))
     name = signal.Signals(signum).name
     assert rc == 128 + signum, err[-3000:]
     assert "Traceback" not in err
@@ -165,10 +170,13 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
         assert workers and not left_alive(workers)  # both device workers ended
     assert list((out / "logs").glob("extract_*.csv"))  # the run's log is written
 
-    proc = subprocess.run(_extract_args(extract_slides_dir, out, *extra), env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    want, got = extract_reference, read_bags(out)
+    if devices:
+        proc = subprocess.run(args, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    else:
+        summary = hydra_main("extract", run, argv=args[3:])
+        assert summary.ok and [r.status for r in summary.results] == ["done"] * 3, summary.report()
+    want, got = stop_reference, read_bags(out)
     assert want.keys() == got.keys() and want
     assert all(np.array_equal(want[k], got[k]) for k in want)
 
