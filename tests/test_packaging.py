@@ -107,20 +107,35 @@ def test_installed_wheel_runs_from_outside_the_repo(wheel, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "ZOOMFEAT_DEBUG")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
 
-    def run(*args: str) -> str:
-        proc = subprocess.run(
-            [str(python), *args], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [str(python), *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        assert proc.returncode == 0, (
-            f"{args}\n--- stderr:\n{proc.stderr[-3000:]}\n--- stdout:\n{proc.stdout[-2000:]}"
-        )
-        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        return proc.stdout
 
-    where = run("-c", "import zoomfeat; print(zoomfeat.__file__)").strip()
+    def finish(proc: subprocess.Popen) -> str:
+        try:
+            stdout, stderr = proc.communicate(timeout=900)
+        finally:
+            proc.kill()  # a no-op once it has exited
+        assert proc.returncode == 0, (
+            f"{proc.args}\n--- stderr:\n{stderr[-3000:]}\n--- stdout:\n{stdout[-2000:]}"
+        )
+        assert "Traceback" not in stderr, stderr[-3000:]
+        return stdout
+
+    where = finish(start("-c", "import zoomfeat; print(zoomfeat.__file__)")).strip()
     assert Path(where).is_relative_to(venv), where  # the wheel's copy, not the editable source tree
 
-    out = run("-m", "zoomfeat.extract", "demo=true", "progress=false")
+    # the three entry points at once, one thread each (independent: own output directories); the
+    # demo keeps its tiles with at least 75% tissue (25 + 5 tiles instead of 47 + 6, as in
+    # tests/test_extract.py): what is checked here is that it runs from the wheel, not how many tiles
+    demo = start("-m", "zoomfeat.extract", "demo=true", "progress=false", "tissue.min_tissue=0.75")
+    # the MUSK1 set ships in the wheel; 3 epochs instead of the task's 100 keep this test short
+    bench = ("task=musk1", "cv.folds=3", "mil.epochs=3", "mil.min_epochs=1", "mil.warmup=0", "threads=1")
+    musk = start("-m", "zoomfeat.bench", *bench, "progress=false", "out_dir=musk1")
+    dry = start("-m", "zoomfeat.generate", "mode=large", "region.mag=1.25x", "dry_run=true")
+
+    out = finish(demo)
     assert "1 extracted" in out, out
     bags = sorted(
         p.relative_to(work / "zoomfeat_demo").as_posix() for p in (work / "zoomfeat_demo").rglob("*.h5")
@@ -128,13 +143,11 @@ def test_installed_wheel_runs_from_outside_the_repo(wheel, tmp_path):
     assert any("features_zoomldm_fused/CMU-1-Small-Region.h5" in b for b in bags), bags
     assert any("features_uni_fused/CMU-1-Small-Region.h5" in b for b in bags), bags
 
-    # the MUSK1 set ships in the wheel; 3 epochs instead of the task's 100 keep this test short
-    bench = ("task=musk1", "cv.folds=3", "mil.epochs=3", "mil.min_epochs=1", "mil.warmup=0", "threads=1")
-    run("-m", "zoomfeat.bench", *bench, "progress=false", "out_dir=musk1")
+    finish(musk)
     import pandas as pd
 
     folds = pd.read_csv(work / "musk1" / "folds.csv")
     assert len(folds) == 3 and folds["auc"].between(0, 1).all(), folds
 
-    out = run("-m", "zoomfeat.generate", "mode=large", "region.mag=1.25x", "dry_run=true")
+    out = finish(dry)
     assert "4096x4096 px" in out and "UNet evals 215,080" in out, out
