@@ -245,6 +245,14 @@ class StoreWriter:
         self.ssl_job: str | None = self.key.get("ssl_job")
         self.grid = grid
         self.next_parent, self.next_row = 0, 0
+        #: bytes of array data the entry holds (HDF5 overhead and the record not counted): per kept
+        #: 20x tile its latent, ``ssl`` (C), coords, parent_idx, mag and slide; per parent its latent,
+        #: ``ssl`` (C x 4 x 4), coords, mag, slide, 17 rows of every job and its 16 children's grid
+        ssl = self.jobs[self.ssl_job] if self.ssl_job is not None else 0
+        lat = 4 * int(np.prod(latent_shape)) if latent_shape is not None else 0
+        per20 = lat + 4 * ssl + 16 + 8 + 1 + 4
+        per5 = lat + 4 * ssl * CHILDREN + 16 + 1 + 4 + 4 * TILES_PER_PARENT * sum(self.jobs.values())
+        self.expected_bytes = n20 * per20 + n5 * (per5 + CHILDREN * (16 + 1 + 4))
         self.tmp = {k: tmp_name(self.paths[k]) for k in ("m0", "m2")}
         self.files: dict[str, h5py.File] = {}
         for k in ("m0", "m2"):

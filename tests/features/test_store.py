@@ -222,3 +222,171 @@ def test_damaged_or_partial_entry_is_recomputed(stored, small_slides, tmp_path, 
     counted.clear()
     assert _run(only_b, out, store=str(store), **{"features.recipes": RECIPES[1:2]}).ok
     assert calls_of(counted) == {"pixels": 0, "vq": 0, "encoder": 0}
+
+
+def _bags(root: Path) -> dict[str, tuple[str, int]]:
+    """Every HDF5 file and preview under ``root``: (sha256, mtime in ns)."""
+    return {
+        str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix in (".h5", ".png")
+    }
+
+
+def _entry_arrays(store: Path, sid: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for m in ("m0", "m2"):
+        with h5py.File(store / m / f"{sid}.h5") as f:
+            names = [k for k in f if isinstance(f[k], h5py.Dataset)] + [f"emb/{k}" for k in f.get("emb", {})]
+            out.update({f"{m}/{name}": f[name][()] for name in names})
+    return out
+
+
+def test_complete_bags_fill_the_store_only(stored, small_slides, reference_run, tmp_path, counted):
+    """A cohort extracted without a store gets one afterwards: the bags are not touched, the entry
+    is what a first run with the store writes, and the next recipes read it (no pixel, VQ, encoder)."""
+    from zoomfeat.features.slide_extraction import SlideHooks
+    from zoomfeat.tilestore import inspect_entry
+
+    _, store0 = stored
+    out, store = tmp_path / "out", tmp_path / "store"
+    shutil.copytree(reference_run, out)  # a run without a store: every bag complete
+    bags = _bags(out)
+    assert len(bags) > 10
+
+    # a fill stopped in its first slide (an error after its first parent) leaves no entry of it
+    # and no temporary file; the other slide's entry is published
+    def fail_in_det_a(done: int, total: int) -> None:
+        if total == 8 and done < total:  # det_a: 6 kept 20x tiles + 2 parents
+            raise RuntimeError("stopped in the middle of det_a")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = ExtractConfig.from_kwargs(**SETTINGS, store=str(store))
+        summary = extract_slides(discover([small_slides]), out, cfg, echo=lambda s: None,
+                                 hooks=SlideHooks(on_batch=fail_in_det_a))  # fmt: skip
+    assert [r.status for r in summary.results] == ["failed", "done"], summary.report()
+    assert "stopped in the middle of det_a" in summary.results[0].error
+    assert (
+        inspect_entry(store, "det_a").state == "absent" and inspect_entry(store, "det_b").state == "complete"
+    )
+    assert not [p for p in store.rglob("*") if ".tmp-" in p.name]
+    assert _bags(out) == bags
+
+    # the rerun fills det_a only; the bags stay byte for byte (and their mtimes)
+    counted.clear()
+    summary = _run(small_slides, out, store=str(store))
+    assert summary.ok and [r.status for r in summary.results] == ["done", "skipped"], summary.report()
+    (r, _) = summary.results
+    assert r.store == "fill" and r.written == [] and "new: tile-store entry" in r.line()
+    assert counted["pixels"] > 0 and counted["vq"] > 0 and counted["encoder"] > 0  # det_a from its pixels
+    assert _bags(out) == bags
+    # each entry is the one a first run with the store wrote (bitwise: same batch size, see SETTINGS)
+    for sid in ("det_a", "det_b"):
+        got, want = _entry_arrays(store, sid), _entry_arrays(store0, sid)
+        assert got.keys() == want.keys() and "m0/latent" in got and "m2/emb/uni" in got
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        a, b = inspect_entry(store, sid).record, inspect_entry(store0, sid).record
+        assert {k: v for k, v in a.items() if k not in ("write_id", "created")} == {
+            k: v for k, v in b.items() if k not in ("write_id", "created")
+        }
+
+    # nothing left to do: both slides skipped, no pixel read
+    counted.clear()
+    summary = _run(small_slides, out, store=str(store))
+    assert [r.status for r in summary.results] == ["skipped", "skipped"] and counted["pixels"] == 0
+
+    # the next recipes read the filled store: the UNet only
+    counted.clear()
+    summary = _run(small_slides, out, store=str(store), **{"features.recipes": RECIPES[:1]})
+    assert summary.ok and [r.written for r in summary.results] == [["t50"], ["t50"]], summary.report()
+    assert [r.store for r in summary.results] == ["read", "read"]
+    assert calls_of(counted) == {"pixels": 0, "vq": 0, "encoder": 0}
+    assert {k: v for k, v in _bags(out).items() if k in bags} == bags
+
+
+def test_complete_bags_and_a_store_of_another_tiling_is_one_line(stored, small_slides, tmp_path):
+    """Complete bags and an entry of another tiling under the slide's id: one line, nothing touched."""
+    out0, store0 = stored
+    only_b = _one(small_slides, "det_b", tmp_path)
+    out, store = tmp_path / "out", tmp_path / "store"
+    _run(only_b, out, **{"tissue.min_tissue": 0.4})
+    shutil.copytree(store0, store)  # det_b's entry at min_tissue 0.5
+    bags, entry = _bags(out), _digest(store)
+    (r,) = _run(only_b, out, store=str(store), **{"tissue.min_tissue": 0.4}).results
+    assert r.status == "failed" and "\n" not in r.error and r.error.startswith("StoreMismatchError: ")
+    assert "min_tissue: 0.5 -> 0.4" in r.error and "overwrite=true" in r.error
+    assert _bags(out) == bags and _digest(store) == entry
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (unmounted afterwards); skipped where mounting is refused (needs root)."""
+    import subprocess
+
+    d = tmp_path / "disk"
+    d.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def _leave_free(disk: Path, leave: int) -> Path:
+    """A filler file that leaves about ``leave`` bytes free on ``disk``."""
+    from zoomfeat.runtime.disk import free_bytes
+
+    filler = disk / "filler.bin"
+    filler.write_bytes(b"")
+    filler.write_bytes(b"\0" * max(0, free_bytes(disk) - leave))
+    return filler
+
+
+def test_free_space_check_counts_the_store_entry(small_slides, tmp_path, small_disk):
+    """The check before a slide counts its store entry: on the store's own file system, or with the
+    bags when both share one; one line naming the directory, the bytes and what to do; nothing of
+    the slide published."""
+    from zoomfeat.runtime.disk import DiskFullError
+    from zoomfeat.tilestore import inspect_entry
+
+    only_a = _one(small_slides, "det_a", tmp_path)
+    # det_a's entry: 8 latents of 3 x 64 x 64 float32 (393 kB) and its embeddings; its bags ~10 kB.
+    # 1 MB is kept free beyond what a unit needs (runtime/disk.py MARGIN_BYTES): 1.2 MB free fits
+    # the bags, not the entry
+    store = small_disk / "store"
+    filler = _leave_free(small_disk, 1_200_000)
+    out = tmp_path / "out"
+    for where, out_dir, what, instead in (
+        ("the store's file system", out, "det_a's tile-store entry", "another store dir"),
+        ("one file system", small_disk / "out", "det_a's bags and tile-store entry", "another out_dir or store dir"),
+    ):  # fmt: skip
+        with pytest.raises(DiskFullError) as err:
+            _run(only_a, out_dir, store=str(store))
+        msg = str(err.value)
+        named = store if out_dir == out else out_dir
+        assert "\n" not in msg and msg.startswith(
+            f"{named}: not enough free space for {what} (needs about 1."
+        ), where
+        assert f"choose {instead}, then rerun the same command" in msg and "MB free)" in msg
+        assert not list(out_dir.rglob("*.h5")) and not [p for p in small_disk.rglob("*") if ".tmp-" in p.name]
+        assert inspect_entry(store, "det_a").state == "absent"
+    # space freed: the same command writes the bags and the entry
+    filler.unlink()
+    assert _run(only_a, out, store=str(store)).ok
+    entry = inspect_entry(store, "det_a")
+    assert entry.state == "complete" and list(out.rglob("det_a.h5"))
+    # the count is the entry's array bytes: its files hold them plus HDF5's own (measured ~33 kB,
+    # within the 1 MB margin)
+    from zoomfeat.tilestore import StoreReader, StoreWriter
+
+    writer = StoreWriter(tmp_path / "count", "det_a", key=entry.record, grid=StoreReader(entry).grid(),
+                         latent_shape=tuple(entry.record["latent_shape"]))  # fmt: skip
+    writer.discard()
+    size = sum(p.stat().st_size for p in entry.paths.values())
+    assert writer.expected_bytes < size < writer.expected_bytes + 100_000

@@ -256,14 +256,17 @@ class ExtractionPass:
             need = plan_work(plan.sets_to_write(), self.families)
             plan.store = plan_store(self, slide_id, computes=not plan.complete, jobs=set(need.jobs),
                                     latents=need.zoomldm_20x or need.zoomldm_5x)  # fmt: skip
+            rec = plan.store.entry.paths["record"]  # an entry published meanwhile: planned again
+            plan.seen[str(rec)] = _fingerprint(rec)
         plan.work = self.work(plan)
         return plan
 
     def work(self, plan: SlidePlan) -> Work:
         """What a slide's run computes: the one decision (:func:`plan_work` of the sets the plan
         writes). Override it to compute more (:meth:`Work.full`). A tile-store entry being
-        written holds everything: every job on all 17 tiles, the latents of every kept tile."""
-        if plan.store is not None and plan.store.use == "write":
+        written (or filled in for complete bags) holds everything: every job on all 17 tiles, the
+        latents of every kept tile."""
+        if plan.store is not None and plan.store.writes:
             return Work.full(self.models.jobs, zoomldm=self.models.model is not None)
         return plan_work(plan.sets_to_write(), self.families)
 

@@ -48,6 +48,7 @@ tests/features/conftest.py, ``batch_atol``).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections import deque
@@ -65,7 +66,7 @@ from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_lo
 from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_write
-from zoomfeat.features.store import StoredGrid, StoreParents, check_store, open_writer
+from zoomfeat.features.store import StoredGrid, StoreParents, check_store, open_writer, store_only
 from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
@@ -98,6 +99,8 @@ class SlideResult:
     reused: list[str] = field(default_factory=list)
     #: model and loader seconds ("uni": every embedding job, "zoomldm", "wait": for the loader)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the tile store's use (``store=DIR``): "read" | "write" | "fill" (complete bags, entry written) | ""
+    store: str = ""
 
     @classmethod
     def failure(cls, path: str | Path, slide_id: str, err: BaseException | str) -> SlideResult:
@@ -114,7 +117,8 @@ class SlideResult:
         if self.status == "done":
             rate = self.tiles / self.seconds if self.seconds > 0 else float("nan")
             extra = (
-                f" (new: {', '.join(self.written) or 'coords'}; kept: {', '.join(self.reused)})"
+                f" (new: {', '.join(self.written) or ('tile-store entry' if self.store == 'fill' else 'coords')};"
+                f" kept: {', '.join(self.reused)})"
                 if self.reused
                 else ""
             )
@@ -310,11 +314,9 @@ class SlideExtraction:
             try:
                 if self.claim(lock):  # 2
                     with self.lay_grid() as writer:  # 3
-                        # the slide's bytes must fit before any is computed (runtime/disk.py)
-                        need = self.plan.expected_bytes if self.plan is not None else 0
-                        check_free_space(self.out_dir, need, what=f"{self.slide.slide_id}'s bags")
+                        self.check_free_space()  # the slide's bytes must fit before any is computed
                         writer.reserve()  # a disk filled from now on fails here, not inside HDF5
-                        if self.n_parents and self.write:
+                        if self.n_parents and (self.write or self.store_out is not None):
                             self.stream(writer)  # 4-7
                         self.publish(writer)  # 8
             finally:
@@ -381,7 +383,7 @@ class SlideExtraction:
             plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
         identity = self.slide.identity()
         self.check(plan, identity, warn=True)
-        if plan.complete:
+        if plan.complete and not store_only(plan):
             self.result.status, self.result.paths = "skipped", plan.paths()
             return False
         if not lock.acquire():
@@ -390,7 +392,7 @@ class SlideExtraction:
         if not plan.still_current():  # another process may have written it while we were getting here
             plan = self.pass_.plan(self.out_dir, sid, source=str(self.slide_path))
             self.check(plan, identity, warn=False)
-            if plan.complete:
+            if plan.complete and not store_only(plan):
                 self.result.status, self.result.paths = "skipped", plan.paths()
                 return False
         self.plan = plan
@@ -401,7 +403,9 @@ class SlideExtraction:
         self.result.written = list(self.write)
         self.result.reused = plan.reused()
         if plan.store is not None:  # the tile store: refuse another slide's entry, warn about damage
-            self.store_use = check_store(plan.store, identity, overwrite=self.cfg.overwrite, warn=True)
+            self.store_use = self.result.store = check_store(
+                plan.store, identity, overwrite=self.cfg.overwrite, warn=True
+            )
             # an entry to write (another slide's, with overwrite) has everything computed
             plan.work = self.pass_.work(plan)
         m, work = self.models, plan.work
@@ -504,7 +508,7 @@ class SlideExtraction:
             dtype=cfg.bags.dtype,
         )
         plan.expected_bytes = writer.expected_bytes
-        if self.store_use == "write":
+        if self.store_use in ("write", "fill"):  # fill: the bags are complete, only the entry is written
             self.store_out = open_writer(xp, slide, grid)
         return writer
 
@@ -743,12 +747,13 @@ class SlideExtraction:
         run (any that raises publishes nothing).
         """
         assert self.plan is not None and self.result is not None
-        preview = self.preview_features(writer) if self.cfg.preview else {}
+        draw = self.cfg.preview and self.store_use != "fill"  # a store fill touches nothing in out_dir
+        preview = self.preview_features(writer) if draw else {}
         # the tile store's entry is published last of the checks, right before the bags
         store = [self.publish_store] if self.store_out is not None else []
         writer.finish(before_publish=[self.check_cancelled, *self.plan.before_publish, *store])
         paths = self.plan.paths()
-        if self.cfg.preview:
+        if draw:
             from zoomfeat.features.preview import save_preview
 
             paths["preview"] = save_preview(
@@ -758,6 +763,23 @@ class SlideExtraction:
                 features=preview,
             )
         self.result.paths = paths
+
+    def check_free_space(self) -> None:
+        """:class:`~zoomfeat.runtime.disk.DiskFullError` unless the slide's bytes fit (runtime/disk.py):
+        its bags (``plan.expected_bytes``) in ``out_dir`` and, when the tile store is written, its
+        entry (:attr:`~zoomfeat.tilestore.StoreWriter.expected_bytes`) in the store dir; counted
+        together when both are on one file system."""
+        sid, out = self.slide.slide_id, self.store_out
+        need = self.plan.expected_bytes if self.plan is not None else 0
+        if out is None:
+            check_free_space(self.out_dir, need, what=f"{sid}'s bags")
+        elif os.stat(self.out_dir).st_dev == os.stat(out.store).st_dev:
+            check_free_space(self.out_dir, need + out.expected_bytes, what=f"{sid}'s bags and tile-store entry",
+                             instead="another out_dir or store dir")  # fmt: skip
+        else:
+            check_free_space(self.out_dir, need, what=f"{sid}'s bags")
+            check_free_space(out.store, out.expected_bytes, what=f"{sid}'s tile-store entry",
+                             instead="another store dir")  # fmt: skip
 
     def publish_store(self) -> None:
         """Publish the slide's tile-store entry (:meth:`~zoomfeat.tilestore.StoreWriter.finish`)."""

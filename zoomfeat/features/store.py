@@ -9,11 +9,15 @@ The decision is made once, with the slide's plan (:meth:`~zoomfeat.features.fami
 - ``write``: the slide is computed from its pixels and the entry written with it; the run then
   computes everything the store holds (:meth:`~zoomfeat.features.families.Work.full`: every job on
   all 17 tiles of each parent, the latents of every kept tile), whatever sets are written.
+- ``fill``: the slide's bags are all complete but its entry is absent, damaged or lacks a job or
+  the latents of this pass (a cohort extracted before it had a store): the run reads the slide and
+  computes only what the store holds (:meth:`~zoomfeat.features.families.Work.full`), writes the
+  entry, and writes or touches no bag, no coords file and no preview.
 - ``refuse``: the entry under this slide id is of another tiling, other weights or precision
   (:meth:`~zoomfeat.tilestore.StoreEntry.differences`), and ``overwrite`` is off: one
   :class:`~zoomfeat.tilestore.StoreMismatchError` line, nothing touched. (An entry of another slide
   file is refused the same way once the slide is open: :func:`check_store`.)
-- ``""``: no store, or the slide computes nothing.
+- ``""``: no store, or the slide computes nothing (its bags and its entry complete).
 
 A damaged entry (unreadable, truncated, unfinished) is recomputed after a warning line.
 
@@ -62,7 +66,7 @@ class StorePlan:
 
     Attributes:
         store: the store directory; entry: what :func:`~zoomfeat.tilestore.inspect_entry` found.
-        use: ``read`` | ``write`` | ``refuse`` | ``""``.
+        use: ``read`` | ``write`` | ``fill`` | ``refuse`` | ``""``.
         differences: for ``refuse`` (and an overwritten entry), what differs.
     """
 
@@ -70,6 +74,12 @@ class StorePlan:
     entry: StoreEntry
     use: str = ""
     differences: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> bool:
+        """Whether the run writes the entry (``write`` or ``fill``): it then computes everything the
+        store holds (:meth:`~zoomfeat.features.families.Work.full`)."""
+        return self.use in ("write", "fill")
 
 
 def store_key(pass_: Any) -> dict[str, Any]:
@@ -120,8 +130,8 @@ def plan_store(pass_: Any, slide_id: str, *, computes: bool, jobs: set[str], lat
     cfg = pass_.cfg
     entry = inspect_entry(cfg.store, slide_id)
     plan = StorePlan(Path(cfg.store), entry)
-    if not computes:
-        return plan
+    if not computes:  # the bags are complete: fill the store only, when it lacks the slide
+        return _plan_fill(pass_, plan)
     if entry.state == "complete":
         plan.differences = entry.differences(store_key(pass_))
         if plan.differences and not cfg.overwrite:
@@ -135,6 +145,30 @@ def plan_store(pass_: Any, slide_id: str, *, computes: bool, jobs: set[str], lat
     return plan
 
 
+def store_only(plan: Any) -> bool:
+    """Whether a slide whose bags are all complete (a :class:`~zoomfeat.features.families.SlidePlan`)
+    is still claimed for its tile-store entry: ``fill`` (written) or ``refuse`` (one line)."""
+    return plan.store is not None and plan.store.use in ("fill", "refuse")
+
+
+def _plan_fill(pass_: Any, plan: StorePlan) -> StorePlan:
+    """The store's use for a slide whose bags are all complete: ``fill`` when its entry is absent,
+    damaged or lacks a job or the latents of this pass (everything the pass would store), ``refuse``
+    for an entry of another tiling, weights or precision (unless ``overwrite``: ``fill``), else
+    ``""`` (the slide is skipped)."""
+    entry, m = plan.entry, pass_.models
+    if entry.state == "complete":
+        plan.differences = entry.differences(store_key(pass_))
+        if plan.differences and not pass_.cfg.overwrite:
+            plan.use = "refuse"
+            return plan
+        holds = set(entry.jobs) >= set(m.jobs) and (entry.latents or m.model is None)
+        if holds and not plan.differences:
+            return plan
+    plan.use = "fill"
+    return plan
+
+
 def check_store(plan: StorePlan, identity: dict[str, Any], *, overwrite: bool, warn: bool) -> str:
     """The use of the store for the open slide (``identity``: :meth:`Slide.identity`): refuse an entry
     of another slide or config (unless ``overwrite``), warn about a damaged one (recomputed).
@@ -143,7 +177,7 @@ def check_store(plan: StorePlan, identity: dict[str, Any], *, overwrite: bool, w
         StoreMismatchError: the entry is another slide's, or of another tiling, weights or precision.
     """
     entry, rec_path = plan.entry, plan.entry.paths["record"]
-    if entry.state == "complete" and plan.use in ("read", "write", "refuse"):
+    if entry.state == "complete" and plan.use in ("read", "write", "fill", "refuse"):
         old = entry.record.get("slide", {})
         why = []
         q_old, q_new = str(old.get("quickhash", "")), str(identity.get("quickhash", ""))
@@ -158,14 +192,14 @@ def check_store(plan: StorePlan, identity: dict[str, Any], *, overwrite: bool, w
                 "store dir, rename the slide, or pass overwrite=true to replace the entry"
             )
         if why:
-            plan.use = "write"
+            plan.use = "fill" if plan.use == "fill" else "write"
     if plan.use == "refuse":
         raise StoreMismatchError(
             f"{rec_path}: this tile-store entry was made with another tiling, weights or precision "
             f"({'; '.join(plan.differences)}); not reusing or replacing it: use another store dir, "
             "or pass overwrite=true to replace the entry"
         )
-    if entry.state == "damaged" and plan.use == "write" and warn:
+    if entry.state == "damaged" and plan.writes and warn:
         warnings.warn(
             f"damaged tile-store entry, recomputing it: {entry.detail}", DamagedStoreWarning, stacklevel=3
         )

@@ -46,18 +46,24 @@ def free_bytes(directory: str | os.PathLike[str]) -> int:
 
 
 def check_free_space(
-    directory: str | os.PathLike[str], needed_bytes: int, *, what: str, margin: int = MARGIN_BYTES
+    directory: str | os.PathLike[str],
+    needed_bytes: int,
+    *,
+    what: str,
+    margin: int = MARGIN_BYTES,
+    instead: str = "another out_dir",
 ) -> None:
     """:class:`DiskFullError` unless ``needed_bytes + margin`` fit in ``directory``'s file system.
 
     Args:
         what: the unit of work, for the message (``"slide X's bags"``).
+        instead: what else to choose, for the message (``"another store dir"``).
     """
     free = free_bytes(directory)
     if free < needed_bytes + margin:
         raise DiskFullError(
             f"{directory}: not enough free space for {what} (needs about {human_bytes(needed_bytes + margin)}, "
-            f"{human_bytes(free)} free); free some space or choose another out_dir, then rerun the same "
+            f"{human_bytes(free)} free); free some space or choose {instead}, then rerun the same "
             "command (finished files are kept)"
         )
 
