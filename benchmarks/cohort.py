@@ -24,7 +24,7 @@ CPU and the point is the cost *outside* the models) into ``DIR/out_{mode}``. It 
 a label that depends on the slide's tissue fraction, so the task is learnable) and runs
 ``python -m zoomfeat.bench task=custom`` on one feature set in a child process: the child's peak
 RSS (``ru_maxrss`` of the children), its wall seconds per fold, and the bench's own estimate of the
-memory the in-memory bags take (:mod:`zoomfeat.mil.bagdir`: file bytes x dtype size / stored size), next to
+memory the in-memory bags take (:func:`zoomfeat.mil.bagdir.memory_estimate`), next to
 the RSS of a bench over ``--small`` bags (the fixed cost of torch and the code), so the bags' part
 of the peak is the difference.
 
@@ -302,16 +302,16 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no bags at {bag_dir}: run `extract` first")
     labels = args.dir / "labels.csv"
     n = write_labels(bag_dir, labels)
-    # the bench's own estimate of its in-memory bags (zoomfeat.mil.bagdir): file bytes x itemsize
-    # (data.dtype=float16, the default: 2) / the stored itemsize
-    import h5py
+    # the bench's own estimate of its in-memory bags (zoomfeat.mil.bagdir.memory_estimate, the one
+    # it checks against the free RAM): the bags as data.dtype, the fold's float32 copy, per-bag overhead
+    from zoomfeat.mil.bagdir import memory_estimate
 
+    extra = list(args.bench_set)
+    dtype = next((kv.split("=", 1)[1] for kv in extra if kv.startswith("data.dtype=")), "float16")
     files = sorted(p for p in bag_dir.glob("*.h5") if not p.name.startswith("."))
     file_bytes = sum(p.stat().st_size for p in files)
-    with h5py.File(files[0]) as f:
-        disk_itemsize = f["features"].dtype.itemsize
-    estimate_mb = file_bytes * 2 / disk_itemsize / 2**20
-    extra = list(args.bench_set)
+    estimate_mb = memory_estimate(files, dtype) / 2**20
+    small_estimate_mb = memory_estimate(files[: args.small], dtype) / 2**20  # the labels' first rows
     # the fixed cost: the same bench over --small bags
     small_dir = args.dir / f"bench_small_{args.small}"
     small_labels = args.dir / f"labels_small_{args.small}.csv"
@@ -325,11 +325,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "feature_set": args.feature_set,
         "folds": args.folds,
         "bag_file_mb": round(file_bytes / 2**20, 1),
+        "bench_dtype": dtype,
         "bench_estimate_mb": round(estimate_mb, 1),
+        f"bench_estimate_small_{args.small}_mb": round(small_estimate_mb, 1),
         f"small_{args.small}_bags": small,
         "all_bags": big,
         "seconds_per_fold": round(big["wall_s"] / args.folds, 1),
         "peak_rss_above_small_mb": round(big["peak_rss_mb"] - small["peak_rss_mb"], 1),
+        "bench_estimate_above_small_mb": round(estimate_mb - small_estimate_mb, 1),
         "within_estimate": big["peak_rss_mb"] - small["peak_rss_mb"] <= max(estimate_mb, 1.0),
     }
 
