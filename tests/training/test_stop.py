@@ -75,9 +75,25 @@ def _stop_line(err: str, signame: str) -> str:
 
 def test_signals_stop_train_and_reruns_resume_exactly(tmp_path, data):
     a, b = tmp_path / "a", tmp_path / "b"
-    proc = subprocess.run(_args(data, a), env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the uninterrupted run A runs beside the stopped ones (independent; one thread each, 2 cores)
+    run_a = subprocess.Popen(
+        _args(data, a), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _stop_and_rerun(data, b)
+        a_err = run_a.communicate(timeout=300)[1]
+    finally:
+        if run_a.returncode is None:
+            kill_tree(run_a)
+    assert run_a.returncode == 0, a_err[-3000:]
+    ta, tb = _tensors(ck.find_latest(a)), _tensors(ck.find_latest(b))
+    assert ta.keys() == tb.keys()
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not differ, differ[:10]
 
+
+def _stop_and_rerun(data: Path, b: Path) -> None:
+    """SIGTERM, then SIGINT to the resumed run, then the plain rerun to the end, all in ``b``."""
     # SIGTERM (a scheduler's end of job): the step finishes, a checkpoint of it, exit 143
     rc, err, workers = _interrupt(_args(data, b, num_workers=1), b, signal.SIGTERM, after_steps=2)
     assert rc == 143, err[-3000:]
@@ -96,12 +112,8 @@ def test_signals_stop_train_and_reruns_resume_exactly(tmp_path, data):
     assert step < step2 < STEPS and ck.find_latest(b).name == f"step-{step2:08d}"
     assert workers and not [p for p in workers if alive(p)]
 
-    # the plain rerun resumes and ends equal to the uninterrupted run, bit for bit
+    # the plain rerun resumes to the end (and ends equal to the uninterrupted run: the test)
     proc = subprocess.run(_args(data, b), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])["train"]
     assert summary["start_step"] == step2 and summary["step"] == STEPS
-    ta, tb = _tensors(ck.find_latest(a)), _tensors(ck.find_latest(b))
-    assert ta.keys() == tb.keys()
-    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
-    assert not differ, differ[:10]

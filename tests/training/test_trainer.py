@@ -101,18 +101,31 @@ RUNNER = textwrap.dedent(
 )
 
 
-def _run_process(tmp_path: Path, kw: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
+def _start_process(tmp_path: Path, kw: dict, kill_at: int = 0) -> subprocess.Popen:
     """Every process of the comparison runs with the same thread settings: one OpenMP/MKL thread
     from the environment, ``threads=1`` (intra- and inter-op) applied by the trainer."""
     env = {**os.environ, **ONE_THREAD_ENV, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-c", RUNNER, json.dumps(kw), str(kill_at)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
         env=env,
-        timeout=600,
     )
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    """Wait for ``proc`` (600 s at most; killed otherwise)."""
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        proc.kill()  # a no-op once it has exited
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _run_process(tmp_path: Path, kw: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
+    return _finish(_start_process(tmp_path, kw, kill_at))
 
 
 def test_resume_after_kill_mid_checkpoint_matches_uninterrupted_run(tmp_path, data):
@@ -138,10 +151,11 @@ def test_resume_after_kill_mid_checkpoint_matches_uninterrupted_run(tmp_path, da
         warmup_steps=2,
     )
     a, b = tmp_path / "a", tmp_path / "b"
-    proc = _run_process(tmp_path, {**kw, "out_dir": str(a), "checkpoint_every": 3})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
+    # run A and the run that is killed are independent: both at once (one thread each, 2 cores)
+    run_a = _start_process(tmp_path, {**kw, "out_dir": str(a), "checkpoint_every": 3})
     proc = _run_process(tmp_path, {**kw, "out_dir": str(b), "checkpoint_every": 1}, kill_at=2)
+    proc_a = _finish(run_a)
+    assert proc_a.returncode == 0, proc_a.stderr[-3000:]
     assert proc.returncode == -9, proc.stderr[-3000:]
     root = b / "checkpoints"
     partial = [p for p in root.iterdir() if p.name.startswith(".step-00000002.tmp-")]
