@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from tests.processes import run_entries
 from zoomfeat.bags import (
     COORDS_ATTRS,
     FEATURE_SET_MAG,
@@ -29,21 +30,31 @@ PROVENANCE = ("encoder", "zoomfeat_version", "config_hash", "config", "mpp", "ti
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def cli_runs(tmp_path_factory, cmu_slide) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
+    """The module's command lines, each ``python -m zoomfeat.extract ...`` in a process of its own,
+    run once for the module (two at a time, forked from one process that imported torch once:
+    ``tests.processes.run_entries``): (scratch dir, finished process by name)."""
+    t = tmp_path_factory.mktemp("extract_cli")
+    commands = {
+        "demo": ["demo=true", f"out_dir={t / 'zoomfeat_demo'}", f"tissue.min_tissue={MIN_TISSUE}", "batch_size=16"],
+        "full size": [str(cmu_slide), "model=zoomldm_brca", "encoder=uni", f"out_dir={t / 'full_size'}"],
+        "unknown key": ["demo=true", f"out_dir={t / 'errors'}", "+features.timestp=3"],
+        "missing slide": [str(t / "nope.svs"), f"out_dir={t / 'errors'}"],
+        "no slides": [f"out_dir={t / 'errors'}"],
+    }  # fmt: skip
+    finished = run_entries(
+        [("zoomfeat.extract", a) for a in commands.values()], cwd=REPO, env=dict(os.environ)
+    )
+    return t, {name: proc for name, (proc, _) in zip(commands, finished, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def demo_run(cli_runs):
     """``python -m zoomfeat.extract demo=true`` on the built-in CMU slide (one run for the module)."""
-    out = tmp_path_factory.mktemp("demo") / "zoomfeat_demo"
-    cmd = [
-        sys.executable,
-        "-m",
-        "zoomfeat.extract",
-        "demo=true",
-        f"out_dir={out}",
-        f"tissue.min_tissue={MIN_TISSUE}",
-        "batch_size=16",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    t, procs = cli_runs
+    proc = procs["demo"]
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out, proc.stdout + proc.stderr
+    return t / "zoomfeat_demo", proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -189,51 +200,34 @@ def test_zoomfeat_bag_dataset_reads_the_bags(demo_run, tmp_path):
     assert zoomfeat.extract_slide is extract_slide
 
 
-def test_full_size_without_weights_is_a_clear_error(tmp_path, cmu_slide):
-    cmd = [
-        sys.executable,
-        "-m",
-        "zoomfeat.extract",
-        str(cmu_slide),
-        "model=zoomldm_brca",
-        "encoder=uni",
-        f"out_dir={tmp_path}",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_full_size_without_weights_is_a_clear_error(cli_runs):
+    t, procs = cli_runs
+    proc = procs["full size"]
     assert proc.returncode == 2  # a user error stopping the run (1: slides failed)
     assert "zoomfeat extract: error: no ZoomLDM weights given" in proc.stderr
     assert "model.checkpoint=" in proc.stderr and "allow_random_weights=true" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.rglob("*.h5"))
+    assert not list((t / "full_size").rglob("*.h5"))
 
 
-def test_unknown_keys_and_missing_slides_are_one_line_errors(tmp_path):
+def test_unknown_keys_and_missing_slides_are_one_line_errors(cli_runs):
     """Exit 2 with one line for a key the config does not know or a path that does not exist;
     exit 1 with the usage line when no slides are given at all."""
-    unknown = [
-        sys.executable,
-        "-m",
-        "zoomfeat.extract",
-        "demo=true",
-        f"out_dir={tmp_path}",
-        "+features.timestp=3",
-    ]
-    proc = subprocess.run(unknown, cwd=REPO, capture_output=True, text=True, timeout=300)
+    t, procs = cli_runs
+    proc = procs["unknown key"]
     assert proc.returncode == 2, proc.stderr
     assert "zoomfeat extract: error: extract: unknown setting 'features.timestp'" in proc.stderr
     assert (
         "known keys under features: timestep, taps, ensemble" in proc.stderr
         and "Traceback" not in proc.stderr
     )
-    missing = [sys.executable, "-m", "zoomfeat.extract", str(tmp_path / "nope.svs"), f"out_dir={tmp_path}"]
-    proc = subprocess.run(missing, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = procs["missing slide"]
     assert (
         proc.returncode == 2 and "nope.svs does not exist" in proc.stderr and "Traceback" not in proc.stderr
     )
-    none = [sys.executable, "-m", "zoomfeat.extract", f"out_dir={tmp_path}"]
-    proc = subprocess.run(none, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = procs["no slides"]
     assert proc.returncode == 1 and "no slides given. Usage: python -m zoomfeat.extract" in proc.stderr
-    assert not list(tmp_path.rglob("*.h5"))
+    assert not list((t / "errors").rglob("*.h5"))
 
 
 def test_no_slides_names_the_directory_the_formats_and_what_to_do(tmp_path):
