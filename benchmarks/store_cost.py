@@ -3,6 +3,7 @@
     python benchmarks/store_cost.py                  # full size on 2 tiles (CPU: minutes) + tiny over the demo
     python benchmarks/store_cost.py --skip-full      # the tiny models over the demo slide only
     python benchmarks/store_cost.py --tiles 2 --repeats 2 --threads 1 --json out.json
+    python benchmarks/store_cost.py --fill           # a store given afterwards to complete bags
 
 Two levels, each measured in one run, interleaved (a change of machine load hits both), best of
 ``--repeats``:
@@ -18,6 +19,12 @@ Two levels, each measured in one run, interleaved (a change of machine load hits
   run with the default recipe and ``store=DIR``, then the second run adding the 3 recipes to a copy
   of its ``out_dir``, with ``store=DIR`` against without (slide reading, tissue, DataLoader,
   writing bags included); wall and CPU seconds of the process.
+
+``--fill`` measures instead what giving a store afterwards costs (tiny models, demo slide, in one
+run, interleaved, best of ``--repeats``): a first run without the store, a first run with it, and
+``store=DIR`` over a copy of the first run's complete ``out_dir`` (the plan's ``fill``: the entry
+only). It checks that the fill leaves every bag byte-equal with its mtime, and that its entry's
+latents and embeddings equal the first run's with the store bit for bit.
 
 Two sets of 3 recipes (``--recipes``): ``one-timestep`` (other taps and poolings at t = 200: one
 UNet forward per tile serves all three) and ``three-timesteps`` (t = 50, 500, 800: three UNet
@@ -36,6 +43,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -126,7 +134,8 @@ def model_level(model: str, recipe_set: str, n_tiles: int, repeats: int, device:
         flops = {"none": count_flops(without) / n_tiles, "store": count_flops(with_store) / n_tiles}
         best = {"none": float("inf"), "store": float("inf")}
         cpu = {"none": float("inf"), "store": float("inf")}
-        a = b = {}
+        a: dict[str, Any] = {}
+        b: dict[str, Any] = {}
         for _ in range(repeats):
             for name, fn in (("none", without), ("store", with_store)):
                 r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
@@ -205,6 +214,63 @@ def pipeline_level(recipe_set: str, repeats: int) -> dict:
     }
 
 
+def _files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every HDF5 file under ``root``: (sha256, mtime in ns)."""
+    import hashlib
+
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).digest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*.h5"))}  # fmt: skip
+
+
+def fill_level(repeats: int) -> dict:
+    """A store given afterwards (tiny models, demo slide): first run without the store, first run
+    with it, and the fill of a copy of the first run's complete bags; best wall and CPU seconds."""
+    import h5py
+
+    from zoomfeat.features.config import ExtractConfig
+    from zoomfeat.features.pipeline import Extractor
+
+    slide = REPO / "zoomfeat" / "data" / "CMU-1-Small-Region.svs"
+    base = {"model": "tiny", "encoder": "tiny", "progress": False, "num_workers": 0}
+    runs = ("plain", "with_store", "fill")
+    best = dict.fromkeys(runs, float("inf"))
+    cpu = dict.fromkeys(runs, float("inf"))
+    diff = 0.0
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        root = Path(tmp)
+        for r in range(repeats):
+            for name in runs:
+                out, store = root / f"{name}{r}", root / f"store_{name}{r}"
+                if name == "fill":
+                    shutil.copytree(root / f"plain{r}", out)
+                    bags = _files(out)
+                ex = Extractor(
+                    ExtractConfig.from_kwargs(**base, **({} if name == "plain" else {"store": str(store)}))
+                )
+                r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+                res = ex.extract(slide, out)
+                dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+                assert res.status == "done", res.line()
+                best[name] = min(best[name], dt)
+                cpu[name] = min(cpu[name], (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
+                if name == "fill":
+                    assert res.store == "fill" and res.written == [] and _files(out) == bags, res.line()
+                    for m in ("m0", "m2"):
+                        with h5py.File(store / m / f"{slide.stem}.h5") as a, \
+                             h5py.File(root / f"store_with_store{r}" / m / f"{slide.stem}.h5") as b:  # fmt: skip
+                            names = ["latent", *(f"emb/{j}" for j in a.get("emb", {}))]
+                            for k in names:
+                                diff = max(diff, float(abs(a[k][:] - b[k][:]).max()))
+    return {
+        "level": "fill tiny (demo)",
+        **{f"seconds_{k}": round(v, 2) for k, v in best.items()},
+        **{f"cpu_seconds_{k}": round(v, 2) for k, v in cpu.items()},
+        "cpu_ratio_fill_to_plain": round(cpu["fill"] / cpu["plain"], 3),
+        "max_abs_diff_entry": diff,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tiles", type=int, default=2, help="full-size 20x tiles (at most 16)")
@@ -212,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--recipes", nargs="+", default=list(RECIPE_SETS), choices=list(RECIPE_SETS))
     p.add_argument("--skip-full", action="store_true")
     p.add_argument("--skip-pipeline", action="store_true")
+    p.add_argument("--fill", action="store_true", help="only: what a store given to complete bags costs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
@@ -219,6 +286,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
+    if args.fill:
+        row = fill_level(args.repeats)
+        print(json.dumps(row), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(row, indent=2))
+        return
     rows = []
     for rs in args.recipes:
         if not args.skip_pipeline:
