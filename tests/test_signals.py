@@ -74,7 +74,7 @@ def slides(synthetic_slide_factory):
         synthetic_slide_factory(
             f"sig{k}", width=1024, height=1024, mpp=0.5, levels=2, seed=k, tissue_fraction=0.6
         )
-        for k in range(2)
+        for k in range(1)  # stopped in its first slide: a second one would only be computed by the reruns
     ]
 
 
@@ -115,7 +115,7 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides, one_th
         assert "abandoned (its temporary shards removed)" in lines[0] and "Rerun the same command" in lines[0]
         assert not temporaries(out)  # the abandoned slide left nothing behind
         assert workers and not left_alive(workers)  # nor a worker process
-        assert len([s for s in slides if read_record(out, s.stem)]) < len(slides)
+        assert not [s for s in slides if read_record(out, s.stem)]  # the slide was abandoned, not recorded
 
     _prepare_here(slides, out)  # the plain rerun
     assert ShardIndex.load(out).counts() == ShardIndex.load(ref).counts()
@@ -125,6 +125,16 @@ def test_prepare_stops_on_signals_and_a_rerun_completes(tmp_path, slides, one_th
 
 
 # ------------------------------------------------------------------------------------ extraction
+
+
+@pytest.fixture(scope="module")
+def two_slides(stop_slides, tmp_path_factory) -> Path:
+    """The first two of ``stop_slides`` (tests/conftest.py): both device workers hold a slide when
+    the run is stopped, and a third would only be computed by the reruns."""
+    d = tmp_path_factory.mktemp("two_stop_slides")
+    for name in ("stop0.svs", "stop1.svs"):
+        (d / name).symlink_to(stop_slides / name)
+    return d
 
 
 def _extract_args(slides_dir: Path, out: Path, *extra: str) -> list[str]:
@@ -145,7 +155,7 @@ def _extract_args(slides_dir: Path, out: Path, *extra: str) -> list[str]:
     ids=["sigint-one-process", "sigterm-devices-cpu-cpu"],
 )
 def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
-    tmp_path, stop_slides, stop_reference, one_thread, signum, devices
+    tmp_path, two_slides, stop_reference, one_thread, signum, devices
 ):
     """Ctrl-C (SIGINT to the process group) to a one-process run, SIGTERM to the main process of a
     ``devices=[cpu,cpu]`` run, each while a slide is half written (a temporary bag exists): one line,
@@ -157,7 +167,7 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
 
     out = tmp_path / "out"
     extra = [devices] if devices else []
-    args = _extract_args(stop_slides, out, *extra)
+    args = _extract_args(two_slides, out, *extra)
     rc, err, workers = _interrupt(args, out, signum, need_workers=bool(devices))
     name = signal.Signals(signum).name
     assert rc == 128 + signum, err[-3000:]
@@ -175,8 +185,9 @@ def test_extract_stops_on_a_signal_and_a_rerun_equals_an_uninterrupted_run(
         assert proc.returncode == 0, proc.stderr[-3000:]
     else:
         summary = hydra_main("extract", run, argv=args[3:])
-        assert summary.ok and [r.status for r in summary.results] == ["done"] * 3, summary.report()
-    want, got = stop_reference, read_bags(out)
+        assert summary.ok and [r.status for r in summary.results] == ["done"] * 2, summary.report()
+    want = {k: v for k, v in stop_reference.items() if Path(k.split(":")[0]).stem in ("stop0", "stop1")}
+    got = read_bags(out)
     assert want.keys() == got.keys() and want
     assert all(np.array_equal(want[k], got[k]) for k in want)
 
