@@ -77,7 +77,9 @@ def test_changed_config_stops_the_run_before_any_work(reference_run, small_slide
     assert [r.status for r in summary.results] == ["skipped", "skipped"] and summary.ok
 
 
-def test_killed_run_leaves_no_complete_looking_file_and_rerun_finishes(reference_run, small_slides, tmp_path):
+def test_killed_run_leaves_no_complete_looking_file_and_rerun_finishes(
+    reference_run, small_slides, tmp_path, monkeypatch, capsys
+):
     slides, out = tmp_path / "slides", tmp_path / "out"
     shutil.copytree(small_slides, slides)
     args = [str(slides), f"out_dir={out}", "batch_size=3", "num_workers=1", *TINY_ARGS]
@@ -103,11 +105,17 @@ def test_killed_run_leaves_no_complete_looking_file_and_rerun_finishes(reference
     assert not [p for p in out.rglob("det_b*.h5")]
     assert list(out.rglob(".det_b.h5.tmp-*"))
 
-    # rerun over the same directory plus a corrupt slide: det_a skipped, det_b done, corrupt reported
+    # rerun over the same directory plus a corrupt slide: det_a skipped, det_b done, corrupt reported.
+    # The same command through its entry function in this process (the killed run was the
+    # process; same torch thread count, OMP_NUM_THREADS, as the command and the reference)
+    from zoomfeat.extract import main
+
     (slides / "broken.svs").write_bytes(b"II*\x00" + os.urandom(4096))
-    rerun = subprocess.run(_cli(*args), cwd=REPO, capture_output=True, text=True, timeout=600)
-    text = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 1, text
+    monkeypatch.setattr(sys, "argv", _cli(*args)[2:])
+    with pytest.raises(SystemExit) as rerun:
+        main()
+    text = "".join(capsys.readouterr())
+    assert rerun.value.code == 1, text
     assert "det_a: skipped" in text and "det_b: 3 20x + 1 5x tiles" in text
     assert "1 extracted" in text and "1 already complete" in text and "1 failed" in text
     assert "FAILED slides:" in text and "broken.svs" in text
