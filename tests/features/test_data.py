@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import torch
 
-from zoomfeat.features.data import NoiseSpec, ParentRegions, parent_loader
+from zoomfeat.features.data import NoiseSpec, ParentReaders, ParentRegions, parent_loader
 from zoomfeat.features.noise import tile_noise
 from zoomfeat.slide import Slide, TileGrid, split_parent
 
@@ -48,3 +48,56 @@ def test_workers_and_pickling_give_the_same_items(small_slides):
         for a, b in zip(ref, items):
             for key in ("children", "parent", "noise20", "noise5"):
                 assert torch.equal(a[key], b[key]), key
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _assert_items_equal(ds: ParentRegions, items: list[dict]) -> None:
+    assert [int(it["index"]) for it in items] == list(range(len(ds)))
+    for i, item in enumerate(items):
+        ref = ds[i]
+        for key in ("children", "parent", "noise20", "noise5"):
+            assert torch.equal(ref[key], item[key]), (i, key)
+
+
+def test_reader_pool_reads_slide_after_slide_with_the_same_processes(small_slides):
+    """ParentReaders starts its processes once: the second slide is read by the processes that
+    read the first (no new process), its items exactly ParentRegions's; close ends them."""
+    a, _ = _dataset(small_slides / "det_a.svs")
+    b, _ = _dataset(small_slides / "det_b.svs")
+    before = _children()
+    pool = ParentReaders(2)
+    try:
+        _assert_items_equal(a, list(pool.parents(a)))
+        readers = _children() - before
+        assert len(readers) == 2
+        _assert_items_equal(b, list(pool.parents(b)))
+        _assert_items_equal(a, list(pool.parents(a)))  # back to the first slide: reopened
+        assert _children() - before == readers
+    finally:
+        pool.close()
+    assert not (_children() & readers)
+
+
+def test_reader_pool_restarts_after_a_slide_read_in_part(small_slides):
+    """A slide abandoned after its first parent (an error, a stop) ends the processes, so none of
+    its queued requests reaches the next slide, which new processes read in full."""
+    a, _ = _dataset(small_slides / "det_a.svs")
+    b, _ = _dataset(small_slides / "det_b.svs")
+    before = _children()
+    pool = ParentReaders(1)
+    try:
+        it = pool.parents(a)
+        assert int(next(it)["index"]) == 0
+        first = _children() - before
+        it.close()
+        assert len(first) == 1 and not (_children() & first)
+        _assert_items_equal(b, list(pool.parents(b)))
+        assert len(_children() - before) == 1
+    finally:
+        pool.close()
+    assert _children() == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import psutil
 import pytest
 
 from zoomfeat.bags import FEATURE_SETS, bag_path, open_bag, patches_path
@@ -20,6 +21,7 @@ def _bags(out, slide_id):
 def test_batch_size_and_workers_do_not_change_features(
     tiny, reference_run, small_slides, tmp_path, batch_atol
 ):
+    before = {p.pid for p in psutil.Process().children()}  # a session's servers, say
     ex = Extractor(ExtractConfig.from_kwargs(**tiny, batch_size=16, num_workers=2))
     for slide in sorted(small_slides.iterdir()):
         with warnings.catch_warnings():
@@ -37,6 +39,11 @@ def test_batch_size_and_workers_do_not_change_features(
                 np.testing.assert_allclose(a.features, b.features, rtol=0, atol=batch_atol, err_msg=name)
                 assert np.abs(a.features).max() > 0.1  # real features, not zeros
         np.testing.assert_array_equal(ref["zoomldm_20x"].parent_idx, new["zoomldm_20x"].parent_idx)
+    # the two reader processes read both slides (started once, kept between slides); close ends them
+    readers, pids = ex.pass_.readers, {p.pid for p in psutil.Process().children()} - before
+    assert readers is not None and readers.running and len(pids) == 2
+    ex.close()
+    assert not readers.running and not pids & {p.pid for p in psutil.Process().children()}
 
 
 def test_a_held_lock_leaves_the_slide_to_its_owner(tiny, small_slides, tmp_path):

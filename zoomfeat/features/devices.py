@@ -158,6 +158,7 @@ def _worker_main(index: int, conn: Any, *, device: str, cfg: ExtractConfig, out_
         if result.status == "failed" and not _device_ok(ex.device):
             conn.send(("retire", index, f"device {device} stopped working after {spec.slide_id}"))
             break
+    ex.close()  # the reader processes (num_workers)
     if cache is not None:
         cache.close()
     conn.close()

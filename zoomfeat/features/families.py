@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from zoomfeat.features.data import ParentReaders
 from zoomfeat.features.outputs import (
     IDENTITY_ATTRS,
     OutputFile,
@@ -233,6 +234,8 @@ class ExtractionPass:
     families: dict[str, Family]
     grid: dict[str, Any]
     grid_hash: str
+    #: the reader processes every slide of the pass shares (:meth:`parent_readers`), once started
+    readers: ParentReaders | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, cfg: Any, *, device: Any, models: Any) -> ExtractionPass:
@@ -260,6 +263,22 @@ class ExtractionPass:
             plan.seen[str(rec)] = _fingerprint(rec)
         plan.work = self.work(plan)
         return plan
+
+    def parent_readers(self, num_workers: int, *, pin_memory: bool) -> ParentReaders:
+        """The pass's :class:`~zoomfeat.features.data.ParentReaders` (``num_workers`` processes
+        reading parent regions), running: started at the first slide (again after a slide that
+        ended them) and kept for the next ones. Call it before anything of a slide is open."""
+        if self.readers is None or not self.readers.matches(num_workers, pin_memory=pin_memory):
+            self.close()
+            self.readers = ParentReaders(num_workers, pin_memory=pin_memory)
+        self.readers.start()
+        return self.readers
+
+    def close(self) -> None:
+        """End the reader processes, if any (a later slide starts them again)."""
+        if self.readers is not None:
+            self.readers.close()
+            self.readers = None
 
     def work(self, plan: SlidePlan) -> Work:
         """What a slide's run computes: the one decision (:func:`plan_work` of the sets the plan

@@ -91,6 +91,16 @@ class Extractor:
         self.grid, self.grid_hash = self.pass_.grid, self.pass_.grid_hash
         self.timings: dict[str, float] = {}
 
+    def close(self) -> None:
+        """End the reader processes the slides shared (``num_workers``); a later slide starts them again."""
+        self.pass_.close()
+
+    def __enter__(self) -> Extractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ----------------------------------------------------------------------------- outputs
     def outputs(self, out_dir: str | Path, slide_id: str) -> dict[str, Path]:
         """Final paths of one slide's bags (every family's three sets) and two coords files."""

@@ -141,7 +141,10 @@ def extract_slides(
             )
         else:
             ex = extractor or Extractor(config)
-            _extract_here(mine, out_dir, ex, echo=echo, summary=summary, hooks=hooks)
+            try:
+                _extract_here(mine, out_dir, ex, echo=echo, summary=summary, hooks=hooks)
+            finally:
+                ex.close()  # the reader processes (num_workers)
     except SlideCancelled as cancelled:  # a stop signal (runtime.stopping): the one line says what is done
         summary.seconds = time.perf_counter() - t0
         _write_log(summary, out_dir, shard_index=shard_index, shard_count=shard_count)

@@ -14,9 +14,10 @@
    are computed and written.
 3. :meth:`~SlideExtraction.lay_grid` -- find the tissue, lay the 20x/5x tile grid, open the bag
    writer (every bag to write at its final size, under a temporary name).
-4. :meth:`~SlideExtraction.read_parents` -- stream the kept 5x parents: DataLoader workers read each
-   parent's 1024 px region at 20x once, split it into 16 children + the 5x tile and draw their
-   per-tile noise (:mod:`zoomfeat.features.data`).
+4. :meth:`~SlideExtraction.read_parents` -- stream the kept 5x parents: reader processes
+   (``num_workers``; the pass's :class:`~zoomfeat.features.data.ParentReaders`, started once and
+   kept from slide to slide) read each parent's 1024 px region at 20x once, split it into 16
+   children + the 5x tile and draw their per-tile noise (:mod:`zoomfeat.features.data`).
 5. :meth:`~SlideExtraction.run_encoders` -- every embedding job (the encoder families to write,
    and the conditioning encoder when a recipe is to be written) on the tiles the plan's
    :class:`~zoomfeat.features.families.Work` lists for it (``bags.sets``): the kept children for
@@ -52,7 +53,7 @@ import os
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ import torch
 
 from zoomfeat.bags import PerMag
 from zoomfeat.features.batching import ParentState, Piece, RowBuffer, queued, take
-from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentRegions, parent_loader
+from zoomfeat.features.data import CHILDREN, NoiseSpec, ParentReaders, ParentRegions, parent_loader
 from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_write
@@ -301,6 +302,7 @@ class SlideExtraction:
         self.store_use = ""
         self.store_in: StoreReader | None = None
         self.store_out: StoreWriter | None = None
+        self.readers: ParentReaders | None = None  # the pass's reader processes (start_readers)
         self.latents: dict[int, dict[str, np.ndarray]] = {}  # 6-7 (store written): z0 of parents in flight
         self.tiles_total = 0  # 3
 
@@ -309,6 +311,7 @@ class SlideExtraction:
         raises on a failure (after ``on_slide_end`` saw it as ``failed``)."""
         t0 = time.perf_counter()
         try:
+            self.readers = self.start_readers()
             self.open_slide()  # 1
             lock = SlideLock(self.out_dir, self.slide.slide_id)
             try:
@@ -512,12 +515,21 @@ class SlideExtraction:
             self.store_out = open_writer(xp, slide, grid)
         return writer
 
+    def start_readers(self) -> ParentReaders | None:
+        """The pass's reader processes (``num_workers``), running: started (or started again) now,
+        before anything of this slide is open, since a process forked later would keep copies of
+        the slide's lock and its open bags. None without workers or when the plan computes nothing."""
+        workers = self.cfg.workers_for(self.device.type)
+        if not workers or (self.plan is not None and self.plan.complete and self.plan.store is None):
+            return None
+        return self.pass_.parent_readers(workers, pin_memory=self.device.type == "cuda")
+
     # ---------------------------------------------------------------- 4-7. the stream
     def stream(self, writer: SlideBagWriter) -> None:
         """Read parents (4) and run both model stages (5, 6) as their queues fill; fuse and write
         complete parents in order (7)."""
-        cfg, dev, P = self.cfg, self.device, self.n_parents
-        self.kept = self.grid.children.kept.reshape(P, CHILDREN)
+        cfg, dev = self.cfg, self.device
+        self.kept = self.grid.children.kept.reshape(self.n_parents, CHILDREN)
         self.rows = RowBuffer(writer, sets=list(writer.rows_written))  # the sets of bags.sets to write
         # every draw a pass's recipe may use; draw j is the same whatever the count (a prefix)
         draws = self.models.max_draws if self.recipes else 0
@@ -527,13 +539,24 @@ class SlideExtraction:
             if self.store_in is not None
             else ParentRegions(self.slide, self.grid, noise)
         )
-        loader = parent_loader(
-            regions,
-            cfg.workers_for(dev.type),
-            pin_memory=dev.type == "cuda",
+        # reader processes: the pass's, running since the slide started (a store's parents: a loader)
+        it = (
+            self.readers.parents(regions)
+            if self.readers is not None and isinstance(regions, ParentRegions)
+            else iter(parent_loader(regions, cfg.workers_for(dev.type), pin_memory=dev.type == "cuda"))
         )
+        try:
+            self.stream_parents(it)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:  # a slide stopped part-way ends the readers' work on it
+                close()
+
+    def stream_parents(self, it: Iterator[dict]) -> None:
+        """Steps 4-7 over the parents ``it`` yields in order."""
+        cfg, P, rows = self.cfg, self.n_parents, self.rows
+        assert rows is not None  # stream() made it
         bs = cfg.batch_size
-        it = iter(loader)
         while True:
             self.check_cancelled()
             t = time.perf_counter()
@@ -549,7 +572,7 @@ class SlideExtraction:
                 self.run_zoomldm(take(self.queue_zoomldm, bs))
             if batch is None:
                 break
-        self.rows.flush()
+        rows.flush()
         if self.states or self.next_parent != P:
             raise RuntimeError(f"{self.slide.path}: internal error, {len(self.states)} parent(s) unfinished")
 
