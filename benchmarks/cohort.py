@@ -14,6 +14,9 @@ CPU and the point is the cost *outside* the models) into ``DIR/out_{mode}``. It 
 - per-slide overhead outside the models: the slide's wall seconds (``SlideResult.seconds``) minus
   its model seconds (``SlideResult.timings``: every encoder and ZoomLDM forward call), and the
   run's wall seconds per slide minus model seconds per slide (planning, locks, logs included);
+- with ``--side A,B`` (slides alternating between two sizes, so they differ in kept 5x
+  parents): the overhead split by least squares into a fixed part per slide and a part per kept
+  parent (reading, decoding and resampling its 1024 px region), wall and CPU;
 - HDF5 opens per slide (every ``h5py.File`` opened in this process, attributed by file name;
   one-process mode only);
 - resident memory against slides done: the RSS of this process (with ``--devices``: of this
@@ -63,8 +66,9 @@ SIDE_PX = 1024  # at 0.5 um/px: one 5x parent of 4 x 4 20x tiles
 
 
 # ----------------------------------------------------------------------------- slides
-def write_cohort(slide_dir: Path, *, n: int, side: int) -> list[Path]:
-    """``n`` synthetic 20x slides (0.5 um/px, 2 levels), seeds 0..n-1, tissue fraction 0.25..0.65."""
+def write_cohort(slide_dir: Path, *, n: int, sides: list[int]) -> list[Path]:
+    """``n`` synthetic 20x slides (0.5 um/px, 2 levels), seeds 0..n-1, tissue fraction 0.25..0.65;
+    slide ``i`` is ``sides[i % len(sides)]`` px square."""
     from zoomfeat.slide.synthetic import write_synthetic_slide
 
     slide_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +77,7 @@ def write_cohort(slide_dir: Path, *, n: int, side: int) -> list[Path]:
         path = slide_dir / f"c{i:05d}.svs"
         if not path.is_file():
             tmp = slide_dir / f".c{i:05d}.tmp.svs"
+            side = sides[i % len(sides)]
             write_synthetic_slide(
                 tmp, width=side, height=side, mpp=0.5, levels=2, seed=i, tissue_fraction=tissue_fraction(i)
             )
@@ -134,11 +139,11 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
     from zoomfeat.slide.manifest import discover
 
     t0 = time.perf_counter()
-    write_cohort(args.dir / "slides", n=args.slides, side=args.side)
-    print(
-        f"{args.slides} slides in {args.dir / 'slides'} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr
-    )
-    slides = discover([args.dir / "slides"])[: args.slides]
+    sides = [int(v) for v in str(args.side).split(",")]
+    slide_dir = args.dir / ("slides" if sides == [SIDE_PX] else "slides_" + "_".join(map(str, sides)))
+    write_cohort(slide_dir, n=args.slides, sides=sides)
+    print(f"{args.slides} slides in {slide_dir} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    slides = discover([slide_dir])[: args.slides]
     mode = "devices" if args.devices else "one_process"
     out = args.out or args.dir / f"out_{mode}"
     kwargs: dict[str, Any] = {"model": "tiny", "encoder": "tiny", "progress": False, "num_workers": 0}
@@ -195,6 +200,14 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
     model = np.array([r.timings.get("uni", 0.0) + r.timings.get("zoomldm", 0.0) for r in done])
     seconds = np.array([r.seconds for r in done])
     overhead_ms = (seconds - model) * 1e3
+    # overhead = fixed + per_parent x (kept 5x parents): least squares over the slides (they differ
+    # in parents with --side A,B); the fixed part is what every slide costs whatever its tissue
+    parents = np.array([r.n5 for r in done], dtype=float)
+    fit = {}
+    for key, values in (("wall", overhead_ms), ("cpu", np.array(slide_overhead_cpu) * 1e3)):
+        if len(values) == len(parents) and len(set(parents.tolist())) > 1:
+            per_parent, fixed = np.polyfit(parents, values, 1)
+            fit[key] = {"fixed_ms": round(float(fixed), 1), "per_parent_ms": round(float(per_parent), 1)}
     opens = Counter(slide_of(p) for p in opened)
     per_slide_opens = [opens[s.slide_id] for s in slides]
     tiles = np.array([r.n20 for r in done])
@@ -204,6 +217,9 @@ def extract(args: argparse.Namespace) -> dict[str, Any]:
         "slides": len(slides),
         "done": len(done),
         "kept_20x_tiles_mean": round(float(tiles.mean()), 1) if len(tiles) else 0,
+        "kept_5x_parents_mean": round(float(parents.mean()), 2) if len(parents) else 0,
+        # per-slide overhead split into a fixed part and a part per kept parent (--side A,B)
+        "overhead_fit": fit or "one parent count: pass --side 1024,2048 for the fit",
         "wall_s": round(wall, 1),
         "model_ms_per_slide_median": round(float(np.median(model) * 1e3), 1) if len(done) else None,
         "overhead_ms_per_slide_median": round(float(np.median(overhead_ms)), 1) if len(done) else None,
@@ -462,7 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, default=None, help="extraction out_dir (default DIR/out_{mode})")
         p.add_argument("--devices", default="", help="e.g. cpu,cpu: one worker process per device")
     e.add_argument("--slides", type=int, default=500)
-    e.add_argument("--side", type=int, default=SIDE_PX, help="slide side in level-0 px (0.5 um/px)")
+    e.add_argument(
+        "--side",
+        default=str(SIDE_PX),
+        help="slide side in level-0 px (0.5 um/px); A,B: slides alternate (1024 = 1 parent, 2048 = up to 4)",
+    )
     e.add_argument("--zoomldm", action="store_true", help="also the tiny ZoomLDM (default zoomldm=false)")
     e.add_argument("--warmup", type=int, default=20, help="slides left out of the RSS slope fit")
     e.add_argument("--set", action="append", default=[], help="more extraction options KEY=VALUE")

@@ -109,6 +109,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also time TRIDENT's whole job (otsu tissue + coords + feat)",
     )
+    ap.add_argument(
+        "--zoomfeat-set",
+        action="append",
+        default=[],
+        help="more zoomfeat settings KEY=VALUE, e.g. num_workers=1 (reader processes, as TRIDENT reads)",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/trident_compare"), help="scratch directory")
     ap.add_argument("--json", type=Path, default=None, help="write the runs and the summary here")
     return ap.parse_args(argv)
@@ -212,7 +218,7 @@ def zoomfeat_cmd(
     ]  # fmt: skip
     if sets is not None:
         cmd.append(f"bags.sets={sets}")
-    return cmd
+    return cmd + list(args.zoomfeat_set)
 
 
 def trident_cmd(slides: Path, job: Path, weights: Path, args: argparse.Namespace, *, full: bool) -> list[str]:

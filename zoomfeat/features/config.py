@@ -205,7 +205,7 @@ class ExtractConfig:
     trident_compat: bool = False
     #: tiles per model call
     batch_size: int = 32
-    #: DataLoader processes reading parent regions: an int or "auto" (0 on CPU, <= 8 with a GPU)
+    #: processes reading parent regions, started once per run: an int or "auto" (0 on CPU, <= 8 with a GPU)
     num_workers: Any = "auto"
     #: auto | cpu | cuda | cuda:N | mps
     device: str = "auto"
