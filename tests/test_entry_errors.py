@@ -1,7 +1,7 @@
 """Every entry point, run as a new user would on bad inputs: one line, no stack trace.
 
-Each case runs as ``python -m zoomfeat.{entry} ...`` in a process of its own (all cases at once, two
-at a time, forked from one process that imported torch, diffusers and Hydra once:
+Each case runs as ``python -m zoomfeat.{entry} ...`` in a process of its own (all cases in one fixture, one
+after the other, forked from one process that imported torch, diffusers and Hydra once:
 ``tests.processes.run_entries``) and checks that stderr has no ``Traceback``, exactly one ``zoomfeat {entry}: error:``
 line, that this line says what is wrong (``expect``), and the exit status (2: a user error stopping
 the run; 1: extract/prepare slides that failed while the others went on).
@@ -151,7 +151,9 @@ def scratch(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(scratch, request) -> dict[Case, tuple[subprocess.CompletedProcess, float]]:
-    """Every selected case (``-k`` works) run once, each in a process of its own, two at a time."""
+    """Every selected case (``-k`` works) run once, each in a process of its own, one after the
+    other (several cases share an out_dir; each takes a fraction of a second once torch is
+    imported)."""
     selected = [
         item.callspec.params["case"]
         for item in request.session.items
@@ -165,7 +167,7 @@ def results(scratch, request) -> dict[Case, tuple[subprocess.CompletedProcess, f
         (f"zoomfeat.{case.entry}", [a.replace("{t}", str(scratch)) for a in case.args]) for case in selected
     ]
     out = dict(
-        zip(selected, run_entries(commands, cwd=scratch, env=env, parallel=2, timeout=600), strict=True)
+        zip(selected, run_entries(commands, cwd=scratch, env=env, parallel=1, timeout=600), strict=True)
     )
     table = os.environ.get("ZOOMFEAT_ENTRY_TABLE")
     if table:  # docs/troubleshooting.md's table, from what the user really sees
