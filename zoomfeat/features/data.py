@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoomfeat.features.noise import tile_noise
+from zoomfeat.runtime.heap import release_freed_memory
 from zoomfeat.runtime.stopping import ignore_stop_signals
 from zoomfeat.runtime.units import CHILDREN_PER_SIDE
 from zoomfeat.slide import Slide, TileGrid, split_parent
@@ -200,6 +201,7 @@ class _Requested(Dataset):
         if token != self.token:
             if self.slide is not None:
                 self.slide.close()
+                release_freed_memory()  # the last slide's buffers back to the OS, as the main process does
             self.token, self.slide = token, slide
         assert self.slide is not None
         return read_parent(self.slide, request)
