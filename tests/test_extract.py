@@ -32,15 +32,15 @@ PROVENANCE = ("encoder", "zoomfeat_version", "config_hash", "config", "mpp", "ti
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory, cmu_slide) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
     """The module's command lines, each ``python -m zoomfeat.extract ...`` in a process of its own,
-    run once for the module (two at a time, forked from one process that imported torch once:
+    run once for the module (each its own out_dir, two at a time, forked from one process that imported torch once:
     ``tests.processes.run_entries``): (scratch dir, finished process by name)."""
     t = tmp_path_factory.mktemp("extract_cli")
     commands = {
         "demo": ["demo=true", f"out_dir={t / 'zoomfeat_demo'}", f"tissue.min_tissue={MIN_TISSUE}", "batch_size=16"],
         "full size": [str(cmu_slide), "model=zoomldm_brca", "encoder=uni", f"out_dir={t / 'full_size'}"],
-        "unknown key": ["demo=true", f"out_dir={t / 'errors'}", "+features.timestp=3"],
-        "missing slide": [str(t / "nope.svs"), f"out_dir={t / 'errors'}"],
-        "no slides": [f"out_dir={t / 'errors'}"],
+        "unknown key": ["demo=true", f"out_dir={t / 'unknown_key'}", "+features.timestp=3"],
+        "missing slide": [str(t / "nope.svs"), f"out_dir={t / 'missing_slide'}"],
+        "no slides": [f"out_dir={t / 'no_slides'}"],
     }  # fmt: skip
     finished = run_entries(
         [("zoomfeat.extract", a) for a in commands.values()], cwd=REPO, env=dict(os.environ)
@@ -227,7 +227,7 @@ def test_unknown_keys_and_missing_slides_are_one_line_errors(cli_runs):
     )
     proc = procs["no slides"]
     assert proc.returncode == 1 and "no slides given. Usage: python -m zoomfeat.extract" in proc.stderr
-    assert not list((t / "errors").rglob("*.h5"))
+    assert not [p for d in ("unknown_key", "missing_slide", "no_slides") for p in (t / d).rglob("*.h5")]
 
 
 def test_no_slides_names_the_directory_the_formats_and_what_to_do(tmp_path):
