@@ -13,6 +13,7 @@ by ``ZOOMFEAT_ENTRY_TABLE=docs/troubleshooting.md python -m pytest -q tests/test
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,7 @@ def _table(out: dict, scratch: Path) -> str:
             tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or [""]
             line = ("(stack trace) " if "Traceback" in proc.stderr else "(no error line) ") + tail[0]
         line = line.replace(str(scratch) + "/", "").replace("|", "\\|")
+        line = re.sub(r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}", "<date_time>", line)  # Hydra's run folder
         rows.append(f"| {case.entry} | {case.name} | `{args}` | {proc.returncode} | {line} |")
     return "\n".join(rows) + "\n"
 
