@@ -138,3 +138,30 @@ def stop_reference(stop_slides, tmp_path_factory) -> dict:
         torch.set_num_threads(threads)
     assert summary.ok and [r.status for r in summary.results] == ["done"] * 3, summary.report()
     return read_bags(out)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size_mb)``: a directory with a tmpfs of that size mounted on it (a small disk that
+    really fills up), unmounted after the test; the test is skipped where mounting is refused
+    (it needs root)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size_mb: int) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(d)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)

@@ -37,19 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """An 8 MB tmpfs (unmounted afterwards)."""
-    d = tmp_path / "disk"
-    d.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    return tmpfs(8)
 
 
 def _fill(disk: Path, leave: int) -> Path:

@@ -321,21 +321,9 @@ def test_complete_bags_and_a_store_of_another_tiling_is_one_line(stored, small_s
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs):
     """A 4 MB tmpfs (unmounted afterwards); skipped where mounting is refused (needs root)."""
-    import subprocess
-
-    d = tmp_path / "disk"
-    d.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], capture_output=True, text=True
-    )
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    return tmpfs(4)
 
 
 def _leave_free(disk: Path, leave: int) -> Path:
