@@ -114,15 +114,26 @@ def test_20x_alone_writes_20x_files_embeds_only_kept_children_and_equals_the_ful
         assert a.attrs["config_hash"] == b.attrs["config_hash"]  # bags.sets is not in the hash
 
 
-def test_zoomldm_false_20x_embeds_exactly_the_kept_children(full_run, small_slides, tmp_path):
+def test_zoomldm_false_20x_embeds_exactly_the_kept_children(full_run, small_slides, tmp_path, monkeypatch):
     """A plain encoder extractor asked for 20x bags embeds the kept tiles and nothing else (batch_size
-    3: pieces of two parents share batches)."""
+    3: pieces of two parents share batches), and no parent region is downsampled to its 5x tile."""
+    import zoomfeat.features.data as data
+
     ref, _ = full_run
+    splits: list[bool] = []
+
+    def split(region, *, parent_tile=True):
+        splits.append(parent_tile)
+        return data.split_parent.__wrapped__(region, parent_tile=parent_tile)
+
+    split.__wrapped__ = data.split_parent  # type: ignore[attr-defined]
+    monkeypatch.setattr(data, "split_parent", split)
     run = Counted(batch_size=3, zoomldm=False, **{"bags.sets": ["20x"]})
     assert run.ex.models.model is None
     assert run.extract(small_slides / f"{SLIDE}.svs", tmp_path).status == "done"
     assert _files(tmp_path) == {"uni_20x"}
     assert run.embedded == {"uni": N_KEPT} and run.zoomldm == 0
+    assert splits == [False] * N_PARENTS
     np.testing.assert_array_equal(_bag(ref, "uni_20x").features, _bag(tmp_path, "uni_20x").features)
 
 
@@ -197,6 +208,7 @@ def test_plan_work_embeds_what_the_sets_need(kinds, work):
     fams = {"z": _fam("z", "recipe", "cond"), "uni": _fam("uni", "encoder", "uni")}
     write = {f: tuple(f"{f}_{k}" for k in kinds) for f in fams}
     assert plan_work(write, fams) == work
+    assert work.parent_tile == (kinds != ("20x",))  # the 5x tile: embedded, or ZoomLDM's 5x input
     assert Work.full(["uni", "cond"], zoomldm=True) == Work(*[frozenset({"uni", "cond"})] * 3, True, True)
     kept = np.zeros(16, bool)
     kept[[1, 5]] = True

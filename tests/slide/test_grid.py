@@ -125,6 +125,10 @@ def test_split_parent_order_and_antialiased_downsample():
     assert np.abs(small[2:-2, 2:-2].astype(int) - 128).max() <= 3
     with pytest.raises(ValueError):
         split_parent(region[:30, :30])
+    # no 5x tile asked for: the same children, a white parent tile (no downsample)
+    same, white = split_parent(region, parent_tile=False)
+    np.testing.assert_array_equal(same, children)
+    assert white.shape == (8, 8, 3) and (white == 255).all()
 
 
 def test_40x_pyramid_grid_is_integer_and_reads_from_level_1(synthetic_slide_factory):

@@ -51,10 +51,11 @@ class ParentRegions(Dataset):
     The slide is picklable (path + MPP, handle reopened lazily in each worker).
     """
 
-    def __init__(self, slide: Slide, grid: TileGrid, noise: NoiseSpec) -> None:
+    def __init__(self, slide: Slide, grid: TileGrid, noise: NoiseSpec, *, parent_tile: bool = True) -> None:
         self.slide = slide
         self.grid = grid
         self.noise = noise
+        self.parent_tile = parent_tile  # False: the run uses no 5x tile (a white one, not downsampled)
         self.kept = grid.children.kept.reshape(-1, CHILDREN)
 
     def __len__(self) -> int:
@@ -75,6 +76,7 @@ class ParentRegions(Dataset):
             mag=self.grid.mag,
             parent_mag=self.grid.parent_mag,
             noise=self.noise,
+            parent_tile=self.parent_tile,
         )
 
     def __getitem__(self, i: int) -> dict:
@@ -102,6 +104,7 @@ class ParentRequest:
     mag: float
     parent_mag: float
     noise: NoiseSpec
+    parent_tile: bool = True
 
 
 def read_parent(slide: Slide, request: ParentRequest) -> dict:
@@ -110,7 +113,7 @@ def read_parent(slide: Slide, request: ParentRequest) -> dict:
     children and the 4x-downsampled parent tile (:func:`split_parent`), and the noise of its kept
     children and of the parent tile."""
     region = slide.read_region(request.x0, request.y0, CHILDREN_PER_SIDE * request.tile_px, request.mpp)
-    children, parent = split_parent(region)
+    children, parent = split_parent(region, parent_tile=request.parent_tile)
     ns = request.noise
     xy = request.child_xy
     if ns.draws == 0:  # no recipe to compute (encoder families only): no noise

@@ -166,6 +166,12 @@ class Work:
         """Every embedding job that runs at all."""
         return self.kept | self.background | self.parent
 
+    @property
+    def parent_tile(self) -> bool:
+        """Whether anything uses the 5x tile (a job embeds it, or ZoomLDM runs on it): else the
+        reader skips its 4x downsample."""
+        return bool(self.parent) or self.zoomldm_5x
+
     def tiles(self, job: str) -> tuple[bool, bool, bool]:
         """Which tiles ``job`` embeds: (kept children, background children, the 5x tile)."""
         return (job in self.kept, job in self.background, job in self.parent)

@@ -534,10 +534,11 @@ class SlideExtraction:
         # every draw a pass's recipe may use; draw j is the same whatever the count (a prefix)
         draws = self.models.max_draws if self.recipes else 0
         noise = NoiseSpec(cfg.seed, self.slide.slide_id, self.models.latent_shape, draws)
+        assert self.plan is not None
         regions = (
             StoreParents(self.store_in, self.grid, noise, jobs=self.jobs, latents=bool(self.recipes))
             if self.store_in is not None
-            else ParentRegions(self.slide, self.grid, noise)
+            else ParentRegions(self.slide, self.grid, noise, parent_tile=self.plan.work.parent_tile)
         )
         # reader processes: the pass's, running since the slide started (a store's parents: a loader)
         it = (
