@@ -85,8 +85,9 @@ class ParentRegions(Dataset):
 
 @dataclass(frozen=True)
 class ParentRequest:
-    """Everything reading one kept parent needs besides the slide: a few hundred bytes, so a
-    request travels to a reader process cheaply (the grid, with its tissue mask, stays here).
+    """Everything reading one kept parent needs besides the slide: a few hundred bytes (the slide
+    about 1.5 KB more), so a request travels to a reader process cheaply (the grid, with its
+    tissue mask, stays here).
 
     ``(x0, y0)``: the parent region's exact level-0 top-left; ``mpp``: the 20x tiles' um/px
     (``TileGrid.target_mpp``); ``child_xy``: int64 (n, 2) level-0 xy of its kept children in row
