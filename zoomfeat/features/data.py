@@ -179,14 +179,15 @@ def parent_loader(
 
 
 class _Feed(Sampler):
-    """The requests of the slide being read: the pool's sampler, refilled for every slide (a
-    persistent loader iterates its sampler again on each pass)."""
+    """The requests of the slide being read: the pool's sampler, given a new list for every slide
+    (a persistent loader iterates its sampler again on each pass; the list is replaced, never
+    changed in place, so an iteration under way keeps its own)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[int, Slide, ParentRequest]] = []
 
     def __iter__(self) -> Iterator[tuple[int, Slide, ParentRequest]]:
-        return iter(list(self.requests))
+        return iter(self.requests)
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -214,8 +215,8 @@ class _Requested(Dataset):
 class ParentReaders:
     """``num_workers`` reader processes kept for a whole run: they read the parents of one slide
     after another, so a cohort starts them once, not once per slide (a loader per slide forked
-    ``num_workers`` processes for every slide: about 0.2 s a slide with 2 of them on a small
-    slide, more than reading it; ``benchmarks/cohort.py --set num_workers=2``).
+    ``num_workers`` processes for every slide: 0.1 to 0.15 s a slide with 2 of them, more than
+    reading a small slide; ``benchmarks/cohort.py extract --side 1024,2048 --set num_workers=2``).
 
     :meth:`parents` yields a slide's items in order, exactly :class:`ParentRegions`'s (the same
     :func:`read_parent` on the same :class:`ParentRequest`); a request carries the slide (a
