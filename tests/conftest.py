@@ -17,6 +17,31 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+#: free space the suite needs where its temporary directories go: the largest test writes a
+#: full-size UNI checkpoint (1.2 GB); a passing test's directory is removed when it ends
+#: (pyproject: tmp_path_retention_policy), the session's shared slides and wheel stay (~0.1 GB)
+NEEDS_FREE_GB = 2.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to start on a disk too full for the suite: one line saying where, how much is free
+    and what to do (a full disk fails hundreds of tests one by one, each with its own trace)."""
+    import shutil
+    import tempfile
+
+    base = Path(session.config.option.basetemp or tempfile.gettempdir()).absolute()
+    while not base.exists():
+        base = base.parent
+    free_gb = shutil.disk_usage(base).free / 1e9
+    if free_gb < NEEDS_FREE_GB:
+        pytest.exit(
+            f"{base}: {free_gb:.1f} GB free, the test suite needs about {NEEDS_FREE_GB:.0f} GB there "
+            "for its temporary files; free some space, or point TMPDIR (or --basetemp) at a disk "
+            "that has it",
+            returncode=3,
+        )
+
+
 def _torch_threads() -> int | None:
     """torch's intra-op thread count, or None while torch is not imported (not imported here)."""
     torch = sys.modules.get("torch")

@@ -50,6 +50,43 @@ def test_debug_shows_the_trace_and_bugs_are_not_hidden(monkeypatch):
         report_errors("extract", lambda: 1 / 0)
 
 
+def test_a_log_file_on_a_full_disk_adds_no_trace_to_the_error_line(tmpfs, capsys, monkeypatch):
+    """A log handler whose file cannot be written (a full disk under Hydra's run record or a
+    library's cache) must not print logging's '--- Logging error ---' trace over the one line."""
+    import logging
+
+    from zoomfeat.cli import report_errors
+    from zoomfeat.runtime.errors import InputError
+
+    disk = tmpfs(1)
+    with open(disk / "fill", "wb") as fill, pytest.raises(OSError):  # the disk really fills up
+        for _ in range(64):
+            fill.write(b"\0" * 65536)
+            fill.flush()
+    handler = logging.FileHandler(disk / "run.log")
+    log = logging.getLogger("zoomfeat.test_full_disk")
+    log.addHandler(handler)
+
+    def task():
+        log.warning("a record the full disk cannot take " + "x" * 8192)
+        raise InputError("slide.svs: the one line")
+
+    monkeypatch.delenv("ZOOMFEAT_DEBUG", raising=False)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            report_errors("extract", task)
+    finally:
+        log.removeHandler(handler)
+        handler.stream = None  # closing would flush into the full disk again
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == "zoomfeat extract: error: slide.svs: the one line\n"
+    assert logging.raiseExceptions  # restored for the rest of the process
+    with pytest.raises(OSError):  # the handler really failed: the disk is full
+        with open(disk / "more", "wb") as more:
+            more.write(b"\0" * 65536)
+            more.flush()
+
+
 def test_existing_paths_with_equals_signs_are_inputs(tmp_path):
     from zoomfeat.cli import config_keys
 

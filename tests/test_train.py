@@ -201,9 +201,9 @@ def test_train_cli_errors(tmp_path, monkeypatch, prepared, capsys):
     err = _one_line_error(capsys, [f"data={tmp_path / 'nope'}", f"out_dir={tmp_path}", *COMMON])
     assert "does not exist; prepare it with `python -m zoomfeat.prepare" in err
     # unknown keys are refused with the known ones (a plain typo is refused by Hydra itself)
-    err = _one_line_error(capsys, [f"data={tmp_path}", "+stpes=3", *COMMON])
+    err = _one_line_error(capsys, [f"data={tmp_path}", f"out_dir={tmp_path}", "+stpes=3", *COMMON])
     assert "unknown setting 'stpes'; known keys: inputs, data, out_dir" in err
-    err = _one_line_error(capsys, [f"data={tmp_path}", "+ema.decy=0.5", *COMMON])
+    err = _one_line_error(capsys, [f"data={tmp_path}", f"out_dir={tmp_path}", "+ema.decy=0.5", *COMMON])
     assert "unknown setting 'ema.decy'; known keys under ema: decay, warmup" in err
     # data prepared with another VQ than the model being trained (init of another tiny model)
     from zoomfeat.model import ZoomLDM

@@ -566,8 +566,13 @@ def report_errors(entry: str, task: Callable[..., Any], *args: Any) -> Any:
     staging directory removed). With ``ZOOMFEAT_DEBUG=1``, or inside a multirun job (where Hydra
     must see the failure), an error is re-raised with its trace.
     """
+    import logging
+
     from zoomfeat.runtime.stopping import StopRequested, stop_line, stop_on_signals
 
+    # A log handler that cannot write (its file on a full disk) drops the record instead of
+    # printing a trace over the run's own lines; ZOOMFEAT_DEBUG=1 shows those traces.
+    raise_before, logging.raiseExceptions = logging.raiseExceptions, debug_enabled()
     try:
         with stop_on_signals(at_once=True):
             return task(*args)
@@ -581,3 +586,5 @@ def report_errors(entry: str, task: Callable[..., Any], *args: Any) -> Any:
             raise
         print(f"zoomfeat {entry}: error: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+    finally:
+        logging.raiseExceptions = raise_before
