@@ -25,7 +25,11 @@ path) and returns its :class:`SlidePlan`: a complete family (every file intact w
 is left alone, byte for byte; a *partial* family (some files intact with its hash, none damaged)
 writes only its missing sets; a family with a damaged or outdated file is recomputed whole; a
 family written with another config is a *mismatch* (refused unless ``overwrite``, which replaces
-that family only). What the sets to write need is decided once, with the plan, as a :class:`Work`
+that family only). A family whose 20x and 5x bags are complete with this config and whose only
+set to write is its fused file (extracted with ``bags.fused=derived``, or the fused file missing
+or damaged) has its fused file *derived from the bags* (:attr:`FamilyPlan.from_bags`): no pixel
+read, no model call; a slide with nothing else to compute is not read at all
+(:attr:`SlidePlan.from_bags_only`). What the sets to write need is decided once, with the plan, as a :class:`Work`
 (:meth:`ExtractionPass.work`, :func:`plan_work`): which embedding job embeds the kept children,
 the background children (only a recipe's conditioning job, for its 5x grid) and the 5x tile, and
 whether ZoomLDM runs on the kept children and on the 5x tile.
@@ -262,8 +266,8 @@ class ExtractionPass:
         plan = plan_slide(out_dir, slide_id, tile_px=self.cfg.tile_px, families=self.families,
                           grid=self.grid, source=source)  # fmt: skip
         if self.cfg.store:  # the tile store's use, decided here once (features/store.py)
-            need = plan_work(plan.sets_to_write(), self.families)
-            plan.store = plan_store(self, slide_id, computes=not plan.complete, jobs=set(need.jobs),
+            need = plan_work(plan.sets_to_compute(), self.families)
+            plan.store = plan_store(self, slide_id, computes=plan.computes, jobs=set(need.jobs),
                                     latents=need.zoomldm_20x or need.zoomldm_5x)  # fmt: skip
             rec = plan.store.entry.paths["record"]  # an entry published meanwhile: planned again
             plan.seen[str(rec)] = _fingerprint(rec)
@@ -288,12 +292,12 @@ class ExtractionPass:
 
     def work(self, plan: SlidePlan) -> Work:
         """What a slide's run computes: the one decision (:func:`plan_work` of the sets the plan
-        writes). Override it to compute more (:meth:`Work.full`). A tile-store entry being
+        computes; a fused file derived from the bags needs nothing). Override it to compute more (:meth:`Work.full`). A tile-store entry being
         written (or filled in for complete bags) holds everything: every job on all 17 tiles, the
         latents of every kept tile."""
         if plan.store is not None and plan.store.writes:
             return Work.full(self.models.jobs, zoomldm=self.models.model is not None)
-        return plan_work(plan.sets_to_write(), self.families)
+        return plan_work(plan.sets_to_compute(), self.families)
 
 
 #: what a plan saw of a path: (inode, size, mtime in ns), or None when it did not exist
@@ -321,6 +325,9 @@ class FamilyPlan:
         damaged: ``[(path, what is wrong)]``.
         write: the sets this run writes: none when complete; the missing ones when ``partial``
             (the family's intact files are kept); else every one of ``sets``.
+        from_bags: ``write`` is the fused set alone, derived from the family's 20x and 5x bags
+            (both intact with this config; the fused file missing or damaged): rows
+            ``concat(f20[i], f5[parent_idx[i]])`` read from those files, no model call.
     """
 
     state: str
@@ -328,6 +335,7 @@ class FamilyPlan:
     sets: tuple[str, ...] = ()
     damaged: list[tuple[Path, str]] = field(default_factory=list)
     write: tuple[str, ...] = ()
+    from_bags: bool = False
 
 
 @dataclass
@@ -382,6 +390,32 @@ class SlidePlan:
     def sets_to_write(self) -> dict[str, tuple[str, ...]]:
         """``{family: the sets to write}`` of every family to write (:attr:`FamilyPlan.write`)."""
         return {f: self.families[f].write for f in self.to_write()}
+
+    def to_compute(self) -> list[str]:
+        """Families to compute (by the models): those to write, less the fused files derived from
+        the bags (:attr:`FamilyPlan.from_bags`)."""
+        return [f for f in self.to_write() if not self.families[f].from_bags]
+
+    def from_bags(self) -> list[str]:
+        """Families whose fused file is derived from their 20x and 5x bags."""
+        return [f for f in self.to_write() if self.families[f].from_bags]
+
+    def sets_to_compute(self) -> dict[str, tuple[str, ...]]:
+        """``{family: the sets to write}`` of every family to compute (:meth:`to_compute`)."""
+        return {f: self.families[f].write for f in self.to_compute()}
+
+    @property
+    def computes(self) -> bool:
+        """Whether the run computes anything of the slide's bags or coords (a tile grid, pixels)."""
+        return bool(self.to_compute()) or bool(self.coords_to_write())
+
+    @property
+    def from_bags_only(self) -> bool:
+        """Whether the run only derives fused files from bags on disk: no family to compute, no
+        coords file, no tile-store entry to write or read; the slide is opened for its identity
+        only, never read."""
+        store = self.store is not None and self.store.use in ("read", "write", "fill")
+        return bool(self.from_bags()) and not self.computes and not store
 
     def reused(self) -> list[str]:
         """Families kept as they are (complete)."""
@@ -488,7 +522,20 @@ def plan_slide(out_dir: str | Path, slide_id: str, *, tile_px: TilePx | int, fam
             write = ()
         elif st.state == "partial":  # the intact files of this config stay; only the others are written
             write = tuple(s for s in fam.set_files if s not in st.attrs)
-        plan.families[name] = FamilyPlan(st.state, st.detail, fam.set_files, st.damaged, write)
+        s20, s5, sf = fam.sets
+        # the fused file alone is missing or damaged, the 20x and 5x bags intact with this config
+        # (partial and damaged states hold no file of another config or format): derived from them
+        from_bags = (
+            st.state in ("partial", "damaged")
+            and {s20, s5, sf} <= set(fam.set_files)
+            and s20 in st.attrs
+            and s5 in st.attrs
+            and sf not in st.attrs
+            and all(p == paths[sf] for p, _ in st.damaged)
+        )
+        if from_bags:
+            write = (sf,)
+        plan.families[name] = FamilyPlan(st.state, st.detail, fam.set_files, st.damaged, write, from_bags)
         _identities(st, plan)
     details = []
     coords = slide_outputs(out_dir, slide_id, tile_px=tile_px, sets=())

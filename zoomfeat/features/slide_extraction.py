@@ -30,7 +30,11 @@
    and noise draw serve every recipe to write.
 7. :meth:`~SlideExtraction.fuse_parent` -- as each parent completes (in order), its rows of every
    family's three bags are appended, fused rows being ``concat(f20_i, f5_parent(i))``.
-8. :meth:`~SlideExtraction.publish` -- check every row was written, write the coords files, run
+8. :meth:`~SlideExtraction.derive_from_bags` -- the fused files the plan derives from their
+   family's 20x and 5x bags (:attr:`~zoomfeat.features.families.FamilyPlan.from_bags`) are
+   filled from those files; a slide with nothing else to do skips steps 3-7: its writer takes
+   the tiles stored in the bags (no tissue detection, no pixel read, no model call).
+9. :meth:`~SlideExtraction.publish` -- check every row was written, write the coords files, run
    the plan's ``before_publish`` checks (the one point right before anything is renamed into
    place), publish the files atomically (and the preview PNG).
 
@@ -68,7 +72,7 @@ from zoomfeat.features.families import ExtractionPass, SlidePlan
 from zoomfeat.features.locks import SlideLock
 from zoomfeat.features.outputs import SlideIdentityError, bag_attrs, sets_to_write
 from zoomfeat.features.store import StoredGrid, StoreParents, check_store, open_writer, store_only
-from zoomfeat.features.writer import SlideBagWriter, remove_stale_temporaries
+from zoomfeat.features.writer import SlideBagWriter, bag_layout, remove_stale_temporaries
 from zoomfeat.runtime.atomic import ensure_dir
 from zoomfeat.runtime.device import synchronize
 from zoomfeat.runtime.disk import DiskFullError, check_free_space, disk_full_error, is_disk_full
@@ -85,7 +89,8 @@ from zoomfeat.tilestore import StoreReader, StoreWriter
 class SlideResult:
     """What happened to one slide.
 
-    ``written``: the bag families computed and written; ``reused``: those already complete.
+    ``written``: the bag families written (computed, or their fused file derived from the bags:
+    ``derived``); ``reused``: those already complete.
     """
 
     path: str
@@ -102,6 +107,8 @@ class SlideResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: the tile store's use (``store=DIR``): "read" | "write" | "fill" (complete bags, entry written) | ""
     store: str = ""
+    #: families of ``written`` whose fused file was derived from their 20x and 5x bags (no model call)
+    derived: list[str] = field(default_factory=list)
 
     @classmethod
     def failure(cls, path: str | Path, slide_id: str, err: BaseException | str) -> SlideResult:
@@ -117,12 +124,17 @@ class SlideResult:
         """One line for the run's log."""
         if self.status == "done":
             rate = self.tiles / self.seconds if self.seconds > 0 else float("nan")
+            new = [f"{f}_fused (from the 20x and 5x bags)" if f in self.derived else f for f in self.written]
             extra = (
-                f" (new: {', '.join(self.written) or ('tile-store entry' if self.store == 'fill' else 'coords')};"
+                f" (new: {', '.join(new) or ('tile-store entry' if self.store == 'fill' else 'coords')};"
                 f" kept: {', '.join(self.reused)})"
                 if self.reused
+                else f" (new: {', '.join(new)})"
+                if self.derived
                 else ""
             )
+            if self.derived and not self.tiles:  # nothing read of the slide: no tile count, no rate
+                return f"{self.slide_id}: no tile read, {self.seconds:.1f} s{extra}"
             return f"{self.slide_id}: {self.n20} 20x + {self.n5} 5x tiles, {self.seconds:.1f} s, {rate:.2f} tiles/s{extra}"
         if self.status == "skipped":
             return f"{self.slide_id}: skipped ({self.error or 'complete bags with this config exist'})"
@@ -283,6 +295,7 @@ class SlideExtraction:
         # the state the steps share, set by the step named
         self.slide: Any = None  # 1: the open Slide
         self.write: list[str] = []  # 2: the families to compute and write, in the pass's order
+        self.derive: list[str] = []  # 2: the families whose fused file is derived from their bags
         self.recipes: list = []  # 2: the recipes among them
         self.jobs: list[str] = []  # 2: the embedding jobs they need
         self.grid: Any = None  # 3: the TileGrid
@@ -316,12 +329,15 @@ class SlideExtraction:
             lock = SlideLock(self.out_dir, self.slide.slide_id)
             try:
                 if self.claim(lock):  # 2
-                    with self.lay_grid() as writer:  # 3
+                    assert self.plan is not None
+                    only_bags = self.plan.from_bags_only  # the plan's decision: nothing read of the slide
+                    with self.bags_writer() if only_bags else self.lay_grid() as writer:  # 3
                         self.check_free_space()  # the slide's bytes must fit before any is computed
                         writer.reserve()  # a disk filled from now on fails here, not inside HDF5
                         if self.n_parents and (self.write or self.store_out is not None):
                             self.stream(writer)  # 4-7
-                        self.publish(writer)  # 8
+                        self.derive_from_bags(writer)  # 8
+                        self.publish(writer)  # 9
             finally:
                 lock.release()
                 self.slide.close()
@@ -402,8 +418,10 @@ class SlideExtraction:
         # a slide changed while it was read publishes nothing (zoomfeat.slide.identity)
         plan.before_publish.append(self.slide.check_unchanged)
         remove_stale_temporaries(plan.paths())
-        self.write = plan.to_write()
-        self.result.written = list(self.write)
+        self.write = plan.to_compute()  # the fused files derived from the bags need no model
+        self.derive = plan.from_bags()
+        self.result.written = plan.to_write()
+        self.result.derived = list(self.derive)
         self.result.reused = plan.reused()
         if plan.store is not None:  # the tile store: refuse another slide's entry, warn about damage
             self.store_use = self.result.store = check_store(
@@ -462,7 +480,7 @@ class SlideExtraction:
         for the families (and coords files) to write."""
         from zoomfeat.slide import TileGrid
 
-        cfg, slide, models = self.cfg, self.slide, self.models
+        cfg, slide = self.cfg, self.slide
         if self.store_use == "read":  # the grid of the tile store: no tissue detection, no pixel read
             assert self.plan is not None and self.plan.store is not None
             self.store_in = StoreReader(self.plan.store.entry)
@@ -493,16 +511,44 @@ class SlideExtraction:
         xp, plan = self.pass_, self.plan
         assert plan is not None and self.result is not None
         self.tiles_total = int(kept.sum()) + P
-        dims, per_set = sets_to_write([xp.families[f] for f in self.write], cfg, models)
+        writer = self.open_bag_writer(
+            coords=PerMag(x20=grid.children.xy[kept], x5=grid.parents),
+            coords_attrs=PerMag(x20=grid.coords_attrs(slide, "child"), x5=grid.coords_attrs(slide, "parent")),
+            parent_idx=grid.children.parent[kept],
+        )
+        if self.store_use in ("write", "fill"):  # fill: the bags are complete, only the entry is written
+            self.store_out = open_writer(xp, slide, grid)
+        return writer
+
+    def bags_writer(self) -> SlideBagWriter:
+        """Step 3 of a slide whose run only derives fused files from bags on disk
+        (:attr:`~zoomfeat.features.families.SlidePlan.from_bags_only`): the writer takes the tiles
+        stored in the first such family's 20x and 5x bags; no tissue detection, no tile grid, no
+        pixel read (0 tiles in the result)."""
+        assert self.plan is not None and self.result is not None
+        paths = self.plan.paths()
+        s20, s5, _ = self.pass_.families[self.derive[0]].sets
+        coords, coords_attrs, parent_idx = bag_layout(PerMag(x20=paths[s20], x5=paths[s5]))
+        self.result.n20 = self.result.n5 = 0
+        return self.open_bag_writer(coords=coords, coords_attrs=coords_attrs, parent_idx=parent_idx)
+
+    def open_bag_writer(
+        self, *, coords: PerMag[np.ndarray], coords_attrs: PerMag[Any], parent_idx: np.ndarray
+    ) -> SlideBagWriter:
+        """The slide's :class:`SlideBagWriter` of every set the plan writes (computed or derived
+        from the bags), on these tiles; the plan's ``expected_bytes`` (free-space check) set."""
+        cfg, xp, plan, slide = self.cfg, self.pass_, self.plan, self.slide
+        assert plan is not None
+        dims, per_set = sets_to_write([xp.families[f] for f in plan.to_write()], cfg, self.models)
         files = {s for sets in plan.sets_to_write().values() for s in sets}  # bags.sets, bags.fused
         dims = {s: d for s, d in dims.items() if s in files}
         writer = SlideBagWriter(
             self.out_dir,
             slide.slide_id,
             dims=dims,
-            coords=PerMag(x20=grid.children.xy[kept], x5=grid.parents),
-            coords_attrs=PerMag(x20=grid.coords_attrs(slide, "child"), x5=grid.coords_attrs(slide, "parent")),
-            parent_idx=grid.children.parent[kept],
+            coords=coords,
+            coords_attrs=coords_attrs,
+            parent_idx=parent_idx,
             attrs=bag_attrs(slide, cfg=cfg, device=self.device),
             set_attrs=per_set,
             tile_px=cfg.tile_px,
@@ -511,8 +557,6 @@ class SlideExtraction:
             dtype=cfg.bags.dtype,
         )
         plan.expected_bytes = writer.expected_bytes
-        if self.store_use in ("write", "fill"):  # fill: the bags are complete, only the entry is written
-            self.store_out = open_writer(xp, slide, grid)
         return writer
 
     def start_readers(self) -> ParentReaders | None:
@@ -520,7 +564,10 @@ class SlideExtraction:
         before anything of this slide is open, since a process forked later would keep copies of
         the slide's lock and its open bags. None without workers or when the plan computes nothing."""
         workers = self.cfg.workers_for(self.device.type)
-        if not workers or (self.plan is not None and self.plan.complete and self.plan.store is None):
+        plan = self.plan
+        if not workers or (
+            plan is not None and plan.store is None and (plan.complete or plan.from_bags_only)
+        ):
             return None
         return self.pass_.parent_readers(workers, pin_memory=self.device.type == "cuda")
 
@@ -761,7 +808,20 @@ class SlideExtraction:
         if self.hooks.on_batch is not None:
             self.hooks.on_batch(self.tiles_done, self.tiles_total)
 
-    # ---------------------------------------------------------------- 8. publish
+    # ---------------------------------------------------------------- 8. fused files from the bags
+    def derive_from_bags(self, writer: SlideBagWriter) -> None:
+        """The fused file of every family the plan derives from its bags
+        (:attr:`~zoomfeat.features.families.FamilyPlan.from_bags`): rows
+        ``concat(f20[i], f5[parent_idx[i]])`` read from the family's 20x and 5x bags, which stay
+        untouched (:meth:`~zoomfeat.features.writer.SlideBagWriter.write_fused_from`)."""
+        assert self.plan is not None
+        paths = self.plan.paths()
+        for name in self.derive:
+            s20, s5, sf = self.pass_.families[name].sets
+            self.check_cancelled()
+            writer.write_fused_from(sf, PerMag(x20=paths[s20], x5=paths[s5]))
+
+    # ---------------------------------------------------------------- 9. publish
     def publish(self, writer: SlideBagWriter) -> None:
         """Publish the bags atomically (``paths`` in the result: every family's, reused ones too),
         then the optional preview.
@@ -771,7 +831,8 @@ class SlideExtraction:
         run (any that raises publishes nothing).
         """
         assert self.plan is not None and self.result is not None
-        draw = self.cfg.preview and self.store_use != "fill"  # a store fill touches nothing in out_dir
+        # a store fill touches nothing in out_dir; fused files from the bags read nothing of the slide
+        draw = self.cfg.preview and self.store_use != "fill" and not self.plan.from_bags_only
         preview = self.preview_features(writer) if draw else {}
         # the tile store's entry is published last of the checks, right before the bags
         store = [self.publish_store] if self.store_out is not None else []

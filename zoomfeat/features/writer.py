@@ -13,6 +13,10 @@ The writer writes exactly the sets it is given (the families a run computes,
 :mod:`zoomfeat.features.families`) and only the coords files it is told to: files of families
 that are already complete are never opened, so they stay byte-identical.
 
+A fused set can also be filled from its family's 20x and 5x bags on disk
+(:meth:`SlideBagWriter.write_fused_from`, with the tile layout of :func:`bag_layout`): the
+rows a run with ``bags.fused=derived`` left to readers, written later without any model.
+
 The layout is :mod:`zoomfeat.bags` (TRIDENT's), through its own helpers.
 """
 
@@ -34,6 +38,7 @@ from zoomfeat.bags import (
     FEATURE_DTYPES,
     FEATURE_SETS,
     PerMag,
+    _decode_attr,
     _write_coords,
     bag_path,
     fill_patches,
@@ -42,6 +47,7 @@ from zoomfeat.bags import (
     storage_rows,
     write_file_attrs,
 )
+from zoomfeat.features.fuse import fuse
 from zoomfeat.runtime.atomic import atomic_path
 from zoomfeat.runtime.errors import ZoomfeatError
 from zoomfeat.runtime.units import TILE_PX, TilePx
@@ -87,6 +93,22 @@ def remove_stale_temporaries(paths: Mapping[str, Path]) -> list[Path]:
                 tmp.unlink(missing_ok=True)
                 removed.append(tmp)
     return removed
+
+
+def bag_layout(parts: PerMag[Path]) -> tuple[PerMag[np.ndarray], PerMag[dict[str, Any]], np.ndarray]:
+    """The tile layout stored in a family's 20x and 5x bags: ``(coords, coords attributes,
+    parent_idx)`` (the 20x bag's ``parent_idx``), what :class:`SlideBagWriter` takes instead of a
+    tile grid when a slide's fused files are derived from its bags (one open per file)."""
+    coords: dict[int, np.ndarray] = {}
+    attrs: dict[int, dict[str, Any]] = {}
+    parent_idx = np.zeros(0, np.int64)
+    for mag, path in parts.items():
+        with h5py.File(path, "r") as f:
+            coords[mag] = np.asarray(f["coords"][()], np.int64).reshape(-1, 2)
+            attrs[mag] = {k: _decode_attr(v) for k, v in f["coords"].attrs.items()}
+            if mag == 20:
+                parent_idx = np.asarray(f["parent_idx"][()], np.int64)
+    return PerMag(x20=coords[20], x5=coords[5]), PerMag(x20=attrs[20], x5=attrs[5]), parent_idx
 
 
 #: room reserved in a new bag beyond its rows (HDF5's superblock, object headers, chunk index, attributes)
@@ -244,6 +266,33 @@ class SlideBagWriter:
             where = f"slide '{self.slide_id}', feature set {name}, rows {start}..{start + len(rows)}"
             ds[start : start + len(rows)] = storage_rows(rows, self.dtype, where=where)
         self.rows_written[name] += len(rows)
+
+    def write_fused_from(self, name: str, parts: PerMag[Path], *, block_rows: int = 4096) -> None:
+        """Write every row of the fused set ``name`` from its family's 20x and 5x bags on disk.
+
+        Row ``i`` is ``concat(f20[i], f5[parent_idx[i]])`` (:func:`~zoomfeat.features.fuse.fuse`),
+        read ``block_rows`` 20x rows at a time (the 5x features whole), as float32 then stored as
+        this writer's dtype: float16 bags give float16 rows back exactly (a cast of a
+        concatenation is the concatenation of the casts), so the file equals the one a run
+        computing the rows writes. The bags' coords and ``parent_idx`` must be this writer's.
+
+        Raises:
+            ValueError: the bags' tiles are not this writer's (one line naming the 20x bag).
+        """
+        with h5py.File(parts.x20, "r") as b20, h5py.File(parts.x5, "r") as b5:
+            f5 = np.asarray(b5["features"][()], np.float32)
+            pidx = np.asarray(b20["parent_idx"][()], np.int64)
+            ds20 = b20["features"]
+            same = np.array_equal(np.asarray(b20["coords"][()], np.int64).reshape(-1, 2), self.coords[20])
+            if not same or not np.array_equal(pidx, self.parent_idx) or len(f5) != len(self.coords[5]):
+                raise ValueError(
+                    f"{parts.x20}: its tiles are not those of slide '{self.slide_id}' now "
+                    f"({ds20.shape[0]} 20x and {len(f5)} 5x rows vs {len(self.coords[20])} and "
+                    f"{len(self.coords[5])}); delete the slide's bags and extract it again"
+                )
+            for start in range(0, ds20.shape[0], block_rows):
+                rows = np.asarray(ds20[start : start + block_rows], np.float32)
+                self.write(name, start, fuse(rows, f5, pidx[start : start + block_rows]))
 
     def read_back(self, name: str) -> np.ndarray:
         """The ``features`` of set ``name`` as written so far (float32, as stored), from the open
