@@ -25,7 +25,7 @@ import pytest
 from tests.features.test_store import _digest, _run, calls_of, counted  # noqa: F401 - counted: a fixture
 from zoomfeat.features.config import ExtractConfig
 from zoomfeat.features.runner import extract_slides
-from zoomfeat.features.slide_extraction import DamagedOutputWarning
+from zoomfeat.features.slide_extraction import DamagedOutputWarning, SlideHooks
 from zoomfeat.slide.manifest import discover
 
 SLIDES = ("det_a", "det_b")
@@ -143,14 +143,16 @@ def test_fused_files_are_derived_from_the_bags(runs, small_slides, dtype, tmp_pa
     ]
 
 
-def _extract(slides: Path, out: Path, **kw) -> tuple:
-    """An extraction like test_store's ``_run`` that records its warnings: (summary, warnings)."""
+def _extract(slides: Path, out: Path, *, plans: list | None = None, **kw) -> tuple:
+    """An extraction like test_store's ``_run`` that records its warnings: (summary, warnings);
+    ``plans`` gets the plan of every slide claimed (``on_slide_start``)."""
     from tests.features.test_store import SETTINGS
 
+    hooks = SlideHooks(on_slide_start=(plans if plans is not None else []).append)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         cfg = ExtractConfig.from_kwargs(**{**SETTINGS, **kw})
-        summary = extract_slides(discover([slides]), out, cfg, echo=lambda s: None)
+        summary = extract_slides(discover([slides]), out, cfg, echo=lambda s: None, hooks=hooks)
     return summary, caught
 
 
@@ -160,10 +162,23 @@ def test_damaged_fused_file_is_derived_again(runs, small_slides, tmp_path, calls
     bad = out / _rel("zoomldm_fused", "det_a")
     os.truncate(bad, bad.stat().st_size // 2)
     before = _digest(out)
-    summary, caught = _extract(small_slides, out)
+    plans: list = []
+    summary, caught = _extract(small_slides, out, plans=plans)
     assert summary.ok, summary.report()
     damaged = [w for w in caught if issubclass(w.category, DamagedOutputWarning)]
     assert len(damaged) == 1 and str(bad) in str(damaged[0].message)
+    assert "the fused file derived again from the 20x and 5x bags" in str(damaged[0].message)
+    # the plan's decision, and the free-space check's count: the fused file's arrays (features,
+    # coords and parent_idx: 4 * D + 16 + 8 bytes a row)
+    (plan,) = plans
+    assert (
+        plan.families["zoomldm"].from_bags
+        and plan.from_bags_only
+        and plan.families["zoomldm"].write == ("zoomldm_fused",)
+    )
+    with h5py.File(runs["float32"]["file"] / _rel("zoomldm_fused", "det_a")) as f:
+        n, d = f["features"].shape
+    assert plan.expected_bytes == n * (4 * d + 16 + 8) > 0
     assert [r.status for r in summary.results] == ["done", "skipped"]
     a = summary.results[0]
     assert a.written == a.derived == ["zoomldm"] and a.reused == ["uni"]

@@ -454,7 +454,12 @@ class SlidePlan:
 
     def damage(self) -> list[str]:
         """One entry per damaged family (its files and why) and for damaged coords files."""
-        out = [f"{f}: {s.detail}" for f, s in self.families.items() if s.state == "damaged"]
+        out = [
+            f"{f}: {s.detail}"
+            + (" (the fused file derived again from the 20x and 5x bags)" if s.from_bags else "")
+            for f, s in self.families.items()
+            if s.state == "damaged"
+        ]
         if self.coords_detail and any(s == "damaged" for s in self.coords.values()):
             out.append(self.coords_detail)
         return out
