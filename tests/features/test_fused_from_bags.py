@@ -11,6 +11,7 @@ calls are counted by wrapping the real methods (test_store's ``counted``; the UN
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -128,6 +129,13 @@ def test_fused_files_are_derived_from_the_bags(runs, small_slides, dtype, tmp_pa
         assert r.line().endswith(
             "(new: zoomldm_fused (from the 20x and 5x bags), uni_fused (from the 20x and 5x bags))"
         )
+    # the run's summary and per-slide log: no slide extracted, both given their fused files
+    assert (
+        ": 0 extracted (0 tiles, 0.00 tiles/s), 2 given fused files from their bags, 0 already"
+        in summary.report()
+    )
+    with open(summary.csv_path, newline="") as f:
+        assert [row["fused_from_bags"] for row in csv.DictReader(f)] == ["zoomldm uni"] * 2
     # the 20x, 5x and coords files untouched: same bytes, same mtime; the fused files are the only new ones
     after = _digest(out)
     assert {k: v for k, v in after.items() if k in before} == before

@@ -8,6 +8,7 @@ The calls that must not happen are counted by wrapping the real methods of the r
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import shutil
 import warnings
@@ -279,6 +280,14 @@ def test_complete_bags_fill_the_store_only(stored, small_slides, reference_run, 
     assert summary.ok and [r.status for r in summary.results] == ["done", "skipped"], summary.report()
     (r, _) = summary.results
     assert r.store == "fill" and r.written == [] and "new: tile-store entry" in r.line()
+    # the run's summary and per-slide log say so: a fill is not an extraction
+    assert (
+        ": 0 extracted (0 tiles, 0.00 tiles/s), 1 tile-store entry filled, 1 already complete"
+        in summary.report()
+    )
+    with open(summary.csv_path, newline="") as f:
+        rows = {row["slide_id"]: row for row in csv.DictReader(f)}
+    assert (rows["det_a"]["store"], rows["det_b"]["store"]) == ("fill", "")
     assert counted["pixels"] > 0 and counted["vq"] > 0 and counted["encoder"] > 0  # det_a from its pixels
     assert _bags(out) == bags
     # each entry is the one a first run with the store wrote (bitwise: same batch size, see SETTINGS)

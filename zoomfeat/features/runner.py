@@ -63,14 +63,23 @@ class RunSummary:
 
     def report(self) -> str:
         done, skipped, locked, failed = (self.by_status(s) for s in ("done", "skipped", "locked", "failed"))
-        tiles = sum(r.tiles for r in done)
-        busy = sum(r.seconds for r in done)
+        # slides whose bags were complete (the tile-store entry written only), and slides given
+        # only fused files derived from their bags (no tile read): neither counts as extracted
+        fills = [r for r in done if r.store == "fill" and not r.written]
+        from_bags = [r for r in done if r.derived and not r.tiles]
+        neither = {id(r) for r in fills + from_bags}
+        extracted = [r for r in done if id(r) not in neither]
+        tiles = sum(r.tiles for r in extracted)
+        busy = sum(r.seconds for r in extracted)
         shard_txt = f" (shard {self.shard_index + 1}/{self.shard_count})" if self.shard_count > 1 else ""
         if self.devices:
             shard_txt += f" on {len(self.devices)} devices ({', '.join(self.devices)})"
+        other = (
+            f", {len(fills)} tile-store entr{'y' if len(fills) == 1 else 'ies'} filled" if fills else ""
+        ) + (f", {len(from_bags)} given fused files from their bags" if from_bags else "")
         lines = [
-            f"zoomfeat extract{shard_txt}: {len(self.results)} slide(s) in {self.seconds:.1f} s: {len(done)} extracted "
-            f"({tiles} tiles, {tiles / busy if busy else 0:.2f} tiles/s), {len(skipped)} already complete, "
+            f"zoomfeat extract{shard_txt}: {len(self.results)} slide(s) in {self.seconds:.1f} s: {len(extracted)} extracted "
+            f"({tiles} tiles, {tiles / busy if busy else 0:.2f} tiles/s){other}, {len(skipped)} already complete, "
             f"{len(locked)} held by another process, {len(failed)} failed",
             f"bags: {self.out_dir}"
             + (
@@ -90,9 +99,10 @@ class RunSummary:
         path = Path(path)
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["slide_id", "path", "status", "tiles_20x", "tiles_5x", "seconds", "error"])
+            w.writerow(["slide_id", "path", "status", "tiles_20x", "tiles_5x", "seconds", "error", "store", "fused_from_bags"])  # fmt: skip
             for r in self.results:
-                w.writerow([r.slide_id, r.path, r.status, r.n20, r.n5, f"{r.seconds:.2f}", r.error])
+                row = [r.slide_id, r.path, r.status, r.n20, r.n5, f"{r.seconds:.2f}", r.error]
+                w.writerow([*row, r.store, " ".join(r.derived)])  # the tile store's use; families derived
         self.csv_path = path
         return path
 
