@@ -19,8 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: free space the suite needs where its temporary directories go: the largest test writes a
 #: full-size UNI checkpoint (1.2 GB); a passing test's directory is removed when it ends
-#: (pyproject: tmp_path_retention_policy), the session's shared slides and wheel stay (~0.1 GB)
-NEEDS_FREE_GB = 2.0
+#: (pyproject: tmp_path_retention_policy), the session's shared slides and wheel stay (~0.1 GB).
+#: Measured: `du` of --basetemp every 3 s through a whole run peaked at 1,158 MB.
+NEEDS_FREE_GB = 1.5
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -35,7 +36,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     free_gb = shutil.disk_usage(base).free / 1e9
     if free_gb < NEEDS_FREE_GB:
         pytest.exit(
-            f"{base}: {free_gb:.1f} GB free, the test suite needs about {NEEDS_FREE_GB:.0f} GB there "
+            f"{base}: {free_gb:.1f} GB free, the test suite needs about {NEEDS_FREE_GB:.1f} GB there "
             "for its temporary files; free some space, or point TMPDIR (or --basetemp) at a disk "
             "that has it",
             returncode=3,

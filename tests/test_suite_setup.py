@@ -19,5 +19,5 @@ def test_a_disk_too_full_for_the_suite_is_refused_in_one_line(tmpfs):
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out[-3000:]
-    assert f"{disk}: 0.0 GB free, the test suite needs about 2 GB there for its temporary files" in out
+    assert f"{disk}: 0.0 GB free, the test suite needs about 1.5 GB there for its temporary files" in out
     assert "passed" not in out and not (disk / "bt").exists()  # no test ran, nothing was written
